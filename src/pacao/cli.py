@@ -1,0 +1,62 @@
+"""The `pacao` command line: thin wrappers around the packages, one line of help each."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pacao.errors import InputError
+
+app = typer.Typer(
+    name="pacao",
+    help="Link VM mobility to user mobility over LISP (PACAO).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        from pacao import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one line to stderr and return the Exit to raise."""
+    typer.echo(f"pacao: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def solve(
+    file: Annotated[Path, typer.Argument(help="Problem in YAML or JSON (docs/input-formats.md).")],
+    solver: Annotated[str, typer.Option(help="exact (enumeration) or highs (MILP).")] = "exact",
+) -> None:
+    """Solve the single-user problem (1)-(3): rank RLOCs or place a VM; JSON on stdout."""
+    from pacao.optimize import load_problem
+    from pacao.optimize import solve as run
+
+    try:
+        decision = run(load_problem(file), solver=solver)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    json.dump(decision.to_dict(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
