@@ -1,0 +1,165 @@
+"""A slow, literal simulator of the online procedure, written from the paper and
+docs/simulation.md without the engine's arrays, pruning or tables: the reference
+the vectorised engine is tested against.
+
+Every check of the controller is simulated (no pruning), events are processed in
+time order one user at a time, decisions are plain argmins over Python lists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+R_EARTH = 6371.0
+
+
+def km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * R_EARTH * math.asin(math.sqrt(min(1.0, max(0.0, h))))
+
+
+@dataclass
+class World:
+    dcs: list[tuple[float, float]]
+    bound: float
+
+    def ud(self, pos: tuple[float, float], d: int) -> float:
+        return 40.0 + 3.0 * km(*pos, *self.dcs[d]) / 100.0
+
+    def dd(self, a: int, v: int) -> float:
+        return 0.0 if a == v else 3.0 * km(*self.dcs[a], *self.dcs[v]) / 100.0
+
+    def path(self, pos: tuple[float, float], a: int, v: int) -> float:
+        return self.ud(pos, a) + self.dd(a, v)
+
+    def violated(self, rtt: float) -> bool:
+        return rtt > self.bound * (1 + 2e-9)
+
+    def best_entry(self, pos: tuple[float, float], v: int) -> int:
+        vals = [self.path(pos, a, v) for a in range(len(self.dcs))]
+        return vals.index(min(vals))
+
+    def placement(self, pos: tuple[float, float]) -> tuple[int, int]:
+        vals = [self.path(pos, self.best_entry(pos, d), d) for d in range(len(self.dcs))]
+        d = vals.index(min(vals))
+        return self.best_entry(pos, d), d
+
+    def nearest(self, pos: tuple[float, float]) -> int:
+        vals = [km(*pos, *dc) for dc in self.dcs]
+        return vals.index(min(vals))
+
+
+def simulate_user(
+    world: World,
+    samples: list[tuple[int, float, float, int]],
+    policy: str,
+    s1: float,
+    s2: float,
+    relative: bool,
+    step_s: int,
+    t0_s: int = 0,
+    migration_s: float = 0.0,
+) -> list[float]:
+    """Per-sample time-averaged RTT of one user. samples: (t s, lat, lon, lac)."""
+    t = [(x[0] - t0_s) * 1000 for x in samples]
+    pos = [(x[1], x[2]) for x in samples]
+    lac = [x[3] for x in samples]
+    end = [*t[1:], t[-1] + step_s * 1000]
+    user_end = end[-1]
+
+    def sample_at(x: int) -> int:
+        i = 0
+        while i + 1 < len(t) and t[i + 1] <= x:
+            i += 1
+        return i
+
+    # Every check of the controller, with its step-2 time.
+    checks: list[tuple[int, int]] = []
+    if relative:
+        i = 0
+        while i < len(t):
+            j = i
+            while j + 1 < len(t) and lac[j + 1] == lac[i]:
+                j += 1
+            e, r = t[i], end[j] - t[i]
+            step = s1 * float(r)
+            k = 1
+            while e + round(k * step) < e + r:
+                c = e + round(k * step)
+                checks.append((c, c + max(round(s2 * step), 1)))
+                k += 1
+            i = j + 1
+        valid = []
+        for n, (c, c2) in enumerate(checks):
+            nxt = checks[n + 1][0] if n + 1 < len(checks) else None
+            valid.append((c, c2 if (nxt is None or c2 < nxt) and c2 < user_end else -1))
+        checks = valid
+    else:
+        s1_ms, s2_ms = max(round(s1 * 1000), 1), max(round(s2 * 1000), 1)
+        c = t[0] + s1_ms
+        while c < user_end:
+            checks.append((c, c + s2_ms if c + s2_ms < user_end else -1))
+            c += s1_ms
+
+    home = world.nearest(pos[0])
+    a, v = home, home
+    changes: list[tuple[int, int, int]] = []
+    pending: tuple[int, int, int] | None = None  # (done, entry, vm)
+    mig_ms = round(migration_s * 1000)
+
+    def finish(at: int) -> None:
+        nonlocal a, v, pending
+        if pending is not None and pending[0] <= at:
+            a, v = pending[1], pending[2]
+            changes.append(pending)
+            pending = None
+
+    for c, c2 in checks:
+        if policy == "legacy":
+            break
+        if policy == "pacao2":
+            finish(c)
+        p = pos[sample_at(c)]
+        if not world.violated(world.path(p, a, v)):
+            continue
+        na = world.best_entry(p, v)
+        if world.path(p, na, v) < world.path(p, a, v) * (1 - 1e-9):
+            a = na
+            changes.append((c, a, v))
+        if policy != "pacao2" or c2 < 0:
+            continue
+        finish(c2)
+        if pending is not None:
+            continue
+        p = pos[sample_at(c2)]
+        cur = world.path(p, a, v)
+        if not world.violated(cur):
+            continue
+        pa, pv = world.placement(p)
+        if not world.path(p, pa, pv) < cur * (1 - 1e-9):
+            continue
+        if pv != v and mig_ms > 0:
+            pending = (c2 + mig_ms, pa, pv)
+        else:
+            a, v = pa, pv
+            changes.append((c2, a, v))
+    if pending is not None:
+        changes.append(pending)
+
+    out: list[float] = []
+    for i in range(len(t)):
+        sa, sv = home, home
+        for when, ca, cv in changes:
+            if when <= t[i]:
+                sa, sv = ca, cv
+        acc, last = 0.0, t[i]
+        for when, ca, cv in changes:
+            if t[i] < when < end[i]:
+                acc += world.path(pos[i], sa, sv) * (when - last)
+                sa, sv, last = ca, cv, when
+        acc += world.path(pos[i], sa, sv) * (end[i] - last)
+        out.append(acc / (end[i] - t[i]))
+    return out
