@@ -43,13 +43,16 @@ class MobilityParams:
 
     min_lacs: int = 4  # keep users crossing more than 3 distinct LACs
     p_worker: float = 0.65  # share of candidates with a work anchor
-    work_d0_km: float = 8.0  # commute kernel (1 + d/d0)^-g
+    # destination kernels pop_j (1 + d/d0)^-g exp(-d/cutoff), d the centre distance
+    work_d0_km: float = 8.0  # commute
     work_gamma: float = 2.6
-    explore_d0_km: float = 3.0  # activity kernel, steeper: most trips are short
-    explore_gamma: float = 2.8
+    work_cutoff_km: float = 40.0
+    explore_d0_km: float = 1.5  # other activities: Gonzalez et al. 2008 jump law shape
+    explore_gamma: float = 1.75
+    explore_cutoff_km: float = 20.0
     epr_rho: float = 0.6  # Song et al. 2010
     epr_gamma: float = 0.21
-    p_long_trip: float = 0.07  # share of candidates travelling > long_min_km
+    p_long_trip: float = 0.04  # share of candidates travelling > long_min_km
     long_min_km: float = 100.0
     long_gamma: float = 1.5  # destination pop_j d^-g beyond long_min_km
     p_overnight: float = 0.35  # long-trip travellers who do not come back the same day
@@ -108,8 +111,8 @@ def _kernels(lacs: pd.DataFrame, p: MobilityParams) -> _Kernels:
     d = haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :])
     # a trip inside a LAC: mean distance between two points of a disc of radius R
     np.fill_diagonal(d, 0.905 * radius)
-    work = pop * (1 + d / p.work_d0_km) ** -p.work_gamma
-    explore = pop * (1 + d / p.explore_d0_km) ** -p.explore_gamma
+    work = pop * (1 + d / p.work_d0_km) ** -p.work_gamma * np.exp(-d / p.work_cutoff_km)
+    explore = pop * (1 + d / p.explore_d0_km) ** -p.explore_gamma * np.exp(-d / p.explore_cutoff_km)
     far = d >= p.long_min_km
     long = np.where(far, pop * np.maximum(d, 1.0) ** -p.long_gamma, 0.0)
     # a LAC with no city far enough (cannot happen in France): fall back to the farthest
@@ -149,11 +152,28 @@ def _clock(
 
 @dataclass
 class _Batch:
-    """One batch of candidate users: LAC samples and the true positions behind them."""
+    """One batch of candidate users: LAC samples and what rebuilds true positions."""
 
-    lac: I64  # [n, steps]
-    lat: F64  # true positions [n, steps]
-    lon: F64
+    lac: npt.NDArray[np.int32]  # [n, steps] row index into the LAC table
+    slot: npt.NDArray[np.int8]  # [n, steps] place (slot) the user is at or heading to
+    slat: F64  # [n, K] places
+    slon: F64
+    mr: I64  # samples in motion (row, column) and their true positions
+    mc: I64
+    mlat: F64
+    mlon: F64
+
+    def true_positions(self, rows: I64) -> tuple[F64, F64]:
+        """True (un-snapped) positions of the given rows, [len(rows), steps]."""
+        slot = self.slot[rows].astype(np.int64)
+        lat = np.take_along_axis(self.slat[rows], slot, axis=1)
+        lon = np.take_along_axis(self.slon[rows], slot, axis=1)
+        where = np.full(len(self.slot), -1, dtype=np.int64)
+        where[rows] = np.arange(len(rows))
+        sel = where[self.mr] >= 0
+        lat[where[self.mr[sel]], self.mc[sel]] = self.mlat[sel]
+        lon[where[self.mr[sel]], self.mc[sel]] = self.mlon[sel]
+        return lat, lon
 
 
 def _simulate(
@@ -316,30 +336,40 @@ def _positions(
     arrive[inval] = np.inf
     depart[inval] = np.inf
     steps = len(times)
-    tt = np.broadcast_to(times, (n, steps))
-    # current slot = number of departures passed (departures increase along slots)
-    leg = np.zeros((n, steps), dtype=np.int64)
-    for s in range(_K):
-        leg += depart[:, s, None] <= tt
-    at_slot = np.minimum(leg, _K - 1)
-    prev = np.maximum(at_slot - 1, 0)
-    pleg = np.minimum(prev, _K - 2)
-    ri = np.arange(n)[:, None]
-    in_stay = (leg == 0) | (tt >= arrive[ri, at_slot])
-    # moving from prev to at_slot: wait w0 at the origin, move, wait at the destination
-    dep = depart[ri, prev]
-    frac = np.clip((tt - dep - wait0[ri, pleg]) / np.maximum(move[ri, pleg], 1e-9), 0.0, 1.0)
-    frac = np.where(in_stay, 1.0, frac)
-    lat = slat[ri, prev] + frac * (slat[ri, at_slot] - slat[ri, prev])
-    lon = slon[ri, prev] + frac * (slon[ri, at_slot] - slon[ri, prev])
-    # LACs: slot places once, then only the samples caught on the way
+    step = float(times[1] - times[0]) if steps > 1 else 1.0
+    # D = departures passed, A = arrivals passed (slot 0 excluded), per sample
+    dep_n = _passed(depart, step, steps)
+    arr_n = _passed(arrive[:, 1:], step, steps)
+    moving = arr_n < dep_n  # between leaving slot D-1 and reaching slot D
+    rows = np.arange(n)
+    base = (rows * _K)[:, None]
     frame = _lac_frame(k)
-    slac = lac_of(slat.ravel(), slon.ravel(), frame).reshape(n, _K)
-    lac = np.where(frac >= 1.0, slac[ri, at_slot], slac[ri, prev])
-    moving = (frac > 0.0) & (frac < 1.0)
-    if moving.any():
-        lac[moving] = lac_of(lat[moving], lon[moving], frame)
-    return _Batch(lac=lac, lat=lat, lon=lon)
+    slac = lac_of(slat.ravel(), slon.ravel(), frame).astype(np.int32)
+    lac = slac[base + dep_n]
+    # samples caught on the way: interpolate, then look their LAC up
+    mr, mc = np.nonzero(moving)
+    to = dep_n[mr, mc].astype(np.int64)
+    fr = to - 1
+    t = times[mc]
+    frac = (t - depart[mr, fr] - wait0[mr, fr]) / np.maximum(move[mr, fr], 1e-9)
+    frac = np.clip(frac, 0.0, 1.0)
+    mlat = slat[mr, fr] + frac * (slat[mr, to] - slat[mr, fr])
+    mlon = slon[mr, fr] + frac * (slon[mr, to] - slon[mr, fr])
+    if len(mr):
+        lac[mr, mc] = lac_of(mlat, mlon, frame)
+    return _Batch(lac=lac, slot=dep_n, slat=slat, slon=slon, mr=mr, mc=mc, mlat=mlat, mlon=mlon)
+
+
+def _passed(when: F64, step: float, steps: int) -> npt.NDArray[np.int8]:
+    """How many of each row's event times are <= each sample time k * step."""
+    n, m = when.shape
+    first = np.ceil(np.minimum(when, steps * step) / step).astype(np.int64)
+    first = np.clip(first, 0, steps)  # index of the first sample at or after the event
+    flat = (np.arange(n)[:, None] * (steps + 1) + first).ravel()
+    inc = np.bincount(flat, minlength=n * (steps + 1)).reshape(n, steps + 1)[:, :steps]
+    out: npt.NDArray[np.int8] = np.cumsum(inc, axis=1, dtype=np.int8)
+    del m
+    return out
 
 
 _FRAMES: dict[int, pd.DataFrame] = {}
@@ -369,6 +399,7 @@ def simulate_true(
     step_s: int = 360,
     day_s: int = 86400,
     params: MobilityParams = DEFAULT_PARAMS,
+    with_true: bool = True,
 ) -> tuple[pd.DataFrame, F64, F64]:
     """generate_traces plus the true (un-snapped) positions behind each row."""
     _check(n_users, step_s, day_s)
@@ -379,9 +410,9 @@ def simulate_true(
     kept_lat: list[F64] = []
     kept_lon: list[F64] = []
     have = 0
-    est_yield = 0.25
+    est_yield = 0.5
     while have < n_users:
-        batch = int(min(200_000, max(256, (n_users - have) / est_yield * 1.1)))
+        batch = int(min(100_000, max(256, (n_users - have) / est_yield * 1.05)))
         b = _simulate(k, batch, params, rng, times)
         srt = np.sort(b.lac, axis=1)
         distinct = 1 + (np.diff(srt, axis=1) != 0).sum(axis=1)
@@ -389,12 +420,14 @@ def simulate_true(
         est_yield = max(0.01, float(keep.mean()))
         take = np.nonzero(keep)[0][: n_users - have]
         kept_lac.append(b.lac[take])
-        kept_lat.append(b.lat[take])
-        kept_lon.append(b.lon[take])
+        if with_true:
+            tl, tn = b.true_positions(take)
+            kept_lat.append(tl)
+            kept_lon.append(tn)
         have += len(take)
     lac = np.concatenate(kept_lac)
-    tlat = np.concatenate(kept_lat)
-    tlon = np.concatenate(kept_lon)
+    tlat = np.concatenate(kept_lat) if with_true else np.zeros((0, len(times)))
+    tlon = np.concatenate(kept_lon) if with_true else np.zeros((0, len(times)))
     steps = len(times)
     ids = lacs["lac"].to_numpy(np.int64)
     flat = lac.ravel()
@@ -424,5 +457,5 @@ def generate_traces(
     sorted by (user_id, t). Only users crossing more than 3 distinct LACs are
     kept (as in the paper); deterministic for a seed.
     """
-    traces, _lat, _lon = simulate_true(lacs, n_users, seed, step_s, day_s, params)
+    traces, _lat, _lon = simulate_true(lacs, n_users, seed, step_s, day_s, params, with_true=False)
     return traces

@@ -120,6 +120,14 @@ def _check_coords(lat: F64, lon: F64, what: str) -> None:
         raise InputError(f"{what} row {row} column lon", float(lon[row]), "-180 <= lon <= 180")
 
 
+def _lac_of_unique(lat: F64, lon: F64, lacs: pd.DataFrame) -> I64:
+    """lac_of on distinct positions only: LAC-level traces repeat a few positions."""
+    codes, uniq = pd.factorize(lat + 1j * lon)
+    u = np.asarray(uniq, dtype=np.complex128)
+    out: I64 = lac_of(u.real, u.imag, lacs)[codes]
+    return out
+
+
 def load_traces(path: Path, lacs: pd.DataFrame, lac_table: Path | None = None) -> pd.DataFrame:
     """Read traces into the simulator's table: user_id, t, lat, lon, lac, sorted by user.
 
@@ -152,7 +160,7 @@ def load_traces(path: Path, lacs: pd.DataFrame, lac_table: Path | None = None) -
         lat = _numeric(df, "lat", "traces")
         lon = _numeric(df, "lon", "traces")
         _check_coords(lat, lon, "traces")
-        lac = lac_of(lat, lon, lacs)
+        lac = _lac_of_unique(lat, lon, lacs)
     else:
         table = load_lac_table(lac_table) if lac_table is not None else lacs
         raw = _numeric(df, "lac", "traces")
