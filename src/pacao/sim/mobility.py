@@ -406,7 +406,7 @@ def simulate_true(
     k = _kernels(lacs, params)
     times = np.arange(0, day_s, step_s, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    kept_lac: list[I64] = []
+    kept_lac: list[npt.NDArray[np.int32]] = []
     kept_lat: list[F64] = []
     kept_lon: list[F64] = []
     have = 0
