@@ -187,12 +187,11 @@ def _simulate(
     long_trip = rng.random(n) < p.p_long_trip
     overnight = long_trip & (rng.random(n) < p.p_overnight)
 
-    # slot arrays: place (lat, lon, lac-of-anchor), departure clock or duration
+    # slots: the places of the day in order (slot 0 home, 1 main place, ..., last home)
     slat = np.zeros((n, _K))
     slon = np.zeros((n, _K))
-    sanchor = np.zeros((n, _K), dtype=np.int64)
     valid = np.zeros((n, _K), dtype=bool)
-    slat[:, 0], slon[:, 0], sanchor[:, 0], valid[:, 0] = hlat, hlon, home, True
+    slat[:, 0], slon[:, 0], valid[:, 0] = hlat, hlon, True
 
     # slot 1: the day's main place: work, a long-trip city, or a first activity
     wk = _draw_rows(k.work, home, L, rng)
@@ -200,7 +199,7 @@ def _simulate(
     ex = _draw_rows(k.explore, home, L, rng)
     main = np.where(long_trip, lg, np.where(worker, wk, ex))
     slat[:, 1], slon[:, 1] = _jitter(k, main, p.jitter, rng)
-    sanchor[:, 1], valid[:, 1] = main, True
+    valid[:, 1] = True
     leave_home = np.where(
         worker | long_trip,
         _clock(rng, 7.9, 0.9, 5.0, 11.0, n),
@@ -214,7 +213,7 @@ def _simulate(
         np.clip(rng.lognormal(np.log(1.5 * HOUR), 0.6, n), 0.3 * HOUR, 6 * HOUR),
     )
 
-    # secondary activities: workers 0-2 after work (some at lunch), others 0-5
+    # secondary activities: workers 0-2 after work, others 0-5
     n_extra = np.where(
         worker & ~long_trip,
         rng.binomial(2, 0.35, n),
@@ -233,25 +232,27 @@ def _simulate(
     seen_cnt[same, 0] += 1
     n_seen = np.where(same, 1, 2)
     cur = main.copy()
+    cur_idx = np.where(same, 0, 1)  # index of the current place among the seen ones
+    rows = np.arange(n)
     for s in range(2, _K - 1):
         active = n_extra >= s - 1
         explore = rng.random(n) < p.epr_rho * n_seen.astype(np.float64) ** -p.epr_gamma
         new = _draw_rows(k.explore, cur, L, rng)
         nlat, nlon = _jitter(k, new, p.jitter, rng)
-        # preferential return: a seen place (home excluded here) by visit count
+        # preferential return: a seen place by visit count (not home: the day
+        # ends there; not the current place: that would be no trip)
         w = seen_cnt.copy()
         w[:, 0] = 0.0
+        w[rows, cur_idx] = 0.0
         tot = w.sum(axis=1)
         can_return = tot > 0
         explore |= ~can_return
         cw = np.cumsum(w, axis=1) / np.where(can_return, tot, 1.0)[:, None]
         pick = (cw < rng.random(n)[:, None]).sum(axis=1).clip(0, _K - 1)
-        rows = np.arange(n)
         rlac, rlat, rlon = seen_lac[rows, pick], seen_lat[rows, pick], seen_lon[rows, pick]
         go_lac = np.where(explore, new, rlac)
         slat[:, s] = np.where(explore, nlat, rlat)
         slon[:, s] = np.where(explore, nlon, rlon)
-        sanchor[:, s] = go_lac
         valid[:, s] = active
         # book-keeping of seen places (new places take the slot index s)
         add = active & explore
@@ -261,9 +262,10 @@ def _simulate(
         seen_cnt[rows[ret], pick[ret]] += 1.0
         n_seen = n_seen + add
         cur = np.where(active, go_lac, cur)
+        cur_idx = np.where(add, s, np.where(ret, pick, cur_idx))
     # last slot: home, unless the long trip lasts overnight
     last = _K - 1
-    slat[:, last], slon[:, last], sanchor[:, last] = hlat, hlon, home
+    slat[:, last], slon[:, last] = hlat, hlon
     valid[:, last] = ~overnight
 
     dur = np.clip(rng.lognormal(np.log(1.0 * HOUR), 0.7, (n, _K)), 0.2 * HOUR, 4 * HOUR)
