@@ -39,6 +39,7 @@ def main() -> None:
         idx = choose_parallel(metrics, weights, usable, bounds=bounds, workers=workers)[0]
         return time.perf_counter() - t0, idx
 
+    rates: dict[str, float] = {}
     for mode in (False, True):
         times = []
         for _ in range(args.repeat):
@@ -47,7 +48,7 @@ def main() -> None:
         best = min(times)
         label = "enumeration, 2 threads" if mode else "enumeration, 1 thread "
         print(f"{label}: {n / best:>12,.0f} decisions/s  (best of {args.repeat}: {best:.3f} s)")
-        enum_rate = n / best
+        rates[label.strip()] = n / best
 
     m = args.highs_sample
     crit = [Criterion("rtt", 0.5, 60), Criterion("jitter", 0.3, 10), Criterion("loss", 0.2, 2)]
@@ -78,9 +79,12 @@ def main() -> None:
     )
     print(f"HiGHS MILP (optimum only)  : {highs_rate:>12,.0f} decisions/s  ({m} users, {dt:.2f} s)")
     print(f"same optimum on the sample : {agree}/{m}")
-    print(f"ratio enumeration / HiGHS  : {enum_rate / highs_rate:,.0f}x")
+    best_label = max(rates, key=lambda k: rates[k])
+    enum_rate = rates[best_label]
+    print(f"ratio enumeration / HiGHS  : {enum_rate / highs_rate:,.0f}x  (best: {best_label})")
     target = 1_000_000
-    print(f"target >= {target:,} decisions/s: {'met' if enum_rate >= target else 'NOT met'}")
+    verdict = "met" if enum_rate >= target else "NOT met"
+    print(f"target >= {target:,} decisions/s: {verdict} ({enum_rate:,.0f}/s, {best_label})")
 
 
 if __name__ == "__main__":

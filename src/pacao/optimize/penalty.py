@@ -68,13 +68,16 @@ def choose_scaled(
     q -= RATIO_FLOOR
     np.ceil(q, out=q)
     cost = _weighted(q, w)
-    cost += 0.0
     np.putmask(cost, ~usable, np.inf)
-    best = cost.min(axis=-1, keepdims=True)
+    # argmin then a gather: a min-reduction along a short last axis is 4x slower.
+    first = cost.argmin(axis=-1)[..., None]
+    best = np.take_along_axis(cost, first, axis=-1)
     best += OBJECTIVE_TIE
     np.putmask(secondary, cost > best, np.inf)
     idx = secondary.argmin(axis=-1)
-    return idx.astype(np.int64), np.take_along_axis(cost, idx[..., None], axis=-1)[..., 0]
+    obj = np.take_along_axis(cost, idx[..., None], axis=-1)[..., 0]
+    obj += 0.0  # ceil of a value in (-1, 0) is -0.0: report it as 0.0
+    return idx.astype(np.int64), obj
 
 
 def objective_and_secondary(
