@@ -127,3 +127,22 @@ def test_dc_sites_rejects_bad_input(lacs: pd.DataFrame) -> None:
         dc_sites("france_isp", 2, lacs.drop(columns=["population"]))
     with pytest.raises(InputError, match="seed"):
         build_lacs(-1)
+
+
+def test_shipped_towns_have_no_double_counts() -> None:
+    towns = geo._all_towns()
+    assert towns["geonameid"].is_unique
+    names = set(towns["name"])
+    assert not {"Paris", "Lyon", "Marseille", "Marne La Vallée", "Cergy-Pontoise"} & names
+    assert not any("Arrondissement" in n for n in names)
+    late = towns[towns["geonameid"] >= 7_000_000]
+    assert late["name"].str.match(r"^Marseille \d\d$").all()
+    paris = towns[towns["name"].str.match(r"^Paris \d\d ")]
+    assert len(paris) == 20
+    assert 2.0e6 < paris["population"].sum() < 2.3e6  # Paris proper, counted once
+    assert (towns["admin1"] == 94).sum() > 0  # Corsica is in the table ...
+    assert (french_towns()["admin1"] != 94).all()  # ... and left out of the cells
+    cities = geo.european_cities()
+    assert {"Paris", "London", "Berlin", "Madrid"} <= set(cities["name"])
+    assert not cities["name"].str.match(r"^Paris \d\d").any()
+    assert (cities["population"] >= 150_000).all()

@@ -414,7 +414,7 @@ def simulate_true(
     have = 0
     est_yield = 0.5
     while have < n_users:
-        batch = int(min(100_000, max(256, (n_users - have) / est_yield * 1.05)))
+        batch = int(min(50_000, max(256, (n_users - have) / est_yield * 1.05)))
         b = _simulate(k, batch, params, rng, times)
         srt = np.sort(b.lac, axis=1)
         distinct = 1 + (np.diff(srt, axis=1) != 0).sum(axis=1)

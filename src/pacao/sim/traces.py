@@ -176,8 +176,11 @@ def load_traces(path: Path, lacs: pd.DataFrame, lac_table: Path | None = None) -
         lat = table["lat"].to_numpy(np.float64)[pos]
         lon = table["lon"].to_numpy(np.float64)[pos]
     # group users (stable: keeps each user's row order), then check times
-    order = np.argsort(users, kind="stable")
-    users, t, lat, lon, lac = users[order], t[order], lat[order], lon[order], lac[order]
+    if np.all(users[1:] >= users[:-1]):
+        order = np.arange(len(users))
+    else:
+        order = np.argsort(users, kind="stable")
+        users, t, lat, lon, lac = users[order], t[order], lat[order], lon[order], lac[order]
     same = users[1:] == users[:-1]
     back = same & (t[1:] <= t[:-1])
     if back.any():
@@ -221,7 +224,10 @@ def trace_stats(traces: pd.DataFrame) -> dict[str, Any]:
     distance between the stay before and the stay after.
     """
     _require(traces, TRACE_COLUMNS, "traces")
-    df = traces.sort_values(["user_id", "t"], kind="stable")
+    u0 = traces["user_id"].to_numpy(np.int64)
+    t0 = traces["t"].to_numpy(np.int64)
+    ordered = bool(np.all((u0[1:] > u0[:-1]) | ((u0[1:] == u0[:-1]) & (t0[1:] > t0[:-1]))))
+    df = traces if ordered else traces.sort_values(["user_id", "t"], kind="stable")
     users = df["user_id"].to_numpy(np.int64)
     lat = df["lat"].to_numpy(np.float64)
     lon = df["lon"].to_numpy(np.float64)
