@@ -208,7 +208,7 @@ def lac_of(lat: npt.ArrayLike, lon: npt.ArrayLike, lacs: pd.DataFrame) -> I64:
     tree = _tree(lacs)
     _d, i = tree.query(unit_vectors(lat, lon))
     ids = lacs["lac"].to_numpy(np.int64)
-    out: I64 = ids[np.asarray(i, dtype=np.int64)]
+    out: I64 = np.asarray(ids[np.asarray(i, dtype=np.int64)])
     return out
 
 
