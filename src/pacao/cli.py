@@ -81,6 +81,38 @@ def demo() -> None:
         console.print(f"HiGHS MILP {agree}: objective {milp.objective:.3f}, choice {milp.choice}\n")
 
 
+@app.command()
+def reproduce(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Fewer users and a 3x3 S'/S'' grid (minutes).")
+    ] = False,
+    users: Annotated[
+        int | None, typer.Option(help="Users to simulate (default 36,450; 4,000 with --quick).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default runs/reproduce[-quick]).")
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Dask scheduler address, e.g. tcp://host:8786 (default: LocalCluster)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of LACs, traces and DC sites.")] = 0,
+    vm_memory_gb: Annotated[
+        float, typer.Option(help="VM memory copied per migration, GB (0: instant, the paper).")
+    ] = 0.0,
+    dc_gbps: Annotated[
+        float, typer.Option(help="Inter-DC bandwidth for migrations, Gbit/s.")
+    ] = 10.0,
+) -> None:
+    """Reproduce the paper's Section V: sweep, Figs. 12-16, report.html, summary.json."""
+    from pacao.sim.reproduce import run_cli
+
+    try:
+        run_cli(quick, users, out, scheduler, seed, vm_memory_gb, dc_gbps)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+
+
 def main() -> None:
     app()
 

@@ -1,7 +1,8 @@
 """The paper's network model (Sec. V-A): RTTs from great-circle distances.
 
 RTT between two points = stretch x distance_km x 1 ms / 100 km (fibre at
-200,000 km/s, doubled for the round trip, times 3 for path stretch); a user<->DC
+200,000 km/s, doubled for the round trip, times 3 for path stretch), with the
+great-circle distance of :func:`pacao.sim.geography.haversine_km`; a user<->DC
 leg adds 40 ms of 4G bufferbloat. The user reaches the VM at DC v through the
 entry DC a: RTT(u, a) + RTT(a, v), the second term 0 when a = v.
 
@@ -17,11 +18,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from pacao.errors import InputError
+from pacao.sim.geography import haversine_km
 
 FloatArray = NDArray[np.float64]
 
-#: Mean Earth radius (IUGG), km.
-EARTH_RADIUS_KM = 6371.0
 #: 1 ms of RTT per 100 km of fibre (propagation at 200,000 km/s, there and back).
 MS_PER_KM = 1.0 / 100.0
 #: The paper's path stretch: the real path is longer than the straight line.
@@ -32,16 +32,6 @@ PAPER_BUFFERBLOAT_MS = 40.0
 TCP_WINDOW_BYTES = 163_840
 #: Names of the latency bounds and the quantile of the user<->DC RTT each one is.
 BOUND_QUANTILES: dict[str, float] = {"strict": 0.1, "median": 0.5, "loose": 0.9}
-
-
-def great_circle_km(
-    lat1: ArrayLike, lon1: ArrayLike, lat2: ArrayLike, lon2: ArrayLike
-) -> FloatArray:
-    """Haversine distance in km; arguments broadcast like numpy arrays."""
-    p1, l1, p2, l2 = (np.radians(np.asarray(x, dtype=np.float64)) for x in (lat1, lon1, lat2, lon2))
-    h = np.sin((p2 - p1) / 2.0) ** 2 + np.cos(p1) * np.cos(p2) * np.sin((l2 - l1) / 2.0) ** 2
-    out: FloatArray = 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
-    return out
 
 
 def throughput_mbps(rtt_ms: ArrayLike) -> FloatArray:
@@ -115,8 +105,8 @@ def build_network(
     for name, arr, lim in (("lat", dlat, 90.0), ("lon", dlon, 180.0)):
         if not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > lim):
             raise InputError(f"dcs.{name}", arr.tolist()[:5], f"finite, within +/-{lim:g}")
-    km_ud = great_circle_km(plat[:, None], plon[:, None], dlat[None, :], dlon[None, :])
-    km_dd = great_circle_km(dlat[:, None], dlon[:, None], dlat[None, :], dlon[None, :])
+    km_ud = haversine_km(plat[:, None], plon[:, None], dlat[None, :], dlon[None, :])
+    km_dd = haversine_km(dlat[:, None], dlon[:, None], dlat[None, :], dlon[None, :])
     user_dc = m.bufferbloat_ms + m.stretch * MS_PER_KM * km_ud
     dc_dc = m.dc_stretch * MS_PER_KM * km_dd
     np.fill_diagonal(dc_dc, 0.0)

@@ -1,0 +1,222 @@
+"""The paper's Figs. 12-16 from a reproduce run, as PNG files (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.collections import LineCollection
+from matplotlib.ticker import ScalarFormatter
+from numpy.typing import NDArray
+
+from pacao.sim.network import BOUND_QUANTILES, throughput_mbps
+
+if TYPE_CHECKING:
+    from pacao.sim.engine import Trajectories
+    from pacao.sim.reproduce import Headline, Inputs
+    from pacao.sim.sweep import Deployment
+
+TITLES = {"france_isp": "France/ISP", "europe_ott": "Europe/OTT"}
+POLICY_STYLE = {
+    "legacy": ("legacy", "tab:gray", "-"),
+    "pacao1": ("PACAO-1 (entry switching)", "tab:blue", "--"),
+    "pacao2": ("PACAO-2 (switching + VM migration)", "tab:red", "-"),
+}
+LEVELS = np.linspace(0.0, 1.0, 401)
+MAP_USERS = 250
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
+def _weighted_cdf(
+    values: NDArray[np.float64], weights: NDArray[np.int64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order].astype(np.float64)
+    c = np.cumsum(w)
+    return v, c / c[-1]
+
+
+def fig12_map(
+    path: Path, lacs: pd.DataFrame, traces: pd.DataFrame, dcs: pd.DataFrame, seed: int = 0
+) -> str:
+    """DC sites of both use cases over the LAC centres and a sample of trajectories."""
+    users = traces["user_id"].to_numpy()
+    uniq = np.unique(users)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(uniq, size=min(MAP_USERS, len(uniq)), replace=False)
+    sub = traces[np.isin(users, pick)]
+    segs = [g[["lon", "lat"]].to_numpy() for _, g in sub.groupby("user_id", sort=False)]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 7))
+    for ax, uc in zip(axes, ("france_isp", "europe_ott"), strict=True):
+        n = int(dcs[dcs.use_case == uc].n_dcs.max())
+        d = dcs[(dcs.use_case == uc) & (dcs.n_dcs == n)]
+        ax.scatter(lacs["lon"], lacs["lat"], s=2, c="0.8", label="LAC centres", zorder=1)
+        ax.add_collection(
+            LineCollection(segs, colors="tab:blue", linewidths=0.5, alpha=0.35, zorder=2)
+        )
+        ax.plot([], [], color="tab:blue", lw=0.8, label=f"trajectories ({len(segs)} users)")
+        ax.scatter(
+            d["lon"],
+            d["lat"],
+            marker="^",
+            s=40,
+            c="tab:red",
+            edgecolors="k",
+            zorder=3,
+            label=f"{n} DCs",
+        )
+        lat0 = float(np.mean(np.r_[lacs["lat"].to_numpy(), d["lat"].to_numpy()]))
+        ax.set_aspect(1.0 / np.cos(np.radians(lat0)))
+        ax.set_title(f"{TITLES[uc]}: {n} DCs and user trajectories")
+        ax.set_xlabel("longitude")
+        ax.set_ylabel("latitude")
+        ax.legend(loc="lower left", fontsize=8)
+        ax.autoscale()
+    fig.suptitle("Fig. 12: trajectories and data-centre distribution")
+    return _save(fig, path)
+
+
+def fig13_rtt_cdfs(path: Path, tr: Trajectories, deps: list[Deployment]) -> str:
+    """User<->DC RTT over all (sample, DC) pairs and DC<->DC RTT, per use case."""
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    cmap = plt.get_cmap("viridis")
+    for col, uc in enumerate(("france_isp", "europe_ott")):
+        mine = sorted((d for d in deps if d.use_case == uc), key=lambda d: d.n_dcs)
+        for i, dep in enumerate(mine):
+            color = cmap(i / max(1, len(mine) - 1))
+            w = np.repeat(tr.pos_weight, dep.n_dcs)
+            v, c = _weighted_cdf(dep.net.user_dc.ravel(), w)
+            axes[0, col].plot(v, c, color=color, label=f"{dep.n_dcs} DCs")
+            if dep.n_dcs > 1:
+                iu = np.triu_indices(dep.n_dcs, k=1)
+                dd = np.sort(dep.net.dc_dc[iu])
+                axes[1, col].plot(
+                    dd, np.arange(1, len(dd) + 1) / len(dd), color=color, label=f"{dep.n_dcs} DCs"
+                )
+        head = next((d for d in mine if d.n_dcs == max(x.n_dcs for x in mine)), None)
+        if head is not None:
+            for name, ms in head.bounds.items():
+                axes[0, col].axvline(ms, color="k", ls=":", lw=0.8)
+                axes[0, col].text(
+                    ms,
+                    0.02 + 0.1 * list(BOUND_QUANTILES).index(name),
+                    f" {name}\n ({head.n_dcs} DCs)",
+                    fontsize=7,
+                )
+        axes[0, col].set_title(f"{TITLES[uc]}: user-DC RTT (all sample x DC pairs)")
+        axes[1, col].set_title(f"{TITLES[uc]}: DC-DC RTT (all DC pairs)")
+        for r in (0, 1):
+            axes[r, col].set_xlabel("RTT (ms)")
+            axes[r, col].set_ylabel("CDF")
+            axes[r, col].grid(alpha=0.3)
+            axes[r, col].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Fig. 13: emulated round-trip times between network nodes")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def fig_heatmaps(path: Path, sweep: pd.DataFrame, use_case: str, number: int) -> str:
+    """Median RTT of PACAO-2 over (S', S''), one panel per DC count and bound."""
+    df = sweep[(sweep.use_case == use_case) & (sweep.policy == "pacao2")]
+    counts = sorted(df.n_dcs.unique())
+    bounds = list(BOUND_QUANTILES)
+    fig, axes = plt.subplots(
+        len(bounds),
+        len(counts),
+        figsize=(2.6 * len(counts) + 1, 2.5 * len(bounds) + 1),
+        squeeze=False,
+    )
+    legacy = sweep[(sweep.use_case == use_case) & (sweep.policy == "legacy")]
+    for r, b in enumerate(bounds):
+        for c, n in enumerate(counts):
+            ax = axes[r, c]
+            cell = df[(df.n_dcs == n) & (df.bound == b)]
+            piv = cell.pivot_table(index="s2", columns="s1", values="median_rtt_ms")
+            s1 = piv.columns.to_numpy(float)
+            s2 = piv.index.to_numpy(float)
+            im = ax.imshow(
+                piv.to_numpy(),
+                origin="lower",
+                aspect="auto",
+                cmap="viridis_r",
+                extent=(s1[0] * 100 - 5, s1[-1] * 100 + 5, s2[0] * 100 - 5, s2[-1] * 100 + 5)
+                if len(s1) > 1 and len(s2) > 1
+                else None,
+            )
+            if len(s1) > 1 and len(s2) > 1:
+                best = cell.sort_values(["median_rtt_ms", "s1", "s2"]).iloc[0]
+                ax.plot(best.s1 * 100, best.s2 * 100, "w*", ms=8, mec="k")
+            leg = legacy[(legacy.n_dcs == n) & (legacy.bound == b)].median_rtt_ms
+            lg = f"legacy {leg.iloc[0]:.2f}" if len(leg) else ""
+            ax.set_title(f"{n} DCs, {b} bound\n{lg} ms", fontsize=8)
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            cb.ax.tick_params(labelsize=6)
+            cb.formatter = ScalarFormatter(useOffset=False)
+            cb.update_ticks()
+            ax.tick_params(labelsize=7)
+            if r == len(bounds) - 1:
+                ax.set_xlabel("S' (% of residence time)", fontsize=7)
+            if c == 0:
+                ax.set_ylabel("S'' (% of S')", fontsize=7)
+    fig.suptitle(
+        f"Fig. {number}: {TITLES[use_case]}: PACAO-2 median RTT (ms) as a function of S' and S''"
+        " (star: best)"
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def fig16_throughput(path: Path, heads: dict[str, Headline]) -> str:
+    """CDF of the per-sample maximum TCP throughput, legacy / PACAO-1 / PACAO-2."""
+    fig, axes = plt.subplots(1, len(heads), figsize=(7 * len(heads), 5), squeeze=False)
+    for ax, (uc, h) in zip(axes[0], heads.items(), strict=True):
+        for pol, rtt in h.rtt.items():
+            label, color, ls = POLICY_STYLE[pol]
+            q = np.quantile(throughput_mbps(rtt), LEVELS)
+            ax.plot(q, LEVELS, color=color, ls=ls, label=f"{label}, median {np.median(q):.1f}")
+        ax.set_title(
+            f"{TITLES[uc]}, {h.dep.n_dcs} DCs, strict bound, S'={h.point.s1:.0%}, "
+            f"S''={h.point.s2:.0%} of S'"
+        )
+        ax.set_xlabel("maximum TCP throughput (Mbit/s), 163,840 B window / RTT")
+        ax.set_ylabel("CDF over user samples")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Fig. 16: maximum estimated throughput")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def draw_all(
+    out: Path,
+    inputs: Inputs,
+    tr: Trajectories,
+    deps: list[Deployment],
+    sweep: pd.DataFrame,
+    heads: dict[str, Headline],
+    advance: Callable[[], None] = lambda: None,
+) -> dict[str, str]:
+    """Every figure of the run folder; returns {figure: file name}."""
+    figs = {"fig12": fig12_map(out / "fig12_map.png", inputs.lacs, inputs.traces, inputs.dcs)}
+    advance()
+    figs["fig13"] = fig13_rtt_cdfs(out / "fig13_rtt_cdf.png", tr, deps)
+    advance()
+    figs["fig14"] = fig_heatmaps(out / "fig14_france_isp_heatmaps.png", sweep, "france_isp", 14)
+    advance()
+    figs["fig15"] = fig_heatmaps(out / "fig15_europe_ott_heatmaps.png", sweep, "europe_ott", 15)
+    advance()
+    figs["fig16"] = fig16_throughput(out / "fig16_throughput_cdf.png", heads)
+    return figs

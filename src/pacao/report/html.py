@@ -1,0 +1,298 @@
+"""report.html of a reproduce run: our numbers next to the paper's, the figures,
+and, where they differ, by how much and why (computed from the run itself)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pacao import __version__
+from pacao.sim.network import MS_PER_KM, PAPER_BUFFERBLOAT_MS, PAPER_STRETCH, throughput_mbps
+
+if TYPE_CHECKING:
+    from pacao.sim.engine import Trajectories
+    from pacao.sim.reproduce import Headline, Inputs, Options
+    from pacao.sim.sweep import Deployment
+
+TITLES = {"france_isp": "France/ISP", "europe_ott": "Europe/OTT"}
+PAPER_GAIN = {"france_isp": 0.40, "europe_ott": 0.30}
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 4px 8px; text-align: right; }
+th { background: #eee; } td.l, th.l { text-align: left; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _e(x: object) -> str:
+    return html.escape(str(x))
+
+
+def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
+    th = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(head))
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _gain(a: np.ndarray, b: np.ndarray) -> float:
+    """Median-throughput gain of RTT sample set a over b."""
+    return float(np.median(throughput_mbps(a)) / np.median(throughput_mbps(b)) - 1.0)
+
+
+def _why(uc: str, h: Headline, s: dict[str, Any]) -> str:
+    """The differences with the paper, with the figures of this run."""
+    leg = h.rtt["legacy"]
+    ideal_gain = _gain(h.ideal, leg)
+    at_nearest = float(np.mean(leg <= h.ideal + 1e-9))
+    med_leg = float(s["legacy_median_rtt_ms"])
+    need = PAPER_GAIN[uc]
+    # Legacy median RTT the paper's gain needs if PACAO-2 reached the ideal median.
+    need_leg = float(np.median(h.ideal)) * (1 + need)
+    extra_km = (need_leg - float(np.median(h.ideal))) / (PAPER_STRETCH * MS_PER_KM)
+    ours = float(s["pacao2_median_throughput_gain"])
+    items = [
+        f"Our PACAO-2 median throughput gain is <b>{ours:+.2%}</b> against the paper's "
+        f"about {need:+.0%}: {100 * (ours - need):+.1f} percentage points.",
+        f"The legacy median RTT is {med_leg:.2f} ms, of which {PAPER_BUFFERBLOAT_MS:.0f} ms is "
+        "the fixed 4G bufferbloat term of the paper's model: propagation is only "
+        f"{med_leg - PAPER_BUFFERBLOAT_MS:.2f} ms of it.",
+        f"{at_nearest:.1%} of all user samples are already served by their nearest DC under "
+        "legacy (the user is at, or near, where the day started: home at night and most of the "
+        "evening). Moving the VM cannot help these samples, and they hold the median.",
+        "Upper bound: with the entry and the VM at the DC nearest to the user at every instant "
+        f"(no reaction delay), the median RTT would be {np.median(h.ideal):.2f} ms and the "
+        f"median throughput gain {ideal_gain:+.2%}. No S', S'' can exceed it.",
+        f"To gain {need:.0%} even with that ideal placement, the legacy median RTT would have to "
+        f"be about {need_leg:.1f} ms, i.e. the median sample about {extra_km:.0f} km of path "
+        "farther from its VM than from its nearest DC. The paper does not give the distance "
+        "distribution of its traces; ours come from a synthetic model (docs/traces.md) in "
+        "which most of the day is spent within tens of km of home.",
+        "PACAO-1 equals legacy: with one stretch factor for every leg, RTT(u, a) + RTT(a, v) "
+        ">= RTT(u, v) (triangle inequality on great-circle distances), so once the VM is at v "
+        "no other entry DC is better than v itself, and the controller (which keeps the current "
+        f"path on ties) made {h.switches['pacao1']} switches. The paper shows a small PACAO-1 "
+        "gain, which its stated RTT formula cannot produce; a network whose DC-DC legs are "
+        "straighter than user-DC legs would (PathModel.dc_stretch, not used here).",
+    ]
+    return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+
+
+def write_report(
+    out: Path,
+    *,
+    inputs: Inputs,
+    opts: Options,
+    tr: Trajectories,
+    deps: list[Deployment],
+    sweep: pd.DataFrame,
+    heads: dict[str, Headline],
+    summary: dict[str, dict[str, Any]],
+    figures: dict[str, str],
+    stage_seconds: dict[str, float],
+    total_seconds: float,
+) -> Path:
+    """Write report.html in ``out`` and return its path."""
+    parts: list[str] = []
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    parts.append(
+        f"<h1>PACAO, Section V reproduced</h1><p class=note>pacao {__version__}, {now}. "
+        'Paper: Secci, Raad, Gallard, "Linking Virtual Machine Mobility to User '
+        'Mobility", IEEE TNSM 2016.</p>'
+    )
+    grid = opts.grid_values
+    run_rows = [
+        ["traces", _e(inputs.source)],
+        ["users / samples", f"{tr.n_users:,} / {tr.n_samples:,}"],
+        ["DC counts", ", ".join(str(d.n_dcs) for d in deps if d.use_case == "france_isp")],
+        ["S' grid (fraction of LAC residence time)", ", ".join(f"{x:.0%}" for x in grid)],
+        ["S'' grid (fraction of S')", ", ".join(f"{x:.0%}" for x in grid)],
+        [
+            "VM migration time",
+            f"{opts.migration_s:g} s" + (" (paper)" if opts.migration_s == 0 else ""),
+        ],
+        ["Dask", _e(opts.scheduler or "LocalCluster on this machine")],
+        ["mode", "quick" if opts.quick else "full"],
+        [
+            "wall time",
+            f"{total_seconds:.0f} s ("
+            + ", ".join(f"{_e(k)}: {v:.1f} s" for k, v in stage_seconds.items())
+            + ")",
+        ],
+    ]
+    parts.append("<h2>Run</h2>" + _table(["", "value"], run_rows, left=2))
+
+    head_rows = []
+    for uc, s in summary.items():
+        h = heads[uc]
+        head_rows.append(
+            [
+                TITLES[uc],
+                str(s["n_dcs"]),
+                f"{h.point.s1:.0%} / {h.point.s2:.0%}",
+                f"{s['legacy_median_rtt_ms']:.2f}",
+                f"{s['pacao1_median_rtt_ms']:.2f}",
+                f"{s['pacao2_median_rtt_ms']:.2f}",
+                f"{s['pacao1_median_throughput_gain']:+.2%}",
+                f"{s['pacao2_median_throughput_gain']:+.2%}",
+                f"~{PAPER_GAIN[uc]:+.0%}",
+                f"{100 * (s['pacao2_median_throughput_gain'] - PAPER_GAIN[uc]):+.1f} pts",
+                f"{_gain(h.ideal, h.rtt['legacy']):+.2%}",
+            ]
+        )
+    parts.append(
+        "<h2>Headline: our numbers next to the paper's</h2>"
+        "<p>Medians over all user samples of the headline configuration: the paper's best "
+        "deployment (64 DCs France/ISP, 4 DCs Europe/OTT), strict bound, and the S', S'' with "
+        "the lowest PACAO-2 median RTT in our sweep. Throughput = 163,840 B x 8 / RTT; gain = "
+        "median throughput of the policy / median throughput of legacy - 1. Also in "
+        "<code>summary.json</code>.</p>"
+        + _table(
+            [
+                "use case",
+                "DCs",
+                "best S' / S''",
+                "legacy RTT (ms)",
+                "PACAO-1 RTT (ms)",
+                "PACAO-2 RTT (ms)",
+                "PACAO-1 gain",
+                "PACAO-2 gain",
+                "paper PACAO-2 gain",
+                "difference",
+                "upper bound (nearest DC always)",
+            ],
+            head_rows,
+        )
+    )
+    paper_rows = [
+        [
+            TITLES[uc],
+            f"{h.paper_setting['pacao1']:.2f}",
+            f"{h.paper_setting['pacao2']:.2f}",
+            f"{float(np.median(h.rtt['legacy'])):.2f}",
+        ]
+        for uc, h in heads.items()
+    ]
+    parts.append(
+        "<p>The paper's best setting is written 6', 36''. Read as absolute times (S' = 6 min, "
+        "S'' = 36 s), it gives these medians (ms) on the same deployments:</p>"
+        + _table(["use case", "PACAO-1", "PACAO-2", "legacy"], paper_rows)
+    )
+    parts.append("<h2>Where we differ from the paper, and why</h2>")
+    for uc, s in summary.items():
+        parts.append(f"<h3>{TITLES[uc]}, {s['n_dcs']} DCs</h3>" + _why(uc, heads[uc], s))
+    if inputs.stats:
+        st = inputs.stats
+
+        def q(key: str) -> str:
+            v = st.get(key, {})
+            return ", ".join(f"{k} {x:.3g}" for k, x in v.items()) if isinstance(v, dict) else _e(v)
+
+        rows = [
+            ["users", f"{st.get('users', 0):,}"],
+            ["samples", f"{st.get('samples', 0):,}"],
+            ["LACs crossed per user", q("lacs_per_user")],
+            ["radius of gyration (km)", q("radius_of_gyration_km")],
+            ["trip length (km)", q("trip_km")],
+            ["users with a trip > 100 km", f"{st.get('share_users_trip_over_100km', 0):.1%}"],
+        ]
+        parts.append(
+            "<h3>Trace statistics (to judge realism)</h3>" + _table(["", "value"], rows, 2)
+        )
+    parts.append(
+        "<h3>Assumptions</h3><ul>"
+        "<li>RTT = 3 x great-circle distance (km) / 100 ms; +40 ms on user-DC legs; user-VM "
+        "through entry a with VM at v = RTT(u, a) + RTT(a, v).</li>"
+        "<li>Positions are LAC centres, held for each 6-minute sample; a sample's RTT is the time "
+        "average over its interval, so an action inside a sample counts for the rest of it.</li>"
+        "<li>Bounds: 1st decile, median, 9th decile of user-DC RTT over all (sample, DC) pairs of "
+        "the deployment (Fig. 13). SLA violated when ceil(RTT / bound) > 1, as in (3).</li>"
+        "<li>Legacy: entry and VM at the DC nearest to the user's first position. Every S' the "
+        "controller checks the current path; violated: RLOC switching by (1)-(3); S'' later, "
+        "still violated: VM placement by (1)-(3) (the entry follows the VM), migration "
+        f"time {opts.migration_s:g} s. Ties keep the current path. Decisions use "
+        "pacao.optimize.penalty.choose, the controller's kernel.</li>"
+        "<li>Relative S' restarts in each LAC visit (checks at k x S' after entering the LAC, "
+        "inside the visit); a step 2 not reached before the next check is dropped.</li>"
+        "</ul>"
+    )
+    cap = {
+        "fig12": "Fig. 12: DC sites (largest deployment per use case), sampled trajectories.",
+        "fig13": "Fig. 13: user-DC RTT (all sample x DC pairs; dotted: bounds), DC-DC RTT.",
+        "fig14": "Fig. 14: France/ISP, PACAO-2 median RTT over S', S'' per DC count and bound.",
+        "fig15": "Fig. 15: Europe/OTT, PACAO-2 median RTT over S', S'' per DC count and bound.",
+        "fig16": "Fig. 16: maximum TCP throughput, legacy / PACAO-1 / PACAO-2 (headline).",
+    }
+    parts.append("<h2>Figures</h2>")
+    for k, f in figures.items():
+        parts.append(
+            f'<figure><img src="{_e(f)}" alt="{_e(k)}">'
+            f"<figcaption>{_e(cap[k])}</figcaption></figure>"
+        )
+
+    p2 = sweep[sweep.policy == "pacao2"]
+    leg = sweep[sweep.policy == "legacy"].set_index(["use_case", "n_dcs", "bound"]).median_rtt_ms
+    rows = []
+    for (uc, n, b), g in p2.groupby(["use_case", "n_dcs", "bound"], sort=True):
+        best = g.sort_values(["median_rtt_ms", "s1", "s2"]).iloc[0]
+        lg = float(leg.loc[(uc, n, b)])
+        rows.append(
+            [
+                TITLES[str(uc)],
+                str(n),
+                _e(b),
+                f"{best.bound_ms:.2f}",
+                f"{lg:.2f}",
+                f"{best.median_rtt_ms:.2f}",
+                f"{g.median_rtt_ms.max():.2f}",
+                f"{best.s1:.0%} / {best.s2:.0%}",
+                f"{int(best.migrations):,}",
+            ]
+        )
+    parts.append(
+        "<h2>Sweep summary</h2><p>Per deployment and bound: legacy median RTT, the best and "
+        "worst PACAO-2 median RTT over the S', S'' grid (ms), and the best setting. All rows: "
+        "<code>results/sweep.parquet</code>.</p>"
+        + _table(
+            [
+                "use case",
+                "DCs",
+                "bound",
+                "bound (ms)",
+                "legacy",
+                "PACAO-2 best",
+                "PACAO-2 worst",
+                "best S' / S''",
+                "migrations (best)",
+            ],
+            rows,
+            left=3,
+        )
+    )
+    parts.append(
+        "<h2>Files</h2><ul><li><code>traces.parquet</code>: user_id, t, lat, lon, lac</li>"
+        "<li><code>dcs.csv</code>: use_case, n_dcs, name, lat, lon</li>"
+        "<li><code>results/sweep.parquet</code>: one row per configuration</li>"
+        "<li><code>results/headline_*.parquet</code>: per-sample RTT and throughput of legacy, "
+        "PACAO-1, PACAO-2 in the headline configuration; <code>results/headline.json</code>: "
+        "its settings</li><li><code>summary.json</code></li></ul>"
+    )
+    doc = (
+        "<!doctype html><html><head><meta charset=utf-8><title>pacao reproduce</title>"
+        f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n"
+    )
+    path = out / "report.html"
+    path.write_text(doc, encoding="utf-8")
+    return path

@@ -1,0 +1,387 @@
+"""`pacao reproduce`: the paper's Section V from traces to report.
+
+Stages: traces and DC sites (pacao.sim.geography / mobility, or given
+inputs), RTT tables and bounds per deployment, the S'/S'' sweep on Dask, the
+headline configurations per sample, figures, report.html and summary.json.
+Everything goes to one run folder (docs/simulation.md lists the files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from pacao.errors import InputError
+from pacao.sim.engine import Outcome, Trajectories, legacy, prepare, schedule, simulate
+from pacao.sim.network import throughput_mbps
+from pacao.sim.policy import Policy, Timing
+from pacao.sim.sweep import (
+    Deployment,
+    GridPoint,
+    SweepData,
+    dask_client,
+    deployment,
+    grid,
+    run_sweep,
+)
+
+USE_CASES = ("france_isp", "europe_ott")
+USE_CASE_TITLES = {"france_isp": "France/ISP", "europe_ott": "Europe/OTT"}
+DC_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+#: The paper's best deployment per use case (Sec. V-B) and its headline gain.
+HEADLINE_DCS = {"france_isp": 64, "europe_ott": 4}
+PAPER_GAIN = {"france_isp": 0.40, "europe_ott": 0.30}
+FULL_GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
+QUICK_GRID = (0.1, 0.5, 0.9)
+QUICK_USERS = 4000
+FULL_USERS = 36450
+#: The paper's best setting as written, "6', 36''", read as absolute S' = 6 min, S'' = 36 s.
+PAPER_SETTING = (360.0, 36.0)
+SUMMARY_KEYS = (
+    "n_dcs",
+    "legacy_median_rtt_ms",
+    "pacao1_median_rtt_ms",
+    "pacao2_median_rtt_ms",
+    "pacao1_median_throughput_gain",
+    "pacao2_median_throughput_gain",
+)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Traces (user_id, t, lat, lon, lac), the LAC table and DC sites per deployment.
+
+    ``dcs`` has columns use_case, n_dcs, name, lat, lon.
+    """
+
+    traces: pd.DataFrame
+    lacs: pd.DataFrame
+    dcs: pd.DataFrame
+    source: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def synthetic_inputs(n_users: int, seed: int, dc_counts: tuple[int, ...] = DC_COUNTS) -> Inputs:
+    """Built-in LAC cells, synthetic traces and population-drawn DC sites (docs/traces.md)."""
+    from pacao.sim.geography import build_lacs, dc_sites
+    from pacao.sim.mobility import DEFAULT_PARAMS, generate_traces
+    from pacao.sim.traces import trace_stats
+
+    lacs = build_lacs(seed)
+    traces = generate_traces(lacs, n_users=n_users, seed=seed)
+    frames = []
+    for uc in USE_CASES:
+        for n in dc_counts:
+            d = dc_sites(uc, n, lacs, seed=seed)
+            frames.append(
+                d.assign(use_case=uc, n_dcs=n)[["use_case", "n_dcs", "name", "lat", "lon"]]
+            )
+    return Inputs(
+        traces=traces,
+        lacs=lacs,
+        dcs=pd.concat(frames, ignore_index=True),
+        source=(
+            f"synthetic traces (pacao.sim.mobility, seed {seed}, {n_users} users, "
+            f"long-trip probability {DEFAULT_PARAMS.p_long_trip:g})"
+        ),
+        stats=trace_stats(traces),
+    )
+
+
+@dataclass(frozen=True)
+class Options:
+    out: Path
+    quick: bool = False
+    users: int | None = None
+    seed: int = 0
+    scheduler: str | None = None
+    migration_s: float = 0.0
+    workers: int | None = None
+
+    @property
+    def n_users(self) -> int:
+        if self.users is not None:
+            return self.users
+        return QUICK_USERS if self.quick else FULL_USERS
+
+    @property
+    def grid_values(self) -> tuple[float, ...]:
+        return QUICK_GRID if self.quick else FULL_GRID
+
+    def validate(self) -> None:
+        if self.users is not None and (isinstance(self.users, bool) or self.users < 1):
+            raise InputError("--users", self.users, "a number of users >= 1")
+        if not math.isfinite(self.migration_s) or self.migration_s < 0:
+            raise InputError("migration time", self.migration_s, "seconds >= 0")
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError("--out", str(self.out), "a directory (it is a file)")
+
+
+@dataclass
+class Headline:
+    """The per-sample results of one use case's headline configuration."""
+
+    use_case: str
+    dep: Deployment
+    point: GridPoint
+    rtt: dict[str, np.ndarray]
+    ideal: np.ndarray
+    paper_setting: dict[str, float]
+    switches: dict[str, int]
+    migrations: dict[str, int]
+
+    def summary(self) -> dict[str, float | int]:
+        med = {p: float(np.median(r)) for p, r in self.rtt.items()}
+        thr = {p: float(np.median(throughput_mbps(r))) for p, r in self.rtt.items()}
+        return {
+            "n_dcs": self.dep.n_dcs,
+            "legacy_median_rtt_ms": med["legacy"],
+            "pacao1_median_rtt_ms": med["pacao1"],
+            "pacao2_median_rtt_ms": med["pacao2"],
+            "pacao1_median_throughput_gain": thr["pacao1"] / thr["legacy"] - 1.0,
+            "pacao2_median_throughput_gain": thr["pacao2"] / thr["legacy"] - 1.0,
+        }
+
+
+class Stages:
+    """Rich progress: one line per stage, a bar for the sweep; wall time per stage."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, total: int = 1) -> Iterator[Callable[[], None]]:
+        task = self.progress.add_task(name, total=total)
+        start = time.perf_counter()
+
+        def advance() -> None:
+            self.progress.advance(task)
+
+        yield advance
+        self.progress.update(task, completed=total)
+        self.seconds[name] = time.perf_counter() - start
+
+
+def _deployments(tr: Trajectories, dcs: pd.DataFrame) -> list[Deployment]:
+    out = []
+    for (uc, n), g in dcs.groupby(["use_case", "n_dcs"], sort=False):
+        dep = deployment(tr, str(uc), g["lat"].to_numpy(np.float64), g["lon"].to_numpy(np.float64))
+        if dep.n_dcs != int(n):
+            raise InputError("dcs", f"{uc}/{n}", f"{n} rows for n_dcs={n} (found {dep.n_dcs})")
+        out.append(dep)
+    return out
+
+
+def best_point(sweep: pd.DataFrame, use_case: str, n_dcs: int) -> tuple[float, float]:
+    """The (S', S'') with the lowest PACAO-2 median RTT, strict bound (ties: smallest)."""
+    rows = sweep[
+        (sweep.use_case == use_case)
+        & (sweep.n_dcs == n_dcs)
+        & (sweep.bound == "strict")
+        & (sweep.policy == "pacao2")
+    ].sort_values(["median_rtt_ms", "s1", "s2"], kind="stable")
+    if rows.empty:
+        raise InputError("dcs", f"{use_case}/{n_dcs}", "the headline deployment is missing")
+    return float(rows.iloc[0].s1), float(rows.iloc[0].s2)
+
+
+def _headline(
+    tr: Trajectories, dep: Deployment, s1: float, s2: float, migration_s: float
+) -> Headline:
+    dec = dep.decisions["strict"]
+    point = GridPoint(s1, s2, True, migration_s)
+    sched = schedule(tr, point.timing())
+    outs: dict[str, Outcome] = {"legacy": legacy(tr, dep.net, dec)}
+    outs["pacao1"] = simulate(tr, sched, dep.net, dec, Policy.PACAO1)
+    outs["pacao2"] = simulate(tr, sched, dep.net, dec, Policy.PACAO2)
+    paper = Timing(*PAPER_SETTING, relative=False, migration_s=migration_s)
+    psched = schedule(tr, paper)
+    paper_setting = {
+        p.value: float(simulate(tr, psched, dep.net, dec, p).quantiles([0.5])[0])
+        for p in (Policy.PACAO1, Policy.PACAO2)
+    }
+    return Headline(
+        use_case=dep.use_case,
+        dep=dep,
+        point=point,
+        rtt={k: o.rtt_ms for k, o in outs.items()},
+        ideal=dep.net.user_dc.min(axis=1)[tr.pos],
+        paper_setting=paper_setting,
+        switches={k: o.switches for k, o in outs.items()},
+        migrations={k: o.migrations for k, o in outs.items()},
+    )
+
+
+def _write_headline(path: Path, traces: pd.DataFrame, h: Headline) -> None:
+    df = pd.DataFrame(
+        {
+            "user_id": traces["user_id"].to_numpy(np.int64),
+            "t": traces["t"].to_numpy(np.int64),
+            "lac": traces["lac"].to_numpy(np.int64),
+        }
+    )
+    for p, r in h.rtt.items():
+        df[f"{p}_rtt_ms"] = r
+    for p, r in h.rtt.items():
+        df[f"{p}_mbps"] = throughput_mbps(r)
+    df.to_parquet(path, index=False)
+
+
+def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = None) -> Path:
+    """Run everything; returns the path of report.html."""
+    from pacao.report.figures import draw_all
+    from pacao.report.html import write_report
+
+    opts.validate()
+    console = console or Console(stderr=True)
+    out = opts.out
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    stages = Stages(console)
+    points = grid(opts.grid_values, opts.grid_values, True, opts.migration_s)
+    t_start = time.perf_counter()
+    with stages.progress:
+        with stages.stage("traces and DC sites"):
+            if inputs is None:
+                inputs = synthetic_inputs(opts.n_users, opts.seed)
+            traces = inputs.traces[["user_id", "t", "lat", "lon", "lac"]]
+            traces.to_parquet(out / "traces.parquet", index=False)
+            inputs.dcs[["use_case", "n_dcs", "name", "lat", "lon"]].to_csv(
+                out / "dcs.csv", index=False
+            )
+            for uc in USE_CASES:
+                if not ((inputs.dcs.use_case == uc) & (inputs.dcs.n_dcs == HEADLINE_DCS[uc])).any():
+                    raise InputError("dcs", uc, f"needs the {HEADLINE_DCS[uc]}-DC deployment")
+        with stages.stage("RTT tables, bounds, decisions"):
+            tr = prepare(traces)
+            deps = _deployments(tr, inputs.dcs)
+        data = SweepData(tr, deps)
+        with stages.stage(
+            f"sweep: {len(points)} (S', S'') points x {len(deps)} deployments x 3 bounds",
+            len(points),
+        ) as adv:
+            with dask_client(opts.scheduler, opts.workers) as client:
+                sweep = run_sweep(client, data, points, adv)
+            sweep.to_parquet(out / "results" / "sweep.parquet", index=False)
+        heads: dict[str, Headline] = {}
+        with stages.stage("headline configurations", len(USE_CASES)) as adv:
+            for uc in USE_CASES:
+                dep = next(d for d in deps if d.use_case == uc and d.n_dcs == HEADLINE_DCS[uc])
+                s1, s2 = best_point(sweep, uc, dep.n_dcs)
+                heads[uc] = _headline(tr, dep, s1, s2, opts.migration_s)
+                _write_headline(out / "results" / f"headline_{uc}.parquet", traces, heads[uc])
+                adv()
+        summary = {uc: heads[uc].summary() for uc in USE_CASES}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        settings = {
+            uc: {
+                "n_dcs": h.dep.n_dcs,
+                "bound": "strict",
+                "bound_ms": h.dep.bounds["strict"],
+                "s1_fraction_of_residence": h.point.s1,
+                "s2_fraction_of_s1": h.point.s2,
+                "migration_s": opts.migration_s,
+                "switches": h.switches,
+                "migrations": h.migrations,
+            }
+            for uc, h in heads.items()
+        }
+        (out / "results" / "headline.json").write_text(json.dumps(settings, indent=2) + "\n")
+        with stages.stage("figures and report", 5) as adv:
+            figs = draw_all(out, inputs, tr, deps, sweep, heads, adv)
+            report = write_report(
+                out,
+                inputs=inputs,
+                opts=opts,
+                tr=tr,
+                deps=deps,
+                sweep=sweep,
+                heads=heads,
+                summary=summary,
+                figures=figs,
+                stage_seconds=stages.seconds,
+                total_seconds=time.perf_counter() - t_start,
+            )
+            adv()
+    return report
+
+
+def headline_table(summary: dict[str, dict[str, float | int]]) -> Table:
+    """The numbers next to the paper's, for the terminal."""
+    t = Table(title="PACAO vs legacy (medians over all user samples, strict bound)")
+    for col in ("use case", "DCs", "legacy RTT", "PACAO-1 RTT", "PACAO-2 RTT"):
+        t.add_column(col, justify="right" if col != "use case" else "left")
+    t.add_column("PACAO-2 thr. gain", justify="right")
+    t.add_column("paper", justify="right")
+    for uc, s in summary.items():
+        t.add_row(
+            USE_CASE_TITLES[uc],
+            str(s["n_dcs"]),
+            f"{s['legacy_median_rtt_ms']:.2f} ms",
+            f"{s['pacao1_median_rtt_ms']:.2f} ms",
+            f"{s['pacao2_median_rtt_ms']:.2f} ms",
+            f"{s['pacao2_median_throughput_gain']:+.1%}",
+            f"~{PAPER_GAIN[uc]:+.0%}",
+        )
+    return t
+
+
+def migration_seconds(vm_memory_gb: float, dc_gbps: float) -> float:
+    """Time to copy the VM's memory between DCs: GB x 8 / (Gbit/s); 0 GB = the paper."""
+    if not math.isfinite(vm_memory_gb) or vm_memory_gb < 0:
+        raise InputError("--vm-memory-gb", vm_memory_gb, "a memory size in GB >= 0")
+    if not math.isfinite(dc_gbps) or dc_gbps <= 0:
+        raise InputError("--dc-gbps", dc_gbps, "an inter-DC bandwidth in Gbit/s > 0")
+    return vm_memory_gb * 8.0 / dc_gbps
+
+
+def run_cli(
+    quick: bool,
+    users: int | None,
+    out: Path | None,
+    scheduler: str | None,
+    seed: int,
+    vm_memory_gb: float,
+    dc_gbps: float,
+) -> None:
+    """`pacao reproduce`: run, then print the headline table and the report's path."""
+    opts = Options(
+        out=out or Path("runs") / ("reproduce-quick" if quick else "reproduce"),
+        quick=quick,
+        users=users,
+        seed=seed,
+        scheduler=scheduler,
+        migration_s=migration_seconds(vm_memory_gb, dc_gbps),
+    )
+    report = reproduce(None, opts, Console(stderr=True))
+    summary = json.loads((opts.out / "summary.json").read_text())
+    console = Console()
+    console.print(headline_table(summary))
+    console.print(f"report: {report.resolve()}")

@@ -1,0 +1,189 @@
+"""The parameter sweep of Sec. V-B (Figs. 14-15) as Dask tasks.
+
+One task per (S', S'') grid point: it builds the controller schedule once (it
+depends only on the traces and the timing) and runs PACAO-2 (and PACAO-1 on the
+first S'' of each S') for every deployment and latency bound. The traces are
+scattered to the workers once. A LocalCluster is started unless the caller
+gives the address of a running scheduler, so a sweep outgrowing one machine
+changes one flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pacao.errors import InputError
+from pacao.sim.engine import Outcome, Trajectories, legacy, schedule, simulate
+from pacao.sim.network import BOUND_QUANTILES, Network, build_network, latency_bounds
+from pacao.sim.policy import Decisions, Policy, Timing, decision_tables
+
+#: Statistics kept for every configuration.
+QUANTILES = (0.1, 0.5, 0.9)
+#: TCP window x 8 bits / 1e6: throughput in Mbit/s = this / RTT in ms x 1000.
+WINDOW_MBIT_MS = 163_840 * 8 / 1e6 * 1000
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One DC placement with its RTT tables, bounds and tabulated decisions."""
+
+    use_case: str
+    n_dcs: int
+    net: Network
+    bounds: dict[str, float]
+    decisions: dict[str, Decisions] = field(repr=False)
+
+
+def deployment(
+    tr: Trajectories, use_case: str, dc_lat: np.ndarray, dc_lon: np.ndarray
+) -> Deployment:
+    """RTT tables, the three bounds and their decision tables for one DC set."""
+    net = build_network(tr.pos_lat, tr.pos_lon, dc_lat, dc_lon)
+    bounds = latency_bounds(net, tr.pos_weight)
+    return Deployment(
+        use_case=use_case,
+        n_dcs=net.n_dcs,
+        net=net,
+        bounds=bounds,
+        decisions={b: decision_tables(net, ms) for b, ms in bounds.items()},
+    )
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    s1: float
+    s2: float
+    relative: bool = True
+    migration_s: float = 0.0
+    with_pacao1: bool = True
+
+    def timing(self) -> Timing:
+        return Timing(self.s1, self.s2, self.relative, self.migration_s)
+
+
+def grid(
+    s1: Sequence[float], s2: Sequence[float], relative: bool = True, migration_s: float = 0.0
+) -> list[GridPoint]:
+    """All (S', S'') pairs; PACAO-1 (which ignores S'') runs on each S' once."""
+    if not s1 or not s2:
+        raise InputError("grid", (list(s1), list(s2)), "at least one S' and one S''")
+    return [
+        GridPoint(a, b, relative, migration_s, with_pacao1=(j == 0))
+        for a in s1
+        for j, b in enumerate(s2)
+    ]
+
+
+@dataclass(frozen=True)
+class SweepData:
+    """What every task needs, scattered once to each worker."""
+
+    traces: Trajectories
+    deployments: list[Deployment]
+
+
+def stats_row(
+    dep: Deployment, bound: str, policy: Policy, point: GridPoint | None, out: Outcome
+) -> dict[str, object]:
+    """One result row: the configuration and the statistics of its samples."""
+    q = out.quantiles(list(QUANTILES))
+    thr = Outcome(WINDOW_MBIT_MS / out.values, out.counts, 0, 0).quantiles([0.5])[0]
+    return {
+        "use_case": dep.use_case,
+        "n_dcs": dep.n_dcs,
+        "bound": bound,
+        "bound_ms": dep.bounds[bound],
+        "policy": policy.value,
+        "s1": np.nan if point is None else point.s1,
+        "s2": np.nan if point is None or policy is Policy.PACAO1 else point.s2,
+        "relative": True if point is None else point.relative,
+        "migration_s": 0.0 if point is None else point.migration_s,
+        "median_rtt_ms": float(q[1]),
+        "p10_rtt_ms": float(q[0]),
+        "p90_rtt_ms": float(q[2]),
+        "mean_rtt_ms": out.mean(),
+        "median_throughput_mbps": float(thr),
+        "switches": out.switches,
+        "migrations": out.migrations,
+    }
+
+
+def run_point(data: SweepData, point: GridPoint) -> list[dict[str, object]]:
+    """Every deployment and bound at one (S', S'') point (one Dask task)."""
+    sched = schedule(data.traces, point.timing())
+    rows = []
+    for dep in data.deployments:
+        for bound, dec in dep.decisions.items():
+            policies = [Policy.PACAO1, Policy.PACAO2] if point.with_pacao1 else [Policy.PACAO2]
+            for pol in policies:
+                out = simulate(data.traces, sched, dep.net, dec, pol)
+                rows.append(stats_row(dep, bound, pol, point, out))
+    return rows
+
+
+def legacy_rows(data: SweepData) -> list[dict[str, object]]:
+    """Legacy does not depend on S', S'' or the bound; one row per bound for joins."""
+    rows = []
+    for dep in data.deployments:
+        first = next(iter(dep.decisions.values()))
+        out = legacy(data.traces, dep.net, first)
+        rows += [stats_row(dep, b, Policy.LEGACY, None, out) for b in BOUND_QUANTILES]
+    return rows
+
+
+@contextmanager
+def dask_client(scheduler: str | None, workers: int | None = None) -> Iterator[object]:
+    """A client on the given scheduler, or on a LocalCluster closed afterwards."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=10)  # type: ignore[no-untyped-call]
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InputError(
+                "scheduler", scheduler, f"a reachable Dask scheduler address ({exc})"
+            ) from None
+        with client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    with (
+        LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,  # type: ignore[no-untyped-call]
+    ):
+        yield client
+
+
+def run_sweep(
+    client: object,
+    data: SweepData,
+    points: Sequence[GridPoint],
+    advance: Callable[[], None] = lambda: None,
+) -> pd.DataFrame:
+    """Run the grid on the Dask client; ``advance`` is called once per finished task."""
+    from distributed import Client, as_completed
+
+    assert isinstance(client, Client)
+    shared = client.scatter(data, broadcast=True)  # type: ignore[no-untyped-call]
+    futures = [client.submit(run_point, shared, p, pure=False) for p in points]
+    rows = legacy_rows(data)
+    for fut in as_completed(futures):  # type: ignore[no-untyped-call]
+        rows.extend(fut.result())
+        advance()
+    df = pd.DataFrame(rows)
+    return df.sort_values(["use_case", "n_dcs", "bound", "policy", "s1", "s2"]).reset_index(
+        drop=True
+    )
