@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-R_EARTH = 6371.0
+R_EARTH = 6371.0088  # IUGG mean radius, as pacao.sim.geography
 
 
 def km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

@@ -47,8 +47,7 @@ class Trajectories:
     user_ids: I64
     t_ms: I64
     end_ms: I64
-    pos: I64
-    lac: I64
+    pos: I32
     pos_lat: F64
     pos_lon: F64
     pos_weight: I64
@@ -119,7 +118,7 @@ def prepare(traces: pd.DataFrame, step_s: int | None = None) -> Trajectories:
     pos, pair_u = pd.factorize(la.astype(np.int64) * len(lo_u) + lo)
     pos_lat = np.asarray(la_u, np.float64)[pair_u // len(lo_u)]
     pos_lon = np.asarray(lo_u, np.float64)[pair_u % len(lo_u)]
-    pos = pos.astype(np.int64)
+    pos = pos.astype(np.int32)
     run_break = new_user.copy()
     run_break[1:] |= (pos[1:] != pos[:-1]) | (lac[1:] != lac[:-1])
     visit_break = new_user.copy()
@@ -132,7 +131,6 @@ def prepare(traces: pd.DataFrame, step_s: int | None = None) -> Trajectories:
         t_ms=t_ms,
         end_ms=end_ms,
         pos=pos,
-        lac=lac,
         pos_lat=pos_lat,
         pos_lon=pos_lon,
         pos_weight=np.bincount(pos, minlength=len(pos_lat)).astype(np.int64),
@@ -336,8 +334,8 @@ def schedule(tr: Trajectories, timing: Timing) -> Schedule:
         c2=c2,
         ic=ic,
         ic2=ic2,
-        pc=tr.pos[ic],
-        pc2=tr.pos[ic2],
+        pc=tr.pos[ic].astype(np.int64),
+        pc2=tr.pos[ic2].astype(np.int64),
         order=order,
         rounds=rounds,
         migration_ms=mig_ms,
@@ -389,14 +387,15 @@ def simulate(
     home = dec.nearest[tr.pos[tr.first]]
     a = home.copy()
     v = home.copy()
-    busy = np.zeros(tr.n_users, dtype=bool)
-    done = np.zeros(tr.n_users, dtype=np.int64)
-    ta = np.zeros(tr.n_users, dtype=np.int64)
-    tv = np.zeros(tr.n_users, dtype=np.int64)
     log = _Log()
     switches = 0
     migrations = 0
     two = policy is Policy.PACAO2
+    slow = sched.migration_ms > 0
+    busy = np.zeros(tr.n_users, dtype=bool)
+    done = np.zeros(tr.n_users, dtype=np.int64)
+    ta = np.zeros(tr.n_users, dtype=np.int64)
+    tv = np.zeros(tr.n_users, dtype=np.int64)
 
     def complete(idx: I64, at: I64) -> None:
         """Finish the in-flight migrations of users idx due at or before ``at``."""
@@ -408,52 +407,45 @@ def simulate(
     for k in range(len(sched.rounds) - 1):
         sel = sched.order[sched.rounds[k] : sched.rounds[k + 1]]
         u = sched.user[sel]
-        if two:
+        if slow and two:
             complete(u, sched.c[sel])
-        pc = sched.pc[sel]
-        viol = dec.violated(net.path_rtt(pc, a[u], v[u]))
-        sel, u, pc = sel[viol], u[viol], pc[viol]
-        # Step 1: RLOC switching, the VM stays.
         cur_a, cur_v = a[u], v[u]
-        new_a = dec.entry[pc, cur_v]
+        # Step 1: SLA check on the current path, RLOC switching when violated.
+        new_a = dec.step1[dec.key(sched.pc[sel], cur_a, cur_v)].astype(np.int64)
+        viol = new_a >= 0
+        sel, u, cur_a, cur_v, new_a = sel[viol], u[viol], cur_a[viol], cur_v[viol], new_a[viol]
         moved = new_a != cur_a
-        moved[moved] = dec.improves(
-            net.path_rtt(pc[moved], cur_a[moved], cur_v[moved]),
-            net.path_rtt(pc[moved], new_a[moved], cur_v[moved]),
-        )
         if moved.any():
-            um = u[moved]
-            switches += int(um.size)
-            log.add(um, sched.c[sel[moved]], sched.ic[sel[moved]], new_a[moved], cur_v[moved])
-            a[um] = new_a[moved]
+            switches += int(moved.sum())
+            log.add(u[moved], sched.c[sel[moved]], sched.ic[sel[moved]], new_a[moved], cur_v[moved])
+            a[u[moved]] = new_a[moved]
         if not two:
             continue
-        # Step 2, S'' later: still violated -> VM placement (entry follows the VM).
-        sel = sel[sched.c2[sel] >= 0]
-        u = sched.user[sel]
-        complete(u, sched.c2[sel])
-        sel = sel[~busy[u]]
-        u, p2 = sched.user[sel], sched.pc2[sel]
-        cur_a, cur_v = a[u], v[u]
-        cur_rtt = net.path_rtt(p2, cur_a, cur_v)
-        viol = dec.violated(cur_rtt)
-        sel, u, p2 = sel[viol], u[viol], p2[viol]
-        cur_a, cur_v, cur_rtt = cur_a[viol], cur_v[viol], cur_rtt[viol]
+        # Step 2, S'' later: still violated -> VM placement (the entry follows the VM).
+        has2 = sched.c2[sel] >= 0
+        sel, u, new_a, cur_v = sel[has2], u[has2], new_a[has2], cur_v[has2]
+        if slow:
+            complete(u, sched.c2[sel])
+            free = ~busy[u]
+            sel, u = sel[free], u[free]
+            new_a, cur_v = a[u], v[u]
+        p2 = sched.pc2[sel]
+        act = dec.step2[dec.key(p2, new_a, cur_v)]
+        sel, u, p2, cur_v = sel[act], u[act], p2[act], cur_v[act]
         nv, na = dec.place_vm[p2], dec.place_entry[p2]
-        better = dec.improves(cur_rtt, net.path_rtt(p2, na, nv))
-        sel, u, nv, na = sel[better], u[better], nv[better], na[better]
-        mig = nv != cur_v[better]
+        mig = nv != cur_v
         migrations += int(mig.sum())
-        now = ~mig | (sched.migration_ms == 0)
-        if now.any():
-            un = u[now]
-            log.add(un, sched.c2[sel[now]], sched.ic2[sel[now]], na[now], nv[now])
-            a[un], v[un] = na[now], nv[now]
-        if not now.all():
-            later = ~now
-            ul = u[later]
-            busy[ul], done[ul] = True, sched.c2[sel[later]] + sched.migration_ms
-            ta[ul], tv[ul] = na[later], nv[later]
+        now = ~mig | (not slow)
+        if now.all():
+            log.add(u, sched.c2[sel], sched.ic2[sel], na, nv)
+            a[u], v[u] = na, nv
+            continue
+        log.add(u[now], sched.c2[sel[now]], sched.ic2[sel[now]], na[now], nv[now])
+        a[u[now]], v[u[now]] = na[now], nv[now]
+        later = ~now
+        ul = u[later]
+        busy[ul], done[ul] = True, sched.c2[sel[later]] + sched.migration_ms
+        ta[ul], tv[ul] = na[later], nv[later]
     if busy.any():
         pending = np.flatnonzero(busy).astype(np.int64)
         complete(pending, np.full(pending.shape, np.iinfo(np.int64).max, dtype=np.int64))

@@ -11,8 +11,9 @@ controller uses, with one criterion (rtt, weight 1) bounded by the SLA:
 The current path is kept unless the decision ranks strictly before it
 (:meth:`Decisions.improves`): ties never move anything.
 
-Users sit at a few thousand distinct positions, so each decision is tabulated
-once per (position, current VM) and the engine only looks it up.
+Users sit at about a thousand distinct positions (LAC centres), so each
+decision is tabulated once per (position, current entry, current VM) and the
+engine only looks it up.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ IntArray = NDArray[np.int64]
 WEIGHTS = np.array([1.0])
 #: Relative RTT difference below which two paths are equal (float noise of the sums).
 TIE_TOLERANCE = 1e-9
-#: Positions per chunk of the (position, VM, entry) table: 256 x 64 x 64 x 8 B = 8 MiB.
-CHUNK_POSITIONS = 256
+#: Positions per chunk of the (position, entry, VM) tables: 64 x 64 x 64 x 8 B = 2 MiB.
+CHUNK_POSITIONS = 64
 
 
 class Policy(StrEnum):
@@ -86,16 +87,27 @@ class Timing:
 class Decisions:
     """Tabulated decisions for one deployment and one SLA bound.
 
-    ``entry[p, v]``: best entry for a user at p whose VM is at v (step 1).
-    ``place_vm[p]``, ``place_entry[p]``: where step 2 puts the VM and entry.
-    ``nearest[p]``: the DC nearest to p (legacy placement at the first position).
+    Indexed by the flat state key ``(position * D + entry) * D + vm``:
+
+    * ``step1[key]``: -1 when the SLA holds on that path (nothing to do), else the
+      entry after RLOC switching (the current one when no entry ranks strictly
+      before it);
+    * ``step2[key]``: whether VM placement acts (SLA violated and the placement
+      ranks strictly before the current path), moving to ``place_entry[p]``,
+      ``place_vm[p]``.
+
+    ``entry[p, v]`` is the best entry for a VM at v, ``nearest[p]`` the DC
+    nearest to p (legacy placement at the first position).
     """
 
     bound_ms: float
+    n_dcs: int
     entry: IntArray
     place_vm: IntArray
     place_entry: IntArray
     nearest: IntArray
+    step1: NDArray[np.int16]
+    step2: NDArray[np.bool_]
 
     def violated(self, rtt_ms: NDArray[np.float64]) -> NDArray[np.bool_]:
         """SLA violated: the penalty T = ceil(rtt / bound) of (3) exceeds 1."""
@@ -113,14 +125,22 @@ class Decisions:
         Gains below a relative ``TIE_TOLERANCE`` are float noise and count as ties.
         """
         cur = current_rtt * (1.0 - TIE_TOLERANCE)
-        ratios = np.stack([cur, proposed_rtt], axis=-1)[..., None] / self.bound_ms
+        cur, new = np.broadcast_arrays(cur, proposed_rtt)
+        ratios = np.stack([cur, new], axis=-1)[..., None] / self.bound_ms
         idx, _ = choose(ratios, WEIGHTS, np.ones(ratios.shape[:-1], dtype=bool))
         out: NDArray[np.bool_] = idx == 1
         return out
 
+    def key(
+        self, pos: NDArray[np.integer], entry: NDArray[np.integer], vm: NDArray[np.integer]
+    ) -> IntArray:
+        d = self.n_dcs
+        out: IntArray = (pos.astype(np.int64) * d + entry) * d + vm
+        return out
+
 
 def decision_tables(net: Network, bound_ms: float) -> Decisions:
-    """Solve (1)-(3) for every position (and current VM) with the shared kernel."""
+    """Solve (1)-(3) for every position and path with the shared kernel."""
     if not math.isfinite(bound_ms) or bound_ms <= 0:
         raise InputError("bound_ms", bound_ms, "a latency bound > 0 ms")
     n_pos, n_dc = net.user_dc.shape
@@ -136,11 +156,29 @@ def decision_tables(net: Network, bound_ms: float) -> Decisions:
         best_rtt[s : s + CHUNK_POSITIONS] = np.take_along_axis(path, idx[..., None], -1)[..., 0]
     vm, _ = choose((best_rtt / bound_ms)[..., None], WEIGHTS, np.ones((n_pos, n_dc), dtype=bool))
     place_entry = np.take_along_axis(entry, vm[:, None], -1)[:, 0]
-    nearest = np.argmin(net.user_dc, axis=1).astype(np.int64)
-    return Decisions(
+    dec = Decisions(
         bound_ms=float(bound_ms),
+        n_dcs=n_dc,
         entry=entry,
         place_vm=vm,
         place_entry=place_entry,
-        nearest=nearest,
+        nearest=np.argmin(net.user_dc, axis=1).astype(np.int64),
+        step1=np.empty(n_pos * n_dc * n_dc, dtype=np.int16),
+        step2=np.empty(n_pos * n_dc * n_dc, dtype=bool),
     )
+    place_rtt = np.take_along_axis(best_rtt, vm[:, None], -1)  # (P, 1)
+    cur_entry = np.arange(n_dc)[None, :, None]
+    for s in range(0, n_pos, CHUNK_POSITIONS):
+        ud = net.user_dc[s : s + CHUNK_POSITIONS]
+        # rtt[p, a, v] = RTT(p, a) + RTT(a, v) for every current path (a, v).
+        rtt = ud[:, :, None] + net.dc_dc[None, :, :]
+        switch_to = entry[s : s + CHUNK_POSITIONS][:, None, :]  # best entry for v
+        switch_rtt = best_rtt[s : s + CHUNK_POSITIONS][:, None, :]
+        viol = dec.violated(rtt)
+        moved = dec.improves(rtt, switch_rtt)
+        step1 = np.where(viol, np.where(moved, switch_to, cur_entry), -1)
+        act = viol & dec.improves(rtt, place_rtt[s : s + CHUNK_POSITIONS][:, :, None])
+        lo, hi = s * n_dc * n_dc, (s + len(ud)) * n_dc * n_dc
+        dec.step1[lo:hi] = step1.ravel()
+        dec.step2[lo:hi] = act.ravel()
+    return dec
