@@ -8,6 +8,7 @@ Everything goes to one run folder (docs/simulation.md lists the files).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -188,6 +189,8 @@ class Stages:
         yield advance
         self.progress.update(task, completed=total)
         self.seconds[name] = time.perf_counter() - start
+        if not self.progress.console.is_terminal:  # logs get one line per stage
+            self.progress.console.print(f"{name}: {self.seconds[name]:.1f} s")
 
 
 def _deployments(tr: Trajectories, dcs: pd.DataFrame) -> list[Deployment]:
@@ -267,7 +270,9 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
     stages = Stages(console)
     points = grid(opts.grid_values, opts.grid_values, True, opts.migration_s)
     t_start = time.perf_counter()
-    with stages.progress:
+    with stages.progress, contextlib.ExitStack() as stack:
+        with stages.stage("Dask: " + (opts.scheduler or "starting a LocalCluster")):
+            client = stack.enter_context(dask_client(opts.scheduler, opts.workers))
         with stages.stage("traces and DC sites"):
             if inputs is None:
                 inputs = synthetic_inputs(opts.n_users, opts.seed)
@@ -287,8 +292,7 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
             f"sweep: {len(points)} (S', S'') points x {len(deps)} deployments x 3 bounds",
             len(points),
         ) as adv:
-            with dask_client(opts.scheduler, opts.workers) as client:
-                sweep = run_sweep(client, data, points, adv)
+            sweep = run_sweep(client, data, points, adv)
             sweep.to_parquet(out / "results" / "sweep.parquet", index=False)
         heads: dict[str, Headline] = {}
         with stages.stage("headline configurations", len(USE_CASES)) as adv:

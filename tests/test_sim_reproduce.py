@@ -1,0 +1,149 @@
+"""`pacao reproduce` end to end on a few users, and its command-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sim_oracle import km
+
+from pacao.sim.reproduce import HEADLINE_DCS, SUMMARY_KEYS, Options, reproduce
+
+FILES = [
+    "traces.parquet",
+    "dcs.csv",
+    "summary.json",
+    "report.html",
+    "fig12_map.png",
+    "fig13_rtt_cdf.png",
+    "fig14_france_isp_heatmaps.png",
+    "fig15_europe_ott_heatmaps.png",
+    "fig16_throughput_cdf.png",
+    "results/sweep.parquet",
+    "results/headline.json",
+    "results/headline_france_isp.parquet",
+    "results/headline_europe_ott.parquet",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reproduce")
+    reproduce(None, Options(out=out, quick=True, users=120, seed=3, workers=1))
+    return out
+
+
+def test_every_output_file_is_written(run: Path) -> None:
+    for f in FILES:
+        assert (run / f).is_file() and (run / f).stat().st_size > 0, f
+    html = (run / "report.html").read_text()
+    for f in FILES:
+        if f.endswith(".png"):
+            assert f'src="{f}"' in html
+    assert "paper" in html and "Where we differ" in html
+
+
+def test_outputs_have_the_documented_columns(run: Path) -> None:
+    traces = pd.read_parquet(run / "traces.parquet")
+    assert list(traces.columns) == ["user_id", "t", "lat", "lon", "lac"]
+    assert traces.user_id.nunique() == 120
+    dcs = pd.read_csv(run / "dcs.csv")
+    assert list(dcs.columns) == ["use_case", "n_dcs", "name", "lat", "lon"]
+    for uc in ("france_isp", "europe_ott"):
+        for n in (1, 2, 4, 8, 16, 32, 64):
+            assert len(dcs[(dcs.use_case == uc) & (dcs.n_dcs == n)]) == n
+    sweep = pd.read_parquet(run / "results" / "sweep.parquet")
+    # 14 deployments x 3 bounds x (legacy + 3 PACAO-1 + 9 PACAO-2) on the quick 3x3 grid.
+    assert len(sweep) == 14 * 3 * (1 + 3 + 9)
+    assert set(sweep.policy) == {"legacy", "pacao1", "pacao2"}
+
+
+def test_summary_has_exactly_the_issue_keys(run: Path) -> None:
+    summary = json.loads((run / "summary.json").read_text())
+    assert list(summary) == ["france_isp", "europe_ott"]
+    for uc, s in summary.items():
+        assert list(s) == list(SUMMARY_KEYS)
+        assert s["n_dcs"] == HEADLINE_DCS[uc]
+
+
+def test_summary_is_consistent_with_the_per_sample_results(run: Path) -> None:
+    summary = json.loads((run / "summary.json").read_text())
+    for uc, s in summary.items():
+        df = pd.read_parquet(run / "results" / f"headline_{uc}.parquet")
+        thr = {
+            p: np.median(163_840 * 8 / (df[f"{p}_rtt_ms"] / 1000) / 1e6)
+            for p in ("legacy", "pacao1", "pacao2")
+        }
+        for p in ("legacy", "pacao1", "pacao2"):
+            assert s[f"{p}_median_rtt_ms"] == pytest.approx(df[f"{p}_rtt_ms"].median(), rel=1e-12)
+        for p in ("pacao1", "pacao2"):
+            assert s[f"{p}_median_throughput_gain"] == pytest.approx(
+                thr[p] / thr["legacy"] - 1, abs=1e-12
+            )
+        # The sweep picked the headline's S', S'': PACAO-2 at its best setting.
+        sweep = pd.read_parquet(run / "results" / "sweep.parquet")
+        best = sweep[
+            (sweep.use_case == uc)
+            & (sweep.n_dcs == s["n_dcs"])
+            & (sweep.bound == "strict")
+            & (sweep.policy == "pacao2")
+        ].median_rtt_ms.min()
+        assert s["pacao2_median_rtt_ms"] == pytest.approx(best, rel=1e-12)
+
+
+def test_legacy_rtt_recomputed_from_traces_and_dcs(run: Path) -> None:
+    """The paper's formula from the published files, without the package's code."""
+    traces = pd.read_parquet(run / "traces.parquet")
+    dcs = pd.read_csv(run / "dcs.csv")
+    for uc, n in HEADLINE_DCS.items():
+        d = dcs[(dcs.use_case == uc) & (dcs.n_dcs == n)][["lat", "lon"]].to_numpy()
+        head = pd.read_parquet(run / "results" / f"headline_{uc}.parquet")
+        got = head.legacy_rtt_ms.to_numpy()
+        rows = traces[["user_id", "lat", "lon"]].to_numpy()
+        first: dict[int, int] = {}
+        for i, (u, lat, lon) in enumerate(rows):
+            if int(u) not in first:
+                dist = [km(lat, lon, a, b) for a, b in d]
+                first[int(u)] = int(np.argmin(dist))
+            a, b = d[first[int(u)]]
+            want = 40.0 + 3.0 * km(lat, lon, a, b) / 100.0
+            assert math.isclose(got[i], want, abs_tol=1e-9), (uc, i)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pacao.cli", "reproduce", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--users", "0"], "--users"),
+        (["--dc-gbps", "0"], "--dc-gbps"),
+        (["--vm-memory-gb", "-1"], "--vm-memory-gb"),
+        (["--scheduler", "tcp://127.0.0.1:9"], "scheduler"),
+    ],
+)
+def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    res = cli("--quick", "--out", str(tmp_path / "o"), *args)
+    assert res.returncode == 2, res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.startswith("pacao: error:")]
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_out_must_be_a_directory(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    res = cli("--quick", "--out", str(f))
+    assert res.returncode == 2 and "--out" in res.stderr
