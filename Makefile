@@ -32,7 +32,8 @@ debs:
 	fi
 
 demo: venv debs
-	$(BIN)/pacao demo $(DEMO_ARGS)
+	$(BIN)/pacao demo
+	$(BIN)/pacao reproduce --quick $(DEMO_ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

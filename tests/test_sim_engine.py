@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from sim_oracle import World, km, simulate_user
 
 from pacao.errors import InputError
 from pacao.sim import engine, network, policy
 from pacao.sim.policy import Policy, Timing
+from sim_oracle import World, km, simulate_user
 
 STEP = 360
 A = (48.0, 2.0)  # DC A, and the LAC where every hand-made user starts
@@ -209,7 +209,7 @@ def test_timing_validation() -> None:
     with pytest.raises(InputError, match="S'' must lie"):
         Timing(60, 60, relative=False)
     with pytest.raises(InputError, match="fraction"):
-        Timing(1.5, 0.5)
+        Timing(1.0, 0.5)
     with pytest.raises(InputError, match="seconds >= 0"):
         Timing(0.5, 0.5, migration_s=-1)
     assert math.isclose(Timing(0.5, 0.5).s1, 0.5)

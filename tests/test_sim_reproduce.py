@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sim_oracle import km
 
 from pacao.sim.reproduce import HEADLINE_DCS, SUMMARY_KEYS, Options, reproduce
+from sim_oracle import km
 
 FILES = [
     "traces.parquet",

@@ -77,9 +77,9 @@ def _why(uc: str, h: Headline, s: dict[str, Any]) -> str:
         f"median throughput gain {ideal_gain:+.2%}. No S', S'' can exceed it.",
         f"To gain {need:.0%} even with that ideal placement, the legacy median RTT would have to "
         f"be about {need_leg:.1f} ms, i.e. the median sample about {extra_km:.0f} km "
-        "(great-circle) farther from its VM than from its nearest DC. The paper does not give the distance "
-        "distribution of its traces; ours come from a synthetic model (docs/traces.md) in "
-        "which most of the day is spent within tens of km of home.",
+        "(great-circle) farther from its VM than from its nearest DC. The paper does not "
+        "give the distance distribution of its traces; ours come from a synthetic model "
+        "(docs/traces.md) in which most of the day is spent within tens of km of home.",
         f"Over all (sample, DC) pairs the median user-DC RTT is {h.dep.bounds['median']:.1f} ms "
         "(the median bound, Fig. 13). A legacy that placed VMs without regard to where their "
         "users are would sit near that value, and bringing the VMs to the users would then gain "

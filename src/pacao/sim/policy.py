@@ -31,6 +31,8 @@ from pacao.sim.network import Network
 
 IntArray = NDArray[np.int64]
 WEIGHTS = np.array([1.0])
+#: Largest (position, entry, VM) table: 2^26 states, 192 MiB for both tables.
+MAX_TABLE = 1 << 26
 #: Relative RTT difference below which two paths are equal (float noise of the sums).
 TIE_TOLERANCE = 1e-9
 #: Positions per chunk of the (position, entry, VM) tables: 64 x 64 x 64 x 8 B = 2 MiB.
@@ -67,8 +69,8 @@ class Timing:
         if self.migration_s < 0:
             raise InputError("migration_s", self.migration_s, "expected seconds >= 0")
         if self.relative:
-            if not 0 < self.s1 <= 1:
-                raise InputError("s1", self.s1, "relative S' is a fraction in (0, 1]")
+            if not 0 < self.s1 < 1:
+                raise InputError("s1", self.s1, "relative S' is a fraction in (0, 1)")
             if not 0 < self.s2 < 1:
                 raise InputError("s2", self.s2, "relative S'' is a fraction of S' in (0, 1)")
         else:
@@ -144,6 +146,13 @@ def decision_tables(net: Network, bound_ms: float) -> Decisions:
     if not math.isfinite(bound_ms) or bound_ms <= 0:
         raise InputError("bound_ms", bound_ms, "a latency bound > 0 ms")
     n_pos, n_dc = net.user_dc.shape
+    if n_pos * n_dc * n_dc > MAX_TABLE:
+        raise InputError(
+            "positions",
+            n_pos,
+            f"at most {MAX_TABLE // (n_dc * n_dc):,} distinct positions with {n_dc} DCs: "
+            "give LAC-level positions (LAC centres), as the paper's traces",
+        )
     entry = np.empty((n_pos, n_dc), dtype=np.int64)
     best_rtt = np.empty((n_pos, n_dc), dtype=np.float64)
     usable = np.ones((1, 1, n_dc), dtype=bool)
