@@ -87,7 +87,7 @@ def reproduce(
         bool, typer.Option("--quick", help="Fewer users and a 3x3 S'/S'' grid (minutes).")
     ] = False,
     users: Annotated[
-        int | None, typer.Option(help="Users to simulate (default 36,450; 4,000 with --quick).")
+        int | None, typer.Option(help="Users to simulate (default 36,450; 10,000 with --quick).")
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Run folder (default runs/reproduce[-quick]).")

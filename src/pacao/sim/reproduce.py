@@ -53,7 +53,7 @@ HEADLINE_DCS = {"france_isp": 64, "europe_ott": 4}
 PAPER_GAIN = {"france_isp": 0.40, "europe_ott": 0.30}
 FULL_GRID = tuple(round(0.1 * k, 1) for k in range(1, 10))
 QUICK_GRID = (0.1, 0.5, 0.9)
-QUICK_USERS = 4000
+QUICK_USERS = 10000
 FULL_USERS = 36450
 #: The paper's best setting as written, "6', 36''", read as absolute S' = 6 min, S'' = 36 s.
 PAPER_SETTING = (360.0, 36.0)
