@@ -55,6 +55,26 @@ def solve(
 
 
 @app.command()
+def assign(
+    file: Annotated[Path, typer.Argument(help="Instance in YAML or JSON (docs/assign.md).")],
+    solver: Annotated[str, typer.Option(help="milp (exact), batched or lagrange.")] = "lagrange",
+    batch_size: Annotated[int, typer.Option(help="Users per MILP batch (batched).")] = 10,
+    integer_penalty: Annotated[
+        bool, typer.Option("--integer-penalty", help="The paper's step penalty ceil(.).")
+    ] = False,
+    time_limit: Annotated[
+        float | None, typer.Option(help="Seconds; best assignment found so far.")
+    ] = None,
+) -> None:
+    """Assign many users to DCs under congestion (paper eq. 4-9, corrected); JSON on stdout."""
+    from pacao.optimize.assign.cli import run_assign
+
+    code, message = run_assign(file, solver, batch_size, integer_penalty, time_limit)
+    if code:
+        raise fail(message, code)
+
+
+@app.command()
 def demo() -> None:
     """Show the optimizer on the shipped examples: RLOC ranking and VM placement."""
     from importlib.resources import files

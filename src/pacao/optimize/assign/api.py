@@ -15,7 +15,7 @@ def solve_assign(
     batch_size: int = 100,
     time_limit: float | None = None,
 ) -> AssignResult:
-    """Solve with ``milp`` (exact), ``batched`` (the paper's heuristic) or ``lagrange`` (scalable)."""
+    """Solve with ``milp`` (exact), ``batched`` (the paper's heuristic) or ``lagrange``."""
     if time_limit is not None and not time_limit > 0:
         raise InputError("--time-limit", time_limit, "expected a number of seconds > 0")
     if solver == "milp":

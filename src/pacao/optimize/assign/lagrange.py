@@ -107,7 +107,11 @@ def alphas(
         kink = np.clip(lt - lat, l1, lhi)
         best = np.full(np.broadcast(lat, lt, l1, beta).shape, np.inf)
         arg = np.zeros_like(best)
-        cont: list[FloatArray] = [np.broadcast_to(l1, best.shape), kink, np.broadcast_to(lhi, best.shape)]
+        cont: list[FloatArray] = [
+            np.broadcast_to(l1, best.shape),
+            kink,
+            np.broadcast_to(lhi, best.shape),
+        ]
         cands = cont
         if p.integer_penalty:
             k0 = np.maximum(1.0, np.ceil((l1 + lat) / lt))
@@ -197,7 +201,9 @@ class _Moves:
         self.rem[j] = math.fsum((now - down).tolist())
         up_l = self._lv(j, n + 1)
         self.add[j] = (
-            math.inf if math.isinf(up_l) else math.fsum((self.p.cost(lat, members, np.float64(up_l)) - now).tolist())
+            math.inf
+            if math.isinf(up_l)
+            else math.fsum((self.p.cost(lat, members, np.float64(up_l)) - now).tolist())
         )
 
     def delta(self, u: int, dst: int) -> float:
@@ -208,7 +214,7 @@ class _Moves:
         ins = float(self.p.cost(self.d.lat[u, dst], u, np.float64(up))) + self.add[dst]
         down = self._lv(src, int(self.load[src]) - 1)
         out = float(self.p.cost(self.d.lat[u, src], u, np.float64(down))) + self.rem[src]
-        return ins - out
+        return float(ins - out)
 
     def apply(self, u: int, dst: int) -> None:
         src = int(self.choice[u])
@@ -250,9 +256,9 @@ class _Moves:
         return applied
 
 
-
-
-def _smoothed_prices(data: _Data, alpha: FloatArray, beta: FloatArray, deadline: float) -> FloatArray:
+def _smoothed_prices(
+    data: _Data, alpha: FloatArray, beta: FloatArray, deadline: float
+) -> FloatArray:
     """Prices maximising D(pi, beta) with min/max replaced by soft-min/soft-max (L-BFGS).
 
     The smoothed D is below the exact one; only the prices are kept. Work is
@@ -329,7 +335,9 @@ def _primal(
     order = np.argsort(rc, axis=1)
     cand = np.take_along_axis(cand, order, 1)
     rc = np.take_along_axis(rc, order, 1)
-    w = np.where(data.valid_n, data.n_grid[None, :] * pi[:, None] - beta[:, None] * data.padded, -np.inf)
+    w = np.where(
+        data.valid_n, data.n_grid[None, :] * pi[:, None] - beta[:, None] * data.padded, -np.inf
+    )
     cap = w.argmax(axis=1).astype(np.int64)
     short = p.n_users - int(cap.sum())
     if short > 0:
@@ -354,7 +362,9 @@ def _primal(
         ok = np.isfinite(red[u]) & (room_left > 0)
         if not ok.any():
             raise InfeasibleError(
-                "users", p.n_users, "infeasible: the allowed DCs cannot take every user within capacity"
+                "users",
+                p.n_users,
+                "infeasible: the allowed DCs cannot take every user within capacity",
             )
         d = int(np.flatnonzero(ok)[np.argmin(red[u, ok])])
         choice[u] = d

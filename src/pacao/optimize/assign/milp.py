@@ -65,7 +65,11 @@ def _build(p: AssignProblem) -> tuple[highspy.Highs, IntArray, IntArray]:
     h.addVars(lower.size, lower, upper)
     cost = np.concatenate([np.zeros(npair + nd), np.ones(nu)])
     h.changeColsCost(cost.size, np.arange(cost.size, dtype=np.int32), cost)
-    integer = np.arange(npair) if not p.integer_penalty else np.r_[np.arange(npair), col_t + np.arange(nu)]
+    integer = (
+        np.arange(npair)
+        if not p.integer_penalty
+        else np.r_[np.arange(npair), col_t + np.arange(nu)]
+    )
     h.changeColsIntegrality(
         integer.size,
         integer.astype(np.int32),
@@ -222,8 +226,8 @@ def solve_batched(
             raise InfeasibleError(
                 "--batch-size",
                 batch_size,
-                f"batch {n_batches + 1} (users {first + 1}..{users[-1] + 1}) has no feasible "
-                "assignment left after the earlier batches",
+                f"infeasible for the batched heuristic: batch {n_batches + 1} (users "
+                f"{first + 1}..{users[-1] + 1}) has no room left after the earlier batches",
             ) from None
         choice[users] = res.choice
         existing = existing + np.bincount(res.choice, minlength=p.n_dcs)

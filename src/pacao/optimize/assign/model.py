@@ -147,12 +147,16 @@ class AssignProblem:
 
     def check_feasible(self) -> None:
         """Raise InfeasibleError for the obvious infeasibilities (the solvers find the rest)."""
-        allowed = self.allowed
-        none = np.flatnonzero(~allowed.any(axis=1))
-        if none.size:
-            u = self.user_ids[int(none[0])]
-            raise InfeasibleError(f"users[{int(none[0])}].latency_ms", u, "no DC allowed for user")
         room = self.room
+        usable = self.allowed & (room >= 1)[None, :]
+        none = np.flatnonzero(~usable.any(axis=1))
+        if none.size:
+            u = int(none[0])
+            raise InfeasibleError(
+                f"users[{u}].latency_ms",
+                self.user_ids[u],
+                "infeasible: none of this user's DCs has room left",
+            )
         total = int(room.sum())
         if total < self.n_users:
             raise InfeasibleError(
@@ -163,16 +167,21 @@ class AssignProblem:
         # Per DC subset check would be Hall's condition; per single user it is above, and
         # users restricted to a few DCs are checked by flow feasibility in the solvers.
 
-    def cost(self, lat: FloatArray, user_idx: IntArray | slice, congestion: FloatArray) -> FloatArray:
+    def cost(
+        self,
+        lat: FloatArray | float,
+        user_idx: IntArray | slice | int,
+        congestion: FloatArray | float,
+    ) -> FloatArray:
         """T_u for users ``user_idx`` with total latency l_ud + congestion (arrays broadcast)."""
-        ratio = (lat + congestion) / self.bound[user_idx]
+        ratio = np.asarray((lat + congestion) / self.bound[user_idx], dtype=np.float64)
         return penalty(ratio, self.integer_penalty)
 
 
 def penalty(ratio: FloatArray, integer: bool) -> FloatArray:
     """max(1, ratio), or max(1, ceil(ratio)) with the single-user optimizer's tolerances."""
     if integer:
-        ratio = penalties_from_ratios(ratio)
+        ratio = np.asarray(penalties_from_ratios(ratio), dtype=np.float64)
     out: FloatArray = np.maximum(ratio, 1.0)
     return out
 
