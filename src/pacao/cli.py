@@ -79,6 +79,15 @@ def demo() -> None:
         console.print(f"HiGHS MILP {agree}: objective {milp.objective:.3f}, choice {milp.choice}\n")
 
 
+def _add_subapps() -> None:
+    from pacao.testbed.cli import app as testbed_app
+
+    app.add_typer(testbed_app, name="testbed")
+
+
+_add_subapps()
+
+
 def main() -> None:
     app()
 
