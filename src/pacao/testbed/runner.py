@@ -25,7 +25,12 @@ from pacao.errors import InputError
 from pacao.testbed.impair import control as impair_control
 from pacao.testbed.topology import Link, Topology
 
-STATE_DIR = Path(os.environ.get("PACAO_TESTBED_STATE", "/run/pacao"))
+
+
+def state_dir() -> Path:
+    """Where run states live: /run/pacao, or $PACAO_TESTBED_STATE (tests isolate runs)."""
+    return Path(os.environ.get("PACAO_TESTBED_STATE", "/run/pacao"))
+
 INNER_MTU = 1400
 TOOLS = ("ip", "tc", "iptables")
 
@@ -125,11 +130,12 @@ class State:
 
 
 def new_state(topology_file: Path) -> State:
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    base = state_dir()
+    base.mkdir(parents=True, exist_ok=True)
     while True:
         runid = secrets.token_hex(2)
-        path = STATE_DIR / f"testbed-{runid}.json"
-        if not path.exists():
+        path = base / f"testbed-{runid}.json"
+        if not path.exists() and not leftovers(runid):
             break
     state = State(runid, path, {"file": str(topology_file.resolve())})
     state.rundir.mkdir(parents=True, exist_ok=True)
@@ -140,9 +146,10 @@ def new_state(topology_file: Path) -> State:
 
 def runs() -> list[State]:
     """States of all runs recorded on this machine (running or crashed)."""
-    if not STATE_DIR.is_dir():
+    base = state_dir()
+    if not base.is_dir():
         return []
-    return [State.load(p) for p in sorted(STATE_DIR.glob("testbed-*.json"))]
+    return [State.load(p) for p in sorted(base.glob("testbed-*.json"))]
 
 
 def find_run(runid: str | None) -> State:
