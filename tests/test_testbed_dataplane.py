@@ -29,7 +29,7 @@ def test_header_roundtrip_rfc9300_layout() -> None:
     assert struct.unpack("!I", hdr[4:])[0] == 0b101  # locator-status-bits
     assert parse_header(hdr) == (FLAG_N | FLAG_L, 0xABCDEF, 0b101, None)
     # instance-id form: I bit, 24-bit IID then 8 LSBs
-    flags, nonce, lsb, iid = parse_header(bytes([0x48, 0, 0, 0, 0, 0, 7, 3]))
+    _flags, nonce, lsb, iid = parse_header(bytes([0x48, 0, 0, 0, 0, 0, 7, 3]))
     assert (nonce, lsb, iid) == (None, 3, 7)
 
 

@@ -64,7 +64,10 @@ def bed(topo_file: Path) -> Iterator[tuple[runner.State, Topology]]:
 
 def in_ns(state: runner.State, node: str, *cmd: str, timeout: float = 30) -> str:
     done = subprocess.run(
-        ["ip", "netns", "exec", state.ns(node), *cmd], capture_output=True, text=True, timeout=timeout
+        ["ip", "netns", "exec", state.ns(node), *cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert done.returncode == 0, f"{cmd}: {done.stderr}{done.stdout}"
     return done.stdout
@@ -117,7 +120,9 @@ def test_ping_tcp_delay_and_priority_switch(bed: tuple[runner.State, Topology]) 
     # priority change at the user's xTR: traffic enters at bx (ub 10 ms), VM still behind ax
     before = locator_packets(state)
     reply = runner.xtr_control(
-        state, "ux", {"op": "priority", "prefix": "10.2.0.0/24", "rloc": "172.16.0.2", "priority": 9}
+        state,
+        "ux",
+        {"op": "priority", "prefix": "10.2.0.0/24", "rloc": "172.16.0.2", "priority": 9},
     )
     assert reply["ok"], reply
     switched = avg_rtt(state, 10)
@@ -126,7 +131,9 @@ def test_ping_tcp_delay_and_priority_switch(bed: tuple[runner.State, Topology]) 
     assert after["172.16.0.2"] == before["172.16.0.2"]
     # forward ux->bx 10 ms + bx->ax fabric (Paris-Lyon, ~5.9 ms), back via ua 5 ms: +10.9 ms
     assert 9.5 < switched - base < 13, (base, switched)
-    bad = runner.xtr_control(state, "ux", {"op": "priority", "prefix": "10.2.0.0/24", "rloc": "1.2.3.4", "priority": 1})
+    bad = runner.xtr_control(
+        state, "ux", {"op": "priority", "prefix": "10.2.0.0/24", "rloc": "1.2.3.4", "priority": 1}
+    )
     assert not bad["ok"]
 
 

@@ -43,7 +43,8 @@ def validate(
         imp = link.impairment
         rate = f"{link.rate_bps / 1e6:g} Mbit/s" if link.rate_bps else "unlimited"
         typer.echo(
-            f"{link.name:16} {link.a:>12} <-> {link.b:<12} {rate:>16}  RTT {2 * imp.delay_ms:7.2f} ms"
+            f"{link.name:16} {link.a:>12} <-> {link.b:<12} {rate:>16}"
+            f"  RTT {2 * imp.delay_ms:7.2f} ms"
             f"  jitter {imp.jitter_ms:g} ms  loss {imp.loss_pct:g} %"
         )
 
@@ -52,7 +53,7 @@ def validate(
 def up(
     topology: Annotated[Path | None, typer.Option(help="Topology YAML (default: Fig. 5).")] = None,
 ) -> None:
-    """Create the namespaces, links, rate limits, delay line and xTR data planes; print the run id."""
+    """Create namespaces, links, rate limits, delay line and xTR data planes; print the run id."""
     from pacao.testbed import runner
     from pacao.testbed.topology import Topology
 
@@ -148,7 +149,7 @@ def xtr(
     request: Annotated[str, typer.Argument(help='JSON request, e.g. \'{"op": "show"}\'.')],
     run: RunOpt = None,
 ) -> None:
-    """Send one control request to an xTR data plane (show, stats, set, priority, up, down, remove)."""
+    """Send one JSON request to an xTR data plane: show, stats, set, priority, up, down, remove."""
     from pacao.testbed import runner
 
     try:

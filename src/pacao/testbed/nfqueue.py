@@ -113,12 +113,17 @@ class Queue:
     def _message(self, kind: int, flags: int, body: bytes) -> bytes:
         self._seq += 1
         payload = _NFGEN.pack(socket.AF_UNSPEC, 0, self.num) + body
-        return _NLHDR.pack(_NLHDR.size + len(payload), (NFNL_SUBSYS_QUEUE << 8) | kind, flags, self._seq, 0) + payload
+        return (
+            _NLHDR.pack(
+                _NLHDR.size + len(payload), (NFNL_SUBSYS_QUEUE << 8) | kind, flags, self._seq, 0
+            )
+            + payload
+        )
 
     def _config(self, body: bytes) -> None:
         self.sock.send(self._message(NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, body))
         data = self.sock.recv(65536)
-        length, kind, _flags, _seq, _pid = _NLHDR.unpack_from(data, 0)
+        _len, kind, _flags, _seq, _pid = _NLHDR.unpack_from(data, 0)
         if kind == NLMSG_ERROR:
             (code,) = struct.unpack_from("=i", data, _NLHDR.size)
             if code != 0:
@@ -158,9 +163,13 @@ class Queue:
     def verdict(self, packet_id: int, accept: bool) -> None:
         """Accept or drop one packet."""
         hdr = struct.pack("!II", NF_ACCEPT if accept else NF_DROP, packet_id)
-        self.sock.send(self._message(NFQNL_MSG_VERDICT, NLM_F_REQUEST, _attr(NFQA_VERDICT_HDR, hdr)))
+        self.sock.send(
+            self._message(NFQNL_MSG_VERDICT, NLM_F_REQUEST, _attr(NFQA_VERDICT_HDR, hdr))
+        )
 
     def accept_upto(self, packet_id: int) -> None:
         """Accept every queued packet with an id <= packet_id (one message)."""
         hdr = struct.pack("!II", NF_ACCEPT, packet_id)
-        self.sock.send(self._message(NFQNL_MSG_VERDICT_BATCH, NLM_F_REQUEST, _attr(NFQA_VERDICT_HDR, hdr)))
+        self.sock.send(
+            self._message(NFQNL_MSG_VERDICT_BATCH, NLM_F_REQUEST, _attr(NFQA_VERDICT_HDR, hdr))
+        )

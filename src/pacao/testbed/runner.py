@@ -9,6 +9,7 @@ start time still matches (a recycled PID is left alone).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -26,10 +27,10 @@ from pacao.testbed.impair import control as impair_control
 from pacao.testbed.topology import Link, Topology
 
 
-
 def state_dir() -> Path:
     """Where run states live: /run/pacao, or $PACAO_TESTBED_STATE (tests isolate runs)."""
     return Path(os.environ.get("PACAO_TESTBED_STATE", "/run/pacao"))
+
 
 INNER_MTU = 1400
 TOOLS = ("ip", "tc", "iptables")
@@ -161,19 +162,25 @@ def find_run(runid: str | None) -> State:
     return found[0]
 
 
-def spawn(state: State, name: str, cmd: list[str], ns: str | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    state: State, name: str, cmd: list[str], ns: str | None = None
+) -> subprocess.Popen[bytes]:
     """Start a background process, record PID + start time, log to the run directory."""
     if ns is not None:
         cmd = ["ip", "netns", "exec", ns, *cmd]
     log = open(state.rundir / f"{name}.log", "wb")  # noqa: SIM115 -- handed to the child
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
-    state.procs.append({"name": name, "pid": proc.pid, "start": proc_start_time(proc.pid), "cmd": cmd})
+    state.procs.append(
+        {"name": name, "pid": proc.pid, "start": proc_start_time(proc.pid), "cmd": cmd}
+    )
     state.save()
     return proc
 
 
-def wait_ready(state: State, proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> None:
+def wait_ready(
+    state: State, proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0
+) -> None:
     """Wait until a daemon prints 'ready' in its log (or dies)."""
     log = state.rundir / f"{name}.log"
     deadline = time.monotonic() + timeout
@@ -227,9 +234,9 @@ def up(topo: Topology, topology_file: Path, state: State | None = None) -> State
             sh("ip", "link", "set", dev, "up", ns=ns)
             if link.rate_bps:
                 _tbf(state, ns, dev, link.rate_bps)
-    for node in topo.xtrs():
-        ns = state.ns(node.name)
-        sh("ip", "addr", "add", f"{node.rloc}/32", "dev", "lo", ns=ns)
+    for xtr in topo.xtrs():
+        ns = state.ns(xtr.name)
+        sh("ip", "addr", "add", f"{xtr.rloc}/32", "dev", "lo", ns=ns)
         sh("ip", "tuntap", "add", "dev", f"{state.prefix}t", "mode", "tun", ns=ns)
         sh("ip", "link", "set", f"{state.prefix}t", "mtu", str(INNER_MTU), "up", ns=ns)
     for name, routes in topo.routes.items():
@@ -288,7 +295,8 @@ def _start_xtrs(state: State, topo: Topology) -> None:
         cfg.write_text(json.dumps(cache))
         sock = state.rundir / f"xtr-{node.name}.sock"
         cmd = [sys.executable, "-m", "pacao.testbed.dataplane", "--tun", f"{state.prefix}t",
-               "--rloc", str(node.rloc), "--control", str(sock), "--map-cache", str(cfg)]  # fmt: skip
+               "--rloc", str(node.rloc), "--control", str(sock),
+               "--map-cache", str(cfg)]  # fmt: skip
         proc = spawn(state, f"xtr-{node.name}", cmd, ns=state.ns(node.name))
         wait_ready(state, proc, f"xtr-{node.name}")
 
@@ -324,7 +332,9 @@ def set_link(
     for side in sides:
         node = link.a if side == "a" else link.b
         if len(req) > 1:
-            reply = impair_control(state.rundir / "impair.sock", {**req, "queue": 2 * link.index + (side == "b")})
+            reply = impair_control(
+                state.rundir / "impair.sock", {**req, "queue": 2 * link.index + (side == "b")}
+            )
             if not reply.get("ok"):
                 raise TestbedError(f"delay line refused {req}: {reply.get('error')}")
         if rate_bps is not None:
@@ -343,10 +353,8 @@ def _kill(proc: dict[str, Any], timeout: float = 3.0) -> None:
     while time.monotonic() < deadline:
         if proc_start_time(pid) != start:
             return
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.02)
     if proc_start_time(pid) == start:
         os.kill(pid, signal.SIGKILL)

@@ -36,7 +36,10 @@ def rtt_ms_from_km(km: float) -> float:
 def great_circle_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     """Haversine distance between two (lat, lon) points in degrees."""
     la1, lo1, la2, lo2 = map(math.radians, (a[0], a[1], b[0], b[1]))
-    h = math.sin((la2 - la1) / 2) ** 2 + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
+    h = (
+        math.sin((la2 - la1) / 2) ** 2
+        + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
+    )
     return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(h))
 
 
@@ -159,9 +162,9 @@ class Topology:
         return [n for n in self.nodes.values() if n.role == "xtr"]
 
 
-def _impairment(where: str, doc: dict[str, Any], a_site: Site | None, b_site: Site | None) -> tuple[
-    Impairment, float | None
-]:
+def _impairment(
+    where: str, doc: dict[str, Any], a_site: Site | None, b_site: Site | None
+) -> tuple[Impairment, float | None]:
     delay = doc.get("delay", 0)
     km: float | None = None
     if delay == "distance":
@@ -290,12 +293,16 @@ def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
             sites.get(b_node.site) if b_node.site else None,
         )
         if ("a_addr" in ld) != ("b_addr" in ld):
-            raise InputError(f"{where}.a_addr", ld.get("a_addr"), "give both a_addr and b_addr or neither")
+            raise InputError(
+                f"{where}.a_addr", ld.get("a_addr"), "give both a_addr and b_addr or neither"
+            )
         if "a_addr" in ld:
             a_addr = _iface(f"{where}.a_addr", ld["a_addr"])
             b_addr = _iface(f"{where}.b_addr", ld["b_addr"])
             if a_addr.network != b_addr.network or a_addr.ip == b_addr.ip:
-                raise InputError(f"{where}.b_addr", ld["b_addr"], f"another address in {a_addr.network}")
+                raise InputError(
+                    f"{where}.b_addr", ld["b_addr"], f"another address in {a_addr.network}"
+                )
         else:
             net = next(subnets, None)
             if net is None:
@@ -325,7 +332,11 @@ def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
             lw = f"{where}.locators[{j}]"
             lod = _keys(lw, lo, {"node", "priority", "weight"}, {"node"})
             if lod["node"] not in nodes or nodes[lod["node"]].role != "xtr":
-                raise InputError(f"{lw}.node", lod["node"], f"one of {[x.name for x in nodes.values() if x.role == 'xtr']}")
+                raise InputError(
+                    f"{lw}.node",
+                    lod["node"],
+                    f"one of {[x.name for x in nodes.values() if x.role == 'xtr']}",
+                )
             locs.append(
                 LocatorSpec(
                     lod["node"],
@@ -335,9 +346,17 @@ def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
             )
         mappings.append(MappingSpec(prefix, tuple(locs)))
 
-    topo = Topology(name, sites, nodes, tuple(links), tuple(mappings), str(top.get("description", "")))
+    topo = Topology(
+        name, sites, nodes, tuple(links), tuple(mappings), str(top.get("description", ""))
+    )
     return Topology(
-        topo.name, topo.sites, topo.nodes, topo.links, topo.mappings, topo.description, compute_routes(topo)
+        topo.name,
+        topo.sites,
+        topo.nodes,
+        topo.links,
+        topo.mappings,
+        topo.description,
+        compute_routes(topo),
     )
 
 
@@ -352,7 +371,9 @@ def _iface(where: str, value: Any) -> ipaddress.IPv4Interface:
     try:
         iface = ipaddress.IPv4Interface(str(value))
     except ValueError:
-        raise InputError(where, value, "an IPv4 address with prefix length like 10.1.0.10/24") from None
+        raise InputError(
+            where, value, "an IPv4 address with prefix length like 10.1.0.10/24"
+        ) from None
     if "/" not in str(value):
         raise InputError(where, value, "give the prefix length, like 10.1.0.10/24")
     return iface
@@ -376,7 +397,7 @@ def _shortest(topo: Topology, src: str, allowed: set[str]) -> dict[str, Link]:
     first: dict[str, Link] = {}
     heap: list[tuple[float, str, int]] = [(0.0, src, -1)]
     while heap:
-        cost, node, via = heapq.heappop(heap)
+        cost, node, _via = heapq.heappop(heap)
         if cost > best.get(node, math.inf):
             continue
         if node != src and topo.nodes[node].role != "router":
@@ -418,13 +439,21 @@ def compute_routes(topo: Topology) -> dict[str, tuple[Route, ...]]:
         if node.role in ("user", "vm"):
             link = topo.links_of(node.name)[0]
             routes[node.name].append(
-                Route(ipaddress.IPv4Network("0.0.0.0/0"), link.addr(link.peer(node.name)).ip, link.index)
+                Route(
+                    ipaddress.IPv4Network("0.0.0.0/0"),
+                    link.addr(link.peer(node.name)).ip,
+                    link.index,
+                )
             )
         elif node.role == "dc":
             for link in topo.links_of(node.name):
                 if topo.nodes[link.peer(node.name)].role == "xtr":
                     routes[node.name].append(
-                        Route(ipaddress.IPv4Network("0.0.0.0/0"), link.addr(link.peer(node.name)).ip, link.index)
+                        Route(
+                            ipaddress.IPv4Network("0.0.0.0/0"),
+                            link.addr(link.peer(node.name)).ip,
+                            link.index,
+                        )
                     )
                     break
     for xtr in topo.xtrs():
@@ -491,7 +520,9 @@ def load_topology(path: Path) -> Topology:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InputError("topology", str(path), f"valid YAML ({str(exc).splitlines()[0]})") from None
+        raise InputError(
+            "topology", str(path), f"valid YAML ({str(exc).splitlines()[0]})"
+        ) from None
     return topology_from_dict(doc)
 
 
