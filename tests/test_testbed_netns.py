@@ -207,3 +207,39 @@ def test_killed_up_then_cleanup_leaves_nothing(state_dir: Path, topo_file: Path)
     assert runner.leftovers(runid) == []
     assert all(runner.proc_start_time(pid) != start for pid, start in pids)
     assert list(own.iterdir()) == []
+
+
+def test_cli_play_changes_a_link_on_time(
+    bed: tuple[runner.State, Topology], tmp_path: Path
+) -> None:
+    state, topo = bed
+    req = {"op": "priority", "prefix": "10.2.0.0/24", "rloc": "172.16.0.2", "priority": 9}
+    assert runner.xtr_control(state, "ux", req)["ok"]  # enter at bx; the scenario switches back
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "name: p\nduration: 1\nevents:\n"
+        "  - {at: 0, link: ua, delay: 25}\n"
+        "  - {at: 0.5, xtr: ux, prefix: 10.2.0.0/24, rloc: 172.16.0.2, priority: 1}\n"
+    )
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pacao.cli", "testbed", "play", str(plan), "--time-scale", "2",
+         "--run", state.runid],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - t0 >= 2.0  # duration 1 s x time-scale 2
+    offsets = [float(line.split()[0]) for line in done.stdout.splitlines()]
+    assert offsets[0] < 0.5 and 0.95 < offsets[1] < 1.5
+    slow = avg_rtt(state)
+    runner.set_link(state, topo, "ua", delay_ms=5)
+    base = avg_rtt(state)
+    # ua carries both directions again (priority back to 1 for ax): +40 ms RTT
+    assert 38 < slow - base < 44, (base, slow)
+    bad = subprocess.run(
+        [sys.executable, "-m", "pacao.cli", "testbed", "set-link", "nope", "--delay", "1",
+         "--run", state.runid],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("pacao: error: link:") and bad.stderr.count("\n") == 1

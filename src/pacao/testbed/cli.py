@@ -163,3 +163,36 @@ def xtr(
     typer.echo(json.dumps(reply, indent=1))
     if not reply.get("ok"):
         raise typer.Exit(1)
+
+
+@app.command()
+def play(
+    scenario: Annotated[Path, typer.Argument(help="Scenario timeline YAML (docs/testbed.md).")],
+    time_scale: Annotated[
+        float, typer.Option(help="Multiply event times (0.1 = 10x faster).")
+    ] = 1.0,
+    run: RunOpt = None,
+) -> None:
+    """Play a timeline of link impairments and xTR priority changes on a running testbed."""
+    from pacao.testbed import runner
+    from pacao.testbed.scenario import Event, load_scenario
+    from pacao.testbed.scenario import play as play_events
+    from pacao.testbed.topology import load_topology
+
+    try:
+        state = runner.find_run(run)
+        topo = load_topology(Path(state.topology["file"]))
+        plan = load_scenario(scenario, topo)
+
+        def apply(event: Event) -> None:
+            if event.kind == "link":
+                runner.set_link(state, topo, event.target, **event.args)
+            else:
+                reply = runner.xtr_control(state, event.target, event.args)
+                if not reply.get("ok"):
+                    raise runner.TestbedError(f"{event.target}: {reply.get('error')}")
+
+        for offset, event in play_events(plan, apply, time_scale):
+            typer.echo(f"{offset:8.3f} s  {event.kind} {event.target} {json.dumps(event.args)}")
+    except (InputError, runner.TestbedError) as exc:
+        raise _fail(str(exc)) from None
