@@ -131,6 +131,11 @@ def test_ping_tcp_delay_and_priority_switch(bed: tuple[runner.State, Topology]) 
     assert after["172.16.0.2"] == before["172.16.0.2"]
     # forward ux->bx 10 ms + bx->ax fabric (Paris-Lyon, ~5.9 ms), back via ua 5 ms: +10.9 ms
     assert 8 < switched - base < 17, (base, switched)
+    # the VM's replies leave through bx too: RTT = 2 x (10 + 5.9) ms over kernel speed
+    runner.set_egress(state, topo, "ax", "10.1.0.0/24", "bx")
+    both = avg_rtt(state)
+    assert 8 < both - switched < 17, (switched, both)
+    runner.set_egress(state, topo, "ax", "10.1.0.0/24", "ax")
     bad = runner.xtr_control(
         state, "ux", {"op": "priority", "prefix": "10.2.0.0/24", "rloc": "1.2.3.4", "priority": 1}
     )

@@ -31,6 +31,7 @@ def doc(*events: dict[str, Any], duration: float = 10) -> dict[str, Any]:
         ),
         ({"at": 1, "xtr": "ux", "prefix": "10.2.0.0/24", "priority": 1}, "events[0].rloc"),
         ({"at": 1, "delay": 3}, "events[0]"),
+        ({"at": 1, "egress": "ax", "prefix": "10.1.0.0/24", "via": "vm"}, "events[0].via"),
     ],
 )
 def test_bad_events(event: dict[str, Any], field: str) -> None:

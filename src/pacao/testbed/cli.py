@@ -187,6 +187,8 @@ def play(
         def apply(event: Event) -> None:
             if event.kind == "link":
                 runner.set_link(state, topo, event.target, **event.args)
+            elif event.kind == "egress":
+                runner.set_egress(state, topo, event.target, **event.args)
             else:
                 reply = runner.xtr_control(state, event.target, event.args)
                 if not reply.get("ok"):

@@ -405,3 +405,25 @@ def leftovers(runid: str) -> list[str]:
         if line.split(":")[1].strip().startswith(prefix)
     ]
     return out
+
+
+def set_egress(state: State, topo: Topology, xtr: str, prefix: str, via: str) -> None:
+    """Send `xtr`'s traffic for a remote EID prefix out through another DC's xTR.
+
+    via == xtr: encapsulate locally (route into the TUN, the default). Otherwise the
+    packets cross the direct inter-DC link to `via`, which encapsulates them: the
+    return path (VM -> user) then follows the entry DC chosen for the user.
+    """
+    for name in (xtr, via):
+        if name not in topo.nodes or topo.nodes[name].role != "xtr":
+            raise InputError("xtr", name, "an xtr node of the topology")
+    ns = state.ns(xtr)
+    if via == xtr:
+        sh("ip", "route", "replace", prefix, "dev", f"{state.prefix}t", ns=ns)
+        return
+    direct = [x for x in topo.links_of(xtr) if x.peer(xtr) == via]
+    if not direct:
+        raise InputError("via", via, f"an xtr with a direct link to {xtr}")
+    link = direct[0]
+    dev = state.ifname(link.index, link.end(xtr))
+    sh("ip", "route", "replace", prefix, "via", str(link.addr(via).ip), "dev", dev, ns=ns)

@@ -6,6 +6,7 @@ YAML (docs/testbed.md):
     events:
       - {at: 125, link: inet-telco, delay: 53.5}
       - {at: 135, xtr: user-xtr, prefix: 10.2.0.0/24, rloc: 172.16.0.2, priority: 5}
+      - {at: 135, egress: telco-xtr, prefix: 10.1.0.0/24, via: marilyn-xtr}
       - {at: 385, link: inet-telco, delay: 3.5}
 `--time-scale 0.1` plays it ten times faster (delays are not scaled).
 """
@@ -25,6 +26,7 @@ from pacao.testbed.topology import Topology, parse_rate
 
 LINK_KEYS = {"at", "link", "delay", "jitter", "loss", "rate", "direction"}
 XTR_KEYS = {"at", "xtr", "prefix", "rloc", "priority", "weight"}
+EGRESS_KEYS = {"at", "egress", "prefix", "via"}
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,26 @@ def scenario_from_dict(doc: Any, topo: Topology) -> Scenario:
             for key in ("prefix", "rloc", "priority"):
                 if key not in ev:
                     raise InputError(f"{where}.{key}", None, "required for an xtr event")
-            req = {"op": "priority", "prefix": str(ev["prefix"]), "rloc": str(ev["rloc"])}
+            req: dict[str, Any] = {"op": "priority", "prefix": str(ev["prefix"])}
+            req["rloc"] = str(ev["rloc"])
             req["priority"] = int(_num(f"{where}.priority", ev["priority"], 0, 255))
             if "weight" in ev:
                 req["weight"] = int(_num(f"{where}.weight", ev["weight"], 0, 255))
             events.append(Event(at, "xtr", node.name, req))
+        elif "egress" in ev:
+            for key in ev:
+                if key not in EGRESS_KEYS:
+                    raise InputError(f"{where}.{key}", ev[key], f"allowed: {sorted(EGRESS_KEYS)}")
+            for key in ("egress", "via"):
+                node = topo.nodes.get(str(ev.get(key)))
+                if node is None or node.role != "xtr":
+                    raise InputError(f"{where}.{key}", ev.get(key), "an xtr node of the topology")
+            if "prefix" not in ev:
+                raise InputError(f"{where}.prefix", None, "required for an egress event")
+            args = {"prefix": str(ev["prefix"]), "via": str(ev["via"])}
+            events.append(Event(at, "egress", str(ev["egress"]), args))
         else:
-            raise InputError(where, ev, "an event needs 'link' or 'xtr'")
+            raise InputError(where, ev, "an event needs 'link', 'xtr' or 'egress'")
     events.sort(key=lambda e: e.at)
     return Scenario(str(doc.get("name", "scenario")), duration, tuple(events))
 
