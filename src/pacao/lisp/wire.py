@@ -237,11 +237,13 @@ class Struct:
     # ---- decoding
     def decode(self, r: Reader) -> Any:
         values: dict[str, Any] = {}
-        _decode_plan(self.name, self._plan, r, values)
+        offsets: dict[str, int] = {}
+        _decode_plan(self.name, self._plan, r, values, offsets)
         if self.check is not None:
             bad = self.check(values)
             if bad is not None:
-                raise LispDecodeError(r.pos, f"{self.name}.{bad[0]}", bad[1])
+                where = offsets.get(bad[0], r.pos)
+                raise LispDecodeError(where, f"{self.name}.{bad[0]}", bad[1])
         return self.build(values)
 
     def build(self, values: dict[str, Any]) -> Any:
@@ -329,8 +331,11 @@ def _derived_names(plan: Plan) -> frozenset[str]:
     return frozenset(names)
 
 
-def _decode_plan(sname: str, plan: Plan, r: Reader, values: dict[str, Any]) -> None:
+def _decode_plan(
+    sname: str, plan: Plan, r: Reader, values: dict[str, Any], offsets: dict[str, int]
+) -> None:
     for step in plan:
+        offsets[getattr(step, "name", "")] = r.pos
         if isinstance(step, _BitRun):
             start = r.pos
             if r.left < step.size:
@@ -343,6 +348,7 @@ def _decode_plan(sname: str, plan: Plan, r: Reader, values: dict[str, Any]) -> N
                 if f.const is not None and v != f.const:
                     raise LispDecodeError(start, f"{sname}.{f.name}", f"is {v}, expected {f.const}")
                 values[f.name] = bool(v) if f.boolean else v
+                offsets[f.name] = start + (step.size * 8 - shift - f.width) // 8
         elif isinstance(step, Custom):
             values[step.name] = step.codec.decode(r, f"{sname}.{step.name}")
         elif isinstance(step, Bytes):
@@ -353,7 +359,7 @@ def _decode_plan(sname: str, plan: Plan, r: Reader, values: dict[str, Any]) -> N
             values[step.name] = tuple(step.element.decode(r) for _ in range(n))
         elif isinstance(step, _IfPlan):
             if values[step.flag]:
-                _decode_plan(sname, step.plan, r, values)
+                _decode_plan(sname, step.plan, r, values, offsets)
             else:
                 _absent(step.plan, values)
         else:  # Tail
