@@ -33,9 +33,13 @@ def tshark() -> str:
     return path
 
 
-def tshark_verbose(pcap: Path, verbose: bool = True) -> str:
-    """tshark's packet details (-V) or, with verbose=False, its one-line summaries."""
+def tshark_verbose(pcap: Path, verbose: bool = True, lisp_port: int | None = None) -> str:
+    """tshark's packet details (-V) or, with verbose=False, its one-line summaries.
+
+    `lisp_port`: also dissect this UDP port as LISP control (a daemon on port 0)."""
     opts = ["-o", "udp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE"]
+    if lisp_port is not None:
+        opts += ["-d", f"udp.port=={lisp_port},lisp"]
     out = subprocess.run(
         [tshark(), "-r", str(pcap), *(["-V"] if verbose else []), *opts],
         capture_output=True,

@@ -54,6 +54,11 @@ def solve(
     sys.stdout.write("\n")
 
 
+from pacao.lisp.cli import app as _lisp_app  # noqa: E402 - sub-app registered after commands
+
+app.add_typer(_lisp_app, name="lisp")
+
+
 def main() -> None:
     app()
 

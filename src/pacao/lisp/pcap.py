@@ -10,9 +10,10 @@ like a Linux `lo` capture.  The IP and UDP headers are the declared tables of
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 from pacao.errors import InputError
@@ -172,3 +173,37 @@ def iter_lisp(datagrams: Iterable[Datagram]) -> Iterator[Datagram]:
     for d in datagrams:
         if 4342 in (d.source_port, d.destination_port):
             yield d
+
+
+class PcapWriter:
+    """Appends datagrams to a pcap as they are sent or received (daemon `--pcap`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh = open(path, "wb")  # noqa: SIM115 - kept open for the daemon's lifetime
+        self.fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_ETHERNET))
+        self.count = 0
+
+    def record(self, src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> None:
+        try:
+            d = Datagram(
+                self.count + 1,
+                time.time(),
+                ip_address(src[0]),
+                src[1],
+                ip_address(dst[0]),
+                dst[1],
+                payload,
+            )
+            frame = frame_bytes(d)
+        except ValueError:
+            return
+        sec = int(d.time)
+        usec = min(999_999, round((d.time - sec) * 1e6))
+        self.fh.write(struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame)
+        self.count += 1
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()

@@ -1,0 +1,77 @@
+"""`pacao lisp ...` commands (Typer sub-app); implementation stays in the package."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pacao.errors import InputError
+
+app = typer.Typer(
+    name="lisp",
+    help="LISP control plane: map-server/map-resolver, xTR agent, capture decoder.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"pacao: error: {message}", err=True)
+    return typer.Exit(2)
+
+
+@app.command("map-server")
+def map_server(
+    config: Annotated[Path, typer.Option("--config", help="YAML config (docs/lisp.md).")],
+    listen: Annotated[
+        str | None, typer.Option(help="Override `listen`, e.g. 127.0.0.1:4342 (port 0: any).")
+    ] = None,
+    pcap: Annotated[
+        Path | None, typer.Option(help="Write every datagram sent/received to this pcap.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level.")] = False,
+) -> None:
+    """Run the map-server/map-resolver daemon until SIGINT/SIGTERM."""
+    from dataclasses import replace
+
+    from pacao.lisp.config import load_config, parse_hostport
+    from pacao.lisp.mapserver import serve
+    from pacao.lisp.pcap import PcapWriter
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        cfg = load_config(config)
+        if listen is not None:
+            cfg = replace(cfg, listen=parse_hostport("--listen", listen))
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        writer = PcapWriter(pcap) if pcap is not None else None
+        asyncio.run(serve(cfg, writer))
+    except OSError as exc:
+        raise _fail(f"cannot serve on {cfg.listen[0]}:{cfg.listen[1]}: {exc.strerror}") from None
+
+
+@app.command()
+def decode(
+    file: Annotated[Path, typer.Argument(help="A classic pcap file (tcpdump/editcap -F pcap).")],
+) -> None:
+    """Decode the LISP control messages of a capture; JSON on stdout."""
+    from pacao.lisp.show import decode_pcap
+
+    try:
+        rows = decode_pcap(file)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    json.dump(rows, sys.stdout, indent=2)
+    sys.stdout.write("\n")
