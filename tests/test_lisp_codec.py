@@ -294,3 +294,21 @@ def test_fuzz_mutated_captures(data: bytes, edits: list[tuple[int, int]]) -> Non
     except LispDecodeError:
         return
     assert decode_message_unchecked(msg.to_bytes()) == msg
+
+
+def test_docs_show_the_current_field_tables() -> None:
+    from pathlib import Path
+
+    from pacao.lisp.address import LCAF_HEADER
+    from pacao.lisp.messages import ECM_HEADER, LOCATOR, MAPPING_RECORD, REQUEST_RECORD
+    from pacao.lisp.wire import field_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "lisp.md").read_text()
+    structs = [MapRequest.STRUCT, REQUEST_RECORD, MapReply.STRUCT, MAPPING_RECORD, LOCATOR]
+    structs += [MapRegister.STRUCT, MapNotify.STRUCT, ECM_HEADER, LCAF_HEADER]
+    for s in structs:
+        section = doc.split(f"#### {s.name}\n", 1)[1].split("####", 1)[0]
+        rows = [
+            line for line in section.splitlines() if line.startswith("| ") and "---" not in line
+        ]
+        assert rows[1:] == ["| " + " | ".join(r) + " |" for r in field_table(s)], s.name

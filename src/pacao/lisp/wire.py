@@ -435,14 +435,15 @@ def field_table(struct: Struct) -> list[tuple[str, str, str]]:
     for el in struct.fields():
         if isinstance(el, Bits):
             meaning = el.meaning if el.const is None else f"{el.meaning} (= {el.const})"
-            rows.append((el.name, f"{el.width} bits", meaning))
+            rows.append((el.name, f"{el.width} bit{'s' if el.width > 1 else ''}", meaning))
         elif isinstance(el, Bytes):
             width = f"{el.length} bytes"
             rows.append((el.name, width, el.meaning))
         elif isinstance(el, List):
             rows.append((el.name, f"list of {el.element.name}", el.meaning))
         elif isinstance(el, Custom):
-            rows.append((el.name, "AFI + address", el.meaning))
+            width = el.codec.struct.name if isinstance(el.codec, Sub) else "AFI + address"
+            rows.append((el.name, width, el.meaning))
         elif isinstance(el, Tail):
             rows.append((el.name, "rest", el.meaning))
     return rows
