@@ -18,7 +18,7 @@ from pacao.optimize.model import (
     Problem,
     RankedCandidate,
 )
-from pacao.optimize.penalty import OBJECTIVE_TIE, FloatArray
+from pacao.optimize.penalty import OBJECTIVE_TIE, RATIO_MAX, FloatArray
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,14 @@ def build_instance(p: Problem) -> Instance:
         if reason is not None:
             unusable[i] = reason
             continue
+        for c, q in zip(p.criteria, row, strict=True):
+            if q > RATIO_MAX:
+                what = "metric" if c.bound is not None else "demand/residual"
+                raise InputError(
+                    f"candidates[{i}].{c.name}",
+                    cand.metrics.get(c.name, cand.residual.get(c.name)),
+                    f"{what} is more than {RATIO_MAX:g} times its bound: a data error",
+                )
         rows.append(row)
         usable.append(i)
     if not usable:

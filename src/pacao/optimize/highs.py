@@ -2,7 +2,7 @@
 
     min sum_k alpha_k T_k
     s.t. sum_d r_d = 1,  r_d binary
-         m_dk r_d <= M_dk T_k   (written as (m_dk/M_dk) r_d - T_k <= eps)
+         m_dk r_d <= M_dk T_k   (scaled: r_d - T_k / (q (1 - eps)) <= 0, q = m_dk/M_dk)
          T_k integer >= 0
 
 The full ranking comes from re-solving with the candidates ranked so far fixed
@@ -20,7 +20,7 @@ import numpy as np
 from pacao.optimize.base import build_instance, finish, register
 from pacao.optimize.highs_util import new_highs
 from pacao.optimize.model import Decision, Problem
-from pacao.optimize.penalty import RATIO_EPS
+from pacao.optimize.penalty import RATIO_EPS, RATIO_FLOOR
 
 _INF = highspy.kHighsInf
 
@@ -43,15 +43,19 @@ def _model(ratios: np.ndarray, weights: np.ndarray) -> highspy.Highs:
     for kk in range(k):
         h.changeColCost(n + kk, float(weights[kk]))
     h.addRow(1.0, 1.0, n, np.arange(n, dtype=np.int32), np.ones(n))
+    # Row: q r_d - T_k <= floor (q = ratio (1 - eps)), the enumeration's rule.
+    # With q < 1 the row is divided by q, so that HiGHS's absolute feasibility
+    # tolerance acts as a relative one; a ratio under the floor binds nothing.
     for d in range(n):
         for kk in range(k):
-            h.addRow(
-                -_INF,
-                RATIO_EPS,
-                2,
-                np.array([d, n + kk], dtype=np.int32),
-                np.array([float(ratios[d, kk]), -1.0]),
-            )
+            q = float(ratios[d, kk]) * (1.0 - RATIO_EPS)
+            if q <= RATIO_FLOOR:
+                continue
+            if q < 1.0:
+                coefs, rhs = np.array([1.0, -1.0 / q]), RATIO_FLOOR / q
+            else:
+                coefs, rhs = np.array([q, -1.0]), RATIO_FLOOR
+            h.addRow(-_INF, rhs, 2, np.array([d, n + kk], dtype=np.int32), coefs)
     return h
 
 
@@ -97,3 +101,13 @@ def _minimal_penalties(h: highspy.Highs, d: int, n: int, weights: np.ndarray) ->
         h.changeColCost(n + kk, float(weights[kk]))
     h.changeColBounds(d, 0.0, 1.0)
     return t
+
+
+def optimum_only(problem: Problem) -> float:
+    """The optimal objective from a single MILP solve (no ranking)."""
+    inst = build_instance(problem)
+    h = _model(inst.ratios, inst.weights)
+    h.run()
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        raise RuntimeError(f"HiGHS did not prove optimality: {h.getModelStatus()}")
+    return float(h.getInfo().objective_function_value)

@@ -1,0 +1,1 @@
+"""Human-facing output: terminal tables, figures and HTML reports."""
