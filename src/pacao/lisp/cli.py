@@ -75,3 +75,25 @@ def decode(
         raise _fail(str(exc)) from None
     json.dump(rows, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+@app.command()
+def xtr(
+    config: Annotated[Path, typer.Option("--config", help="YAML config (docs/lisp.md).")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level.")] = False,
+) -> None:
+    """Run the xTR control agent (register, map-cache, RLOC probing) until SIGTERM."""
+    from pacao.lisp.xtr import load_xtr_config, serve_xtr
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        cfg = load_xtr_config(config)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        asyncio.run(serve_xtr(cfg))
+    except OSError as exc:
+        raise _fail(f"cannot serve on {cfg.listen[0]}:{cfg.listen[1]}: {exc.strerror}") from None
