@@ -306,3 +306,43 @@ def test_etr_answers_forwarded_requests_without_proxy_reply() -> None:
             await close_xtr(etr, etr_t, None)
 
     run(body)
+
+
+def test_xtr_survives_garbage() -> None:
+    import random
+
+    async def body(server: Any, ms: tuple[str, int]) -> None:
+        db = [{"prefix": "10.5.0.0/16", "locators": [{"address": "127.0.0.1"}]}]
+        etr, t, _ = await open_xtr(xtr_config_from_dict(xtr_doc(ms, 0, "127.0.0.1", database=db)))
+        loop = asyncio.get_running_loop()
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class P(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                replies.put_nowait(data)
+
+        tr, _ = await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", 0))
+        rnd = random.Random(7)
+        probe = MapRequest(1, (RequestRecord.for_prefix(EidPrefix.parse("10.5.1.1/32")),),
+                           (IPv4Address("127.0.0.1"),), probe=True).to_bytes()  # fmt: skip
+        try:
+            for i in range(200):
+                buf = bytearray(probe if i % 2 else bytes(rnd.randrange(256) for _ in range(40)))
+                buf[rnd.randrange(len(buf))] = rnd.randrange(256)
+                tr.sendto(bytes(buf), etr.local)
+                if i % 20 == 0:
+                    await asyncio.sleep(0.002)
+            await asyncio.sleep(0.1)
+            while not replies.empty():
+                replies.get_nowait()
+            tr.sendto(probe, etr.local)
+            from pacao.lisp.messages import decode_message
+
+            reply = decode_message(await asyncio.wait_for(replies.get(), 2))
+            assert isinstance(reply, MapReply) and reply.probe
+            assert etr.stats["handler_errors"] == 0 and etr.stats["malformed"] > 50
+        finally:
+            tr.close()
+            await close_xtr(etr, t, None)
+
+    run(body)
