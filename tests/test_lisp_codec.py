@@ -312,3 +312,28 @@ def test_docs_show_the_current_field_tables() -> None:
             line for line in section.splitlines() if line.startswith("| ") and "---" not in line
         ]
         assert rows[1:] == ["| " + " | ".join(r) + " |" for r in field_table(s)], s.name
+
+
+@settings(max_examples=150)
+@given(any_message)
+def test_compiled_codec_agrees_with_the_table_interpreter(msg: Message) -> None:
+    from pacao.lisp.wire import Reader
+
+    data = msg.STRUCT.encode_slow(msg)
+    assert msg.to_bytes() == data
+    assert msg.STRUCT.decode_slow(Reader(data)) == msg == msg.STRUCT.decode(Reader(data))
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=1, max_size=120), st.sampled_from([MapRequest, MapReply, MapRegister]))
+def test_compiled_and_interpreted_decoders_fail_alike(data: bytes, cls: type[Message]) -> None:
+    from pacao.lisp.wire import Reader
+
+    data = bytes([cls.TYPE << 4]) + data[1:]
+    outcomes = []
+    for decode in (cls.STRUCT.decode, cls.STRUCT.decode_slow):
+        try:
+            outcomes.append(("ok", decode(Reader(data))))
+        except LispDecodeError as exc:
+            outcomes.append(("error", (exc.offset, exc.field)))
+    assert outcomes[0] == outcomes[1]

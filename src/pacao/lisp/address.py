@@ -78,6 +78,10 @@ def afi_of(addr: Address) -> int:
 
 def decode_address(r: Reader, field: str, depth: int = 0) -> Address:
     start = r.pos
+    buf = r.buf
+    if r.end - start >= 6 and buf[start] == 0 and buf[start + 1] == AFI_IPV4:  # hot path
+        r.pos = start + 6
+        return IPv4Address(int.from_bytes(buf[start + 2 : start + 6], "big"))
     afi = int.from_bytes(r.take(2, f"{field}.afi"), "big")
     if afi == AFI_NONE:
         return None
@@ -199,9 +203,13 @@ class EidPrefix:
         if isinstance(addr, InstanceIdAddress):
             iid = addr.instance_id
             addr = addr.address
+        bits = 32 if isinstance(addr, IPv4Address) else 128
         if not isinstance(addr, IPv4Address | IPv6Address):
             raise ValueError(f"not an IP EID: {addr!r}")
-        net = ipaddress.ip_network(f"{addr}/{mask_len}", strict=False)
+        if not 0 <= mask_len <= bits:
+            raise ValueError(f"mask length {mask_len} out of range 0..{bits}")
+        start = int(addr) >> (bits - mask_len) << (bits - mask_len) if mask_len else 0
+        net: Network = (IPv4Network if bits == 32 else IPv6Network)((start, mask_len))
         return cls(iid, net)
 
     @classmethod

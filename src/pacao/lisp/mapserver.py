@@ -28,13 +28,12 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from pacao.lisp import auth
 from pacao.lisp.address import EidPrefix
@@ -54,6 +53,7 @@ from pacao.lisp.messages import (
     decode_message,
 )
 from pacao.lisp.pcap import PcapWriter
+from pacao.lisp.udp import UdpEndpoint, open_udp
 from pacao.lisp.wire import LispDecodeError, Reader
 
 log = logging.getLogger("pacao.lisp.mapserver")
@@ -73,6 +73,12 @@ class Registration:
     expires_at: float
     xtr_id: bytes | None = None
     site_id: bytes | None = None
+    reply_record: bytes = field(default=b"", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.reply_record:  # the proxy Map-Reply record, encoded once (A bit clear)
+            wire = MAPPING_RECORD.encode(replace(self.record, authoritative=False))
+            object.__setattr__(self, "reply_record", wire)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +109,15 @@ class Registration:
         )
 
 
+_REPLY_DEFAULTS: dict[str, Any] = {
+    "probe": False,
+    "echo_nonce": False,
+    "security": False,
+    "reserved": 0,
+    "trailer": b"",
+}
+
+
 class TokenBucket:
     """Per-source Map-Request rate limit; forgets idle sources to bound memory."""
 
@@ -124,7 +139,7 @@ class TokenBucket:
         return True
 
 
-class MapServer(asyncio.DatagramProtocol):
+class MapServer:
     """The daemon state and its UDP protocol handler."""
 
     def __init__(self, config: MapServerConfig, pcap: PcapWriter | None = None) -> None:
@@ -137,7 +152,7 @@ class MapServer(asyncio.DatagramProtocol):
             for p in site.eid_prefixes:
                 self.site_prefixes.insert(p, site)
         self.limiter = TokenBucket(config.map_request_rate, config.map_request_burst)
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: UdpEndpoint | None = None
         self.local: tuple[str, int] = config.listen
         self.dirty = False
         self.clock = time.time
@@ -145,12 +160,8 @@ class MapServer(asyncio.DatagramProtocol):
             self.load_state(config.state_file)
 
     # ------------------------------------------------------------------ transport
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):  # absorb bursts; the kernel caps the size
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    def connection_made(self, transport: UdpEndpoint) -> None:
+        self.transport = transport
         sockname = transport.get_extra_info("sockname")
         self.local = (sockname[0], sockname[1])
 
@@ -279,7 +290,7 @@ class MapServer(asyncio.DatagramProtocol):
             self.stats["ignored"] += 1  # probes and SMRs are for xTRs
             return
         now = self.clock()
-        answers: list[MappingRecord] = []
+        answers: list[MappingRecord | bytes] = []
         forward_to: set[tuple[str, int]] = set()
         for rr in req.records:
             try:
@@ -297,7 +308,7 @@ class MapServer(asyncio.DatagramProtocol):
                 continue
             reg = hit[1]
             if reg.proxy_reply or ecm is None:
-                answers.append(replace(reg.record, authoritative=False))
+                answers.append(reg.reply_record)
                 self.stats["proxy_reply"] += 1
             else:
                 forward_to.add(reg.source)
@@ -305,9 +316,11 @@ class MapServer(asyncio.DatagramProtocol):
             assert ecm is not None
             self.send(ecm, dest)
             self.stats["forwarded"] += 1
-        if answers:
-            reply = MapReply(nonce=req.nonce, records=tuple(answers))
-            self.send(reply.to_bytes(), (self.reply_address(req, peer), reply_port))
+        if answers:  # pre-encoded records pass through the List element as bytes
+            reply = MapReply.STRUCT.encode(
+                {**_REPLY_DEFAULTS, "nonce": req.nonce, "records": answers}
+            )
+            self.send(reply, (self.reply_address(req, peer), reply_port))
 
     def reply_address(self, req: MapRequest, peer: tuple[str, int]) -> str:
         """The first ITR-RLOC of our socket's family, else the packet's source."""
@@ -416,16 +429,12 @@ def atomic_write_json(path: Path, doc: Any) -> None:
 
 async def open_map_server(
     config: MapServerConfig, pcap: PcapWriter | None = None
-) -> tuple[MapServer, asyncio.DatagramTransport]:
-    """Bind the UDP socket and return the protocol (with `.local` set)."""
-    loop = asyncio.get_running_loop()
-    host, port = config.listen
-    family = socket.AF_INET6 if ip_address(host).version == 6 else socket.AF_INET
+) -> tuple[MapServer, UdpEndpoint]:
+    """Bind the UDP socket and return the server (with `.local` set) and its endpoint."""
     server = MapServer(config, pcap)
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: server, local_addr=(host, port), family=family
-    )
-    return server, transport
+    endpoint = open_udp(config.listen[0], config.listen[1], server.datagram_received)
+    server.connection_made(endpoint)
+    return server, endpoint
 
 
 async def serve(config: MapServerConfig, pcap: PcapWriter | None = None) -> None:

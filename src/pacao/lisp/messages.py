@@ -593,6 +593,9 @@ class EncapsulatedControlMessage(Message):
         return cls(ip=ip, udp=UDPHeader(source_port, LISP_CONTROL_PORT), message=message)
 
 
+_ECM_BUILDER = Struct("ECM", [], factory=EncapsulatedControlMessage)
+
+
 def _decode_ecm(r: Reader, depth: int) -> EncapsulatedControlMessage:
     head = ECM_HEADER.decode(r)
     version = r.peek_u8("ECM.ip.version") >> 4
@@ -615,16 +618,19 @@ def _decode_ecm(r: Reader, depth: int) -> EncapsulatedControlMessage:
             r.pos - 4, "UDP.length", f"{udp.length} but {8 + r.left} bytes follow"
         )
     inner = _decode(r, depth + 1)
-    return EncapsulatedControlMessage(
-        ip=ip,
-        udp=udp,
-        message=inner,
-        security=bool(head["security"]),
-        ddt=bool(head["ddt"]),
-        to_etr=bool(head["to_etr"]),
-        to_ms=bool(head["to_ms"]),
-        reserved=head["reserved"],
+    ecm: EncapsulatedControlMessage = _ECM_BUILDER.build(
+        {
+            "ip": ip,
+            "udp": udp,
+            "message": inner,
+            "security": head["security"],
+            "ddt": head["ddt"],
+            "to_etr": head["to_etr"],
+            "to_ms": head["to_ms"],
+            "reserved": head["reserved"],
+        }
     )
+    return ecm
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -661,7 +667,7 @@ def _decode(r: Reader, depth: int = 0) -> Message:
 
 def decode_message_unchecked(data: bytes) -> Message:
     """Decoder without the safety net; tests use it to catch stray exceptions."""
-    return _decode(Reader(bytes(data)))
+    return _decode(Reader(data if data.__class__ is bytes else bytes(data)))
 
 
 def decode_message(data: bytes) -> Message:

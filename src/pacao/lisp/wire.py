@@ -11,9 +11,10 @@ encoding failures as :class:`LispEncodeError`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 
 class LispDecodeError(ValueError):
@@ -218,6 +219,11 @@ class Struct:
         self.single = single
         self._plan = _compile(name, self.elements)
         self._derived = _derived_names(self._plan)
+        self._fast_decode: Callable[[Reader], dict[str, Any]] | None = None
+        self._fast_encode: dict[str, Callable[[Any, Writer], None]] = {}
+        self._fields: frozenset[str] | None = None
+        if factory is not None and dataclasses.is_dataclass(factory):
+            self._fields = frozenset(f.name for f in dataclasses.fields(factory))
 
     # ---- introspection (used by docs and tests)
     def fields(self) -> list[Element]:
@@ -236,6 +242,22 @@ class Struct:
 
     # ---- decoding
     def decode(self, r: Reader) -> Any:
+        start = r.pos
+        fast = self._fast_decode
+        if fast is None:
+            fast = self._fast_decode = _compile_decoder(self)
+        try:
+            values = fast(r)
+        except _Fail:
+            r.pos = start
+            return self.decode_slow(r)
+        if self.check is not None and self.check(values) is not None:
+            r.pos = start
+            return self.decode_slow(r)
+        return self.build(values)
+
+    def decode_slow(self, r: Reader) -> Any:
+        """The table interpreter: the reference, and the source of precise errors."""
         values: dict[str, Any] = {}
         offsets: dict[str, int] = {}
         _decode_plan(self.name, self._plan, r, values, offsets)
@@ -244,16 +266,22 @@ class Struct:
             if bad is not None:
                 where = offsets.get(bad[0], r.pos)
                 raise LispDecodeError(where, f"{self.name}.{bad[0]}", bad[1])
-        return self.build(values)
+        return self.build({k: v for k, v in values.items() if k not in self._derived})
 
     def build(self, values: dict[str, Any]) -> Any:
+        """Object from the non-derived field values."""
         if self.single is not None:
             return values[self.single]
-        if self.factory is None:
+        factory = self.factory
+        if factory is None:
             return values
-        kwargs = {k: v for k, v in values.items() if k not in self._derived}
+        if self._fields is not None and len(values) == len(self._fields):
+            # every dataclass field decoded: skip __init__ (frozen setattr is slow)
+            obj: Any = object.__new__(cast(type, factory))
+            obj.__dict__.update(values)
+            return obj
         try:
-            return self.factory(**kwargs)
+            return factory(**values)
         except (TypeError, ValueError) as exc:  # a factory rejecting decoded values
             raise LispDecodeError(0, self.name, str(exc)) from None
 
@@ -262,8 +290,20 @@ class Struct:
 
     # ---- encoding
     def encode(self, obj: Any, w: Writer | None = None) -> bytes:
-        own = w is None
         writer = Writer() if w is None else w
+        mode = "self" if self.single is not None else "item" if isinstance(obj, Mapping) else "attr"
+        fast = self._fast_encode.get(mode)
+        if fast is None:
+            fast = self._fast_encode[mode] = _compile_encoder(self, mode)
+        try:
+            fast(obj, writer)
+        except AttributeError as exc:
+            raise LispEncodeError(self.name, f"missing field ({exc})") from None
+        return writer.getvalue() if w is None else b""
+
+    def encode_slow(self, obj: Any) -> bytes:
+        """The table interpreter's encoding (reference for the compiled encoder)."""
+        writer = Writer()
         get: Callable[[str], Any]
         if self.single is not None:
 
@@ -278,7 +318,7 @@ class Struct:
                 return getattr(obj, name)
 
         _encode_plan(self.name, self._plan, get, writer)
-        return writer.getvalue() if own else b""
+        return writer.getvalue()
 
 
 Plan = tuple["_BitRun | Custom | Bytes | List | _IfPlan | Tail", ...]
@@ -452,3 +492,170 @@ def field_table(struct: Struct) -> list[tuple[str, str, str]]:
 def replace(obj: Any, **changes: Any) -> Any:
     """dataclasses.replace, typed loosely for the frozen message classes."""
     return dataclasses.replace(obj, **changes)
+
+
+# --------------------------------------------------------------------------- compiler
+#
+# The interpreter above (_decode_plan/_encode_plan) is the reference.  For speed
+# each Struct is also compiled from its table into straight-line Python (one
+# function to decode, one per access mode to encode).  The compiled decoder
+# raises _Fail at the first problem and the interpreter is then re-run on the
+# same bytes to produce the precise LispDecodeError (offset and field), so both
+# paths always agree on errors; tests check they agree on results.
+
+
+class _Fail(Exception):
+    """Compiled decoder bail-out; the interpreter reports the real error."""
+
+
+def _compile_decoder(struct: Struct) -> Callable[[Reader], dict[str, Any]]:
+    lines = ["def _decode(r):", "    buf = r.buf; p = r.pos; end = r.end; v = {}"]
+    env: dict[str, Any] = {"_Fail": _Fail}
+    refs: dict[str, str] = {}
+    seq = itertools.count()
+
+    def emit(plan: Plan, ind: str) -> None:
+        for step in plan:
+            if isinstance(step, _BitRun):
+                total = step.size * 8
+                lines.append(f"{ind}if end - p < {step.size}: raise _Fail")
+                lines.append(f"{ind}w = int.from_bytes(buf[p:p + {step.size}], 'big')")
+                for f, shift in zip(step.fields, step.shifts, strict=True):
+                    expr = f"(w >> {shift})" if shift else "w"
+                    if shift + f.width < total:
+                        expr = f"({expr} & {(1 << f.width) - 1})"
+                    if f.const is not None:
+                        lines.append(f"{ind}if {expr} != {f.const}: raise _Fail")
+                        continue
+                    if f.boolean:
+                        expr = f"{expr} != 0"
+                    if f.derived:
+                        local = f"d{next(seq)}"
+                        lines.append(f"{ind}{local} = {expr}")
+                        refs[f.name] = local
+                    else:
+                        lines.append(f"{ind}v[{f.name!r}] = {expr}")
+                        refs[f.name] = f"v[{f.name!r}]"
+                lines.append(f"{ind}p += {step.size}")
+            elif isinstance(step, Custom):
+                c = f"c{next(seq)}"
+                env[c] = step.codec
+                field = f"{struct.name}.{step.name}"
+                lines.append(
+                    f"{ind}r.pos = p; v[{step.name!r}] = {c}.decode(r, {field!r}); p = r.pos"
+                )
+                refs[step.name] = f"v[{step.name!r}]"
+            elif isinstance(step, Bytes):
+                n = str(step.length) if isinstance(step.length, int) else refs[step.length]
+                lines.append(f"{ind}n = {n}")
+                lines.append(f"{ind}if end - p < n: raise _Fail")
+                lines.append(f"{ind}v[{step.name!r}] = buf[p:p + n]; p += n")
+                refs[step.name] = f"v[{step.name!r}]"
+            elif isinstance(step, List):
+                s = f"s{next(seq)}"
+                env[s] = step.element.decode
+                count = refs[step.count] + (f" + {step.bias}" if step.bias else "")
+                lines.append(f"{ind}r.pos = p")
+                lines.append(f"{ind}v[{step.name!r}] = tuple([{s}(r) for _ in range({count})])")
+                lines.append(f"{ind}p = r.pos")
+                refs[step.name] = f"v[{step.name!r}]"
+            elif isinstance(step, _IfPlan):
+                lines.append(f"{ind}if {refs[step.flag]}:")
+                emit(step.plan, ind + "    ")
+                lines.append(f"{ind}else:")
+                absent: dict[str, Any] = {}
+                _absent(step.plan, absent)
+                for name, value in absent.items():
+                    lines.append(f"{ind}    v[{name!r}] = {value!r}")
+                    refs[name] = f"v[{name!r}]"
+                lines.append(f"{ind}    pass")
+            else:  # Tail
+                lines.append(f"{ind}v[{step.name!r}] = buf[p:end]; p = end")
+
+    emit(struct._plan, "    ")
+    lines += ["    r.pos = p", "    return v"]
+    exec("\n".join(lines), env)
+    fn: Callable[[Reader], dict[str, Any]] = env["_decode"]
+    return fn
+
+
+def _compile_encoder(struct: Struct, mode: str) -> Callable[[Any, Writer], None]:
+    """mode: 'attr' (objects), 'item' (mappings) or 'self' (single-value structs)."""
+
+    def access(name: str) -> str:
+        if mode == "attr":
+            return f"o.{name}"
+        if mode == "item":
+            return f"o[{name!r}]"
+        return "o"
+
+    lines = ["def _encode(o, wr):", "    ap = wr.parts.append"]
+    env: dict[str, Any] = {"LispEncodeError": LispEncodeError, "bytes": bytes}
+    seq = itertools.count()
+
+    def emit(plan: Plan, ind: str) -> None:
+        for step in plan:
+            if isinstance(step, _BitRun):
+                lines.append(f"{ind}w = 0")
+                for f, shift in zip(step.fields, step.shifts, strict=True):
+                    field = f"{struct.name}.{f.name}"
+                    if f.const is not None:
+                        lines.append(f"{ind}w |= {f.const << shift}")
+                        continue
+                    if f.count_of is not None or f.length_of is not None:
+                        ref = access(f.count_of or f.length_of or "")
+                        lines.append(f"{ind}x = {ref}")
+                        lines.append(f"{ind}x = (0 if x is None else len(x)) - {f.bias}")
+                    else:
+                        lines.append(f"{ind}x = {access(f.name)}")
+                        lines.append(
+                            f"{ind}if x.__class__ is not int and x.__class__ is not bool: "
+                            f"raise LispEncodeError({field!r}, f'{{x!r}} is not an integer')"
+                        )
+                    lines.append(
+                        f"{ind}if x < 0 or x >> {f.width}: raise LispEncodeError("
+                        f"{field!r}, f'{{x!r}} does not fit in {f.width} unsigned bits')"
+                    )
+                    lines.append(f"{ind}w |= x << {shift}" if shift else f"{ind}w |= x")
+                lines.append(f"{ind}ap(w.to_bytes({step.size}, 'big'))")
+            elif isinstance(step, Custom):
+                c = f"c{next(seq)}"
+                env[c] = step.codec
+                lines.append(
+                    f"{ind}{c}.encode(wr, {access(step.name)}, {struct.name}.{step.name!r})"
+                )
+                lines[-1] = lines[-1].replace(
+                    f"{struct.name}.{step.name!r}", repr(f"{struct.name}.{step.name}")
+                )
+            elif isinstance(step, Bytes):
+                field = f"{struct.name}.{step.name}"
+                lines.append(f"{ind}x = {access(step.name)}")
+                lines.append(
+                    f"{ind}if x.__class__ is not bytes and not isinstance(x, (bytes, bytearray)): "
+                    f"raise LispEncodeError({field!r}, f'expected bytes, got {{x!r}}')"
+                )
+                if isinstance(step.length, int):
+                    lines.append(
+                        f"{ind}if len(x) != {step.length}: raise LispEncodeError({field!r}, "
+                        f"f'must be {step.length} bytes, got {{len(x)}}')"
+                    )
+                lines.append(f"{ind}ap(bytes(x))")
+            elif isinstance(step, List):
+                e = f"e{next(seq)}"
+                env[e] = step.element.encode
+                lines.append(f"{ind}for it in {access(step.name)}:")
+                lines.append(f"{ind}    if it.__class__ is bytes: ap(it)")
+                lines.append(f"{ind}    else: {e}(it, wr)")
+            elif isinstance(step, _IfPlan):
+                lines.append(f"{ind}if {access(step.flag)}:")
+                emit(step.plan, ind + "    ")
+                lines.append(f"{ind}    pass")
+            else:  # Tail
+                lines.append(f"{ind}x = {access(step.name)}")
+                lines.append(f"{ind}if x: ap(bytes(x))")
+
+    emit(struct._plan, "    ")
+    lines.append("    return None")
+    exec("\n".join(lines), env)
+    fn: Callable[[Any, Writer], None] = env["_encode"]
+    return fn

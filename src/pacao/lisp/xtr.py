@@ -32,14 +32,13 @@ import json
 import logging
 import random
 import secrets
-import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from pacao.errors import InputError
 from pacao.lisp import auth
@@ -62,6 +61,7 @@ from pacao.lisp.messages import (
     decode_message,
 )
 from pacao.lisp.show import to_jsonable
+from pacao.lisp.udp import UdpEndpoint, open_udp
 from pacao.lisp.wire import LispDecodeError
 
 log = logging.getLogger("pacao.lisp.xtr")
@@ -419,7 +419,7 @@ class _Pending:
     tries: int = 1
 
 
-class Xtr(asyncio.DatagramProtocol):
+class Xtr:
     """The xTR control agent (protocol handler + schedulers)."""
 
     def __init__(self, config: XtrConfig) -> None:
@@ -434,7 +434,7 @@ class Xtr(asyncio.DatagramProtocol):
         self.resolving: dict[EidPrefix, int] = {}
         self.events: asyncio.Queue[Event] = asyncio.Queue(maxsize=10000)
         self.callbacks: list[Callable[[Event], None]] = []
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: UdpEndpoint | None = None
         self.local: tuple[str, int] = config.listen
         self.clock = time.time
         self.mono = time.monotonic
@@ -444,8 +444,8 @@ class Xtr(asyncio.DatagramProtocol):
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ plumbing
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def connection_made(self, transport: UdpEndpoint) -> None:
+        self.transport = transport
         sockname = transport.get_extra_info("sockname")
         self.local = (sockname[0], sockname[1])
 
@@ -825,28 +825,25 @@ async def _http_handler(
         writer.close()
 
 
-async def open_xtr(
-    config: XtrConfig,
-) -> tuple[Xtr, asyncio.DatagramTransport, asyncio.Server | None]:
-    loop = asyncio.get_running_loop()
-    host, port = config.listen
-    family = socket.AF_INET6 if ip_address(host).version == 6 else socket.AF_INET
+async def open_xtr(config: XtrConfig) -> tuple[Xtr, UdpEndpoint, asyncio.Server | None]:
+    """Bind the control socket (and the HTTP endpoint) and start the schedulers."""
     xtr = Xtr(config)
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: xtr, local_addr=(host, port), family=family
-    )
+    endpoint = open_udp(config.listen[0], config.listen[1], xtr.datagram_received)
+    xtr.connection_made(endpoint)
     http = None
     if config.http is not None:
-        http = await asyncio.start_server(
-            lambda r, w: _http_handler(xtr, r, w), config.http[0], config.http[1]
-        )
+        try:
+            http = await asyncio.start_server(
+                lambda r, w: _http_handler(xtr, r, w), config.http[0], config.http[1]
+            )
+        except OSError:
+            endpoint.close()
+            raise
     xtr._tasks.append(asyncio.create_task(xtr.run_loops()))
-    return xtr, transport, http
+    return xtr, endpoint, http
 
 
-async def close_xtr(
-    xtr: Xtr, transport: asyncio.DatagramTransport, http: asyncio.Server | None
-) -> None:
+async def close_xtr(xtr: Xtr, transport: UdpEndpoint, http: asyncio.Server | None) -> None:
     for t in xtr._tasks:
         t.cancel()
     for t in xtr._tasks:
