@@ -337,3 +337,19 @@ def test_compiled_and_interpreted_decoders_fail_alike(data: bytes, cls: type[Mes
         except LispDecodeError as exc:
             outcomes.append(("error", (exc.offset, exc.field)))
     assert outcomes[0] == outcomes[1]
+
+
+def test_change_priority_layout_and_auth() -> None:
+    from pacao.lisp.messages import ChangePriority
+
+    rec = MappingRecord.for_prefix(EidPrefix.parse("10.1.0.0/16"), locators=(Locator(V4, 2, 30),))
+    msg = auth.sign(ChangePriority(nonce=0xAB, records=(rec,)), "k", auth.ALG_HMAC_SHA256)
+    data = msg.to_bytes()
+    # type 15, sub-type 4095 (12 bits), A=0, reserved, 1 record; auth at the Map-Notify offset
+    assert data[:4] == bytes([0xFF, 0xFF, 0x00, 0x01])
+    assert data[4:12] == (0xAB).to_bytes(8, "big") and data[12:16] == bytes([0, 2, 0, 32])
+    assert auth.verify(data, "k") and decode_message(data) == msg
+    ack = ChangePriority(nonce=0xAB, records=(), ack=True).to_bytes()
+    assert ack[2] == 0x80 and ack[3] == 0
+    with pytest.raises(LispDecodeError, match="subtype"):
+        decode_message(bytes([0xF0, 0x01]) + data[2:])  # another sub-type

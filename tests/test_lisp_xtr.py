@@ -346,3 +346,114 @@ def test_xtr_survives_garbage() -> None:
             await close_xtr(etr, t, None)
 
     run(body)
+
+
+def test_priority_change_switches_the_itr() -> None:
+    async def body(server: Any, ms: tuple[str, int]) -> None:
+        import os
+        import sys
+
+        from pacao.lisp.xtr import ChangeAcked, PrioritiesChanged
+
+        change = {"key": "shared", "method": "both"}
+        db = [{"prefix": "10.2.0.0/16", "locators": [
+            {"address": "127.0.0.2", "priority": 1, "weight": 50},
+            {"address": "127.0.0.3", "priority": 2, "weight": 50}]}]  # fmt: skip
+        etr_doc = xtr_doc(ms, 0, "127.0.0.2", database=db, change_priority=change)
+        etr_doc["http"] = "127.0.0.1:0"
+        etr, etr_t, http = await open_xtr(xtr_config_from_dict(etr_doc))
+        port = etr.local[1]
+        itr_doc = xtr_doc(ms, port, "127.0.0.4", map_servers=[], watch=["10.2.3.4/32"],
+                          change_priority=change)  # fmt: skip
+        itr, itr_t, _ = await open_xtr(xtr_config_from_dict(itr_doc))
+        prefix = EidPrefix.parse("10.2.0.0/16")
+
+        def prios() -> list[int]:
+            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock())
+            assert entry is not None
+            return [x.locator.priority for x in entry.locators]
+
+        try:
+            await wait_for(itr, MappingAdded)
+            await wait_for(itr, ProbeResult)  # the ETR has now seen the ITR's probes
+            await asyncio.sleep(0.05)
+            assert etr.itr_peers[prefix]
+            # 1. CHANGE-PRIORITY: applied in place, acknowledged
+            report = etr.set_priorities(
+                prefix, {"127.0.0.2": 2, "127.0.0.3": 1}, method="change-priority"
+            )
+            assert ("127.0.0.4", port) in report.itrs
+            changed = await wait_for(itr, PrioritiesChanged)
+            assert [x.priority for x in changed.locators] == [2, 1] == prios()
+            ack = await wait_for(etr, ChangeAcked)
+            assert ack.nonce == report.nonce and ack.elapsed < 1
+            # 2. SMR: the ITR re-asks the map-server, which has the new registration
+            etr.set_priorities(prefix, {"127.0.0.2": 1, "127.0.0.3": 3}, method="smr")
+            added = await wait_for(itr, MappingAdded, lambda e: e.locators[1].priority == 3)
+            assert [x.priority for x in added.locators] == [1, 3] == prios()
+            assert itr.stats["smr_received"] >= 1 and etr.stats["smr_sent"] >= 1
+            reg = server.registrations.get(prefix)
+            assert [x.priority for x in reg.record.locators] == [1, 3]
+            # 3. the CLI, through the ETR's HTTP endpoint
+            assert http is not None
+            hport = http.sockets[0].getsockname()[1]
+            src = str(Path(__file__).resolve().parents[1] / "src")
+            env = {**os.environ, "PYTHONPATH": src}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pacao.cli", "lisp", "set-priority", "10.2.0.0/16",
+                "127.0.0.2=5", "127.0.0.3=4/10", "--xtr", f"127.0.0.1:{hport}",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, err
+            answer = json.loads(out)
+            assert answer["method"] == "both" and answer["itrs"] == [f"127.0.0.4:{port}"]
+            await wait_for(itr, PrioritiesChanged, lambda e: e.locators[0].priority == 5)
+            assert prios() == [5, 4]
+            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock())
+            assert entry is not None and entry.locators[1].locator.weight == 10
+            bad = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pacao.cli", "lisp", "set-priority", "10.2.0.0/16",
+                "127.0.0.9=1", "--xtr", f"127.0.0.1:{hport}",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(bad.communicate(), 60)
+            assert bad.returncode == 2 and b"not a locator of 10.2.0.0/16" in err
+        finally:
+            await close_xtr(itr, itr_t, None)
+            await close_xtr(etr, etr_t, http)
+
+    run(body)
+
+
+def test_change_priority_needs_the_key() -> None:
+    async def body(server: Any, ms: tuple[str, int]) -> None:
+        from pacao.lisp import auth
+        from pacao.lisp.messages import ChangePriority, MappingRecord
+
+        doc = xtr_doc(ms, 0, "127.0.0.1", map_servers=[], change_priority={"key": "right"})
+        itr, t, _ = await open_xtr(xtr_config_from_dict(doc))
+        try:
+            loc = Locator(IPv4Address("127.0.0.9"), 1)
+            rec = MappingRecord.for_prefix(EidPrefix.parse("10.7.0.0/16"), ttl=5, locators=(loc,))
+            itr.install(rec)
+            forged = ChangePriority(1, (replace_priority(rec, 9),))
+            itr.send(auth.sign(forged, "wrong").to_bytes(), itr.local)
+            itr.send(
+                auth.sign(ChangePriority(2, (replace_priority(rec, 7),)), "right").to_bytes(),
+                itr.local,
+            )
+            await asyncio.sleep(0.1)
+            entry = itr.cache.table.get(EidPrefix.parse("10.7.0.0/16"))
+            assert entry is not None and entry.locators[0].locator.priority == 7
+            assert itr.stats["bad_auth"] == 1 and itr.stats["change_priority_received"] == 1
+        finally:
+            await close_xtr(itr, t, None)
+
+    run(body)
+
+
+def replace_priority(rec: Any, prio: int) -> Any:
+    from dataclasses import replace
+
+    return replace(rec, locators=tuple(replace(x, priority=prio) for x in rec.locators))

@@ -15,7 +15,7 @@ import hmac
 from dataclasses import replace
 from typing import TypeVar
 
-from pacao.lisp.messages import MapNotify, MapRegister
+from pacao.lisp.messages import ChangePriority, MapNotify, MapRegister
 from pacao.lisp.wire import LispEncodeError
 
 ALG_NONE = 0
@@ -26,7 +26,7 @@ DIGEST_SIZE = {ALG_HMAC_SHA1: 20, ALG_HMAC_SHA256: 32}
 TRUNCATED_SIZE = {ALG_HMAC_SHA1: 12, ALG_HMAC_SHA256: 16}
 ALG_NAMES = {"none": ALG_NONE, "sha1": ALG_HMAC_SHA1, "sha256": ALG_HMAC_SHA256}
 AUTH_OFFSET = 16  # 4 header + 8 nonce + key-id, alg-id, length
-M = TypeVar("M", MapRegister, MapNotify)
+M = TypeVar("M", MapRegister, MapNotify, ChangePriority)
 
 
 def _key(key: str | bytes) -> bytes:
@@ -48,7 +48,7 @@ def sign(msg: M, key: str | bytes, alg_id: int = ALG_HMAC_SHA256) -> M:
 
 
 def verify(raw: bytes, key: str | bytes) -> bool:
-    """Check the HMAC of a received Map-Register/Map-Notify given as raw bytes."""
+    """Check the HMAC of a received Map-Register/Notify/CHANGE-PRIORITY (raw bytes)."""
     if len(raw) < AUTH_OFFSET:
         return False
     alg_id = raw[13]

@@ -97,3 +97,53 @@ def xtr(
         asyncio.run(serve_xtr(cfg))
     except OSError as exc:
         raise _fail(f"cannot serve on {cfg.listen[0]}:{cfg.listen[1]}: {exc.strerror}") from None
+
+
+@app.command("set-priority")
+def set_priority(
+    prefix: Annotated[
+        str, typer.Argument(help="EID prefix of the xTR's database, e.g. 10.1.0.0/16.")
+    ],
+    priorities: Annotated[
+        list[str], typer.Argument(help="RLOC=PRIORITY or RLOC=PRIORITY/WEIGHT, one per locator.")
+    ],
+    xtr: Annotated[str, typer.Option(help="The xTR's HTTP endpoint (`http` in its config).")] = (
+        "127.0.0.1:8080"
+    ),
+    method: Annotated[
+        str | None, typer.Option(help="smr, change-priority or both (default: the xTR's).")
+    ] = None,
+) -> None:
+    """Re-register a prefix with new locator priorities; remote ITRs switch at once."""
+    import http.client
+
+    from pacao.lisp.config import parse_hostport
+
+    prio: dict[str, int] = {}
+    weights: dict[str, int] = {}
+    try:
+        host, port = parse_hostport("--xtr", xtr, 8080)
+        for item in priorities:
+            rloc, _, value = item.partition("=")
+            p, _, w = value.partition("/")
+            if not rloc or not p.isdigit() or (w and not w.isdigit()):
+                raise InputError(
+                    "PRIORITIES", item, "expected RLOC=PRIORITY or RLOC=PRIORITY/WEIGHT"
+                )
+            prio[rloc] = int(p)
+            if w:
+                weights[rloc] = int(w)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    body = json.dumps({"prefix": prefix, "priorities": prio, "weights": weights, "method": method})
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("POST", "/set-priority", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        answer = json.loads(resp.read() or b"{}")
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot reach the xTR at {host}:{port}: {exc}") from None
+    if resp.status != 200:
+        raise _fail(str(answer.get("error", resp.reason)))
+    json.dump(answer, sys.stdout, indent=2)
+    sys.stdout.write("\n")

@@ -39,6 +39,8 @@ MAP_REGISTER = 3
 MAP_NOTIFY = 4
 MAP_NOTIFY_ACK = 5
 ENCAPSULATED_CONTROL = 8
+SHARED_EXTENSION = 15  # RFC 8113 / RFC 9304
+CHANGE_PRIORITY_SUBTYPE = 4095  # pacao's CHANGE-PRIORITY; experimental, not IANA-registered
 
 # Map-Reply record actions (RFC 9301 §5.4, IANA "LISP Map-Reply Action")
 ACTION_NO_ACTION = 0
@@ -387,6 +389,44 @@ MapNotify.STRUCT = _notify_struct("Map-Notify", MAP_NOTIFY, MapNotify)
 MapNotifyAck.STRUCT = _notify_struct("Map-Notify-Ack", MAP_NOTIFY_ACK, MapNotifyAck)
 
 
+@dataclass(frozen=True)
+class ChangePriority(Message):
+    """CHANGE-PRIORITY (Raad et al. 2014) as an RFC 8113 shared extension message.
+
+    An ETR tells the ITRs caching its mappings the new locator priorities and
+    weights directly; they switch without a Map-Request round trip.  Signed
+    like a Map-Notify (HMAC over the message with the auth field zeroed, at
+    the same offset), answered by the same message with the A bit set.
+    """
+
+    nonce: int
+    records: tuple[MappingRecord, ...]
+    ack: bool = False
+    key_id: int = 0
+    alg_id: int = 0
+    auth_data: bytes = b""
+    reserved: int = 0
+    trailer: bytes = b""
+
+    TYPE: ClassVar[int] = SHARED_EXTENSION
+
+
+ChangePriority.STRUCT = Struct(
+    "Change-Priority",
+    [
+        Bits("type", 4, "message type: shared extension", const=SHARED_EXTENSION),
+        Bits("subtype", 12, "RFC 8113 sub-type: CHANGE-PRIORITY", const=CHANGE_PRIORITY_SUBTYPE),
+        Flag("ack", "A: acknowledgement of a CHANGE-PRIORITY with this nonce"),
+        Bits("reserved", 7, "reserved"),
+        Bits("record_count", 8, "records", count_of="records"),
+        *_AUTH_ELEMENTS,
+        List("records", MAPPING_RECORD, "record_count", "mappings with the new priorities"),
+        Tail("trailer", "trailing bytes, kept verbatim"),
+    ],
+    factory=ChangePriority,
+)
+
+
 # --------------------------------------------------------------------------- ECM
 
 
@@ -641,6 +681,7 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
     MAP_REGISTER: MapRegister,
     MAP_NOTIFY: MapNotify,
     MAP_NOTIFY_ACK: MapNotifyAck,
+    SHARED_EXTENSION: ChangePriority,
 }
 MESSAGE_NAMES = {
     MAP_REQUEST: "Map-Request",
@@ -649,6 +690,7 @@ MESSAGE_NAMES = {
     MAP_NOTIFY: "Map-Notify",
     MAP_NOTIFY_ACK: "Map-Notify-Ack",
     ENCAPSULATED_CONTROL: "Encapsulated-Control-Message",
+    SHARED_EXTENSION: "Change-Priority",
 }
 
 

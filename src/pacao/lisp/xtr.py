@@ -48,6 +48,7 @@ from pacao.lisp.lpm import PrefixTable
 from pacao.lisp.mapserver import TokenBucket, atomic_write_json
 from pacao.lisp.messages import (
     LISP_CONTROL_PORT,
+    ChangePriority,
     EncapsulatedControlMessage,
     Locator,
     MapNotify,
@@ -119,8 +120,38 @@ class RegistrationAcked:
     rtt: float
 
 
+@dataclass(frozen=True)
+class PrioritiesChanged:
+    """A cached mapping's locator priorities/weights changed in place (CHANGE-PRIORITY)."""
+
+    prefix: EidPrefix
+    locators: tuple[Locator, ...]
+
+
+@dataclass(frozen=True)
+class ChangeAcked:
+    """An ITR acknowledged our CHANGE-PRIORITY; `elapsed` since set_priorities()."""
+
+    itr: str
+    nonce: int
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class ChangeReport:
+    """What set_priorities() did: the ITRs told, and by which means."""
+
+    prefix: EidPrefix
+    locators: tuple[Locator, ...]
+    itrs: tuple[tuple[str, int], ...]
+    method: str
+    nonce: int
+
+
 Event = (
-    MappingAdded
+    PrioritiesChanged
+    | ChangeAcked
+    | MappingAdded
     | MappingRemoved
     | NegativeMapping
     | ProbeResult
@@ -169,6 +200,8 @@ class XtrConfig:
     stats_file: Path | None = None
     stats_interval: float = 1.0
     http: tuple[str, int] | None = None
+    change_key: str | None = None
+    switch_method: str = "both"
 
 
 def _num(doc: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -204,7 +237,7 @@ def xtr_config_from_dict(doc: Any, base: Path | None = None) -> XtrConfig:
     allowed = {
         "listen", "rloc", "map_servers", "map_resolvers", "database", "watch",
         "register_interval", "proxy_reply", "control_port", "map_cache", "map_request",
-        "probe", "stats_file", "http",
+        "probe", "stats_file", "http", "change_priority",
     }  # fmt: skip
     if not isinstance(doc, Mapping):
         raise InputError("<document>", doc, "expected a mapping")
@@ -275,6 +308,17 @@ def xtr_config_from_dict(doc: Any, base: Path | None = None) -> XtrConfig:
         if base is not None and not stats_path.is_absolute():
             stats_path = base / stats_path
     http = parse_hostport("http", doc["http"], 0) if doc.get("http") else None
+    change = doc.get("change_priority") or {}
+    if not isinstance(change, Mapping) or set(change) - {"key", "method"}:
+        raise InputError("change_priority", change, "expected {key: SECRET, method: ...}")
+    change_key = change.get("key")
+    if change_key is not None and (not isinstance(change_key, str) or not change_key):
+        raise InputError("change_priority.key", change_key, "expected a non-empty string")
+    method = change.get("method", "both" if change_key else "smr")
+    if method not in ("smr", "change-priority", "both"):
+        raise InputError("change_priority.method", method, "allowed: smr, change-priority, both")
+    if method != "smr" and change_key is None:
+        raise InputError("change_priority.key", None, f"required for method {method}")
     proxy = doc.get("proxy_reply", True)
     if not isinstance(proxy, bool):
         raise InputError("proxy_reply", proxy, "expected true or false")
@@ -298,6 +342,8 @@ def xtr_config_from_dict(doc: Any, base: Path | None = None) -> XtrConfig:
         down_after=int(_num(probe, "down_after", 3, 1, 1000)),
         stats_file=stats_path,
         http=http,
+        change_key=change_key,
+        switch_method=str(method),
     )
 
 
@@ -410,13 +456,14 @@ class MapCache:
 
 @dataclass
 class _Pending:
-    kind: str  # "request", "probe", "register"
+    kind: str  # "request", "probe", "register", "change"
     sent: float
     eid: EidPrefix | None = None
     locator: LocatorState | None = None
     entry: CacheEntry | None = None
     target: str = ""
     tries: int = 1
+    smr: EidPrefix | None = None  # send SMRs for this prefix once the registration is acked
 
 
 class Xtr:
@@ -427,8 +474,12 @@ class Xtr:
         self.stats: Counter[str] = Counter()
         self.cache = MapCache(config.cache_size)
         self.database: PrefixTable[DatabaseEntry] = PrefixTable()
+        self.db: dict[EidPrefix, DatabaseEntry] = {}
         for d in config.database:
             self.database.insert(d.prefix, d)
+            self.db[d.prefix] = d
+        # ITRs seen asking for / probing each database prefix: who to tell about changes
+        self.itr_peers: dict[EidPrefix, OrderedDict[tuple[str, int], float]] = {}
         self.limiter = TokenBucket(config.request_rate, config.request_burst)
         self.pending: dict[int, _Pending] = {}
         self.resolving: dict[EidPrefix, int] = {}
@@ -498,6 +549,8 @@ class Xtr:
             self.on_map_request(msg, peer, peer[1])
         elif type(msg) is MapNotify:
             self.on_map_notify(msg, data, peer)
+        elif isinstance(msg, ChangePriority):
+            self.on_change_priority(msg, data, peer)
         else:
             self.stats["ignored"] += 1
 
@@ -505,7 +558,7 @@ class Xtr:
     def map_register(self, ms: MapServerRef, nonce: int) -> bytes:
         records = tuple(
             MappingRecord.for_prefix(d.prefix, ttl=d.ttl, locators=d.locators, authoritative=True)
-            for d in self.config.database
+            for d in self.db.values()
         )
         msg = MapRegister(
             nonce=nonce,
@@ -516,13 +569,13 @@ class Xtr:
         )
         return auth.sign(msg, ms.key, ms.alg_id).to_bytes()
 
-    def register_now(self) -> None:
-        if not self.config.database:
+    def register_now(self, smr: EidPrefix | None = None) -> None:
+        if not self.db:
             return
         for ms in self.config.map_servers:
             nonce = self.new_nonce()
             self.pending[nonce] = _Pending(
-                "register", self.mono(), target=f"{ms.address[0]}:{ms.address[1]}"
+                "register", self.mono(), target=f"{ms.address[0]}:{ms.address[1]}", smr=smr
             )
             self.send(self.map_register(ms, nonce), ms.address)
             self.stats["map_register_sent"] += 1
@@ -540,6 +593,8 @@ class Xtr:
             self.registered[pend.target] = self.clock()
             self.stats["map_notify"] += 1
             self.emit(RegistrationAcked(pend.target, msg.nonce, rtt))
+            if pend.smr is not None:
+                self.send_smrs(pend.smr)
             return
         # unsolicited (mapping change): acknowledge, and refresh what we cache
         ack = MapNotifyAck(nonce=msg.nonce, records=msg.records, key_id=msg.key_id)
@@ -567,6 +622,7 @@ class Xtr:
             if hit is None:
                 continue
             d = hit[1]
+            self.remember_itr(d.prefix, req, peer, port)
             locs = tuple(replace(x, local=self._is_local(x), probed=req.probe) for x in d.locators)
             records.append(
                 MappingRecord.for_prefix(d.prefix, ttl=d.ttl, locators=locs, authoritative=True)
@@ -586,8 +642,138 @@ class Xtr:
         self.send(reply.to_bytes(), (dest, port))
         self.stats["probe_replied" if req.probe else "map_reply_sent"] += 1
 
+    def remember_itr(
+        self, prefix: EidPrefix, req: MapRequest, peer: tuple[str, int], port: int
+    ) -> None:
+        """Probes come from the ITR's control socket; forwarded requests name its ITR-RLOC."""
+        addr = peer[0]
+        if not req.probe and req.itr_rlocs and req.itr_rlocs[0] is not None:
+            addr = str(req.itr_rlocs[0])
+        peers = self.itr_peers.setdefault(prefix, OrderedDict())
+        peers[(addr, port)] = self.mono()
+        peers.move_to_end((addr, port))
+        while len(peers) > 4096:
+            peers.popitem(last=False)
+
     def _is_local(self, loc: Locator) -> bool:
         return str(loc.address) == self.local[0] or loc.address == self.config.rloc
+
+    # ------------------------------------------------------------------ priority changes
+    def set_priorities(
+        self,
+        prefix: EidPrefix,
+        priorities: Mapping[str, int],
+        weights: Mapping[str, int] | None = None,
+        method: str | None = None,
+    ) -> ChangeReport:
+        """Change the priorities (and weights) of one database prefix's locators.
+
+        The prefix is re-registered at once; ITRs known to cache it are told
+        by SMR (after the map-server acknowledged the new registration, so their
+        SMR-invoked Map-Request gets the new mapping) and/or by an authenticated
+        CHANGE-PRIORITY message that they apply immediately.
+        """
+        method = method or self.config.switch_method
+        if method not in ("smr", "change-priority", "both"):
+            raise InputError("method", method, "allowed: smr, change-priority, both")
+        entry = self.db.get(prefix)
+        if entry is None:
+            raise InputError("prefix", str(prefix), "not in this xTR's database")
+        known = {str(x.address) for x in entry.locators}
+        for addr in [*priorities, *(weights or {})]:
+            if addr not in known:
+                raise InputError("locator", addr, f"not a locator of {prefix}: {sorted(known)}")
+        for addr, value in [*priorities.items(), *(weights or {}).items()]:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+                raise InputError(f"locator {addr}", value, "expected an integer in 0..255")
+        locs = tuple(
+            replace(
+                x,
+                priority=priorities.get(str(x.address), x.priority),
+                weight=(weights or {}).get(str(x.address), x.weight),
+            )
+            for x in entry.locators
+        )
+        new = replace(entry, locators=locs)
+        self.db[prefix] = new
+        self.database.insert(prefix, new)
+        itrs = tuple(self.itr_peers.get(prefix, {}))
+        use_smr = method in ("smr", "both")
+        self.register_now(smr=prefix if use_smr else None)
+        nonce = 0
+        if method in ("change-priority", "both") and itrs:
+            key = self.config.change_key
+            if key is None:
+                raise InputError("change_priority.key", None, "required to send CHANGE-PRIORITY")
+            nonce = self.new_nonce()
+            rec = MappingRecord.for_prefix(prefix, ttl=new.ttl, locators=locs, authoritative=True)
+            msg = auth.sign(ChangePriority(nonce=nonce, records=(rec,)), key, auth.ALG_HMAC_SHA256)
+            data = msg.to_bytes()
+            self.pending[nonce] = _Pending("change", self.mono(), target=str(prefix))
+            for itr in itrs:
+                self.send(data, itr)
+            self.stats["change_priority_sent"] += len(itrs)
+        self.stats["set_priorities"] += 1
+        return ChangeReport(prefix, locs, itrs, method, nonce)
+
+    def send_smrs(self, prefix: EidPrefix) -> None:
+        """SMR (Map-Request with S) to every ITR known to cache `prefix`."""
+        eid, _ = prefix.to_wire()
+        for itr in self.itr_peers.get(prefix, {}):
+            req = MapRequest(
+                nonce=self.new_nonce(),
+                records=(RequestRecord.for_prefix(prefix),),
+                itr_rlocs=(self.config.rloc,),
+                source_eid=eid,
+                smr=True,
+            )
+            self.send(req.to_bytes(), itr)
+            self.stats["smr_sent"] += 1
+
+    def on_change_priority(self, msg: ChangePriority, data: bytes, peer: tuple[str, int]) -> None:
+        key = self.config.change_key
+        if key is None or not auth.verify(data, key):
+            self.stats["bad_auth"] += 1
+            return
+        if msg.ack:
+            pend = self.pending.get(msg.nonce)
+            if pend is None or pend.kind != "change":
+                self.stats["unknown_nonce"] += 1
+                return
+            self.stats["change_priority_acked"] += 1
+            self.emit(ChangeAcked(f"{peer[0]}:{peer[1]}", msg.nonce, self.mono() - pend.sent))
+            return
+        self.stats["change_priority_received"] += 1
+        now = self.clock()
+        for rec in msg.records:
+            try:
+                prefix = rec.prefix
+            except ValueError:
+                continue
+            entry = self.cache.table.get(prefix)
+            if entry is None or entry.expires_at <= now:
+                continue
+            self.update_locators(entry, rec.locators)
+            self.emit(PrioritiesChanged(prefix, rec.locators))
+        ack = ChangePriority(nonce=msg.nonce, records=(), ack=True)
+        self.send(auth.sign(ack, key, msg.alg_id or auth.ALG_HMAC_SHA256).to_bytes(), peer)
+
+    def update_locators(self, entry: CacheEntry, locators: tuple[Locator, ...]) -> None:
+        """New locator set for a cached entry, keeping probe statistics per address."""
+        old = {str(x.locator.address): x for x in entry.locators}
+        states = []
+        for loc in locators:
+            st = old.get(str(loc.address))
+            if st is None:
+                st = LocatorState(loc)
+            else:
+                st.locator = loc
+            states.append(st)
+        grew = len(states) != len(entry.locators)
+        entry.locators = states
+        entry.record = replace(entry.record, locators=locators)
+        if grew:
+            self.schedule_probes(entry)
 
     # ------------------------------------------------------------------ resolution
     def lookup(self, eid: EidPrefix) -> CacheEntry | None:
@@ -758,7 +944,7 @@ class Xtr:
             "map_cache": cache,
             "database": [
                 {"prefix": str(d.prefix), "ttl": d.ttl, "locators": to_jsonable(d.locators)}
-                for d in self.config.database
+                for d in self.db.values()
             ],
             "registered": dict(self.registered),
             "counters": dict(sorted(self.stats.items())),
@@ -800,29 +986,66 @@ class Xtr:
 async def _http_handler(
     xtr: Xtr, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    """GET /, /map-cache, /stats: the agent's state as JSON (local use only)."""
+    """GET /, /map-cache, /stats (state as JSON); POST /set-priority (local use only)."""
     try:
         request = await asyncio.wait_for(reader.readline(), 5)
-        while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-            pass
+        length = 0
+        while True:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length" and value.strip().isdigit():
+                length = min(int(value.strip()), 1 << 20)
         parts = request.decode("latin-1").split()
-        path = parts[1] if len(parts) >= 2 else "/"
-        snap = xtr.snapshot()
-        views = {"/": snap, "/map-cache": snap["map_cache"], "/stats": snap["counters"]}
-        if path in views:
-            body, status = json.dumps(views[path], indent=1).encode(), "200 OK"
-        else:
-            body, status = b'{"error": "not found"}', "404 Not Found"
+        verb, path = (parts[0], parts[1]) if len(parts) >= 2 else ("GET", "/")
+        status, doc = "404 Not Found", {"error": "not found"}
+        if verb == "GET":
+            snap = xtr.snapshot()
+            views = {"/": snap, "/map-cache": snap["map_cache"], "/stats": snap["counters"]}
+            if path in views:
+                status, doc = "200 OK", views[path]
+        elif verb == "POST" and path == "/set-priority":
+            body = await asyncio.wait_for(reader.readexactly(length), 5) if length else b""
+            status, doc = _set_priority_request(xtr, body)
+        payload = json.dumps(doc, indent=1).encode()
         head = (
             f"HTTP/1.0 {status}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
         )
-        writer.write(head.encode() + body)
+        writer.write(head.encode() + payload)
         await writer.drain()
-    except (TimeoutError, ConnectionError, UnicodeError):
+    except (TimeoutError, ConnectionError, UnicodeError, asyncio.IncompleteReadError):
         pass
     finally:
         writer.close()
+
+
+def _set_priority_request(xtr: Xtr, body: bytes) -> tuple[str, Any]:
+    """{"prefix": P, "priorities": {RLOC: n}, "weights": {RLOC: n}, "method": M}."""
+    try:
+        doc = json.loads(body or b"{}")
+        if not isinstance(doc, dict):
+            raise InputError("<body>", doc, "expected a JSON object")
+        try:
+            prefix = EidPrefix.parse(str(doc.get("prefix", "")))
+        except ValueError as exc:
+            raise InputError("prefix", doc.get("prefix"), f"not an EID prefix ({exc})") from None
+        prio, weights = doc.get("priorities") or {}, doc.get("weights") or {}
+        if not isinstance(prio, dict) or not isinstance(weights, dict):
+            raise InputError("priorities", prio, "expected an object {RLOC: integer}")
+        report = xtr.set_priorities(prefix, prio, weights, doc.get("method"))
+    except InputError as exc:
+        return "400 Bad Request", {"error": str(exc)}
+    except ValueError as exc:
+        return "400 Bad Request", {"error": f"invalid JSON ({exc})"}
+    return "200 OK", {
+        "prefix": str(report.prefix),
+        "locators": to_jsonable(report.locators),
+        "itrs": [f"{h}:{p}" for h, p in report.itrs],
+        "method": report.method,
+        "nonce": f"0x{report.nonce:016x}",
+    }
 
 
 async def open_xtr(config: XtrConfig) -> tuple[Xtr, UdpEndpoint, asyncio.Server | None]:
