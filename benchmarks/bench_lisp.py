@@ -181,6 +181,70 @@ def probe_cost(locators: int, interval: float) -> float:
     return cpu / (10 * interval)
 
 
+def switch_times(rounds: int) -> dict[str, list[float]]:
+    """Seconds from Xtr.set_priorities() to the remote ITR's map-cache showing the change."""
+    from pacao.lisp.xtr import (
+        MappingAdded,
+        PrioritiesChanged,
+        ProbeResult,
+        close_xtr,
+        open_xtr,
+        xtr_config_from_dict,
+    )
+
+    async def run() -> dict[str, list[float]]:
+        site = {"name": "s", "key": "k", "eid_prefixes": ["10.2.0.0/16"]}
+        server, ms_t = await open_map_server(
+            config_from_dict({"listen": "127.0.0.1:0", "sites": [site]})
+        )
+        ms = f"127.0.0.1:{server.local[1]}"
+        common = {
+            "map_resolvers": [ms],
+            "probe": {"interval": 0.2, "timeout": 1},
+            "change_priority": {"key": "c", "method": "both"},
+        }
+        locs = [{"address": "127.0.0.2", "priority": 1}, {"address": "127.0.0.3", "priority": 2}]
+        etr_doc = {
+            **common,
+            "listen": "127.0.0.2:0",
+            "map_servers": [{"address": ms, "key": "k"}],
+            "database": [{"prefix": "10.2.0.0/16", "locators": locs}],
+        }
+        etr, etr_t, _ = await open_xtr(xtr_config_from_dict(etr_doc))
+        itr_doc = {
+            **common,
+            "listen": "127.0.0.4:0",
+            "control_port": etr.local[1],
+            "watch": ["10.2.3.4/32"],
+        }
+        itr, itr_t, _ = await open_xtr(xtr_config_from_dict(itr_doc))
+        seen: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
+        itr.callbacks.append(lambda e: seen.put_nowait((time.perf_counter(), e)))
+        while not isinstance((await asyncio.wait_for(seen.get(), 10))[1], ProbeResult):
+            pass
+        prefix = EidPrefix.parse("10.2.0.0/16")
+        out: dict[str, list[float]] = {"change-priority": [], "smr": []}
+        for r in range(rounds):
+            for method, kind in (("change-priority", PrioritiesChanged), ("smr", MappingAdded)):
+                want = 10 + (2 * r + (method == "smr")) % 200
+                while not seen.empty():
+                    seen.get_nowait()
+                t0 = time.perf_counter()
+                etr.set_priorities(prefix, {"127.0.0.2": want}, method=method)
+                while True:
+                    t, ev = await asyncio.wait_for(seen.get(), 5)
+                    if isinstance(ev, kind) and ev.locators[0].priority == want:
+                        out[method].append(t - t0)
+                        break
+                await asyncio.sleep(0.02)
+        await close_xtr(itr, itr_t, None)
+        await close_xtr(etr, etr_t, None)
+        ms_t.close()
+        return out
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--prefixes", type=int, default=100_000)
@@ -208,6 +272,12 @@ def main() -> None:
         proc.join(10)
         if proc.is_alive():
             proc.terminate()
+    for method, times in switch_times(20).items():
+        times.sort()
+        med, worst = statistics.median(times) * 1e3, times[-1] * 1e3
+        print(
+            f"ITR switch after set_priorities ({method}): median {med:.2f} ms, max {worst:.2f} ms"
+        )
     load = probe_cost(args.locators, 1.0)
     per = load * 1e6 / args.locators
     head = f"probe scheduler, {args.locators} locators every 1 s"
