@@ -397,6 +397,7 @@ class CacheEntry:
     record: MappingRecord
     expires_at: float
     locators: list[LocatorState] = field(default_factory=list)
+    probe_template: bytes = b""  # the RLOC-probe for this prefix, nonce bytes 4-11 patched
 
     @property
     def negative(self) -> bool:
@@ -874,16 +875,18 @@ class Xtr:
 
     def send_probe(self, entry: CacheEntry, loc: LocatorState) -> None:
         nonce = self.new_nonce()
-        req = MapRequest(
-            nonce=nonce,
-            records=(RequestRecord.for_prefix(entry.prefix),),
-            itr_rlocs=(self.config.rloc,),
-            probe=True,
-            source_eid=None,
-        )
+        if not entry.probe_template:  # encoded once per mapping; only the nonce changes
+            entry.probe_template = MapRequest(
+                nonce=0,
+                records=(RequestRecord.for_prefix(entry.prefix),),
+                itr_rlocs=(self.config.rloc,),
+                probe=True,
+            ).to_bytes()
+        t = entry.probe_template
         self.pending[nonce] = _Pending("probe", self.mono(), locator=loc, entry=entry)
         loc.probes += 1
-        self.send(req.to_bytes(), (str(loc.locator.address), self.config.control_port))
+        data = t[:4] + nonce.to_bytes(8, "big") + t[12:]
+        self.send(data, (str(loc.locator.address), self.config.control_port))
         self.stats["probe_sent"] += 1
 
     def on_probe_reply(self, pend: _Pending, rtt: float) -> None:
