@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import itertools
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 
@@ -305,12 +306,20 @@ def test_docs_show_the_current_field_tables() -> None:
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "lisp.md").read_text()
     structs = [MapRequest.STRUCT, REQUEST_RECORD, MapReply.STRUCT, MAPPING_RECORD, LOCATOR]
-    structs += [MapRegister.STRUCT, MapNotify.STRUCT, ECM_HEADER, LCAF_HEADER]
+    from pacao.lisp.messages import ChangePriority
+
+    structs += [
+        MapRegister.STRUCT,
+        MapNotify.STRUCT,
+        ECM_HEADER,
+        LCAF_HEADER,
+        ChangePriority.STRUCT,
+    ]
     for s in structs:
         section = doc.split(f"#### {s.name}\n", 1)[1].split("####", 1)[0]
-        rows = [
-            line for line in section.splitlines() if line.startswith("| ") and "---" not in line
-        ]
+        lines = section.strip().splitlines()
+        table = list(itertools.takewhile(lambda line: line.startswith("|"), lines))
+        rows = [line for line in table if "---" not in line]
         assert rows[1:] == ["| " + " | ".join(r) + " |" for r in field_table(s)], s.name
 
 
