@@ -401,3 +401,17 @@ def test_config_errors_name_the_field(doc: dict[str, Any], field: str) -> None:
     with pytest.raises(InputError) as err:
         config_from_dict({**BASE, **doc})
     assert err.value.field == field
+
+
+def test_rfc6833_truncated_digests_are_answered_alike() -> None:
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr = await peer()
+        rec = MappingRecord.for_prefix(EidPrefix.parse("10.1.9.0/24"), locators=LOCS)
+        for alg, size in ((auth.ALG_HMAC_SHA1, 12), (auth.ALG_HMAC_SHA256, 16)):
+            msg = MapRegister(alg, (rec,), want_map_notify=True)
+            etr.send(auth.sign(msg, KEY, alg, truncated=True).to_bytes(), ms)
+            notify, _ = await etr.recv()
+            assert isinstance(notify, MapNotify) and len(notify.auth_data) == size
+            assert auth.verify(notify.to_bytes(), KEY)
+
+    run(cfg(), body)

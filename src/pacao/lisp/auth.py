@@ -37,14 +37,18 @@ def digest(alg_id: int, key: str | bytes, data: bytes) -> bytes:
     return hmac.new(_key(key), data, ALGORITHMS[alg_id]).digest()
 
 
-def sign(msg: M, key: str | bytes, alg_id: int = ALG_HMAC_SHA256) -> M:
-    """Return `msg` with its authentication data computed for `key`."""
+def sign(msg: M, key: str | bytes, alg_id: int = ALG_HMAC_SHA256, truncated: bool = False) -> M:
+    """Return `msg` with its authentication data computed for `key`.
+
+    `truncated`: the RFC 6833 lengths (HMAC-SHA-1-96, HMAC-SHA-256-128), used to
+    answer a peer that sent those."""
     if alg_id == ALG_NONE:
         return replace(msg, alg_id=ALG_NONE, auth_data=b"")
     if alg_id not in ALGORITHMS:
         raise LispEncodeError("alg_id", f"unknown algorithm {alg_id}")
-    zeroed: M = replace(msg, alg_id=alg_id, auth_data=bytes(DIGEST_SIZE[alg_id]))
-    return replace(zeroed, auth_data=digest(alg_id, key, zeroed.to_bytes()))
+    size = (TRUNCATED_SIZE if truncated else DIGEST_SIZE)[alg_id]
+    zeroed: M = replace(msg, alg_id=alg_id, auth_data=bytes(size))
+    return replace(zeroed, auth_data=digest(alg_id, key, zeroed.to_bytes())[:size])
 
 
 def verify(raw: bytes, key: str | bytes) -> bool:

@@ -275,7 +275,8 @@ class MapServer:
                 xtr_id=msg.xtr_id,
                 site_id=msg.site_id,
             )
-            signed = auth.sign(notify, site.key, msg.alg_id)
+            short = len(msg.auth_data) == auth.TRUNCATED_SIZE[msg.alg_id]
+            signed = auth.sign(notify, site.key, msg.alg_id, truncated=short)
             self.send(signed.to_bytes(), peer)
             self.stats["map_notify_sent"] += 1
 
