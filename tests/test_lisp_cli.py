@@ -139,3 +139,30 @@ def test_decode_prints_json(tmp_path: Path) -> None:
     ]
     assert rows[3]["message"]["records"][0]["eid_prefix"] == "10.1.2.0/24"
     assert rows[2]["message"]["message"]["nonce"] == "0x2222000000000002"
+
+
+def test_xtr_command_serves_http_and_stops_cleanly(tmp_path: Path) -> None:
+    import urllib.request
+
+    config = tmp_path / "xtr.yaml"
+    config.write_text(
+        "listen: 127.0.0.1:0\n"
+        "http: 127.0.0.1:0\n"
+        "stats_file: xtr.json\n"
+        "database:\n"
+        "  - prefix: 10.1.0.0/16\n"
+        "    locators: [{address: 127.0.0.1, priority: 1, weight: 100}]\n"
+    )
+    proc = pacao("lisp", "xtr", "--config", str(config))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on 127.0.0.1:" in line and "http on" in line, line
+        http = line.rsplit(" ", 1)[1].strip()
+        with urllib.request.urlopen(f"http://{http}/", timeout=10) as resp:
+            snap = json.loads(resp.read())
+        assert snap["database"][0]["prefix"] == "10.1.0.0/16"
+        assert snap["database"][0]["locators"][0]["priority"] == 1
+    finally:
+        stop(proc)
+    assert json.loads((tmp_path / "xtr.json").read_text())["map_cache"] == []
