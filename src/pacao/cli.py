@@ -79,6 +79,15 @@ def demo() -> None:
         console.print(f"HiGHS MILP {agree}: objective {milp.objective:.3f}, choice {milp.choice}\n")
 
 
+def _controller() -> typer.Typer:
+    from pacao.controller.cli import app as controller_app
+
+    return controller_app
+
+
+app.add_typer(_controller(), name="controller", help="The PACAO controller service.")
+
+
 def main() -> None:
     app()
 
