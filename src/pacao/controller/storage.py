@@ -327,6 +327,26 @@ class Store:
             )
         return True
 
+    def resume_action(self, aid: str) -> bool:
+        """Count one more attempt of an ongoing action being resumed after a restart."""
+        now = self._now()
+        with self.engine.begin() as c:
+            res = c.execute(
+                update(actions)
+                .where(actions.c.id == aid, actions.c.state == "ongoing")
+                .values(attempts=actions.c.attempts + 1)
+            )
+            if res.rowcount != 1:
+                return False
+            pid = c.execute(select(actions.c.plan_id).where(actions.c.id == aid)).scalar_one()
+            c.execute(
+                insert(transitions).values(
+                    ts=now, plan_id=pid, action_id=aid, from_state="ongoing",
+                    to_state="ongoing", note="resumed after a restart",
+                )
+            )
+        return True
+
     def plan(self, pid: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
             row = c.execute(select(plans).where(plans.c.id == pid)).first()
