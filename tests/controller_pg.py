@@ -62,16 +62,45 @@ def postgres_server() -> Iterator[str]:
     pid = 0
     try:
         subprocess.run(
-            [*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "pacao",
-             "--no-sync", "-E", "UTF8"],
-            check=True, capture_output=True, timeout=120,
+            [
+                *prefix,
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "pacao",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
-        opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off")
+        opts = (
+            f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off"
+        )
         subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "-t", "60",
-             "-l", str(root / "log"), "start"],
-            check=True, capture_output=True, timeout=90,
+            [
+                *prefix,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(root / "log"),
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=90,
         )
         pid = int((data / "postmaster.pid").read_text().split()[0])
         yield f"postgresql://pacao@127.0.0.1:{port}/postgres"

@@ -42,14 +42,33 @@ class Scenario:
             base = {"dc1": 30.0, "dc2": 40.0, "dc3": 80.0}[dc]
             if dc == "dc1" and ts >= self.stress_at:
                 base = 300.0
-            samples.append({"kind": "rloc-probe", "ts": ts, "eid": "10.9.0.0/24",
-                            "rloc": USER_RLOC, "rtt_ms": base + (i % 3) * 0.5})
+            samples.append(
+                {
+                    "kind": "rloc-probe",
+                    "ts": ts,
+                    "eid": "10.9.0.0/24",
+                    "rloc": USER_RLOC,
+                    "rtt_ms": base + (i % 3) * 0.5,
+                }
+            )
             vm_rtt = 0.3 if dc == "dc1" else 50.0  # the VM is behind dc1
             samples.append({"kind": "eid-probe", "ts": ts, "eid": VM_EID, "rtt_ms": vm_rtt})
-            samples.append({"kind": "rloc-probe", "ts": ts, "eid": "10.77.0.0/16",
-                            "rloc": "203.0.113.99", "rtt_ms": 5.0})  # not ours: ignored
-        return {"format": "pacao-xtr-stats/1", "xtr": dc, "rloc": RLOC[dc],
-                "generated": now, "samples": samples}
+            samples.append(
+                {
+                    "kind": "rloc-probe",
+                    "ts": ts,
+                    "eid": "10.77.0.0/16",
+                    "rloc": "203.0.113.99",
+                    "rtt_ms": 5.0,
+                }
+            )  # not ours: ignored
+        return {
+            "format": "pacao-xtr-stats/1",
+            "xtr": dc,
+            "rloc": RLOC[dc],
+            "generated": now,
+            "samples": samples,
+        }
 
 
 def free_port() -> int:
@@ -68,7 +87,7 @@ def xtrs() -> Iterator[tuple[Scenario, dict[str, str]]]:
         class H(BaseHTTPRequestHandler):
             name = dc
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 body = json.dumps(sc.doc(self.name, time.time())).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -92,15 +111,34 @@ def xtrs() -> Iterator[tuple[Scenario, dict[str, str]]]:
 def write_config(tmp: Path, urls: dict[str, str], port: int) -> Path:
     doc = {
         "dcs": [
-            {"name": dc, "location": {"lat": 48.85, "lon": 2.35}, "rlocs": [RLOC[dc]],
-             "capacity": {"ram_mib": 8192, "cpu": 8}, "xtr": {"stats_url": urls[dc]}}
+            {
+                "name": dc,
+                "location": {"lat": 48.85, "lon": 2.35},
+                "rlocs": [RLOC[dc]],
+                "capacity": {"ram_mib": 8192, "cpu": 8},
+                "xtr": {"stats_url": urls[dc]},
+            }
             for dc in RLOC
         ],
-        "vms": [{"name": "vm1", "eid": VM_EID, "memory_mib": 1024, "vcpus": 1, "host": "dc1",
-                 "hypervisor_uri": "memory://dc1"}],
-        "users": [{"name": "alice", "eid": "10.9.0.0/24", "rloc": USER_RLOC, "vm": "vm1",
-                   "sla": {"rtt": {"weight": 0.8, "max": 60}, "jitter": {"weight": 0.2,
-                                                                          "max": 10}}}],
+        "vms": [
+            {
+                "name": "vm1",
+                "eid": VM_EID,
+                "memory_mib": 1024,
+                "vcpus": 1,
+                "host": "dc1",
+                "hypervisor_uri": "memory://dc1",
+            }
+        ],
+        "users": [
+            {
+                "name": "alice",
+                "eid": "10.9.0.0/24",
+                "rloc": USER_RLOC,
+                "vm": "vm1",
+                "sla": {"rtt": {"weight": 0.8, "max": 60}, "jitter": {"weight": 0.2, "max": 10}},
+            }
+        ],
         "timers": {"s1": 0.6, "s2": 0.3, "s3": STEP},
         "policy": {"min_dwell_s": 0, "cooldown_s": 60},
         "drivers": {"mapping": {"name": "memory"}, "hypervisor": {"name": "memory"}},
@@ -125,8 +163,9 @@ def test_violation_gives_switch_then_migration_persisted_first(
 
     async def spy(vm_eid: str, prio: dict[str, int], notify: list[str]) -> None:
         # What was stored at the moment the controller acts.
-        seen.append((min(prio, key=prio.__getitem__),
-                     [p["kind"] for p in ctl.store.plans(state="ongoing")]))
+        seen.append(
+            (min(prio, key=prio.__getitem__), [p["kind"] for p in ctl.store.plans(state="ongoing")])
+        )
         await orig(vm_eid, prio, notify)
 
     mapping.set_priorities = spy  # type: ignore[method-assign]
@@ -147,8 +186,9 @@ def test_violation_gives_switch_then_migration_persisted_first(
             await asyncio.sleep(0.1)
         async with httpx.AsyncClient() as c:
             assert (await c.get(f"{base}/plans")).status_code == 401
-            assert (await c.get(f"{base}/metrics", headers={"Authorization": "Bearer x"})
-                    ).status_code == 401
+            assert (
+                await c.get(f"{base}/metrics", headers={"Authorization": "Bearer x"})
+            ).status_code == 401
             assert (await c.get(f"{base}/healthz")).status_code == 200
             r = await c.get(f"{base}/plans", headers=auth)
             assert r.status_code == 200
@@ -171,14 +211,20 @@ def test_violation_gives_switch_then_migration_persisted_first(
         # The switch was decided on a stored window, and the plan was stored before acting.
         windows = ctl.store.measurements(kind="window", limit=10000)
         assert any(
-        w["ts"] <= first["created"] and w["rloc"] == RLOC["dc1"] and w["rtt_ms"] > 60
-        and w["path"] == "user-xtr" for w in windows
-    )
+            w["ts"] <= first["created"]
+            and w["rloc"] == RLOC["dc1"]
+            and w["rtt_ms"] > 60
+            and w["path"] == "user-xtr"
+            for w in windows
+        )
         assert seen[0] == (RLOC["dc2"], ["entry_switch"])
         for p in (first, second):
             hist = ctl.store.transitions(p["id"])
             assert [h["to_state"] for h in hist if h["action_id"] is None][:3] == [
-                "recommended", "approved", "ongoing"]
+                "recommended",
+                "approved",
+                "ongoing",
+            ]
             started = min(h["ts"] for h in hist if h["action_id"] is not None)
             assert hist[0]["ts"] <= started
         assert ctl.hypervisor.vms["vm1"].dc == "dc2"

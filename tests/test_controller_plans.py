@@ -27,10 +27,26 @@ def world(clock: ManualClock) -> tuple[MemoryMapping, MemoryHypervisor]:
 
 def migration_plan(store: Store) -> str:
     steps = [
-        ("VmMigration", {"vm": "vm1", "src": "dc1", "dst": "dc2", "job_id": "job-1",
-                         "bandwidth_mbps": 1000.0, "max_downtime_ms": 300.0}),
-        ("EntrySwitch", {"vm_eid": EID, "rloc": "192.0.2.2", "notify": ["203.0.113.5"],
-                         "priorities": {"192.0.2.2": 1, "192.0.2.1": 2}}),
+        (
+            "VmMigration",
+            {
+                "vm": "vm1",
+                "src": "dc1",
+                "dst": "dc2",
+                "job_id": "job-1",
+                "bandwidth_mbps": 1000.0,
+                "max_downtime_ms": 300.0,
+            },
+        ),
+        (
+            "EntrySwitch",
+            {
+                "vm_eid": EID,
+                "rloc": "192.0.2.2",
+                "notify": ["203.0.113.5"],
+                "priorities": {"192.0.2.2": 1, "192.0.2.1": 2},
+            },
+        ),
     ]
     pid = store.create_plan("alice", "vm_migration", "test", {}, {}, steps)
     store.approve(pid, by="test")

@@ -26,8 +26,14 @@ def sla(n: int) -> Sla:
     return Sla(np.tile(W, (n, 1)), np.tile(B, (n, 1)))
 
 
-def entry(values: list[list[list[float]]], usable: list[list[bool]], current: list[int],
-          now: float = 1000.0, last: list[float] | None = None, params: Params | None = None):  # type: ignore[no-untyped-def]
+def entry(
+    values: list[list[list[float]]],
+    usable: list[list[bool]],
+    current: list[int],
+    now: float = 1000.0,
+    last: list[float] | None = None,
+    params: Params | None = None,
+):  # type: ignore[no-untyped-def]
     v = np.array(values, dtype=float)
     n = v.shape[0]
     return decide_entry(
@@ -57,8 +63,14 @@ def test_step1_met_waits_violated_switches_to_the_best() -> None:
 def test_dwell_and_margin_hold_but_a_dead_entry_always_switches() -> None:
     p = Params(min_dwell_s=30, min_gain=0.5)
     vals = [[[100, 1], [35, 1]]] * 3
-    d = entry(vals, [[True, True], [True, True], [False, True]], [0, 0, 0],
-              now=100, last=[90, 50, 90], params=p)
+    d = entry(
+        vals,
+        [[True, True], [True, True], [False, True]],
+        [0, 0, 0],
+        now=100,
+        last=[90, 50, 90],
+        params=p,
+    )
     # gain 0.7 >= 0.5; user 0 switched 10 s ago (< 30 s dwell); user 2's entry is dead.
     assert d.reason.tolist() == [Reason.DWELL, Reason.SWITCH, Reason.SWITCH]
     d = entry(vals[:1], [[True, True]], [0], params=Params(min_gain=0.8))
@@ -74,15 +86,15 @@ def test_ties_never_move_and_nothing_usable_is_reported() -> None:
 def test_users_with_different_weights_are_ranked_with_their_own() -> None:
     v = np.array([[[70.0, 1.0], [40.0, 25.0]]] * 2)
     s = Sla(np.array([[1.0, 0.0], [0.0, 1.0]]), np.tile(B, (2, 1)))
-    d = decide_entry(0, v, np.ones((2, 2), bool), np.array([0, 1]), s, np.full(2, -np.inf), Params())
+    d = decide_entry(
+        0, v, np.ones((2, 2), bool), np.array([0, 1]), s, np.full(2, -np.inf), Params()
+    )
     assert d.best.tolist() == [1, 0] and d.switch.all()
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(
-        st.tuples(st.floats(0, 500), st.floats(0, 60), st.booleans()), min_size=2, max_size=6
-    )
+    st.lists(st.tuples(st.floats(0, 500), st.floats(0, 60), st.booleans()), min_size=2, max_size=6)
 )
 def test_kernel_choice_agrees_with_solve_ranking(cands: list[tuple[float, float, bool]]) -> None:
     if not any(c[2] for c in cands):

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from controller_pg import postgres_server
 
+from controller_pg import postgres_server
 from pacao.controller.storage import Store
 from pacao.errors import InputError
 
@@ -35,8 +35,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def sample(i: int, subject: str = "alice") -> dict[str, object]:
-    return {"ts": 1000.0 + i, "kind": "sample", "path": "user-xtr", "xtr": "dc1",
-            "subject": subject, "rloc": "192.0.2.1", "rtt_ms": 30.0 + i, "count": 1}
+    return {
+        "ts": 1000.0 + i,
+        "kind": "sample",
+        "path": "user-xtr",
+        "xtr": "dc1",
+        "subject": subject,
+        "rloc": "192.0.2.1",
+        "rtt_ms": 30.0 + i,
+        "count": 1,
+    }
 
 
 def test_measurements_round_trip(store: Store) -> None:
@@ -85,7 +93,7 @@ def test_state_upsert(store: Store) -> None:
 
 
 def test_bad_url_is_one_input_error(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="storage.url"):
+    with pytest.raises(InputError, match=r"storage\.url"):
         Store("nosuchdb://x")
-    with pytest.raises(InputError, match="storage.url"):
+    with pytest.raises(InputError, match=r"storage\.url"):
         Store(f"sqlite:///{tmp_path}/missing/dir/x.db")

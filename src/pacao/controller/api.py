@@ -6,7 +6,6 @@ annotations`` here: FastAPI must evaluate the dependency annotations, which
 name local objects.)
 """
 
-
 import secrets
 from typing import Annotated, Any
 

@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pacao.errors import InputError
-from pacao.optimize.model import WEIGHT_SUM_TOLERANCE
 from pacao.optimize.io import load_document
+from pacao.optimize.model import WEIGHT_SUM_TOLERANCE
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -160,9 +160,20 @@ class ControllerConfig(_Model):
         if a.token is not None:
             return a.token
         if a.token_file is not None:
-            return a.token_file.read_text(encoding="utf-8").strip()
+            try:
+                token = a.token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise InputError(
+                    "api.token_file", str(a.token_file), f"unreadable ({exc})"
+                ) from None
+            if not token:
+                raise InputError("api.token_file", str(a.token_file), "the file is empty")
+            return token
         assert a.token_env is not None
-        return os.environ[a.token_env]
+        token = os.environ.get(a.token_env, "")
+        if not token:
+            raise InputError("api.token_env", a.token_env, "that environment variable is not set")
+        return token
 
     def listen(self) -> tuple[str, int]:
         host, _, port = self.api.listen.rpartition(":")
@@ -290,12 +301,8 @@ def check_references(cfg: ControllerConfig) -> None:
     given = [k for k in ("token", "token_file", "token_env") if getattr(a, k) is not None]
     if len(given) != 1:
         raise InputError("api", given, "give exactly one of token, token_file, token_env")
-    if a.token_file is not None and not a.token_file.is_file():
-        raise InputError("api.token_file", str(a.token_file), "the file does not exist")
-    if a.token_env is not None and not os.environ.get(a.token_env):
-        raise InputError("api.token_env", a.token_env, "that environment variable is not set")
-    host, sep, port = a.listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    lhost, sep, port = a.listen.rpartition(":")
+    if not sep or not lhost or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise InputError("api.listen", a.listen, "expected HOST:PORT")
     scheme = cfg.storage.url.split(":", 1)[0]
     if scheme not in ("sqlite", "postgresql", "postgresql+psycopg"):
@@ -306,7 +313,7 @@ def _resolve_files(cfg: ControllerConfig, base: Path) -> ControllerConfig:
     updates: dict[str, Any] = {}
     if cfg.api.token_file is not None and not cfg.api.token_file.is_absolute():
         updates["api"] = cfg.api.model_copy(update={"token_file": base / cfg.api.token_file})
-    dcs = []
+    dcs: list[DataCenter] = []
     for dc in cfg.dcs:
         f = dc.xtr.stats_file
         if f is not None and not f.is_absolute():

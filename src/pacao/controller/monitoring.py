@@ -15,6 +15,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -148,8 +149,10 @@ class Matcher:
         if n is None:
             return None
         for net, name in nets:
-            if net is not None and n.version == net.version and (
-                n.subnet_of(net) or net.subnet_of(n)
+            if (
+                net is not None
+                and n.version == net.version
+                and (n.subnet_of(net) or net.subnet_of(n))
             ):
                 return name
         return None
@@ -175,7 +178,8 @@ def parse_document(doc: Any, source: str, matcher: Matcher) -> tuple[list[Sample
         if not isinstance(rec, dict):
             problems.append(f"{source}: samples[{i}] is not an object")
             continue
-        ts, rtt = rec.get("ts"), rec.get("rtt_ms")
+        ts: Any = rec.get("ts")
+        rtt: Any = rec.get("rtt_ms")
         local = rec.get("local_rloc", default_rloc)
         ok_num = isinstance(ts, int | float) and math.isfinite(ts)
         ok_rtt = rtt is None or (isinstance(rtt, int | float) and math.isfinite(rtt) and rtt >= 0)
@@ -196,7 +200,9 @@ def parse_document(doc: Any, source: str, matcher: Matcher) -> tuple[list[Sample
             continue
         if subject is None:
             continue  # a cached mapping the controller does not manage
-        out.append(Sample(float(ts), path, xtr, local, subject, None if rtt is None else float(rtt)))
+        out.append(
+            Sample(float(ts), path, xtr, local, subject, None if rtt is None else float(rtt))
+        )
     return out, problems
 
 
@@ -214,12 +220,14 @@ def aggregate(samples: Iterable[Sample], start: float, end: float) -> list[Windo
         rtts = [s.rtt_ms for s in ss if s.rtt_ms is not None]
         mean = math.fsum(rtts) / len(rtts) if rtts else None
         jitter = (
-            math.fsum(abs(b - a) for a, b in zip(rtts, rtts[1:], strict=False)) / (len(rtts) - 1)
+            math.fsum(abs(b - a) for a, b in pairwise(rtts)) / (len(rtts) - 1)
             if len(rtts) > 1
             else (0.0 if rtts else None)
         )
         out.append(
-            WindowStat(start, end, path, xtr, rloc, subject, mean, jitter, len(rtts) / len(ss), len(ss))
+            WindowStat(
+                start, end, path, xtr, rloc, subject, mean, jitter, len(rtts) / len(ss), len(ss)
+            )
         )
     return out
 
@@ -261,9 +269,17 @@ class Monitor:
             return 0
         self.store.add_measurements(
             [
-                {"ts": s.ts, "kind": "sample", "path": s.path, "xtr": s.xtr, "subject": s.subject,
-                 "rloc": s.rloc, "rtt_ms": s.rtt_ms, "availability": 0.0 if s.rtt_ms is None
-                 else 1.0, "count": 1}
+                {
+                    "ts": s.ts,
+                    "kind": "sample",
+                    "path": s.path,
+                    "xtr": s.xtr,
+                    "subject": s.subject,
+                    "rloc": s.rloc,
+                    "rtt_ms": s.rtt_ms,
+                    "availability": 0.0 if s.rtt_ms is None else 1.0,
+                    "count": 1,
+                }
                 for s in fresh
             ]
         )
@@ -289,10 +305,19 @@ class Monitor:
         if persist and stats:
             self.store.add_measurements(
                 [
-                    {"ts": end, "kind": "window", "path": w.path, "xtr": w.xtr,
-                     "subject": w.subject, "rloc": w.rloc, "rtt_ms": w.rtt_ms,
-                     "jitter_ms": w.jitter_ms, "availability": w.availability,
-                     "count": w.count, "window_s": end - start}
+                    {
+                        "ts": end,
+                        "kind": "window",
+                        "path": w.path,
+                        "xtr": w.xtr,
+                        "subject": w.subject,
+                        "rloc": w.rloc,
+                        "rtt_ms": w.rtt_ms,
+                        "jitter_ms": w.jitter_ms,
+                        "availability": w.availability,
+                        "count": w.count,
+                        "window_s": end - start,
+                    }
                     for w in stats
                 ]
             )

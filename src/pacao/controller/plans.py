@@ -99,8 +99,9 @@ class VmMigration:
         deadline = ctx.clock.now() + ctx.migration_timeout_s
         while True:
             job = await ctx.hypervisor.job(vm)
-            if job.state == "completed" or (job.state == "none" and
-                                             (await ctx.hypervisor.status(vm)).dc == dst):
+            if job.state == "completed" or (
+                job.state == "none" and (await ctx.hypervisor.status(vm)).dc == dst
+            ):
                 return
             if job.state == "failed":
                 raise DriverError(f"migration of {vm} failed: {job.error}")

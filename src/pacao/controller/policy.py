@@ -135,7 +135,9 @@ class MigrationDecisions:
     reason: IntArray
 
 
-def _choose(ratios: FloatArray, weights: FloatArray, usable: BoolArray) -> tuple[IntArray, FloatArray]:
+def _choose(
+    ratios: FloatArray, weights: FloatArray, usable: BoolArray
+) -> tuple[IntArray, FloatArray]:
     """The kernel per group of users sharing a weight vector; rows with nothing usable get -1."""
     n = ratios.shape[0]
     idx = np.full(n, -1, dtype=np.int64)

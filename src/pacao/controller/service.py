@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -27,8 +27,14 @@ from pacao.controller.clock import Clock, SystemClock
 from pacao.controller.config import ControllerConfig, load_config
 from pacao.controller.drivers import load_driver
 from pacao.controller.metrics import Metrics
-from pacao.controller.monitoring import USER_XTR, XTR_VM, Monitor, Source, WindowStat
-from pacao.controller.monitoring import sources_from_config
+from pacao.controller.monitoring import (
+    USER_XTR,
+    XTR_VM,
+    Monitor,
+    Source,
+    WindowStat,
+    sources_from_config,
+)
 from pacao.controller.plans import Context, Executor
 from pacao.controller.policy import (
     REASON_TEXT,
@@ -51,7 +57,7 @@ CRITERIA = ("rtt", "jitter", "loss")
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
 
-    _std = set(vars(logging.makeLogRecord({})))
+    _std: ClassVar[frozenset[str]] = frozenset(vars(logging.makeLogRecord({})))
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -217,8 +223,9 @@ class Controller:
 
     def _current_idx(self) -> np.ndarray:
         ridx = {r: j for j, r in enumerate(self.rlocs)}
-        return np.array([ridx.get(self.state[u.name]["entry"], -1) for u in self.users],
-                        dtype=np.int64)
+        return np.array(
+            [ridx.get(self.state[u.name]["entry"], -1) for u in self.users], dtype=np.int64
+        )
 
     def _user_values(self, i: int, row: np.ndarray) -> dict[str, Any]:
         u = self.users[i]
@@ -261,15 +268,21 @@ class Controller:
             if dec.switch[i]:
                 created.append(await self._entry_plan(i, arr, dec, now))
             elif not dec.sla_met[i]:
-                log.info("step 1 holds", extra={"user": u.name,
-                                                "reason": REASON_TEXT[Reason(int(dec.reason[i]))]})
+                log.info(
+                    "step 1 holds",
+                    extra={"user": u.name, "reason": REASON_TEXT[Reason(int(dec.reason[i]))]},
+                )
         self.metrics.decision_seconds.labels(step="1").observe(time.perf_counter() - t0)
         self.metrics.set_plans(self.store.plan_counts())
         return created
 
     async def _entry_plan(self, i: int, arr: dict[str, Any], dec: Any, now: float) -> str:
         u = self.users[i]
-        crit = {k: (u.sla[k].weight, u.sla[k].max) for k in CRITERIA if k in u.sla}
+        crit: dict[str, tuple[float, float]] = {
+            k: (u.sla[k].weight, u.sla[k].max)
+            for k in CRITERIA
+            if k in u.sla
+        }
         cols = [CRITERIA.index(k) for k in crit]
         ranking = rank_entries(self.rlocs, arr["through"][i][:, cols], arr["through_ok"][i], crit)
         chosen = self.rlocs[int(dec.best[i])]
@@ -286,15 +299,23 @@ class Controller:
             u.name,
             "entry_switch",
             REASON_TEXT[Reason.SWITCH],
-            {"window_end": now, "s1": self.cfg.timers.s1, "from": self.state[u.name]["entry"],
-             "through": self._user_values(i, arr["through"][i])},
-            {"current_objective": _num(dec.current_objective[i]),
-             "best_objective": _num(dec.best_objective[i]), "ranking": ranking.to_dict()},
+            {
+                "window_end": now,
+                "s1": self.cfg.timers.s1,
+                "from": self.state[u.name]["entry"],
+                "through": self._user_values(i, arr["through"][i]),
+            },
+            {
+                "current_objective": _num(dec.current_objective[i]),
+                "best_objective": _num(dec.best_objective[i]),
+                "ranking": ranking.to_dict(),
+            },
             [("EntrySwitch", params)],
             dry_run=self.dry_run,
         )
-        log.info("plan stored", extra={"plan": pid, "user": u.name, "kind": "entry_switch",
-                                       "to": chosen})
+        log.info(
+            "plan stored", extra={"plan": pid, "user": u.name, "kind": "entry_switch", "to": chosen}
+        )
         await self.dispatch(pid)
         return pid
 
@@ -319,28 +340,51 @@ class Controller:
         cur_ok = (cur >= 0) & arr["through_ok"][idx, safe]
         pv, pu, entry = placement(arr["sub"][idx], arr["sub_ok"][idx], self.rloc_dc, n_dc, sla)
         vms = [self.cfg.vm(self.users[i].vm) for i in idx]
-        host = np.array([self.dcs.index(self.state[self.users[i].name]["host"]) for i in idx],
-                        dtype=np.int64)
+        host = np.array(
+            [self.dcs.index(self.state[self.users[i].name]["host"]) for i in idx], dtype=np.int64
+        )
         demand = np.array([[v.memory_mib, v.vcpus] for v in vms], dtype=float)
         residual = self._residual()
         mig_s = migration_seconds(demand[:, 0], host, self.bandwidth, self.cfg.policy.dirty_factor)
         per_dc, total = self._ongoing()
-        stay = np.array([self.users[i].expected_stay_s or self.cfg.policy.expected_stay_s
-                         for i in idx])
+        stay = np.array(
+            [self.users[i].expected_stay_s or self.cfg.policy.expected_stay_s for i in idx]
+        )
         last = np.array([self._t(self.state[self.users[i].name]["last_migration"]) for i in idx])
         pinned = np.array([v.pinned for v in vms])
-        dec = decide_migration(now, cur_vals, cur_ok, pv, pu, host, sla, demand, residual,
-                               pinned, last, stay, mig_s, per_dc, total, self.params)
+        dec = decide_migration(
+            now,
+            cur_vals,
+            cur_ok,
+            pv,
+            pu,
+            host,
+            sla,
+            demand,
+            residual,
+            pinned,
+            last,
+            stay,
+            mig_s,
+            per_dc,
+            total,
+            self.params,
+        )
         created = []
         for r in rows:
             u = self.users[int(idx[r])]
             if dec.migrate[r]:
                 dst = int(dec.best[r])
-                created.append(await self._migration_plan(u, vms[r], host[r], dst,
-                                                          int(entry[r, dst]), dec, r, now))
+                created.append(
+                    await self._migration_plan(
+                        u, vms[r], int(host[r]), dst, int(entry[r, dst]), dec, int(r), now
+                    )
+                )
             else:
-                log.info("step 2 holds", extra={"user": u.name,
-                                                "reason": REASON_TEXT[Reason(int(dec.reason[r]))]})
+                log.info(
+                    "step 2 holds",
+                    extra={"user": u.name, "reason": REASON_TEXT[Reason(int(dec.reason[r]))]},
+                )
         self.metrics.decision_seconds.labels(step="2").observe(time.perf_counter() - t0)
         self.metrics.set_plans(self.store.plan_counts())
         return created
@@ -351,7 +395,8 @@ class Controller:
             user = next((u for u in self.users if u.vm == v.name), None)
             host = self.state[user.name]["host"] if user is not None else v.host
             res[self.dcs.index(host)] -= [v.memory_mib, v.vcpus]
-        return np.maximum(res, 0.0)
+        out: np.ndarray = np.maximum(res, 0.0)
+        return out
 
     def _ongoing(self) -> tuple[np.ndarray, int]:
         per = np.zeros(len(self.dcs), dtype=np.int64)
@@ -372,25 +417,44 @@ class Controller:
         prio = {new_entry: 1, **{x: i + 2 for i, x in enumerate(others)}}
         bw = float(self.bandwidth[src, dst])
         steps = [
-            ("VmMigration", {"vm": vm.name, "src": self.dcs[src], "dst": self.dcs[dst],
-                             "bandwidth_mbps": bw, "max_downtime_ms": self.cfg.policy.max_downtime_ms,
-                             "job_id": f"{u.name}-{vm.name}-{now:.3f}"}),
-            ("EntrySwitch", {"vm_eid": vm.eid, "rloc": new_entry, "priorities": prio,
-                             "notify": [x for x in (u.rloc, u.eid) if x is not None]}),
+            (
+                "VmMigration",
+                {
+                    "vm": vm.name,
+                    "src": self.dcs[src],
+                    "dst": self.dcs[dst],
+                    "bandwidth_mbps": bw,
+                    "max_downtime_ms": self.cfg.policy.max_downtime_ms,
+                    "job_id": f"{u.name}-{vm.name}-{now:.3f}",
+                },
+            ),
+            (
+                "EntrySwitch",
+                {
+                    "vm_eid": vm.eid,
+                    "rloc": new_entry,
+                    "priorities": prio,
+                    "notify": [x for x in (u.rloc, u.eid) if x is not None],
+                },
+            ),
         ]
         pid = self.store.create_plan(
             u.name,
             "vm_migration",
             REASON_TEXT[Reason.MIGRATE],
             {"window_end": now, "s2": self.cfg.timers.s2, "from": self.dcs[src]},
-            {"current_objective": _num(dec.current_objective[r]),
-             "best_objective": _num(dec.best_objective[r]),
-             "migration_s": _num(dec.migration_s[r])},
+            {
+                "current_objective": _num(dec.current_objective[r]),
+                "best_objective": _num(dec.best_objective[r]),
+                "migration_s": _num(dec.migration_s[r]),
+            },
             steps,
             dry_run=self.dry_run,
         )
-        log.info("plan stored", extra={"plan": pid, "user": u.name, "kind": "vm_migration",
-                                       "to": self.dcs[dst]})
+        log.info(
+            "plan stored",
+            extra={"plan": pid, "user": u.name, "kind": "vm_migration", "to": self.dcs[dst]},
+        )
         await self.dispatch(pid)
         return pid
 
@@ -462,7 +526,7 @@ class Service:
         async def approvals(_: float) -> None:
             await ctl.run_approved()
 
-        tasks = [
+        tasks: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(self._every(t.s3, poll)),
             asyncio.ensure_future(self._every(t.s1, step)),
             asyncio.ensure_future(self._every(t.s3, step2)),
@@ -470,8 +534,10 @@ class Service:
         ]
         if self.api_server is not None:
             tasks.append(asyncio.ensure_future(self.api_server.serve()))
-        log.info("controller started", extra={"users": len(ctl.users), "dry_run": ctl.dry_run,
-                                              "manual": ctl.manual})
+        log.info(
+            "controller started",
+            extra={"users": len(ctl.users), "dry_run": ctl.dry_run, "manual": ctl.manual},
+        )
         await self.stop.wait()
         if self.api_server is not None:
             self.api_server.should_exit = True
@@ -498,8 +564,14 @@ def build(
     mapping = load_driver("mapping", d.mapping.name, cfg, clock, dict(d.mapping.options))
     hyper = load_driver("hypervisor", d.hypervisor.name, cfg, clock, dict(d.hypervisor.options))
     return Controller(
-        cfg, store, sources if sources is not None else sources_from_config(cfg),
-        mapping, hyper, clock, dry_run=dry_run, manual=manual,
+        cfg,
+        store,
+        sources if sources is not None else sources_from_config(cfg),
+        mapping,
+        hyper,
+        clock,
+        dry_run=dry_run,
+        manual=manual,
     )
 
 

@@ -62,7 +62,9 @@ metadata = MetaData()
 measurements = Table(
     "measurements",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("ts", Float, nullable=False),
     Column("kind", String(8), nullable=False),  # sample | window
     Column("path", String(8), nullable=False),  # user-xtr | xtr-vm
@@ -113,7 +115,9 @@ actions = Table(
 transitions = Table(
     "transitions",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("ts", Float, nullable=False),
     Column("plan_id", String(36), nullable=False),
     Column("action_id", String(36)),
@@ -263,11 +267,16 @@ class Store:
 
     def _move_plan(self, c: Any, pid: str, frm: str, to: str, note: str | None) -> bool:
         if to not in PLAN_MOVES.get(frm, ()):
-            raise InputError("plan.state", f"{frm} -> {to}", f"allowed from {frm}: "
-                             f"{list(PLAN_MOVES.get(frm, ()))}")
+            raise InputError(
+                "plan.state",
+                f"{frm} -> {to}",
+                f"allowed from {frm}: {list(PLAN_MOVES.get(frm, ()))}",
+            )
         now = self._now()
         res = c.execute(
-            update(plans).where(plans.c.id == pid, plans.c.state == frm).values(state=to, updated=now)
+            update(plans)
+            .where(plans.c.id == pid, plans.c.state == frm)
+            .values(state=to, updated=now)
         )
         if res.rowcount != 1:
             return False
@@ -287,7 +296,9 @@ class Store:
             if row is None:
                 raise InputError("PLAN", pid, "no such plan")
             if row.state != "recommended":
-                raise InputError("PLAN", pid, f"is {row.state}; only a recommended plan is approved")
+                raise InputError(
+                    "PLAN", pid, f"is {row.state}; only a recommended plan is approved"
+                )
             if not self._move_plan(c, pid, "recommended", "approved", f"approved by {by}"):
                 raise InputError("PLAN", pid, "changed state meanwhile; try again")
             c.execute(update(plans).where(plans.c.id == pid).values(approved_by=by))
@@ -341,8 +352,12 @@ class Store:
             pid = c.execute(select(actions.c.plan_id).where(actions.c.id == aid)).scalar_one()
             c.execute(
                 insert(transitions).values(
-                    ts=now, plan_id=pid, action_id=aid, from_state="ongoing",
-                    to_state="ongoing", note="resumed after a restart",
+                    ts=now,
+                    plan_id=pid,
+                    action_id=aid,
+                    from_state="ongoing",
+                    to_state="ongoing",
+                    note="resumed after a restart",
                 )
             )
         return True
@@ -403,6 +418,8 @@ class Store:
     def put_state(self, key: str, value: Any) -> None:
         now = self._now()
         with self.engine.begin() as c:
-            res = c.execute(update(state).where(state.c.key == key).values(value=value, updated=now))
+            res = c.execute(
+                update(state).where(state.c.key == key).values(value=value, updated=now)
+            )
             if res.rowcount == 0:
                 c.execute(insert(state).values(key=key, value=value, updated=now))

@@ -58,4 +58,6 @@ def check_drivers(config: Any) -> None:
         ref = getattr(config.drivers, kind)
         names = available(kind)
         if ref.name not in names:
-            raise InputError(f"drivers.{kind}.name", ref.name, f"installed drivers: {sorted(names)}")
+            raise InputError(
+                f"drivers.{kind}.name", ref.name, f"installed drivers: {sorted(names)}"
+            )

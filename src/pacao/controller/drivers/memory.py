@@ -83,8 +83,14 @@ class MemoryHypervisor:
         if job is not None and job["state"] == "running":
             raise DriverError(f"VM {vm!r} already has a migration running")
         duration = self.memory.get(vm, 0) / 1024 * self.seconds_per_gib
-        self.jobs[vm] = {"job_id": job_id, "dst": dst, "start": self._now(),
-                         "duration": duration, "state": "running", "error": None}
+        self.jobs[vm] = {
+            "job_id": job_id,
+            "dst": dst,
+            "start": self._now(),
+            "duration": duration,
+            "state": "running",
+            "error": None,
+        }
         self.started.append((vm, dst, job_id))
         await self._advance(vm)
 
@@ -111,8 +117,13 @@ class MemoryHypervisor:
             return MigrationJob(state="none")
         el = self._now() - job["start"]
         prog = 1.0 if job["duration"] <= 0 else min(1.0, el / job["duration"])
-        return MigrationJob(state=job["state"], dc=job["dst"], progress=prog,
-                            error=job["error"], job_id=job["job_id"])
+        return MigrationJob(
+            state=job["state"],
+            dc=job["dst"],
+            progress=prog,
+            error=job["error"],
+            job_id=job["job_id"],
+        )
 
     async def abort(self, vm: str) -> None:
         job = self.jobs.get(vm)
