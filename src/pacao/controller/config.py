@@ -212,6 +212,8 @@ def config_from_dict(doc: Any, base: Path | None = None) -> ControllerConfig:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        if loc and loc[-1] == "[key]":  # a bad key of a mapping: name the key itself
+            loc = loc[:-1]
         # Literal-keyed dicts report the bad key as "[key]"; keep the path readable.
         value = err.get("input") if err["type"] != "missing" else None
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]

@@ -279,9 +279,7 @@ class Controller:
     async def _entry_plan(self, i: int, arr: dict[str, Any], dec: Any, now: float) -> str:
         u = self.users[i]
         crit: dict[str, tuple[float, float]] = {
-            k: (u.sla[k].weight, u.sla[k].max)
-            for k in CRITERIA
-            if k in u.sla
+            k: (u.sla[k].weight, u.sla[k].max) for k in CRITERIA if k in u.sla
         }
         cols = [CRITERIA.index(k) for k in crit]
         ranking = rank_entries(self.rlocs, arr["through"][i][:, cols], arr["through_ok"][i], crit)

@@ -14,7 +14,7 @@ from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus
 
 
 class MemoryMapping:
-    def __init__(self, config: Any = None, **options: Any) -> None:
+    def __init__(self, config: Any = None, clock: Any = None) -> None:
         self.priorities: dict[str, dict[str, int]] = {}
         self.calls: list[tuple[str, dict[str, int], list[str]]] = []
         self.fail_next = 0
@@ -45,9 +45,11 @@ class MemoryMapping:
 class MemoryHypervisor:
     """VMs at DCs; a migration completes after memory / rate seconds of ``clock`` time."""
 
-    def __init__(self, config: Any = None, clock: Any = None, **options: Any) -> None:
+    def __init__(self, config: Any = None, clock: Any = None, seconds_per_gib: float = 0.0) -> None:
         self.clock = clock
-        self.seconds_per_gib = float(options.get("seconds_per_gib", 0.0))
+        if isinstance(seconds_per_gib, bool) or not isinstance(seconds_per_gib, int | float):
+            raise TypeError(f"seconds_per_gib must be a number, not {seconds_per_gib!r}")
+        self.seconds_per_gib = float(seconds_per_gib)
         self.vms: dict[str, VmStatus] = {}
         self.memory: dict[str, int] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
