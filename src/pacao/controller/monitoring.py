@@ -39,6 +39,8 @@ class Sample:
     rloc: str  # the measuring xTR's RLOC (the entry)
     subject: str  # user name (user-xtr) or VM name (xtr-vm)
     rtt_ms: float | None
+    peer: str = ""  # the probed locator ("" for a direct probe of the VM's EID)
+    jitter_ms: float | None = None  # the agent's own jitter estimate, when it gives one
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class WindowStat:
     jitter_ms: float | None
     availability: float
     count: int
+    peer: str = ""
 
 
 # Typed events for subscribers (the service, metrics, tests).
@@ -168,7 +171,7 @@ class Matcher:
 
 
 def parse_document(doc: Any, source: str, matcher: Matcher) -> tuple[list[Sample], list[str]]:
-    """Samples of the configured users/VMs in a stats document, and problems found."""
+    """Samples of the configured users/VMs in a ``pacao-xtr-stats/1`` document, and problems."""
     problems: list[str] = []
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         return [], [f"{source}: not a {FORMAT} document"]
@@ -191,8 +194,10 @@ def parse_document(doc: Any, source: str, matcher: Matcher) -> tuple[list[Sample
             problems.append(f"{source}: samples[{i}].local_rloc {local} is no configured RLOC")
             continue
         kind = rec.get("kind")
+        peer = ""
         if kind == "rloc-probe":
             subject, path = matcher.user(rec), USER_XTR
+            peer = str(rec.get("rloc") or "")
         elif kind == "eid-probe":
             subject, path = matcher.vm(rec), XTR_VM
         else:
@@ -200,22 +205,81 @@ def parse_document(doc: Any, source: str, matcher: Matcher) -> tuple[list[Sample
             continue
         if subject is None:
             continue  # a cached mapping the controller does not manage
-        out.append(
-            Sample(float(ts), path, xtr, local, subject, None if rtt is None else float(rtt))
-        )
+        rtt_v = None if rtt is None else float(rtt)
+        out.append(Sample(float(ts), path, xtr, local, subject, rtt_v, peer))
     return out, problems
+
+
+class SnapshotReader:
+    """Samples from the ``pacao lisp xtr`` stats snapshot (docs/lisp.md, "Stats JSON").
+
+    That document holds per-locator counters, not samples: between two polls,
+    each new reply becomes an answered sample at the locator's last RTT, each
+    new consecutive timeout (``lost``) a lost one; jitter is the agent's RFC 3550
+    estimate. A mapping of a user's EID (or with the user's RLOC as locator)
+    measures user<->xTR; a mapping of a VM's EID measures xTR<->VM through the
+    locator of the DC that hosts the VM (chosen when the window is used).
+    """
+
+    def __init__(self, dc: str, matcher: Matcher, local_rloc: str) -> None:
+        self.dc, self.matcher, self.local = dc, matcher, local_rloc
+        self.prev: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def read(self, doc: Any) -> tuple[list[Sample], list[str]]:
+        ts = doc.get("time")
+        if not isinstance(ts, int | float) or not isinstance(doc.get("map_cache"), list):
+            return [], [f"{self.dc}: xTR snapshot without 'time' or 'map_cache'"]
+        out: list[Sample] = []
+        for entry in doc["map_cache"]:
+            if not isinstance(entry, dict) or not isinstance(entry.get("locators"), list):
+                continue
+            prefix = str(entry.get("prefix", ""))
+            vm = self.matcher.vm({"eid": prefix})
+            for loc in entry["locators"]:
+                if not isinstance(loc, dict):
+                    continue
+                addr = str(loc.get("address", ""))
+                if vm is not None:
+                    subject, path = vm, XTR_VM
+                else:
+                    user = self.matcher.user({"eid": prefix, "rloc": addr})
+                    if user is None:
+                        continue
+                    subject, path = user, USER_XTR
+                out.extend(self._samples(float(ts), path, subject, prefix, addr, loc))
+        return out, []
+
+    def _samples(
+        self, ts: float, path: str, subject: str, prefix: str, addr: str, loc: dict[str, Any]
+    ) -> list[Sample]:
+        replies, lost = int(loc.get("replies") or 0), int(loc.get("lost") or 0)
+        key = (prefix, addr)
+        p_replies, p_lost = self.prev.get(key, (0, 0))
+        self.prev[key] = (replies, lost)
+        new_replies = max(0, replies - p_replies)
+        new_lost = lost if lost < p_lost else lost - p_lost
+        rtt, jit = loc.get("rtt_ms"), loc.get("jitter_ms")
+        jitter = float(jit) if isinstance(jit, int | float) else None
+        out = []
+        for i in range(new_lost):
+            out.append(Sample(ts - 1e-6 * (i + 1), path, self.dc, self.local, subject, None, addr))
+        if isinstance(rtt, int | float):
+            for i in range(new_replies):
+                t = ts - 1e-6 * i
+                out.append(Sample(t, path, self.dc, self.local, subject, float(rtt), addr, jitter))
+        return out
 
 
 def aggregate(samples: Iterable[Sample], start: float, end: float) -> list[WindowStat]:
     """Per (path, rloc, subject) over [start, end): mean RTT of answered probes, jitter as
     the mean |difference| of consecutive RTTs (RFC 3550's D, unsmoothed), availability
     = answered / sent."""
-    groups: dict[tuple[str, str, str, str], list[Sample]] = {}
+    groups: dict[tuple[str, str, str, str, str], list[Sample]] = {}
     for s in samples:
         if start <= s.ts < end:
-            groups.setdefault((s.path, s.xtr, s.rloc, s.subject), []).append(s)
+            groups.setdefault((s.path, s.xtr, s.rloc, s.subject, s.peer), []).append(s)
     out = []
-    for (path, xtr, rloc, subject), ss in sorted(groups.items()):
+    for (path, xtr, rloc, subject, peer), ss in sorted(groups.items()):
         ss.sort(key=lambda s: s.ts)
         rtts = [s.rtt_ms for s in ss if s.rtt_ms is not None]
         mean = math.fsum(rtts) / len(rtts) if rtts else None
@@ -224,10 +288,12 @@ def aggregate(samples: Iterable[Sample], start: float, end: float) -> list[Windo
             if len(rtts) > 1
             else (0.0 if rtts else None)
         )
+        agent = [s.jitter_ms for s in ss if s.jitter_ms is not None]
+        if agent:
+            jitter = agent[-1]  # the agent's running RFC 3550 estimate at the window's end
+        avail = len(rtts) / len(ss)
         out.append(
-            WindowStat(
-                start, end, path, xtr, rloc, subject, mean, jitter, len(rtts) / len(ss), len(ss)
-            )
+            WindowStat(start, end, path, xtr, rloc, subject, mean, jitter, avail, len(ss), peer)
         )
     return out
 
@@ -246,8 +312,10 @@ class Monitor:
         self.matcher = Matcher(cfg)
         self.keep_s = keep_s if keep_s is not None else 3 * cfg.timers.s1
         self.recent: deque[Sample] = deque()
-        self.high_water: dict[tuple[str, str, str, str], float] = {}
+        self.high_water: dict[tuple[str, str, str, str, str], float] = {}
         self.subscribers: list[Callable[[Event], None]] = []
+        self.readers: dict[str, SnapshotReader] = {}
+        self.dc_names = {d.name for d in cfg.dcs}
 
     def emit(self, ev: Event) -> None:
         for fn in self.subscribers:
@@ -255,13 +323,21 @@ class Monitor:
 
     def ingest(self, source: str, doc: Any) -> int:
         """Add a document's new samples (persisted first); returns how many were new."""
-        samples, problems = parse_document(doc, source, self.matcher)
+        if isinstance(doc, dict) and "map_cache" in doc and "format" not in doc:
+            reader = self.readers.get(source)
+            if reader is None:
+                dc = self.cfg.dc(source) if source in self.dc_names else None
+                local = dc.rlocs[0] if dc is not None else ""
+                reader = self.readers[source] = SnapshotReader(source, self.matcher, local)
+            samples, problems = reader.read(doc)
+        else:
+            samples, problems = parse_document(doc, source, self.matcher)
         for p in problems:
             self.emit(SourceError(source, p))
         fresh: list[Sample] = []
-        marks: dict[tuple[str, str, str, str], float] = {}
+        marks: dict[tuple[str, str, str, str, str], float] = {}
         for s in samples:
-            key = (source, s.path, s.rloc, s.subject)
+            key = (source, s.path, s.rloc, s.subject, s.peer)
             if s.ts > self.high_water.get(key, -math.inf):
                 fresh.append(s)
                 marks[key] = max(marks.get(key, -math.inf), s.ts)

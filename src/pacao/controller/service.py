@@ -192,7 +192,7 @@ class Controller:
         uidx = {u.name: i for i, u in enumerate(self.users)}
         ridx = {r: j for j, r in enumerate(self.rlocs)}
         sub = np.full((n, c, k), np.nan)
-        xv: dict[tuple[str, int], np.ndarray] = {}
+        xv: dict[tuple[str, int], list[tuple[str, np.ndarray]]] = {}
         for s in stats:
             vals = None
             if s.rtt_ms is not None and s.availability > 0:
@@ -200,15 +200,18 @@ class Controller:
             if s.path == USER_XTR and s.subject in uidx and s.rloc in ridx and vals is not None:
                 sub[uidx[s.subject], ridx[s.rloc]] = vals
             elif s.path == XTR_VM and vals is not None:
-                xv[(s.subject, self.dcs.index(s.xtr))] = vals
+                xv.setdefault((s.subject, self.dcs.index(s.xtr)), []).append((s.peer, vals))
         sub_ok = np.isfinite(sub).all(axis=-1)
         leg = np.full((n, c, k), np.nan)  # entry xTR <-> VM
         for i, u in enumerate(self.users):
             host = self.dcs.index(self.state[u.name]["host"])
+            # A direct probe of the VM (peer "") or a probe of its host DC's locator.
+            toward = {""} | set(self.cfg.dcs[host].rlocs)
             for j in range(c):
                 d = int(self.rloc_dc[j])
-                if (u.vm, d) in xv:
-                    leg[i, j] = xv[(u.vm, d)]
+                got = [v for peer, v in xv.get((u.vm, d), []) if peer in toward]
+                if got:
+                    leg[i, j] = got[0]
                 elif d == host:
                     leg[i, j] = 0.0
                 elif (d, host) in self.inter_rtt:

@@ -71,6 +71,7 @@ measurements = Table(
     Column("xtr", String(64), nullable=False),  # DC whose xTR measured
     Column("subject", String(64), nullable=False),  # user (user-xtr) or VM (xtr-vm)
     Column("rloc", String(64), nullable=False),  # the measuring xTR's RLOC
+    Column("peer", String(64)),  # the probed locator ("": a direct probe of the EID)
     Column("rtt_ms", Float),
     Column("jitter_ms", Float),
     Column("availability", Float),
@@ -141,6 +142,7 @@ MEASUREMENT_KEYS = (
     "xtr",
     "subject",
     "rloc",
+    "peer",
     "rtt_ms",
     "jitter_ms",
     "availability",
