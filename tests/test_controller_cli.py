@@ -219,3 +219,17 @@ def test_driver_plugins_come_from_entry_points(
     with pytest.raises(InputError, match=r"drivers\.hypervisor\.options"):
         load_driver("hypervisor", "acme", None, None, {"colour": "red"})
     sys.modules.pop("acme_drv", None)
+
+
+def test_grafana_dashboard_plots_only_exported_metrics() -> None:
+    import re
+
+    from pacao.controller.metrics import Metrics
+
+    dash = json.loads((ROOT / "deploy/grafana-dashboard.json").read_text())
+    exported = {m.name for m in Metrics().registry.collect()}
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    names = {n for e in exprs for n in re.findall(r"pacao_[a-z_]+", e)}
+    base = {re.sub(r"_(bucket|total|sum|count)$", "", n) for n in names}
+    assert base and base <= exported, base - exported
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])

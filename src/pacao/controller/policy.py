@@ -145,8 +145,11 @@ def _choose(
     has = usable.any(axis=1)
     if not has.any():
         return idx, obj
-    uniq, inverse = np.unique(weights, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    if (weights == weights[0]).all():  # the usual case: one SLA class, no sort
+        uniq, inverse = weights[:1], np.zeros(n, dtype=np.int64)
+    else:
+        uniq, inverse = np.unique(weights, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
     for g in range(uniq.shape[0]):
         sel = np.flatnonzero((inverse == g) & has)
         if sel.size == 0:
@@ -174,8 +177,11 @@ def _current(
 
 
 def _clean(values: FloatArray, usable: BoolArray, sla: Sla) -> tuple[FloatArray, BoolArray]:
-    usable = usable & np.isfinite(values).all(axis=-1)
-    ratios = sla.ratios(np.where(usable[..., None], values, 0.0))
+    """Ratios m/M with unusable or unmeasured candidates zeroed (the kernel masks them)."""
+    with np.errstate(invalid="ignore"):
+        ratios = sla.ratios(values)
+    usable = usable & np.isfinite(ratios).all(axis=-1)
+    np.copyto(ratios, 0.0, where=~usable[..., None])
     return ratios, usable
 
 
@@ -317,26 +323,41 @@ def _apply_caps(
     cand = np.flatnonzero(reason == Reason.MIGRATE)
     if cand.size == 0:
         return
-    order = cand[np.lexsort((cand, -gain[cand]))]
-    per_dc = np.array(ongoing_per_dc, dtype=np.int64, copy=True)
-    left = residual.astype(np.float64, copy=True)
+    src, dst = host[cand], best[cand]
+    d_count = residual.shape[0]
+    load = (
+        np.asarray(ongoing_per_dc, dtype=np.int64)
+        + np.bincount(src, minlength=d_count)
+        + np.bincount(dst, minlength=d_count)
+    )
+    need = np.zeros_like(residual, dtype=np.float64)
+    np.add.at(need, dst, demand[cand])
+    if (
+        ongoing_total + cand.size <= params.max_migrations_total
+        and (load <= params.max_migrations_per_dc).all()
+        and (need <= residual).all()
+    ):
+        return  # no cap binds: every candidate is admitted
+    order = cand[np.lexsort((cand, -gain[cand]))].tolist()
+    per_dc = np.asarray(ongoing_per_dc, dtype=np.int64).tolist()
+    left = residual.astype(np.float64).tolist()
+    dem = demand.tolist()
+    hosts, bests = host.tolist(), best.tolist()
     total = int(ongoing_total)
+    cap_dc, cap_total = params.max_migrations_per_dc, params.max_migrations_total
     for u in order:
-        src, dst = int(host[u]), int(best[u])
-        if total >= params.max_migrations_total:
+        s, d = hosts[u], bests[u]
+        if total >= cap_total:
             reason[u] = Reason.CAP_TOTAL
-        elif (
-            per_dc[src] >= params.max_migrations_per_dc
-            or per_dc[dst] >= params.max_migrations_per_dc
-        ):
+        elif per_dc[s] >= cap_dc or per_dc[d] >= cap_dc:
             reason[u] = Reason.CAP_DC
-        elif (left[dst] < demand[u]).any():
+        elif any(a < b for a, b in zip(left[d], dem[u], strict=True)):
             reason[u] = Reason.CAPACITY
         else:
             total += 1
-            per_dc[src] += 1
-            per_dc[dst] += 1
-            left[dst] -= demand[u]
+            per_dc[s] += 1
+            per_dc[d] += 1
+            left[d] = [a - b for a, b in zip(left[d], dem[u], strict=True)]
 
 
 def combine_paths(user_xtr: FloatArray, xtr_vm: FloatArray, criteria: Sequence[str]) -> FloatArray:
@@ -365,11 +386,26 @@ def placement(
     values = np.full((n, dc_count, k), np.nan)
     use = np.zeros((n, dc_count), dtype=bool)
     entry = np.full((n, dc_count), -1, dtype=np.int64)
-    ratios, usable = _clean(sublink, usable, sla)
-    for d in range(dc_count):
+    usable = usable & np.isfinite(sublink).all(axis=-1)
+    counts = np.bincount(rloc_dc, minlength=dc_count)
+    if sublink.shape[1] == dc_count and (rloc_dc == np.arange(dc_count)).all():
+        # One RLOC per DC, in DC order: the placement view is the sublink itself.
+        ident = np.broadcast_to(np.arange(dc_count), (n, dc_count))
+        return sublink, usable, np.where(usable, ident, -1)
+    single = np.flatnonzero(counts == 1)
+    if single.size:  # one RLOC: it is the DC's best entry, no ranking needed
+        col = np.full(dc_count, -1, dtype=np.int64)
+        col[rloc_dc[counts[rloc_dc] == 1]] = np.flatnonzero(counts[rloc_dc] == 1)
+        cols1 = col[single]
+        ok = usable[:, cols1]
+        values[:, single] = np.where(ok[..., None], sublink[:, cols1], np.nan)
+        use[:, single] = ok
+        entry[:, single] = np.where(ok, cols1[None, :], -1)
+    multi = np.flatnonzero(counts > 1)
+    if multi.size:
+        ratios, usable = _clean(sublink, usable, sla)
+    for d in multi:
         cols = np.flatnonzero(rloc_dc == d)
-        if cols.size == 0:
-            continue
         i, _ = _choose(ratios[:, cols], sla.weights, usable[:, cols])
         ok = i >= 0
         entry[:, d] = np.where(ok, cols[np.where(ok, i, 0)], -1)

@@ -31,7 +31,9 @@ from pacao.controller.monitoring import (
     USER_XTR,
     XTR_VM,
     Monitor,
+    SamplesIngested,
     Source,
+    SourceError,
     WindowStat,
     sources_from_config,
 )
@@ -112,6 +114,7 @@ class Controller:
         self.dry_run, self.manual = dry_run, manual
         self.metrics = metrics or Metrics()
         self.monitor = Monitor(cfg, store, sources)
+        self.monitor.subscribers.append(self._on_event)
         self.mapping, self.hypervisor = mapping, hypervisor
         self.params = params_from_config(cfg)
         self.executor = Executor(
@@ -143,6 +146,14 @@ class Controller:
         self.state: dict[str, dict[str, Any]] = {}
         self.step2_due: dict[str, float] = {}
         self.last_stats: list[WindowStat] = []
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, SamplesIngested):
+            self.metrics.samples.labels(xtr=ev.source).inc(ev.count)
+        elif isinstance(ev, SourceError):
+            log.warning(
+                "measurement source problem", extra={"source": ev.source, "error": ev.error}
+            )
 
     # -- per-user state ------------------------------------------------------
     def load_state(self) -> None:
