@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from pacao.errors import InputError
+from pacao.sim.cli import app as traces_app
 
 app = typer.Typer(
     name="pacao",
@@ -18,6 +19,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(traces_app, name="traces")
 
 
 @app.callback()
