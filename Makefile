@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests need; each issue adds its own (tshark, postgresql, ...).
-DEB_PACKAGES ?= tshark
+DEB_PACKAGES ?= tshark postgresql
 DEMO_ARGS ?=
 
 .PHONY: demo test lint bench debs venv clean

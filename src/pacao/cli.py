@@ -86,6 +86,15 @@ from pacao.lisp.cli import app as _lisp_app  # noqa: E402 - sub-app registered a
 app.add_typer(_lisp_app, name="lisp")
 
 
+def _controller() -> typer.Typer:
+    from pacao.controller.cli import app as controller_app
+
+    return controller_app
+
+
+app.add_typer(_controller(), name="controller", help="The PACAO controller service.")
+
+
 def main() -> None:
     app()
 
