@@ -23,8 +23,7 @@ import yaml
 
 from pacao.testbed import runner
 from pacao.testbed.topology import Topology, load_topology
-
-from .test_testbed_topology import SMALL
+from testbed_support import SMALL
 
 
 @pytest.fixture(scope="module")

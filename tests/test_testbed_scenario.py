@@ -9,8 +9,7 @@ import pytest
 from pacao.errors import InputError
 from pacao.testbed.scenario import Event, load_scenario, play, scenario_from_dict
 from pacao.testbed.topology import default_topology_path, load_topology, topology_from_dict
-
-from .test_testbed_topology import SMALL
+from testbed_support import SMALL
 
 
 def doc(*events: dict[str, Any], duration: float = 10) -> dict[str, Any]:
