@@ -90,7 +90,7 @@ def test_ping_tcp_delay_and_priority_switch(bed: tuple[runner.State, Topology]) 
     state, topo = bed
     # path user -> ux -(ua 5 ms)-> ax -> adc -> vm, back the same way: RTT about 10 ms
     base = avg_rtt(state)
-    assert 9.9 < base < 20, base  # + user-space overhead, noisy on a loaded host
+    assert 9.9 < base < 25, base  # + user-space overhead, noisy on a loaded host
     # TCP across the LISP data plane (a few hundred KB, checked byte for byte)
     server = subprocess.Popen(
         ["ip", "netns", "exec", state.ns("vm"), sys.executable, "-c",
@@ -113,7 +113,7 @@ def test_ping_tcp_delay_and_priority_switch(bed: tuple[runner.State, Topology]) 
     # +40 ms one-way on the user<->ax link, both directions: RTT +80 ms
     runner.set_link(state, topo, "ua", delay_ms=45)
     slow = avg_rtt(state)
-    assert 76 < slow - base < 88, (base, slow)
+    assert 76 < slow - base < 92, (base, slow)
     runner.set_link(state, topo, "ua", delay_ms=5)
 
     # priority change at the user's xTR: traffic enters at bx (ub 10 ms), VM still behind ax
@@ -129,11 +129,11 @@ def test_ping_tcp_delay_and_priority_switch(bed: tuple[runner.State, Topology]) 
     assert after["172.16.0.3"] - before["172.16.0.3"] >= 10
     assert after["172.16.0.2"] == before["172.16.0.2"]
     # forward ux->bx 10 ms + bx->ax fabric (Paris-Lyon, ~5.9 ms), back via ua 5 ms: +10.9 ms
-    assert 8 < switched - base < 17, (base, switched)
+    assert 8 < switched - base < 20, (base, switched)
     # the VM's replies leave through bx too: RTT = 2 x (10 + 5.9) ms over kernel speed
     runner.set_egress(state, topo, "ax", "10.1.0.0/24", "bx")
     both = avg_rtt(state)
-    assert 8 < both - switched < 17, (switched, both)
+    assert 8 < both - switched < 20, (switched, both)
     runner.set_egress(state, topo, "ax", "10.1.0.0/24", "ax")
     bad = runner.xtr_control(
         state, "ux", {"op": "priority", "prefix": "10.2.0.0/24", "rloc": "1.2.3.4", "priority": 1}
@@ -239,7 +239,7 @@ def test_cli_play_changes_a_link_on_time(
     runner.set_link(state, topo, "ua", delay_ms=5)
     base = avg_rtt(state)
     # ua carries both directions again (priority back to 1 for ax): +40 ms RTT
-    assert 36 < slow - base < 48, (base, slow)
+    assert 36 < slow - base < 52, (base, slow)
     bad = subprocess.run(
         [sys.executable, "-m", "pacao.cli", "testbed", "set-link", "nope", "--delay", "1",
          "--run", state.runid],
