@@ -61,6 +61,19 @@ def bed(topo_file: Path) -> Iterator[tuple[runner.State, Topology]]:
         assert not state.path.exists()
 
 
+CLIENT = """
+import socket, time
+for _ in range(100):  # the server may still be starting on a loaded host
+    try:
+        s = socket.create_connection(("10.2.0.10", 7000))
+        break
+    except OSError:
+        time.sleep(0.1)
+s.sendall(bytes(range(256)) * 2000)
+s.close()
+"""
+
+
 def in_ns(state: runner.State, node: str, *cmd: str, timeout: float = 30) -> str:
     done = subprocess.run(
         ["ip", "netns", "exec", state.ns(node), *cmd],
@@ -99,10 +112,7 @@ def test_ping_tcp_delay_and_priority_switch(bed: tuple[runner.State, Topology]) 
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        time.sleep(0.3)
-        in_ns(state, "user", sys.executable, "-c",
-              "import socket;s=socket.create_connection(('10.2.0.10',7000));"
-              "s.sendall(bytes(range(256))*2000);s.close()")  # fmt: skip
+        in_ns(state, "user", sys.executable, "-c", CLIENT)
         out, _ = server.communicate(timeout=20)
     finally:
         server.kill()
