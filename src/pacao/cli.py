@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from pacao.errors import InputError
+from pacao.sim.cli import app as traces_app
 
 app = typer.Typer(
     name="pacao",
@@ -18,6 +19,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(traces_app, name="traces")
 
 
 @app.callback()
@@ -97,6 +99,29 @@ def demo() -> None:
         console.print(decision_table(exact, f"{title} ({name})"))
         agree = "agrees" if abs(exact.objective - milp.objective) < 1e-9 else "DISAGREES"
         console.print(f"HiGHS MILP {agree}: objective {milp.objective:.3f}, choice {milp.choice}\n")
+
+
+from pacao.lisp.cli import app as _lisp_app  # noqa: E402 - sub-app registered after commands
+
+app.add_typer(_lisp_app, name="lisp")
+
+
+def _controller() -> typer.Typer:
+    from pacao.controller.cli import app as controller_app
+
+    return controller_app
+
+
+app.add_typer(_controller(), name="controller", help="The PACAO controller service.")
+
+
+def _testbed() -> typer.Typer:
+    from pacao.testbed.cli import app as testbed_app
+
+    return testbed_app
+
+
+app.add_typer(_testbed(), name="testbed", help="Emulated testbed in network namespaces (root).")
 
 
 def main() -> None:

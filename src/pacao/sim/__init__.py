@@ -1,0 +1,1 @@
+"""Trace-driven simulation of PACAO (paper Section V)."""
