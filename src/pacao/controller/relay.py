@@ -11,6 +11,7 @@ goes back to C from LISTEN, each way ``delay`` seconds later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass, field
 
@@ -44,10 +45,8 @@ class Relay:
 
     @staticmethod
     def _send(ep: UdpEndpoint, data: bytes, to: Addr) -> None:
-        try:
+        with contextlib.suppress(OSError):
             ep.sock.sendto(data, to)
-        except OSError:
-            pass
 
     def add(self, listen: Addr, target: Addr) -> None:
         front: list[UdpEndpoint] = []
@@ -87,7 +86,6 @@ def parse_pair(text: str) -> tuple[Addr, Addr]:
 
 async def serve_relay(pairs: list[tuple[Addr, Addr]], delay: float, loss: float) -> None:
     """Run until cancelled (SIGINT/SIGTERM in the CLI)."""
-    import contextlib
     import signal
 
     relay = Relay(delay=delay, loss=loss)
