@@ -193,3 +193,30 @@ def test_end_to_end_entry_switch_on_loopback(tmp_path: Path) -> None:
                 await ctl.mapping.close()
 
     asyncio.run(body())
+
+
+def test_loopback_lab_example_configs_load() -> None:
+    """The operator's walkthrough (docs/controller.md) starts from these files."""
+    from pacao.lisp.config import load_config as load_ms
+    from pacao.lisp.xtr import load_xtr_config
+
+    d = Path(__file__).resolve().parents[1] / "examples" / "lisp-loopback"
+    cfg = load_config(d / "controller.yaml")
+    assert cfg.drivers.mapping.name == "lisp"
+    assert load_ms(d / "map-server.yaml").listen == ("127.0.0.1", 4343)
+    dbs = [load_xtr_config(d / f"dc{i}-xtr.yaml").database for i in (1, 2, 3)]
+    # every DC xTR registers the VM with the same locators (docs: the driver updates all)
+    assert dbs[0] == dbs[1] == dbs[2]
+    assert [str(x.address) for x in dbs[0][0].locators] == [r for d in cfg.dcs for r in d.rlocs]
+    assert load_xtr_config(d / "dc1-xtr.yaml").control_port == 4350  # through the relay
+
+
+def test_relay_cli_rejects_bad_input_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from pacao.cli import app
+
+    for args in (["--pair", "127.0.0.1:4350"], ["--pair", "a:1=b:2", "--loss", "2"]):
+        res = CliRunner().invoke(app, ["controller", "relay", *args])
+        assert res.exit_code == 2, res.output
+        assert res.output.count("\n") == 1 and res.output.startswith("pacao: error: --")
