@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests need; each issue adds its own (tshark, postgresql, ...).
-DEB_PACKAGES ?= tshark postgresql
+DEB_PACKAGES ?= tshark postgresql iproute2 iptables iputils-ping iperf3
 DEMO_ARGS ?=
 
 .PHONY: demo test lint bench debs venv clean

@@ -95,6 +95,15 @@ def _controller() -> typer.Typer:
 app.add_typer(_controller(), name="controller", help="The PACAO controller service.")
 
 
+def _testbed() -> typer.Typer:
+    from pacao.testbed.cli import app as testbed_app
+
+    return testbed_app
+
+
+app.add_typer(_testbed(), name="testbed", help="Emulated testbed in network namespaces (root).")
+
+
 def main() -> None:
     app()
 
