@@ -21,7 +21,10 @@ BUILTIN: dict[str, dict[str, str]] = {
         "memory": "pacao.controller.drivers.memory:MemoryMapping",
         "lisp": "pacao.controller.drivers.lisp:LispMapping",
     },
-    "hypervisor": {"memory": "pacao.controller.drivers.memory:MemoryHypervisor"},
+    "hypervisor": {
+        "memory": "pacao.controller.drivers.memory:MemoryHypervisor",
+        "libvirt": "pacao.controller.drivers.libvirt:LibvirtHypervisor",
+    },
 }
 
 
