@@ -27,7 +27,7 @@ from pacao.controller.storage import Store
 USERS, DCS, K = 100_000, 64, 2
 
 
-def cycle() -> None:
+def cycle() -> float:
     rng = np.random.default_rng(1)
     sub = np.empty((USERS, DCS, K))
     sub[..., 0] = rng.uniform(5, 120, (USERS, DCS))
@@ -75,6 +75,7 @@ def cycle() -> None:
         f"({int(d2.migrate.sum()):,} migrations)"
     )
     print(f"decision cycle total: {t2 - t0:.3f} s (target < 1 s)")
+    return t2 - t0
 
 
 def rows(n: int) -> list[dict[str, object]]:
@@ -105,11 +106,14 @@ def ingest(store: Store, label: str, n: int = 200_000, batch: int = 10_000) -> N
 
 
 def main() -> None:
-    cycle()
-    with tempfile.TemporaryDirectory() as d:
-        s = Store(f"sqlite:///{Path(d) / 'bench.db'}")
-        ingest(s, "SQLite (WAL)")
-        s.close()
+    # The machine is shared: report every run and the best (the least disturbed one).
+    times = sorted(cycle() for _ in range(3))
+    print(f"decision cycle over 3 runs: best {times[0]:.3f} s, median {times[1]:.3f} s")
+    for batch in (10_000, 1_000):
+        with tempfile.TemporaryDirectory() as d:
+            s = Store(f"sqlite:///{Path(d) / 'bench.db'}")
+            ingest(s, "SQLite (WAL, synchronous=NORMAL)", batch=batch)
+            s.close()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from controller_pg import postgres_server
 

@@ -97,3 +97,30 @@ def list_plans(
         raise _fail(str(exc)) from None
     for p in rows:
         sys.stdout.write(json.dumps(p, sort_keys=True) + "\n")
+
+
+@app.command("relay")
+def relay(
+    pair: Annotated[
+        list[str], typer.Option("--pair", help="LISTEN_HOST:PORT=TARGET_HOST:PORT, repeatable.")
+    ],
+    delay_ms: Annotated[float, typer.Option(help="Added one-way delay, each direction.")] = 0.0,
+    loss: Annotated[float, typer.Option(help="Drop probability per datagram, 0..1.")] = 0.0,
+) -> None:
+    """Run a UDP impairment relay (delay, loss) in front of an xTR, for lab tests."""
+    import asyncio
+
+    from pacao.controller.relay import parse_pair, serve_relay
+
+    try:
+        if not 0 <= delay_ms <= 60_000:
+            raise InputError("--delay-ms", delay_ms, "0..60000")
+        if not 0 <= loss <= 1:
+            raise InputError("--loss", loss, "0..1")
+        pairs = [parse_pair(p) for p in pair]
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        asyncio.run(serve_relay(pairs, delay_ms / 1000, loss))
+    except OSError as exc:
+        raise _fail(f"cannot bind: {exc.strerror}") from None

@@ -135,54 +135,61 @@ class MigrationDecisions:
     reason: IntArray
 
 
-def _choose(
-    ratios: FloatArray, weights: FloatArray, usable: BoolArray
-) -> tuple[IntArray, FloatArray]:
-    """The kernel per group of users sharing a weight vector; rows with nothing usable get -1."""
-    n = ratios.shape[0]
+def _choose(values: FloatArray, sla: Sla, usable: BoolArray) -> tuple[IntArray, FloatArray]:
+    """The kernel on metrics m with the users' bounds, per group of users sharing (weights,
+    bounds); rows with nothing usable get -1. Ratios m/M are formed chunk by chunk inside
+    the kernel (exact division: the same decisions as on a full ratio array, without
+    streaming one through memory)."""
+    n = values.shape[0]
     idx = np.full(n, -1, dtype=np.int64)
     obj = np.full(n, np.inf)
     has = usable.any(axis=1)
     if not has.any():
         return idx, obj
-    if (weights == weights[0]).all():  # the usual case: one SLA class, no sort
-        uniq, inverse = weights[:1], np.zeros(n, dtype=np.int64)
+    key = np.concatenate([sla.weights, sla.bounds], axis=1)
+    if (key == key[0]).all():  # the usual case: one SLA class, no sort
+        uniq, inverse = key[:1], np.zeros(n, dtype=np.int64)
     else:
-        uniq, inverse = np.unique(weights, axis=0, return_inverse=True)
+        uniq, inverse = np.unique(key, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
+    k = sla.weights.shape[1]
     for g in range(uniq.shape[0]):
         sel = np.flatnonzero((inverse == g) & has)
         if sel.size == 0:
             continue
-        part = ratios if sel.size == n else ratios[sel]
-        i, o = choose_parallel(part, uniq[g], usable if sel.size == n else usable[sel])
+        part = values if sel.size == n else values[sel]
+        use = usable if sel.size == n else usable[sel]
+        i, o = choose_parallel(part, uniq[g, :k], use, bounds=uniq[g, k:], exact=True)
         idx[sel] = i
         obj[sel] = o
     return idx, obj
 
 
 def _current(
-    ratios: FloatArray, usable: BoolArray, current: IntArray, weights: FloatArray
+    values: FloatArray, usable: BoolArray, current: IntArray, sla: Sla
 ) -> tuple[BoolArray, FloatArray, BoolArray]:
     """(current usable, objective of the current candidate, SLA met on it)."""
-    n = ratios.shape[0]
+    n = values.shape[0]
     rows = np.arange(n)
-    valid = (current >= 0) & (current < ratios.shape[1])
+    valid = (current >= 0) & (current < values.shape[1])
     cur = np.where(valid, current, 0)
     ok = valid & usable[rows, cur]
-    pen = penalties_from_ratios(ratios[rows, cur])
-    obj = np.where(ok, (pen * weights).sum(axis=1), np.inf)
+    with np.errstate(invalid="ignore"):
+        ratios = values[rows, cur] / sla.bounds
+    ratios = np.where(ok[:, None], ratios, 0.0)
+    pen = penalties_from_ratios(ratios)
+    obj = np.where(ok, (pen * sla.weights).sum(axis=1), np.inf)
     met = ok & (pen <= 1).all(axis=1)
     return ok, obj, met
 
 
-def _clean(values: FloatArray, usable: BoolArray, sla: Sla) -> tuple[FloatArray, BoolArray]:
-    """Ratios m/M with unusable or unmeasured candidates zeroed (the kernel masks them)."""
-    with np.errstate(invalid="ignore"):
-        ratios = sla.ratios(values)
-    usable = usable & np.isfinite(ratios).all(axis=-1)
-    np.copyto(ratios, 0.0, where=~usable[..., None])
-    return ratios, usable
+def _finite(values: FloatArray, usable: BoolArray) -> BoolArray:
+    """``usable`` and every criterion measured (criterion by criterion: a reduction along a
+    short last axis is several times slower than k strided passes)."""
+    out = usable.copy()
+    for j in range(values.shape[-1]):
+        out &= np.isfinite(values[..., j])
+    return out
 
 
 def decide_entry(
@@ -202,9 +209,9 @@ def decide_entry(
     the entry in use (-1: none); ``last_switch``: time of the user's last
     entry switch (-inf: never).
     """
-    ratios, usable = _clean(values, usable, sla)
-    cur_ok, cur_obj, met = _current(ratios, usable, current, sla.weights)
-    best, best_obj = _choose(ratios, sla.weights, usable)
+    usable = _finite(values, usable)
+    cur_ok, cur_obj, met = _current(values, usable, current, sla)
+    best, best_obj = _choose(values, sla, usable)
     with np.errstate(invalid="ignore"):
         gain = cur_obj - best_obj  # inf - inf (nothing usable anywhere) is NaN: no move
     has = best >= 0
@@ -262,12 +269,16 @@ def decide_migration(
     """
     n, d_count = place_values.shape[0], place_values.shape[1]
     rows = np.arange(n)
-    cur_ratios, cur_use = _clean(current_values[:, None, :], current_usable[:, None], sla)
-    _, cur_obj, met = _current(cur_ratios, cur_use, np.zeros(n, dtype=np.int64), sla.weights)
+    cur_use = _finite(current_values[:, None, :], current_usable[:, None])
+    _, cur_obj, met = _current(current_values[:, None, :], cur_use, np.zeros(n, np.int64), sla)
     is_host = np.arange(d_count)[None, :] == host[:, None]
-    fits = (residual[None, :, :] >= demand[:, None, :]).all(axis=-1) | is_host
-    ratios, usable = _clean(place_values, place_usable & fits, sla)
-    best, best_obj = _choose(ratios, sla.weights, usable)
+    fits = is_host.copy()  # resource by resource: no reduction along a short last axis
+    ok_all = np.ones_like(fits)
+    for r in range(demand.shape[1]):
+        ok_all &= residual[None, :, r] >= demand[:, None, r]
+    fits |= ok_all
+    usable = _finite(place_values, place_usable & fits)
+    best, best_obj = _choose(place_values, sla, usable)
     has = best >= 0
     safe_best = np.where(has, best, 0)
     t_mig = np.where(has, migration_s[rows, safe_best], np.inf)
@@ -383,15 +394,15 @@ def placement(
     usable (users, DCs), entry RLOC index per (user, DC), -1 when none).
     """
     n, _, k = sublink.shape
-    values = np.full((n, dc_count, k), np.nan)
-    use = np.zeros((n, dc_count), dtype=bool)
-    entry = np.full((n, dc_count), -1, dtype=np.int64)
-    usable = usable & np.isfinite(sublink).all(axis=-1)
+    usable = _finite(sublink, usable)
     counts = np.bincount(rloc_dc, minlength=dc_count)
     if sublink.shape[1] == dc_count and (rloc_dc == np.arange(dc_count)).all():
         # One RLOC per DC, in DC order: the placement view is the sublink itself.
         ident = np.broadcast_to(np.arange(dc_count), (n, dc_count))
         return sublink, usable, np.where(usable, ident, -1)
+    values = np.full((n, dc_count, k), np.nan)
+    use = np.zeros((n, dc_count), dtype=bool)
+    entry = np.full((n, dc_count), -1, dtype=np.int64)
     single = np.flatnonzero(counts == 1)
     if single.size:  # one RLOC: it is the DC's best entry, no ranking needed
         col = np.full(dc_count, -1, dtype=np.int64)
@@ -402,11 +413,9 @@ def placement(
         use[:, single] = ok
         entry[:, single] = np.where(ok, cols1[None, :], -1)
     multi = np.flatnonzero(counts > 1)
-    if multi.size:
-        ratios, usable = _clean(sublink, usable, sla)
     for d in multi:
         cols = np.flatnonzero(rloc_dc == d)
-        i, _ = _choose(ratios[:, cols], sla.weights, usable[:, cols])
+        i, _ = _choose(sublink[:, cols], sla, usable[:, cols])
         ok = i >= 0
         entry[:, d] = np.where(ok, cols[np.where(ok, i, 0)], -1)
         rows = np.flatnonzero(ok)

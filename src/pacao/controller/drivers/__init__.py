@@ -17,8 +17,14 @@ GROUPS = {"mapping": "pacao.drivers.mapping", "hypervisor": "pacao.drivers.hyper
 
 #: Built-ins, used when the package metadata is not (yet) installed with its entry points.
 BUILTIN: dict[str, dict[str, str]] = {
-    "mapping": {"memory": "pacao.controller.drivers.memory:MemoryMapping"},
-    "hypervisor": {"memory": "pacao.controller.drivers.memory:MemoryHypervisor"},
+    "mapping": {
+        "memory": "pacao.controller.drivers.memory:MemoryMapping",
+        "lisp": "pacao.controller.drivers.lisp:LispMapping",
+    },
+    "hypervisor": {
+        "memory": "pacao.controller.drivers.memory:MemoryHypervisor",
+        "libvirt": "pacao.controller.drivers.libvirt:LibvirtHypervisor",
+    },
 }
 
 
