@@ -6,14 +6,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests need; each issue adds its own (tshark, postgresql, ...).
-DEB_PACKAGES ?=
+DEB_PACKAGES ?= tshark postgresql iproute2 iptables iputils-ping iperf3 \
+  libvirt-daemon-system libvirt-dev pkg-config qemu-system-x86 util-linux
 DEMO_ARGS ?=
 
 .PHONY: demo test lint bench debs venv clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | debs  # libvirt-python builds against libvirt-dev
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip; }
 	$(PYTHON) -m venv $(VENV)

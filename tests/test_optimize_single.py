@@ -262,3 +262,24 @@ def test_bulk_chunked_threads_match_whole_array() -> None:
         idx, obj = choose_parallel(metrics, w, usable, bounds=bounds, workers=workers, chunk=257)
         assert np.array_equal(idx, want_idx)
         assert np.allclose(obj, want_obj, atol=1e-12)
+
+
+def test_bulk_exact_division_equals_the_ratio_path_bit_for_bit() -> None:
+    from pacao.optimize.bulk import choose_parallel
+
+    rng = np.random.default_rng(5)
+    bounds = np.array([60.0, 10.0, np.inf])  # inf: a criterion outside the SLA
+    w = np.array([0.7, 0.3, 0.0])
+    metrics = np.round(rng.uniform(0, 3, size=(2000, 16, 3)) * [60.0, 10.0, 1.0], 1)
+    metrics[rng.random((2000, 16)) < 0.05] = np.nan  # unmeasured, masked by usable
+    usable = (rng.random((2000, 16)) > 0.1) & np.isfinite(metrics).all(axis=-1)
+    usable[:, 3] = True
+    metrics[:, 3] = 1.0
+    with np.errstate(invalid="ignore"):
+        ratios = np.where(usable[..., None], metrics / bounds, 0.0)
+    want_idx, want_obj = choose(ratios, w, usable)
+    for workers in (1, 2):
+        idx, obj = choose_parallel(metrics, w, usable, bounds=bounds, workers=workers,
+                                   chunk=129, exact=True)  # fmt: skip
+        assert np.array_equal(idx, want_idx)
+        assert np.array_equal(obj, want_obj)

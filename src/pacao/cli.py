@@ -57,6 +57,26 @@ def solve(
 
 
 @app.command()
+def assign(
+    file: Annotated[Path, typer.Argument(help="Instance in YAML or JSON (docs/assign.md).")],
+    solver: Annotated[str, typer.Option(help="milp (exact), batched or lagrange.")] = "lagrange",
+    batch_size: Annotated[int, typer.Option(help="Users per MILP batch (batched).")] = 10,
+    integer_penalty: Annotated[
+        bool, typer.Option("--integer-penalty", help="The paper's step penalty ceil(.).")
+    ] = False,
+    time_limit: Annotated[
+        float | None, typer.Option(help="Seconds; best assignment found so far.")
+    ] = None,
+) -> None:
+    """Assign many users to DCs under congestion (paper eq. 4-9, corrected); JSON on stdout."""
+    from pacao.optimize.assign.cli import run_assign
+
+    code, message = run_assign(file, solver, batch_size, integer_penalty, time_limit)
+    if code:
+        raise fail(message, code)
+
+
+@app.command()
 def demo() -> None:
     """Show the optimizer on the shipped examples: RLOC ranking and VM placement."""
     from importlib.resources import files
@@ -111,6 +131,29 @@ def reproduce(
         run_cli(quick, users, out, scheduler, seed, vm_memory_gb, dc_gbps)
     except InputError as exc:
         raise fail(str(exc)) from None
+
+
+from pacao.lisp.cli import app as _lisp_app  # noqa: E402 - sub-app registered after commands
+
+app.add_typer(_lisp_app, name="lisp")
+
+
+def _controller() -> typer.Typer:
+    from pacao.controller.cli import app as controller_app
+
+    return controller_app
+
+
+app.add_typer(_controller(), name="controller", help="The PACAO controller service.")
+
+
+def _testbed() -> typer.Typer:
+    from pacao.testbed.cli import app as testbed_app
+
+    return testbed_app
+
+
+app.add_typer(_testbed(), name="testbed", help="Emulated testbed in network namespaces (root).")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ def choose_parallel(
     bounds: NDArray[np.floating] | None = None,
     workers: int | None = None,
     chunk: int = CHUNK_USERS,
+    exact: bool = False,
 ) -> tuple[IntArray, NDArray[np.floating]]:
     """:func:`choose` over (users, candidates, criteria), chunked and threaded.
 
@@ -34,7 +35,9 @@ def choose_parallel(
     broadcast over the last axes) is given: scaling inside each chunk keeps the
     data in cache instead of streaming a full-size ratio array through memory.
     With bounds, q = m ((1 - eps) / M) is one multiply; it can differ from the
-    single-problem path's (m / M)(1 - eps) in the last bit only.
+    single-problem path's (m / M)(1 - eps) in the last bit only. ``exact=True``
+    divides each chunk by M instead (the same ratios as ``values / bounds``, so
+    the same decisions as :func:`choose` on them, bit for bit), at a small cost.
     """
     scale = None if bounds is None else (1.0 - RATIO_EPS) / np.asarray(bounds, dtype=values.dtype)
     flat_scale = None
@@ -42,6 +45,10 @@ def choose_parallel(
         # Broadcasting a length-K vector runs numpy's inner loop K (= 3) long, about
         # ten times slower than one multiply over rows of candidates x criteria.
         flat_scale = np.tile(scale, values.shape[1])
+    bounds_arr = None if bounds is None else np.asarray(bounds, dtype=values.dtype)
+    flat_bounds = None
+    if exact and flat_scale is not None and bounds_arr is not None:
+        flat_bounds = np.tile(bounds_arr, values.shape[1])
     n = values.shape[0]
     idx = np.empty(n, dtype=np.int64)
     obj = np.empty(n, dtype=values.dtype)
@@ -51,6 +58,13 @@ def choose_parallel(
         part = values[start:stop]
         if scale is None:
             i, o = choose(part, weights, usable[start:stop])
+        elif exact:
+            if flat_bounds is not None:
+                r = (part.reshape(part.shape[0], -1) / flat_bounds).reshape(part.shape)
+            else:
+                assert bounds_arr is not None
+                r = part / bounds_arr
+            i, o = choose(r, weights, usable[start:stop])
         else:
             if flat_scale is not None:
                 q = (part.reshape(part.shape[0], -1) * flat_scale).reshape(part.shape)

@@ -1,0 +1,126 @@
+"""`pacao controller ...`: check a config, run the service, approve or list plans."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pacao.errors import InputError
+
+app = typer.Typer(help="The PACAO controller service.", no_args_is_help=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"pacao: error: {message}", err=True)
+    return typer.Exit(2)
+
+
+class ApproveMode(StrEnum):
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="Controller config (YAML).")]
+
+
+@app.command("check-config")
+def check_config(
+    file: Annotated[Path, typer.Argument(help="Controller config (YAML).")],
+) -> None:
+    """Validate a controller config without starting anything."""
+    from pacao.controller.config import load_config
+    from pacao.controller.drivers import check_drivers
+
+    try:
+        cfg = load_config(file)
+        check_drivers(cfg)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"ok: {len(cfg.dcs)} DCs, {len(cfg.vms)} VMs, {len(cfg.users)} users, "
+        f"S'={cfg.timers.s1:g}s S''={cfg.timers.s2:g}s S'''={cfg.timers.s3:g}s"
+    )
+
+
+@app.command()
+def run(
+    config: ConfigOpt,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Record plans, never act.")] = False,
+    approve: Annotated[
+        ApproveMode, typer.Option(help="auto: execute plans; manual: wait for approval.")
+    ] = ApproveMode.AUTO,
+) -> None:
+    """Run the controller: monitor, decide every S', act through the drivers, serve the API."""
+    from pacao.controller.service import run_forever
+
+    try:
+        run_forever(config, dry_run=dry_run, manual=approve is ApproveMode.MANUAL)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command("approve")
+def approve_plan(
+    plan: Annotated[str, typer.Argument(help="Plan id (from `plans` or the API).")],
+    config: ConfigOpt,
+) -> None:
+    """Approve a recommended plan (manual mode); the running service executes it."""
+    from pacao.controller.config import load_config
+    from pacao.controller.storage import Store
+
+    try:
+        store = Store(load_config(config).storage.url)
+        store.approve(plan, by="cli")
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"approved {plan}")
+
+
+@app.command("plans")
+def list_plans(
+    config: ConfigOpt,
+    state: Annotated[str | None, typer.Option(help="Only plans in this state.")] = None,
+) -> None:
+    """List stored plans as JSON lines (newest first)."""
+    from pacao.controller.config import load_config
+    from pacao.controller.storage import Store
+
+    try:
+        store = Store(load_config(config).storage.url)
+        rows = store.plans(state=state)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    for p in rows:
+        sys.stdout.write(json.dumps(p, sort_keys=True) + "\n")
+
+
+@app.command("relay")
+def relay(
+    pair: Annotated[
+        list[str], typer.Option("--pair", help="LISTEN_HOST:PORT=TARGET_HOST:PORT, repeatable.")
+    ],
+    delay_ms: Annotated[float, typer.Option(help="Added one-way delay, each direction.")] = 0.0,
+    loss: Annotated[float, typer.Option(help="Drop probability per datagram, 0..1.")] = 0.0,
+) -> None:
+    """Run a UDP impairment relay (delay, loss) in front of an xTR, for lab tests."""
+    import asyncio
+
+    from pacao.controller.relay import parse_pair, serve_relay
+
+    try:
+        if not 0 <= delay_ms <= 60_000:
+            raise InputError("--delay-ms", delay_ms, "0..60000")
+        if not 0 <= loss <= 1:
+            raise InputError("--loss", loss, "0..1")
+        pairs = [parse_pair(p) for p in pair]
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        asyncio.run(serve_relay(pairs, delay_ms / 1000, loss))
+    except OSError as exc:
+        raise _fail(f"cannot bind: {exc.strerror}") from None

@@ -1,0 +1,330 @@
+"""Controller configuration (YAML), validated with pydantic v2.
+
+Every error is turned into one :class:`pacao.errors.InputError` naming the key
+path (``users[2].sla.rtt.weight``) so that the CLI prints one line and exits 2.
+Cross-references (a VM's host DC, a user's VM, weights summing to 1, S''' <=
+S'' < S') are checked after the schema, with the same kind of path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pacao.errors import InputError
+from pacao.optimize.io import load_document
+from pacao.optimize.model import WEIGHT_SUM_TOLERANCE
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+#: SLA criteria the monitoring module measures, with their unit.
+CRITERIA: dict[str, str] = {"rtt": "ms", "jitter": "ms", "loss": "fraction of probes lost"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Location(_Model):
+    lat: Annotated[float, Field(ge=-90, le=90)]
+    lon: Annotated[float, Field(ge=-180, le=180)]
+
+
+class Capacity(_Model):
+    ram_mib: Annotated[int, Field(gt=0)]
+    cpu: Annotated[int, Field(gt=0)]
+
+
+class Xtr(_Model):
+    """Where the monitoring module reads this DC's xTR probe statistics."""
+
+    stats_url: str | None = None
+    stats_file: Path | None = None
+
+
+class DataCenter(_Model):
+    name: Name
+    location: Location
+    rlocs: Annotated[list[str], Field(min_length=1)]
+    capacity: Capacity
+    xtr: Xtr = Xtr()
+
+
+class VirtualMachine(_Model):
+    name: Name
+    eid: str
+    memory_mib: Annotated[int, Field(gt=0)]
+    vcpus: Annotated[int, Field(gt=0)]
+    host: str
+    hypervisor_uri: str
+    pinned: bool = False
+
+
+class Criterion(_Model):
+    weight: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    max: PosFloat
+
+
+class User(_Model):
+    name: Name
+    eid: str | None = None
+    rloc: str | None = None
+    vm: str
+    sla: dict[Literal["rtt", "jitter", "loss"], Criterion]
+    expected_stay_s: PosFloat | None = None
+
+
+class Timers(_Model):
+    """S' (decision period), S'' (xTR<->VM probing after a switch), S''' (probe interval)."""
+
+    s1: PosFloat
+    s2: PosFloat
+    s3: PosFloat
+
+
+class Link(_Model):
+    a: str
+    b: str
+    bandwidth_mbps: PosFloat | None = None
+    rtt_ms: NonNegFloat | None = None
+
+
+class Policy(_Model):
+    """Anti-flapping and migration economics; every default is documented in docs/controller.md."""
+
+    min_dwell_s: NonNegFloat = 30.0
+    min_gain: NonNegFloat = 0.0
+    cooldown_s: NonNegFloat = 300.0
+    expected_stay_s: PosFloat = 3600.0
+    migration_cost_weight: NonNegFloat = 1.0
+    dirty_factor: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 1.0
+    bandwidth_mbps: PosFloat = 1000.0
+    max_migrations_per_dc: Annotated[int, Field(ge=0)] = 1
+    max_migrations_total: Annotated[int, Field(ge=0)] = 4
+    max_downtime_ms: PosFloat = 300.0
+    links: list[Link] = []
+
+
+class DriverRef(_Model):
+    name: Name
+    options: dict[str, Any] = {}
+
+
+class Drivers(_Model):
+    mapping: DriverRef
+    hypervisor: DriverRef
+
+
+class Storage(_Model):
+    url: str = "sqlite:///pacao-controller.db"
+
+
+class Api(_Model):
+    listen: str = "127.0.0.1:8080"
+    token: str | None = None
+    token_file: Path | None = None
+    token_env: str | None = None
+
+
+class ControllerConfig(_Model):
+    dcs: Annotated[list[DataCenter], Field(min_length=1)]
+    vms: list[VirtualMachine] = []
+    users: list[User] = []
+    timers: Timers
+    policy: Policy = Policy()
+    drivers: Drivers
+    storage: Storage = Storage()
+    api: Api = Api()
+
+    def dc(self, name: str) -> DataCenter:
+        return next(d for d in self.dcs if d.name == name)
+
+    def vm(self, name: str) -> VirtualMachine:
+        return next(v for v in self.vms if v.name == name)
+
+    def rloc_owner(self) -> dict[str, str]:
+        """RLOC -> DC name."""
+        return {r: d.name for d in self.dcs for r in d.rlocs}
+
+    def api_token(self) -> str:
+        """The bearer token, read from wherever the config says (checked by load)."""
+        a = self.api
+        if a.token is not None:
+            return a.token
+        if a.token_file is not None:
+            try:
+                token = a.token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise InputError(
+                    "api.token_file", str(a.token_file), f"unreadable ({exc})"
+                ) from None
+            if not token:
+                raise InputError("api.token_file", str(a.token_file), "the file is empty")
+            return token
+        assert a.token_env is not None
+        token = os.environ.get(a.token_env, "")
+        if not token:
+            raise InputError("api.token_env", a.token_env, "that environment variable is not set")
+        return token
+
+    def listen(self) -> tuple[str, int]:
+        host, _, port = self.api.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<document>"
+
+
+def _lookup(doc: Any, loc: Sequence[int | str]) -> Any:
+    cur = doc
+    for part in loc:
+        try:
+            cur = cur[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return cur
+
+
+def config_from_dict(doc: Any, base: Path | None = None) -> ControllerConfig:
+    """Validate a parsed document; raise InputError naming the first bad key.
+
+    Relative file names are resolved against ``base`` (the config's folder).
+    """
+    if not isinstance(doc, dict):
+        raise InputError("<document>", doc, "expected a mapping at the top level")
+    try:
+        cfg = ControllerConfig.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        if loc and loc[-1] == "[key]":  # a bad key of a mapping: name the key itself
+            loc = loc[:-1]
+        # Literal-keyed dicts report the bad key as "[key]"; keep the path readable.
+        value = err.get("input") if err["type"] != "missing" else None
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise InputError(_path(loc), value, msg) from None
+    if base is not None:
+        cfg = _resolve_files(cfg, base)
+    check_references(cfg)
+    return cfg
+
+
+def _unique(items: Sequence[Any], attr: str, where: str) -> None:
+    seen: dict[str, int] = {}
+    for i, it in enumerate(items):
+        v = str(getattr(it, attr))
+        if v in seen:
+            raise InputError(f"{where}[{i}].{attr}", v, f"already used by {where}[{seen[v]}]")
+        seen[v] = i
+
+
+def _ip(path: str, value: str, network: bool = False) -> None:
+    try:
+        if network:
+            ipaddress.ip_network(value, strict=True)
+        else:
+            ipaddress.ip_address(value)
+    except ValueError:
+        what = "an IP prefix (10.1.0.10/32)" if network else "an IP address"
+        raise InputError(path, value, f"expected {what}") from None
+
+
+def check_references(cfg: ControllerConfig) -> None:
+    """Cross-key rules pydantic cannot express per field."""
+    _unique(cfg.dcs, "name", "dcs")
+    _unique(cfg.vms, "name", "vms")
+    _unique(cfg.users, "name", "users")
+    owner: dict[str, str] = {}
+    for i, dc in enumerate(cfg.dcs):
+        for j, r in enumerate(dc.rlocs):
+            _ip(f"dcs[{i}].rlocs[{j}]", r)
+            if r in owner:
+                raise InputError(f"dcs[{i}].rlocs[{j}]", r, f"already an RLOC of DC {owner[r]!r}")
+            owner[r] = dc.name
+    dc_names = [d.name for d in cfg.dcs]
+    for i, vm in enumerate(cfg.vms):
+        _ip(f"vms[{i}].eid", vm.eid, network=True)
+        if vm.host not in dc_names:
+            raise InputError(f"vms[{i}].host", vm.host, f"must name a DC: {dc_names}")
+        host = cfg.dc(vm.host)
+        if vm.memory_mib > host.capacity.ram_mib or vm.vcpus > host.capacity.cpu:
+            raise InputError(f"vms[{i}]", vm.name, f"does not fit DC {host.name!r}'s capacity")
+    vm_names = [v.name for v in cfg.vms]
+    served: dict[str, int] = {}
+    for i, u in enumerate(cfg.users):
+        if u.eid is None and u.rloc is None:
+            raise InputError(f"users[{i}]", u.name, "give the user's 'eid' or 'rloc' (or both)")
+        if u.eid is not None:
+            _ip(f"users[{i}].eid", u.eid, network=True)
+        if u.rloc is not None:
+            _ip(f"users[{i}].rloc", u.rloc)
+        if u.vm not in vm_names:
+            raise InputError(f"users[{i}].vm", u.vm, f"must name a VM: {vm_names}")
+        if u.vm in served:
+            raise InputError(
+                f"users[{i}].vm",
+                u.vm,
+                f"already serves users[{served[u.vm]}]; LISP priorities are per VM EID, so "
+                "one user per VM (paper Sec. III-C)",
+            )
+        served[u.vm] = i
+        if not u.sla:
+            raise InputError(f"users[{i}].sla", {}, f"give at least one of {sorted(CRITERIA)}")
+        total = math.fsum(c.weight for c in u.sla.values())
+        if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
+            raise InputError(f"users[{i}].sla.*.weight", round(total, 12), "weights must sum to 1")
+        if "loss" in u.sla and u.sla["loss"].max > 1:
+            raise InputError(f"users[{i}].sla.loss.max", u.sla["loss"].max, "a fraction <= 1")
+    t = cfg.timers
+    if not t.s2 < t.s1:
+        raise InputError("timers.s2", t.s2, f"S'' must be shorter than S' ({t.s1:g} s)")
+    if not t.s3 <= t.s2:
+        raise InputError("timers.s3", t.s3, f"S''' must be at most S'' ({t.s2:g} s)")
+    for i, link in enumerate(cfg.policy.links):
+        for end in ("a", "b"):
+            if getattr(link, end) not in dc_names:
+                raise InputError(f"policy.links[{i}].{end}", getattr(link, end), f"DCs: {dc_names}")
+    a = cfg.api
+    given = [k for k in ("token", "token_file", "token_env") if getattr(a, k) is not None]
+    if len(given) != 1:
+        raise InputError("api", given, "give exactly one of token, token_file, token_env")
+    lhost, sep, port = a.listen.rpartition(":")
+    if not sep or not lhost or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InputError("api.listen", a.listen, "expected HOST:PORT")
+    scheme = cfg.storage.url.split(":", 1)[0]
+    if scheme not in ("sqlite", "postgresql", "postgresql+psycopg"):
+        raise InputError("storage.url", cfg.storage.url, "sqlite:///FILE or postgresql://...")
+
+
+def _resolve_files(cfg: ControllerConfig, base: Path) -> ControllerConfig:
+    updates: dict[str, Any] = {}
+    if cfg.api.token_file is not None and not cfg.api.token_file.is_absolute():
+        updates["api"] = cfg.api.model_copy(update={"token_file": base / cfg.api.token_file})
+    dcs: list[DataCenter] = []
+    for dc in cfg.dcs:
+        f = dc.xtr.stats_file
+        if f is not None and not f.is_absolute():
+            dc = dc.model_copy(update={"xtr": dc.xtr.model_copy(update={"stats_file": base / f})})
+        dcs.append(dc)
+    updates["dcs"] = dcs
+    return cfg.model_copy(update=updates)
+
+
+def load_config(path: Path) -> ControllerConfig:
+    """Read and validate a controller config file (relative files: next to it)."""
+    return config_from_dict(load_document(path), base=path.resolve().parent)

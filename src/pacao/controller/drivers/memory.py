@@ -1,0 +1,140 @@
+"""In-memory mapping and hypervisor drivers: the world as Python dicts.
+
+Used by the tests, the simulator and dry runs against a lab. Migrations take
+``seconds_per_gib`` of (injected clock) time; failures can be injected to test
+revert. Both are idempotent like real drivers must be.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus
+
+
+class MemoryMapping:
+    def __init__(self, config: Any = None, clock: Any = None) -> None:
+        self.priorities: dict[str, dict[str, int]] = {}
+        self.calls: list[tuple[str, dict[str, int], list[str]]] = []
+        self.fail_next = 0
+        if config is not None:
+            for vm in config.vms:
+                host = config.dc(vm.host)
+                rank = [r for r in host.rlocs] + [
+                    r for d in config.dcs if d.name != host.name for r in d.rlocs
+                ]
+                self.priorities[vm.eid] = {r: i + 1 for i, r in enumerate(rank)}
+
+    async def get_priorities(self, vm_eid: str) -> dict[str, int]:
+        return dict(self.priorities.get(vm_eid, {}))
+
+    async def set_priorities(
+        self, vm_eid: str, priorities: dict[str, int], notify: list[str]
+    ) -> None:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise DriverError("injected mapping failure")
+        self.calls.append((vm_eid, dict(priorities), list(notify)))
+        self.priorities[vm_eid] = dict(priorities)
+
+    async def close(self) -> None:
+        return None
+
+
+class MemoryHypervisor:
+    """VMs at DCs; a migration completes after memory / rate seconds of ``clock`` time."""
+
+    def __init__(self, config: Any = None, clock: Any = None, seconds_per_gib: float = 0.0) -> None:
+        self.clock = clock
+        if isinstance(seconds_per_gib, bool) or not isinstance(seconds_per_gib, int | float):
+            raise TypeError(f"seconds_per_gib must be a number, not {seconds_per_gib!r}")
+        self.seconds_per_gib = float(seconds_per_gib)
+        self.vms: dict[str, VmStatus] = {}
+        self.memory: dict[str, int] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.started: list[tuple[str, str, str]] = []  # (vm, dst, job_id): never twice
+        self.fail_after: dict[str, float] = {}  # vm -> fail when progress reaches this
+        if config is not None:
+            for vm in config.vms:
+                self.vms[vm.name] = VmStatus(dc=vm.host, running=True)
+                self.memory[vm.name] = vm.memory_mib
+
+    def _now(self) -> float:
+        return float(self.clock.now()) if self.clock is not None else time.time()
+
+    def _vm(self, vm: str) -> VmStatus:
+        try:
+            return self.vms[vm]
+        except KeyError:
+            raise DriverError(f"unknown VM {vm!r}") from None
+
+    async def status(self, vm: str) -> VmStatus:
+        await self._advance(vm)
+        return self._vm(vm)
+
+    async def start_migration(
+        self, vm: str, dst: str, job_id: str, bandwidth_mbps: float, max_downtime_ms: float
+    ) -> None:
+        cur = self._vm(vm)
+        job = self.jobs.get(vm)
+        if job is not None and job["job_id"] == job_id:
+            return  # idempotent: this job already exists (running or finished)
+        if cur.dc == dst:
+            return
+        if job is not None and job["state"] == "running":
+            raise DriverError(f"VM {vm!r} already has a migration running")
+        duration = self.memory.get(vm, 0) / 1024 * self.seconds_per_gib
+        self.jobs[vm] = {
+            "job_id": job_id,
+            "dst": dst,
+            "start": self._now(),
+            "duration": duration,
+            "state": "running",
+            "error": None,
+        }
+        self.started.append((vm, dst, job_id))
+        await self._advance(vm)
+
+    async def _advance(self, vm: str) -> None:
+        job = self.jobs.get(vm)
+        if job is None or job["state"] != "running":
+            return
+        elapsed = self._now() - job["start"]
+        progress = 1.0 if job["duration"] <= 0 else min(1.0, elapsed / job["duration"])
+        fail_at = self.fail_after.get(vm)
+        if fail_at is not None and progress >= fail_at:
+            job["state"], job["error"] = "failed", "injected migration failure"
+            # A failed live migration leaves the VM paused at the source.
+            self.vms[vm] = VmStatus(dc=self.vms[vm].dc, running=False)
+            return
+        if progress >= 1.0:
+            job["state"] = "completed"
+            self.vms[vm] = VmStatus(dc=job["dst"], running=True)
+
+    async def job(self, vm: str) -> MigrationJob:
+        await self._advance(vm)
+        job = self.jobs.get(vm)
+        if job is None:
+            return MigrationJob(state="none")
+        el = self._now() - job["start"]
+        prog = 1.0 if job["duration"] <= 0 else min(1.0, el / job["duration"])
+        return MigrationJob(
+            state=job["state"],
+            dc=job["dst"],
+            progress=prog,
+            error=job["error"],
+            job_id=job["job_id"],
+        )
+
+    async def abort(self, vm: str) -> None:
+        job = self.jobs.get(vm)
+        if job is not None and job["state"] == "running":
+            job["state"], job["error"] = "failed", "aborted"
+
+    async def resume(self, vm: str) -> None:
+        cur = self._vm(vm)
+        self.vms[vm] = VmStatus(dc=cur.dc, running=True)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,458 @@
+"""The decision policy: Step 1 (entry switching) and Step 2 (VM migration), pure and vectorised.
+
+Nothing here reads a clock, a database or a driver: the caller passes ``now``,
+the measurements and the per-user state as arrays over users, and gets arrays
+of decisions and reasons back. The controller service calls it once per S'
+for all its users; the simulator calls the very same functions over its
+simulated users in simulated time (docs/controller.md, "Policy").
+
+Ranking is :func:`pacao.optimize.bulk.choose_parallel` (the kernel of problem
+(1)-(3)); the penalties of the current path are
+:func:`pacao.optimize.penalty.penalties_from_ratios`; LISP priorities for a
+switching user come from :func:`pacao.optimize.solve`. No second ranking here.
+
+Beyond the paper (Sec. III-D), a move must also pass:
+
+* a minimum gain margin: objective(current) - objective(best) >= min_gain;
+* a minimum dwell time on an entry before switching away (min_dwell_s);
+* a cooldown per user after a migration (cooldown_s);
+* migration economics: the gain only accrues after the migration time t
+  (memory / inter-DC bandwidth x dirty factor) and lasts the rest of the
+  user's expected stay T; migrate when gain x (T - t) > cost_weight x t;
+* caps on concurrent migrations per DC (source and destination) and in total;
+* pinned VMs never migrate.
+
+An unavailable current entry overrides the margin and the dwell time: a user
+never waits on a dead locator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pacao.optimize import Candidate, Criterion, Decision, Mode, Problem, solve
+from pacao.optimize.bulk import choose_parallel
+from pacao.optimize.penalty import OBJECTIVE_TIE, penalties_from_ratios
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
+
+
+class Reason(IntEnum):
+    """Why a user got the decision it got (stored with every plan)."""
+
+    SLA_MET = 0
+    SWITCH = 1
+    MIGRATE = 2
+    CURRENT_IS_BEST = 3
+    GAIN_BELOW_MARGIN = 4
+    DWELL = 5
+    COOLDOWN = 6
+    PINNED = 7
+    NOT_WORTH = 8
+    CAP_DC = 9
+    CAP_TOTAL = 10
+    CAPACITY = 11
+    NO_CANDIDATE = 12
+
+
+REASON_TEXT: dict[Reason, str] = {
+    Reason.SLA_MET: "SLA met on the current path: store and wait (step 1.1)",
+    Reason.SWITCH: "SLA violated: switch entry RLOC (step 1.2)",
+    Reason.MIGRATE: "SLA still violated after S'': migrate the VM (step 2)",
+    Reason.CURRENT_IS_BEST: "no candidate ranks strictly before the current one",
+    Reason.GAIN_BELOW_MARGIN: "gain below the minimum gain margin",
+    Reason.DWELL: "current entry held for less than the minimum dwell time",
+    Reason.COOLDOWN: "user's last migration is within the cooldown",
+    Reason.PINNED: "the VM is pinned",
+    Reason.NOT_WORTH: "gain over the expected stay does not pay the migration time",
+    Reason.CAP_DC: "concurrent-migration cap of a DC reached",
+    Reason.CAP_TOTAL: "total concurrent-migration cap reached",
+    Reason.CAPACITY: "destination filled by another migration of this cycle",
+    Reason.NO_CANDIDATE: "no available candidate",
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    """Anti-flapping and migration settings (config key ``policy``)."""
+
+    min_dwell_s: float = 30.0
+    min_gain: float = 0.0
+    cooldown_s: float = 300.0
+    migration_cost_weight: float = 1.0
+    max_migrations_per_dc: int = 1
+    max_migrations_total: int = 4
+
+
+@dataclass(frozen=True)
+class Sla:
+    """Per-user weights alpha_k and bounds M_k, shape (users, criteria)."""
+
+    weights: FloatArray
+    bounds: FloatArray
+
+    def ratios(self, values: FloatArray) -> FloatArray:
+        """m/M for values of shape (users, ..., criteria)."""
+        shape = (self.bounds.shape[0],) + (1,) * (values.ndim - 2) + (self.bounds.shape[1],)
+        out: FloatArray = values / self.bounds.reshape(shape)
+        return out
+
+
+@dataclass(frozen=True)
+class EntryDecisions:
+    """Step 1 for every user (arrays of length users)."""
+
+    sla_met: BoolArray
+    current_objective: FloatArray
+    best: IntArray
+    best_objective: FloatArray
+    switch: BoolArray
+    reason: IntArray
+
+    @property
+    def step2(self) -> BoolArray:
+        """Users whose Step 2 runs after S'': those whose SLA was violated (1.2)."""
+        return ~self.sla_met
+
+
+@dataclass(frozen=True)
+class MigrationDecisions:
+    """Step 2 for every user (arrays of length users)."""
+
+    sla_met: BoolArray
+    current_objective: FloatArray
+    best: IntArray
+    best_objective: FloatArray
+    migration_s: FloatArray
+    migrate: BoolArray
+    reason: IntArray
+
+
+def _choose(values: FloatArray, sla: Sla, usable: BoolArray) -> tuple[IntArray, FloatArray]:
+    """The kernel on metrics m with the users' bounds, per group of users sharing (weights,
+    bounds); rows with nothing usable get -1. Ratios m/M are formed chunk by chunk inside
+    the kernel (exact division: the same decisions as on a full ratio array, without
+    streaming one through memory)."""
+    n = values.shape[0]
+    idx = np.full(n, -1, dtype=np.int64)
+    obj = np.full(n, np.inf)
+    has = usable.any(axis=1)
+    if not has.any():
+        return idx, obj
+    key = np.concatenate([sla.weights, sla.bounds], axis=1)
+    if (key == key[0]).all():  # the usual case: one SLA class, no sort
+        uniq, inverse = key[:1], np.zeros(n, dtype=np.int64)
+    else:
+        uniq, inverse = np.unique(key, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+    k = sla.weights.shape[1]
+    for g in range(uniq.shape[0]):
+        sel = np.flatnonzero((inverse == g) & has)
+        if sel.size == 0:
+            continue
+        part = values if sel.size == n else values[sel]
+        use = usable if sel.size == n else usable[sel]
+        i, o = choose_parallel(part, uniq[g, :k], use, bounds=uniq[g, k:], exact=True)
+        idx[sel] = i
+        obj[sel] = o
+    return idx, obj
+
+
+def _current(
+    values: FloatArray, usable: BoolArray, current: IntArray, sla: Sla
+) -> tuple[BoolArray, FloatArray, BoolArray]:
+    """(current usable, objective of the current candidate, SLA met on it)."""
+    n = values.shape[0]
+    rows = np.arange(n)
+    valid = (current >= 0) & (current < values.shape[1])
+    cur = np.where(valid, current, 0)
+    ok = valid & usable[rows, cur]
+    with np.errstate(invalid="ignore"):
+        ratios = values[rows, cur] / sla.bounds
+    ratios = np.where(ok[:, None], ratios, 0.0)
+    pen = penalties_from_ratios(ratios)
+    obj = np.where(ok, (pen * sla.weights).sum(axis=1), np.inf)
+    met = ok & (pen <= 1).all(axis=1)
+    return ok, obj, met
+
+
+def _finite(values: FloatArray, usable: BoolArray) -> BoolArray:
+    """``usable`` and every criterion measured (criterion by criterion: a reduction along a
+    short last axis is several times slower than k strided passes)."""
+    out = usable.copy()
+    for j in range(values.shape[-1]):
+        out &= np.isfinite(values[..., j])
+    return out
+
+
+def decide_entry(
+    now: float,
+    values: FloatArray,
+    usable: BoolArray,
+    current: IntArray,
+    sla: Sla,
+    last_switch: FloatArray,
+    params: Params,
+) -> EntryDecisions:
+    """Step 1 for all users.
+
+    ``values`` (users, candidates, criteria): the user<->VM metric through each
+    entry RLOC over the last S' (see :func:`combine_paths`); ``usable``
+    (users, candidates): measured and available; ``current`` (users,): index of
+    the entry in use (-1: none); ``last_switch``: time of the user's last
+    entry switch (-inf: never).
+    """
+    usable = _finite(values, usable)
+    cur_ok, cur_obj, met = _current(values, usable, current, sla)
+    best, best_obj = _choose(values, sla, usable)
+    with np.errstate(invalid="ignore"):
+        gain = cur_obj - best_obj  # inf - inf (nothing usable anywhere) is NaN: no move
+    has = best >= 0
+    no_better = (best == current) | ~(gain > OBJECTIVE_TIE)
+    below = cur_ok & (gain < params.min_gain)
+    dwell = cur_ok & (now - last_switch < params.min_dwell_s)
+    reason = np.select(
+        [met, ~has, no_better, below, dwell],
+        [
+            int(Reason.SLA_MET),
+            int(Reason.NO_CANDIDATE),
+            int(Reason.CURRENT_IS_BEST),
+            int(Reason.GAIN_BELOW_MARGIN),
+            int(Reason.DWELL),
+        ],
+        default=int(Reason.SWITCH),
+    ).astype(np.int64)
+    return EntryDecisions(
+        sla_met=met,
+        current_objective=cur_obj,
+        best=best,
+        best_objective=best_obj,
+        switch=reason == Reason.SWITCH,
+        reason=reason,
+    )
+
+
+def decide_migration(
+    now: float,
+    current_values: FloatArray,
+    current_usable: BoolArray,
+    place_values: FloatArray,
+    place_usable: BoolArray,
+    host: IntArray,
+    sla: Sla,
+    demand: FloatArray,
+    residual: FloatArray,
+    pinned: BoolArray,
+    last_migration: FloatArray,
+    expected_stay_s: FloatArray,
+    migration_s: FloatArray,
+    ongoing_per_dc: IntArray,
+    ongoing_total: int,
+    params: Params,
+) -> MigrationDecisions:
+    """Step 2 for all users (only the rows the caller is in Step 2 for).
+
+    ``current_values`` (users, criteria): user<->VM over the last S'' through
+    the entry in use; ``place_values`` (users, DCs, criteria): what the user
+    would get with the VM at each DC (:func:`placement`); ``demand`` (users, R)
+    and ``residual`` (DCs, R): RAM and CPU, a hard constraint (no hypervisor
+    starts a VM that does not fit); ``migration_s`` (users, DCs): seconds to
+    migrate the VM there (:func:`migration_seconds`); ``ongoing_*``: migrations
+    already under way (caps count both ends).
+    """
+    n, d_count = place_values.shape[0], place_values.shape[1]
+    rows = np.arange(n)
+    cur_use = _finite(current_values[:, None, :], current_usable[:, None])
+    _, cur_obj, met = _current(current_values[:, None, :], cur_use, np.zeros(n, np.int64), sla)
+    is_host = np.arange(d_count)[None, :] == host[:, None]
+    fits = is_host.copy()  # resource by resource: no reduction along a short last axis
+    ok_all = np.ones_like(fits)
+    for r in range(demand.shape[1]):
+        ok_all &= residual[None, :, r] >= demand[:, None, r]
+    fits |= ok_all
+    usable = _finite(place_values, place_usable & fits)
+    best, best_obj = _choose(place_values, sla, usable)
+    has = best >= 0
+    safe_best = np.where(has, best, 0)
+    t_mig = np.where(has, migration_s[rows, safe_best], np.inf)
+    with np.errstate(invalid="ignore"):
+        gain = cur_obj - best_obj
+        benefit = gain * np.maximum(expected_stay_s - t_mig, 0.0)
+        worth = benefit > params.migration_cost_weight * t_mig
+    reason = np.select(
+        [
+            met,
+            pinned,
+            ~has,
+            (best == host) | ~(gain > OBJECTIVE_TIE),
+            gain < params.min_gain,
+            now - last_migration < params.cooldown_s,
+            ~worth,
+        ],
+        [
+            int(Reason.SLA_MET),
+            int(Reason.PINNED),
+            int(Reason.NO_CANDIDATE),
+            int(Reason.CURRENT_IS_BEST),
+            int(Reason.GAIN_BELOW_MARGIN),
+            int(Reason.COOLDOWN),
+            int(Reason.NOT_WORTH),
+        ],
+        default=int(Reason.MIGRATE),
+    ).astype(np.int64)
+    _apply_caps(reason, gain, host, best, demand, residual, ongoing_per_dc, ongoing_total, params)
+    return MigrationDecisions(
+        sla_met=met,
+        current_objective=cur_obj,
+        best=best,
+        best_objective=best_obj,
+        migration_s=t_mig,
+        migrate=reason == Reason.MIGRATE,
+        reason=reason,
+    )
+
+
+def _apply_caps(
+    reason: IntArray,
+    gain: FloatArray,
+    host: IntArray,
+    best: IntArray,
+    demand: FloatArray,
+    residual: FloatArray,
+    ongoing_per_dc: IntArray,
+    ongoing_total: int,
+    params: Params,
+) -> None:
+    """Admit candidate migrations greedily, largest gain first, within caps and capacity."""
+    cand = np.flatnonzero(reason == Reason.MIGRATE)
+    if cand.size == 0:
+        return
+    src, dst = host[cand], best[cand]
+    d_count = residual.shape[0]
+    load = (
+        np.asarray(ongoing_per_dc, dtype=np.int64)
+        + np.bincount(src, minlength=d_count)
+        + np.bincount(dst, minlength=d_count)
+    )
+    need = np.zeros_like(residual, dtype=np.float64)
+    np.add.at(need, dst, demand[cand])
+    if (
+        ongoing_total + cand.size <= params.max_migrations_total
+        and (load <= params.max_migrations_per_dc).all()
+        and (need <= residual).all()
+    ):
+        return  # no cap binds: every candidate is admitted
+    order = cand[np.lexsort((cand, -gain[cand]))].tolist()
+    per_dc = np.asarray(ongoing_per_dc, dtype=np.int64).tolist()
+    left = residual.astype(np.float64).tolist()
+    dem = demand.tolist()
+    hosts, bests = host.tolist(), best.tolist()
+    total = int(ongoing_total)
+    cap_dc, cap_total = params.max_migrations_per_dc, params.max_migrations_total
+    for u in order:
+        s, d = hosts[u], bests[u]
+        if total >= cap_total:
+            reason[u] = Reason.CAP_TOTAL
+        elif per_dc[s] >= cap_dc or per_dc[d] >= cap_dc:
+            reason[u] = Reason.CAP_DC
+        elif any(a < b for a, b in zip(left[d], dem[u], strict=True)):
+            reason[u] = Reason.CAPACITY
+        else:
+            total += 1
+            per_dc[s] += 1
+            per_dc[d] += 1
+            left[d] = [a - b for a, b in zip(left[d], dem[u], strict=True)]
+
+
+def combine_paths(user_xtr: FloatArray, xtr_vm: FloatArray, criteria: Sequence[str]) -> FloatArray:
+    """User<->VM metric through an entry from its two sublinks (same shapes, criteria last).
+
+    RTT and jitter add (the jitter sum is a conservative bound); loss combines
+    as 1 - (1 - a)(1 - b). NaN (not measured) propagates.
+    """
+    out = user_xtr + xtr_vm
+    for k, name in enumerate(criteria):
+        if name == "loss":
+            out[..., k] = 1.0 - (1.0 - user_xtr[..., k]) * (1.0 - xtr_vm[..., k])
+    return out
+
+
+def placement(
+    sublink: FloatArray, usable: BoolArray, rloc_dc: IntArray, dc_count: int, sla: Sla
+) -> tuple[FloatArray, BoolArray, IntArray]:
+    """What each user would get with its VM at each DC: through that DC's best own RLOC.
+
+    ``sublink`` (users, RLOCs, criteria) is the user<->xTR metric per RLOC and
+    ``rloc_dc`` the DC of each RLOC. Returns (values (users, DCs, criteria),
+    usable (users, DCs), entry RLOC index per (user, DC), -1 when none).
+    """
+    n, _, k = sublink.shape
+    usable = _finite(sublink, usable)
+    counts = np.bincount(rloc_dc, minlength=dc_count)
+    if sublink.shape[1] == dc_count and (rloc_dc == np.arange(dc_count)).all():
+        # One RLOC per DC, in DC order: the placement view is the sublink itself.
+        ident = np.broadcast_to(np.arange(dc_count), (n, dc_count))
+        return sublink, usable, np.where(usable, ident, -1)
+    values = np.full((n, dc_count, k), np.nan)
+    use = np.zeros((n, dc_count), dtype=bool)
+    entry = np.full((n, dc_count), -1, dtype=np.int64)
+    single = np.flatnonzero(counts == 1)
+    if single.size:  # one RLOC: it is the DC's best entry, no ranking needed
+        col = np.full(dc_count, -1, dtype=np.int64)
+        col[rloc_dc[counts[rloc_dc] == 1]] = np.flatnonzero(counts[rloc_dc] == 1)
+        cols1 = col[single]
+        ok = usable[:, cols1]
+        values[:, single] = np.where(ok[..., None], sublink[:, cols1], np.nan)
+        use[:, single] = ok
+        entry[:, single] = np.where(ok, cols1[None, :], -1)
+    multi = np.flatnonzero(counts > 1)
+    for d in multi:
+        cols = np.flatnonzero(rloc_dc == d)
+        i, _ = _choose(sublink[:, cols], sla, usable[:, cols])
+        ok = i >= 0
+        entry[:, d] = np.where(ok, cols[np.where(ok, i, 0)], -1)
+        rows = np.flatnonzero(ok)
+        values[rows, d] = sublink[rows, entry[rows, d]]
+        use[:, d] = ok
+    return values, use, entry
+
+
+def migration_seconds(
+    memory_mib: FloatArray, host: IntArray, bandwidth_mbps: FloatArray, dirty_factor: float
+) -> FloatArray:
+    """Seconds to move each user's VM to each DC: memory x dirty factor / bandwidth(host, d).
+
+    ``bandwidth_mbps`` is the (DCs, DCs) inter-DC matrix; staying costs 0.
+    """
+    bw = bandwidth_mbps[host]  # (users, DCs)
+    t: FloatArray = memory_mib[:, None] * 8.388608 * dirty_factor / bw  # MiB -> Mbit
+    t[np.arange(host.size), host] = 0.0
+    return t
+
+
+def rank_entries(
+    names: Sequence[str],
+    values: FloatArray,
+    usable: BoolArray,
+    sla: Mapping[str, tuple[float, float]],
+) -> Decision:
+    """Full LISP priority ranking of one user's entries, by :func:`pacao.optimize.solve`.
+
+    ``values`` (candidates, criteria) in the order of ``sla`` (criterion ->
+    (weight, bound)). Candidates are passed in name order, the order the
+    kernel breaks exact ties in, so the choice agrees with :func:`decide_entry`.
+    """
+    crit = [Criterion(name=k, weight=w, bound=b) for k, (w, b) in sla.items()]
+    cands = []
+    for j, name in enumerate(names):
+        ok = bool(usable[j]) and bool(np.isfinite(values[j]).all())
+        metrics = {k: float(values[j, i]) for i, k in enumerate(sla)} if ok else {}
+        cands.append(Candidate(name=name, metrics=metrics, available=ok))
+    return solve(Problem(mode=Mode.RLOC, criteria=crit, candidates=cands))

@@ -1,0 +1,626 @@
+"""The controller service: one asyncio process running monitoring, decisions, plans and the API.
+
+Every S' (timers.s1) it closes a monitoring window and runs Step 1 for all
+users at once (:func:`pacao.controller.policy.decide_entry`); users whose SLA
+was violated get Step 2 S'' (timers.s2) later, over the samples the xTRs took
+every S''' (timers.s3) meanwhile. Decisions become stored plans first, then
+actions. Time comes only from the injected :class:`~pacao.controller.clock.Clock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pacao.controller.clock import Clock, SystemClock
+from pacao.controller.config import ControllerConfig, load_config
+from pacao.controller.drivers import load_driver
+from pacao.controller.metrics import Metrics
+from pacao.controller.monitoring import (
+    USER_XTR,
+    XTR_VM,
+    Monitor,
+    SamplesIngested,
+    Source,
+    SourceError,
+    WindowStat,
+    sources_from_config,
+)
+from pacao.controller.plans import Context, Executor
+from pacao.controller.policy import (
+    REASON_TEXT,
+    Params,
+    Reason,
+    Sla,
+    combine_paths,
+    decide_entry,
+    decide_migration,
+    migration_seconds,
+    placement,
+    rank_entries,
+)
+from pacao.controller.storage import Store
+
+log = logging.getLogger("pacao.controller")
+CRITERIA = ("rtt", "jitter", "loss")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
+
+    _std: ClassVar[frozenset[str]] = frozenset(vars(logging.makeLogRecord({})))
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k, v in vars(record).items():
+            if k not in self._std and k not in doc:
+                doc[k] = v
+        return json.dumps(doc, default=str)
+
+
+def setup_logging(stream: Any = None) -> None:
+    h = logging.StreamHandler(stream or sys.stderr)
+    h.setFormatter(JsonFormatter())
+    root = logging.getLogger("pacao")
+    root.handlers[:] = [h]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def params_from_config(cfg: ControllerConfig) -> Params:
+    p = cfg.policy
+    return Params(
+        min_dwell_s=p.min_dwell_s,
+        min_gain=p.min_gain,
+        cooldown_s=p.cooldown_s,
+        migration_cost_weight=p.migration_cost_weight,
+        max_migrations_per_dc=p.max_migrations_per_dc,
+        max_migrations_total=p.max_migrations_total,
+    )
+
+
+class Controller:
+    """Decision cycles and plan dispatch over a config, a store, a monitor and drivers."""
+
+    def __init__(
+        self,
+        cfg: ControllerConfig,
+        store: Store,
+        sources: Sequence[Source],
+        mapping: Any,
+        hypervisor: Any,
+        clock: Clock,
+        dry_run: bool = False,
+        manual: bool = False,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.cfg, self.store, self.clock = cfg, store, clock
+        self.dry_run, self.manual = dry_run, manual
+        self.metrics = metrics or Metrics()
+        self.monitor = Monitor(cfg, store, sources)
+        self.monitor.subscribers.append(self._on_event)
+        self.mapping, self.hypervisor = mapping, hypervisor
+        self.params = params_from_config(cfg)
+        self.executor = Executor(
+            store,
+            Context(mapping, hypervisor, clock, poll_s=min(1.0, cfg.timers.s3)),
+            on_done=self._plan_done,
+        )
+        self.running: dict[str, asyncio.Task[str]] = {}
+        owner = cfg.rloc_owner()
+        self.rlocs = sorted(owner)  # candidate order = name order = the kernel's tie-break
+        self.dcs = [d.name for d in cfg.dcs]
+        self.rloc_dc = np.array([self.dcs.index(owner[r]) for r in self.rlocs], dtype=np.int64)
+        self.users = list(cfg.users)
+        n, k = len(self.users), len(CRITERIA)
+        w, b = np.zeros((n, k)), np.full((n, k), np.inf)
+        for i, u in enumerate(self.users):
+            for j, name in enumerate(CRITERIA):
+                if name in u.sla:
+                    w[i, j], b[i, j] = u.sla[name].weight, u.sla[name].max
+        self.sla = Sla(w, b)
+        self.bandwidth = np.full((len(self.dcs), len(self.dcs)), cfg.policy.bandwidth_mbps)
+        self.inter_rtt: dict[tuple[int, int], float] = {}
+        for link in cfg.policy.links:
+            a, c = self.dcs.index(link.a), self.dcs.index(link.b)
+            if link.bandwidth_mbps is not None:
+                self.bandwidth[a, c] = self.bandwidth[c, a] = link.bandwidth_mbps
+            if link.rtt_ms is not None:
+                self.inter_rtt[(a, c)] = self.inter_rtt[(c, a)] = link.rtt_ms
+        self.state: dict[str, dict[str, Any]] = {}
+        self.step2_due: dict[str, float] = {}
+        self.last_stats: list[WindowStat] = []
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, SamplesIngested):
+            self.metrics.samples.labels(xtr=ev.source).inc(ev.count)
+        elif isinstance(ev, SourceError):
+            log.warning(
+                "measurement source problem", extra={"source": ev.source, "error": ev.error}
+            )
+
+    # -- per-user state ------------------------------------------------------
+    def load_state(self) -> None:
+        for u in self.users:
+            st = self.store.get_state(f"user/{u.name}")
+            if st is None:
+                vm = self.cfg.vm(u.vm)
+                st = {
+                    "entry": self.cfg.dc(vm.host).rlocs[0],
+                    "host": vm.host,
+                    "last_switch": None,
+                    "last_migration": None,
+                }
+                self.store.put_state(f"user/{u.name}", st)
+            self.state[u.name] = dict(st)
+
+    def _save(self, user: str) -> None:
+        self.store.put_state(f"user/{user}", self.state[user])
+
+    def _plan_done(self, plan: dict[str, Any], final: str) -> None:
+        st = self.state.get(plan["user"])
+        if st is None:
+            return
+        now = self.clock.now()
+        for a in plan["actions"]:
+            if a["state"] != "succeeded":
+                continue
+            if a["kind"] == "EntrySwitch":
+                st["entry"], st["last_switch"] = a["params"]["rloc"], now
+            elif a["kind"] == "VmMigration":
+                st["host"], st["last_migration"] = a["params"]["dst"], now
+                if a["started"] is not None and a["finished"] is not None:
+                    self.metrics.migration_seconds.observe(a["finished"] - a["started"])
+        if plan["kind"] == "vm_migration" and final == "failed":
+            st["last_migration"] = now  # cooldown after a failed migration too
+        self._save(plan["user"])
+        self.metrics.set_plans(self.store.plan_counts())
+
+    @staticmethod
+    def _t(v: Any) -> float:
+        return -math.inf if v is None else float(v)
+
+    # -- arrays from a window ----------------------------------------------------
+    def arrays(self, stats: Sequence[WindowStat]) -> dict[str, Any]:
+        """Sublink and through-entry metrics (users, RLOCs, criteria) from window stats."""
+        n, c, k = len(self.users), len(self.rlocs), len(CRITERIA)
+        uidx = {u.name: i for i, u in enumerate(self.users)}
+        ridx = {r: j for j, r in enumerate(self.rlocs)}
+        sub = np.full((n, c, k), np.nan)
+        xv: dict[tuple[str, int], list[tuple[str, np.ndarray]]] = {}
+        for s in stats:
+            vals = None
+            if s.rtt_ms is not None and s.availability > 0:
+                vals = np.array([s.rtt_ms, s.jitter_ms or 0.0, 1.0 - s.availability])
+            if s.path == USER_XTR and s.subject in uidx and s.rloc in ridx and vals is not None:
+                sub[uidx[s.subject], ridx[s.rloc]] = vals
+            elif s.path == XTR_VM and vals is not None:
+                xv.setdefault((s.subject, self.dcs.index(s.xtr)), []).append((s.peer, vals))
+        sub_ok = np.isfinite(sub).all(axis=-1)
+        leg = np.full((n, c, k), np.nan)  # entry xTR <-> VM
+        for i, u in enumerate(self.users):
+            host = self.dcs.index(self.state[u.name]["host"])
+            # A direct probe of the VM (peer "") or a probe of its host DC's locator.
+            toward = {""} | set(self.cfg.dcs[host].rlocs)
+            for j in range(c):
+                d = int(self.rloc_dc[j])
+                got = [v for peer, v in xv.get((u.vm, d), []) if peer in toward]
+                if got:
+                    leg[i, j] = got[0]
+                elif d == host:
+                    leg[i, j] = 0.0
+                elif (d, host) in self.inter_rtt:
+                    leg[i, j] = [self.inter_rtt[(d, host)], 0.0, 0.0]
+        through = combine_paths(sub, leg, CRITERIA)
+        return {
+            "sub": sub,
+            "sub_ok": sub_ok,
+            "through": through,
+            "through_ok": np.isfinite(through).all(axis=-1),
+        }
+
+    def _current_idx(self) -> np.ndarray:
+        ridx = {r: j for j, r in enumerate(self.rlocs)}
+        return np.array(
+            [ridx.get(self.state[u.name]["entry"], -1) for u in self.users], dtype=np.int64
+        )
+
+    def _user_values(self, i: int, row: np.ndarray) -> dict[str, Any]:
+        u = self.users[i]
+        out: dict[str, Any] = {}
+        for j, r in enumerate(self.rlocs):
+            v = row[j]
+            out[r] = (
+                None
+                if not np.isfinite(v).all()
+                else {name: round(float(v[CRITERIA.index(name)]), 6) for name in u.sla}
+            )
+        return out
+
+    # -- Step 1 --------------------------------------------------------------------
+    async def step1(self, now: float) -> list[str]:
+        """Close the S' window, decide entries for every user, store and dispatch plans."""
+        t0 = time.perf_counter()
+        stats = self.monitor.window(now - self.cfg.timers.s1, now)
+        self.last_stats = stats
+        for s in stats:
+            if s.path == USER_XTR:
+                if s.rtt_ms is not None:
+                    self.metrics.probe_rtt.labels(user=s.subject, rloc=s.rloc).set(s.rtt_ms)
+                self.metrics.probe_availability.labels(user=s.subject, rloc=s.rloc).set(
+                    s.availability
+                )
+        if not self.users:
+            return []
+        arr = self.arrays(stats)
+        last = np.array([self._t(self.state[u.name]["last_switch"]) for u in self.users])
+        dec = decide_entry(
+            now, arr["through"], arr["through_ok"], self._current_idx(), self.sla, last, self.params
+        )
+        created = []
+        for i, u in enumerate(self.users):
+            self.metrics.sla_met.labels(user=u.name).set(1.0 if dec.sla_met[i] else 0.0)
+            if not dec.sla_met[i]:
+                self.metrics.sla_violations.labels(user=u.name).inc()
+                self.step2_due.setdefault(u.name, now + self.cfg.timers.s2)
+            if dec.switch[i]:
+                created.append(await self._entry_plan(i, arr, dec, now))
+            elif not dec.sla_met[i]:
+                log.info(
+                    "step 1 holds",
+                    extra={"user": u.name, "reason": REASON_TEXT[Reason(int(dec.reason[i]))]},
+                )
+        self.metrics.decision_seconds.labels(step="1").observe(time.perf_counter() - t0)
+        self.metrics.set_plans(self.store.plan_counts())
+        return created
+
+    async def _entry_plan(self, i: int, arr: dict[str, Any], dec: Any, now: float) -> str:
+        u = self.users[i]
+        crit: dict[str, tuple[float, float]] = {
+            k: (u.sla[k].weight, u.sla[k].max) for k in CRITERIA if k in u.sla
+        }
+        cols = [CRITERIA.index(k) for k in crit]
+        ranking = rank_entries(self.rlocs, arr["through"][i][:, cols], arr["through_ok"][i], crit)
+        chosen = self.rlocs[int(dec.best[i])]
+        assert ranking.choice == chosen, (ranking.choice, chosen)
+        prio = {r.name: r.priority for r in ranking.ranking}
+        vm = self.cfg.vm(u.vm)
+        params = {
+            "vm_eid": vm.eid,
+            "rloc": chosen,
+            "priorities": prio,
+            "notify": [x for x in (u.rloc, u.eid) if x is not None],
+        }
+        pid = self.store.create_plan(
+            u.name,
+            "entry_switch",
+            REASON_TEXT[Reason.SWITCH],
+            {
+                "window_end": now,
+                "s1": self.cfg.timers.s1,
+                "from": self.state[u.name]["entry"],
+                "through": self._user_values(i, arr["through"][i]),
+            },
+            {
+                "current_objective": _num(dec.current_objective[i]),
+                "best_objective": _num(dec.best_objective[i]),
+                "ranking": ranking.to_dict(),
+            },
+            [("EntrySwitch", params)],
+            dry_run=self.dry_run,
+        )
+        log.info(
+            "plan stored", extra={"plan": pid, "user": u.name, "kind": "entry_switch", "to": chosen}
+        )
+        await self.dispatch(pid)
+        return pid
+
+    # -- Step 2 --------------------------------------------------------------------
+    async def step2(self, now: float) -> list[str]:
+        """For users whose S'' is over: still violated -> VM placement and migration plans."""
+        due = [u for u, t in self.step2_due.items() if t <= now + 1e-9]
+        if not due:
+            return []
+        t0 = time.perf_counter()
+        for name in due:
+            del self.step2_due[name]
+        stats = self.monitor.window(now - self.cfg.timers.s2, now)
+        arr = self.arrays(stats)
+        idx = np.array([i for i, u in enumerate(self.users) if u.name in due], dtype=np.int64)
+        n_dc = len(self.dcs)
+        sla = Sla(self.sla.weights[idx], self.sla.bounds[idx])
+        cur = self._current_idx()[idx]
+        rows = np.arange(idx.size)
+        safe = np.where(cur >= 0, cur, 0)
+        cur_vals = arr["through"][idx, safe]
+        cur_ok = (cur >= 0) & arr["through_ok"][idx, safe]
+        pv, pu, entry = placement(arr["sub"][idx], arr["sub_ok"][idx], self.rloc_dc, n_dc, sla)
+        vms = [self.cfg.vm(self.users[i].vm) for i in idx]
+        host = np.array(
+            [self.dcs.index(self.state[self.users[i].name]["host"]) for i in idx], dtype=np.int64
+        )
+        demand = np.array([[v.memory_mib, v.vcpus] for v in vms], dtype=float)
+        residual = self._residual()
+        mig_s = migration_seconds(demand[:, 0], host, self.bandwidth, self.cfg.policy.dirty_factor)
+        per_dc, total = self._ongoing()
+        stay = np.array(
+            [self.users[i].expected_stay_s or self.cfg.policy.expected_stay_s for i in idx]
+        )
+        last = np.array([self._t(self.state[self.users[i].name]["last_migration"]) for i in idx])
+        pinned = np.array([v.pinned for v in vms])
+        dec = decide_migration(
+            now,
+            cur_vals,
+            cur_ok,
+            pv,
+            pu,
+            host,
+            sla,
+            demand,
+            residual,
+            pinned,
+            last,
+            stay,
+            mig_s,
+            per_dc,
+            total,
+            self.params,
+        )
+        created = []
+        for r in rows:
+            u = self.users[int(idx[r])]
+            if dec.migrate[r]:
+                dst = int(dec.best[r])
+                created.append(
+                    await self._migration_plan(
+                        u, vms[r], int(host[r]), dst, int(entry[r, dst]), dec, int(r), now
+                    )
+                )
+            else:
+                log.info(
+                    "step 2 holds",
+                    extra={"user": u.name, "reason": REASON_TEXT[Reason(int(dec.reason[r]))]},
+                )
+        self.metrics.decision_seconds.labels(step="2").observe(time.perf_counter() - t0)
+        self.metrics.set_plans(self.store.plan_counts())
+        return created
+
+    def _residual(self) -> np.ndarray:
+        res = np.array([[d.capacity.ram_mib, d.capacity.cpu] for d in self.cfg.dcs], dtype=float)
+        for v in self.cfg.vms:
+            user = next((u for u in self.users if u.vm == v.name), None)
+            host = self.state[user.name]["host"] if user is not None else v.host
+            res[self.dcs.index(host)] -= [v.memory_mib, v.vcpus]
+        out: np.ndarray = np.maximum(res, 0.0)
+        return out
+
+    def _ongoing(self) -> tuple[np.ndarray, int]:
+        per = np.zeros(len(self.dcs), dtype=np.int64)
+        total = 0
+        for p in self.store.plans(state=("approved", "ongoing")):
+            for a in p["actions"]:
+                if a["kind"] == "VmMigration" and a["state"] in ("pending", "ongoing"):
+                    total += 1
+                    per[self.dcs.index(a["params"]["src"])] += 1
+                    per[self.dcs.index(a["params"]["dst"])] += 1
+        return per, total
+
+    async def _migration_plan(
+        self, u: Any, vm: Any, src: int, dst: int, entry: int, dec: Any, r: int, now: float
+    ) -> str:
+        new_entry = self.rlocs[entry]
+        others = sorted(r_ for r_ in self.rlocs if r_ != new_entry)
+        prio = {new_entry: 1, **{x: i + 2 for i, x in enumerate(others)}}
+        bw = float(self.bandwidth[src, dst])
+        steps = [
+            (
+                "VmMigration",
+                {
+                    "vm": vm.name,
+                    "src": self.dcs[src],
+                    "dst": self.dcs[dst],
+                    "bandwidth_mbps": bw,
+                    "max_downtime_ms": self.cfg.policy.max_downtime_ms,
+                    "job_id": f"{u.name}-{vm.name}-{now:.3f}",
+                },
+            ),
+            (
+                "EntrySwitch",
+                {
+                    "vm_eid": vm.eid,
+                    "rloc": new_entry,
+                    "priorities": prio,
+                    "notify": [x for x in (u.rloc, u.eid) if x is not None],
+                },
+            ),
+        ]
+        pid = self.store.create_plan(
+            u.name,
+            "vm_migration",
+            REASON_TEXT[Reason.MIGRATE],
+            {"window_end": now, "s2": self.cfg.timers.s2, "from": self.dcs[src]},
+            {
+                "current_objective": _num(dec.current_objective[r]),
+                "best_objective": _num(dec.best_objective[r]),
+                "migration_s": _num(dec.migration_s[r]),
+            },
+            steps,
+            dry_run=self.dry_run,
+        )
+        log.info(
+            "plan stored",
+            extra={"plan": pid, "user": u.name, "kind": "vm_migration", "to": self.dcs[dst]},
+        )
+        await self.dispatch(pid)
+        return pid
+
+    # -- plans ----------------------------------------------------------------------
+    async def dispatch(self, pid: str) -> None:
+        if self.dry_run:
+            self.store.move_plan(pid, "recommended", "skipped", "dry-run")
+            return
+        if self.manual:
+            return  # waits for `pacao controller approve` or POST /plans/{id}/approve
+        self.store.approve(pid, by="auto")
+        self.start(pid)
+
+    def start(self, pid: str) -> None:
+        if pid in self.running and not self.running[pid].done():
+            return
+        self.running[pid] = asyncio.ensure_future(self.executor.run_plan(pid))
+
+    async def run_approved(self) -> None:
+        for p in self.store.plans(state="approved"):
+            self.start(p["id"])
+
+    async def drain(self) -> None:
+        """Wait for plans this process started (tests, shutdown)."""
+        tasks = [t for t in self.running.values() if not t.done()]
+        if tasks:
+            await asyncio.gather(*tasks)
+
+
+def _num(x: Any) -> float | None:
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+class Service:
+    """The asyncio process: loops for probing, Step 1, Step 2, approvals and the API."""
+
+    def __init__(self, ctl: Controller, api_server: Any = None) -> None:
+        self.ctl = ctl
+        self.api_server = api_server
+        self.stop = asyncio.Event()
+
+    async def _every(self, period: float, fn: Any) -> None:
+        clock = self.ctl.clock
+        nxt = clock.now() + period
+        while not self.stop.is_set():
+            await clock.sleep(nxt - clock.now())
+            try:
+                await fn(nxt)
+            except Exception:
+                log.exception("loop iteration failed")
+            nxt += period
+
+    async def serve(self) -> None:
+        ctl = self.ctl
+        t = ctl.cfg.timers
+        ctl.load_state()
+        await ctl.executor.recover(auto=not ctl.manual and not ctl.dry_run)
+
+        async def poll(_: float) -> None:
+            await ctl.monitor.poll()
+
+        async def step(now: float) -> None:
+            await ctl.step1(now)
+
+        async def step2(now: float) -> None:
+            await ctl.step2(now)
+
+        async def approvals(_: float) -> None:
+            await ctl.run_approved()
+
+        tasks: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._every(t.s3, poll)),
+            asyncio.ensure_future(self._every(t.s1, step)),
+            asyncio.ensure_future(self._every(t.s3, step2)),
+            asyncio.ensure_future(self._every(t.s3, approvals)),
+        ]
+        if self.api_server is not None:
+            tasks.append(asyncio.ensure_future(self.api_server.serve()))
+        log.info(
+            "controller started",
+            extra={"users": len(ctl.users), "dry_run": ctl.dry_run, "manual": ctl.manual},
+        )
+        await self.stop.wait()
+        if self.api_server is not None:
+            self.api_server.should_exit = True
+        for task in tasks[:4]:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for task in ctl.running.values():
+            task.cancel()
+        log.info("controller stopped")
+
+
+def build(
+    cfg: ControllerConfig,
+    clock: Clock | None = None,
+    dry_run: bool = False,
+    manual: bool = False,
+    sources: Sequence[Source] | None = None,
+) -> Controller:
+    clock = clock or SystemClock()
+    store = Store(cfg.storage.url, clock=clock)
+    d = cfg.drivers
+    mapping = load_driver("mapping", d.mapping.name, cfg, clock, dict(d.mapping.options))
+    hyper = load_driver("hypervisor", d.hypervisor.name, cfg, clock, dict(d.hypervisor.options))
+    return Controller(
+        cfg,
+        store,
+        sources if sources is not None else sources_from_config(cfg),
+        mapping,
+        hyper,
+        clock,
+        dry_run=dry_run,
+        manual=manual,
+    )
+
+
+def make_server(ctl: Controller, port: int | None = None) -> Any:
+    """A uvicorn server for the API in this event loop (signals stay with the service)."""
+    import uvicorn
+
+    from pacao.controller.api import create_app
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield
+
+    host, cfg_port = ctl.cfg.listen()
+    config = uvicorn.Config(
+        create_app(ctl, ctl.cfg.api_token()),
+        host=host,
+        port=cfg_port if port is None else port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    return _Server(config)
+
+
+def run_forever(config_path: Path, dry_run: bool = False, manual: bool = False) -> None:
+    """`pacao controller run`: until SIGINT/SIGTERM."""
+    cfg = load_config(config_path)
+    setup_logging()
+
+    async def main() -> None:
+        ctl = build(cfg, dry_run=dry_run, manual=manual)
+        svc = Service(ctl, make_server(ctl))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, svc.stop.set)
+        await svc.serve()
+
+    asyncio.run(main())

@@ -1,0 +1,465 @@
+"""Map-Server and Map-Resolver in one asyncio UDP process (RFC 9301 §4, §8).
+
+* Map-Register: the first record's EID prefix selects the site (exact match,
+  or more specific when the site accepts that); every record must belong to
+  that site; the HMAC must verify with the site key.  Otherwise the message is
+  dropped and counted.  Want-map-notify is answered with a Map-Notify signed
+  the same way, sent to the source address and port of the Map-Register.
+* Registrations expire after `registration_timeout` (default 180 s, three
+  60 s register intervals) or, when the T bit is set, after the Record TTL.
+* Map-Request (ECM-encapsulated, or plain): per EID record, longest-prefix
+  match per instance-id.  A registration with proxy-reply is answered with a
+  Map-Reply (A bit clear, like lispers.net); otherwise the ECM is forwarded
+  to the address and port the ETR registered from.  Unregistered EIDs get a
+  negative Map-Reply, action natively-forward, for the least-specific prefix
+  that overlaps no configured site (TTL `negative_ttl` minutes, 15 by
+  default), or, inside a configured site nobody registered, for the
+  least-specific hole in the site's registrations (TTL
+  `unregistered_site_ttl`, 1 minute).
+* Registrations are written to `state_file` (JSON, atomically) and reloaded.
+* Nothing a peer sends can stop the daemon: decoding errors and handler bugs
+  are counted in `stats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+from typing import Any
+
+from pacao.lisp import auth
+from pacao.lisp.address import EidPrefix
+from pacao.lisp.config import MapServerConfig, Site
+from pacao.lisp.lpm import PrefixTable
+from pacao.lisp.messages import (
+    ACTION_NATIVELY_FORWARD,
+    MAPPING_RECORD,
+    EncapsulatedControlMessage,
+    MapNotify,
+    MapNotifyAck,
+    MappingRecord,
+    MapRegister,
+    MapReply,
+    MapRequest,
+    Message,
+    decode_message,
+)
+from pacao.lisp.pcap import PcapWriter
+from pacao.lisp.udp import UdpEndpoint, open_udp
+from pacao.lisp.wire import LispDecodeError, Reader
+
+log = logging.getLogger("pacao.lisp.mapserver")
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registered EID prefix and how to reach the ETR that registered it."""
+
+    prefix: EidPrefix
+    site: str
+    record: MappingRecord
+    proxy_reply: bool
+    source: tuple[str, int]
+    registered_at: float
+    expires_at: float
+    xtr_id: bytes | None = None
+    site_id: bytes | None = None
+    reply_record: bytes = field(default=b"", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.reply_record:  # the proxy Map-Reply record, encoded once (A bit clear)
+            wire = MAPPING_RECORD.encode(replace(self.record, authoritative=False))
+            object.__setattr__(self, "reply_record", wire)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prefix": str(self.prefix),
+            "site": self.site,
+            "record": MAPPING_RECORD.encode(self.record).hex(),
+            "proxy_reply": self.proxy_reply,
+            "source": list(self.source),
+            "registered_at": self.registered_at,
+            "expires_at": self.expires_at,
+            "xtr_id": self.xtr_id.hex() if self.xtr_id else None,
+            "site_id": self.site_id.hex() if self.site_id else None,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Registration:
+        record: MappingRecord = MAPPING_RECORD.decode(Reader(bytes.fromhex(doc["record"])))
+        return cls(
+            prefix=record.prefix,
+            site=str(doc["site"]),
+            record=record,
+            proxy_reply=bool(doc["proxy_reply"]),
+            source=(str(doc["source"][0]), int(doc["source"][1])),
+            registered_at=float(doc["registered_at"]),
+            expires_at=float(doc["expires_at"]),
+            xtr_id=bytes.fromhex(doc["xtr_id"]) if doc.get("xtr_id") else None,
+            site_id=bytes.fromhex(doc["site_id"]) if doc.get("site_id") else None,
+        )
+
+
+_REPLY_DEFAULTS: dict[str, Any] = {
+    "probe": False,
+    "echo_nonce": False,
+    "security": False,
+    "reserved": 0,
+    "trailer": b"",
+}
+
+
+class TokenBucket:
+    """Per-source Map-Request rate limit; forgets idle sources to bound memory."""
+
+    def __init__(self, rate: float, burst: int, max_sources: int = 65536) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_sources = max_sources
+        self.tokens: dict[str, tuple[float, float]] = {}
+
+    def allow(self, source: str, now: float) -> bool:
+        level, last = self.tokens.get(source, (self.burst, now))
+        level = min(self.burst, level + (now - last) * self.rate)
+        if level < 1.0:
+            self.tokens[source] = (level, now)
+            return False
+        if len(self.tokens) >= self.max_sources and source not in self.tokens:
+            self.tokens.clear()
+        self.tokens[source] = (level - 1.0, now)
+        return True
+
+
+class MapServer:
+    """The daemon state and its UDP protocol handler."""
+
+    def __init__(self, config: MapServerConfig, pcap: PcapWriter | None = None) -> None:
+        self.config = config
+        self.pcap = pcap
+        self.stats: Counter[str] = Counter()
+        self.registrations: PrefixTable[Registration] = PrefixTable()
+        self.site_prefixes: PrefixTable[Site] = PrefixTable()
+        for site in config.sites:
+            for p in site.eid_prefixes:
+                self.site_prefixes.insert(p, site)
+        self.limiter = TokenBucket(config.map_request_rate, config.map_request_burst)
+        self.transport: UdpEndpoint | None = None
+        self.local: tuple[str, int] = config.listen
+        self.dirty = False
+        self.clock = time.time
+        if config.state_file is not None:
+            self.load_state(config.state_file)
+
+    # ------------------------------------------------------------------ transport
+    def connection_made(self, transport: UdpEndpoint) -> None:
+        self.transport = transport
+        sockname = transport.get_extra_info("sockname")
+        self.local = (sockname[0], sockname[1])
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is None:
+            return
+        try:
+            self.transport.sendto(data, addr)
+        except (OSError, ValueError) as exc:
+            self.stats["send_errors"] += 1
+            log.debug("send to %s failed: %s", addr, exc)
+            return
+        self.stats["sent"] += 1
+        if self.pcap is not None:
+            self.pcap.record(self.local, addr, data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.stats["socket_errors"] += 1
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        peer = (str(addr[0]), int(addr[1]))
+        self.stats["received"] += 1
+        if self.pcap is not None:
+            self.pcap.record(peer, self.local, data)
+        try:
+            msg = decode_message(data)
+        except LispDecodeError as exc:
+            self.stats["malformed"] += 1
+            log.debug("malformed from %s: %s", peer, exc)
+            return
+        try:
+            self.dispatch(msg, data, peer)
+        except Exception:  # a bug in a handler must not stop the service
+            self.stats["handler_errors"] += 1
+            log.exception("error handling a message from %s", peer)
+
+    def dispatch(self, msg: Message, data: bytes, peer: tuple[str, int]) -> None:
+        if isinstance(msg, MapRegister):
+            self.stats["map_register"] += 1
+            self.handle_register(msg, data, peer)
+        elif isinstance(msg, EncapsulatedControlMessage) and isinstance(msg.message, MapRequest):
+            self.stats["map_request"] += 1
+            self.handle_request(msg.message, peer, msg.udp.source_port, data)
+        elif isinstance(msg, MapRequest):
+            self.stats["map_request"] += 1
+            self.handle_request(msg, peer, peer[1], None)
+        elif isinstance(msg, MapNotifyAck):
+            self.stats["map_notify_ack"] += 1
+        else:
+            self.stats["ignored"] += 1
+
+    # ------------------------------------------------------------------ Map-Register
+    def site_for(self, prefix: EidPrefix) -> Site | None:
+        hit = self.site_prefixes.lookup(prefix)
+        if hit is None:
+            return None
+        allowed, site = hit
+        if allowed != prefix and not site.accept_more_specifics:
+            return None
+        return site
+
+    def handle_register(self, msg: MapRegister, data: bytes, peer: tuple[str, int]) -> None:
+        if not msg.records:
+            self.stats["register_rejected"] += 1
+            return
+        try:
+            prefixes = [r.prefix for r in msg.records]
+        except ValueError:
+            self.stats["register_rejected"] += 1
+            return
+        site = self.site_for(prefixes[0])
+        if site is None or any(self.site_for(p) is not site for p in prefixes[1:]):
+            self.stats["register_rejected"] += 1
+            log.info("Map-Register from %s for unconfigured prefixes %s", peer, prefixes)
+            return
+        if msg.alg_id == auth.ALG_NONE or msg.key_id != site.key_id:
+            self.stats["bad_auth"] += 1
+            return
+        if not auth.verify(data, site.key):
+            self.stats["bad_auth"] += 1
+            log.info("Map-Register from %s for site %s fails authentication", peer, site.name)
+            return
+        now = self.clock()
+        for rec, prefix in zip(msg.records, prefixes, strict=True):
+            lifetime = self.config.registration_timeout
+            if msg.use_ttl_for_timeout:
+                lifetime = rec.ttl * 60.0
+            reg = Registration(
+                prefix=prefix,
+                site=site.name,
+                record=rec,
+                proxy_reply=msg.proxy_reply,
+                source=peer,
+                registered_at=now,
+                expires_at=now + lifetime,
+                xtr_id=msg.xtr_id,
+                site_id=msg.site_id,
+            )
+            old = self.registrations.get(prefix)
+            self.registrations.insert(prefix, reg)
+            changed = old is None or (old.record, old.proxy_reply) != (rec, reg.proxy_reply)
+            refreshed = old is not None and old.expires_at + 1 < reg.expires_at
+            self.dirty = self.dirty or changed or refreshed
+        self.stats["registered"] += 1
+        if msg.want_map_notify:
+            notify = MapNotify(
+                nonce=msg.nonce,
+                records=msg.records,
+                key_id=msg.key_id,
+                xtr_id_present=msg.xtr_id_present,
+                xtr_id=msg.xtr_id,
+                site_id=msg.site_id,
+            )
+            short = len(msg.auth_data) == auth.TRUNCATED_SIZE[msg.alg_id]
+            signed = auth.sign(notify, site.key, msg.alg_id, truncated=short)
+            self.send(signed.to_bytes(), peer)
+            self.stats["map_notify_sent"] += 1
+
+    # ------------------------------------------------------------------ Map-Request
+    def handle_request(
+        self, req: MapRequest, peer: tuple[str, int], reply_port: int, ecm: bytes | None
+    ) -> None:
+        if not self.limiter.allow(peer[0], time.monotonic()):
+            self.stats["rate_limited"] += 1
+            return
+        if req.probe or req.smr:
+            self.stats["ignored"] += 1  # probes and SMRs are for xTRs
+            return
+        now = self.clock()
+        answers: list[MappingRecord | bytes] = []
+        forward_to: set[tuple[str, int]] = set()
+        for rr in req.records:
+            try:
+                query = rr.prefix
+            except ValueError:
+                self.stats["unsupported_eid"] += 1
+                continue
+            hit = self.registrations.lookup(query)
+            if hit is not None and hit[1].expires_at <= now:
+                self.expire(now)
+                hit = self.registrations.lookup(query)
+            if hit is None:
+                answers.append(self.negative(query))
+                self.stats["negative_reply"] += 1
+                continue
+            reg = hit[1]
+            if reg.proxy_reply or ecm is None:
+                answers.append(reg.reply_record)
+                self.stats["proxy_reply"] += 1
+            else:
+                forward_to.add(reg.source)
+        for dest in forward_to:
+            assert ecm is not None
+            self.send(ecm, dest)
+            self.stats["forwarded"] += 1
+        if answers:  # pre-encoded records pass through the List element as bytes
+            reply = MapReply.STRUCT.encode(
+                {**_REPLY_DEFAULTS, "nonce": req.nonce, "records": answers}
+            )
+            self.send(reply, (self.reply_address(req, peer), reply_port))
+
+    def reply_address(self, req: MapRequest, peer: tuple[str, int]) -> str:
+        """The first ITR-RLOC of our socket's family, else the packet's source."""
+        v6 = ":" in self.local[0]
+        for rloc in req.itr_rlocs:
+            if isinstance(rloc, IPv6Address if v6 else IPv4Address):
+                return str(rloc)
+        return peer[0]
+
+    def negative(self, query: EidPrefix) -> MappingRecord:
+        site_hit = self.site_prefixes.lookup(query)
+        if site_hit is None:
+            gap = self.site_prefixes.gap(query) or query
+            ttl = self.config.negative_ttl
+        else:
+            shortest = site_hit[0].network.prefixlen
+            gap = self.registrations.gap(query, shortest) or query
+            ttl = self.config.unregistered_site_ttl
+        return MappingRecord.for_prefix(gap, ttl=ttl, action=ACTION_NATIVELY_FORWARD)
+
+    # ------------------------------------------------------------------ time and state
+    def expire(self, now: float | None = None) -> int:
+        now = self.clock() if now is None else now
+        dead = [p for p, r in self.registrations.items() if r.expires_at <= now]
+        for p in dead:
+            self.registrations.remove(p)
+        if dead:
+            self.stats["expired"] += len(dead)
+            self.dirty = True
+        return len(dead)
+
+    def state_doc(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "saved_at": self.clock(),
+            "registrations": [r.to_json() for _, r in self.registrations.items()],
+        }
+
+    def save_state(self) -> None:
+        path = self.config.state_file
+        if path is None:
+            return
+        atomic_write_json(path, self.state_doc())
+        self.dirty = False
+
+    def load_state(self, path: Path) -> None:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable state file %s: %s", path, exc)
+            self.stats["state_errors"] += 1
+            return
+        now = self.clock()
+        regs = doc.get("registrations", []) if isinstance(doc, dict) else []
+        for item in regs:
+            try:
+                reg = Registration.from_json(item)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                self.stats["state_errors"] += 1
+                log.warning("ignoring a bad registration in %s: %s", path, exc)
+                continue
+            if reg.expires_at <= now or self.site_for(reg.prefix) is None:
+                continue  # expired while down, or the site was removed from the config
+            self.registrations.insert(reg.prefix, reg)
+            self.stats["restored"] += 1
+
+    def stats_doc(self) -> dict[str, Any]:
+        return {
+            "registrations": len(self.registrations),
+            "listen": f"{self.local[0]}:{self.local[1]}",
+            **dict(sorted(self.stats.items())),
+        }
+
+    async def housekeeping(self, period: float = 0.5) -> None:
+        """Expire registrations, flush state and stats; runs until cancelled."""
+        last_stats: dict[str, Any] | None = None
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.expire()
+                if self.dirty:
+                    self.save_state()
+                if self.config.stats_file is not None:
+                    doc = self.stats_doc()
+                    if doc != last_stats:
+                        atomic_write_json(self.config.stats_file, doc)
+                        last_stats = doc
+                if self.pcap is not None:
+                    self.pcap.flush()
+            except OSError as exc:
+                self.stats["state_errors"] += 1
+                log.warning("housekeeping: %s", exc)
+
+
+def atomic_write_json(path: Path, doc: Any) -> None:
+    """Write JSON to a temporary file in the same directory, fsync, then rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+async def open_map_server(
+    config: MapServerConfig, pcap: PcapWriter | None = None
+) -> tuple[MapServer, UdpEndpoint]:
+    """Bind the UDP socket and return the server (with `.local` set) and its endpoint."""
+    server = MapServer(config, pcap)
+    endpoint = open_udp(config.listen[0], config.listen[1], server.datagram_received)
+    server.connection_made(endpoint)
+    return server, endpoint
+
+
+async def serve(config: MapServerConfig, pcap: PcapWriter | None = None) -> None:
+    """Run until SIGINT/SIGTERM; state is saved on the way out."""
+    import signal
+
+    server, transport = await open_map_server(config, pcap)
+    print(f"pacao lisp map-server: listening on {server.local[0]}:{server.local[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(server.housekeeping())
+    try:
+        await stop.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        transport.close()
+        server.expire()
+        server.save_state()
+        if config.stats_file is not None:
+            atomic_write_json(config.stats_file, server.stats_doc())
+        if pcap is not None:
+            pcap.close()

@@ -1,0 +1,242 @@
+"""The corrected MILP of eq. (4)-(9) in HiGHS, and the paper's batched math-heuristic.
+
+    min  sum_u T_u
+    s.t. sum_d r_ud = 1                                   (5)
+         n_d = sum_u r_ud <= floor(C_d - e_d)             (6)
+         L_d >= a_i (n_d + e_d) / C_d + b_i   every piece i of f_d (replaces 7-8)
+         T_u >= (L_d + l_ud) / LT_u - M_ud (1 - r_ud)     (9, as a penalty)
+         T_u >= 1,  r binary,  L_d <= Lmax_d
+
+f_d convex means f_d(x) = max_i (a_i x + b_i): L_d >= every piece is exact
+because the objective pushes L_d down to f_d(x_d) whenever a user pays for it.
+M_ud = (Lmax_d + l_ud) / LT_u - 1 with Lmax_d = f_d at full capacity is the
+smallest constant that leaves the row slack for r_ud = 0 (T_u >= 1 and
+L_d <= Lmax_d); a row with M_ud <= 0 can never bind and is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+
+import highspy
+import numpy as np
+
+from pacao.optimize.assign.model import (
+    AssignProblem,
+    AssignResult,
+    InfeasibleError,
+    evaluate,
+)
+from pacao.optimize.highs_util import new_highs
+from pacao.optimize.penalty import IntArray
+
+_INF = highspy.kHighsInf
+#: A HiGHS dual bound above the objective by less than this (relative) is tolerance noise.
+BOUND_TOL = 1e-7
+
+
+class SolverLimitError(RuntimeError):
+    """The solver stopped at its limit without any feasible assignment."""
+
+
+def _build(p: AssignProblem) -> tuple[highspy.Highs, IntArray, IntArray]:
+    nu, nd = p.n_users, p.n_dcs
+    pu, pd = np.nonzero(p.allowed)
+    npair = pu.size
+    room = p.room
+    lmin = np.array([float(p.level(d, 0)) for d in range(nd)])
+    lmax = np.array([float(p.level(d, int(room[d]))) for d in range(nd)])
+    lat = p.latency[pu, pd]
+    lt = p.bound[pu]
+    big_m = (lmax[pd] + lat) / lt - 1.0
+    t_ub = np.ones(nu)
+    np.maximum.at(t_ub, pu, (lmax[pd] + lat) / lt)
+    if p.integer_penalty:
+        t_ub = np.ceil(t_ub)
+    # Columns: r (npair) | L_d (nd) | T_u (nu).
+    col_l, col_t = npair, npair + nd
+    h = new_highs()
+    h.setOptionValue("mip_rel_gap", 1e-9)
+    h.setOptionValue("mip_abs_gap", 1e-9)
+    h.setOptionValue("mip_feasibility_tolerance", 1e-9)
+    h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+    lower = np.concatenate([np.zeros(npair), lmin, np.ones(nu)])
+    upper = np.concatenate([np.ones(npair), lmax, t_ub])
+    h.addVars(lower.size, lower, upper)
+    cost = np.concatenate([np.zeros(npair + nd), np.ones(nu)])
+    h.changeColsCost(cost.size, np.arange(cost.size, dtype=np.int32), cost)
+    integer = (
+        np.arange(npair)
+        if not p.integer_penalty
+        else np.r_[np.arange(npair), col_t + np.arange(nu)]
+    )
+    h.changeColsIntegrality(
+        integer.size,
+        integer.astype(np.int32),
+        np.full(integer.size, highspy.HighsVarType.kInteger),
+    )
+    rows = _Rows()
+    pairs = np.arange(npair)
+    # (5) one DC per user.
+    for u_pairs in np.split(pairs, np.flatnonzero(np.diff(pu)) + 1):
+        rows.add(1.0, 1.0, u_pairs, np.ones(u_pairs.size))
+    by_dc = [pairs[pd == d] for d in range(nd)]
+    for d in range(nd):
+        k = by_dc[d]
+        # (6) capacity.
+        rows.add(-_INF, float(room[d]), k, np.ones(k.size))
+        # (7) corrected: L_d >= a_i (n_d + e_d) / C_d + b_i for every piece.
+        for a, b in p.functions[d].pieces():
+            coef = a / p.capacity[d]
+            rhs = a * p.existing[d] / p.capacity[d] + b
+            if rhs <= lmin[d] and coef == 0.0:
+                continue
+            rows.add(rhs, _INF, np.r_[col_l + d, k], np.r_[1.0, np.full(k.size, -coef)])
+    # (9) as a penalty: T_u - L_d / LT_u - M r_ud >= l_ud / LT_u - M.
+    for j in np.flatnonzero(big_m > 0):
+        rows.add(
+            float(lat[j] / lt[j] - big_m[j]),
+            _INF,
+            np.array([col_t + pu[j], col_l + pd[j], j]),
+            np.array([1.0, -1.0 / lt[j], -big_m[j]]),
+        )
+    # Valid cut: u on d means n_d >= 1, so T_u >= c_ud(f_d at one new user). It
+    # gives the LP relaxation the congestion-free cost the BigM rows hide.
+    l1 = np.array([float(p.level(d, min(1, int(room[d])))) for d in range(nd)])
+    floor_cost = p.cost(lat, pu, l1[pd])
+    for u_pairs in np.split(pairs, np.flatnonzero(np.diff(pu)) + 1):
+        rows.add(
+            0.0,
+            _INF,
+            np.r_[col_t + pu[u_pairs[0]], u_pairs],
+            np.r_[1.0, -floor_cost[u_pairs]],
+        )
+    rows.flush(h)
+    return h, pu, pd
+
+
+class _Rows:
+    """Collect rows and pass them to HiGHS in one call (row-wise CSR)."""
+
+    def __init__(self) -> None:
+        self.lo: list[float] = []
+        self.hi: list[float] = []
+        self.idx: list[np.ndarray] = []
+        self.val: list[np.ndarray] = []
+
+    def add(self, lo: float, hi: float, idx: np.ndarray, val: np.ndarray) -> None:
+        self.lo.append(lo)
+        self.hi.append(hi)
+        self.idx.append(np.asarray(idx, dtype=np.int32))
+        self.val.append(np.asarray(val, dtype=np.float64))
+
+    def flush(self, h: highspy.Highs) -> None:
+        sizes = np.array([i.size for i in self.idx], dtype=np.int64)
+        starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int32)
+        h.addRows(
+            len(self.lo),
+            np.array(self.lo),
+            np.array(self.hi),
+            int(sizes.sum()),
+            starts,
+            np.concatenate(self.idx),
+            np.concatenate(self.val),
+        )
+
+
+def solve_milp(p: AssignProblem, time_limit: float | None = None) -> AssignResult:
+    """Exact for small instances; with ``time_limit`` the best assignment and HiGHS's bound."""
+    start = time.perf_counter()
+    p.check_feasible()
+    h, pu, pd = _build(p)
+    if time_limit is not None:
+        h.setOptionValue("time_limit", float(time_limit))
+    h.run()
+    status = h.getModelStatus()
+    info = h.getInfo()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        raise InfeasibleError(
+            "users", p.n_users, "infeasible: the allowed DCs cannot take every user within capacity"
+        )
+    has_solution = info.primal_solution_status == highspy.SolutionStatus.kSolutionStatusFeasible
+    if not has_solution:
+        raise SolverLimitError(f"HiGHS found no assignment ({h.modelStatusToString(status)})")
+    x = np.asarray(h.getSolution().col_value)[: pu.size]
+    take = x > 0.5
+    choice = np.empty(p.n_users, dtype=np.int64)
+    choice[pu[take]] = pd[take]
+    ev = evaluate(p, choice)
+    bound = float(info.mip_dual_bound)
+    if bound > ev.objective:
+        if bound > ev.objective * (1 + BOUND_TOL) + BOUND_TOL:
+            raise AssertionError(f"HiGHS bound {bound} above objective {ev.objective}")
+        bound = ev.objective
+    return AssignResult(
+        solver="milp",
+        choice=choice,
+        evaluation=ev,
+        lower_bound=bound,
+        seconds=time.perf_counter() - start,
+        optimal=status == highspy.HighsModelStatus.kOptimal,
+        notes={"highs_status": h.modelStatusToString(status), "nodes": int(info.mip_node_count)},
+    )
+
+
+def subproblem(p: AssignProblem, users: IntArray, existing: np.ndarray) -> AssignProblem:
+    """The instance restricted to ``users`` with existing loads replaced."""
+    return AssignProblem(
+        dc_names=p.dc_names,
+        capacity=p.capacity,
+        existing=np.asarray(existing, dtype=np.float64),
+        functions=p.functions,
+        user_ids=tuple(p.user_ids[int(u)] for u in users),
+        bound=p.bound[users],
+        latency=p.latency[users],
+        integer_penalty=p.integer_penalty,
+    )
+
+
+def solve_batched(
+    p: AssignProblem, batch_size: int, time_limit: float | None = None
+) -> AssignResult:
+    """The paper's math-heuristic: batches in input order, each solved exactly, then frozen.
+
+    Each batch sees the earlier batches' users as existing load e_d, and
+    ignores the latency it adds to them: that is what makes it a heuristic.
+    No lower bound is proven.
+    """
+    if batch_size < 1:
+        raise InfeasibleError("--batch-size", batch_size, "expected an integer >= 1")
+    start = time.perf_counter()
+    p.check_feasible()
+    choice = np.empty(p.n_users, dtype=np.int64)
+    existing = p.existing.copy()
+    n_batches = 0
+    for first in range(0, p.n_users, batch_size):
+        users = np.arange(first, min(first + batch_size, p.n_users))
+        left = None
+        if time_limit is not None:
+            # Share what is left evenly over the remaining batches: each keeps its best.
+            batches_left = -(-(p.n_users - first) // batch_size)
+            left = max(0.5, (time_limit - (time.perf_counter() - start)) / batches_left)
+        sub = subproblem(p, users, existing)
+        try:
+            res = solve_milp(sub, left)
+        except InfeasibleError:
+            raise InfeasibleError(
+                "--batch-size",
+                batch_size,
+                f"infeasible for the batched heuristic: batch {n_batches + 1} (users "
+                f"{first + 1}..{users[-1] + 1}) has no room left after the earlier batches",
+            ) from None
+        choice[users] = res.choice
+        existing = existing + np.bincount(res.choice, minlength=p.n_dcs)
+        n_batches += 1
+    return AssignResult(
+        solver="batched",
+        choice=choice,
+        evaluation=evaluate(p, choice),
+        lower_bound=None,
+        seconds=time.perf_counter() - start,
+        notes={"batches": n_batches, "batch_size": batch_size},
+    )

@@ -1,0 +1,290 @@
+"""Multi-user assignment: solvers checked against brute-force enumeration from the definition."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from pacao.cli import app
+from pacao.errors import InputError
+from pacao.optimize.assign import InfeasibleError, problem_from_dict, solve_assign
+from pacao.optimize.assign.instances import random_instance
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+# --- an independent reference: the objective from the definition, by enumeration ---------
+
+
+def f_ref(points: list[list[float]], x: float) -> float:
+    """Piecewise-linear interpolation written out, not np.interp."""
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    raise AssertionError(f"load {x} outside the breakpoints")
+
+
+def objective_ref(doc: dict[str, Any], assignment: dict[str, str], integer: bool) -> float:
+    """sum_u T_u of an assignment {user: dc}, computed from the document alone."""
+    dcs = {d["name"]: d for d in doc["dcs"]}
+    count = dict.fromkeys(dcs, 0)
+    for dc in assignment.values():
+        count[dc] += 1
+    total = 0.0
+    for user in doc["users"]:
+        dc = assignment[str(user["id"])]
+        spec = dcs[dc]
+        assert count[dc] + spec.get("existing", 0) <= spec["capacity"] + 1e-9
+        points = spec.get("latency_function", doc.get("latency_function"))["breakpoints"]
+        x = (count[dc] + spec.get("existing", 0)) / spec["capacity"]
+        ratio = (user["latency_ms"][dc] + f_ref(points, x)) / user["bound_ms"]
+        t = math.ceil(ratio - 1e-9) if integer else ratio
+        total += max(1.0, t)
+    return total
+
+
+def brute_force(doc: dict[str, Any], integer: bool) -> float | None:
+    """Minimum over every assignment of users to allowed DCs; None when none is feasible."""
+    users = doc["users"]
+    best: float | None = None
+    for combo in itertools.product(*[sorted(u["latency_ms"]) for u in users]):
+        assignment = {str(u["id"]): dc for u, dc in zip(users, combo, strict=True)}
+        count: dict[str, int] = {}
+        for dc in combo:
+            count[dc] = count.get(dc, 0) + 1
+        caps = {d["name"]: d["capacity"] - d.get("existing", 0) for d in doc["dcs"]}
+        if any(n > math.floor(caps[dc] + 1e-9) for dc, n in count.items()):
+            continue
+        value = objective_ref(doc, assignment, integer)
+        best = value if best is None else min(best, value)
+    return best
+
+
+@st.composite
+def instances(draw: st.DrawFn) -> dict[str, Any]:
+    n_dcs = draw(st.integers(1, 3))
+    n_users = draw(st.integers(1, 5))
+    slopes = sorted(draw(st.lists(st.integers(0, 400), min_size=1, max_size=3)))
+    cuts = sorted(draw(st.sets(st.sampled_from([0.25, 0.5, 0.75]), max_size=len(slopes) - 1)))
+    xs = [0.0, *cuts, 1.0][: len(slopes) + 1]
+    xs[-1] = 1.0
+    ys = [float(draw(st.integers(0, 10)))]
+    for i in range(1, len(xs)):
+        ys.append(ys[-1] + slopes[i - 1] * (xs[i] - xs[i - 1]))
+    points = [[x, y] for x, y in zip(xs, ys, strict=True)]
+    dcs = []
+    for d in range(n_dcs):
+        cap = draw(st.integers(1, 4))
+        dcs.append({"name": f"d{d}", "capacity": cap, "existing": draw(st.integers(0, cap - 1))})
+    users = []
+    for u in range(n_users):
+        allowed = draw(st.sets(st.integers(0, n_dcs - 1), min_size=1, max_size=n_dcs))
+        lat = {f"d{d}": draw(st.integers(30, 100)) for d in sorted(allowed)}
+        users.append({"id": f"u{u}", "bound_ms": draw(st.integers(35, 80)), "latency_ms": lat})
+    return {"latency_function": {"breakpoints": points}, "dcs": dcs, "users": users}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=instances(), integer=st.booleans())
+def test_solvers_against_enumeration(doc: dict[str, Any], integer: bool) -> None:
+    best = brute_force(doc, integer)
+    problem = problem_from_dict(doc, integer_penalty=integer)
+    if best is None:
+        for solver in ("milp", "lagrange", "batched"):
+            with pytest.raises(InfeasibleError):
+                solve_assign(problem, solver, batch_size=2)
+        return
+    milp = solve_assign(problem, "milp")
+    assignment = {problem.user_ids[u]: problem.dc_names[d] for u, d in enumerate(milp.choice)}
+    assert milp.objective == pytest.approx(objective_ref(doc, assignment, integer), rel=1e-9)
+    assert milp.objective == pytest.approx(best, rel=1e-7, abs=1e-7)
+    assert milp.optimal
+    for solver in ("lagrange", "batched"):
+        try:
+            res = solve_assign(problem, solver, batch_size=2)
+        except InfeasibleError:
+            # Feasible overall; the batched heuristic may paint itself into a corner.
+            assert solver == "batched"
+            continue
+        a = {problem.user_ids[u]: problem.dc_names[d] for u, d in enumerate(res.choice)}
+        assert res.objective == pytest.approx(objective_ref(doc, a, integer), rel=1e-9)
+        assert res.objective >= best - 1e-7
+    for res in (milp, solve_assign(problem, "lagrange")):
+        assert res.lower_bound is not None
+        assert res.lower_bound <= best + 1e-7
+
+
+def test_lagrange_bound_and_gap_on_a_realistic_instance() -> None:
+    p = random_instance(1500, 16, seed=3)
+    res = solve_assign(p, "lagrange", time_limit=30)
+    assert res.lower_bound is not None and res.gap is not None
+    assert res.lower_bound <= res.objective
+    assert np.all(res.evaluation.load <= p.room)
+    # The same instance with the paper's heuristic: ours must not be worse by much, and the
+    # bound must sit below what the heuristic achieves as well.
+    batched = solve_assign(p, "batched", batch_size=500, time_limit=20)
+    assert res.lower_bound <= batched.objective
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    r = runner.invoke(app, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("solver", ["milp", "batched", "lagrange"])
+def test_cli_example_and_gap_recomputed(solver: str) -> None:
+    path = ROOT / "examples/assign-small.yaml"
+    code, out, err = run("assign", str(path), "--solver", solver, "--batch-size", "3")
+    assert code == 0, err
+    result = json.loads(out)
+    doc = yaml.safe_load(path.read_text())
+    assert result["objective"] == pytest.approx(objective_ref(doc, result["assignment"], False))
+    assert sum(result["dc_load"].values()) == len(doc["users"])
+    if result["lower_bound"] is not None:
+        assert result["lower_bound"] <= result["objective"] + 1e-9
+        gap = (result["objective"] - result["lower_bound"]) / result["objective"]
+        assert result["gap"] == pytest.approx(gap, abs=1e-12)
+    else:
+        assert solver == "batched" and result["gap"] is None
+    best = brute_force(doc, False)
+    assert best is not None and result["objective"] >= best - 1e-9
+    if solver == "milp":
+        assert result["objective"] == pytest.approx(best)
+
+
+def test_cli_integer_penalty_matches_enumeration() -> None:
+    path = ROOT / "examples/assign-small.yaml"
+    code, out, _ = run("assign", str(path), "--solver", "milp", "--integer-penalty")
+    assert code == 0
+    result = json.loads(out)
+    doc = yaml.safe_load(path.read_text())
+    assert result["integer_penalty"] is True
+    assert result["objective"] == pytest.approx(brute_force(doc, True))
+    assert float(result["objective"]).is_integer()
+
+
+def _doc() -> dict[str, Any]:
+    return {
+        "latency_function": {"breakpoints": [[0, 0], [0.5, 5], [1, 700]]},
+        "dcs": [{"name": "a", "capacity": 2, "existing": 0}, {"name": "b", "capacity": 2}],
+        "users": [
+            {"id": "x", "bound_ms": 50, "latency_ms": {"a": 40, "b": 60}},
+            {"id": "y", "bound_ms": 50, "latency_ms": {"a": 45}},
+        ],
+    }
+
+
+def _with(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    doc = _doc()
+    target: Any = doc
+    for key in path[:-1]:
+        target = target[key]
+    if value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return doc
+
+
+_DELETE = object()
+
+MALFORMED = [
+    (("dcs",), _DELETE, "dcs"),
+    (("users",), [], "users"),
+    (("dcs", 0, "capacity"), -1, "dcs[0].capacity"),
+    (("dcs", 0, "capacity"), True, "dcs[0].capacity"),
+    (("dcs", 0, "existing"), 3, "dcs[0].existing"),
+    (("dcs", 1, "name"), "a", "dcs[1].name"),
+    (("dcs", 0, "colour"), "red", "dcs[0].colour"),
+    (("users", 0, "bound_ms"), 0, "users[0].bound_ms"),
+    (("users", 0, "latency_ms"), {"zz": 40}, "users[0].latency_ms"),
+    (("users", 0, "latency_ms", "a"), -5, "users[0].latency_ms.a"),
+    (("users", 1, "id"), "x", "users[1].id"),
+    (("latency_function",), _DELETE, "dcs[0].latency_function"),
+    (("latency_function", "breakpoints"), "steep", "latency_function.breakpoints"),
+    (("latency_function", "breakpoints"), [[0.1, 0], [1, 5]], "latency_function.breakpoints[0][0]"),
+    (("latency_function", "breakpoints"), [[0, 0], [0.9, 5]], "latency_function.breakpoints[1][0]"),
+    (("latency_function", "breakpoints"), [[0, 9], [1, 5]], "latency_function.breakpoints[1][1]"),
+    (
+        ("latency_function", "breakpoints"),
+        [[0, 0], [0.5, 100], [1, 120]],
+        "latency_function.breakpoints[2]",
+    ),
+    (("latency_function", "breakpoints"), [[0, 0], [0.5, 5], [0.5, 9], [1, 20]], "[2][0]"),
+    (("integer_penalty",), "yes", "integer_penalty"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field"), MALFORMED)
+def test_malformed_input_is_one_line_exit_2(
+    tmp_path: Path, path: tuple[Any, ...], value: Any, field: str
+) -> None:
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(_with(path, value)))
+    code, out, err = run("assign", str(f))
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pacao: error: ")
+    assert field in lines[0]
+
+
+def test_non_convex_function_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(
+        yaml.safe_dump(_with(("latency_function", "breakpoints"), [[0, 0], [0.5, 100], [1, 120]]))
+    )
+    _, _, err = run("assign", str(f))
+    assert "convex" in err
+
+
+@pytest.mark.parametrize("solver", ["milp", "batched", "lagrange"])
+def test_infeasible_instances_exit_2(tmp_path: Path, solver: str) -> None:
+    cases = [
+        _with(("dcs", 0, "capacity"), 0.5),  # total room 0 + 2 < ... with b's 2: y cannot fit
+        _with(("dcs",), [{"name": "a", "capacity": 1}]),  # room 1 for 2 users
+        _with(("dcs", 0, "existing"), 2),  # a is full, y may only use a
+    ]
+    cases[1]["users"][0]["latency_ms"] = {"a": 40}
+    for i, doc in enumerate(cases):
+        f = tmp_path / f"inf{i}.yaml"
+        f.write_text(yaml.safe_dump(doc))
+        code, out, err = run("assign", str(f), "--solver", solver, "--batch-size", "1")
+        assert code == 2 and out == "", (i, err)
+        assert len(err.strip().splitlines()) == 1 and "infeasible" in err, (i, err)
+
+
+def test_hall_violation_is_infeasible() -> None:
+    """Enough total room, but two users may only use a DC with room for one."""
+    doc = _doc()
+    doc["dcs"][0]["existing"] = 1
+    doc["users"][0]["latency_ms"] = {"a": 40}
+    p = problem_from_dict(doc)
+    for solver in ("milp", "lagrange", "batched"):
+        with pytest.raises(InfeasibleError):
+            solve_assign(p, solver, batch_size=1)
+
+
+def test_bad_options_exit_2() -> None:
+    path = str(ROOT / "examples/assign-small.yaml")
+    for args in (["--batch-size", "0"], ["--time-limit", "-1"], ["--solver", "gurobi"]):
+        code, _, err = run("assign", path, *args)
+        assert code == 2 and err.startswith("pacao: error: "), args
+
+
+def test_input_error_type_is_shared() -> None:
+    with pytest.raises(InputError):
+        problem_from_dict({"dcs": "nope"})

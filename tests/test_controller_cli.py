@@ -1,0 +1,235 @@
+"""`pacao controller` as an operator runs it: check-config errors, dry-run, manual approval,
+driver plug-ins through entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pacao.cli import app
+from pacao.controller.clock import ManualClock
+from pacao.controller.config import load_config
+from pacao.controller.drivers import available, load_driver
+from pacao.controller.service import build
+from pacao.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples/controller.yaml"
+runner = CliRunner()
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    r = runner.invoke(app, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_example_config_is_valid() -> None:
+    code, out, err = cli("controller", "check-config", str(EXAMPLE))
+    assert code == 0, err
+    assert out.startswith("ok: 4 DCs, 1 VMs, 1 users")
+
+
+def edit(tmp: Path, change: Any) -> Path:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    change(doc)
+    f = tmp / "c.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    return f
+
+
+BAD = [
+    (lambda d: d["users"][0]["sla"]["rtt"].update(weight=0.5), "users[0].sla.*.weight"),
+    (lambda d: d["users"][0]["sla"].update(rttt={"weight": 0, "max": 1}), "users[0].sla.rttt"),
+    (lambda d: d["vms"][0].update(host="nowhere"), "vms[0].host"),
+    (lambda d: d["dcs"][1].update(rlocs=["192.0.2.1"]), "dcs[1].rlocs[0]"),
+    (lambda d: d["dcs"][0]["location"].update(lat=123), "dcs[0].location.lat"),
+    (lambda d: d["timers"].update(s2=20), "timers.s2"),
+    (lambda d: d["timers"].pop("s1"), "timers.s1"),
+    (lambda d: d["users"][0].update(vm="ghost"), "users[0].vm"),
+    (lambda d: d["drivers"]["hypervisor"].update(name="vmware"), "drivers.hypervisor.name"),
+    (lambda d: d["api"].update(token="x"), "api"),
+    (lambda d: d.update(extra=1), "extra"),
+    (lambda d: d["vms"][0].update(eid="10.1.0.10/33"), "vms[0].eid"),
+]
+
+
+@pytest.mark.parametrize(("change", "path"), BAD)
+def test_bad_configs_name_the_key_in_one_line(tmp_path: Path, change: Any, path: str) -> None:
+    code, out, err = cli("controller", "check-config", str(edit(tmp_path, change)))
+    assert code == 2 and out == ""
+    assert err.startswith(f"pacao: error: {path}:") and err.count("\n") == 1, err
+
+
+def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
+    code, _, err = cli("controller", "check-config", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "l.yaml").write_text("- 1\n")
+    code, _, err = cli("controller", "check-config", str(tmp_path / "l.yaml"))
+    assert code == 2 and err.startswith("pacao: error: <document>")
+
+
+class Stats:
+    """A measurement source whose samples the test sets (no network)."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.rtt = {
+            "192.0.2.1": 30.0,
+            "192.0.2.2": 35.0,
+            "198.51.100.1": 45.0,
+            "198.51.100.129": 90.0,
+        }
+        self.now = 0.0
+
+    async def fetch(self) -> Any:
+        samples = []
+        for rloc, rtt in self.rtt.items():
+            for i in range(10):
+                ts = self.now - i
+                samples.append(
+                    {
+                        "kind": "rloc-probe",
+                        "ts": ts,
+                        "local_rloc": rloc,
+                        "rloc": "203.0.113.50",
+                        "rtt_ms": rtt,
+                    }
+                )
+                vm = 0.2 if rloc == "192.0.2.1" else 40.0
+                samples.append(
+                    {
+                        "kind": "eid-probe",
+                        "ts": ts,
+                        "local_rloc": rloc,
+                        "eid": "10.1.0.10/32",
+                        "rtt_ms": vm,
+                    }
+                )
+        return {"format": "pacao-xtr-stats/1", "samples": samples}
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("PACAO_API_TOKEN", "t")
+    yield edit(tmp_path, lambda d: d["storage"].update(url=f"sqlite:///{tmp_path / 'x.db'}"))
+
+
+def cycle(ctl: Any, src: Stats, clock: ManualClock) -> list[str]:
+    """One S' window with dc1 (TelcoCenter) stressed, then Step 2 S'' later."""
+
+    async def go() -> list[str]:
+        ctl.load_state()
+        clock.advance(10)
+        src.now = clock.now() - 0.5
+        await ctl.monitor.poll()
+        made = await ctl.step1(clock.now())
+        await ctl.drain()
+        clock.advance(5)
+        src.now = clock.now() - 0.1
+        await ctl.monitor.poll()
+        made += await ctl.step2(clock.now())
+        await ctl.drain()
+        return list(made)
+
+    return asyncio.run(go())
+
+
+def test_dry_run_records_plans_and_never_acts(config: Path) -> None:
+    clock = ManualClock(1000.0)
+    src = Stats()
+    src.rtt["192.0.2.1"] = 400.0
+    ctl = build(load_config(config), clock=clock, dry_run=True, sources=[src])
+    made = cycle(ctl, src, clock)
+    plans = [ctl.store.plan(p) for p in made]
+    # The entry was never switched, so Step 2 still sees the violation and records the
+    # migration it would make too; nothing touches the drivers.
+    assert [(p["kind"], p["state"], p["dry_run"]) for p in plans] == [  # type: ignore[index]
+        ("entry_switch", "skipped", True),
+        ("vm_migration", "skipped", True),
+    ]
+    assert plans[0]["actions"][0]["params"]["rloc"] == "192.0.2.2"  # type: ignore[index]
+    assert plans[1]["actions"][0]["params"]["dst"] == "marilyn"  # type: ignore[index]
+    assert ctl.mapping.calls == [] and ctl.hypervisor.started == []
+    assert ctl.state["nss-user"]["entry"] == "192.0.2.1"
+
+
+def test_manual_mode_waits_for_cli_approval(config: Path) -> None:
+    clock = ManualClock(1000.0)
+    src = Stats()
+    src.rtt["192.0.2.1"] = 400.0
+    ctl = build(load_config(config), clock=clock, manual=True, sources=[src])
+    made = cycle(ctl, src, clock)
+    assert [p["state"] for p in ctl.store.plans()] == ["recommended", "recommended"]
+    assert ctl.mapping.calls == []
+    code, out, err = cli("controller", "approve", made[0], "--config", str(config))
+    assert code == 0, err
+    code, _, err = cli("controller", "approve", made[0], "--config", str(config))
+    assert code == 2 and "only a recommended plan" in err
+
+    async def run() -> None:
+        await ctl.run_approved()
+        await ctl.drain()
+
+    asyncio.run(run())
+    p = ctl.store.plan(made[0])
+    assert p is not None and p["state"] == "succeeded" and p["approved_by"] == "cli"
+    assert ctl.mapping.priorities["10.1.0.10/32"]["192.0.2.2"] == 1
+    code, out, _ = cli("controller", "plans", "--config", str(config), "--state", "succeeded")
+    assert code == 0 and json.loads(out.splitlines()[0])["id"] == made[0]
+
+
+def test_auto_mode_switches_then_migrates_in_simulated_time(config: Path) -> None:
+    clock = ManualClock(1000.0)
+    src = Stats()
+    src.rtt["192.0.2.1"] = 400.0  # TelcoCenter stressed; Marilyn 35 ms but VM 40 ms away
+    ctl = build(load_config(config), clock=clock, sources=[src])
+    made = cycle(ctl, src, clock)
+    kinds = [ctl.store.plan(p)["kind"] for p in made]  # type: ignore[index]
+    assert kinds == ["entry_switch", "vm_migration"]
+    assert ctl.hypervisor.vms["ftp-server"].dc == "marilyn"
+    assert ctl.state["nss-user"]["host"] == "marilyn"
+
+
+def test_driver_plugins_come_from_entry_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = tmp_path / "acme_drv.py"
+    pkg.write_text(
+        "class Hyper:\n    def __init__(self, config, clock=None, zone='a'):\n"
+        "        self.zone = zone\n"
+    )
+    dist = tmp_path / "acme_drv-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-drv\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[pacao.drivers.hypervisor]\nacme = acme_drv:Hyper\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert available("hypervisor")["acme"] == "acme_drv:Hyper"
+    assert "memory" in available("hypervisor")
+    drv = load_driver("hypervisor", "acme", None, None, {"zone": "b"})
+    assert drv.zone == "b"
+    with pytest.raises(InputError, match=r"drivers\.hypervisor\.options"):
+        load_driver("hypervisor", "acme", None, None, {"colour": "red"})
+    sys.modules.pop("acme_drv", None)
+
+
+def test_grafana_dashboard_plots_only_exported_metrics() -> None:
+    import re
+
+    from pacao.controller.metrics import Metrics
+
+    dash = json.loads((ROOT / "deploy/grafana-dashboard.json").read_text())
+    exported = {m.name for m in Metrics().registry.collect()}
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    names = {n for e in exprs for n in re.findall(r"pacao_[a-z_]+", e)}
+    base = {re.sub(r"_(bucket|total|sum|count)$", "", n) for n in names}
+    assert base and base <= exported, base - exported
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])

@@ -1,0 +1,179 @@
+"""The decision policy: paper Steps 1-2 plus anti-flapping, over arrays of users."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pacao.controller.policy import (
+    Params,
+    Reason,
+    Sla,
+    combine_paths,
+    decide_entry,
+    decide_migration,
+    migration_seconds,
+    placement,
+    rank_entries,
+)
+
+W = np.array([0.7, 0.3])
+B = np.array([60.0, 10.0])
+
+
+def sla(n: int) -> Sla:
+    return Sla(np.tile(W, (n, 1)), np.tile(B, (n, 1)))
+
+
+def entry(
+    values: list[list[list[float]]],
+    usable: list[list[bool]],
+    current: list[int],
+    now: float = 1000.0,
+    last: list[float] | None = None,
+    params: Params | None = None,
+):  # type: ignore[no-untyped-def]
+    v = np.array(values, dtype=float)
+    n = v.shape[0]
+    return decide_entry(
+        now,
+        v,
+        np.array(usable),
+        np.array(current, dtype=np.int64),
+        sla(n),
+        np.array(last if last is not None else [-np.inf] * n),
+        params or Params(),
+    )
+
+
+def test_step1_met_waits_violated_switches_to_the_best() -> None:
+    d = entry(
+        [[[37, 1], [35, 1]], [[300, 1], [35, 1]]],
+        [[True, True], [True, True]],
+        [0, 0],
+    )
+    # User 0 respects the SLA on its entry even though entry 1 is better: 1.1, no move.
+    assert d.sla_met.tolist() == [True, False]
+    assert d.reason.tolist() == [Reason.SLA_MET, Reason.SWITCH]
+    assert d.switch.tolist() == [False, True] and d.best[1] == 1
+    assert d.step2.tolist() == [False, True]
+
+
+def test_dwell_and_margin_hold_but_a_dead_entry_always_switches() -> None:
+    p = Params(min_dwell_s=30, min_gain=0.5)
+    vals = [[[100, 1], [35, 1]]] * 3
+    d = entry(
+        vals,
+        [[True, True], [True, True], [False, True]],
+        [0, 0, 0],
+        now=100,
+        last=[90, 50, 90],
+        params=p,
+    )
+    # gain 0.7 >= 0.5; user 0 switched 10 s ago (< 30 s dwell); user 2's entry is dead.
+    assert d.reason.tolist() == [Reason.DWELL, Reason.SWITCH, Reason.SWITCH]
+    d = entry(vals[:1], [[True, True]], [0], params=Params(min_gain=0.8))
+    assert d.reason.tolist() == [Reason.GAIN_BELOW_MARGIN]
+
+
+def test_ties_never_move_and_nothing_usable_is_reported() -> None:
+    d = entry([[[100, 1], [100, 1]], [[0, 0], [0, 0]]], [[True, True], [False, False]], [1, 0])
+    assert d.reason.tolist() == [Reason.CURRENT_IS_BEST, Reason.NO_CANDIDATE]
+    assert not d.switch.any()
+
+
+def test_users_with_different_weights_are_ranked_with_their_own() -> None:
+    v = np.array([[[70.0, 1.0], [40.0, 25.0]]] * 2)
+    s = Sla(np.array([[1.0, 0.0], [0.0, 1.0]]), np.tile(B, (2, 1)))
+    d = decide_entry(
+        0, v, np.ones((2, 2), bool), np.array([0, 1]), s, np.full(2, -np.inf), Params()
+    )
+    assert d.best.tolist() == [1, 0] and d.switch.all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0, 500), st.floats(0, 60), st.booleans()), min_size=2, max_size=6)
+)
+def test_kernel_choice_agrees_with_solve_ranking(cands: list[tuple[float, float, bool]]) -> None:
+    if not any(c[2] for c in cands):
+        return
+    names = [f"rloc{i}" for i in range(len(cands))]
+    v = np.array([[c[0], c[1]] for c in cands])
+    u = np.array([c[2] for c in cands])
+    d = decide_entry(0, v[None], u[None], np.array([-1]), sla(1), np.array([-np.inf]), Params())
+    ranked = rank_entries(names, v, u, {"rtt": (0.7, 60.0), "jitter": (0.3, 10.0)})
+    assert names[int(d.best[0])] == ranked.choice
+    assert abs(d.best_objective[0] - ranked.objective) < 1e-9
+    assert [r.priority for r in ranked.ranking if r.name == ranked.choice] == [1]
+
+
+def migrate(n: int = 1, **kw: object):  # type: ignore[no-untyped-def]
+    """Two DCs, VM on DC 0 with 4 GiB; the user now sees 200 ms there and 20 ms at DC 1."""
+    args: dict[str, object] = dict(
+        now=10_000.0,
+        current_values=np.tile([200.0, 1.0], (n, 1)),
+        current_usable=np.ones(n, bool),
+        place_values=np.tile([[200.0, 1.0], [20.0, 1.0]], (n, 1, 1)),
+        place_usable=np.ones((n, 2), bool),
+        host=np.zeros(n, np.int64),
+        sla=sla(n),
+        demand=np.tile([4096.0, 2.0], (n, 1)),
+        residual=np.array([[0.0, 0.0], [65536.0, 32.0]]),
+        pinned=np.zeros(n, bool),
+        last_migration=np.full(n, -np.inf),
+        expected_stay_s=np.full(n, 3600.0),
+        migration_s=np.tile([0.0, 40.0], (n, 1)),
+        ongoing_per_dc=np.zeros(2, np.int64),
+        ongoing_total=0,
+        params=Params(max_migrations_per_dc=10, max_migrations_total=10),
+    )
+    args.update(kw)
+    return decide_migration(**args)  # type: ignore[arg-type]
+
+
+def test_step2_migrates_when_still_violated_and_worth_it() -> None:
+    d = migrate()
+    assert d.reason.tolist() == [Reason.MIGRATE] and d.best[0] == 1
+    assert d.migration_s[0] == 40.0
+    ok = migrate(current_values=np.array([[30.0, 1.0]]))
+    assert ok.reason.tolist() == [Reason.SLA_MET]
+
+
+def test_migration_economics_pinning_and_cooldown() -> None:
+    # gain = 3.1 - 1 = 2.1 per s; stay 60 s, t = 40 s: 2.1 x 20 = 42 < 1 x 40? no: 42 > 40.
+    assert migrate(expected_stay_s=np.array([60.0])).reason[0] == Reason.MIGRATE
+    assert migrate(expected_stay_s=np.array([55.0])).reason[0] == Reason.NOT_WORTH
+    assert migrate(pinned=np.array([True])).reason[0] == Reason.PINNED
+    assert migrate(last_migration=np.array([9_900.0])).reason[0] == Reason.COOLDOWN
+    # DC 1 lacks memory: only the host is left, so nothing ranks before it.
+    full = np.array([[0.0, 0.0], [1024.0, 32.0]])
+    assert migrate(residual=full).reason[0] == Reason.CURRENT_IS_BEST
+
+
+def test_caps_admit_the_largest_gains_first() -> None:
+    cur = np.array([[200.0, 1.0], [400.0, 1.0], [300.0, 1.0]])
+    p = Params(max_migrations_per_dc=5, max_migrations_total=2)
+    d = migrate(3, current_values=cur, params=p)
+    assert d.reason.tolist() == [Reason.CAP_TOTAL, Reason.MIGRATE, Reason.MIGRATE]
+    p = Params(max_migrations_per_dc=2, max_migrations_total=9)
+    d = migrate(3, current_values=cur, params=p, ongoing_per_dc=np.array([1, 0]))
+    assert d.reason.tolist() == [Reason.CAP_DC, Reason.MIGRATE, Reason.CAP_DC]
+    # Capacity is consumed by earlier admissions of the same cycle.
+    d = migrate(3, current_values=cur, residual=np.array([[0.0, 0.0], [8192.0, 32.0]]))
+    assert d.reason.tolist() == [Reason.CAPACITY, Reason.MIGRATE, Reason.MIGRATE]
+
+
+def test_paths_placement_and_migration_time() -> None:
+    a = np.array([[[10.0, 1.0, 0.1]]])
+    b = np.array([[[5.0, 2.0, 0.5]]])
+    c = combine_paths(a, b, ["rtt", "jitter", "loss"])
+    assert np.allclose(c, [[[15.0, 3.0, 0.55]]])
+    sub = np.array([[[90.0, 1.0], [30.0, 1.0], [50.0, 1.0]]])
+    vals, use, ent = placement(sub, np.array([[True, True, True]]), np.array([0, 1, 1]), 3, sla(1))
+    assert ent.tolist() == [[0, 1, -1]] and use.tolist() == [[True, True, False]]
+    assert vals[0, 1].tolist() == [30.0, 1.0]
+    bw = np.array([[1.0, 1000.0], [1000.0, 1.0]])
+    t = migration_seconds(np.array([1000.0]), np.array([0]), bw, 1.5)
+    assert t[0, 0] == 0.0 and abs(t[0, 1] - 1000 * 8.388608 * 1.5 / 1000) < 1e-12

@@ -1,0 +1,168 @@
+"""`pacao lisp ...` as a user runs it: the daemon as a process, restart, its pcap in tshark."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from lisp_support import interop_dir, tshark_verbose
+from pacao.lisp import auth
+from pacao.lisp.messages import MapNotify, MapReply, decode_message
+from test_lisp_mapserver import ecm_request, register
+
+CONFIG = """\
+listen: 127.0.0.1:0
+state_file: state.json
+stats_file: stats.json
+registration_timeout: 600
+sites:
+  - name: dc1
+    key: s3cret
+    eid_prefixes: [10.1.0.0/16, "2001:db8:1::/48"]
+    accept_more_specifics: true
+"""
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def pacao(*args: str, **kw: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pacao.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def start(config: Path, pcap: Path) -> tuple[subprocess.Popen[str], tuple[str, int]]:
+    proc = pacao("lisp", "map-server", "--config", str(config), "--pcap", str(pcap))
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "listening on" in line, (line, proc.stderr.read() if proc.stderr else "")
+    host, port = line.rsplit(" ", 1)[1].strip().rsplit(":", 1)
+    return proc, (host, int(port))
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def exchange(sock: socket.socket, data: bytes, ms: tuple[str, int]) -> bytes:
+    sock.sendto(data, ms)
+    reply, _ = sock.recvfrom(4096)
+    return reply
+
+
+def test_daemon_restart_and_tshark(tmp_path: Path) -> None:
+    config = tmp_path / "ms.yaml"
+    config.write_text(CONFIG)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    proc, ms = start(config, tmp_path / "run1.pcap")
+    first_port = ms[1]
+    try:
+        notify = decode_message(exchange(sock, register("10.1.1.0/24", nonce=5), ms))
+        assert isinstance(notify, MapNotify) and notify.nonce == 5
+        sha1 = register("2001:db8:1:1::/64", nonce=6, alg=auth.ALG_HMAC_SHA1)
+        assert decode_message(exchange(sock, sha1, ms)).nonce == 6
+        reply = decode_message(exchange(sock, ecm_request("10.1.1.9/32", 7, port), ms))
+        assert isinstance(reply, MapReply) and reply.records[0].locators
+        neg = decode_message(exchange(sock, ecm_request("192.0.2.1/32", 8, port), ms))
+        assert isinstance(neg, MapReply) and neg.records[0].action == 1
+        sock.sendto(b"\xff" * 40, ms)  # garbage
+        v6 = decode_message(exchange(sock, ecm_request("2001:db8:1:1::1/128", 9, port), ms))
+        assert isinstance(v6, MapReply) and v6.records[0].locators
+    finally:
+        stop(proc)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert len(state["registrations"]) == 2
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["malformed"] == 1 and stats["registered"] == 2 and stats["negative_reply"] == 1
+
+    proc, ms = start(config, tmp_path / "run2.pcap")
+    try:  # no re-registration: the answer comes from the reloaded state
+        reply = decode_message(exchange(sock, ecm_request("10.1.1.200/32", 10, port), ms))
+        assert isinstance(reply, MapReply) and str(reply.records[0].prefix) == "10.1.1.0/24"
+    finally:
+        stop(proc)
+        sock.close()
+
+    # everything the daemon sent and received, dissected by tshark
+    text = tshark_verbose(tmp_path / "run1.pcap", lisp_port=first_port)
+    frames = text.split("\nFrame ")
+    assert len(frames) == 11  # 2 registers, 3 ECMs, garbage; 2 notifies, 3 replies
+    sent = [f for f in frames if f"Src Port: {first_port}," in f]
+    assert len(sent) == 5
+    for f in sent:  # sent by pacao
+        assert "Locator/ID Separation Protocol" in f
+        for bad in ("Malformed", "Unknown", "Expert Info", "Data ("):
+            assert bad not in f, f
+    summary = tshark_verbose(tmp_path / "run1.pcap", verbose=False, lisp_port=first_port)
+    assert summary.count("Map-Notify for") == 2
+    assert summary.count("Map-Reply for") == 3
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(CONFIG.replace("10.1.0.0/16", "10.1.0.1/16"))
+    proc = pacao("lisp", "map-server", "--config", str(config))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.strip().count("\n") == 0
+    assert err.startswith("pacao: error: sites[0].eid_prefixes[0]")
+
+
+def test_decode_prints_json(tmp_path: Path) -> None:
+    proc = pacao("lisp", "decode", str(interop_dir() / "map-request-reply-ipv4.pcap"))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    rows = json.loads(out)
+    assert [r["message"]["type"] for r in rows] == [
+        "Map-Register",
+        "Map-Notify",
+        "Encapsulated-Control-Message",
+        "Map-Reply",
+    ]
+    assert rows[3]["message"]["records"][0]["eid_prefix"] == "10.1.2.0/24"
+    assert rows[2]["message"]["message"]["nonce"] == "0x2222000000000002"
+
+
+def test_xtr_command_serves_http_and_stops_cleanly(tmp_path: Path) -> None:
+    import urllib.request
+
+    config = tmp_path / "xtr.yaml"
+    config.write_text(
+        "listen: 127.0.0.1:0\n"
+        "http: 127.0.0.1:0\n"
+        "stats_file: xtr.json\n"
+        "database:\n"
+        "  - prefix: 10.1.0.0/16\n"
+        "    locators: [{address: 127.0.0.1, priority: 1, weight: 100}]\n"
+    )
+    proc = pacao("lisp", "xtr", "--config", str(config))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on 127.0.0.1:" in line and "http on" in line, line
+        http = line.rsplit(" ", 1)[1].strip()
+        with urllib.request.urlopen(f"http://{http}/", timeout=10) as resp:
+            snap = json.loads(resp.read())
+        assert snap["database"][0]["prefix"] == "10.1.0.0/16"
+        assert snap["database"][0]["locators"][0]["priority"] == 1
+    finally:
+        stop(proc)
+    assert json.loads((tmp_path / "xtr.json").read_text())["map_cache"] == []

@@ -1,0 +1,417 @@
+"""Map-server/map-resolver daemon: real UDP on loopback, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pacao.errors import InputError
+from pacao.lisp import auth
+from pacao.lisp.address import EidPrefix
+from pacao.lisp.config import MapServerConfig, config_from_dict
+from pacao.lisp.mapserver import MapServer, open_map_server
+from pacao.lisp.messages import (
+    EncapsulatedControlMessage,
+    Locator,
+    MapNotify,
+    MappingRecord,
+    MapRegister,
+    MapReply,
+    MapRequest,
+    Message,
+    RequestRecord,
+    decode_message,
+)
+
+LO = IPv4Address("127.0.0.1")
+KEY = "s3cret"
+BASE: dict[str, Any] = {
+    "listen": "127.0.0.1:0",
+    "sites": [
+        {
+            "name": "dc1",
+            "key": KEY,
+            "eid_prefixes": [
+                "10.1.0.0/16",
+                "2001:db8:1::/48",
+                {"prefix": "10.1.0.0/16", "instance_id": 7},
+            ],
+            "accept_more_specifics": True,
+        },
+        {"name": "dc2", "key": "other", "eid_prefixes": ["10.9.0.0/16"]},
+    ],
+}
+LOCS = (Locator(IPv4Address("198.51.100.1"), 1, 50), Locator(IPv4Address("203.0.113.1"), 2, 50))
+
+
+class Peer(asyncio.DatagramProtocol):
+    """A test xTR: a UDP socket on loopback with a receive queue."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queue.put_nowait((data, addr))
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, addr)
+
+    async def recv(self, timeout: float = 2.0) -> tuple[Message, tuple[str, int]]:
+        data, addr = await asyncio.wait_for(self.queue.get(), timeout)
+        return decode_message(data), addr
+
+    async def nothing(self, wait: float = 0.2) -> bool:
+        await asyncio.sleep(wait)
+        return self.queue.empty()
+
+
+async def peer(host: str = "127.0.0.1") -> Peer:
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_datagram_endpoint(Peer, local_addr=(host, 0))
+    return proto
+
+
+def cfg(tmp_path: Path | None = None, **over: Any) -> MapServerConfig:
+    doc = {**BASE, **over}
+    if tmp_path is not None:
+        doc.setdefault("state_file", str(tmp_path / "state.json"))
+    return config_from_dict(doc)
+
+
+def run(
+    config: MapServerConfig, body: Callable[[MapServer, tuple[str, int]], Awaitable[None]]
+) -> MapServer:
+    async def main() -> MapServer:
+        server, transport = await open_map_server(config)
+        try:
+            await body(server, server.local)
+        finally:
+            transport.close()
+        return server
+
+    return asyncio.run(main())
+
+
+def register(
+    prefix: str,
+    nonce: int = 1,
+    key: str = KEY,
+    alg: int = auth.ALG_HMAC_SHA256,
+    proxy: bool = True,
+    notify: bool = True,
+    **kw: Any,
+) -> bytes:
+    rec = MappingRecord.for_prefix(EidPrefix.parse(prefix), locators=LOCS, authoritative=True)
+    msg = MapRegister(nonce, (rec,), proxy_reply=proxy, want_map_notify=notify, **kw)
+    return auth.sign(msg, key, alg).to_bytes()
+
+
+def ecm_request(eid: str, nonce: int, reply_port: int, iid: int = 0) -> bytes:
+    prefix = EidPrefix.parse(eid, iid)
+    req = MapRequest(nonce, (RequestRecord.for_prefix(prefix),), (LO,))
+    dst = prefix.network.network_address
+    src = LO if isinstance(dst, IPv4Address) else IPv6Address("2001:db8:2::1")
+    return EncapsulatedControlMessage.wrap(req, src, dst, reply_port).to_bytes()
+
+
+@pytest.mark.parametrize("alg", [auth.ALG_HMAC_SHA1, auth.ALG_HMAC_SHA256])
+def test_register_with_notify_then_proxy_reply(alg: int) -> None:
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr, itr = await peer(), await peer()
+        etr.send(register("10.1.1.0/24", nonce=0x11, alg=alg), ms)
+        notify, src = await etr.recv()
+        assert type(notify) is MapNotify and src == ms
+        assert notify.nonce == 0x11 and notify.alg_id == alg
+        assert auth.verify(notify.to_bytes(), KEY)
+        assert notify.records[0].prefix == EidPrefix.parse("10.1.1.0/24")
+        # the reply goes to the ITR-RLOC at the inner UDP source port: the ITR's socket
+        etr.send(ecm_request("10.1.1.5/32", 0x22, itr.port), ms)
+        reply, _ = await itr.recv()
+        assert isinstance(reply, MapReply) and reply.nonce == 0x22
+        (rec,) = reply.records
+        assert rec.prefix == EidPrefix.parse("10.1.1.0/24")
+        assert rec.locators == LOCS and not rec.authoritative and rec.action == 0
+        assert await etr.nothing(0.05)
+
+    server = run(cfg(), body)
+    assert server.stats["registered"] == 1 and server.stats["proxy_reply"] == 1
+
+
+def test_bad_registrations_are_dropped_and_counted() -> None:
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr = await peer()
+        etr.send(register("10.1.1.0/24", key="wrong"), ms)  # bad key
+        etr.send(register("10.9.1.0/24"), ms)  # dc2 takes no more-specifics
+        etr.send(register("10.9.0.0/16"), ms)  # dc2's prefix signed with dc1's key
+        etr.send(register("172.16.0.0/12"), ms)  # nobody's prefix
+        etr.send(register("10.1.1.0/24", alg=auth.ALG_NONE), ms)  # unauthenticated
+        tampered = bytearray(register("10.1.2.0/24"))
+        tampered[-1] ^= 0xFF
+        etr.send(bytes(tampered), ms)
+        etr.send(register("10.9.0.0/16", key="other", nonce=9), ms)  # valid for dc2
+        notify, _ = await etr.recv()
+        assert isinstance(notify, MapNotify) and notify.nonce == 9
+        assert await etr.nothing()
+        assert len(server.registrations) == 1
+
+    server = run(cfg(), body)
+    assert server.stats["bad_auth"] == 4
+    assert server.stats["register_rejected"] == 2
+
+
+def test_forward_to_etr_without_proxy_reply() -> None:
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr, itr = await peer(), await peer()
+        etr.send(register("10.1.3.0/24", proxy=False), ms)
+        await etr.recv()
+        ecm = ecm_request("10.1.3.9/32", 0x33, itr.port)
+        itr.send(ecm, ms)
+        data, src = await asyncio.wait_for(etr.queue.get(), 2)
+        assert data == ecm and src == ms  # the ECM is forwarded untouched
+        assert await itr.nothing()
+
+    assert run(cfg(), body).stats["forwarded"] == 1
+
+
+def test_negative_replies_cover_the_largest_hole() -> None:
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr, itr = await peer(), await peer()
+        etr.send(register("10.1.1.0/24"), ms)
+        await etr.recv()
+        cases = [
+            ("10.2.0.1/32", "10.2.0.0/15", 15),  # outside every site: largest hole
+            ("11.0.0.1/32", "11.0.0.0/8", 15),
+            ("2001:db8:2::1/128", "2001:db8:2::/47", 15),
+            ("10.1.200.1/32", "10.1.128.0/17", 1),  # inside dc1, unregistered part
+            ("10.9.0.1/32", "10.9.0.0/16", 1),  # dc2 configured, nothing registered
+        ]
+        for i, (eid, hole, ttl) in enumerate(cases):
+            itr.send(ecm_request(eid, 100 + i, itr.port), ms)
+            reply, _ = await itr.recv()
+            assert isinstance(reply, MapReply) and reply.nonce == 100 + i
+            (rec,) = reply.records
+            assert (str(rec.prefix), rec.ttl, rec.action, rec.locators) == (hole, ttl, 1, ())
+
+    assert run(cfg(), body).stats["negative_reply"] == 5
+
+
+def test_instance_ids_are_separate_tables() -> None:
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr, itr = await peer(), await peer()
+        etr.send(register("[7]10.1.4.0/24"), ms)
+        await etr.recv()
+        itr.send(ecm_request("10.1.4.1/32", 1, itr.port, iid=7), ms)
+        reply, _ = await itr.recv()
+        assert isinstance(reply, MapReply) and reply.records[0].locators == LOCS
+        assert str(reply.records[0].prefix) == "[7]10.1.4.0/24"
+        itr.send(ecm_request("10.1.4.1/32", 2, itr.port), ms)  # instance 0: not registered
+        reply, _ = await itr.recv()
+        assert isinstance(reply, MapReply) and reply.records[0].locators == ()
+
+    run(cfg(), body)
+
+
+def test_longest_prefix_wins_ipv4_and_ipv6() -> None:
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr, itr = await peer(), await peer()
+        for i, p in enumerate(["10.1.0.0/16", "10.1.5.0/24", "10.1.5.128/25", "2001:db8:1::/48"]):
+            etr.send(register(p, nonce=i), ms)
+            await etr.recv()
+        etr.send(register("2001:db8:1:2::/64", nonce=9), ms)
+        await etr.recv()
+        for eid, want in [
+            ("10.1.5.200/32", "10.1.5.128/25"),
+            ("10.1.5.1/32", "10.1.5.0/24"),
+            ("10.1.6.1/32", "10.1.0.0/16"),
+            ("2001:db8:1:2::1/128", "2001:db8:1:2::/64"),
+            ("2001:db8:1:3::1/128", "2001:db8:1::/48"),
+        ]:
+            itr.send(ecm_request(eid, 5, itr.port), ms)
+            reply, _ = await itr.recv()
+            assert isinstance(reply, MapReply) and str(reply.records[0].prefix) == want
+
+    run(cfg(), body)
+
+
+def test_registrations_expire() -> None:
+    now = [1000.0]
+
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        server.clock = lambda: now[0]
+        etr, itr = await peer(), await peer()
+        etr.send(register("10.1.1.0/24"), ms)
+        # T bit: time out after the Record TTL (here 1 minute) instead of the default
+        rec = MappingRecord.for_prefix(EidPrefix.parse("10.1.2.0/24"), ttl=1, locators=LOCS)
+        msg = MapRegister(2, (rec,), want_map_notify=True, use_ttl_for_timeout=True)
+        etr.send(auth.sign(msg, KEY).to_bytes(), ms)
+        await etr.recv()
+        await etr.recv()
+        assert len(server.registrations) == 2
+        now[0] += 59
+        assert server.expire() == 0
+        now[0] += 2  # 61 s: the T-bit registration is gone
+        assert server.expire() == 1
+        now[0] += 118  # 179 s: the default 3 x 60 s still holds
+        assert server.expire() == 0
+        etr.send(register("10.1.1.0/24", nonce=3), ms)  # refresh
+        await etr.recv()
+        now[0] += 179
+        assert server.expire() == 0
+        now[0] += 2
+        itr.send(ecm_request("10.1.1.1/32", 4, itr.port), ms)
+        reply, _ = await itr.recv()
+        assert isinstance(reply, MapReply) and reply.records[0].locators == ()
+        assert len(server.registrations) == 0
+
+    run(cfg(registration_timeout=180), body)
+
+
+def test_registrations_survive_a_restart(tmp_path: Path) -> None:
+    config = cfg(tmp_path)
+
+    async def first(server: MapServer, ms: tuple[str, int]) -> None:
+        etr = await peer()
+        etr.send(register("10.1.1.0/24"), ms)
+        etr.send(register("2001:db8:1:1::/64", nonce=2), ms)
+        await etr.recv()
+        await etr.recv()
+        server.save_state()
+
+    run(config, first)
+    doc = json.loads((tmp_path / "state.json").read_text())
+    assert sorted(r["prefix"] for r in doc["registrations"]) == ["10.1.1.0/24", "2001:db8:1:1::/64"]
+
+    async def second(server: MapServer, ms: tuple[str, int]) -> None:
+        assert server.stats["restored"] == 2
+        itr = await peer()
+        itr.send(ecm_request("2001:db8:1:1::9/128", 7, itr.port), ms)
+        reply, _ = await itr.recv()
+        assert isinstance(reply, MapReply) and reply.records[0].locators == LOCS
+
+    run(config, second)
+    # expired while the daemon was down: not restored
+    doc["registrations"][0]["expires_at"] = 0
+    doc["registrations"][1]["record"] = "zz"  # corrupt: skipped, counted
+    (tmp_path / "state.json").write_text(json.dumps(doc))
+    restarted = MapServer(config)
+    assert len(restarted.registrations) == 0 and restarted.stats["state_errors"] == 1
+
+
+def test_garbage_never_stops_the_service() -> None:
+    rnd = random.Random(5)
+    valid = [register("10.1.1.0/24"), ecm_request("10.1.1.1/32", 1, 9)]
+
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr, itr = await peer(), await peer()
+        sent = 0
+        for _ in range(300):
+            if rnd.random() < 0.5:
+                data = bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 120)))
+            else:
+                buf = bytearray(rnd.choice(valid))
+                for _ in range(rnd.randrange(1, 4)):
+                    buf[rnd.randrange(len(buf))] = rnd.randrange(256)
+                data = bytes(buf[: rnd.randrange(1, len(buf) + 1)])
+            if data:
+                itr.send(data, ms)
+                sent += 1
+            if sent % 20 == 0:
+                await asyncio.sleep(0.002)  # stay within the socket buffers
+        await asyncio.sleep(0.2)
+        etr.send(register("10.1.7.0/24", nonce=77), ms)
+        notify, _ = await etr.recv()
+        assert notify.nonce == 77
+        assert server.stats["received"] == sent + 1
+        assert server.stats["handler_errors"] == 0
+        assert server.stats["malformed"] > 100
+
+    run(cfg(), body)
+
+
+def test_map_request_flood_is_rate_limited_per_source() -> None:
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        itr = await peer()
+        for i in range(40):
+            itr.send(ecm_request("10.2.0.1/32", i, itr.port), ms)
+        await asyncio.sleep(0.3)
+        assert itr.queue.qsize() == 10
+
+    server = run(cfg(map_request_rate=0.01, map_request_burst=10), body)
+    assert server.stats["rate_limited"] == 30
+
+
+def test_ipv6_listener() -> None:
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr = await peer("::1")
+        etr.send(register("2001:db8:1:9::/64", nonce=6), ms)
+        notify, src = await etr.recv()
+        assert notify.nonce == 6 and src[0] == "::1"
+        req = MapRequest(
+            8,
+            (RequestRecord.for_prefix(EidPrefix.parse("2001:db8:1:9::1/128")),),
+            (IPv6Address("::1"),),
+        )
+        ecm = EncapsulatedControlMessage.wrap(
+            req, IPv6Address("::1"), IPv6Address("2001:db8:1:9::1"), etr.port
+        )
+        etr.send(ecm.to_bytes(), ms)
+        reply, _ = await etr.recv()
+        assert isinstance(reply, MapReply) and reply.records[0].locators == LOCS
+
+    run(cfg(listen="[::1]:0"), body)
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ({"sites": []}, "sites"),
+        ({"listen": "localhost:4342"}, "listen"),
+        ({"listen": "127.0.0.1:70000"}, "listen"),
+        (
+            {"sites": [{"name": "a", "key": "k", "eid_prefixes": ["10.0.0.1/8"]}]},
+            "sites[0].eid_prefixes[0]",
+        ),
+        ({"sites": [{"name": "a", "eid_prefixes": ["10.0.0.0/8"]}]}, "sites[0].key"),
+        (
+            {"sites": [{"name": "a", "key": "k", "eid_prefixes": ["10.0.0.0/8"], "x": 1}]},
+            "sites[0].x",
+        ),
+        ({"registration_timeout": -1}, "registration_timeout"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_config_errors_name_the_field(doc: dict[str, Any], field: str) -> None:
+    with pytest.raises(InputError) as err:
+        config_from_dict({**BASE, **doc})
+    assert err.value.field == field
+
+
+def test_rfc6833_truncated_digests_are_answered_alike() -> None:
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr = await peer()
+        rec = MappingRecord.for_prefix(EidPrefix.parse("10.1.9.0/24"), locators=LOCS)
+        for alg, size in ((auth.ALG_HMAC_SHA1, 12), (auth.ALG_HMAC_SHA256, 16)):
+            msg = MapRegister(alg, (rec,), want_map_notify=True)
+            etr.send(auth.sign(msg, KEY, alg, truncated=True).to_bytes(), ms)
+            notify, _ = await etr.recv()
+            assert isinstance(notify, MapNotify) and len(notify.auth_data) == size
+            assert auth.verify(notify.to_bytes(), KEY)
+
+    run(cfg(), body)
