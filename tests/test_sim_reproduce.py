@@ -25,10 +25,14 @@ FILES = [
     "fig14_france_isp_heatmaps.png",
     "fig15_europe_ott_heatmaps.png",
     "fig16_throughput_cdf.png",
+    "fig18_congestion_rtt_cdf.png",
+    "fig19_users_per_dc.png",
     "results/sweep.parquet",
     "results/headline.json",
     "results/headline_france_isp.parquet",
     "results/headline_europe_ott.parquet",
+    "results/congestion_users.parquet",
+    "results/congestion_dcs.parquet",
 ]
 
 
@@ -66,15 +70,17 @@ def test_outputs_have_the_documented_columns(run: Path) -> None:
 
 def test_summary_has_exactly_the_issue_keys(run: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
-    assert list(summary) == ["france_isp", "europe_ott"]
-    for uc, s in summary.items():
+    assert list(summary) == ["france_isp", "europe_ott", "congestion"]
+    for uc in HEADLINE_DCS:
+        s = summary[uc]
         assert list(s) == list(SUMMARY_KEYS)
         assert s["n_dcs"] == HEADLINE_DCS[uc]
 
 
 def test_summary_is_consistent_with_the_per_sample_results(run: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
-    for uc, s in summary.items():
+    for uc in HEADLINE_DCS:
+        s = summary[uc]
         df = pd.read_parquet(run / "results" / f"headline_{uc}.parquet")
         thr = {
             p: np.median(163_840 * 8 / (df[f"{p}_rtt_ms"] / 1000) / 1e6)
@@ -114,6 +120,57 @@ def test_legacy_rtt_recomputed_from_traces_and_dcs(run: Path) -> None:
             a, b = d[first[int(u)]]
             want = 40.0 + 3.0 * km(lat, lon, a, b) / 100.0
             assert math.isclose(got[i], want, abs_tol=1e-9), (uc, i)
+
+
+def test_congestion_summary_matches_the_per_user_results(run: Path) -> None:
+    cong = json.loads((run / "summary.json").read_text())["congestion"]
+    users = pd.read_parquet(run / "results" / "congestion_users.parquet")
+    assert set(cong) == set(HEADLINE_DCS)
+    for uc, per_n in cong.items():
+        assert sorted(int(n) for n in per_n) == [1, 2, 4, 8, 16, 32, 64]
+        for n, s in per_n.items():
+            u = users[(users.use_case == uc) & (users.n_dcs == int(n))]
+            assert len(u) == s["users"] == 120
+            assert u.user_id.is_unique
+            rtt = u.latency_aware_ms + u.congestion_aware_ms
+            assert np.allclose(u.rtt_aware_ms, rtt)
+            assert s["median_rtt_ms"] == pytest.approx(float(np.median(rtt)), rel=1e-12)
+            assert s["unaware_median_rtt_ms"] == pytest.approx(u.rtt_unaware_ms.median())
+            assert s["share_over_75ms"] == pytest.approx(float(np.mean(rtt > 75.0)))
+            # The proven bound holds and the gap is the one it implies.
+            assert s["lower_bound"] <= s["objective"] * (1 + 1e-9)
+            gap = (s["objective"] - s["lower_bound"]) / s["objective"]
+            assert s["gap"] == pytest.approx(max(0.0, gap), abs=1e-12)
+            # The objective is recomputed from the saved RTTs and the strict bound.
+            t = np.maximum(1.0, rtt.to_numpy() / s["bound_ms"])
+            assert s["objective"] == pytest.approx(float(t.sum()), rel=1e-9)
+
+
+def test_congestion_assignment_respects_capacity_and_the_latency_curve(run: Path) -> None:
+    from pacao.optimize.assign.instances import PAPER_BREAKPOINTS
+
+    users = pd.read_parquet(run / "results" / "congestion_users.parquet")
+    dcs = pd.read_parquet(run / "results" / "congestion_dcs.parquet")
+    xs, ys = zip(*PAPER_BREAKPOINTS, strict=True)
+    for (uc, n), g in users.groupby(["use_case", "n_dcs"]):
+        d = dcs[(dcs.use_case == uc) & (dcs.n_dcs == n)].set_index("dc")
+        cap = float(d.capacity.iloc[0])
+        assert cap == pytest.approx(max(2 * 120 / n, 1.0))
+        load = g.dc_aware.value_counts().reindex(d.index, fill_value=0)
+        assert (load.to_numpy() == d.users_aware.to_numpy()).all()
+        assert load.max() <= cap, (uc, n)
+        near = g.dc_unaware.value_counts().reindex(d.index, fill_value=0)
+        assert (near.to_numpy() == d.users_unaware.to_numpy()).all()
+        # Each user's congestion latency is its DC's f at the DC's load fraction.
+        want = np.interp(load.to_numpy() / cap, xs, ys)
+        assert np.allclose(g.congestion_aware_ms, want[g.dc_aware.to_numpy()])
+        # The unaware DC is the nearest one: no aware DC is nearer.
+        assert (
+            g.latency_aware_ms + 1e-9
+            >= g.rtt_unaware_ms - np.interp(near.to_numpy() / cap, xs, ys)[g.dc_unaware.to_numpy()]
+        ).all()
+    html = (run / "report.html").read_text()
+    assert "Section V-C" in html and "50 % of users exceed 75 ms" in html
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

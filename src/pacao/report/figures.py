@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from pacao.sim.network import BOUND_QUANTILES, throughput_mbps
 
 if TYPE_CHECKING:
+    from pacao.sim.congestion import CongestionRun
     from pacao.sim.engine import Trajectories
     from pacao.sim.reproduce import Headline, Inputs
     from pacao.sim.sweep import Deployment
@@ -227,4 +228,70 @@ def draw_all(
     figs["fig15"] = fig_heatmaps(out / "fig15_europe_ott_heatmaps.png", sweep, "europe_ott", 15)
     advance()
     figs["fig16"] = fig16_throughput(out / "fig16_throughput_cdf.png", heads)
+    return figs
+
+
+#: Fig. 19's deployments: the paper's headline DC count per use case.
+FIG19 = (("france_isp", 64), ("europe_ott", 4))
+
+
+def fig18_congestion_cdf(path: Path, runs: list[CongestionRun]) -> str:
+    """CDF of user RTT (l_ud + f_d at the DC's load) under congestion-aware assignment."""
+    ucs = [uc for uc in TITLES if any(r.use_case == uc for r in runs)]
+    fig, axes = plt.subplots(1, len(ucs), figsize=(7 * len(ucs), 5), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, uc in zip(axes[0], ucs, strict=True):
+        mine = sorted((r for r in runs if r.use_case == uc), key=lambda r: r.n_dcs)
+        for i, r in enumerate(mine):
+            v = np.sort(r.rtt_aware_ms)
+            ax.plot(
+                v,
+                np.arange(1, len(v) + 1) / len(v),
+                color=cmap(i / max(1, len(mine) - 1)),
+                label=f"{r.n_dcs} DCs, median {np.median(v):.1f} ms",
+            )
+        ax.axvline(75.0, color="k", ls=":", lw=0.8)
+        ax.set_title(f"{TITLES[uc]}: congestion-aware assignment (lagrange)")
+        ax.set_xlabel("RTT user-DC + congestion latency (ms)")
+        ax.set_ylabel("CDF over users (snapshot at 12:00)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Fig. 18: RTT with congestion-aware assignment, per DC count")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def fig19_users_per_dc(path: Path, runs: list[CongestionRun], dcs: pd.DataFrame) -> str:
+    """Users per DC with and without congestion awareness; DCs west to east."""
+    pick = [r for uc, n in FIG19 for r in runs if r.use_case == uc and r.n_dcs == n]
+    fig, axes = plt.subplots(len(pick), 1, figsize=(13, 4.2 * len(pick)), squeeze=False)
+    for ax, r in zip(axes[:, 0], pick, strict=True):
+        d = dcs[(dcs.use_case == r.use_case) & (dcs.n_dcs == r.n_dcs)].reset_index(drop=True)
+        order = np.argsort(d["lon"].to_numpy(), kind="stable")
+        x = np.arange(r.n_dcs)
+        ax.bar(x - 0.2, r.load_unaware[order], 0.4, color="tab:gray", label="nearest DC (unaware)")
+        ax.bar(x + 0.2, r.load_aware[order], 0.4, color="tab:red", label="congestion-aware")
+        ax.axhline(r.capacity, color="k", ls="--", lw=0.8, label=f"capacity {r.capacity:.0f}")
+        names = d["name"].astype(str).to_numpy()[order]
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=90, fontsize=6 if r.n_dcs > 16 else 9)
+        ax.set_ylabel("users")
+        ax.set_title(f"{TITLES[r.use_case]}, {r.n_dcs} DCs (west to east)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Fig. 19: users per DC with and without congestion awareness")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def draw_congestion(
+    out: Path,
+    runs: list[CongestionRun],
+    dcs: pd.DataFrame,
+    advance: Callable[[], None] = lambda: None,
+) -> dict[str, str]:
+    """Figs. 18-19 of the congestion stage."""
+    figs = {"fig18": fig18_congestion_cdf(out / "fig18_congestion_rtt_cdf.png", runs)}
+    advance()
+    figs["fig19"] = fig19_users_per_dc(out / "fig19_users_per_dc.png", runs, dcs)
+    advance()
     return figs
