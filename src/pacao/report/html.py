@@ -398,15 +398,22 @@ def _observations(runs: list[CongestionRun], dcs: pd.DataFrame) -> str:
         mine = sorted((r for r in runs if r.use_case == uc), key=lambda r: r.n_dcs)
         if not mine:
             continue
-        med = {r.n_dcs: float(np.median(r.rtt_aware_ms)) for r in mine}
+        meds = ", ".join(f"{r.n_dcs}: {np.median(r.rtt_aware_ms):.1f}" for r in mine)
         top = mine[-1]
-        rest = [m for n, m in med.items() if n != top.n_dcs]
-        spread = f"{min(rest):.1f}-{max(rest):.1f} ms" if rest else "-"
+        over = float(np.mean(top.rtt_aware_ms > 75.0))
+        fmax = max(float(np.max(r.congestion_aware_ms)) for r in mine)
+        xmax = max(float(r.load_aware.max() / r.capacity) for r in mine)
         items.append(
             f"<li><b>{TITLES[uc]}, Fig. 18.</b> Paper: the CDFs overlap across DC counts except "
-            "64 DCs, where 50 % of users exceed 75 ms. Ours: medians "
-            f"{spread} below {top.n_dcs} DCs, {med[top.n_dcs]:.1f} ms at {top.n_dcs} DCs, where "
-            f"{float(np.mean(top.rtt_aware_ms > 75.0)):.1%} of users exceed 75 ms.</li>"
+            "64 DCs, where 50 % of users exceed 75 ms. Ours: median RTT (ms) per DC count "
+            f"{meds}; at {top.n_dcs} DCs {over:.1%} of users exceed 75 ms "
+            f"({'close to' if abs(over - 0.5) < 0.1 else 'unlike'} the paper). With C_d = "
+            f"2 |U| / |D| there is room for twice the users, and the solver keeps every DC at "
+            f"a load fraction of at most {xmax:.2f}, where the congestion latency is at most "
+            f"{fmax:.1f} ms: our RTT follows distance (and the strict bound), so the curves "
+            "move with the DC count as in Fig. 13 rather than overlapping. The paper's "
+            "users, bounds and DC sites are not published, so its 64-DC result cannot be "
+            "traced further.</li>"
         )
     for uc, n in (("france_isp", 64), ("europe_ott", 4)):
         r = next((x for x in runs if x.use_case == uc and x.n_dcs == n), None)
