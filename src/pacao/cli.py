@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from pacao.cliutil import fail
 from pacao.errors import InputError
 from pacao.sim.cli import app as traces_app
 
@@ -31,12 +32,6 @@ def _root(
 
         typer.echo(__version__)
         raise typer.Exit(0)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one line to stderr and return the Exit to raise."""
-    typer.echo(f"pacao: error: {message}", err=True)
-    return typer.Exit(code)
 
 
 @app.command()
