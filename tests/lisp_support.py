@@ -11,16 +11,13 @@ from pacao.lisp.pcap import Datagram, read_pcap
 
 
 def interop_dir() -> Path:
-    """shared/interop/lispers beside the checkout (or $PACAO_SHARED/interop/lispers)."""
+    """The lispers.net captures: tests/interop/lispers, a copy of the project's
+    shared/interop/lispers, so that a clone alone runs the interop tests
+    ($PACAO_SHARED/interop/lispers points them at another set)."""
     env = os.environ.get("PACAO_SHARED")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve()
-    candidates += [p / "shared" for p in here.parents]
-    for c in candidates:
-        d = c / "interop" / "lispers"
-        if (d / "README.md").is_file():
-            return d
-    raise AssertionError("shared/interop/lispers not found beside the checkout")
+    d = Path(env) / "interop" / "lispers" if env else Path(__file__).parent / "interop" / "lispers"
+    assert (d / "README.md").is_file(), f"interop captures not found in {d}"
+    return d
 
 
 def capture(name: str) -> list[Datagram]:

@@ -204,3 +204,41 @@ def test_cli_out_must_be_a_directory(tmp_path: Path) -> None:
     f.write_text("x")
     res = cli("--quick", "--out", str(f))
     assert res.returncode == 2 and "--out" in res.stderr
+
+
+def test_own_traces_give_the_same_results_as_the_same_synthetic_run(
+    run: Path, tmp_path: Path
+) -> None:
+    """traces.parquet written by a run, fed back as a user's CSV, reproduces its summary."""
+    from pacao.sim.reproduce import trace_inputs
+
+    own = tmp_path / "own.csv"
+    pd.read_parquet(run / "traces.parquet")[["user_id", "t", "lat", "lon"]].to_csv(own, index=False)
+    out = tmp_path / "out"
+    reproduce(trace_inputs(own, None, seed=3), Options(out=out, quick=True, seed=3, workers=1))
+    mine = json.loads((out / "summary.json").read_text())
+    theirs = json.loads((run / "summary.json").read_text())
+    for uc in theirs:
+        for key in SUMMARY_KEYS:
+            assert mine[uc][key] == pytest.approx(theirs[uc][key], rel=1e-12), (uc, key)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lac-table", "x.csv"], "--lac-table"),
+        (["--traces", "t.csv", "--users", "5"], "--users"),
+    ],
+)
+def test_cli_trace_option_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    res = cli("--quick", "--out", str(tmp_path / "o"), *args)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_bad_trace_file_names_the_column(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,time,lat,lon\n1,0,48.8,2.3\n")
+    res = cli("--quick", "--out", str(tmp_path / "o"), "--traces", str(bad))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "missing column(s) t" in res.stderr.splitlines()[-1]

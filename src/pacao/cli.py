@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from pacao.cliutil import fail
 from pacao.errors import InputError
 from pacao.sim.cli import app as traces_app
 
@@ -31,12 +32,6 @@ def _root(
 
         typer.echo(__version__)
         raise typer.Exit(0)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one line to stderr and return the Exit to raise."""
-    typer.echo(f"pacao: error: {message}", err=True)
-    return typer.Exit(code)
 
 
 @app.command()
@@ -123,12 +118,20 @@ def reproduce(
     dc_gbps: Annotated[
         float, typer.Option(help="Inter-DC bandwidth for migrations, Gbit/s.")
     ] = 10.0,
+    traces: Annotated[
+        Path | None,
+        typer.Option(help="Your own traces, CSV or Parquet (docs/traces.md) instead of synthetic."),
+    ] = None,
+    lac_table: Annotated[
+        Path | None,
+        typer.Option(help="LAC table CSV (lac, lat, lon) for traces with a lac column."),
+    ] = None,
 ) -> None:
     """Reproduce the paper's Section V: sweep, Figs. 12-16, report.html, summary.json."""
     from pacao.sim.reproduce import run_cli
 
     try:
-        run_cli(quick, users, out, scheduler, seed, vm_memory_gb, dc_gbps)
+        run_cli(quick, users, out, scheduler, seed, vm_memory_gb, dc_gbps, traces, lac_table)
     except InputError as exc:
         raise fail(str(exc)) from None
 

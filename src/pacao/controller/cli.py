@@ -10,14 +10,11 @@ from typing import Annotated
 
 import typer
 
+from pacao.cliutil import fail as _fail
+from pacao.cliutil import sub_app
 from pacao.errors import InputError
 
-app = typer.Typer(help="The PACAO controller service.", no_args_is_help=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"pacao: error: {message}", err=True)
-    return typer.Exit(2)
+app = sub_app(None, "The PACAO controller service.")
 
 
 class ApproveMode(StrEnum):

@@ -86,18 +86,13 @@ def parse_pair(text: str) -> tuple[Addr, Addr]:
 
 async def serve_relay(pairs: list[tuple[Addr, Addr]], delay: float, loss: float) -> None:
     """Run until cancelled (SIGINT/SIGTERM in the CLI)."""
-    import signal
+    from pacao.aio import wait_for_stop_signal
 
     relay = Relay(delay=delay, loss=loss)
     for listen, target in pairs:
         relay.add(listen, target)
     print(f"pacao controller relay: {len(pairs)} pair(s), delay {delay * 1000:g} ms", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         relay.close()

@@ -11,20 +11,11 @@ from typing import Annotated
 
 import typer
 
+from pacao.cliutil import fail as _fail
+from pacao.cliutil import sub_app
 from pacao.errors import InputError
 
-app = typer.Typer(
-    name="lisp",
-    help="LISP control plane: map-server/map-resolver, xTR agent, capture decoder.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"pacao: error: {message}", err=True)
-    return typer.Exit(2)
+app = sub_app("lisp", "LISP control plane: map-server/map-resolver, xTR agent, capture decoder.")
 
 
 @app.command("map-server")

@@ -440,18 +440,13 @@ async def open_map_server(
 
 async def serve(config: MapServerConfig, pcap: PcapWriter | None = None) -> None:
     """Run until SIGINT/SIGTERM; state is saved on the way out."""
-    import signal
+    from pacao.aio import wait_for_stop_signal
 
     server, transport = await open_map_server(config, pcap)
     print(f"pacao lisp map-server: listening on {server.local[0]}:{server.local[1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     task = asyncio.create_task(server.housekeeping())
     try:
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -1084,7 +1084,7 @@ async def close_xtr(xtr: Xtr, transport: UdpEndpoint, http: asyncio.Server | Non
 
 
 async def serve_xtr(config: XtrConfig) -> None:
-    import signal
+    from pacao.aio import wait_for_stop_signal
 
     xtr, transport, http = await open_xtr(config)
     where = f"{xtr.local[0]}:{xtr.local[1]}"
@@ -1092,12 +1092,7 @@ async def serve_xtr(config: XtrConfig) -> None:
         sock = http.sockets[0].getsockname()
         where += f", http on {sock[0]}:{sock[1]}"
     print(f"pacao lisp xtr: listening on {where}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         await close_xtr(xtr, transport, http)

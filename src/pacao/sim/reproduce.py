@@ -110,6 +110,41 @@ def synthetic_inputs(n_users: int, seed: int, dc_counts: tuple[int, ...] = DC_CO
     )
 
 
+def trace_inputs(
+    path: Path, lac_table: Path | None, seed: int, dc_counts: tuple[int, ...] = DC_COUNTS
+) -> Inputs:
+    """A user's own traces (format in docs/traces.md), read at LAC level like the paper.
+
+    Every sample is placed at its LAC's centre (the simulator tabulates decisions
+    per LAC); DC sites are drawn from the shipped geography as for synthetic runs.
+    """
+    from pacao.sim.geography import build_lacs, dc_sites
+    from pacao.sim.traces import load_lac_table, load_traces, trace_stats
+
+    lacs = build_lacs(seed)
+    traces = load_traces(path, lacs, lac_table)
+    cells = lacs if lac_table is None else load_lac_table(lac_table)
+    centre = cells.set_index("lac")[["lat", "lon"]]
+    traces = traces.assign(
+        lat=centre["lat"].reindex(traces["lac"]).to_numpy(),
+        lon=centre["lon"].reindex(traces["lac"]).to_numpy(),
+    )
+    frames = [
+        dc_sites(uc, n, lacs, seed=seed).assign(use_case=uc, n_dcs=n)[
+            ["use_case", "n_dcs", "name", "lat", "lon"]
+        ]
+        for uc in USE_CASES
+        for n in dc_counts
+    ]
+    return Inputs(
+        traces=traces,
+        lacs=cells,
+        dcs=pd.concat(frames, ignore_index=True),
+        source=f"traces from {path} ({traces['user_id'].nunique()} users, at LAC centres)",
+        stats=trace_stats(traces),
+    )
+
+
 @dataclass(frozen=True)
 class Options:
     out: Path
@@ -394,8 +429,14 @@ def run_cli(
     seed: int,
     vm_memory_gb: float,
     dc_gbps: float,
+    traces: Path | None = None,
+    lac_table: Path | None = None,
 ) -> None:
     """`pacao reproduce`: run, then print the headline table and the report's path."""
+    if traces is None and lac_table is not None:
+        raise InputError("--lac-table", str(lac_table), "only meaningful with --traces")
+    if traces is not None and users is not None:
+        raise InputError("--users", users, "cannot be combined with --traces (the file sets them)")
     opts = Options(
         out=out or Path("runs") / ("reproduce-quick" if quick else "reproduce"),
         quick=quick,
@@ -404,7 +445,8 @@ def run_cli(
         scheduler=scheduler,
         migration_s=migration_seconds(vm_memory_gb, dc_gbps),
     )
-    report = reproduce(None, opts, Console(stderr=True))
+    inputs = None if traces is None else trace_inputs(traces, lac_table, seed)
+    report = reproduce(inputs, opts, Console(stderr=True))
     summary = json.loads((opts.out / "summary.json").read_text())
     console = Console()
     console.print(headline_table(summary))

@@ -8,16 +8,13 @@ from typing import Annotated
 
 import typer
 
+from pacao.cliutil import fail as _fail
+from pacao.cliutil import sub_app
 from pacao.errors import InputError
 
-app = typer.Typer(help="Emulated testbed in network namespaces (root).", no_args_is_help=True)
+app = sub_app(None, "Emulated testbed in network namespaces (root).")
 
 RunOpt = Annotated[str | None, typer.Option("--run", help="Run id (needed if several are up).")]
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"pacao: error: {message}", err=True)
-    return typer.Exit(2)
 
 
 def _topology(path: Path | None) -> tuple[Path, object]:

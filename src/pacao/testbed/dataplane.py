@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pacao.testbed import control as control_channel
+
 LISP_DATA_PORT = 4341
 HEADER_LEN = 8
 FLAG_N = 0x80
@@ -199,12 +201,7 @@ class DataPlane:
             s.bind((rloc, 0))
             s.setblocking(False)
             self.tx.append(s)
-        if control.exists():
-            control.unlink()
-        self.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.ctl.bind(str(control))
-        self.ctl.listen(16)
-        self.ctl.setblocking(False)
+        self.ctl = control_channel.listen(control)
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.tun, selectors.EVENT_READ, "tun")
         self.sel.register(self.rx, selectors.EVENT_READ, "rx")
@@ -312,23 +309,7 @@ class DataPlane:
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def _control(self) -> None:
-        try:
-            conn, _ = self.ctl.accept()
-        except BlockingIOError:
-            return
-        with conn:
-            conn.settimeout(2.0)
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            try:
-                reply = self.command(json.loads(data or b"{}"))
-            except ValueError as exc:
-                reply = {"ok": False, "error": str(exc)}
-            conn.sendall(json.dumps(reply).encode() + b"\n")
+        control_channel.answer(self.ctl, self.command)
 
     def run(self) -> None:
         while self.running:

@@ -19,7 +19,6 @@ import json
 import random
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pacao.testbed import control as control_channel
 from pacao.testbed.nfqueue import Queue
 
 EARLY = 50e-6  # release packets due within 50 us now rather than sleep again
@@ -69,12 +69,7 @@ class DelayLine:
         self.rng = random.Random(seed)
         for end in ends:
             end.nfq = Queue(end.queue, netns=f"/run/netns/{end.ns}")
-        if control.exists():
-            control.unlink()
-        self.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.ctl.bind(str(control))
-        self.ctl.listen(16)
-        self.ctl.setblocking(False)
+        self.ctl = control_channel.listen(control)
         self.running = True
         for end in ends:
             self.apply(end)
@@ -126,23 +121,7 @@ class DelayLine:
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     def _control(self) -> None:
-        try:
-            conn, _ = self.ctl.accept()
-        except BlockingIOError:
-            return
-        with conn:
-            conn.settimeout(2.0)
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            try:
-                reply = self.command(json.loads(data or b"{}"))
-            except (ValueError, TypeError) as exc:
-                reply = {"ok": False, "error": str(exc)}
-            conn.sendall(json.dumps(reply).encode() + b"\n")
+        control_channel.answer(self.ctl, self.command)
 
     def _arrive(self, end: End, now: float) -> None:
         assert end.nfq is not None
@@ -196,22 +175,6 @@ class DelayLine:
             self.apply(end)
             if end.held and end.nfq is not None:
                 end.nfq.accept_upto(end.held[-1][1])
-
-
-def control(path: Path, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """Send one request to a running delay line and return its reply."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    reply: dict[str, Any] = json.loads(data)
-    return reply
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pacao.errors import InputError
-from pacao.testbed.impair import control as impair_control
+from pacao.testbed.control import request as impair_control
 from pacao.testbed.topology import Link, Topology
 
 
