@@ -253,7 +253,7 @@ def fig18_congestion_cdf(path: Path, runs: list[CongestionRun]) -> str:
         ax.axvline(75.0, color="k", ls=":", lw=0.8)
         ax.set_title(f"{TITLES[uc]}: congestion-aware assignment (lagrange)")
         ax.set_xlabel("RTT user-DC + congestion latency (ms)")
-        ax.set_ylabel("CDF over users (snapshot at 12:00)")
+        ax.set_ylabel("CDF over users (snapshot 12 h after the first sample)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Fig. 18: RTT with congestion-aware assignment, per DC count")

@@ -353,8 +353,9 @@ def _congestion_section(
     bp = ", ".join(f"({x:g}, {y:g} ms)" for x, y in PAPER_BREAKPOINTS)
     out = [
         "<h2>Section V-C: congestion-aware assignment (Figs. 18-19)</h2>",
-        f"<p>Users: every simulated user at its position at {SNAPSHOT_S // 3600}:00 (one "
-        "snapshot). l_ud = the user-DC RTT of the model above; LT_u = the deployment's strict "
+        f"<p>Users: every simulated user at its position {SNAPSHOT_S // 3600} h after the "
+        "traces' first sample (12:00 for the synthetic traces, which start at midnight). "
+        "l_ud = the user-DC RTT of the model above; LT_u = the deployment's strict "
         "bound; C_d = 2 |U| / |D| users (at least 1); no existing load; congestion latency "
         f"f(load fraction) piecewise linear through {bp} (our reading of Fig. 17: flat up to "
         "the equal share, 700 ms at full load). Congestion-aware: the <code>lagrange</code> "

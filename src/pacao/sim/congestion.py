@@ -1,8 +1,9 @@
 """The paper's Section V-C experiment: congestion-aware assignment of all users at once.
 
 For every deployment (use case x DC count) the users are taken at one snapshot
-time (their position at 12:00, midday: most users are away from home, the
-busiest moment for remote DCs) and assigned to DCs by the ``lagrange`` solver
+time (their position 12 h after the traces' first sample: 12:00 for the
+synthetic traces, which start at midnight; midday, when most users are away
+from home) and assigned to DCs by the ``lagrange`` solver
 of :mod:`pacao.optimize.assign` with the paper's settings: l_ud = the sim's
 user<->DC RTT (:mod:`pacao.sim.network`), LT_u = the deployment's strict bound,
 C_d = 2 |U| / |D| (at least 1), no existing load, and the convex latency
@@ -24,7 +25,7 @@ from pacao.optimize.assign.instances import PAPER_BREAKPOINTS
 from pacao.sim.engine import Trajectories
 from pacao.sim.sweep import Deployment
 
-#: Snapshot: every user's position at this time of day (seconds after the traces' start).
+#: Snapshot: every user's position this many seconds after the traces' first sample.
 SNAPSHOT_S = 12 * 3600
 #: The paper's Fig. 18 threshold: share of users above 75 ms.
 RTT_THRESHOLD_MS = 75.0
@@ -80,9 +81,9 @@ def latency_function() -> LatencyFunction:
 
 
 def snapshot_positions(tr: Trajectories, at_s: int = SNAPSHOT_S) -> np.ndarray:
-    """Position index of every user at ``at_s`` (its latest sample at or before then)."""
+    """Position of every user ``at_s`` after the first sample (its latest sample by then)."""
     users = np.arange(tr.n_users, dtype=np.int64)
-    t_ms = np.full(tr.n_users, (at_s - tr.t0_s) * 1000, dtype=np.int64)
+    t_ms = np.full(tr.n_users, at_s * 1000, dtype=np.int64)
     idx = np.maximum(tr.sample_at(users, t_ms), tr.first)
     out: np.ndarray = tr.pos[idx]
     return out
