@@ -154,6 +154,12 @@ def test_float_noise_does_not_cross_a_penalty_step() -> None:
     assert penalties_from_ratios(ratios).tolist() == [3.0, 3.0, 2.0, 3.0]
 
 
+def test_penalties_of_a_scalar_ratio() -> None:
+    # A 0-d array (one user-DC pair) goes through the same rule as a whole array.
+    assert float(penalties_from_ratios(np.asarray(2.02857143))) == 3.0
+    assert float(penalties_from_ratios(np.asarray(1e-12))) == 0.0
+
+
 def test_vectorised_choose_matches_solver() -> None:
     rng = np.random.default_rng(7)
     ratios = rng.uniform(0, 3, size=(200, 6, 2))

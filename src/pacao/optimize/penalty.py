@@ -32,7 +32,9 @@ IntArray = NDArray[np.int64]
 
 def penalties_from_ratios(ratios: NDArray[np.floating]) -> NDArray[np.floating]:
     """Integer penalties T_k (as floats) for an array of ratios m/M."""
-    out: NDArray[np.floating] = np.multiply(ratios, 1.0 - RATIO_EPS)
+    # np.array, not np.multiply: a 0-d input must stay an array for the in-place ops.
+    out: NDArray[np.floating] = np.array(ratios, dtype=np.float64)
+    out *= 1.0 - RATIO_EPS
     out -= RATIO_FLOOR
     np.ceil(out, out=out)
     out += 0.0  # ceil of a value in (-1, 0) is -0.0: normalise it to 0.0
