@@ -7,10 +7,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests need; each issue adds its own (tshark, postgresql, ...).
 DEB_PACKAGES ?= tshark postgresql iproute2 iptables iputils-ping iperf3 \
-  libvirt-daemon-system libvirt-dev pkg-config qemu-system-x86 util-linux
+  libvirt-daemon-system libvirt-dev pkg-config qemu-system-x86 util-linux \
+  linux-image-cloud-amd64 busybox-static
 DEMO_ARGS ?=
 
-.PHONY: demo test lint bench debs venv clean
+.PHONY: demo test lint bench debs venv clean guest
 
 venv: $(STAMP)
 
@@ -41,7 +42,11 @@ lint: venv
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-test: venv debs lint
+# The testbed's KVM guest: Debian's kernel + a busybox initramfs (no-op when up to date).
+guest: venv debs
+	$(BIN)/python -m pacao.testbed.guest --out build/guest
+
+test: venv debs lint guest
 	$(BIN)/pytest
 
 bench: venv debs
