@@ -480,9 +480,9 @@ class QemuQmpDriver:
         async def one(site: _Site) -> str | None:
             try:
                 return await query_status(await self.client(site.qmp))
-            except QmpCommandError:
-                raise
-            except QmpError:
+            except QmpError as exc:  # not a QEMU we can use: the VM is not there
+                log.debug("%s: %s", site.qmp, exc)
+                await self._forget(site.qmp)
                 return None
 
         res = await asyncio.gather(*(one(s) for s in sites.values()))
@@ -501,10 +501,43 @@ class QemuQmpDriver:
             return VmStatus(dc=home[0], running=False)
         raise DriverError(f"no QEMU runs VM {vm!r} (status per DC: {sts})")
 
+    async def _forget(self, address: str) -> None:
+        c = self._clients.pop(address, None)
+        if c is not None:
+            await c.close()
+
+    async def _retire(self, vm: str, dc: str, site: _Site, client: QmpClient) -> None:
+        """Quit a QEMU left ``postmigrate`` by an earlier migration away from ``dc``, so
+        that a new destination can take its place (libvirt does the same)."""
+        log.info("quitting the migrated-away QEMU of %s in %s", vm, dc)
+        with contextlib.suppress(QmpError):  # the reply may be lost as QEMU exits
+            await client.execute("quit", timeout=5)
+        await self._forget(site.qmp)
+        old = self.launched.get((vm, dc))
+        if old is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                old.wait(10)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                probe = await QmpClient(site.qmp, 0.5).connect()
+            except QmpError:
+                return  # gone
+            await probe.close()
+            if time.monotonic() > deadline:
+                raise DriverError(f"the old QEMU of {vm} in {dc} did not quit")
+            await asyncio.sleep(0.05)
+
     async def _ensure_destination(self, vm: str, dc: str) -> QmpClient:
+        """A QEMU waiting for the VM in ``dc``: the one answering there, else one launched."""
         site = self._site(vm, dc)
         try:
-            return await self.client(site.qmp)
+            c = await self.client(site.qmp)
+            if site.launch is None or await query_status(c) != "postmigrate":
+                return c
+            await self._retire(vm, dc, site, c)
+        except QmpCommandError:
+            raise
         except QmpError as exc:
             if site.launch is None:
                 raise DriverError(f"destination QEMU of {vm} in {dc}: {exc}") from None
@@ -631,9 +664,11 @@ class QemuQmpDriver:
         entry = self._stderr.get((vm, dc))
         if entry is None:
             return ""
-        f = entry[1]
-        f.seek(0)
-        return f.read().decode(errors="replace").strip()[-300:]
+        try:
+            entry[1].seek(0)
+            return entry[1].read().decode(errors="replace").strip()[-300:]
+        except ValueError:  # closed by close()
+            return ""
 
     def _reap(self, vm: str, dc: str) -> None:
         """A launched destination exits by itself when its incoming migration fails."""
@@ -657,6 +692,7 @@ class QemuQmpDriver:
             await c.close()
         self._clients.clear()
         # Launched QEMUs are the VMs: they outlive the controller (not killed here).
-        for _proc, err in self._stderr.values():
-            err.close()
-        self._stderr.clear()
+        for key, (proc, err) in list(self._stderr.items()):
+            if proc.poll() is not None:
+                err.close()
+                del self._stderr[key]
