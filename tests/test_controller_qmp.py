@@ -104,7 +104,7 @@ def test_qmp_driver_live_migration_abort_and_restart(tmp_path: Path, procs: Proc
     src = procs.start(
         qemu_argv(guest, qmp=qmp["dc1"], serial=serial0, append=append), tmp_path / "src.err"
     )
-    wait_serial(serial0, READY, 60)
+    wait_serial(serial0, READY, 120)
     for bad in ({}, {"vms": {"nosuch": opts["vms"]["tiny"]}},
                 {"vms": {"tiny": {"dc9": {"qmp": "unix:/x"}}}},
                 {"vms": {"tiny": {"dc1": {"qmp": "tcp:nohost"}}}}):  # fmt: skip
@@ -172,12 +172,19 @@ def test_qmp_driver_live_migration_abort_and_restart(tmp_path: Path, procs: Proc
         dst_q = await drv.client(f"unix:{qmp['dc2']}")
         params = await dst_q.execute("query-migrate-parameters")
         assert params["max-bandwidth"] == 1_000_000 and params["downtime-limit"] == 250
-        await drv.abort("tiny")
-        job = await drv.job("tiny")
+        # a controller restart mid-migration attaches to the job under way, then aborts it
+        await drv.close()
+        drv3 = QemuQmpDriver(cfg, vms=opts["vms"])
+        await drv3.start_migration("tiny", "dc1", "job-2", 8, 250)
+        assert (await drv3.job("tiny")).state == "running"
+        assert len(drv3.launched) == 0  # nothing started twice
+        await drv3.abort("tiny")
+        job = await drv3.job("tiny")
         assert job.state == "failed" and job.error, job
-        st = await drv.status("tiny")
+        st = await drv3.status("tiny")
         assert (st.dc, st.running) == ("dc2", True)  # still serving at the source
-        assert drv.launched[("tiny", "dc1")].poll() is not None  # failed incoming QEMU exited
+        await drv3.close()
+        assert drv.launched[("tiny", "dc1")].wait(10) != 0  # the failed incoming QEMU exited
         await drv.resume("tiny")  # running already: nothing to do
         # 4. the controller's action: validate, execute (polls the job), a re-run is a no-op
         ctx = Context(None, drv, SystemClock(), poll_s=0.1)  # type: ignore[arg-type]

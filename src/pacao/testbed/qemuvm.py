@@ -281,7 +281,7 @@ class QemuGuest:
         return p.read_text(errors="replace").strip()[-400:] if p.exists() else ""
 
     # -- API -----------------------------------------------------------------------
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 120.0) -> None:
         """Create the TAP (unless it exists), start QEMU in ``ns``, wait for the guest."""
         if self.proc is not None:
             raise DriverError(f"{self.name} is already started")
