@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pacao.controller.drivers.base import DriverError
 from pacao.testbed.qemuvm import QemuGuest
 from qemu_support import need_qemu
 
@@ -105,6 +106,11 @@ def test_qemu_guest_migrates_between_namespaces(sites: None) -> None:
         assert g.alive()
         reach(NS_A)
         reach(NS_B)
+        # a destination that cannot listen: an error, the guest stays at a, nothing left
+        with pytest.raises(DriverError, match="exited"):
+            g.migrate_to(NS_B, f"pqt{PID}x", "172.31.0.9", 4444, dest_bridge="br0")
+        assert g.ns == NS_A and g.alive()
+        assert in_ns(NS_B, "ip", "link", "show", f"pqt{PID}x", check=False).returncode != 0
         r = g.migrate_to(NS_B, f"pqt{PID}b", "172.31.0.2", 4444, bandwidth_mbps=1000,
                          max_downtime_ms=300, dest_bridge="br0")  # fmt: skip
         print(f"\nQemuGuest migration {r.src_ns} -> {r.dst_ns} (128 MiB guest, 4 MiB blob, "

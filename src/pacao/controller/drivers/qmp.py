@@ -48,6 +48,7 @@ from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus
 log = logging.getLogger("pacao.controller.drivers.qmp")
 
 MAX_LINE = 16 << 20  # a QMP reply longer than this is not QMP we understand
+MAX_EVENTS = 1000  # events kept per connection (the newest)
 RUNNING_STATES = {"setup", "active", "device", "pre-switchover", "wait-unplug", "cancelling"}
 RUNNING_STATES |= {"postcopy-active", "postcopy-paused", "postcopy-recover"}
 # query-status values where the VM is not at home: a waiting destination, a migrated source.
@@ -178,6 +179,8 @@ class QmpClient:
                 msg = await self._readmsg()
                 if "event" in msg:
                     self.events.append(msg)
+                    if len(self.events) > MAX_EVENTS:  # a long-lived connection
+                        del self.events[: len(self.events) - MAX_EVENTS]
                     assert self._event_cond is not None
                     async with self._event_cond:
                         self._event_cond.notify_all()
