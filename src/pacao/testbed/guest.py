@@ -57,11 +57,13 @@ for m in $(cat /etc/modules); do insmod "/lib/modules/$m" || echo "pacao: insmod
 arg() { for a in $(cat /proc/cmdline); do case "$a" in "$1"=*) echo "${a#*=}";; esac; done; }
 ip=$(arg pacao.ip); gw=$(arg pacao.gw); blob=$(arg pacao.blob); tick=$(arg pacao.tick)
 ip link set lo up
-n=0
-while ! ip link show eth0 >/dev/null 2>&1 && [ $n -lt 50 ]; do usleep 100000; n=$((n+1)); done
-ip link set eth0 up
-[ -n "$ip" ] && ip addr add "$ip" dev eth0
-[ -n "$gw" ] && ip route add default via "$gw"
+if [ -n "$ip" ]; then
+  n=0
+  while ! ip link show eth0 >/dev/null 2>&1 && [ $n -lt 50 ]; do usleep 100000; n=$((n+1)); done
+  ip link set eth0 up
+  ip addr add "$ip" dev eth0
+  [ -n "$gw" ] && ip route add default via "$gw"
+fi
 echo "pacao guest" > /www/index.html
 dd if=/dev/urandom of=/www/blob bs=1048576 count="${blob:-1}" 2>/dev/null
 httpd -p 80 -h /www
