@@ -9,10 +9,13 @@ them carries the migration stream and the routed traffic to the EID. Fails witho
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -82,6 +85,28 @@ sys.stdout.buffer.write(got)
 """
 
 
+# One TCP connection to the echo port, a line every 20 ms until STOP exists: it must
+# survive the migration (the guest's TCP state moves with it); prints the longest gap.
+FLOW = """
+import json, os, socket, sys, time
+s = socket.create_connection((sys.argv[1], 7), timeout=10)
+n, last, gap = 0, time.monotonic(), 0.0
+while not os.path.exists(sys.argv[2]):
+    s.sendall(b"%d\\n" % n)
+    got = b""
+    while not got.endswith(b"\\n"):
+        chunk = s.recv(100)
+        if not chunk:
+            raise SystemExit("connection closed")
+        got += chunk
+    assert int(got) == n, (got, n)
+    now = time.monotonic()
+    gap, last, n = max(gap, now - last), now, n + 1
+    time.sleep(0.02)
+print(json.dumps({"echoes": n, "max_gap_ms": gap * 1000}))
+"""
+
+
 def tcp(ns: str, port: int, what: str) -> bytes:
     r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", FETCH, EID, str(port),
                         what], capture_output=True, timeout=60)  # fmt: skip
@@ -97,7 +122,7 @@ def reach(ns: str) -> None:
     assert tcp(ns, 7, "echo") == b"pacao-echo\n"
 
 
-def test_qemu_guest_migrates_between_namespaces(sites: None) -> None:
+def test_qemu_guest_migrates_between_namespaces(sites: None, tmp_path: Path) -> None:
     guest = need_qemu()
     g = QemuGuest("pqvm", NS_A, f"pqt{PID}a", f"{EID}/24", GW, bridge="br0", blob_mib=4,
                   guest=guest)  # fmt: skip
@@ -111,6 +136,12 @@ def test_qemu_guest_migrates_between_namespaces(sites: None) -> None:
             g.migrate_to(NS_B, f"pqt{PID}x", "172.31.0.9", 4444, dest_bridge="br0")
         assert g.ns == NS_A and g.alive()
         assert in_ns(NS_B, "ip", "link", "show", f"pqt{PID}x", check=False).returncode != 0
+        stop = tmp_path / "stop"
+        flow = subprocess.Popen(
+            ["ip", "netns", "exec", NS_B, sys.executable, "-c", FLOW, EID, str(stop)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        time.sleep(1)
         r = g.migrate_to(NS_B, f"pqt{PID}b", "172.31.0.2", 4444, bandwidth_mbps=1000,
                          max_downtime_ms=300, dest_bridge="br0")  # fmt: skip
         print(f"\nQemuGuest migration {r.src_ns} -> {r.dst_ns} (128 MiB guest, 4 MiB blob, "
@@ -124,6 +155,14 @@ def test_qemu_guest_migrates_between_namespaces(sites: None) -> None:
         # the EID moves: a routes it to b, b reaches it on its own bridge
         in_ns(NS_B, "ip", "route", "del", f"{EID}/32")
         in_ns(NS_A, "ip", "route", "add", f"{EID}/32", "via", "172.31.0.2")
+        time.sleep(1)
+        stop.touch()
+        out, err = flow.communicate(timeout=30)
+        assert flow.returncode == 0, err.decode()
+        seen = json.loads(out)
+        print(f"TCP echo flow across the migration: {seen['echoes']} echoes, longest gap "
+              f"{seen['max_gap_ms']:.0f} ms (downtime + EID route move)")  # fmt: skip
+        assert seen["echoes"] > 50
         reach(NS_B)
         reach(NS_A)
         pid = g.proc.pid if g.proc else -1
