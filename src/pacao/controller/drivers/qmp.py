@@ -519,7 +519,7 @@ class QemuQmpDriver:
         old = self.launched.get((vm, dc))
         if old is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                old.wait(10)
+                await asyncio.to_thread(old.wait, 10)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -660,7 +660,7 @@ class QemuQmpDriver:
             if time.monotonic() > deadline:
                 raise DriverError(f"the migration of {vm} did not stop after migrate_cancel")
             await asyncio.sleep(0.05)
-        self._reap(vm, job["dst"])
+        await self._reap(vm, job["dst"])
 
     def _err(self, vm: str, dc: str) -> str:
         """The end of a launched QEMU's stderr."""
@@ -673,12 +673,12 @@ class QemuQmpDriver:
         except ValueError:  # closed by close()
             return ""
 
-    def _reap(self, vm: str, dc: str) -> None:
+    async def _reap(self, vm: str, dc: str) -> None:
         """A launched destination exits by itself when its incoming migration fails."""
         proc = self.launched.get((vm, dc))
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
+                await asyncio.to_thread(proc.wait, 5)
 
     async def resume(self, vm: str) -> None:
         st = await self.status(vm)
