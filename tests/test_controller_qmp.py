@@ -297,3 +297,40 @@ def test_qmp_address_and_greeting_json(tmp_path: Path) -> None:
     with pytest.raises(QmpError):
         parse_address("tcp:host")
     assert json.loads(GREETING)["QMP"]["version"]["qemu"]["major"] == 7
+
+
+def test_qmp_over_tcp_with_events_and_concurrent_commands() -> None:
+    """A well-behaved peer on TCP: an event before the capabilities reply, replies out of
+    order to two concurrent commands (matched by id), an event while waiting."""
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(GREETING)
+        await r.readline()
+        w.write(b'{"event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 0}}\n')
+        w.write(b'{"return": {}}\n')
+        reqs = [json.loads(await r.readline()) for _ in range(2)]
+        w.write(b'{"event": "STOP"}\n')
+        for req in reversed(reqs):  # out of order
+            ret = {"status": "running"} if req["execute"] == "query-status" else {"ok": 1}
+            w.write(json.dumps({"id": req["id"], "return": ret}).encode() + b"\n")
+        await w.drain()
+        await r.readline()  # until the client closes
+        w.close()
+
+    async def body() -> None:
+        srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        try:
+            c = await QmpClient(f"tcp:127.0.0.1:{port}", timeout=5).connect()
+            assert c.greeting["version"]["qemu"]["major"] == 7
+            st, other = await asyncio.gather(query_status(c), c.execute("x-other"))
+            assert st == "running" and other == {"ok": 1}
+            ev = await c.wait_event("STOP", 5)
+            assert ev["event"] == "STOP"
+            assert [e["event"] for e in c.events] == ["RESUME", "STOP"]
+            await c.close()
+        finally:
+            srv.close()
+            await srv.wait_closed()
+
+    asyncio.run(body())
