@@ -148,7 +148,7 @@ def test_qemu_guest_migrates_between_namespaces(sites: None, tmp_path: Path) -> 
               f"1 Gbit/s cap): total {r.total_time_ms:.0f} ms, downtime {r.downtime_ms:.0f} ms,"
               f" {r.transferred_bytes / 2**20:.1f} MiB, wall {r.wall_s:.2f} s")  # fmt: skip
         assert (g.ns, g.tap) == (NS_B, f"pqt{PID}b")
-        assert r.transferred_bytes > 4 << 20 and 0 < r.downtime_ms < r.total_time_ms
+        assert r.transferred_bytes > 4 << 20 and 0 < r.downtime_ms < r.total_time_ms, r
         # the source TAP is gone with its QEMU; the guest runs at b
         assert in_ns(NS_A, "ip", "link", "show", f"pqt{PID}a", check=False).returncode != 0
         assert g.alive()

@@ -290,6 +290,12 @@ class MigrationStats:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
+    def final(self) -> bool:
+        """QEMU marks a migration completed a moment before it fills in its times:
+        until then ``query-migrate`` reports a total time of 0."""
+        return self.status != "completed" or bool(self.total_time_ms)
+
+    @property
     def progress(self) -> float:
         if self.status == "completed":
             return 1.0
@@ -368,7 +374,7 @@ async def wait_migration(src: QmpClient, timeout: float, poll_s: float = 0.1) ->
     deadline = time.monotonic() + timeout
     while True:
         st = await query_migrate(src)
-        if st.status in ("completed", "failed", "cancelled"):
+        if st.status in ("failed", "cancelled") or (st.status == "completed" and st.final):
             return st
         if time.monotonic() > deadline:
             raise DriverError(f"migration still {st.status} after {timeout} s")
@@ -628,7 +634,7 @@ class QemuQmpDriver:
         except QmpError as exc:
             st = MigrationStats(status="unknown", error=str(exc))
         job["stats"] = st if st.status != "unknown" else job["stats"]
-        if st.status in RUNNING_STATES:
+        if st.status in RUNNING_STATES or not st.final:
             return MigrationJob("running", dst, st.progress, None, jid)
         if st.status in ("failed", "cancelled"):
             final = MigrationJob("failed", dst, st.progress, st.error or st.status, jid)
