@@ -84,9 +84,10 @@ class Hook:
     def on_event(self, event: object) -> None:
         if isinstance(event, MappingAdded | PrioritiesChanged | LocatorDown | LocatorUp):
             self.push(event.prefix)
-        elif isinstance(event, MappingRemoved):
+        elif isinstance(event, MappingRemoved) and str(event.prefix.network) in self.best:
             self.request({"op": "remove", "prefix": str(event.prefix.network)})
             self.note(str(event.prefix.network), None)
+            del self.best[str(event.prefix.network)]
 
     def push(self, prefix: EidPrefix) -> None:
         entry = self.xtr.cache.table.get(prefix)

@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import Popen
 from typing import Any, Literal
 
 import yaml
@@ -322,19 +323,27 @@ class TestbedControlPlane:
         }
 
     # ------------------------------------------------------------------ lifecycle
-    def _spawn(self, name: str, cmd: list[str], ns: str, marker: bytes, timeout: float) -> None:
+    def _spawn(self, name: str, cmd: list[str], ns: str) -> Popen[bytes]:
         proc = runner.spawn(self.state, name, cmd, ns=ns)
         self.procs.append(name)
-        log = self.state.rundir / f"{name}.log"
+        return proc
+
+    def _wait(self, waits: list[tuple[str, Popen[bytes], bytes]], timeout: float) -> None:
+        """Until each (name, process, marker) printed its marker; an exit is an error."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if log.exists() and marker in log.read_bytes():
-                return
-            if proc.poll() is not None:
-                text = log.read_text(errors="replace").strip()[-800:]
-                raise TestbedError(f"{name} exited: {text}")
+        pending = list(waits)
+        while pending and time.monotonic() < deadline:
+            for item in list(pending):
+                name, proc, marker = item
+                log = self.state.rundir / f"{name}.log"
+                if log.exists() and marker in log.read_bytes():
+                    pending.remove(item)
+                elif proc.poll() is not None:
+                    text = log.read_text(errors="replace").strip()[-800:]
+                    raise TestbedError(f"{name} exited: {text}")
             time.sleep(0.02)
-        raise TestbedError(f"{name} not ready after {timeout} s")
+        if pending:
+            raise TestbedError(f"{[p[0] for p in pending]} not ready after {timeout} s")
 
     def _mgmt_network(self) -> None:
         st, sh = self.state, runner.sh
@@ -369,11 +378,12 @@ class TestbedControlPlane:
         ms_cfg = self.workdir / "map-server.yaml"
         ms_cfg.write_text(yaml.safe_dump(self._map_server_config()))
         ms_cmd = [py, "-m", "pacao.cli", "lisp", "map-server", "--config", str(ms_cfg)]
-        self._spawn("map-server", ms_cmd, self.ns, b"listening on", timeout)
+        ms = self._spawn("map-server", ms_cmd, self.ns)
         # The data planes forget the topology's seed: from now on the agents fill them.
         for x in self.xtrs:
             for e in runner.xtr_control(st, x, {"op": "show"})["map_cache"]:
                 runner.xtr_control(st, x, {"op": "remove", "prefix": e["prefix"]})
+        waits = [("map-server", ms, b"listening on")]
         for x in self.xtrs:
             cfg = self.workdir / f"agent-{x}.yaml"
             cfg.write_text(yaml.safe_dump(self.agent_config(x)))
@@ -385,13 +395,15 @@ class TestbedControlPlane:
                 path = self.workdir / f"egress-{x}.json"
                 path.write_text(json.dumps(egress))
                 cmd += ["--egress", str(path)]
-            self._spawn(f"agent-{x}", cmd, st.ns(x), b"ready", timeout)
+            waits.append((f"agent-{x}", self._spawn(f"agent-{x}", cmd, st.ns(x)), b"ready"))
+        self._wait(waits, timeout)
         self.wait_resolved(timeout)
         if self.settings.policy != "legacy":
             cfg = self.workdir / "controller.yaml"
             cfg.write_text(yaml.safe_dump(self.controller_config()))
             cmd = [py, "-m", "pacao.cli", "controller", "run", "--config", str(cfg)]
-            self._spawn("controller", cmd, self.ns, b"controller started", timeout)
+            proc = self._spawn("controller", cmd, self.ns)
+            self._wait([("controller", proc, b"controller started")], timeout)
 
     def wait_resolved(self, timeout: float) -> None:
         """Until every data plane holds every prefix its agent watches."""
