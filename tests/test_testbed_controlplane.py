@@ -231,7 +231,7 @@ def test_controller_switches_the_entry_then_migrates_the_vm(topo_file: Path) -> 
     try:
         runner.up(topo, topo_file, state)
         settings = ControllerSettings("pacao2", s1=1.0, s2=0.5, s3=0.1, rtt_max_ms=30)
-        model = MigrationModel(memory_mib=128, switchover_ms=200)
+        model = MigrationModel(memory_mib=128, switchover_ms=300)
         cp = TestbedControlPlane(state, topo, settings, state.rundir / "cp", model)
         cp.start()
         time.sleep(2.5)  # SLA met: via ax the user sees about 10 ms
@@ -260,10 +260,13 @@ def test_controller_switches_the_entry_then_migrates_the_vm(topo_file: Path) -> 
         user_switch = next(
             e for e in events if e["kind"] == "entry" and e["node"] == "ux" and e["rloc"] == BX
         )
-        assert plans[0]["created"] <= user_switch["t"] < plans[0]["created"] + 1.0, summary
+        # the user's data plane moved while a plan's EntrySwitch executed (SMR/CHANGE-PRIORITY)
+        done = min(switch["updated"], migration["updated"])
+        assert plans[0]["created"] <= user_switch["t"] <= done + 0.5, summary
         moved = next(e for e in events if e["kind"] == "migration")
         assert moved["dst"] == "bdc" and moved["t"] >= migration["created"]
-        assert 0.2 <= moved["downtime_s"] < 0.35
+        assert moved["model_downtime_s"] == pytest.approx(0.3)
+        assert 0.3 <= moved["downtime_s"] < 0.5  # + the plumbing on a loaded host
         assert vm_location(state, "vm") == "bdc"
         assert median_rtt(state) < 40  # ux -(10 ms)- bx -> bdc -> vm
     finally:

@@ -223,6 +223,22 @@ def _macs(state: State, vm: str) -> tuple[str, str]:
     return f"{base}:01", f"{base}:02"
 
 
+def _ip_batches(per_ns: dict[str, list[str]]) -> None:
+    """`ip -batch` in several namespaces at once (in parallel: this is downtime)."""
+    procs = [
+        (ns, subprocess.Popen(["ip", "-n", ns, "-batch", "-"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        for ns in per_ns
+    ]  # fmt: skip
+    errors = []
+    for ns, proc in procs:
+        _out, err = proc.communicate("\n".join(per_ns[ns]) + "\n")
+        if proc.returncode != 0:
+            errors.append(f"ip -n {ns} -batch: {err.strip()}")
+    if errors:
+        raise TestbedError("; ".join(errors))
+
+
 def _current_vm_dev(state: State, topo: Topology, vm: str, doc: dict[str, Any]) -> str:
     info = doc["vms"].get(vm)
     if info and info.get("dev"):
@@ -268,11 +284,6 @@ def migrate_vm(
         append_event(state, {"t": started, "kind": "migration-start", "vm": vm, "src": src,
                              "dst": dst_dc, "model_duration_s": total * scale,
                              "model_downtime_s": down * scale})  # fmt: skip
-        precopy = (total - down) * scale
-        if abort is not None and abort.wait(precopy):
-            raise TestbedError(f"migration of {vm} to {dst_dc} aborted during pre-copy")
-        if abort is None:
-            time.sleep(precopy)
         doc = _read(state)
         old_dev = _current_vm_dev(state, topo, vm, doc)
         vm_node = topo.nodes[vm]
@@ -281,11 +292,9 @@ def migrate_vm(
         gw = vm_link.addr(vm_link.peer(vm))  # the gateway, moved with the VM
         count = int(doc.get("count", 0)) + 1
         va, vb = f"{state.prefix}v{count}a", f"{state.prefix}v{count}b"
-        # --- stop-and-copy: the VM is unreachable from here
-        t_down = time.monotonic()
-        _ip_batch(state.ns(vm), [f"link del {old_dev}"])
-        # Fixed MACs (the VM's and the gateway's) and neighbour entries on both sides play
-        # the hypervisor's post-migration announcement: no ARP round after the move.
+        # The destination's port is prepared during the pre-copy (the VM's side stays down
+        # and without address). Fixed MACs (the VM's and the gateway's) and neighbour
+        # entries on both sides play the hypervisor's post-migration announcement.
         vm_mac, gw_mac = _macs(state, vm)
         subprocess.run(
             ["ip", "link", "add", va, "address", vm_mac, "netns", state.ns(vm), "type", "veth",
@@ -293,29 +302,43 @@ def migrate_vm(
             check=True, capture_output=True,
         )  # fmt: skip
         _ip_batch(state.ns(dst_dc), [f"addr add {gw} dev {vb}",
-                                     f"link set {vb} mtu {INNER_MTU} up",
-                                     f"neigh replace {vm_node.eid.ip} lladdr {vm_mac} dev {vb} "
-                                     "nud reachable"])  # fmt: skip
+                                     f"link set {vb} mtu {INNER_MTU} up"])  # fmt: skip
+        precopy = (total - down) * scale - (time.monotonic() - t0)
+        aborted = abort.wait(max(0.0, precopy)) if abort is not None else False
+        if abort is None:
+            time.sleep(max(0.0, precopy))
+        if aborted:
+            _ip_batch(state.ns(vm), [f"link del {va}"])
+            raise TestbedError(f"migration of {vm} to {dst_dc} aborted during pre-copy")
         new_routes = vm_routes(topo, vm, dst_dc)
         host = f"{vm_node.eid.ip}/32"
+        batches: dict[str, list[str]] = {}
         for node, routes in new_routes.items():
-            lines = []
             for r in routes:
                 assert r.dev_link is not None
                 link = topo.links[r.dev_link]
-                lines.append(f"route replace {r.prefix} via {r.via} dev "
-                             f"{state.ifname(link.index, link.end(node))}")  # fmt: skip
-            _ip_batch(state.ns(node), lines)
+                batches.setdefault(node, []).append(
+                    f"route replace {r.prefix} via {r.via} dev "
+                    f"{state.ifname(link.index, link.end(node))}"
+                )
         old_home = site_xtr(topo, src)
         if old_home is not None and old_home not in new_routes:
-            _ip_batch(state.ns(old_home), [f"route del {host}"])
+            batches[old_home] = [f"route del {host}"]
+        # --- stop-and-copy: the VM is unreachable from here
+        t_down = time.monotonic()
+        _ip_batches({state.ns(vm): [f"link del {old_dev}"],
+                     **{state.ns(node): lines for node, lines in batches.items()}})  # fmt: skip
         remaining = t_down + down * scale - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
-        _ip_batch(state.ns(vm), [f"addr add {vm_node.eid} dev {va}",
-                                 f"link set {va} mtu {INNER_MTU} up",
-                                 f"neigh replace {gw.ip} lladdr {gw_mac} dev {va} nud reachable",
-                                 f"route replace default via {gw.ip} dev {va}"])  # fmt: skip
+        _ip_batches({
+            state.ns(vm): [f"addr add {vm_node.eid} dev {va}",
+                           f"link set {va} mtu {INNER_MTU} up",
+                           f"neigh replace {gw.ip} lladdr {gw_mac} dev {va} nud reachable",
+                           f"route replace default via {gw.ip} dev {va}"],
+            state.ns(dst_dc): [f"neigh replace {vm_node.eid.ip} lladdr {vm_mac} dev {vb} "
+                               "nud reachable"],
+        })  # fmt: skip
         t_up = time.monotonic()
         doc["vms"][vm] = {"dc": dst_dc, "dev": va}
         doc["count"] = count
