@@ -556,7 +556,7 @@ def check_vxlan(topo: Topology) -> None:
     for vm in (n for n in topo.nodes.values() if n.role == "vm"):
         peer = topo.nodes[vm_dc(topo, vm.name)]
         if peer.role != "dc":
-            raise InputError(f"nodes.{vm.name}", peer.name, "with a vxlan fabric a vm hangs from a dc")
+            raise InputError(f"nodes.{vm.name}", peer.name, "vxlan fabric: a vm hangs from a dc")
 
 
 def vxlan_routes(topo: Topology) -> dict[str, list[Route]]:
