@@ -553,6 +553,15 @@ def check_vxlan(topo: Topology) -> None:
     for n in topo.nodes.values():
         if n.role == "dc" and site_xtr(topo, n.name) is None:
             raise InputError(f"nodes.{n.name}", n.name, "a dc needs a link to an xtr (VTEP)")
+    dcs = dc_of_xtr(topo)
+    for m in topo.mappings:
+        xs = sorted({lo.node for lo in m.locators} & set(dcs))
+        for i, x in enumerate(xs):
+            for y in xs[i + 1 :]:
+                if not any(k.peer(x) == y for k in topo.links_of(x)):
+                    raise InputError(
+                        f"mappings {m.prefix}", y, f"needs a direct link to {x} (VXLAN fabric)"
+                    )
     for vm in (n for n in topo.nodes.values() if n.role == "vm"):
         peer = topo.nodes[vm_dc(topo, vm.name)]
         if peer.role != "dc":
