@@ -178,8 +178,8 @@ def test_probed_rtt_follows_an_impairment(
     try:
         time.sleep(0.5)  # a few probe intervals (S''' = 0.1 s)
         raised = probed_rtt(cp, AX)
-        assert 79.9 < raised < 100, raised
-        assert probed_rtt(cp, BX) < 30  # the other path is untouched
+        assert 79.9 < raised < 130, raised  # 2 x 40 ms + the rest; a loaded host adds
+        assert probed_rtt(cp, BX) < 60  # the other path (20 ms) is untouched
     finally:
         runner.set_link(state, topo, "ua", delay_ms=5)
 
