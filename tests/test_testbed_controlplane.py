@@ -223,6 +223,38 @@ def test_namespace_migration_downtime_matches_the_model(
     assert migrate_vm(state, "vm", "adc").duration_s == 0  # already there: nothing to do
 
 
+def cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "pacao.cli", "testbed", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cli_set_priority_and_migrate(
+    legacy: tuple[runner.State, Topology, TestbedControlPlane],
+) -> None:
+    state, _topo, cp = legacy
+    run = ("--run", state.runid)
+    replies = json.loads(cli("set-priority", PREFIX, "ax=7", *run))
+    assert [r["locators"][0]["priority"] for r in replies] == [7, 7]
+    deadline = time.monotonic() + 5
+    while priorities(cp, "ux")[AX] != 7:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    cli("set-priority", PREFIX, "ax=1", *run)
+    res = json.loads(cli("migrate", "vm", "bdc", "--memory", "8", "--switchover", "10", *run))
+    assert res["dst"] == "bdc" and res["modelled"] and res["bytes"] == 8 << 20
+    json.loads(cli("migrate", "vm", "adc", "--memory", "8", *run))
+    assert vm_location(state, "vm") == "adc"
+    bad = subprocess.run(
+        [sys.executable, "-m", "pacao.cli", "testbed", "migrate", "vm", "ux", *run],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("pacao: error: dc: ")
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_controller_switches_the_entry_then_migrates_the_vm(topo_file: Path) -> None:
     """PACAO-2 under an injected delay, time-compressed: S' = 1 s, S'' = 0.5 s."""
     runner.check_system()
