@@ -276,7 +276,7 @@ class TestbedControlPlane:
                 direct = [x for x in topo.links if {x.a, x.b} == {dc_x[a], dc_x[b]}]
                 if a < b and direct:
                     link = direct[0]
-                    bw = (link.rate_bps or model.default_bandwidth_mbps * 1e6) / 1e6
+                    bw = model.bandwidth_bps(topo, a, b) / 1e6
                     rtt = 2 * link.impairment.delay_ms
                     links.append({"a": a, "b": b, "bandwidth_mbps": bw, "rtt_ms": rtt})
         user = users[0]
@@ -286,7 +286,7 @@ class TestbedControlPlane:
         policy: dict[str, Any] = {
             "min_dwell_s": 2 * s.s1,
             "cooldown_s": 5 * s.s1,
-            "bandwidth_mbps": model.default_bandwidth_mbps,
+            "bandwidth_mbps": model.bandwidth_mbps or model.default_bandwidth_mbps,
             "max_downtime_ms": model.max_downtime_ms,
             "links": links,
         }
