@@ -212,7 +212,9 @@ def test_namespace_migration_downtime_matches_the_model(
     assert len(times) > 50, out[-2000:]
     gaps = sorted(b - a for a, b in itertools.pairwise(times))
     unreachable = gaps[-1]
-    assert res.downtime_s - 0.05 < unreachable < res.downtime_s + 0.15, (unreachable, res)
+    # the user saw the model's downtime (+ the plumbing, which a loaded host slows down)
+    assert 0.45 < unreachable < 0.5 + 0.25, (unreachable, res)
+    assert abs(unreachable - res.downtime_s) < 0.15, (unreachable, res)
     assert gaps[-2] < 0.15  # no other outage
     # the VM answers from DC b with the same EID; the fabric now carries ax -> bx
     assert median_rtt(state) > 9.9
@@ -243,10 +245,12 @@ def test_cli_set_priority_and_migrate(
         assert time.monotonic() < deadline
         time.sleep(0.02)
     cli("set-priority", PREFIX, "ax=1", *run)
-    res = json.loads(cli("migrate", "vm", "bdc", "--memory", "8", "--switchover", "10", *run))
-    assert res["dst"] == "bdc" and res["modelled"] and res["bytes"] == 8 << 20
-    json.loads(cli("migrate", "vm", "adc", "--memory", "8", *run))
-    assert vm_location(state, "vm") == "adc"
+    here = vm_location(state, "vm")
+    there = "bdc" if here == "adc" else "adc"
+    res = json.loads(cli("migrate", "vm", there, "--memory", "8", "--switchover", "10", *run))
+    assert res["dst"] == there and res["modelled"] and res["bytes"] == 8 << 20
+    json.loads(cli("migrate", "vm", here, "--memory", "8", *run))
+    assert vm_location(state, "vm") == here
     bad = subprocess.run(
         [sys.executable, "-m", "pacao.cli", "testbed", "migrate", "vm", "ux", *run],
         capture_output=True, text=True,
