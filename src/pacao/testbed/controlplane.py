@@ -370,6 +370,12 @@ class TestbedControlPlane:
         through the map-server). Processes are recorded by PID in the run state."""
         st = self.state
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # A fresh control plane: no controller state, plans or registrations of an earlier
+        # run in a reused workdir (the controller would resume them).
+        stale = [self.db, self.workdir / "map-server-state.json"]
+        stale += [*self.workdir.glob("controller.db-*"), *self.workdir.glob("agent-*.json")]
+        for old in stale:
+            old.unlink(missing_ok=True)
         self.started = time.time()
         if self.migration is not None:
             set_vm_model(st, self.migration)
