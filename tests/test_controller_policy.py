@@ -177,3 +177,35 @@ def test_paths_placement_and_migration_time() -> None:
     bw = np.array([[1.0, 1000.0], [1000.0, 1.0]])
     t = migration_seconds(np.array([1000.0]), np.array([0]), bw, 1.5)
     assert t[0, 0] == 0.0 and abs(t[0, 1] - 1000 * 8.388608 * 1.5 / 1000) < 1e-12
+
+
+def test_same_penalty_but_shorter_path_ranks_first_and_float_noise_is_a_tie() -> None:
+    # Both entries cost T = (2, 1) (objective 1.7); entry 1 is 20 ms shorter: the
+    # kernel ranks it strictly first, so a violated user moves (as the simulator's
+    # paper runs do). A difference of 1e-12 relative is float noise: no move.
+    d = entry(
+        [[[100, 1], [80, 1]], [[100, 1], [100 * (1 - 1e-12), 1]]],
+        [[True, True], [True, True]],
+        [0, 0],
+    )
+    assert d.reason.tolist() == [Reason.SWITCH, Reason.CURRENT_IS_BEST]
+    assert d.best_objective[0] == d.current_objective[0]
+    # A margin in objective units keeps such same-penalty moves out.
+    held = entry([[[100, 1], [80, 1]]], [[True, True]], [0], params=Params(min_gain=0.5))
+    assert held.reason.tolist() == [Reason.GAIN_BELOW_MARGIN]
+
+
+def test_a_migration_that_takes_no_time_needs_only_a_strictly_better_placement() -> None:
+    # Same penalty at both DCs, DC 1 shorter; zero migration time: the cost rule passes.
+    d = migrate(
+        current_values=np.array([[100.0, 1.0]]),
+        place_values=np.array([[[100.0, 1.0], [80.0, 1.0]]]),
+        migration_s=np.zeros((1, 2)),
+    )
+    assert d.reason.tolist() == [Reason.MIGRATE]
+    # With a migration time, a gain of zero objective units never pays it.
+    d = migrate(
+        current_values=np.array([[100.0, 1.0]]),
+        place_values=np.array([[[100.0, 1.0], [80.0, 1.0]]]),
+    )
+    assert d.reason.tolist() == [Reason.NOT_WORTH]

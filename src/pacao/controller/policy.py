@@ -39,6 +39,10 @@ from pacao.optimize import Candidate, Criterion, Decision, Mode, Problem, solve
 from pacao.optimize.bulk import choose_parallel
 from pacao.optimize.penalty import OBJECTIVE_TIE, penalties_from_ratios
 
+#: Relative difference of the secondary key (sum_k alpha_k m/M) below which two candidates
+#: with the same objective are tied: float noise of summed path metrics never moves a user.
+SECONDARY_TIE = 1e-9
+
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
@@ -169,6 +173,15 @@ def _current(
     values: FloatArray, usable: BoolArray, current: IntArray, sla: Sla
 ) -> tuple[BoolArray, FloatArray, BoolArray]:
     """(current usable, objective of the current candidate, SLA met on it)."""
+    ok, obj, met, _ = _current_keys(values, usable, current, sla)
+    return ok, obj, met
+
+
+def _current_keys(
+    values: FloatArray, usable: BoolArray, current: IntArray, sla: Sla
+) -> tuple[BoolArray, FloatArray, BoolArray, FloatArray]:
+    """:func:`_current` plus the kernel's secondary key sum_k alpha_k m/M of the current
+    candidate (inf when it is not usable)."""
     n = values.shape[0]
     rows = np.arange(n)
     valid = (current >= 0) & (current < values.shape[1])
@@ -179,8 +192,34 @@ def _current(
     ratios = np.where(ok[:, None], ratios, 0.0)
     pen = penalties_from_ratios(ratios)
     obj = np.where(ok, (pen * sla.weights).sum(axis=1), np.inf)
+    sec = np.where(ok, (ratios * sla.weights).sum(axis=1), np.inf)
     met = ok & (pen <= 1).all(axis=1)
-    return ok, obj, met
+    return ok, obj, met, sec
+
+
+def _secondary(values: FloatArray, best: IntArray, sla: Sla) -> FloatArray:
+    """The kernel's secondary key of each row's chosen candidate (inf when none)."""
+    rows = np.arange(values.shape[0])
+    has = best >= 0
+    with np.errstate(invalid="ignore"):
+        ratios = values[rows, np.where(has, best, 0)] / sla.bounds
+    out: FloatArray = np.where(
+        has, (np.where(has[:, None], ratios, 0.0) * sla.weights).sum(1), np.inf
+    )
+    return out
+
+
+def _ranks_before(gain: FloatArray, cur_sec: FloatArray, best_sec: FloatArray) -> BoolArray:
+    """Whether the chosen candidate ranks strictly before the current one in the kernel's
+    order: a lower objective, or the same objective (within OBJECTIVE_TIE) and a secondary
+    key lower by more than a relative SECONDARY_TIE (float noise of metric sums is a tie).
+    The kernel's choice already ranks first, so this is "best is not tied with current"."""
+    with np.errstate(invalid="ignore"):
+        tied = ~(gain > OBJECTIVE_TIE) & (gain >= -OBJECTIVE_TIE)
+        out: BoolArray = (gain > OBJECTIVE_TIE) | (
+            tied & (best_sec < cur_sec * (1.0 - SECONDARY_TIE))
+        )
+    return out
 
 
 def _finite(values: FloatArray, usable: BoolArray) -> BoolArray:
@@ -210,12 +249,12 @@ def decide_entry(
     entry switch (-inf: never).
     """
     usable = _finite(values, usable)
-    cur_ok, cur_obj, met = _current(values, usable, current, sla)
+    cur_ok, cur_obj, met, cur_sec = _current_keys(values, usable, current, sla)
     best, best_obj = _choose(values, sla, usable)
     with np.errstate(invalid="ignore"):
         gain = cur_obj - best_obj  # inf - inf (nothing usable anywhere) is NaN: no move
     has = best >= 0
-    no_better = (best == current) | ~(gain > OBJECTIVE_TIE)
+    no_better = (best == current) | ~_ranks_before(gain, cur_sec, _secondary(values, best, sla))
     below = cur_ok & (gain < params.min_gain)
     dwell = cur_ok & (now - last_switch < params.min_dwell_s)
     reason = np.select(
@@ -270,7 +309,9 @@ def decide_migration(
     n, d_count = place_values.shape[0], place_values.shape[1]
     rows = np.arange(n)
     cur_use = _finite(current_values[:, None, :], current_usable[:, None])
-    _, cur_obj, met = _current(current_values[:, None, :], cur_use, np.zeros(n, np.int64), sla)
+    _, cur_obj, met, cur_sec = _current_keys(
+        current_values[:, None, :], cur_use, np.zeros(n, np.int64), sla
+    )
     is_host = np.arange(d_count)[None, :] == host[:, None]
     fits = is_host.copy()  # resource by resource: no reduction along a short last axis
     ok_all = np.ones_like(fits)
@@ -285,13 +326,16 @@ def decide_migration(
     with np.errstate(invalid="ignore"):
         gain = cur_obj - best_obj
         benefit = gain * np.maximum(expected_stay_s - t_mig, 0.0)
-        worth = benefit > params.migration_cost_weight * t_mig
+        # A migration that takes no time costs nothing (the paper's model): any
+        # candidate ranking strictly before the current path is worth it.
+        worth = (t_mig <= 0) | (benefit > params.migration_cost_weight * t_mig)
+    better = _ranks_before(gain, cur_sec, _secondary(place_values, best, sla))
     reason = np.select(
         [
             met,
             pinned,
             ~has,
-            (best == host) | ~(gain > OBJECTIVE_TIE),
+            (best == host) | ~better,
             gain < params.min_gain,
             now - last_migration < params.cooldown_s,
             ~worth,
