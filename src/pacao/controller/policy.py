@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pacao.optimize import Candidate, Criterion, Decision, Mode, Problem, solve
+from pacao.optimize.assign.model import LatencyFunction
 from pacao.optimize.bulk import choose_parallel
 from pacao.optimize.penalty import OBJECTIVE_TIE, penalties_from_ratios
 
@@ -413,6 +414,87 @@ def _apply_caps(
             per_dc[s] += 1
             per_dc[d] += 1
             left[d] = [a - b for a, b in zip(left[d], dem[u], strict=True)]
+
+
+@dataclass(frozen=True)
+class MultiUserDecisions:
+    """Problem (4)-(9) over the users of one S' window (arrays over those users / DCs).
+
+    ``dc`` is the assigned DC (the VM's host, entered through that DC's best
+    entry); ``independent`` what each user would pick alone (the kernel's
+    choice, blind to congestion), for comparison; loads count users per DC
+    after the move, ``existing`` included.
+    """
+
+    dc: IntArray
+    independent: IntArray
+    objective: float
+    lower_bound: float | None
+    solver: str
+    seconds: float
+    load: IntArray
+    independent_load: IntArray
+    capacity: FloatArray
+    congestion_ms: FloatArray
+
+
+def decide_multi_user(
+    rtt_ms: FloatArray,
+    usable: BoolArray,
+    bound_ms: FloatArray,
+    host: IntArray,
+    pinned: BoolArray,
+    capacity: FloatArray,
+    existing: FloatArray,
+    latency: LatencyFunction,
+    solver: str = "lagrange",
+    *,
+    batch_size: int = 100,
+    time_limit: float | None = None,
+    integer_penalty: bool = False,
+    dc_names: Sequence[str] | None = None,
+    user_ids: Sequence[str] | None = None,
+) -> MultiUserDecisions:
+    """The congestion-aware assignment (paper Sec. V-C) of many violating users at once.
+
+    ``rtt_ms`` (users, DCs): the RTT each user would get with its VM at each DC
+    (:func:`placement`); ``capacity`` C_d and ``existing`` e_d in users (VMs of
+    users outside this batch). Pinned VMs may only stay. Solved by
+    :func:`pacao.optimize.assign.solve_assign` (``lagrange``, ``milp`` or
+    ``batched``); raises :class:`pacao.optimize.assign.InfeasibleError` when the
+    users do not fit.
+    """
+    from pacao.optimize.assign import AssignProblem, solve_assign
+
+    n, d = rtt_ms.shape
+    ok = _finite(rtt_ms[..., None], usable)
+    ok &= ~pinned[:, None] | (np.arange(d)[None, :] == host[:, None])
+    lat = np.where(ok, rtt_ms, np.nan)
+    problem = AssignProblem(
+        dc_names=tuple(dc_names or (f"dc{j}" for j in range(d))),
+        capacity=np.asarray(capacity, dtype=np.float64),
+        existing=np.asarray(existing, dtype=np.float64),
+        functions=(latency,) * d,
+        user_ids=tuple(user_ids or (f"u{i}" for i in range(n))),
+        bound=np.asarray(bound_ms, dtype=np.float64),
+        latency=lat,
+        integer_penalty=integer_penalty,
+    )
+    res = solve_assign(problem, solver, batch_size=batch_size, time_limit=time_limit)
+    alone, _ = _choose(rtt_ms[..., None], Sla(np.ones((n, 1)), bound_ms[:, None]), ok)
+    base = np.asarray(existing, dtype=np.int64)
+    return MultiUserDecisions(
+        dc=np.asarray(res.choice, dtype=np.int64),
+        independent=alone,
+        objective=res.objective,
+        lower_bound=res.lower_bound,
+        solver=solver,
+        seconds=res.seconds,
+        load=base + np.bincount(res.choice, minlength=d),
+        independent_load=base + np.bincount(alone[alone >= 0], minlength=d),
+        capacity=problem.capacity,
+        congestion_ms=res.evaluation.congestion_ms,
+    )
 
 
 def combine_paths(user_xtr: FloatArray, xtr_vm: FloatArray, criteria: Sequence[str]) -> FloatArray:
