@@ -136,15 +136,17 @@ def test_controller_killed_mid_migration_resumes_the_plan(tmp_path: Path) -> Non
     switch after it run once), and ends succeeded with the VM and the state at dc2."""
     with libvirt_pair(tmp_path) as uris:
         fill = tmp_path / "fill.bin"
-        fill.write_bytes(os.urandom(12 << 20))
-        create_domain(uris["dc1"], "tiny", mib=32, fill=fill)
+        # 40 MiB of incompressible guest memory at 1 MiB/s: the migration lasts about 40 s,
+        # long enough to kill the controller and start it again on a loaded machine.
+        fill.write_bytes(os.urandom(40 << 20))
+        create_domain(uris["dc1"], "tiny", mib=64, fill=fill)
         doc = {
             "dcs": [
                 {"name": dc, "location": {"lat": 48.85, "lon": 2.35}, "rlocs": [rloc],
                  "capacity": {"ram_mib": 4096, "cpu": 4}}
                 for dc, rloc in (("dc1", "192.0.2.1"), ("dc2", "192.0.2.2"))
             ],
-            "vms": [{"name": "tiny", "eid": "10.1.0.10/32", "memory_mib": 32, "vcpus": 1,
+            "vms": [{"name": "tiny", "eid": "10.1.0.10/32", "memory_mib": 64, "vcpus": 1,
                      "host": "dc1", "hypervisor_uri": uris["dc1"]}],
             "users": [{"name": "u1", "rloc": "203.0.113.1", "vm": "tiny",
                        "sla": {"rtt": {"weight": 1.0, "max": 50}}}],
@@ -169,7 +171,6 @@ def test_controller_killed_mid_migration_resumes_the_plan(tmp_path: Path) -> Non
             {},
             {},
             [
-                # 1 MiB/s for ~13 MiB: the migration lasts long enough to kill the controller.
                 ("VmMigration", {"vm": "tiny", "src": "dc1", "dst": "dc2", "job_id": "u1-1",
                                  "bandwidth_mbps": 8.4, "max_downtime_ms": 300}),
                 ("EntrySwitch", {"vm_eid": "10.1.0.10/32", "rloc": "192.0.2.2",

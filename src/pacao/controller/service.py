@@ -40,6 +40,7 @@ from pacao.controller.monitoring import (
 from pacao.controller.plans import Context, Executor
 from pacao.controller.policy import (
     REASON_TEXT,
+    MigrationTime,
     Params,
     Reason,
     Sla,
@@ -47,7 +48,6 @@ from pacao.controller.policy import (
     decide_entry,
     decide_migration,
     decide_multi_user,
-    migration_seconds,
     placement,
     rank_entries,
 )
@@ -509,7 +509,7 @@ class Controller:
         )
         demand = np.array([[v.memory_mib, v.vcpus] for v in vms], dtype=float)
         residual = self._residual()
-        mig_s = migration_seconds(demand[:, 0], host, self.bandwidth, self.cfg.policy.dirty_factor)
+        mig_s = MigrationTime(demand[:, 0], host, self.bandwidth, self.cfg.policy.dirty_factor)
         per_dc, total = self._ongoing()
         stay = np.array(
             [self.users[i].expected_stay_s or self.cfg.policy.expected_stay_s for i in idx]
