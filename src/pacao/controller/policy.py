@@ -142,9 +142,10 @@ class MigrationDecisions:
 
 def _choose(values: FloatArray, sla: Sla, usable: BoolArray) -> tuple[IntArray, FloatArray]:
     """The kernel on metrics m with the users' bounds, per group of users sharing (weights,
-    bounds); rows with nothing usable get -1. Ratios m/M are formed chunk by chunk inside
-    the kernel (exact division: the same decisions as on a full ratio array, without
-    streaming one through memory)."""
+    bounds); a candidate is usable when ``usable`` says so and every metric is finite (not
+    NaN: measured), tested inside the kernel; rows with nothing usable get -1. Ratios m/M
+    are formed chunk by chunk inside the kernel (exact division: the same decisions as on
+    a full ratio array, without streaming one through memory)."""
     n = values.shape[0]
     idx = np.full(n, -1, dtype=np.int64)
     obj = np.full(n, np.inf)
@@ -164,9 +165,10 @@ def _choose(values: FloatArray, sla: Sla, usable: BoolArray) -> tuple[IntArray, 
             continue
         part = values if sel.size == n else values[sel]
         use = usable if sel.size == n else usable[sel]
-        i, o = choose_parallel(part, uniq[g, :k], use, bounds=uniq[g, k:], exact=True)
+        i, o = choose_parallel(part, uniq[g, :k], use, bounds=uniq[g, k:], exact=True, finite=True)
         idx[sel] = i
         obj[sel] = o
+    idx[~np.isfinite(obj)] = -1  # every usable candidate had an unmeasured metric
     return idx, obj
 
 
@@ -187,9 +189,10 @@ def _current_keys(
     rows = np.arange(n)
     valid = (current >= 0) & (current < values.shape[1])
     cur = np.where(valid, current, 0)
-    ok = valid & usable[rows, cur]
+    picked = _pick(values, cur)
+    ok = valid & usable[rows, cur] & np.isfinite(picked).all(axis=1)
     with np.errstate(invalid="ignore"):
-        ratios = _pick(values, cur) / sla.bounds
+        ratios = picked / sla.bounds
     ratios = np.where(ok[:, None], ratios, 0.0)
     pen = penalties_from_ratios(ratios)
     obj = np.where(ok, (pen * sla.weights).sum(axis=1), np.inf)
@@ -265,7 +268,6 @@ def decide_entry(
     the entry in use (-1: none); ``last_switch``: time of the user's last
     entry switch (-inf: never).
     """
-    usable = _finite(values, usable)
     cur_ok, cur_obj, met, cur_sec = _current_keys(values, usable, current, sla)
     best, best_obj = _choose(values, sla, usable)
     with np.errstate(invalid="ignore"):
@@ -324,14 +326,14 @@ def decide_migration(
     that computes them for the chosen DC only; ``ongoing_*``: migrations already
     under way (caps count both ends).
     """
-    n, d_count = place_values.shape[0], place_values.shape[1]
+    n = place_values.shape[0]
     rows = np.arange(n)
     cur_use = _finite(current_values[:, None, :], current_usable[:, None])
     _, cur_obj, met, cur_sec = _current_keys(
         current_values[:, None, :], cur_use, np.zeros(n, np.int64), sla
     )
-    is_host = np.arange(d_count)[None, :] == host[:, None]
-    usable = _finite(place_values, place_usable & (_fits(demand, residual, n) | is_host))
+    usable = place_usable & _fits(demand, residual, n)
+    usable[rows, host] = place_usable[rows, host]  # the host always "fits" its own VM
     best, best_obj = _choose(place_values, sla, usable)
     has = best >= 0
     safe_best = np.where(has, best, 0)
@@ -548,15 +550,17 @@ def placement(
 
     ``sublink`` (users, RLOCs, criteria) is the user<->xTR metric per RLOC and
     ``rloc_dc`` the DC of each RLOC. Returns (values (users, DCs, criteria),
-    usable (users, DCs), entry RLOC index per (user, DC), -1 when none).
+    usable (users, DCs), entry RLOC index per (user, DC), meaningful where usable).
+    A DC is usable when its RLOC is and the metrics are finite; with one RLOC per
+    DC in DC order (the view is the sublink itself) the finiteness is left to the
+    kernel of :func:`decide_migration`, which tests it in cache.
     """
     n, _, k = sublink.shape
-    usable = _finite(sublink, usable)
     counts = np.bincount(rloc_dc, minlength=dc_count)
     if sublink.shape[1] == dc_count and (rloc_dc == np.arange(dc_count)).all():
-        # One RLOC per DC, in DC order: the placement view is the sublink itself.
-        ident = np.broadcast_to(np.arange(dc_count), (n, dc_count))
-        return sublink, usable, np.where(usable, ident, -1)
+        ident: IntArray = np.broadcast_to(np.arange(dc_count, dtype=np.int64), (n, dc_count))
+        return sublink, usable, ident
+    usable = _finite(sublink, usable)
     values = np.full((n, dc_count, k), np.nan)
     use = np.zeros((n, dc_count), dtype=bool)
     entry = np.full((n, dc_count), -1, dtype=np.int64)
