@@ -382,8 +382,12 @@ class Controller:
         for vm in self.cfg.vms:
             if vm.name not in moving:
                 existing[self.dcs.index(self._host_of(vm.name))] += 1
+        # In a thread with a time limit of half a window by default: the solve is CPU-bound
+        # and the event loop keeps serving probes and the API meanwhile.
+        limit = mu.time_limit_s if mu.time_limit_s is not None else self.cfg.timers.s1 / 2
         try:
-            md = decide_multi_user(
+            md = await asyncio.to_thread(
+                decide_multi_user,
                 pv[..., CRITERIA.index("rtt")],
                 pu,
                 sla.bounds[:, CRITERIA.index("rtt")],
@@ -401,7 +405,7 @@ class Controller:
                 self.cfg.latency_function(),
                 mu.solver,
                 batch_size=mu.batch_size,
-                time_limit=mu.time_limit_s,
+                time_limit=limit,
                 integer_penalty=mu.integer_penalty,
                 dc_names=self.dcs,
                 user_ids=names,

@@ -287,7 +287,7 @@ def decision_tables(net: Network, bound_ms: float, params: Params = PAPER_PARAMS
         entry[s : s + c] = best
         best_rtt[s : s + c] = np.take_along_axis(path, best[..., None], -1)[..., 0]
     size = n_pos * n_dc * n_dc
-    dec = Decisions(
+    memo = Decisions(
         bound_ms=float(bound_ms),
         n_dcs=n_dc,
         params=params,
@@ -303,7 +303,7 @@ def decision_tables(net: Network, bound_ms: float, params: Params = PAPER_PARAMS
     # the paper's RTT model the best entry for a VM is its own DC): decide those in bulk
     # now, so that the engine's first runs make few small controller calls.
     v = np.tile(np.arange(n_dc, dtype=np.int64), n_pos)
-    own = dec.key(np.repeat(np.arange(n_pos, dtype=np.int64), n_dc), v, v)
-    dec.step1(own)
-    dec.step2(own)
-    return dec
+    own = memo.key(np.repeat(np.arange(n_pos, dtype=np.int64), n_dc), v, v)
+    memo.step1(own)
+    memo.step2(own)
+    return memo
