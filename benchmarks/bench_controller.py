@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from pacao.controller.policy import (
+    MigrationTime,
     Params,
     Sla,
     combine_paths,
     decide_entry,
     decide_migration,
-    migration_seconds,
     placement,
 )
 from pacao.controller.storage import Store
@@ -46,7 +46,7 @@ def cycle() -> float:
     t1 = time.perf_counter()
     rows = np.arange(USERS)
     pv, pu, _ = placement(sub, usable, rloc_dc, DCS, sla)
-    mig = migration_seconds(np.full(USERS, 2048.0), host, bw, 1.0)
+    mig = MigrationTime(np.full(USERS, 2048.0), host, bw, 1.0)  # what the service passes
     d2 = decide_migration(
         1e6,
         through[rows, current],

@@ -139,7 +139,9 @@ def simulate_user(
         if not world.violated(cur):
             continue
         pa, pv = world.placement(p)
-        if not world.path(p, pa, pv) < cur * (1 - 1e-9):
+        # Step 2 migrates the VM: a placement at the VM's own DC changes nothing now
+        # (a better entry for it waits for the next S').
+        if pv == v or not world.path(p, pa, pv) < cur * (1 - 1e-9):
             continue
         if pv != v and mig_ms > 0:
             pending = (c2 + mig_ms, pa, pv)

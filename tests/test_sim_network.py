@@ -66,21 +66,20 @@ def test_decision_tables_rank_by_rtt_and_keep_ties() -> None:
         network.PathModel(dc_stretch=1.0),
     )
     dec = policy.decision_tables(net, 41.0)
-    # Nearest DC and VM placement: the DC of the user's own LAC.
-    assert list(dec.nearest[:2]) == [0, 1] and list(dec.place_vm[:2]) == [0, 1]
+    dec.fill()
+    # Nearest DC: the DC of the user's own LAC.
+    assert list(dec.nearest[:2]) == [0, 1]
     # User in Lyon with the VM in Paris: enter at Lyon, cross on the straight DC link.
     assert dec.entry[1, 0] == 1
     key = dec.key(np.array([1]), np.array([0]), np.array([0]))
-    assert (
-        dec.step1[key][0] == 1
-        and dec.step2[dec.key(np.array([1]), np.array([1]), np.array([0]))][0]
-    )
-    # User in Paris on its own DC: 40 ms <= bound, nothing to do.
-    assert dec.step1[dec.key(np.array([0]), np.array([0]), np.array([0]))][0] == -1
-    # Ties keep the current path.
-    same = np.array([50.0, 50.0, 50.0 * (1 - 1e-12)])
-    assert not dec.improves(same, same[::-1]).any()
-    assert dec.improves(np.array([50.0]), np.array([49.0]))[0]
+    assert dec.step1(key)[0] == 1
+    # Still violated after the switch: step 2 moves the VM to Lyon, entered at Lyon.
+    assert dec.step2(dec.key(np.array([1]), np.array([1]), np.array([0])))[0] == 1
+    assert dec.entry[1, 1] == 1
+    # User in Paris on its own DC: 40 ms <= bound, nothing to do in either step.
+    own = dec.key(np.array([0]), np.array([0]), np.array([0]))
+    assert dec.step1(own)[0] == -1 and dec.step2(own)[0] == -1
+    assert (dec.memo1 != policy.UNKNOWN).all() and (dec.memo2 != policy.UNKNOWN).all()
 
 
 def test_decision_tables_refuse_huge_position_sets(monkeypatch: pytest.MonkeyPatch) -> None:

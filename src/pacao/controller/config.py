@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pacao.errors import InputError
+from pacao.optimize.assign.model import LatencyFunction
 from pacao.optimize.io import load_document
 from pacao.optimize.model import WEIGHT_SUM_TOLERANCE
 
@@ -41,6 +42,10 @@ class Location(_Model):
 class Capacity(_Model):
     ram_mib: Annotated[int, Field(gt=0)]
     cpu: Annotated[int, Field(gt=0)]
+    #: C_d of problem (4)-(9): how many users' VMs the DC serves before its congestion
+    #: latency reaches the end of the latency function. Default: how many of the
+    #: config's largest VMs fit in ram_mib and cpu.
+    users: Annotated[int, Field(gt=0)] | None = None
 
 
 class Xtr(_Model):
@@ -113,6 +118,32 @@ class Policy(_Model):
     links: list[Link] = []
 
 
+#: The paper's Fig. 17 shape, as `pacao reproduce` uses it (docs/assign.md).
+DEFAULT_BREAKPOINTS: tuple[tuple[float, float], ...] = (
+    (0.0, 0.0),
+    (0.5, 5.0),
+    (0.75, 50.0),
+    (0.9, 200.0),
+    (1.0, 700.0),
+)
+
+
+class LatencyFunctionConfig(_Model):
+    breakpoints: list[tuple[float, float]] = list(DEFAULT_BREAKPOINTS)
+
+
+class MultiUser(_Model):
+    """Congestion-aware multi-user mode: problem (4)-(9) when many users violate at once."""
+
+    mode: Literal["off", "auto", "always"] = "auto"
+    min_users: Annotated[int, Field(ge=1)] = 50
+    solver: Literal["lagrange", "milp", "batched"] = "lagrange"
+    batch_size: Annotated[int, Field(ge=1)] = 100
+    time_limit_s: PosFloat | None = None
+    integer_penalty: bool = False
+    latency_function: LatencyFunctionConfig = LatencyFunctionConfig()
+
+
 class DriverRef(_Model):
     name: Name
     options: dict[str, Any] = {}
@@ -140,6 +171,7 @@ class ControllerConfig(_Model):
     users: list[User] = []
     timers: Timers
     policy: Policy = Policy()
+    multi_user: MultiUser = MultiUser()
     drivers: Drivers
     storage: Storage = Storage()
     api: Api = Api()
@@ -149,6 +181,24 @@ class ControllerConfig(_Model):
 
     def vm(self, name: str) -> VirtualMachine:
         return next(v for v in self.vms if v.name == name)
+
+    def user_capacity(self) -> list[int]:
+        """C_d per DC (users): ``capacity.users`` or how many of the largest VM fit."""
+        mem = max((v.memory_mib for v in self.vms), default=1)
+        cpu = max((v.vcpus for v in self.vms), default=1)
+        return [
+            d.capacity.users
+            if d.capacity.users is not None
+            else min(d.capacity.ram_mib // mem, d.capacity.cpu // cpu)
+            for d in self.dcs
+        ]
+
+    def latency_function(self) -> LatencyFunction:
+        """f_d of problem (4)-(9), validated (check_references names the bad point)."""
+        return LatencyFunction.from_breakpoints(
+            [list(p) for p in self.multi_user.latency_function.breakpoints],
+            "multi_user.latency_function.breakpoints",
+        )
 
     def rloc_owner(self) -> dict[str, str]:
         """RLOC -> DC name."""
@@ -306,6 +356,7 @@ def check_references(cfg: ControllerConfig) -> None:
     lhost, sep, port = a.listen.rpartition(":")
     if not sep or not lhost or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise InputError("api.listen", a.listen, "expected HOST:PORT")
+    cfg.latency_function()
     scheme = cfg.storage.url.split(":", 1)[0]
     if scheme not in ("sqlite", "postgresql", "postgresql+psycopg"):
         raise InputError("storage.url", cfg.storage.url, "sqlite:///FILE or postgresql://...")

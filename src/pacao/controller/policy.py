@@ -36,8 +36,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pacao.optimize import Candidate, Criterion, Decision, Mode, Problem, solve
+from pacao.optimize.assign.model import LatencyFunction
 from pacao.optimize.bulk import choose_parallel
 from pacao.optimize.penalty import OBJECTIVE_TIE, penalties_from_ratios
+
+#: Relative difference of the secondary key (sum_k alpha_k m/M) below which two candidates
+#: with the same objective are tied: float noise of summed path metrics never moves a user.
+SECONDARY_TIE = 1e-9
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -137,9 +142,10 @@ class MigrationDecisions:
 
 def _choose(values: FloatArray, sla: Sla, usable: BoolArray) -> tuple[IntArray, FloatArray]:
     """The kernel on metrics m with the users' bounds, per group of users sharing (weights,
-    bounds); rows with nothing usable get -1. Ratios m/M are formed chunk by chunk inside
-    the kernel (exact division: the same decisions as on a full ratio array, without
-    streaming one through memory)."""
+    bounds); a candidate is usable when ``usable`` says so and every metric is finite (not
+    NaN: measured), tested inside the kernel; rows with nothing usable get -1. Ratios m/M
+    are formed chunk by chunk inside the kernel (exact division: the same decisions as on
+    a full ratio array, without streaming one through memory)."""
     n = values.shape[0]
     idx = np.full(n, -1, dtype=np.int64)
     obj = np.full(n, np.inf)
@@ -159,9 +165,10 @@ def _choose(values: FloatArray, sla: Sla, usable: BoolArray) -> tuple[IntArray, 
             continue
         part = values if sel.size == n else values[sel]
         use = usable if sel.size == n else usable[sel]
-        i, o = choose_parallel(part, uniq[g, :k], use, bounds=uniq[g, k:], exact=True)
+        i, o = choose_parallel(part, uniq[g, :k], use, bounds=uniq[g, k:], exact=True, finite=True)
         idx[sel] = i
         obj[sel] = o
+    idx[~np.isfinite(obj)] = -1  # every usable candidate had an unmeasured metric
     return idx, obj
 
 
@@ -169,26 +176,78 @@ def _current(
     values: FloatArray, usable: BoolArray, current: IntArray, sla: Sla
 ) -> tuple[BoolArray, FloatArray, BoolArray]:
     """(current usable, objective of the current candidate, SLA met on it)."""
+    ok, obj, met, _ = _current_keys(values, usable, current, sla)
+    return ok, obj, met
+
+
+def _current_keys(
+    values: FloatArray, usable: BoolArray, current: IntArray, sla: Sla
+) -> tuple[BoolArray, FloatArray, BoolArray, FloatArray]:
+    """:func:`_current` plus the kernel's secondary key sum_k alpha_k m/M of the current
+    candidate (inf when it is not usable)."""
     n = values.shape[0]
     rows = np.arange(n)
     valid = (current >= 0) & (current < values.shape[1])
     cur = np.where(valid, current, 0)
-    ok = valid & usable[rows, cur]
+    picked = _pick(values, cur)
+    ok = valid & usable[rows, cur] & np.isfinite(picked).all(axis=1)
     with np.errstate(invalid="ignore"):
-        ratios = values[rows, cur] / sla.bounds
+        ratios = picked / sla.bounds
     ratios = np.where(ok[:, None], ratios, 0.0)
     pen = penalties_from_ratios(ratios)
     obj = np.where(ok, (pen * sla.weights).sum(axis=1), np.inf)
+    sec = np.where(ok, (ratios * sla.weights).sum(axis=1), np.inf)
     met = ok & (pen <= 1).all(axis=1)
-    return ok, obj, met
+    return ok, obj, met, sec
+
+
+def _pick(values: FloatArray, idx: IntArray) -> FloatArray:
+    """values[u, idx[u]] for every row u of a (users, candidates, ...) array, as one
+    gather along the first axis of a flat view (a two-array fancy index is several
+    times slower on 100,000 users); ``idx`` must be valid."""
+    n, c = values.shape[0], values.shape[1]
+    flat = values.reshape((n * c, *values.shape[2:]))
+    out: FloatArray = flat[np.arange(n) * c + idx]
+    return out
+
+
+def _secondary(values: FloatArray, best: IntArray, sla: Sla) -> FloatArray:
+    """The kernel's secondary key of each row's chosen candidate (inf when none)."""
+    has = best >= 0
+    with np.errstate(invalid="ignore"):
+        ratios = _pick(values, np.where(has, best, 0)) / sla.bounds
+    out: FloatArray = np.where(
+        has, (np.where(has[:, None], ratios, 0.0) * sla.weights).sum(1), np.inf
+    )
+    return out
+
+
+def _ranks_before(gain: FloatArray, cur_sec: FloatArray, best_sec: FloatArray) -> BoolArray:
+    """Whether the chosen candidate ranks strictly before the current one in the kernel's
+    order: a lower objective, or the same objective (within OBJECTIVE_TIE) and a secondary
+    key lower by more than a relative SECONDARY_TIE (float noise of metric sums is a tie).
+    The kernel's choice already ranks first, so this is "best is not tied with current"."""
+    with np.errstate(invalid="ignore"):
+        tied = ~(gain > OBJECTIVE_TIE) & (gain >= -OBJECTIVE_TIE)
+        out: BoolArray = (gain > OBJECTIVE_TIE) | (
+            tied & (best_sec < cur_sec * (1.0 - SECONDARY_TIE))
+        )
+    return out
 
 
 def _finite(values: FloatArray, usable: BoolArray) -> BoolArray:
-    """``usable`` and every criterion measured (criterion by criterion: a reduction along a
-    short last axis is several times slower than k strided passes)."""
-    out = usable.copy()
-    for j in range(values.shape[-1]):
-        out &= np.isfinite(values[..., j])
+    """``usable`` and every criterion measured. The criteria are summed by one BLAS
+    matrix-vector product and the sum tested: NaN and inf propagate through a sum, and
+    metrics are far below the float range, so a finite sum means finite criteria (a
+    reduction along the short last axis, or k strided passes, cost several times more)."""
+    k = values.shape[-1]
+    if k == 1:
+        fin = np.isfinite(values[..., 0])
+    else:
+        flat = np.ascontiguousarray(values).reshape(-1, k)
+        with np.errstate(invalid="ignore", over="ignore"):
+            fin = np.isfinite(flat @ np.ones(k)).reshape(values.shape[:-1])
+    out: BoolArray = fin & usable
     return out
 
 
@@ -209,13 +268,12 @@ def decide_entry(
     the entry in use (-1: none); ``last_switch``: time of the user's last
     entry switch (-inf: never).
     """
-    usable = _finite(values, usable)
-    cur_ok, cur_obj, met = _current(values, usable, current, sla)
+    cur_ok, cur_obj, met, cur_sec = _current_keys(values, usable, current, sla)
     best, best_obj = _choose(values, sla, usable)
     with np.errstate(invalid="ignore"):
         gain = cur_obj - best_obj  # inf - inf (nothing usable anywhere) is NaN: no move
     has = best >= 0
-    no_better = (best == current) | ~(gain > OBJECTIVE_TIE)
+    no_better = (best == current) | ~_ranks_before(gain, cur_sec, _secondary(values, best, sla))
     below = cur_ok & (gain < params.min_gain)
     dwell = cur_ok & (now - last_switch < params.min_dwell_s)
     reason = np.select(
@@ -252,7 +310,7 @@ def decide_migration(
     pinned: BoolArray,
     last_migration: FloatArray,
     expected_stay_s: FloatArray,
-    migration_s: FloatArray,
+    migration_s: FloatArray | MigrationTime,
     ongoing_per_dc: IntArray,
     ongoing_total: int,
     params: Params,
@@ -264,34 +322,39 @@ def decide_migration(
     would get with the VM at each DC (:func:`placement`); ``demand`` (users, R)
     and ``residual`` (DCs, R): RAM and CPU, a hard constraint (no hypervisor
     starts a VM that does not fit); ``migration_s`` (users, DCs): seconds to
-    migrate the VM there (:func:`migration_seconds`); ``ongoing_*``: migrations
-    already under way (caps count both ends).
+    migrate the VM there (:func:`migration_seconds`), or a :class:`MigrationTime`
+    that computes them for the chosen DC only; ``ongoing_*``: migrations already
+    under way (caps count both ends).
     """
-    n, d_count = place_values.shape[0], place_values.shape[1]
+    n = place_values.shape[0]
     rows = np.arange(n)
     cur_use = _finite(current_values[:, None, :], current_usable[:, None])
-    _, cur_obj, met = _current(current_values[:, None, :], cur_use, np.zeros(n, np.int64), sla)
-    is_host = np.arange(d_count)[None, :] == host[:, None]
-    fits = is_host.copy()  # resource by resource: no reduction along a short last axis
-    ok_all = np.ones_like(fits)
-    for r in range(demand.shape[1]):
-        ok_all &= residual[None, :, r] >= demand[:, None, r]
-    fits |= ok_all
-    usable = _finite(place_values, place_usable & fits)
+    _, cur_obj, met, cur_sec = _current_keys(
+        current_values[:, None, :], cur_use, np.zeros(n, np.int64), sla
+    )
+    usable = place_usable & _fits(demand, residual, n)
+    usable[rows, host] = place_usable[rows, host]  # the host always "fits" its own VM
     best, best_obj = _choose(place_values, sla, usable)
     has = best >= 0
     safe_best = np.where(has, best, 0)
-    t_mig = np.where(has, migration_s[rows, safe_best], np.inf)
+    if isinstance(migration_s, MigrationTime):
+        t_at = migration_s.at(rows, safe_best)
+    else:
+        t_at = _pick(migration_s, safe_best)
+    t_mig = np.where(has, t_at, np.inf)
     with np.errstate(invalid="ignore"):
         gain = cur_obj - best_obj
         benefit = gain * np.maximum(expected_stay_s - t_mig, 0.0)
-        worth = benefit > params.migration_cost_weight * t_mig
+        # A migration that takes no time costs nothing (the paper's model): any
+        # candidate ranking strictly before the current path is worth it.
+        worth = (t_mig <= 0) | (benefit > params.migration_cost_weight * t_mig)
+    better = _ranks_before(gain, cur_sec, _secondary(place_values, best, sla))
     reason = np.select(
         [
             met,
             pinned,
             ~has,
-            (best == host) | ~(gain > OBJECTIVE_TIE),
+            (best == host) | ~better,
             gain < params.min_gain,
             now - last_migration < params.cooldown_s,
             ~worth,
@@ -317,6 +380,21 @@ def decide_migration(
         migrate=reason == Reason.MIGRATE,
         reason=reason,
     )
+
+
+def _fits(demand: FloatArray, residual: FloatArray, n: int) -> BoolArray:
+    """(users, DCs): the VM's RAM and CPU fit the DC's residual capacity. Users share a
+    few VM sizes, so the test runs once per distinct demand and is gathered."""
+    if n == 0:
+        return np.zeros((0, residual.shape[0]), dtype=bool)
+    if (demand == demand[0]).all():
+        row = (residual >= np.asarray(demand)[:1]).all(axis=1)
+        out: BoolArray = np.broadcast_to(row, (n, residual.shape[0]))
+        return out
+    uniq, inverse = np.unique(demand, axis=0, return_inverse=True)
+    table: BoolArray = np.all(residual[None, :, :] >= uniq[:, None, :], axis=2)
+    fits: BoolArray = table[inverse.reshape(-1)]
+    return fits
 
 
 def _apply_caps(
@@ -371,6 +449,87 @@ def _apply_caps(
             left[d] = [a - b for a, b in zip(left[d], dem[u], strict=True)]
 
 
+@dataclass(frozen=True)
+class MultiUserDecisions:
+    """Problem (4)-(9) over the users of one S' window (arrays over those users / DCs).
+
+    ``dc`` is the assigned DC (the VM's host, entered through that DC's best
+    entry); ``independent`` what each user would pick alone (the kernel's
+    choice, blind to congestion), for comparison; loads count users per DC
+    after the move, ``existing`` included.
+    """
+
+    dc: IntArray
+    independent: IntArray
+    objective: float
+    lower_bound: float | None
+    solver: str
+    seconds: float
+    load: IntArray
+    independent_load: IntArray
+    capacity: FloatArray
+    congestion_ms: FloatArray
+
+
+def decide_multi_user(
+    rtt_ms: FloatArray,
+    usable: BoolArray,
+    bound_ms: FloatArray,
+    host: IntArray,
+    pinned: BoolArray,
+    capacity: FloatArray,
+    existing: FloatArray,
+    latency: LatencyFunction,
+    solver: str = "lagrange",
+    *,
+    batch_size: int = 100,
+    time_limit: float | None = None,
+    integer_penalty: bool = False,
+    dc_names: Sequence[str] | None = None,
+    user_ids: Sequence[str] | None = None,
+) -> MultiUserDecisions:
+    """The congestion-aware assignment (paper Sec. V-C) of many violating users at once.
+
+    ``rtt_ms`` (users, DCs): the RTT each user would get with its VM at each DC
+    (:func:`placement`); ``capacity`` C_d and ``existing`` e_d in users (VMs of
+    users outside this batch). Pinned VMs may only stay. Solved by
+    :func:`pacao.optimize.assign.solve_assign` (``lagrange``, ``milp`` or
+    ``batched``); raises :class:`pacao.optimize.assign.InfeasibleError` when the
+    users do not fit.
+    """
+    from pacao.optimize.assign import AssignProblem, solve_assign
+
+    n, d = rtt_ms.shape
+    ok = _finite(rtt_ms[..., None], usable)
+    ok &= ~pinned[:, None] | (np.arange(d)[None, :] == host[:, None])
+    lat = np.where(ok, rtt_ms, np.nan)
+    problem = AssignProblem(
+        dc_names=tuple(dc_names or (f"dc{j}" for j in range(d))),
+        capacity=np.asarray(capacity, dtype=np.float64),
+        existing=np.asarray(existing, dtype=np.float64),
+        functions=(latency,) * d,
+        user_ids=tuple(user_ids or (f"u{i}" for i in range(n))),
+        bound=np.asarray(bound_ms, dtype=np.float64),
+        latency=lat,
+        integer_penalty=integer_penalty,
+    )
+    res = solve_assign(problem, solver, batch_size=batch_size, time_limit=time_limit)
+    alone, _ = _choose(rtt_ms[..., None], Sla(np.ones((n, 1)), bound_ms[:, None]), ok)
+    base = np.asarray(existing, dtype=np.int64)
+    return MultiUserDecisions(
+        dc=np.asarray(res.choice, dtype=np.int64),
+        independent=alone,
+        objective=res.objective,
+        lower_bound=res.lower_bound,
+        solver=solver,
+        seconds=res.seconds,
+        load=base + np.bincount(res.choice, minlength=d),
+        independent_load=base + np.bincount(alone[alone >= 0], minlength=d),
+        capacity=problem.capacity,
+        congestion_ms=res.evaluation.congestion_ms,
+    )
+
+
 def combine_paths(user_xtr: FloatArray, xtr_vm: FloatArray, criteria: Sequence[str]) -> FloatArray:
     """User<->VM metric through an entry from its two sublinks (same shapes, criteria last).
 
@@ -391,15 +550,17 @@ def placement(
 
     ``sublink`` (users, RLOCs, criteria) is the user<->xTR metric per RLOC and
     ``rloc_dc`` the DC of each RLOC. Returns (values (users, DCs, criteria),
-    usable (users, DCs), entry RLOC index per (user, DC), -1 when none).
+    usable (users, DCs), entry RLOC index per (user, DC), meaningful where usable).
+    A DC is usable when its RLOC is and the metrics are finite; with one RLOC per
+    DC in DC order (the view is the sublink itself) the finiteness is left to the
+    kernel of :func:`decide_migration`, which tests it in cache.
     """
     n, _, k = sublink.shape
-    usable = _finite(sublink, usable)
     counts = np.bincount(rloc_dc, minlength=dc_count)
     if sublink.shape[1] == dc_count and (rloc_dc == np.arange(dc_count)).all():
-        # One RLOC per DC, in DC order: the placement view is the sublink itself.
-        ident = np.broadcast_to(np.arange(dc_count), (n, dc_count))
-        return sublink, usable, np.where(usable, ident, -1)
+        ident: IntArray = np.broadcast_to(np.arange(dc_count, dtype=np.int64), (n, dc_count))
+        return sublink, usable, ident
+    usable = _finite(sublink, usable)
     values = np.full((n, dc_count, k), np.nan)
     use = np.zeros((n, dc_count), dtype=bool)
     entry = np.full((n, dc_count), -1, dtype=np.int64)
@@ -422,6 +583,25 @@ def placement(
         values[rows, d] = sublink[rows, entry[rows, d]]
         use[:, d] = ok
     return values, use, entry
+
+
+@dataclass(frozen=True)
+class MigrationTime:
+    """Seconds to move each user's VM to a DC, computed only where asked: memory x dirty
+    factor / bandwidth(host, d), 0 to stay (the same formula as :func:`migration_seconds`
+    without its (users, DCs) matrix: Step 2 needs the chosen DC's time only)."""
+
+    memory_mib: FloatArray
+    host: IntArray
+    bandwidth_mbps: FloatArray
+    dirty_factor: float = 1.0
+
+    def at(self, rows: IntArray, dst: IntArray) -> FloatArray:
+        src = self.host[rows]
+        with np.errstate(divide="ignore"):
+            t = self.memory_mib[rows] * 8.388608 * self.dirty_factor / self.bandwidth_mbps[src, dst]
+        out: FloatArray = np.where(dst == src, 0.0, t)
+        return out
 
 
 def migration_seconds(

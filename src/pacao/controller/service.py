@@ -40,20 +40,24 @@ from pacao.controller.monitoring import (
 from pacao.controller.plans import Context, Executor
 from pacao.controller.policy import (
     REASON_TEXT,
+    MigrationTime,
     Params,
     Reason,
     Sla,
     combine_paths,
     decide_entry,
     decide_migration,
-    migration_seconds,
+    decide_multi_user,
     placement,
     rank_entries,
 )
 from pacao.controller.storage import Store
+from pacao.optimize.assign import InfeasibleError
 
 log = logging.getLogger("pacao.controller")
 CRITERIA = ("rtt", "jitter", "loss")
+#: The user column of a multi-user plan (no user name can start with "*").
+MULTI_USER = "*"
 
 
 class JsonFormatter(logging.Formatter):
@@ -174,11 +178,16 @@ class Controller:
         self.store.put_state(f"user/{user}", self.state[user])
 
     def _plan_done(self, plan: dict[str, Any], final: str) -> None:
-        st = self.state.get(plan["user"])
-        if st is None:
-            return
         now = self.clock.now()
+        touched: set[str] = set()
         for a in plan["actions"]:
+            # A multi-user plan names each action's user; the others are the plan's.
+            st = self.state.get(a["params"].get("user", plan["user"]))
+            if st is None:
+                continue
+            touched.add(a["params"].get("user", plan["user"]))
+            if a["kind"] == "VmMigration" and a["state"] in ("failed", "reverted"):
+                st["last_migration"] = now  # cooldown after a failed migration too
             if a["state"] != "succeeded":
                 continue
             if a["kind"] == "EntrySwitch":
@@ -187,9 +196,11 @@ class Controller:
                 st["host"], st["last_migration"] = a["params"]["dst"], now
                 if a["started"] is not None and a["finished"] is not None:
                     self.metrics.migration_seconds.observe(a["finished"] - a["started"])
-        if plan["kind"] == "vm_migration" and final == "failed":
-            st["last_migration"] = now  # cooldown after a failed migration too
-        self._save(plan["user"])
+        if plan["kind"] == "vm_migration" and final == "failed" and plan["user"] in self.state:
+            self.state[plan["user"]]["last_migration"] = now
+            touched.add(plan["user"])
+        for user in touched:
+            self._save(user)
         self.metrics.set_plans(self.store.plan_counts())
 
     @staticmethod
@@ -274,11 +285,22 @@ class Controller:
             now, arr["through"], arr["through_ok"], self._current_idx(), self.sla, last, self.params
         )
         created = []
+        together = self._multi_user_batch(dec)
+        if together.size:
+            pid = await self._multi_user_plan(together, arr, dec, now)
+            if pid is None:
+                together = together[:0]
+            else:
+                created.append(pid)
+        planned = set(together.tolist())
         for i, u in enumerate(self.users):
             self.metrics.sla_met.labels(user=u.name).set(1.0 if dec.sla_met[i] else 0.0)
             if not dec.sla_met[i]:
                 self.metrics.sla_violations.labels(user=u.name).inc()
-                self.step2_due.setdefault(u.name, now + self.cfg.timers.s2)
+                if i not in planned:
+                    self.step2_due.setdefault(u.name, now + self.cfg.timers.s2)
+            if i in planned:
+                continue
             if dec.switch[i]:
                 created.append(await self._entry_plan(i, arr, dec, now))
             elif not dec.sla_met[i]:
@@ -331,6 +353,140 @@ class Controller:
         await self.dispatch(pid)
         return pid
 
+    # -- Congestion-aware multi-user mode ---------------------------------------------
+    def _multi_user_batch(self, dec: Any) -> np.ndarray:
+        """Users decided together this window: the violators with an RTT bound, when the
+        mode says so (``always``, or ``auto`` with at least ``min_users`` of them)."""
+        mu = self.cfg.multi_user
+        rows = np.flatnonzero(~dec.sla_met & np.isfinite(self.sla.bounds[:, 0]))
+        if mu.mode == "off" or rows.size == 0:
+            return rows[:0]
+        if mu.mode == "auto" and rows.size < mu.min_users:
+            return rows[:0]
+        return rows
+
+    async def _multi_user_plan(
+        self, idx: np.ndarray, arr: dict[str, Any], dec: Any, now: float
+    ) -> str | None:
+        """Solve (4)-(9) for the users ``idx`` and store one plan with every action it
+        implies; None (per-user decisions instead) when they do not fit."""
+        mu = self.cfg.multi_user
+        n_dc = len(self.dcs)
+        sla = Sla(self.sla.weights[idx], self.sla.bounds[idx])
+        pv, pu, entry = placement(arr["sub"][idx], arr["sub_ok"][idx], self.rloc_dc, n_dc, sla)
+        names = [self.users[int(i)].name for i in idx]
+        vms = [self.cfg.vm(self.users[int(i)].vm) for i in idx]
+        host = np.array([self.dcs.index(self.state[n]["host"]) for n in names], dtype=np.int64)
+        existing = np.zeros(n_dc)
+        moving = {v.name for v in vms}
+        for vm in self.cfg.vms:
+            if vm.name not in moving:
+                existing[self.dcs.index(self._host_of(vm.name))] += 1
+        # In a thread with a time limit of half a window by default: the solve is CPU-bound
+        # and the event loop keeps serving probes and the API meanwhile.
+        limit = mu.time_limit_s if mu.time_limit_s is not None else self.cfg.timers.s1 / 2
+        try:
+            md = await asyncio.to_thread(
+                decide_multi_user,
+                pv[..., CRITERIA.index("rtt")],
+                pu,
+                sla.bounds[:, CRITERIA.index("rtt")],
+                host,
+                # Pinned VMs and VMs within their cooldown stay where they are.
+                np.array(
+                    [
+                        v.pinned
+                        or now - self._t(self.state[n]["last_migration"]) < self.params.cooldown_s
+                        for v, n in zip(vms, names, strict=True)
+                    ]
+                ),
+                np.array(self.cfg.user_capacity(), dtype=float),
+                existing,
+                self.cfg.latency_function(),
+                mu.solver,
+                batch_size=mu.batch_size,
+                time_limit=limit,
+                integer_penalty=mu.integer_penalty,
+                dc_names=self.dcs,
+                user_ids=names,
+            )
+        except InfeasibleError as exc:
+            log.warning("multi-user mode infeasible, deciding per user", extra={"error": str(exc)})
+            return None
+        migrations: list[tuple[str, dict[str, Any]]] = []
+        switches: list[tuple[str, dict[str, Any]]] = []
+        for r, i in enumerate(idx.tolist()):
+            u, vm, src, dst = self.users[i], vms[r], int(host[r]), int(md.dc[r])
+            notify = [x for x in (u.rloc, u.eid) if x is not None]
+            if dst != src:
+                migrations.append(
+                    (
+                        "VmMigration",
+                        {
+                            "user": u.name,
+                            "vm": vm.name,
+                            "src": self.dcs[src],
+                            "dst": self.dcs[dst],
+                            "bandwidth_mbps": float(self.bandwidth[src, dst]),
+                            "max_downtime_ms": self.cfg.policy.max_downtime_ms,
+                            "job_id": f"{u.name}-{vm.name}-{now:.3f}",
+                        },
+                    )
+                )
+                chosen = self.rlocs[int(entry[r, dst])]
+            elif dec.switch[i]:
+                chosen = self.rlocs[int(dec.best[i])]
+            else:
+                continue
+            others = sorted(x for x in self.rlocs if x != chosen)
+            prio = {chosen: 1, **{x: k + 2 for k, x in enumerate(others)}}
+            switches.append(
+                (
+                    "EntrySwitch",
+                    {
+                        "user": u.name,
+                        "vm_eid": vm.eid,
+                        "rloc": chosen,
+                        "priorities": prio,
+                        "notify": notify,
+                    },
+                )
+            )
+        # Moves out of a DC that also receives users go first: the DC never holds more
+        # VMs mid-plan than before or after it.
+        receiving = {p["dst"] for _, p in migrations}
+        migrations.sort(key=lambda a: a[1]["src"] not in receiving)
+        pid = self.store.create_plan(
+            MULTI_USER,
+            "multi_user",
+            f"{idx.size} users violated their SLA in one S' window: congestion-aware "
+            "assignment (4)-(9)",
+            {"window_end": now, "s1": self.cfg.timers.s1, "users": names},
+            {
+                "solver": md.solver,
+                "objective": _num(md.objective),
+                "lower_bound": None if md.lower_bound is None else _num(md.lower_bound),
+                "seconds": round(md.seconds, 6),
+                "assignment": {n: self.dcs[int(d)] for n, d in zip(names, md.dc, strict=True)},
+                "dc_load": dict(zip(self.dcs, md.load.tolist(), strict=True)),
+                "dc_capacity": dict(zip(self.dcs, md.capacity.tolist(), strict=True)),
+                "independent_load": dict(zip(self.dcs, md.independent_load.tolist(), strict=True)),
+                "dc_congestion_ms": dict(zip(self.dcs, md.congestion_ms.tolist(), strict=True)),
+            },
+            migrations + switches,
+            dry_run=self.dry_run,
+        )
+        log.info(
+            "plan stored",
+            extra={"plan": pid, "kind": "multi_user", "users": len(names), "solver": md.solver},
+        )
+        await self.dispatch(pid)
+        return pid
+
+    def _host_of(self, vm: str) -> str:
+        user = next((u for u in self.users if u.vm == vm), None)
+        return str(self.state[user.name]["host"]) if user is not None else self.cfg.vm(vm).host
+
     # -- Step 2 --------------------------------------------------------------------
     async def step2(self, now: float) -> list[str]:
         """For users whose S'' is over: still violated -> VM placement and migration plans."""
@@ -357,7 +513,7 @@ class Controller:
         )
         demand = np.array([[v.memory_mib, v.vcpus] for v in vms], dtype=float)
         residual = self._residual()
-        mig_s = migration_seconds(demand[:, 0], host, self.bandwidth, self.cfg.policy.dirty_factor)
+        mig_s = MigrationTime(demand[:, 0], host, self.bandwidth, self.cfg.policy.dirty_factor)
         per_dc, total = self._ongoing()
         stay = np.array(
             [self.users[i].expected_stay_s or self.cfg.policy.expected_stay_s for i in idx]

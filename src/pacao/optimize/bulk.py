@@ -28,6 +28,7 @@ def choose_parallel(
     workers: int | None = None,
     chunk: int = CHUNK_USERS,
     exact: bool = False,
+    finite: bool = False,
 ) -> tuple[IntArray, NDArray[np.floating]]:
     """:func:`choose` over (users, candidates, criteria), chunked and threaded.
 
@@ -38,6 +39,9 @@ def choose_parallel(
     single-problem path's (m / M)(1 - eps) in the last bit only. ``exact=True``
     divides each chunk by M instead (the same ratios as ``values / bounds``, so
     the same decisions as :func:`choose` on them, bit for bit), at a small cost.
+    ``finite=True`` also treats a candidate with a non-finite metric (NaN: not
+    measured) as unusable, tested inside each chunk while it is in cache; a row
+    left with no usable candidate gets objective inf (its index is meaningless).
     """
     scale = None if bounds is None else (1.0 - RATIO_EPS) / np.asarray(bounds, dtype=values.dtype)
     flat_scale = None
@@ -53,24 +57,33 @@ def choose_parallel(
     idx = np.empty(n, dtype=np.int64)
     obj = np.empty(n, dtype=values.dtype)
 
+    k = values.shape[-1]
+    ones = np.ones(k, dtype=values.dtype)
+
     def work(start: int) -> None:
         stop = min(start + chunk, n)
         part = values[start:stop]
+        use = usable[start:stop]
+        if finite:
+            # NaN and inf propagate through the sum of the criteria (a gemv with ones).
+            with np.errstate(invalid="ignore", over="ignore"):
+                fin = np.isfinite(np.ascontiguousarray(part).reshape(-1, k) @ ones)
+            use = use & fin.reshape(use.shape)
         if scale is None:
-            i, o = choose(part, weights, usable[start:stop])
+            i, o = choose(part, weights, use)
         elif exact:
             if flat_bounds is not None:
                 r = (part.reshape(part.shape[0], -1) / flat_bounds).reshape(part.shape)
             else:
                 assert bounds_arr is not None
                 r = part / bounds_arr
-            i, o = choose(r, weights, usable[start:stop])
+            i, o = choose(r, weights, use)
         else:
             if flat_scale is not None:
                 q = (part.reshape(part.shape[0], -1) * flat_scale).reshape(part.shape)
             else:
                 q = part * scale
-            i, o = choose_scaled(q, weights, usable[start:stop])
+            i, o = choose_scaled(q, weights, use)
         idx[start:stop] = i
         obj[start:stop] = o
 
@@ -79,6 +92,15 @@ def choose_parallel(
         for s in range(0, n, chunk):
             work(s)
     else:
+        # A few contiguous blocks of chunks per thread, not one task per chunk: the
+        # executor's per-task overhead and GIL hand-offs are paid per block.
+        starts = list(range(0, n, chunk))
+        blocks = [starts[i :: workers * 2] for i in range(workers * 2)]
+
+        def run(block: list[int]) -> None:
+            for s in block:
+                work(s)
+
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, range(0, n, chunk)))
+            list(pool.map(run, blocks))
     return idx, obj

@@ -411,7 +411,7 @@ def simulate(
             complete(u, sched.c[sel])
         cur_a, cur_v = a[u], v[u]
         # Step 1: SLA check on the current path, RLOC switching when violated.
-        new_a = dec.step1[dec.key(sched.pc[sel], cur_a, cur_v)].astype(np.int64)
+        new_a = dec.step1(dec.key(sched.pc[sel], cur_a, cur_v))
         viol = new_a >= 0
         sel, u, cur_a, cur_v, new_a = sel[viol], u[viol], cur_a[viol], cur_v[viol], new_a[viol]
         moved = new_a != cur_a
@@ -430,9 +430,10 @@ def simulate(
             sel, u = sel[free], u[free]
             new_a, cur_v = a[u], v[u]
         p2 = sched.pc2[sel]
-        act = dec.step2[dec.key(p2, new_a, cur_v)]
-        sel, u, p2, cur_v = sel[act], u[act], p2[act], cur_v[act]
-        nv, na = dec.place_vm[p2], dec.place_entry[p2]
+        nv = dec.step2(dec.key(p2, new_a, cur_v))
+        act = nv >= 0
+        sel, u, p2, cur_v, nv = sel[act], u[act], p2[act], cur_v[act], nv[act]
+        na = dec.entry[p2, nv]
         mig = nv != cur_v
         migrations += int(mig.sum())
         now = ~mig | (not slow)

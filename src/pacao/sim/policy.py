@@ -1,42 +1,63 @@
-"""PACAO policies in the simulator: timing settings and decision tables.
+"""PACAO policies in the simulator: timing settings and a memo of the controller's decisions.
 
-Every decision is made by :func:`pacao.optimize.penalty.choose`, the kernel the
-controller uses, with one criterion (rtt, weight 1) bounded by the SLA:
+The decisions are the controller's own: :func:`pacao.controller.policy.decide_entry`
+(step 1, RLOC switching) and :func:`pacao.controller.policy.decide_migration`
+(step 2, VM placement), the functions the deployed service calls every S', with
+one criterion (rtt, weight 1) bounded by the SLA and the simulated time as
+``now``:
 
-* RLOC switching (step 1): candidates are the DC entry points a, the metric
-  the RTT user -> a -> VM with the VM where it is.
-* VM placement (step 2): candidates are the DCs d, the metric the RTT the user
-  would see with the VM at d, reached through d's best entry (step 1 on d).
+* step 1: candidates are the DC entry points a, the metric the RTT
+  user -> a -> VM with the VM where it is;
+* step 2: candidates are the DCs d, the metric the RTT the user would get
+  with the VM at d through d's best entry (step 1's choice for a VM at d).
 
-The current path is kept unless the decision ranks strictly before it
-(:meth:`Decisions.improves`): ties never move anything.
-
-Users sit at about a thousand distinct positions (LAC centres), so each
-decision is tabulated once per (position, current entry, current VM) and the
-engine only looks it up.
+Users sit at about a thousand distinct positions (LAC centres), and with the
+paper's settings (:data:`PAPER_PARAMS`: no dwell time, cooldown or caps, which
+depend on a user's history or on the other users) a decision depends only on
+(position, current entry, current VM). So :func:`decision_tables` calls the
+controller's functions once on every such state and the engine looks the
+answers up: a memo of the deployed code, not a second implementation. A tie
+keeps the current path (the controller moves only to a candidate that ranks
+strictly before it).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
 
+from pacao.controller import policy as controller
+from pacao.controller.policy import Params, Sla
 from pacao.errors import InputError
-from pacao.optimize.penalty import choose, penalties_from_ratios
 from pacao.sim.network import Network
 
 IntArray = NDArray[np.int64]
-WEIGHTS = np.array([1.0])
-#: Largest (position, entry, VM) table: 2^26 states, 192 MiB for both tables.
+#: Largest (position, entry, VM) table: 2^26 states, 256 MiB for both int16 tables.
 MAX_TABLE = 1 << 26
-#: Relative RTT difference below which two paths are equal (float noise of the sums).
-TIE_TOLERANCE = 1e-9
-#: Positions per chunk of the (position, entry, VM) tables: 64 x 64 x 64 x 8 B = 2 MiB.
-CHUNK_POSITIONS = 64
+#: Candidate metrics per controller call: 2^20 x 8 B = 8 MiB.
+CHUNK_VALUES = 1 << 20
+#: The simulated time passed as ``now``: no rule the simulator accepts reads it (the
+#: history-dependent ones are refused by check_tabulable), and every history is "never".
+NOW = 0.0
+#: No cap binds in a table: every state is one hypothetical user, alone in its cycle.
+UNCAPPED = 1 << 62
+#: The paper's procedure (Sec. III-D) without the controller's extra rules: no dwell
+#: time, no gain margin, no cooldown, no caps; migrations take no time in the
+#: decision (the engine models their duration, see :class:`Timing`), so the
+#: migration-cost rule passes every strictly better placement.
+PAPER_PARAMS = Params(
+    min_dwell_s=0.0,
+    min_gain=0.0,
+    cooldown_s=0.0,
+    migration_cost_weight=0.0,
+    max_migrations_per_dc=UNCAPPED,
+    max_migrations_total=UNCAPPED,
+)
 
 
 class Policy(StrEnum):
@@ -85,53 +106,40 @@ class Timing:
         return f"S'={self.s1:g} s, S''={self.s2:g} s"
 
 
+#: Marks a state of the memo whose decision has not been asked yet.
+UNKNOWN = -2
+
+
 @dataclass(frozen=True)
 class Decisions:
-    """Tabulated decisions for one deployment and one SLA bound.
+    """A memo of the controller's decisions for one deployment, SLA bound and ``Params``.
 
     Indexed by the flat state key ``(position * D + entry) * D + vm``:
 
-    * ``step1[key]``: -1 when the SLA holds on that path (nothing to do), else the
-      entry after RLOC switching (the current one when no entry ranks strictly
-      before it);
-    * ``step2[key]``: whether VM placement acts (SLA violated and the placement
-      ranks strictly before the current path), moving to ``place_entry[p]``,
-      ``place_vm[p]``.
+    * :meth:`step1` -> -1 when the SLA holds on that path (step 1.1, nothing to
+      do), else the entry after step 1.2 (the current one when decide_entry
+      keeps it);
+    * :meth:`step2` -> the DC decide_migration moves the VM to, -1 when it
+      does not; the entry then is ``entry[position, step2]``.
 
-    ``entry[p, v]`` is the best entry for a VM at v, ``nearest[p]`` the DC
-    nearest to p (legacy placement at the first position).
+    A state is decided the first time the engine asks for it, by calling the
+    controller's function on it, and remembered (states never asked cost
+    nothing: a few percent of the 4 M states of 64 DCs are ever visited).
+    ``entry[p, v]`` is decide_entry's choice for a VM at v and ``best_rtt[p, v]``
+    the RTT through it; ``nearest[p]`` the DC nearest to p (legacy placement at
+    the first position, not a PACAO decision).
     """
 
     bound_ms: float
     n_dcs: int
-    entry: IntArray
-    place_vm: IntArray
-    place_entry: IntArray
-    nearest: IntArray
-    step1: NDArray[np.int16]
-    step2: NDArray[np.bool_]
-
-    def violated(self, rtt_ms: NDArray[np.float64]) -> NDArray[np.bool_]:
-        """SLA violated: the penalty T = ceil(rtt / bound) of (3) exceeds 1."""
-        out: NDArray[np.bool_] = penalties_from_ratios(rtt_ms / self.bound_ms) > 1.0
-        return out
-
-    def improves(
-        self, current_rtt: NDArray[np.float64], proposed_rtt: NDArray[np.float64]
-    ) -> NDArray[np.bool_]:
-        """Whether the proposed path ranks strictly before the current one.
-
-        Both go through the same ranking with the current path listed first,
-        so a tie keeps it: a user standing in a DC's LAC sees the same RTT through
-        that DC or straight to its VM, and switching on such ties would only flap.
-        Gains below a relative ``TIE_TOLERANCE`` are float noise and count as ties.
-        """
-        cur = current_rtt * (1.0 - TIE_TOLERANCE)
-        cur, new = np.broadcast_arrays(cur, proposed_rtt)
-        ratios = np.stack([cur, new], axis=-1)[..., None] / self.bound_ms
-        idx, _ = choose(ratios, WEIGHTS, np.ones(ratios.shape[:-1], dtype=bool))
-        out: NDArray[np.bool_] = idx == 1
-        return out
+    params: Params
+    user_dc: NDArray[np.float64] = field(repr=False)
+    dc_dc: NDArray[np.float64] = field(repr=False)
+    entry: IntArray = field(repr=False)
+    best_rtt: NDArray[np.float64] = field(repr=False)
+    nearest: IntArray = field(repr=False)
+    memo1: NDArray[np.int16] = field(repr=False)
+    memo2: NDArray[np.int16] = field(repr=False)
 
     def key(
         self, pos: NDArray[np.integer], entry: NDArray[np.integer], vm: NDArray[np.integer]
@@ -140,11 +148,116 @@ class Decisions:
         out: IntArray = (pos.astype(np.int64) * d + entry) * d + vm
         return out
 
+    def _split(self, keys: IntArray) -> tuple[IntArray, IntArray, IntArray]:
+        d = self.n_dcs
+        return keys // (d * d), (keys // d) % d, keys % d
 
-def decision_tables(net: Network, bound_ms: float) -> Decisions:
-    """Solve (1)-(3) for every position and path with the shared kernel."""
+    def step1(self, keys: IntArray) -> IntArray:
+        """Step 1 of the states ``keys``: -1 (SLA met) or the entry after RLOC switching."""
+        return self._lookup(self.memo1, keys, self._decide1)
+
+    def step2(self, keys: IntArray) -> IntArray:
+        """Step 2 of the states ``keys``: the VM's new DC, -1 when it stays."""
+        return self._lookup(self.memo2, keys, self._decide2)
+
+    def fill(self) -> None:
+        """Decide every state now (tests and small deployments)."""
+        every = np.arange(self.memo1.size, dtype=np.int64)
+        self.step1(every)
+        self.step2(every)
+
+    def _lookup(
+        self,
+        memo: NDArray[np.int16],
+        keys: IntArray,
+        decide: Callable[[IntArray, IntArray, IntArray], IntArray],
+    ) -> IntArray:
+        out = memo[keys].astype(np.int64)
+        miss = out == UNKNOWN
+        if miss.any():
+            new = np.unique(keys[miss])
+            for s in range(0, new.size, self._chunk()):
+                part = new[s : s + self._chunk()]
+                memo[part] = decide(*self._split(part))
+            out[miss] = memo[keys[miss]]
+        return out
+
+    def _chunk(self) -> int:
+        return max(1, CHUNK_VALUES // self.n_dcs)
+
+    def _decide1(self, p: IntArray, a: IntArray, v: IntArray) -> IntArray:
+        """decide_entry on states (p, a, v): candidates a' at RTT(p, a') + RTT(a', v)."""
+        n = p.size
+        values = (self.user_dc[p] + self.dc_dc.T[v])[..., None]
+        dec = controller.decide_entry(
+            NOW,
+            values,
+            np.ones((n, self.n_dcs), dtype=bool),
+            a,
+            _sla(n, self.bound_ms),
+            np.full(n, -np.inf),
+            self.params,
+        )
+        out: IntArray = np.where(dec.sla_met, -1, np.where(dec.switch, dec.best, a))
+        return out
+
+    def _decide2(self, p: IntArray, a: IntArray, v: IntArray) -> IntArray:
+        """decide_migration on states (p, a, v): the path through a to the VM at v against
+        each DC d reached through its best entry."""
+        n, d = p.size, self.n_dcs
+        current = (self.user_dc[p, a] + self.dc_dc[a, v])[:, None]
+        mig = controller.decide_migration(
+            NOW,
+            current,
+            np.ones(n, dtype=bool),
+            self.best_rtt[p][..., None],
+            np.ones((n, d), dtype=bool),
+            v,
+            _sla(n, self.bound_ms),
+            np.zeros((n, 0)),
+            np.zeros((d, 0)),
+            np.zeros(n, dtype=bool),
+            np.full(n, -np.inf),
+            np.full(n, np.inf),
+            np.zeros((n, d)),
+            np.zeros(d, dtype=np.int64),
+            0,
+            self.params,
+        )
+        out: IntArray = np.where(mig.migrate, mig.best, -1)
+        return out
+
+
+def check_tabulable(params: Params) -> None:
+    """Refuse the rules a table over (position, entry, VM) cannot hold: the dwell time and
+    the cooldown depend on each user's history, the caps on the other users of the cycle."""
+    for name in ("min_dwell_s", "cooldown_s"):
+        if getattr(params, name) != 0:
+            raise InputError(
+                f"policy.{name}", getattr(params, name), "0 in the simulator (history-dependent)"
+            )
+    for name in ("max_migrations_per_dc", "max_migrations_total"):
+        if getattr(params, name) < UNCAPPED:
+            raise InputError(
+                f"policy.{name}", getattr(params, name), f">= {UNCAPPED} (no cap) in the simulator"
+            )
+    if not (math.isfinite(params.min_gain) and params.min_gain >= 0):
+        raise InputError("policy.min_gain", params.min_gain, "a finite number >= 0")
+
+
+def _sla(n: int, bound_ms: float) -> Sla:
+    return Sla(np.ones((n, 1)), np.full((n, 1), bound_ms))
+
+
+def decision_tables(net: Network, bound_ms: float, params: Params = PAPER_PARAMS) -> Decisions:
+    """The controller's decisions for one deployment and bound, decided on first use.
+
+    ``entry`` (decide_entry's choice for every position and VM DC) is decided
+    now: step 2 compares the placements through these entries.
+    """
     if not math.isfinite(bound_ms) or bound_ms <= 0:
         raise InputError("bound_ms", bound_ms, "a latency bound > 0 ms")
+    check_tabulable(params)
     n_pos, n_dc = net.user_dc.shape
     if n_pos * n_dc * n_dc > MAX_TABLE:
         raise InputError(
@@ -155,39 +268,42 @@ def decision_tables(net: Network, bound_ms: float) -> Decisions:
         )
     entry = np.empty((n_pos, n_dc), dtype=np.int64)
     best_rtt = np.empty((n_pos, n_dc), dtype=np.float64)
-    usable = np.ones((1, 1, n_dc), dtype=bool)
-    for s in range(0, n_pos, CHUNK_POSITIONS):
-        ud = net.user_dc[s : s + CHUNK_POSITIONS]
-        # path[p, v, a] = RTT(p, a) + RTT(a, v): candidates a on the last axis.
+    chunk = max(1, CHUNK_VALUES // (n_dc * n_dc))
+    for s in range(0, n_pos, chunk):
+        ud = net.user_dc[s : s + chunk]
+        c = len(ud)
+        # path[p, v, a] = RTT(p, a) + RTT(a, v): the candidates a of a user with its VM at v.
         path = ud[:, None, :] + net.dc_dc.T[None, :, :]
-        idx, _ = choose((path / bound_ms)[..., None], WEIGHTS, np.broadcast_to(usable, path.shape))
-        entry[s : s + CHUNK_POSITIONS] = idx
-        best_rtt[s : s + CHUNK_POSITIONS] = np.take_along_axis(path, idx[..., None], -1)[..., 0]
-    vm, _ = choose((best_rtt / bound_ms)[..., None], WEIGHTS, np.ones((n_pos, n_dc), dtype=bool))
-    place_entry = np.take_along_axis(entry, vm[:, None], -1)[:, 0]
-    dec = Decisions(
+        dec = controller.decide_entry(
+            NOW,
+            path.reshape(c * n_dc, n_dc, 1),
+            np.ones((c * n_dc, n_dc), dtype=bool),
+            np.full(c * n_dc, -1, dtype=np.int64),
+            _sla(c * n_dc, bound_ms),
+            np.full(c * n_dc, -np.inf),
+            params,
+        )
+        best = dec.best.reshape(c, n_dc)
+        entry[s : s + c] = best
+        best_rtt[s : s + c] = np.take_along_axis(path, best[..., None], -1)[..., 0]
+    size = n_pos * n_dc * n_dc
+    memo = Decisions(
         bound_ms=float(bound_ms),
         n_dcs=n_dc,
+        params=params,
+        user_dc=net.user_dc,
+        dc_dc=net.dc_dc,
         entry=entry,
-        place_vm=vm,
-        place_entry=place_entry,
+        best_rtt=best_rtt,
         nearest=np.argmin(net.user_dc, axis=1).astype(np.int64),
-        step1=np.empty(n_pos * n_dc * n_dc, dtype=np.int16),
-        step2=np.empty(n_pos * n_dc * n_dc, dtype=bool),
+        memo1=np.full(size, UNKNOWN, dtype=np.int16),
+        memo2=np.full(size, UNKNOWN, dtype=np.int16),
     )
-    place_rtt = np.take_along_axis(best_rtt, vm[:, None], -1)  # (P, 1)
-    cur_entry = np.arange(n_dc)[None, :, None]
-    for s in range(0, n_pos, CHUNK_POSITIONS):
-        ud = net.user_dc[s : s + CHUNK_POSITIONS]
-        # rtt[p, a, v] = RTT(p, a) + RTT(a, v) for every current path (a, v).
-        rtt = ud[:, :, None] + net.dc_dc[None, :, :]
-        switch_to = entry[s : s + CHUNK_POSITIONS][:, None, :]  # best entry for v
-        switch_rtt = best_rtt[s : s + CHUNK_POSITIONS][:, None, :]
-        viol = dec.violated(rtt)
-        moved = dec.improves(rtt, switch_rtt)
-        step1 = np.where(viol, np.where(moved, switch_to, cur_entry), -1)
-        act = viol & dec.improves(rtt, place_rtt[s : s + CHUNK_POSITIONS][:, :, None])
-        lo, hi = s * n_dc * n_dc, (s + len(ud)) * n_dc * n_dc
-        dec.step1[lo:hi] = step1.ravel()
-        dec.step2[lo:hi] = act.ravel()
-    return dec
+    # Most visited states have the entry at the VM's DC (every user starts so, and under
+    # the paper's RTT model the best entry for a VM is its own DC): decide those in bulk
+    # now, so that the engine's first runs make few small controller calls.
+    v = np.tile(np.arange(n_dc, dtype=np.int64), n_pos)
+    own = memo.key(np.repeat(np.arange(n_pos, dtype=np.int64), n_dc), v, v)
+    memo.step1(own)
+    memo.step2(own)
+    return memo

@@ -11,7 +11,11 @@ libvirt calls block, so they run in threads; the migration call is awaited
 by :meth:`job`. Progress is the source job's data processed / data total.
 
 Idempotent like every driver: the same ``job_id`` attaches to the job under
-way (or finished); a VM already running at the destination is done.
+way (or finished); a VM already running at the destination is done. A
+peer-to-peer migration is driven by the source daemon, so it goes on when the
+controller dies; after a restart, a migration under way for the VM (the source
+domain's libvirt job is an outgoing migration) is attached to and awaited,
+never started a second time.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus
@@ -163,10 +168,48 @@ class LibvirtHypervisor:
         st = await self.status(vm)
         if st.dc == dst:
             return
+        if job is None and await asyncio.to_thread(self._migrating_out, vm, st.dc):
+            # A migration this process did not start (it ran before a restart): wait for it.
+            log.info("attached to the migration under way", extra={"vm": vm, "dst": dst})
+            fut = asyncio.ensure_future(asyncio.to_thread(self._await_running, vm, st.dc, dst))
+            self.jobs[vm] = {
+                "job_id": job_id,
+                "src": st.dc,
+                "dst": dst,
+                "future": fut,
+                "attached": True,
+            }
+            return
         fut = asyncio.ensure_future(
             asyncio.to_thread(self._migrate, vm, st.dc, dst, bandwidth_mbps, max_downtime_ms)
         )
         self.jobs[vm] = {"job_id": job_id, "src": st.dc, "dst": dst, "future": fut}
+
+    def _migrating_out(self, vm: str, src: str) -> bool:
+        """Whether the source domain's current libvirt job is an outgoing migration."""
+        try:
+            stats = self._conn(src).lookupByName(vm).jobStats()
+        except self.lv.libvirtError:
+            return False
+        return bool(
+            stats.get("type", self.lv.VIR_DOMAIN_JOB_NONE) != self.lv.VIR_DOMAIN_JOB_NONE
+            and stats.get("operation") == self.lv.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT
+        )
+
+    def _await_running(self, vm: str, src: str, dst: str, poll_s: float = 0.2) -> None:
+        """Block until the attached migration ends; fail unless the VM runs at ``dst``."""
+        while self._migrating_out(vm, src):
+            time.sleep(poll_s)
+        deadline = time.monotonic() + 10.0  # the destination resumes as the source job ends
+        while True:
+            st = self._status(vm)
+            if (st.dc == dst and st.running) or time.monotonic() > deadline:
+                break
+            time.sleep(poll_s)
+        if not (st.dc == dst and st.running):
+            raise DriverError(
+                f"the migration of {vm} under way at restart ended with the VM at {st.dc}"
+            )
 
     def _progress(self, vm: str, src: str) -> float:
         try:
