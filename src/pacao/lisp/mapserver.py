@@ -28,8 +28,10 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -109,6 +111,16 @@ class Registration:
         )
 
 
+_AFI_SIZE = {0: 2, 1: 6, 2: 18}  # AFI field + address, for the fast path
+_SPACE = {1: (0, 4), 2: (0, 6)}  # AFI -> PrefixTable key (instance 0)
+
+
+def _ntop6(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+_NTOP: dict[int, Callable[[bytes], str]] = {1: socket.inet_ntoa, 2: _ntop6}
+
 _REPLY_DEFAULTS: dict[str, Any] = {
     "probe": False,
     "echo_nonce": False,
@@ -156,6 +168,7 @@ class MapServer:
         self.local: tuple[str, int] = config.listen
         self.dirty = False
         self.clock = time.time
+        self.fast_path = True  # tests turn it off to compare with the general path
         if config.state_file is not None:
             self.load_state(config.state_file)
 
@@ -186,6 +199,8 @@ class MapServer:
         self.stats["received"] += 1
         if self.pcap is not None:
             self.pcap.record(peer, self.local, data)
+        if self.fast_path and data[:1] == b"\x80" and self.fast_request(data, peer):
+            return
         try:
             msg = decode_message(data)
         except LispDecodeError as exc:
@@ -322,6 +337,78 @@ class MapServer:
                 {**_REPLY_DEFAULTS, "nonce": req.nonce, "records": answers}
             )
             self.send(reply, (self.reply_address(req, peer), reply_port))
+
+    def fast_request(self, data: bytes, peer: tuple[str, int]) -> bool:
+        """Answer the common ECM Map-Request without building any object.
+
+        Handles exactly one shape: ECM (no flags) + IPv4/IPv6 inner header with
+        UDP + Map-Request with no flags but A/p/s/L/D, one EID record with a
+        plain IPv4/IPv6 EID, nothing after it, hitting a live proxy-reply
+        registration.  The reply is the registration's pre-encoded record behind
+        a 12-byte header carrying the request's nonce: the same bytes
+        `handle_request` builds.  Anything else returns False (nothing counted,
+        no token used) and goes through the full decoder and `handle_request`,
+        so validation, negative replies, forwarding and counters stay in one
+        place.
+        """
+        size = len(data)
+        if size < 52:
+            return False
+        version = data[4] >> 4
+        if version == 4:
+            if data[4] != 0x45 or data[13] != 17:
+                return False
+            m = 32
+        elif version == 6:
+            if data[10] != 17:
+                return False
+            m = 52
+        else:
+            return False
+        if (data[m - 4] << 8 | data[m - 3]) != size - m + 8:  # UDP length
+            return False
+        # type 1; no M, P, S (byte 0); no R, I, reserved (byte 1, only p and s allowed)
+        if size < m + 14 or data[m] & 0xF7 != 0x10 or data[m + 1] & 0x3F or data[m + 3] != 1:
+            return False
+        irc = (data[m + 2] & 0x1F) + 1
+        pos = m + 12
+        afi = data[pos] << 8 | data[pos + 1]
+        pos += _AFI_SIZE.get(afi, 1000)  # source EID
+        reply_to = ""
+        want = 2 if ":" in self.local[0] else 1
+        for _ in range(irc):
+            if pos + 2 > size:
+                return False
+            afi = data[pos] << 8 | data[pos + 1]
+            if afi == want and not reply_to and pos + _AFI_SIZE[afi] <= size:
+                raw = data[pos + 2 : pos + _AFI_SIZE[afi]]
+                reply_to = _NTOP[afi](raw)
+            pos += _AFI_SIZE.get(afi, 1000)
+        if pos + 4 > size:
+            return False
+        mask = data[pos + 1]
+        afi = data[pos + 2] << 8 | data[pos + 3]
+        if afi == 1:
+            if mask > 32 or pos + 8 != size:
+                return False
+        elif afi == 2:
+            if mask > 128 or pos + 20 != size:
+                return False
+        else:
+            return False
+        reg = self.registrations.match(_SPACE[afi], int.from_bytes(data[pos + 4 :], "big"), mask)
+        if reg is None or not reg.proxy_reply or reg.expires_at <= self.clock():
+            return False  # negative, forward or expiring: the general path decides
+        stats = self.stats
+        stats["map_request"] += 1
+        if not self.limiter.allow(peer[0], time.monotonic()):
+            stats["rate_limited"] += 1
+            return True
+        stats["proxy_reply"] += 1
+        port = data[m - 8] << 8 | data[m - 7]
+        self.send(b"\x20\x00\x00\x01" + data[m + 4 : m + 12] + reg.reply_record,
+                  (reply_to or peer[0], port))  # fmt: skip
+        return True
 
     def reply_address(self, req: MapRequest, peer: tuple[str, int]) -> str:
         """The first ITR-RLOC of our socket's family, else the packet's source."""
