@@ -30,7 +30,7 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
@@ -131,23 +131,32 @@ _REPLY_DEFAULTS: dict[str, Any] = {
 
 
 class TokenBucket:
-    """Per-source Map-Request rate limit; forgets idle sources to bound memory."""
+    """Per-source Map-Request rate limit (token bucket per key).
 
-    def __init__(self, rate: float, burst: int, max_sources: int = 65536) -> None:
+    At most `max_sources` buckets are kept: beyond that the least recently
+    used one is forgotten (it was idle, so its bucket was refilling anyway),
+    which bounds memory whatever number of source addresses a flood uses."""
+
+    def __init__(self, rate: float, burst: int, max_sources: int = 10000) -> None:
         self.rate = rate
         self.burst = float(burst)
         self.max_sources = max_sources
-        self.tokens: dict[str, tuple[float, float]] = {}
+        self.tokens: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def allow(self, source: str, now: float) -> bool:
-        level, last = self.tokens.get(source, (self.burst, now))
-        level = min(self.burst, level + (now - last) * self.rate)
+        tokens = self.tokens
+        state = tokens.get(source)
+        if state is None:
+            if len(tokens) >= self.max_sources:
+                tokens.popitem(last=False)
+            level = self.burst
+        else:
+            tokens.move_to_end(source)
+            level = min(self.burst, state[0] + (now - state[1]) * self.rate)
         if level < 1.0:
-            self.tokens[source] = (level, now)
+            tokens[source] = (level, now)
             return False
-        if len(self.tokens) >= self.max_sources and source not in self.tokens:
-            self.tokens.clear()
-        self.tokens[source] = (level - 1.0, now)
+        tokens[source] = (level - 1.0, now)
         return True
 
 
@@ -163,12 +172,15 @@ class MapServer:
         for site in config.sites:
             for p in site.eid_prefixes:
                 self.site_prefixes.insert(p, site)
-        self.limiter = TokenBucket(config.map_request_rate, config.map_request_burst)
+        self.limiter = TokenBucket(
+            config.map_request_rate, config.map_request_burst, config.map_request_sources
+        )
         self.transport: UdpEndpoint | None = None
         self.local: tuple[str, int] = config.listen
         self.dirty = False
         self.clock = time.time
         self.fast_path = True  # tests turn it off to compare with the general path
+        self._log_state: dict[str, tuple[float, int]] = {}
         if config.state_file is not None:
             self.load_state(config.state_file)
 
@@ -211,7 +223,23 @@ class MapServer:
             self.dispatch(msg, data, peer)
         except Exception:  # a bug in a handler must not stop the service
             self.stats["handler_errors"] += 1
-            log.exception("error handling a message from %s", peer)
+            what = "error handling a message from %s"
+            self.log_limited("handler", logging.ERROR, what, peer, exc_info=True)
+
+    def log_limited(
+        self, kind: str, level: int, fmt: str, *args: Any, exc_info: bool = False
+    ) -> None:
+        """Log a per-packet event at most once a second per kind (a flood must not
+        flood the log, or block the daemon on a full stderr pipe)."""
+        now = time.monotonic()
+        last, suppressed = self._log_state.get(kind, (-1e9, 0))
+        if now - last < 1.0:
+            self._log_state[kind] = (last, suppressed + 1)
+            return
+        self._log_state[kind] = (now, 0)
+        if suppressed:
+            fmt += f" ({suppressed} similar messages suppressed)"
+        log.log(level, fmt, *args, exc_info=exc_info)
 
     def dispatch(self, msg: Message, data: bytes, peer: tuple[str, int]) -> None:
         if isinstance(msg, MapRegister):
@@ -250,14 +278,16 @@ class MapServer:
         site = self.site_for(prefixes[0])
         if site is None or any(self.site_for(p) is not site for p in prefixes[1:]):
             self.stats["register_rejected"] += 1
-            log.info("Map-Register from %s for unconfigured prefixes %s", peer, prefixes)
+            what = "Map-Register from %s for unconfigured prefixes %s"
+            self.log_limited("register", logging.INFO, what, peer, prefixes)
             return
         if msg.alg_id == auth.ALG_NONE or msg.key_id != site.key_id:
             self.stats["bad_auth"] += 1
             return
         if not auth.verify(data, site.key):
             self.stats["bad_auth"] += 1
-            log.info("Map-Register from %s for site %s fails authentication", peer, site.name)
+            what = "Map-Register from %s for site %s fails authentication"
+            self.log_limited("auth", logging.INFO, what, peer, site.name)
             return
         now = self.clock()
         for rec, prefix in zip(msg.records, prefixes, strict=True):
@@ -480,6 +510,7 @@ class MapServer:
     def stats_doc(self) -> dict[str, Any]:
         return {
             "registrations": len(self.registrations),
+            "rate_limit_sources": len(self.limiter.tokens),
             "listen": f"{self.local[0]}:{self.local[1]}",
             **dict(sorted(self.stats.items())),
         }
