@@ -207,12 +207,12 @@ class MapServer:
         self.stats["socket_errors"] += 1
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        peer = (str(addr[0]), int(addr[1]))
         self.stats["received"] += 1
         if self.pcap is not None:
-            self.pcap.record(peer, self.local, data)
-        if self.fast_path and data[:1] == b"\x80" and self.fast_request(data, peer):
+            self.pcap.record((str(addr[0]), int(addr[1])), self.local, data)
+        if self.fast_path and data[:1] == b"\x80" and self.fast_request(data, addr):
             return
+        peer = (str(addr[0]), int(addr[1]))
         try:
             msg = decode_message(data)
         except LispDecodeError as exc:
@@ -368,7 +368,7 @@ class MapServer:
             )
             self.send(reply, (self.reply_address(req, peer), reply_port))
 
-    def fast_request(self, data: bytes, peer: tuple[str, int]) -> bool:
+    def fast_request(self, data: bytes, peer: tuple[str | Any, int]) -> bool:
         """Answer the common ECM Map-Request without building any object.
 
         Handles exactly one shape: ECM (no flags) + IPv4/IPv6 inner header with
