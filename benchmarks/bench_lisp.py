@@ -28,6 +28,8 @@ import random
 import select
 import socket
 import statistics
+import subprocess
+import sys
 import time
 from ipaddress import IPv4Address
 from typing import Any
@@ -44,13 +46,17 @@ from pacao.lisp.messages import (
 )
 
 LO = IPv4Address("127.0.0.1")
+_AUTOGROUP_ENV = "PACAO_BENCH_OWN_AUTOGROUP"
 
 
 def prefixes(n: int) -> list[EidPrefix]:
     return [EidPrefix.parse(f"10.{i >> 8 & 255}.{i & 255}.0/24") for i in range(n)]
 
 
-def server_main(n: int, port_q: Any, stop_ev: Any) -> None:
+def server_main(n: int, port_q: Any, stop_ev: Any, nice: int = 0) -> None:
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+
     async def main() -> None:
         cfg = config_from_dict(
             {
@@ -77,6 +83,24 @@ def server_main(n: int, port_q: Any, stop_ev: Any) -> None:
         transport.close()
 
     asyncio.run(main())
+
+
+def echo_main(port_q: Any, stop_ev: Any, nice: int = 0) -> None:
+    """Baseline: the least a Python UDP responder can do (blocking recvfrom, send the
+    nonce back).  Its latency under the same load is the machine's floor."""
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    port_q.put(sock.getsockname()[1])
+    while not stop_ev.is_set():
+        try:
+            data, addr = sock.recvfrom(2048)
+        except TimeoutError:
+            continue
+        sock.sendto(data[32:44], addr)  # bytes 4..12 of the answer: the request's nonce
 
 
 def request_bytes(nonce: int, n: int, port: int, rnd: random.Random) -> bytes:
@@ -138,13 +162,17 @@ def closed_loop(ms: int, n: int, total: int, window: int, pid: int = 0) -> tuple
 
 
 def open_loop(
-    ms: int, n: int, rate: float, seconds: float, pid: int = 0
+    ms: int, n: int, rate: float, seconds: float, pid: int = 0, tick: float = 0.001
 ) -> tuple[list[float], int, float]:
     """Send at a fixed rate whatever the replies do (open loop): latencies in seconds.
 
-    Each request is sent when due (select() sleeps until then or until a
-    reply arrives) and time-stamped as it leaves; its nonce indexes the stamp.
-    Returns the latencies, the number sent and the CPU share of process `pid`."""
+    Requests leave in clock ticks of `tick` seconds (10 per 1 ms tick at
+    10,000/s), each time-stamped as it leaves; its nonce indexes the stamp.
+    Between ticks the client sleeps in select() and reads replies as they
+    come: one wake-up per tick rather than per request keeps the client cheap,
+    so that on a busy 2-core machine it does not fall behind and measure its
+    own queue.  Returns the latencies, the number sent and the CPU share of
+    process `pid`."""
     sock = _client_socket()
     port = sock.getsockname()[1]
     rnd = random.Random(2)
@@ -154,6 +182,7 @@ def open_loop(
     lat: list[float] = []
     clock = time.perf_counter
     dest = ("127.0.0.1", ms)
+    per_tick = max(1, round(rate * tick))
 
     def stamp(data: bytes) -> None:
         lat.append(clock() - sent_at[int.from_bytes(data[4:12], "big")])
@@ -169,13 +198,17 @@ def open_loop(
                 sent_at[k + 1] = clock()
                 sock.sendto(packets[k], dest)
                 k += 1
-            wait = max(0.0, t0 + k / rate - clock())
+            wait = max(0.0, t0 + (k + per_tick - 1) / rate - clock())
         elif now - t0 > seconds + 1.0:
             break  # the rest is lost
         else:
             wait = 0.1
-        if select.select([sock], [], [], wait)[0]:
-            _drain(sock, stamp)
+        end = clock() + wait
+        while True:  # replies until the next tick
+            if select.select([sock], [], [], max(0.0, end - clock()))[0]:
+                _drain(sock, stamp)
+            if clock() >= end:
+                break
     busy = (process_cpu(pid) - cpu0) / (clock() - t0) if pid else 0.0
     sock.close()
     return lat, total, busy
@@ -183,6 +216,15 @@ def open_loop(
 
 def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[int(q * (len(sorted_values) - 1))] if sorted_values else float("nan")
+
+
+def latency_line(head: str, lat: list[float], total: int) -> str:
+    """`lat` sorted, in seconds."""
+    ms = [percentile(lat, q) * 1e3 for q in (0.5, 0.99, 0.999)]
+    return (
+        f"{head}: p50 {ms[0]:.3f} ms, p99 {ms[1]:.3f} ms, p99.9 {ms[2]:.3f} ms, "
+        f"{len(lat)}/{total} answered"
+    )
 
 
 def process_cpu(pid: int) -> float:
@@ -299,12 +341,41 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--locators", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=3, help="closed-loop runs")
+    ap.add_argument(
+        "--priority",
+        action="store_true",
+        help="run in a session of its own whose scheduler autogroup gets nice -20 (root): "
+        "on a shared machine, the figures of the resolver rather than of the other jobs",
+    )
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the map-resolver server and the client at this nice value (negative: root; "
+        "on a shared machine it measures the resolver rather than the other jobs)",
+    )
     args = ap.parse_args()
+    if args.priority and not os.environ.get(_AUTOGROUP_ENV):
+        # Linux autogroups: CPU is shared between sessions first, so nice alone does
+        # not help against other sessions' jobs; a new session gets its own group.
+        env = {**os.environ, _AUTOGROUP_ENV: "1"}
+        done = subprocess.run([sys.executable, *sys.argv], env=env, start_new_session=True)
+        raise SystemExit(done.returncode)
+    if os.environ.get(_AUTOGROUP_ENV):
+        try:
+            with open("/proc/self/autogroup", "w", encoding="ascii") as fh:
+                fh.write("-20")
+            print("scheduling: own session, autogroup nice -20")
+        except OSError as exc:
+            print(f"scheduling: cannot raise the autogroup's priority ({exc}); running as is")
     print(f"load average before the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     ctx = mp.get_context("spawn")
     q, stop = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=server_main, args=(args.prefixes, q, stop))
+    proc = ctx.Process(target=server_main, args=(args.prefixes, q, stop, args.nice))
     proc.start()
+    old_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     try:
         port = q.get(timeout=120)
         closed_loop(port, args.prefixes, 2000, args.window)  # warm-up
@@ -316,15 +387,28 @@ def main() -> None:
         lat, total, busy = open_loop(port, args.prefixes, args.rate, args.seconds, proc.pid)
         lat.sort()
         head = f"map-resolver at {args.rate:,.0f} req/s for {args.seconds} s"
-        print(f"{head}: p50 {percentile(lat, 0.5) * 1e3:.3f} ms, "
-              f"p99 {percentile(lat, 0.99) * 1e3:.3f} ms, "
-              f"p99.9 {percentile(lat, 0.999) * 1e3:.3f} ms, {len(lat)}/{total} answered "
-              f"(server CPU {busy:.0%} of a core)")  # fmt: skip
+        print(latency_line(head, lat, total) + f" (server CPU {busy:.0%} of a core)")
     finally:
         stop.set()
         proc.join(10)
         if proc.is_alive():
             proc.terminate()
+    q, stop = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=echo_main, args=(q, stop, args.nice))
+    proc.start()
+    try:
+        port = q.get(timeout=60)
+        lat, total, _ = open_loop(port, args.prefixes, args.rate, args.seconds)
+        lat.sort()
+        head = f"baseline: minimal Python UDP echo at {args.rate:,.0f} req/s, same client"
+        print(latency_line(head, lat, total))
+    finally:
+        stop.set()
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+        if args.nice:
+            os.setpriority(os.PRIO_PROCESS, 0, old_nice)
     for method, times in switch_times(20).items():
         times.sort()
         med, worst = statistics.median(times) * 1e3, times[-1] * 1e3
