@@ -11,7 +11,7 @@ DEB_PACKAGES ?= tshark postgresql iproute2 iptables iputils-ping iperf3 \
   linux-image-cloud-amd64 busybox-static
 DEMO_ARGS ?=
 
-.PHONY: demo test lint bench debs venv clean guest
+.PHONY: demo test lint bench fuzz debs venv clean guest
 
 venv: $(STAMP)
 
@@ -52,5 +52,10 @@ test: venv debs lint guest
 bench: venv debs
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+FUZZ_TIME ?= 600
+fuzz: venv  # atheris on the LISP decoder/map-server path; corpus kept in .fuzz/
+	$(BIN)/python tests/fuzz_lisp_decoder.py --seed .fuzz/corpus
+	$(BIN)/python tests/fuzz_lisp_decoder.py -max_total_time=$(FUZZ_TIME) -artifact_prefix=.fuzz/ .fuzz/corpus
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .fuzz

@@ -457,3 +457,48 @@ def replace_priority(rec: Any, prio: int) -> Any:
     from dataclasses import replace
 
     return replace(rec, locators=tuple(replace(x, priority=prio) for x in rec.locators))
+
+
+def test_map_notify_from_another_address_is_matched_by_nonce() -> None:
+    """lispers.net answers from whatever source address the kernel picks: the
+    Map-Notify of our Map-Register is verified with the key of the map-server
+    the register went to; an unsolicited one from an unknown address is not."""
+    import socket
+
+    from pacao.lisp import auth
+    from pacao.lisp.messages import MapNotify, MapRegister, decode_message
+
+    async def main() -> None:
+        ms_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ms_sock.bind(("127.0.0.7", 0))
+        other.bind(("127.0.0.8", 0))
+        ms_sock.settimeout(5)
+        doc = {
+            "listen": "127.0.0.1:0",
+            "map_servers": [{"address": f"127.0.0.7:{ms_sock.getsockname()[1]}", "key": "kk"}],
+            "database": [{"prefix": "10.1.0.0/16", "locators": [{"address": "127.0.0.1"}]}],
+        }
+        xtr, t, _ = await open_xtr(xtr_config_from_dict(doc))
+        try:
+            loop = asyncio.get_running_loop()
+            data, addr = await loop.run_in_executor(None, ms_sock.recvfrom, 4096)
+            reg = decode_message(data)
+            assert isinstance(reg, MapRegister) and auth.verify(data, "kk")
+            notify = MapNotify(nonce=reg.nonce, records=reg.records)
+            other.sendto(auth.sign(notify, "kk", reg.alg_id).to_bytes(), addr)
+            acked = await wait_for(xtr, RegistrationAcked)
+            assert acked.nonce == reg.nonce and xtr.stats["bad_auth"] == 0
+            stray = MapNotify(nonce=reg.nonce + 1, records=reg.records)
+            other.sendto(auth.sign(stray, "kk", reg.alg_id).to_bytes(), addr)
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if xtr.stats["bad_auth"]:
+                    break
+            assert xtr.stats["bad_auth"] == 1
+        finally:
+            await close_xtr(xtr, t, None)
+            ms_sock.close()
+            other.close()
+
+    asyncio.run(main())

@@ -34,6 +34,7 @@ class MapServerConfig:
     unregistered_site_ttl: int = 1
     map_request_rate: float = 1000.0
     map_request_burst: int = 2000
+    map_request_sources: int = 10000
     stats_file: Path | None = None
 
 
@@ -47,6 +48,7 @@ _TOP = {
     "unregistered_site_ttl",
     "map_request_rate",
     "map_request_burst",
+    "map_request_sources",
 }
 _SITE = {"name", "key", "key_id", "eid_prefixes", "accept_more_specifics"}
 
@@ -177,6 +179,7 @@ def config_from_dict(doc: Any, base: Path | None = None) -> MapServerConfig:
     unreg = _number("unregistered_site_ttl", doc.get("unregistered_site_ttl", 1), 0, 10080)
     rate = _number("map_request_rate", doc.get("map_request_rate", 1000), 0.001, 1e7)
     burst = _number("map_request_burst", doc.get("map_request_burst", 2000), 1, 1e8)
+    sources = _number("map_request_sources", doc.get("map_request_sources", 10000), 1, 1e7)
     return MapServerConfig(
         listen=listen,
         sites=sites,
@@ -187,6 +190,7 @@ def config_from_dict(doc: Any, base: Path | None = None) -> MapServerConfig:
         unregistered_site_ttl=int(unreg),
         map_request_rate=rate,
         map_request_burst=int(burst),
+        map_request_sources=int(sources),
     )
 
 

@@ -101,6 +101,24 @@ class PrefixTable(Generic[T]):
                 return _make(query, masked, length), hit
         return None
 
+    def match(self, space_key: tuple[int, int], address: int, plen: int) -> T | None:
+        """`lookup` for a raw (instance-id, version) key and integer address, no objects built.
+
+        The map-resolver's fast path uses it; `address` may carry host bits."""
+        space = self._spaces.get(space_key)
+        if space is None:
+            return None
+        bits = space.bits
+        by_len = space.by_len
+        for length in space.lengths:
+            if length > plen:
+                continue
+            shift = bits - length
+            hit = by_len[length].get(address >> shift << shift)
+            if hit is not None:
+                return hit
+        return None
+
     def overlaps(self, query: EidPrefix) -> bool:
         """True when a stored prefix contains `query` or lies inside it."""
         if self.lookup(query) is not None:

@@ -28,8 +28,10 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -109,6 +111,16 @@ class Registration:
         )
 
 
+_AFI_SIZE = {0: 2, 1: 6, 2: 18}  # AFI field + address, for the fast path
+_SPACE = {1: (0, 4), 2: (0, 6)}  # AFI -> PrefixTable key (instance 0)
+
+
+def _ntop6(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+_NTOP: dict[int, Callable[[bytes], str]] = {1: socket.inet_ntoa, 2: _ntop6}
+
 _REPLY_DEFAULTS: dict[str, Any] = {
     "probe": False,
     "echo_nonce": False,
@@ -119,23 +131,32 @@ _REPLY_DEFAULTS: dict[str, Any] = {
 
 
 class TokenBucket:
-    """Per-source Map-Request rate limit; forgets idle sources to bound memory."""
+    """Per-source Map-Request rate limit (token bucket per key).
 
-    def __init__(self, rate: float, burst: int, max_sources: int = 65536) -> None:
+    At most `max_sources` buckets are kept: beyond that the least recently
+    used one is forgotten (it was idle, so its bucket was refilling anyway),
+    which bounds memory whatever number of source addresses a flood uses."""
+
+    def __init__(self, rate: float, burst: int, max_sources: int = 10000) -> None:
         self.rate = rate
         self.burst = float(burst)
         self.max_sources = max_sources
-        self.tokens: dict[str, tuple[float, float]] = {}
+        self.tokens: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def allow(self, source: str, now: float) -> bool:
-        level, last = self.tokens.get(source, (self.burst, now))
-        level = min(self.burst, level + (now - last) * self.rate)
+        tokens = self.tokens
+        state = tokens.get(source)
+        if state is None:
+            if len(tokens) >= self.max_sources:
+                tokens.popitem(last=False)
+            level = self.burst
+        else:
+            tokens.move_to_end(source)
+            level = min(self.burst, state[0] + (now - state[1]) * self.rate)
         if level < 1.0:
-            self.tokens[source] = (level, now)
+            tokens[source] = (level, now)
             return False
-        if len(self.tokens) >= self.max_sources and source not in self.tokens:
-            self.tokens.clear()
-        self.tokens[source] = (level - 1.0, now)
+        tokens[source] = (level - 1.0, now)
         return True
 
 
@@ -151,11 +172,15 @@ class MapServer:
         for site in config.sites:
             for p in site.eid_prefixes:
                 self.site_prefixes.insert(p, site)
-        self.limiter = TokenBucket(config.map_request_rate, config.map_request_burst)
+        self.limiter = TokenBucket(
+            config.map_request_rate, config.map_request_burst, config.map_request_sources
+        )
         self.transport: UdpEndpoint | None = None
         self.local: tuple[str, int] = config.listen
         self.dirty = False
         self.clock = time.time
+        self.fast_path = True  # tests turn it off to compare with the general path
+        self._log_state: dict[str, tuple[float, int]] = {}
         if config.state_file is not None:
             self.load_state(config.state_file)
 
@@ -182,10 +207,12 @@ class MapServer:
         self.stats["socket_errors"] += 1
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        peer = (str(addr[0]), int(addr[1]))
         self.stats["received"] += 1
         if self.pcap is not None:
-            self.pcap.record(peer, self.local, data)
+            self.pcap.record((str(addr[0]), int(addr[1])), self.local, data)
+        if self.fast_path and data[:1] == b"\x80" and self.fast_request(data, addr):
+            return
+        peer = (str(addr[0]), int(addr[1]))
         try:
             msg = decode_message(data)
         except LispDecodeError as exc:
@@ -196,7 +223,23 @@ class MapServer:
             self.dispatch(msg, data, peer)
         except Exception:  # a bug in a handler must not stop the service
             self.stats["handler_errors"] += 1
-            log.exception("error handling a message from %s", peer)
+            what = "error handling a message from %s"
+            self.log_limited("handler", logging.ERROR, what, peer, exc_info=True)
+
+    def log_limited(
+        self, kind: str, level: int, fmt: str, *args: Any, exc_info: bool = False
+    ) -> None:
+        """Log a per-packet event at most once a second per kind (a flood must not
+        flood the log, or block the daemon on a full stderr pipe)."""
+        now = time.monotonic()
+        last, suppressed = self._log_state.get(kind, (-1e9, 0))
+        if now - last < 1.0:
+            self._log_state[kind] = (last, suppressed + 1)
+            return
+        self._log_state[kind] = (now, 0)
+        if suppressed:
+            fmt += f" ({suppressed} similar messages suppressed)"
+        log.log(level, fmt, *args, exc_info=exc_info)
 
     def dispatch(self, msg: Message, data: bytes, peer: tuple[str, int]) -> None:
         if isinstance(msg, MapRegister):
@@ -235,14 +278,16 @@ class MapServer:
         site = self.site_for(prefixes[0])
         if site is None or any(self.site_for(p) is not site for p in prefixes[1:]):
             self.stats["register_rejected"] += 1
-            log.info("Map-Register from %s for unconfigured prefixes %s", peer, prefixes)
+            what = "Map-Register from %s for unconfigured prefixes %s"
+            self.log_limited("register", logging.INFO, what, peer, prefixes)
             return
         if msg.alg_id == auth.ALG_NONE or msg.key_id != site.key_id:
             self.stats["bad_auth"] += 1
             return
         if not auth.verify(data, site.key):
             self.stats["bad_auth"] += 1
-            log.info("Map-Register from %s for site %s fails authentication", peer, site.name)
+            what = "Map-Register from %s for site %s fails authentication"
+            self.log_limited("auth", logging.INFO, what, peer, site.name)
             return
         now = self.clock()
         for rec, prefix in zip(msg.records, prefixes, strict=True):
@@ -323,6 +368,78 @@ class MapServer:
             )
             self.send(reply, (self.reply_address(req, peer), reply_port))
 
+    def fast_request(self, data: bytes, peer: tuple[str | Any, int]) -> bool:
+        """Answer the common ECM Map-Request without building any object.
+
+        Handles exactly one shape: ECM (no flags) + IPv4/IPv6 inner header with
+        UDP + Map-Request with no flags but A/p/s/L/D, one EID record with a
+        plain IPv4/IPv6 EID, nothing after it, hitting a live proxy-reply
+        registration.  The reply is the registration's pre-encoded record behind
+        a 12-byte header carrying the request's nonce: the same bytes
+        `handle_request` builds.  Anything else returns False (nothing counted,
+        no token used) and goes through the full decoder and `handle_request`,
+        so validation, negative replies, forwarding and counters stay in one
+        place.
+        """
+        size = len(data)
+        if size < 52:
+            return False
+        version = data[4] >> 4
+        if version == 4:
+            if data[4] != 0x45 or data[13] != 17:
+                return False
+            m = 32
+        elif version == 6:
+            if data[10] != 17:
+                return False
+            m = 52
+        else:
+            return False
+        if (data[m - 4] << 8 | data[m - 3]) != size - m + 8:  # UDP length
+            return False
+        # type 1; no M, P, S (byte 0); no R, I, reserved (byte 1, only p and s allowed)
+        if size < m + 14 or data[m] & 0xF7 != 0x10 or data[m + 1] & 0x3F or data[m + 3] != 1:
+            return False
+        irc = (data[m + 2] & 0x1F) + 1
+        pos = m + 12
+        afi = data[pos] << 8 | data[pos + 1]
+        pos += _AFI_SIZE.get(afi, 1000)  # source EID
+        reply_to = ""
+        want = 2 if ":" in self.local[0] else 1
+        for _ in range(irc):
+            if pos + 2 > size:
+                return False
+            afi = data[pos] << 8 | data[pos + 1]
+            if afi == want and not reply_to and pos + _AFI_SIZE[afi] <= size:
+                raw = data[pos + 2 : pos + _AFI_SIZE[afi]]
+                reply_to = _NTOP[afi](raw)
+            pos += _AFI_SIZE.get(afi, 1000)
+        if pos + 4 > size:
+            return False
+        mask = data[pos + 1]
+        afi = data[pos + 2] << 8 | data[pos + 3]
+        if afi == 1:
+            if mask > 32 or pos + 8 != size:
+                return False
+        elif afi == 2:
+            if mask > 128 or pos + 20 != size:
+                return False
+        else:
+            return False
+        reg = self.registrations.match(_SPACE[afi], int.from_bytes(data[pos + 4 :], "big"), mask)
+        if reg is None or not reg.proxy_reply or reg.expires_at <= self.clock():
+            return False  # negative, forward or expiring: the general path decides
+        stats = self.stats
+        stats["map_request"] += 1
+        if not self.limiter.allow(peer[0], time.monotonic()):
+            stats["rate_limited"] += 1
+            return True
+        stats["proxy_reply"] += 1
+        port = data[m - 8] << 8 | data[m - 7]
+        self.send(b"\x20\x00\x00\x01" + data[m + 4 : m + 12] + reg.reply_record,
+                  (reply_to or peer[0], port))  # fmt: skip
+        return True
+
     def reply_address(self, req: MapRequest, peer: tuple[str, int]) -> str:
         """The first ITR-RLOC of our socket's family, else the packet's source."""
         v6 = ":" in self.local[0]
@@ -393,6 +510,7 @@ class MapServer:
     def stats_doc(self) -> dict[str, Any]:
         return {
             "registrations": len(self.registrations),
+            "rate_limit_sources": len(self.limiter.tokens),
             "listen": f"{self.local[0]}:{self.local[1]}",
             **dict(sorted(self.stats.items())),
         }

@@ -583,7 +583,14 @@ class Xtr:
 
     def on_map_notify(self, msg: MapNotify, data: bytes, peer: tuple[str, int]) -> None:
         pend = self.pending.get(msg.nonce)
-        servers = [ms for ms in self.config.map_servers if ms.address[0] == peer[0]]
+        if pend is not None and pend.kind == "register":
+            # the answer to our Map-Register: the key of the map-server we sent it to,
+            # whatever source address its Map-Notify has (lispers.net sends it from
+            # the address the kernel picks, not necessarily the one we registered to)
+            servers = [ms for ms in self.config.map_servers
+                       if f"{ms.address[0]}:{ms.address[1]}" == pend.target]  # fmt: skip
+        else:
+            servers = [ms for ms in self.config.map_servers if ms.address[0] == peer[0]]
         key = servers[0].key if servers else None
         if key is None or not auth.verify(data, key):
             self.stats["bad_auth"] += 1
