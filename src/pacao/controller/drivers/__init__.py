@@ -24,6 +24,7 @@ BUILTIN: dict[str, dict[str, str]] = {
     "hypervisor": {
         "memory": "pacao.controller.drivers.memory:MemoryHypervisor",
         "libvirt": "pacao.controller.drivers.libvirt:LibvirtHypervisor",
+        "testbed": "pacao.testbed.hypervisor:TestbedHypervisor",
     },
 }
 

@@ -1,0 +1,513 @@
+"""The LISP control plane and the PACAO controller inside a running testbed (issue 7).
+
+What runs where (docs/testbed.md, "Control plane"):
+
+* a management namespace ``pc<id>-ctl`` joined to every xTR namespace by a veth
+  (/30s from 198.18.0.0/16, out of band like an operator's management network);
+* in it the map-server/map-resolver (``pacao lisp map-server``) on 198.18.255.1:4342
+  and, for pacao1/pacao2, the controller (``pacao controller run``) with a config
+  generated from the topology;
+* in each xTR namespace the ``pacao.lisp.xtr`` agent (control plane, UDP 4342 on the
+  RLOC, so RLOC probes cross the emulated links and their RTT includes the injected
+  delays; HTTP on its management address) hosted by ``pacao.testbed.agent``, which
+  pushes every map-cache change into the xTR's data plane: the data plane forwards
+  with the agent's map-cache, so a priority change moves real traffic.
+
+The legacy arm is the same control plane without the controller.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen
+from typing import Any, Literal
+
+import yaml
+
+from pacao.errors import InputError
+from pacao.testbed import runner
+from pacao.testbed.migration import (
+    MigrationModel,
+    MigrationResult,
+    migrate_vm,
+    migration_estimate,
+    set_vm_model,
+    stored_model,
+    vm_location,
+)
+from pacao.testbed.runner import State, TestbedError
+from pacao.testbed.topology import MappingSpec, Topology, site_xtr
+
+__all__ = [
+    "ControllerSettings",
+    "MigrationModel",
+    "MigrationResult",
+    "TestbedControlPlane",
+    "migrate_vm",
+    "migration_estimate",
+    "set_vm_model",
+    "stored_model",
+    "vm_location",
+]
+
+Policy = Literal["legacy", "pacao1", "pacao2"]
+VmBackend = Literal["namespace", "qemu"]
+
+MGMT_POOL = ipaddress.IPv4Network("198.18.0.0/16")
+MAP_SERVER = ipaddress.IPv4Address("198.18.255.1")
+AGENT_HTTP_PORT = 8080
+CONTROLLER_API_PORT = 8081
+CTL_NODE = "ctl"
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """Controller timers and SLA, in seconds already time-scaled by the caller.
+
+    ``policy``: legacy (no controller), pacao1 (entry switching only: the VM is
+    pinned), pacao2 (switching + migration, Step 2). ``s1`` = S' (decision period),
+    ``s2`` = S'' (wait before Step 2), ``s3`` = S''' (probe interval of the agents and
+    the controller's poll period); the controller requires s3 <= s2 < s1.
+    ``rtt_max_ms``: the user's RTT SLA bound (the only criterion, as in the paper).
+    ``policy_overrides``: extra keys of the controller config's ``policy`` section
+    (docs/controller.md), e.g. ``(("min_dwell_s", 0),)``; by default the dwell time is
+    2 S' and the migration cooldown 5 S' (they scale with the timers).
+    """
+
+    policy: Policy
+    s1: float
+    s2: float
+    s3: float
+    vm_backend: VmBackend = "namespace"
+    rtt_max_ms: float = 60.0
+    switch_method: Literal["smr", "change-priority", "both"] = "both"
+    policy_overrides: tuple[tuple[str, Any], ...] = ()
+    probe_timeout_s: float = 2.5  # above the largest RTT injected (1 s + base in table1)
+
+    def check(self) -> None:
+        """One InputError line for a bad field (the controller's rules, said early)."""
+        if self.policy not in ("legacy", "pacao1", "pacao2"):
+            raise InputError("policy", self.policy, "legacy, pacao1 or pacao2")
+        if self.vm_backend not in ("namespace", "qemu"):
+            raise InputError("vm_backend", self.vm_backend, "namespace or qemu")
+        for name in ("s1", "s2", "s3", "rtt_max_ms", "probe_timeout_s"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+                raise InputError(name, v, "a finite number > 0")
+        if not self.s3 <= self.s2 < self.s1:
+            raise InputError("s2", self.s2, f"need S'''={self.s3:g} <= S'' < S'={self.s1:g}")
+
+
+def _mgmt_pair(i: int) -> tuple[ipaddress.IPv4Interface, ipaddress.IPv4Interface]:
+    """(ctl side, xTR side) of the i-th management /30."""
+    base = int(MGMT_POOL.network_address) + 4 * i
+    return (
+        ipaddress.IPv4Interface(f"{ipaddress.IPv4Address(base + 1)}/30"),
+        ipaddress.IPv4Interface(f"{ipaddress.IPv4Address(base + 2)}/30"),
+    )
+
+
+class TestbedControlPlane:
+    """Map-server + one xTR agent per xTR + (pacao1/pacao2) the PACAO controller."""
+
+    __test__ = False  # not a pytest class, despite the name
+
+    def __init__(
+        self,
+        state: State,
+        topology: Topology,
+        settings: ControllerSettings,
+        workdir: Path,
+        migration: MigrationModel | None = None,
+    ) -> None:
+        settings.check()
+        if migration is not None:
+            migration.check()
+        if CTL_NODE in topology.nodes:
+            raise InputError(f"nodes.{CTL_NODE}", CTL_NODE, "reserved for the management netns")
+        nets = [m.prefix for m in topology.mappings] + [x.a_addr.network for x in topology.links]
+        for net in nets:
+            if net.overlaps(MGMT_POOL):
+                raise InputError("topology", str(net), f"must not overlap {MGMT_POOL} (management)")
+        if settings.vm_backend == "qemu":
+            raise InputError("vm_backend", "qemu", "not integrated yet; use namespace")
+        self.state, self.topo, self.settings = state, topology, settings
+        self.workdir = workdir.resolve()
+        self.migration = migration
+        self.key = secrets.token_hex(8)
+        self.change_key = secrets.token_hex(8)
+        self.token = secrets.token_hex(12)
+        self.xtrs = [n.name for n in topology.xtrs()]
+        self.mgmt = {x: _mgmt_pair(i) for i, x in enumerate(self.xtrs)}
+        self.rloc = {n.name: str(n.rloc) for n in topology.xtrs()}
+        self.procs: list[str] = []
+        self.started = 0.0
+        self.ns = state.ns(CTL_NODE)
+        self.db = self.workdir / "controller.db"
+
+    # ------------------------------------------------------------------ layout
+    def agent_url(self, node: str) -> str:
+        """The xTR agent's HTTP endpoint (reachable from the management namespace)."""
+        return f"http://{self.mgmt[node][1].ip}:{AGENT_HTTP_PORT}"
+
+    def owned(self, node: str) -> list[MappingSpec]:
+        return [m for m in self.topo.mappings if any(lo.node == node for lo in m.locators)]
+
+    def watched(self, node: str) -> list[str]:
+        """Remote prefixes (the data plane needs them) and shared own ones (probing peers)."""
+        out = []
+        for m in self.topo.mappings:
+            mine = any(lo.node == node for lo in m.locators)
+            if not mine or len(m.locators) > 1:
+                out.append(str(m.prefix))
+        return out
+
+    def agent_config(self, node: str) -> dict[str, Any]:
+        """The `pacao lisp xtr` config of one xTR (docs/lisp.md)."""
+        ms = f"{MAP_SERVER}:4342"
+        s = self.settings
+        database = []
+        for m in self.owned(node):
+            locs = [
+                {"address": self.rloc[lo.node], "priority": lo.priority, "weight": lo.weight}
+                for lo in m.locators
+            ]
+            database.append({"prefix": str(m.prefix), "ttl": 10, "locators": locs})
+        return {
+            "listen": f"{self.rloc[node]}:4342",
+            "rloc": self.rloc[node],
+            "map_servers": [{"address": ms, "key": self.key, "alg": "sha256"}],
+            "map_resolvers": [ms],
+            "register_interval": 10,
+            "database": database,
+            "watch": self.watched(node),
+            "probe": {"interval": s.s3, "timeout": s.probe_timeout_s, "down_after": 3},
+            "map_request": {"rate": 100, "burst": 100, "timeout": 0.5, "retries": 10},
+            "change_priority": {"key": self.change_key, "method": s.switch_method},
+            "http": f"{self.mgmt[node][1].ip}:{AGENT_HTTP_PORT}",
+            "stats_file": str(self.workdir / f"agent-{node}.json"),
+        }
+
+    def _egress(self, node: str) -> dict[str, Any] | None:
+        owned = self.owned(node)
+        if not any(len(m.locators) > 1 for m in owned):
+            return None
+        via = {}
+        for link in self.topo.links_of(node):
+            peer = self.topo.nodes[link.peer(node)]
+            if peer.role == "xtr":
+                via[str(peer.rloc)] = {
+                    "gw": str(link.addr(peer.name).ip),
+                    "dev": self.state.ifname(link.index, link.end(node)),
+                }
+        remote = [str(m.prefix) for m in self.topo.mappings if m not in owned]
+        return {"tun": f"{self.state.prefix}t", "remote_prefixes": remote, "via": via}
+
+    def _map_server_config(self) -> dict[str, Any]:
+        sites = [
+            {
+                "name": f"m{i}",
+                "key": self.key,
+                "eid_prefixes": [str(m.prefix)],
+                "accept_more_specifics": True,
+            }
+            for i, m in enumerate(self.topo.mappings)
+        ]
+        return {
+            "listen": f"{MAP_SERVER}:4342",
+            "unregistered_site_ttl": 0,  # agents start in any order: no negative caching
+            "registration_timeout": 60,
+            "state_file": str(self.workdir / "map-server-state.json"),
+            "sites": sites,
+        }
+
+    def controller_config(self) -> dict[str, Any]:
+        """The `pacao controller run` config generated from the topology (docs/testbed.md).
+
+        DCs are the dc nodes whose xTR is a locator of the VM's prefix (name = the dc
+        node, RLOC = its xTR's, stats from that xTR's agent); the VM's EID is its mapping
+        prefix (what the agents register); one user with an RTT-only SLA; inter-DC links
+        with their rate and RTT; mapping driver ``lisp``, hypervisor driver ``testbed``.
+        """
+        topo, s = self.topo, self.settings
+        vms = [n for n in topo.nodes.values() if n.role == "vm"]
+        users = [n for n in topo.nodes.values() if n.role == "user"]
+        if not vms or not users:
+            raise InputError("topology", topo.name, "the controller needs a user and a vm node")
+
+        def mapping_of(eid: ipaddress.IPv4Interface | None) -> MappingSpec:
+            for m in topo.mappings:
+                if eid is not None and eid.ip in m.prefix:
+                    return m
+            raise InputError("mappings", str(eid), "no mapping covers this EID")
+
+        vm = vms[0]
+        vm_map = mapping_of(vm.eid)
+        owners = {lo.node for lo in vm_map.locators}
+        dcs: list[dict[str, Any]] = []
+        dc_x: dict[str, str] = {}
+        for n in topo.nodes.values():
+            x = site_xtr(topo, n.name) if n.role == "dc" else None
+            if x is None or x not in owners:
+                continue
+            site = topo.sites.get(n.site or "")
+            lat, lon = site.location if site and site.location else (0.0, 0.0)
+            dc_x[n.name] = x
+            dcs.append(
+                {
+                    "name": n.name,
+                    "location": {"lat": lat, "lon": lon},
+                    "rlocs": [self.rloc[x]],
+                    "capacity": {"ram_mib": 1 << 20, "cpu": 1024},
+                    "xtr": {"stats_url": self.agent_url(x) + "/"},
+                }
+            )
+        model = self.migration or stored_model(self.state)
+        links = []
+        for a in sorted(dc_x):
+            for b in sorted(dc_x):
+                direct = [x for x in topo.links if {x.a, x.b} == {dc_x[a], dc_x[b]}]
+                if a < b and direct:
+                    link = direct[0]
+                    bw = (link.rate_bps or model.default_bandwidth_mbps * 1e6) / 1e6
+                    rtt = 2 * link.impairment.delay_ms
+                    links.append({"a": a, "b": b, "bandwidth_mbps": bw, "rtt_ms": rtt})
+        user = users[0]
+        ux = site_xtr(topo, user.name)
+        if ux is None:
+            raise InputError(f"nodes.{user.name}", user.name, "a user needs a link to an xtr")
+        policy: dict[str, Any] = {
+            "min_dwell_s": 2 * s.s1,
+            "cooldown_s": 5 * s.s1,
+            "bandwidth_mbps": model.default_bandwidth_mbps,
+            "max_downtime_ms": model.max_downtime_ms,
+            "links": links,
+        }
+        policy.update(dict(s.policy_overrides))
+        vm_doc = {
+            "name": vm.name,
+            "eid": str(vm_map.prefix),
+            "memory_mib": model.memory_mib,
+            "vcpus": 1,
+            "host": vm_location(self.state, vm.name, topo),
+            "hypervisor_uri": f"testbed://{self.state.runid}",
+            "pinned": s.policy == "pacao1",
+        }
+        user_doc = {
+            "name": user.name,
+            "eid": str(mapping_of(user.eid).prefix),
+            "rloc": self.rloc[ux],
+            "vm": vm.name,
+            "sla": {"rtt": {"weight": 1.0, "max": s.rtt_max_ms}},
+        }
+        drivers = {
+            "mapping": {"name": "lisp", "options": {"method": s.switch_method}},
+            "hypervisor": {"name": "testbed", "options": {"state_file": str(self.state.path)}},
+        }
+        return {
+            "dcs": dcs,
+            "vms": [vm_doc],
+            "users": [user_doc],
+            "timers": {"s1": s.s1, "s2": s.s2, "s3": s.s3},
+            "policy": policy,
+            "drivers": drivers,
+            "storage": {"url": f"sqlite:///{self.db}"},
+            "api": {"listen": f"127.0.0.1:{CONTROLLER_API_PORT}", "token": self.token},
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+    def _spawn(self, name: str, cmd: list[str], ns: str) -> Popen[bytes]:
+        proc = runner.spawn(self.state, name, cmd, ns=ns)
+        self.procs.append(name)
+        return proc
+
+    def _wait(self, waits: list[tuple[str, Popen[bytes], bytes]], timeout: float) -> None:
+        """Until each (name, process, marker) printed its marker; an exit is an error."""
+        deadline = time.monotonic() + timeout
+        pending = list(waits)
+        while pending and time.monotonic() < deadline:
+            for item in list(pending):
+                name, proc, marker = item
+                log = self.state.rundir / f"{name}.log"
+                if log.exists() and marker in log.read_bytes():
+                    pending.remove(item)
+                elif proc.poll() is not None:
+                    text = log.read_text(errors="replace").strip()[-800:]
+                    raise TestbedError(f"{name} exited: {text}")
+            time.sleep(0.02)
+        if pending:
+            raise TestbedError(f"{[p[0] for p in pending]} not ready after {timeout} s")
+
+    def _mgmt_network(self) -> None:
+        st, sh = self.state, runner.sh
+        st.netns.append(self.ns)
+        st.save()
+        sh("ip", "netns", "add", self.ns)
+        sh("ip", "link", "set", "lo", "up", ns=self.ns)
+        sh("ip", "addr", "add", f"{MAP_SERVER}/32", "dev", "lo", ns=self.ns)
+        for i, x in enumerate(self.xtrs):
+            c, n = self.mgmt[x]
+            ia, ib = f"{st.prefix}m{i}a", f"{st.prefix}m{i}b"
+            sh("ip", "link", "add", ia, "netns", self.ns, "type", "veth",
+               "peer", "name", ib, "netns", st.ns(x))  # fmt: skip
+            sh("ip", "addr", "add", str(c), "dev", ia, ns=self.ns)
+            sh("ip", "link", "set", ia, "up", ns=self.ns)
+            sh("ip", "route", "add", f"{self.rloc[x]}/32", "via", str(n.ip), ns=self.ns)
+            sh("ip", "addr", "add", str(n), "dev", ib, ns=st.ns(x))
+            sh("ip", "link", "set", ib, "up", ns=st.ns(x))
+            sh("ip", "route", "add", f"{MAP_SERVER}/32", "via", str(c.ip), ns=st.ns(x))
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start map-server, agents (and controller); returns once every data plane follows
+        its agent (each xTR's map-cache holds the topology's remote mappings, resolved
+        through the map-server). Processes are recorded by PID in the run state."""
+        st = self.state
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.started = time.time()
+        if self.migration is not None:
+            set_vm_model(st, self.migration)
+        self._mgmt_network()
+        py = sys.executable
+        ms_cfg = self.workdir / "map-server.yaml"
+        ms_cfg.write_text(yaml.safe_dump(self._map_server_config()))
+        ms_cmd = [py, "-m", "pacao.cli", "lisp", "map-server", "--config", str(ms_cfg)]
+        ms = self._spawn("map-server", ms_cmd, self.ns)
+        # The data planes forget the topology's seed: from now on the agents fill them.
+        for x in self.xtrs:
+            for e in runner.xtr_control(st, x, {"op": "show"})["map_cache"]:
+                runner.xtr_control(st, x, {"op": "remove", "prefix": e["prefix"]})
+        waits = [("map-server", ms, b"listening on")]
+        for x in self.xtrs:
+            cfg = self.workdir / f"agent-{x}.yaml"
+            cfg.write_text(yaml.safe_dump(self.agent_config(x)))
+            cmd = [py, "-m", "pacao.testbed.agent", "--config", str(cfg), "--node", x,
+                   "--dataplane", str(st.rundir / f"xtr-{x}.sock"),
+                   "--events", str(st.rundir / "events.jsonl")]  # fmt: skip
+            egress = self._egress(x)
+            if egress is not None:
+                path = self.workdir / f"egress-{x}.json"
+                path.write_text(json.dumps(egress))
+                cmd += ["--egress", str(path)]
+            waits.append((f"agent-{x}", self._spawn(f"agent-{x}", cmd, st.ns(x)), b"ready"))
+        self._wait(waits, timeout)
+        self.wait_resolved(timeout)
+        if self.settings.policy != "legacy":
+            cfg = self.workdir / "controller.yaml"
+            cfg.write_text(yaml.safe_dump(self.controller_config()))
+            cmd = [py, "-m", "pacao.cli", "controller", "run", "--config", str(cfg)]
+            proc = self._spawn("controller", cmd, self.ns)
+            self._wait([("controller", proc, b"controller started")], timeout)
+
+    def wait_resolved(self, timeout: float) -> None:
+        """Until every data plane holds every prefix its agent watches."""
+        deadline = time.monotonic() + timeout
+        missing: dict[str, set[str]] = {}
+        while time.monotonic() < deadline:
+            missing = {}
+            for x in self.xtrs:
+                cache = runner.xtr_control(self.state, x, {"op": "show"})["map_cache"]
+                lack = set(self.watched(x)) - {e["prefix"] for e in cache}
+                if lack:
+                    missing[x] = lack
+            if not missing:
+                return
+            time.sleep(0.05)
+        raise TestbedError(f"map-caches not resolved through the map-server: {missing}")
+
+    def stop(self) -> None:
+        """Stop the controller, agents, map-server and remove the management namespace.
+
+        The data planes keep their last map-cache; egress routes are put back to local
+        encapsulation (the runner's default). The VM stays where it is."""
+        st = self.state
+        for name in reversed(self.procs):
+            for p in [p for p in st.procs if p["name"] == name]:
+                runner._kill(p)
+                st.procs.remove(p)
+        self.procs = []
+        st.save()
+        if self.ns in st.netns:
+            runner.sh("ip", "netns", "del", self.ns, check=False)
+            st.netns.remove(self.ns)
+            st.save()
+        for x in self.xtrs:
+            eg = self._egress(x)
+            for prefix in (eg or {}).get("remote_prefixes", []):
+                runner.sh("ip", "route", "replace", prefix, "dev", f"{st.prefix}t",
+                          ns=st.ns(x), check=False)  # fmt: skip
+
+    # ------------------------------------------------------------------ operations
+    def set_priority(self, prefix: str, priorities: dict[str, int]) -> list[dict[str, Any]]:
+        """Re-register ``prefix`` with new priorities (keys: xtr node names or RLOCs) through
+        ``pacao lisp set-priority`` on every xTR agent that owns it; returns their replies."""
+        m = next((m for m in self.topo.mappings if str(m.prefix) == prefix), None)
+        if m is None:
+            known = [str(x.prefix) for x in self.topo.mappings]
+            raise InputError("prefix", prefix, f"one of {known}")
+        locators = {self.rloc[lo.node] for lo in m.locators}
+        args = []
+        for key, value in priorities.items():
+            rloc = self.rloc.get(key, key)
+            if rloc not in locators:
+                raise InputError("locator", key, f"a locator of {prefix}")
+            args.append(f"{rloc}={int(value)}")
+        replies = []
+        for lo in m.locators:
+            url = self.agent_url(lo.node).removeprefix("http://")
+            cmd = [sys.executable, "-m", "pacao.cli", "lisp", "set-priority", prefix, *args]
+            done = runner.sh(*cmd, "--xtr", url, ns=self.ns)
+            replies.append(json.loads(done.stdout))
+        return replies
+
+    def agent(self, node: str) -> dict[str, Any]:
+        """The xTR agent's snapshot (map-cache with probe RTT/jitter, database, counters),
+        as it writes it every second to its stats file."""
+        if node not in self.mgmt:
+            raise InputError("xtr", node, f"one of {self.xtrs}")
+        doc: dict[str, Any] = json.loads((self.workdir / f"agent-{node}.json").read_text())
+        return doc
+
+    def dataplane(self, node: str) -> dict[str, Any]:
+        """The xTR data plane's map-cache (what it forwards with)."""
+        return runner.xtr_control(self.state, node, {"op": "show"})
+
+    def plans(self) -> list[dict[str, Any]]:
+        """The controller's stored plans, oldest first (state, actions, transitions)."""
+        if not self.db.exists():
+            return []
+        from pacao.controller.storage import Store
+
+        store = Store(f"sqlite:///{self.db}")
+        try:
+            rows = store.plans(limit=100000)
+            for r in rows:
+                r["transitions"] = store.transitions(r["id"])
+        finally:
+            store.close()
+        return sorted(rows, key=lambda r: (r["created"], r["id"]))
+
+    def events(self) -> list[dict[str, Any]]:
+        """Entry switches seen by the data planes and migrations, with wall times, oldest
+        first, since start(): ``{"t", "kind": "entry", "node", "prefix", "rloc"}``,
+        ``{"t", "kind": "egress", "node", "via"}``, ``{"t", "kind": "migration-start", ...}``
+        and ``{"t", "kind": "migration", "vm", "src", "dst", "duration_s", "downtime_s",
+        ...}`` (the fields of MigrationResult)."""
+        path = self.state.rundir / "events.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(ev, dict) and float(ev.get("t", 0)) >= self.started:
+                out.append(ev)
+        return sorted(out, key=lambda e: float(e["t"]))

@@ -1,0 +1,314 @@
+"""VM migration in the testbed: the namespace VM moved between DC sites with a modelled
+pre-copy time and a stop-and-copy downtime during which it is really unreachable.
+
+The VM is a network namespace (its EID address, the server processes a scenario
+starts in it) attached by a veth to the dc (hypervisor) node that hosts it. A
+migration keeps the namespace and its processes (TCP connections survive, as with
+a live migration) and only moves its attachment:
+
+1. pre-copy (VM running, reachable): the model's pre-copy seconds are waited;
+2. stop-and-copy: the VM's link is deleted (unreachable both ways), a new veth to the
+   destination dc is created with the same addresses (VM EID, the gateway on the dc
+   side), the fabric routes of every locator xTR are moved (`topology.vm_routes`); the
+   VM's side is brought up when the model's downtime has elapsed (or when the
+   plumbing is done, if that took longer: the measured downtime is reported);
+3. the VM runs at the destination with the same EID.
+
+Location, model and counters live in ``<rundir>/vms.json`` (one migration at a time
+per run, under a file lock), so the scenario process and the controller's
+``testbed`` hypervisor driver (another process) see the same VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pacao.errors import InputError
+from pacao.testbed.runner import INNER_MTU, State, TestbedError
+from pacao.testbed.topology import Topology, load_topology, site_xtr, vm_dc, vm_routes
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class MigrationModel:
+    """Pre-copy live migration of a VM of ``memory_mib`` over a link of bandwidth B.
+
+    Round 0 copies the whole memory (M / B); each next round copies what the guest
+    dirtied meanwhile (V_i = V_{i-1} x D / B with D = ``dirty_rate_mbps``) until the
+    remaining volume fits ``max_downtime_ms`` at B or ``max_rounds`` were made; then
+    stop-and-copy: the VM is paused (unreachable) for V_last / B + ``switchover_ms``.
+    B is the inter-DC link's tbf rate, or ``default_bandwidth_mbps`` when it has none.
+    ``time_scale`` multiplies every waited duration (compressed scenario runs).
+    """
+
+    memory_mib: int = 1024
+    dirty_rate_mbps: float = 0.0
+    max_downtime_ms: float = 300.0
+    max_rounds: int = 30
+    switchover_ms: float = 50.0
+    default_bandwidth_mbps: float = 1000.0
+    time_scale: float = 1.0
+
+    def check(self) -> None:
+        """One InputError line for a bad field."""
+        for name, low in (("memory_mib", 1), ("max_rounds", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise InputError(name, v, f"an integer >= {low}")
+        for name in ("dirty_rate_mbps", "max_downtime_ms", "switchover_ms"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise InputError(name, v, "a finite number >= 0")
+        for name in ("default_bandwidth_mbps", "time_scale"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+                raise InputError(name, v, "a finite number > 0")
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """One migration: wall seconds actually spent (scaled), the model's bytes copied."""
+
+    vm: str
+    src: str
+    dst: str
+    started: float  # wall clock (time.time())
+    duration_s: float  # from start to the VM running at dst
+    downtime_s: float  # VM unreachable: link deleted .. link up at dst (measured)
+    bytes: int  # memory copied over all pre-copy rounds + the final round
+    rounds: int
+    modelled: bool  # True: namespace VM (times from the model); False: real QEMU migration
+    model_duration_s: float = 0.0  # what the model asked for (scaled)
+    model_downtime_s: float = 0.0
+
+
+def migration_estimate(
+    model: MigrationModel, bandwidth_bps: float
+) -> tuple[float, float, int, int]:
+    """(total seconds, downtime seconds, bytes, rounds) of the model, unscaled.
+
+    Rounds counts the pre-copy rounds plus the final stop-and-copy round.
+    """
+    if bandwidth_bps <= 0:
+        raise InputError("bandwidth", bandwidth_bps, "a positive bit rate")
+    b = bandwidth_bps / 8.0  # bytes/s
+    d = model.dirty_rate_mbps * 1e6 / 8.0
+    budget = model.max_downtime_ms / 1000.0 * b  # bytes we may copy while paused
+    volume = float(model.memory_mib * MIB)
+    copied, precopy_s, rounds = 0.0, 0.0, 0
+    while rounds < model.max_rounds:
+        t = volume / b
+        copied += volume
+        precopy_s += t
+        rounds += 1
+        volume = min(d * t, float(model.memory_mib * MIB))  # dirtied while copying
+        if volume <= budget or d >= b:  # fits the downtime, or pre-copy cannot converge
+            break
+    downtime = volume / b + model.switchover_ms / 1000.0
+    copied += volume
+    return precopy_s + downtime, downtime, int(copied), rounds + 1
+
+
+# ------------------------------------------------------------------------ run-wide VM file
+
+
+def _vms_path(state: State) -> Path:
+    return state.rundir / "vms.json"
+
+
+@contextlib.contextmanager
+def _locked(state: State) -> Iterator[None]:
+    lock = state.rundir / "vms.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _read(state: State) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = json.loads(_vms_path(state).read_text())
+        return doc
+    except (OSError, ValueError):
+        return {"vms": {}, "model": None, "count": 0}
+
+
+def _write(state: State, doc: dict[str, Any]) -> None:
+    tmp = _vms_path(state).with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, _vms_path(state))
+
+
+def _names(topo: Topology, role: str) -> list[str]:
+    return [n.name for n in topo.nodes.values() if n.role == role]
+
+
+def run_topology(state: State) -> Topology:
+    return load_topology(Path(state.topology["file"]))
+
+
+def set_vm_model(state: State, model: MigrationModel) -> None:
+    """Store the migration model every later migration of this run uses by default."""
+    model.check()
+    with _locked(state):
+        doc = _read(state)
+        doc["model"] = asdict(model)
+        _write(state, doc)
+
+
+def stored_model(state: State) -> MigrationModel:
+    doc = _read(state)
+    return MigrationModel(**doc["model"]) if doc.get("model") else MigrationModel()
+
+
+def vm_location(state: State, vm: str, topo: Topology | None = None) -> str:
+    """The dc node the VM currently runs on."""
+    topo = topo or run_topology(state)
+    node = topo.nodes.get(vm)
+    if node is None or node.role != "vm":
+        raise InputError("vm", vm, f"one of {_names(topo, 'vm')}")
+    loc = _read(state)["vms"].get(vm, {}).get("dc")
+    return str(loc) if loc else vm_dc(topo, vm)
+
+
+def link_bandwidth_bps(topo: Topology, src_dc: str, dst_dc: str, default_bps: float) -> float:
+    """Rate of the inter-DC link between the two dc nodes' xTRs (tbf), else the default."""
+    xa, xb = site_xtr(topo, src_dc), site_xtr(topo, dst_dc)
+    for link in topo.links:
+        if {link.a, link.b} == {xa, xb} and link.rate_bps:
+            return float(link.rate_bps)
+    return default_bps
+
+
+def append_event(state: State, event: dict[str, Any]) -> None:
+    from pacao.testbed.agent import append_event as append
+
+    append(state.rundir / "events.jsonl", event)
+
+
+# ------------------------------------------------------------------------ the move
+
+
+def _ip_batch(ns: str, lines: list[str]) -> None:
+    """Several `ip` commands in one namespace, one process (fast: this is downtime)."""
+    done = subprocess.run(
+        ["ip", "-n", ns, "-batch", "-"],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise TestbedError(f"ip -n {ns} -batch: {done.stderr.strip()}")
+
+
+def _current_vm_dev(state: State, topo: Topology, vm: str, doc: dict[str, Any]) -> str:
+    info = doc["vms"].get(vm)
+    if info and info.get("dev"):
+        return str(info["dev"])
+    link = topo.links_of(vm)[0]
+    return state.ifname(link.index, link.end(vm))
+
+
+def migrate_vm(
+    state: State,
+    vm: str,
+    dst_dc: str,
+    model: MigrationModel | None = None,
+    abort: threading.Event | None = None,
+) -> MigrationResult:
+    """Move VM (a vm node of the topology) to the dc node ``dst_dc`` and return the result.
+
+    Blocking. The VM keeps running (reachable) during the pre-copy, is unreachable for
+    the downtime, then runs at ``dst_dc`` with the same EID: its link is re-created on the
+    destination dc and the fabric routes of every locator xTR are updated. ``model``
+    defaults to the one stored for the run (``set_vm_model``). ``abort`` set during the
+    pre-copy cancels the migration (TestbedError) with the VM untouched at its source.
+    A VM already at ``dst_dc`` is not moved (idempotent). Each migration is appended to
+    the run's ``events.jsonl``.
+    """
+    topo = run_topology(state)
+    dst = topo.nodes.get(dst_dc)
+    if dst is None or dst.role != "dc":
+        raise InputError("dc", dst_dc, f"one of {_names(topo, 'dc')}")
+    if site_xtr(topo, dst_dc) is None:
+        raise InputError("dc", dst_dc, "a dc node with a link to an xtr")
+    model = model or stored_model(state)
+    model.check()
+    started = time.time()
+    t0 = time.monotonic()
+    with _locked(state):
+        src = vm_location(state, vm, topo)
+        if src == dst_dc:
+            return MigrationResult(vm, src, dst_dc, started, 0.0, 0.0, 0, 0, True)
+        bw = link_bandwidth_bps(topo, src, dst_dc, model.default_bandwidth_mbps * 1e6)
+        total, down, nbytes, rounds = migration_estimate(model, bw)
+        scale = model.time_scale
+        append_event(state, {"t": started, "kind": "migration-start", "vm": vm, "src": src,
+                             "dst": dst_dc, "model_duration_s": total * scale,
+                             "model_downtime_s": down * scale})  # fmt: skip
+        precopy = (total - down) * scale
+        if abort is not None and abort.wait(precopy):
+            raise TestbedError(f"migration of {vm} to {dst_dc} aborted during pre-copy")
+        if abort is None:
+            time.sleep(precopy)
+        doc = _read(state)
+        old_dev = _current_vm_dev(state, topo, vm, doc)
+        vm_node = topo.nodes[vm]
+        assert vm_node.eid is not None
+        vm_link = topo.links_of(vm)[0]
+        gw = vm_link.addr(vm_link.peer(vm))  # the gateway, moved with the VM
+        count = int(doc.get("count", 0)) + 1
+        va, vb = f"{state.prefix}v{count}a", f"{state.prefix}v{count}b"
+        # --- stop-and-copy: the VM is unreachable from here
+        t_down = time.monotonic()
+        _ip_batch(state.ns(vm), [f"link del {old_dev}"])
+        subprocess.run(
+            ["ip", "link", "add", va, "netns", state.ns(vm), "type", "veth", "peer", "name", vb,
+             "netns", state.ns(dst_dc)], check=True, capture_output=True,
+        )  # fmt: skip
+        _ip_batch(state.ns(dst_dc), [f"addr add {gw} dev {vb}",
+                                     f"link set {vb} mtu {INNER_MTU} up"])  # fmt: skip
+        new_routes = vm_routes(topo, vm, dst_dc)
+        host = f"{vm_node.eid.ip}/32"
+        for node, routes in new_routes.items():
+            lines = []
+            for r in routes:
+                assert r.dev_link is not None
+                link = topo.links[r.dev_link]
+                lines.append(f"route replace {r.prefix} via {r.via} dev "
+                             f"{state.ifname(link.index, link.end(node))}")  # fmt: skip
+            _ip_batch(state.ns(node), lines)
+        old_home = site_xtr(topo, src)
+        if old_home is not None and old_home not in new_routes:
+            _ip_batch(state.ns(old_home), [f"route del {host}"])
+        remaining = t_down + down * scale - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+        _ip_batch(state.ns(vm), [f"addr add {vm_node.eid} dev {va}",
+                                 f"link set {va} mtu {INNER_MTU} up",
+                                 f"route replace default via {gw.ip} dev {va}"])  # fmt: skip
+        t_up = time.monotonic()
+        doc["vms"][vm] = {"dc": dst_dc, "dev": va}
+        doc["count"] = count
+        _write(state, doc)
+    result = MigrationResult(
+        vm, src, dst_dc, started, t_up - t0, t_up - t_down, nbytes, rounds, True,
+        total * scale, down * scale,
+    )  # fmt: skip
+    append_event(state, {"t": time.time(), "kind": "migration", **asdict(result)})
+    return result
