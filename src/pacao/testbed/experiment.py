@@ -18,7 +18,13 @@ import yaml
 
 from pacao.errors import InputError
 from pacao.testbed.scenario import Scenario, scenario_from_dict
-from pacao.testbed.topology import Topology, default_topology_path, load_topology, parse_rate
+from pacao.testbed.topology import (
+    Topology,
+    default_topology_path,
+    load_topology,
+    parse_rate,
+    topology_from_dict,
+)
 
 ARMS = ("legacy", "pacao1", "pacao2")
 ARM_LABELS = {
@@ -30,7 +36,7 @@ TRAFFIC = ("download", "tcp", "udp")
 SHIPPED = {"table1": "testbed-run-table1.yaml", "table2": "testbed-run-table2.yaml"}
 TOP_KEYS = {
     "name", "title", "topology", "duration", "arms", "timers", "traffic", "udp",
-    "download_mb", "windows", "variants", "paper", "controller", "migration",
+    "download_mb", "windows", "variants", "paper", "controller", "migration", "mappings",
 }  # fmt: skip
 CONTROLLER_KEYS = {"rtt_max_ms", "switch_method", "policy_overrides"}
 MIGRATION_KEYS = {
@@ -68,6 +74,9 @@ class Experiment:
     paper: dict[str, Any] = field(default_factory=dict)
     controller: dict[str, Any] = field(default_factory=dict)
     migration: dict[str, Any] = field(default_factory=dict)
+    #: the topology document when the experiment overrides its mappings (written to a
+    #: file in the run folder: the runner and the migration code read topology files)
+    topology_doc: dict[str, Any] | None = None
 
 
 def shipped_path(name: str) -> Path:
@@ -130,6 +139,12 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
             if not topology.is_file():
                 topology = Path(str(files("pacao.data").joinpath(str(named))))
     topo = load_topology(topology)
+    topology_doc = None
+    if "mappings" in doc:
+        # e.g. Table I used only the TelcoCenter and Marilyn DCs (Sec. IV-A)
+        topology_doc = yaml.safe_load(topology.read_text())
+        topology_doc["mappings"] = doc["mappings"]
+        topo = topology_from_dict(topology_doc, source=f"{path.name} mappings")
     duration = _num("duration", doc.get("duration"), 1, 86_400)
     arms = doc.get("arms", list(ARMS))
     if not isinstance(arms, list) or not arms or any(a not in ARMS for a in arms):
@@ -223,4 +238,5 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
         paper=paper,
         controller=controller,
         migration=migration,
+        topology_doc=topology_doc,
     )

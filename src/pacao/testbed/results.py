@@ -66,7 +66,14 @@ def window_mbps(rec: dict[str, Any], lo: float, hi: float) -> float:
 
 def entry_switches(rec: dict[str, Any]) -> list[dict[str, Any]]:
     """Entry changes the user's xTR data plane saw (from the control plane's events)."""
-    return [e for e in rec.get("cp_events", []) if e.get("kind") == "entry"]
+    return [
+        e
+        for e in rec.get("cp_events", [])
+        if e.get("kind") == "entry"
+        and 0 <= e.get("t_scenario", -1) <= rec["duration_s"]
+        and e.get("node") == rec.get("user_xtr")
+        and e.get("prefix") == rec.get("vm_prefix")
+    ]
 
 
 def migrations(rec: dict[str, Any]) -> list[dict[str, Any]]:

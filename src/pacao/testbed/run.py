@@ -16,6 +16,7 @@ otherwise share the 8 Mbit/s access bottleneck and disturb each other.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import threading
@@ -26,10 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pacao.errors import InputError
 from pacao.testbed import runner, traffic
 from pacao.testbed.experiment import ARMS, Experiment, Variant, load_experiment, resolve
 from pacao.testbed.scenario import Event, play
+from pacao.testbed.topology import site_xtr
 
 #: The one place of the quick (compressed) settings: `make test`, `reproduce --quick`.
 QUICK_TIME_SCALE = 0.05
@@ -190,16 +194,27 @@ def run_trial(
         "s2": exp.s2,
         "probe_s": opts.probe_s,
         "vm_backend": opts.vm,
+        "user_xtr": site_xtr(topo, user),
+        "vm_prefix": next(
+            (str(m.prefix) for m in topo.mappings if vm_eid.ip in m.prefix), str(vm_eid.network)
+        ),
     }
     runner.check_system()
     state = runner.new_state(exp.topology_path)
     record["run_id"] = state.runid
     plane: Any = None
+    phases: dict[str, float] = {}
+    record["phases_s"] = phases
+    mark = time.monotonic()
     try:
         runner.up(topo, exp.topology_path, state)
+        phases["up"] = time.monotonic() - mark
         if stop.is_set():
             raise Interrupted("stopped")
+        mark = time.monotonic()
         plane = start_control_plane(exp, state, trial.arm, opts, state.rundir / "cp")
+        phases["control_plane"] = time.monotonic() - mark
+        mark = time.monotonic()
         record["control_plane"] = "controlplane" if plane is not None else "seeded map-cache"
         if trial.traffic == "download":
             srv = runner.spawn(
@@ -279,11 +294,14 @@ def run_trial(
             record["cp_events"] = [
                 {**e, "t_scenario": (float(e["t"]) - t0) / scale} for e in plane.events()
             ]
+        phases["traffic"] = time.monotonic() - mark
     finally:
+        mark = time.monotonic()
         if plane is not None:
             with contextlib.suppress(Exception):
                 plane.stop()
         runner.down(state)
+        phases["down"] = time.monotonic() - mark
     return record
 
 
@@ -345,6 +363,10 @@ def run_experiment(
         for old in raw.glob("*.json"):
             old.unlink()
     raw.mkdir(parents=True, exist_ok=True)
+    if exp.topology_doc is not None:
+        topo_file = (raw / "topology.yaml").resolve()
+        topo_file.write_text(yaml.safe_dump(exp.topology_doc, sort_keys=False))
+        exp = dataclasses.replace(exp, topology_path=topo_file)
     records: list[dict[str, Any]] = []
     started = time.monotonic()
 
