@@ -388,10 +388,18 @@ def rebuild(out: Path) -> dict[str, Any]:
     everything = load_all(out)
     summary: dict[str, Any] = {}
     figs: dict[str, dict[str, str]] = {}
-    for name, (meta, recs) in everything.items():
+    for name, (meta, all_recs) in everything.items():
+        recs = [r for r in all_recs if "error" not in r]
+        failed = [
+            {"trial": f"{r['variant']}/{r['traffic']}-{r['arm']}-r{r['rep']}", "error": r["error"]}
+            for r in all_recs
+            if "error" in r
+        ]
         if not recs:
+            summary[name] = {"failed_trials": failed}
             continue
         summary[name] = summarize(meta, recs)
+        summary[name]["failed_trials"] = failed
         write_csv(out / f"{name}_intervals.csv", recs)
         figs[name] = figures(out, meta, recs)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -433,7 +441,8 @@ def write_report(
         "controller running in the testbed (docs/testbed.md).</p>"
     ]
     for name, (meta, recs) in everything.items():
-        if name not in summary:
+        recs = [r for r in recs if "error" not in r]
+        if name not in summary or not recs:
             continue
         s = summary[name]
         parts.append(f"<h2>{_e(meta['title'])}</h2>")
@@ -500,6 +509,8 @@ def write_report(
                     f"<p class=note>Paper: median {paper['udp_loss_median_pct']} % loss "
                     "during migration (Fig. 10).</p>"
                 )
+        for fail in s.get("failed_trials", []):
+            parts.append(f"<p><b>failed trial</b> {_e(fail['trial'])}: {_e(fail['error'])}</p>")
         for f in figs.get(name, {}).values():
             parts.append(f'<p><img src="{_e(f)}" alt="{_e(f)}"></p>')
         parts.append(

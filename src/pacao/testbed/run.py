@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import importlib
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -170,7 +171,11 @@ def _user_node(exp: Experiment) -> str:
 
 
 def run_trial(
-    exp: Experiment, trial: Trial, opts: RunOptions, stop: threading.Event
+    exp: Experiment,
+    trial: Trial,
+    opts: RunOptions,
+    stop: threading.Event,
+    logs: Path | None = None,
 ) -> dict[str, Any]:
     """One trial; the testbed is always taken down, the record says what happened."""
     topo = exp.topology
@@ -231,7 +236,9 @@ def run_trial(
                 "--interval", f"{ival:.3f}", "--out", str(out),
             ]  # fmt: skip
         else:
-            srv = runner.spawn(state, "srv-iperf3", traffic.iperf3_server_cmd(), ns=state.ns(vm))
+            srv = runner.spawn(
+                state, "srv-iperf3", traffic.iperf3_server_cmd(interval=ival), ns=state.ns(vm)
+            )
             _wait_listen(state, vm, traffic.IPERF_PORT, srv)
             client_cmd = traffic.iperf3_cmd(
                 host,
@@ -295,6 +302,12 @@ def run_trial(
                 {**e, "t_scenario": (float(e["t"]) - t0) / scale} for e in plane.events()
             ]
         phases["traffic"] = time.monotonic() - mark
+    except runner.TestbedError:
+        if logs is not None and state.rundir.is_dir():  # keep the daemons' logs to diagnose
+            logs.mkdir(parents=True, exist_ok=True)
+            for f in state.rundir.glob("*.log"):
+                shutil.copy(f, logs / f.name)
+        raise
     finally:
         mark = time.monotonic()
         if plane is not None:
@@ -362,6 +375,7 @@ def run_experiment(
     if raw.is_dir():  # a new run of this experiment replaces its previous results
         for old in raw.glob("*.json"):
             old.unlink()
+        shutil.rmtree(raw / "logs", ignore_errors=True)
     raw.mkdir(parents=True, exist_ok=True)
     if exp.topology_doc is not None:
         topo_file = (raw / "topology.yaml").resolve()
@@ -372,12 +386,22 @@ def run_experiment(
 
     def one(trial: Trial) -> dict[str, Any]:
         t = time.monotonic()
-        rec = run_trial(exp, trial, opts, stop)
+        name = f"{trial.variant.name}-{trial.traffic}-{trial.arm}-r{trial.rep}"
+        try:
+            rec = run_trial(exp, trial, opts, stop, logs=raw / "logs" / name)
+        except ControlPlaneMissing:
+            raise
+        except runner.TestbedError as exc:
+            # one failed trial (e.g. a traffic tool aborting) is reported, not fatal
+            rec = {"experiment": exp.name, "variant": trial.variant.name,
+                   "traffic": trial.traffic, "arm": trial.arm, "rep": trial.rep,
+                   "error": str(exc)}  # fmt: skip
+            log(f"{exp.name} {trial.key}: FAILED: {exc} (logs in {raw / 'logs' / name})")
         rec["wall_s"] = time.monotonic() - t
-        path = raw / f"{trial.variant.name}-{trial.traffic}-{trial.arm}-r{trial.rep}.json"
-        path.write_text(json.dumps(rec))
-        vol = rec["measure"]["volume_bytes"] / 1e6
-        log(f"{exp.name} {trial.key}: {vol:.2f} MB in {rec['wall_s']:.1f} s")
+        (raw / f"{name}.json").write_text(json.dumps(rec))
+        if "error" not in rec:
+            vol = rec["measure"]["volume_bytes"] / 1e6
+            log(f"{exp.name} {trial.key}: {vol:.2f} MB in {rec['wall_s']:.1f} s")
         return rec
 
     with _pool(opts.parallel) as pool:

@@ -128,9 +128,9 @@ def python_cmd() -> list[str]:
     return [sys.executable, "-m", "pacao.testbed.traffic"]
 
 
-def iperf3_server_cmd(port: int = IPERF_PORT) -> list[str]:
-    """One iperf3 server per experiment (it serves one test at a time)."""
-    return ["iperf3", "-s", "-p", str(port)]
+def iperf3_server_cmd(port: int = IPERF_PORT, interval: float = 1.0) -> list[str]:
+    """One iperf3 server per trial; JSON so the UDP receiver's intervals reach the client."""
+    return ["iperf3", "-s", "-p", str(port), "-J", "-i", f"{interval:.3f}"]
 
 
 def iperf3_cmd(
@@ -143,11 +143,19 @@ def iperf3_cmd(
     udp_rate: str = "1M",
     udp_length: int = 1000,
 ) -> list[str]:
-    """Reverse-mode client: the VM sends, the user receives and reports per interval."""
-    cmd = ["iperf3", "-c", host, "-p", str(port), "-R", "--json", "--connect-timeout", "5000"]
+    """TCP: reverse mode, the VM sends and the user receives (a download).
+
+    UDP: the user sends to the VM and the VM's receiver reports loss and jitter per
+    interval (``--get-server-output``). Not reverse: a sender whose address vanishes
+    during a migration's downtime gets errors and iperf3 aborts the test, while a
+    receiver just sees the gap, which is the loss we want to measure.
+    """
+    cmd = ["iperf3", "-c", host, "-p", str(port), "--json", "--connect-timeout", "5000"]
     cmd += ["-t", f"{duration:.3f}", "-i", f"{interval:.3f}"]
     if udp:
-        cmd += ["-u", "-b", udp_rate, "-l", str(udp_length)]
+        cmd += ["-u", "-b", udp_rate, "-l", str(udp_length), "--get-server-output"]
+    else:
+        cmd += ["-R"]
     return cmd
 
 
@@ -155,6 +163,10 @@ def parse_iperf3(doc: dict[str, Any]) -> dict[str, Any]:
     """Interval records (start, seconds, bytes[, jitter_ms, lost, packets]) and totals."""
     if "error" in doc and not doc.get("intervals"):
         raise ValueError(f"iperf3: {doc['error']}")
+    server = doc.get("server_output_json")
+    if isinstance(server, dict) and server.get("intervals"):
+        # UDP measured at the receiver (the VM): its intervals carry loss and jitter
+        doc = {**doc, "intervals": server["intervals"], "end": server.get("end", {})}
     rows = []
     for iv in doc.get("intervals", []):
         s = iv["sum"]
@@ -168,18 +180,17 @@ def parse_iperf3(doc: dict[str, Any]) -> dict[str, Any]:
         rows.append(row)
     end = doc.get("end", {})
     udp = bool(rows) and "jitter_ms" in rows[0]
-    total = end.get("sum_received", end.get("sum", {})) if not udp else end.get("sum", {})
+    total = end.get("sum_received", end.get("sum", {}))
     out: dict[str, Any] = {
         "kind": "udp" if udp else "tcp",
-        "start_wall": float(doc.get("start", {}).get("timestamp", {}).get("timesecs", 0)),
         "intervals": rows,
-        "bytes": int(total.get("bytes", sum(r["bytes"] for r in rows))),
+        "bytes": sum(r["bytes"] for r in rows) if udp else int(total.get("bytes", 0)),
         "error": str(doc.get("error", "")),
     }
     if udp:
-        out["lost"] = int(total.get("lost_packets", sum(r["lost"] for r in rows)))
-        out["packets"] = int(total.get("packets", sum(r["packets"] for r in rows)))
-        out["jitter_ms"] = float(total.get("jitter_ms", 0.0))
+        out["lost"] = sum(r["lost"] for r in rows)
+        out["packets"] = sum(r["packets"] for r in rows)
+        out["jitter_ms"] = float(end.get("sum", {}).get("jitter_ms", 0.0))
     return out
 
 
