@@ -159,6 +159,14 @@ def iperf3_cmd(
     return cmd
 
 
+def _lost(value: int) -> int:
+    """iperf3 prints a negative interval loss (late packets counted lost before) as an
+    unsigned 64-bit number; those packets were not lost: count 0."""
+    if value >= 1 << 62:
+        value -= 1 << 64
+    return max(0, value)
+
+
 def parse_iperf3(doc: dict[str, Any]) -> dict[str, Any]:
     """Interval records (start, seconds, bytes[, jitter_ms, lost, packets]) and totals."""
     if "error" in doc and not doc.get("intervals"):
@@ -175,7 +183,7 @@ def parse_iperf3(doc: dict[str, Any]) -> dict[str, Any]:
         row = {"start": float(s["start"]), "seconds": float(s["seconds"]), "bytes": int(s["bytes"])}
         if "jitter_ms" in s:
             row["jitter_ms"] = float(s["jitter_ms"])
-            row["lost"] = int(s.get("lost_packets", 0))
+            row["lost"] = _lost(int(s.get("lost_packets", 0)))
             row["packets"] = int(s.get("packets", 0))
         rows.append(row)
     end = doc.get("end", {})
