@@ -31,3 +31,9 @@ mappings:
   - {prefix: 10.2.0.0/24, locators: [{node: ax, priority: 1}, {node: bx, priority: 2}]}
 """
 )
+
+#: SMALL plus a second DC hypervisor (bdc behind bx): room for a VM migration.
+TWO_DC: dict[str, Any] = yaml.safe_load(yaml.safe_dump(SMALL))
+TWO_DC["name"] = "twodc"
+TWO_DC["nodes"]["bdc"] = {"role": "dc", "site": "b"}
+TWO_DC["links"].append({"name": "bfab", "a": "bx", "b": "bdc"})

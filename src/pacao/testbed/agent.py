@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -45,18 +44,9 @@ from pacao.lisp.xtr import (
     open_xtr,
 )
 from pacao.testbed import control as control_channel
+from pacao.testbed.control import append_event
 
 log = logging.getLogger("pacao.testbed.agent")
-
-
-def append_event(path: Path, event: dict[str, Any]) -> None:
-    """One JSON line, appended atomically (O_APPEND) so several processes can share the file."""
-    line = (json.dumps(event, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
 
 
 def best_locator(locators: list[dict[str, Any]]) -> str | None:

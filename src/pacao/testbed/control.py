@@ -8,6 +8,7 @@ and the runner and CLI are its clients.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -62,3 +63,13 @@ def request(path: Path, req: dict[str, Any], timeout: float = 5.0) -> dict[str, 
         data = _read_line(sock)
     reply: dict[str, Any] = json.loads(data)
     return reply
+
+
+def append_event(path: Path, event: dict[str, Any]) -> None:
+    """One JSON line, appended atomically (O_APPEND) so several processes share the file."""
+    line = (json.dumps(event, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)

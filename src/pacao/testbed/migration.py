@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pacao.errors import InputError
+from pacao.testbed import control
 from pacao.testbed.runner import INNER_MTU, State, TestbedError
 from pacao.testbed.topology import Topology, load_topology, site_xtr, vm_dc, vm_routes
 
@@ -196,9 +198,7 @@ def link_bandwidth_bps(topo: Topology, src_dc: str, dst_dc: str, default_bps: fl
 
 
 def append_event(state: State, event: dict[str, Any]) -> None:
-    from pacao.testbed.agent import append_event as append
-
-    append(state.rundir / "events.jsonl", event)
+    control.append_event(state.rundir / "events.jsonl", event)
 
 
 # ------------------------------------------------------------------------ the move
@@ -214,6 +214,13 @@ def _ip_batch(ns: str, lines: list[str]) -> None:
     )
     if done.returncode != 0:
         raise TestbedError(f"ip -n {ns} -batch: {done.stderr.strip()}")
+
+
+def _macs(state: State, vm: str) -> tuple[str, str]:
+    """Stable locally administered MACs of the VM's interface and of its gateway."""
+    h = hashlib.sha256(f"{state.runid}/{vm}".encode()).digest()
+    base = "02:" + ":".join(f"{b:02x}" for b in h[:4])
+    return f"{base}:01", f"{base}:02"
 
 
 def _current_vm_dev(state: State, topo: Topology, vm: str, doc: dict[str, Any]) -> str:
@@ -277,12 +284,18 @@ def migrate_vm(
         # --- stop-and-copy: the VM is unreachable from here
         t_down = time.monotonic()
         _ip_batch(state.ns(vm), [f"link del {old_dev}"])
+        # Fixed MACs (the VM's and the gateway's) and neighbour entries on both sides play
+        # the hypervisor's post-migration announcement: no ARP round after the move.
+        vm_mac, gw_mac = _macs(state, vm)
         subprocess.run(
-            ["ip", "link", "add", va, "netns", state.ns(vm), "type", "veth", "peer", "name", vb,
-             "netns", state.ns(dst_dc)], check=True, capture_output=True,
+            ["ip", "link", "add", va, "address", vm_mac, "netns", state.ns(vm), "type", "veth",
+             "peer", "name", vb, "address", gw_mac, "netns", state.ns(dst_dc)],
+            check=True, capture_output=True,
         )  # fmt: skip
         _ip_batch(state.ns(dst_dc), [f"addr add {gw} dev {vb}",
-                                     f"link set {vb} mtu {INNER_MTU} up"])  # fmt: skip
+                                     f"link set {vb} mtu {INNER_MTU} up",
+                                     f"neigh replace {vm_node.eid.ip} lladdr {vm_mac} dev {vb} "
+                                     "nud reachable"])  # fmt: skip
         new_routes = vm_routes(topo, vm, dst_dc)
         host = f"{vm_node.eid.ip}/32"
         for node, routes in new_routes.items():
@@ -301,6 +314,7 @@ def migrate_vm(
             time.sleep(remaining)
         _ip_batch(state.ns(vm), [f"addr add {vm_node.eid} dev {va}",
                                  f"link set {va} mtu {INNER_MTU} up",
+                                 f"neigh replace {gw.ip} lladdr {gw_mac} dev {va} nud reachable",
                                  f"route replace default via {gw.ip} dev {va}"])  # fmt: skip
         t_up = time.monotonic()
         doc["vms"][vm] = {"dc": dst_dc, "dev": va}

@@ -1,0 +1,317 @@
+"""The LISP control plane, the controller and VM migration on real namespaces (root).
+
+These FAIL (never skip) without root or the tools. A two-DC topology (user site ux;
+DC a: ax + adc hosting the VM; DC b: bx + bdc) runs the map-server, one xTR agent
+per xTR driving its data plane, and for the PACAO test the controller.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pacao.testbed import runner
+from pacao.testbed.controlplane import (
+    ControllerSettings,
+    MigrationModel,
+    TestbedControlPlane,
+    migrate_vm,
+    vm_location,
+)
+from pacao.testbed.topology import Topology, load_topology
+from testbed_support import TWO_DC
+
+PREFIX = "10.2.0.0/24"
+AX, BX = "172.16.0.2", "172.16.0.3"
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("tbcp")
+    old = os.environ.get("PACAO_TESTBED_STATE")
+    os.environ["PACAO_TESTBED_STATE"] = str(path)
+    try:
+        yield path
+    finally:
+        if old is None:
+            del os.environ["PACAO_TESTBED_STATE"]
+        else:
+            os.environ["PACAO_TESTBED_STATE"] = old
+
+
+@pytest.fixture(scope="module")
+def topo_file(state_dir: Path) -> Path:
+    path = state_dir / "twodc.yaml"
+    path.write_text(yaml.safe_dump(TWO_DC))
+    return path
+
+
+@pytest.fixture(scope="module")
+def legacy(topo_file: Path) -> Iterator[tuple[runner.State, Topology, TestbedControlPlane]]:
+    """The legacy arm: map-server and agents, no controller."""
+    runner.check_system()
+    topo = load_topology(topo_file)
+    state = runner.new_state(topo_file)
+    try:
+        runner.up(topo, topo_file, state)
+        cp = TestbedControlPlane(
+            state, topo, ControllerSettings("legacy", s1=2, s2=1, s3=0.1), state.rundir / "cp"
+        )
+        cp.start()
+        yield state, topo, cp
+        cp.stop()
+    finally:
+        runner.down(state)
+        assert runner.leftovers(state.runid) == []
+
+
+def in_ns(state: runner.State, node: str, *cmd: str, timeout: float = 60) -> str:
+    done = subprocess.run(
+        ["ip", "netns", "exec", state.ns(node), *cmd], capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{cmd}: {done.stderr}{done.stdout}"
+    return done.stdout
+
+
+def median_rtt(state: runner.State, count: int = 7) -> float:
+    out = in_ns(state, "user", "ping", "-c", str(count), "-i", "0.05", "10.2.0.10")
+    times = sorted(float(x) for x in re.findall(r"time=([\d.]+) ms", out))
+    assert len(times) == count, out
+    return times[count // 2]
+
+
+def sent_per_locator(cp: TestbedControlPlane) -> dict[str, int]:
+    entry = next(e for e in cp.dataplane("ux")["map_cache"] if e["prefix"] == PREFIX)
+    return {lo["rloc"]: lo["packets"] for lo in entry["locators"]}
+
+
+def fresh_snapshot(cp: TestbedControlPlane, node: str) -> dict[str, Any]:
+    """The agent's stats file once it was rewritten after now (every second)."""
+    now = time.time()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        snap = cp.agent(node)
+        if snap["time"] > now:
+            return snap
+        time.sleep(0.1)
+    raise AssertionError("the agent's stats file was not refreshed")
+
+
+def priorities(cp: TestbedControlPlane, node: str) -> dict[str, int]:
+    entry = next(e for e in cp.dataplane(node)["map_cache"] if e["prefix"] == PREFIX)
+    return {lo["rloc"]: lo["priority"] for lo in entry["locators"]}
+
+
+def test_data_plane_map_cache_comes_from_the_map_server(
+    legacy: tuple[runner.State, Topology, TestbedControlPlane],
+) -> None:
+    state, _topo, cp = legacy
+    # start() emptied the seeded caches; the agents resolved them through the map-server
+    assert priorities(cp, "ux") == {AX: 1, BX: 2}
+    snap = fresh_snapshot(cp, "ux")
+    assert snap["counters"]["map_reply"] >= 1
+    assert [e["prefix"] for e in snap["map_cache"]] == [PREFIX]
+    ms_log = (state.rundir / "map-server.log").read_text()
+    assert "listening on 198.18.255.1:4342" in ms_log
+    assert 9.9 < median_rtt(state) < 25
+
+
+def test_set_priority_moves_real_traffic(
+    legacy: tuple[runner.State, Topology, TestbedControlPlane],
+) -> None:
+    state, _topo, cp = legacy
+    before = sent_per_locator(cp)
+    base = median_rtt(state)  # ux -(5 ms)- ax -> adc -> vm: RTT about 10 ms
+    mid = sent_per_locator(cp)
+    assert mid[AX] - before[AX] >= 7 and mid[BX] == before[BX]
+    t0 = time.monotonic()
+    replies = cp.set_priority(PREFIX, {"ax": 5})  # `pacao lisp set-priority` on ax and bx
+    assert all(r["method"] == "both" for r in replies)
+    assert any(r["itrs"] for r in replies)  # the user's ITR was told (SMR + CHANGE-PRIORITY)
+    while priorities(cp, "ux")[AX] != 5:
+        assert time.monotonic() - t0 < 5, "the user's data plane never switched"
+        time.sleep(0.01)
+    try:
+        after = median_rtt(state)
+        end = sent_per_locator(cp)
+        # ux -(10 ms)- bx -(fabric 5.9 ms)- ax -> adc -> vm, and the reply back through bx
+        assert end[BX] - mid[BX] >= 7, (mid, end)
+        assert end[AX] - mid[AX] <= 1, (mid, end)
+        assert after > base + 15, (base, after)
+        assert [e for e in cp.events() if e["kind"] == "egress" and e["node"] == "ax"][-1][
+            "via"
+        ] == BX  # the VM's replies leave through the new entry
+    finally:
+        cp.set_priority(PREFIX, {"ax": 1})
+        while priorities(cp, "ux")[AX] != 1:
+            assert time.monotonic() - t0 < 15
+            time.sleep(0.01)
+
+
+def probed_rtt(cp: TestbedControlPlane, rloc: str) -> float:
+    snap = fresh_snapshot(cp, "ux")
+    entry = next(e for e in snap["map_cache"] if e["prefix"] == PREFIX)
+    lo = next(x for x in entry["locators"] if x["address"] == rloc)
+    return float(lo["rtt_ms"])
+
+
+def test_probed_rtt_follows_an_impairment(
+    legacy: tuple[runner.State, Topology, TestbedControlPlane],
+) -> None:
+    state, topo, cp = legacy
+    base = probed_rtt(cp, AX)
+    assert 9.9 < base < 25, base
+    runner.set_link(state, topo, "ua", delay_ms=40)
+    try:
+        time.sleep(0.5)  # a few probe intervals (S''' = 0.1 s)
+        raised = probed_rtt(cp, AX)
+        assert 79.9 < raised < 100, raised
+        assert probed_rtt(cp, BX) < 30  # the other path is untouched
+    finally:
+        runner.set_link(state, topo, "ua", delay_ms=5)
+
+
+def test_namespace_migration_downtime_matches_the_model(
+    legacy: tuple[runner.State, Topology, TestbedControlPlane],
+) -> None:
+    state, _topo, cp = legacy
+    # 64 MiB over the 1 Gbit/s default: 0.54 s pre-copy; 0.5 s stop-and-copy
+    model = MigrationModel(memory_mib=64, switchover_ms=500)
+    interval = 0.01
+    ping = subprocess.Popen(
+        ["ip", "netns", "exec", state.ns("user"), "ping", "-D", "-n", "-i", str(interval),
+         "10.2.0.10"], stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(0.3)
+        res = migrate_vm(state, "vm", "bdc", model)
+        time.sleep(0.3)
+    finally:
+        ping.send_signal(signal.SIGINT)
+        out, _ = ping.communicate(timeout=10)
+    assert vm_location(state, "vm") == "bdc"
+    assert res.modelled and res.src == "adc" and res.dst == "bdc"
+    assert res.model_downtime_s == pytest.approx(0.5)
+    assert 0.5 <= res.downtime_s < 0.65, res
+    assert res.model_duration_s <= res.duration_s < res.model_duration_s + 0.3, res
+    # reply times (ping -D): the longest silence is the outage the user saw
+    times = [float(t) for t in re.findall(r"^\[([\d.]+)\] \d+ bytes from", out, re.M)]
+    assert len(times) > 50, out[-2000:]
+    gaps = sorted(b - a for a, b in itertools.pairwise(times))
+    unreachable = gaps[-1]
+    assert res.downtime_s - 0.05 < unreachable < res.downtime_s + 0.15, (unreachable, res)
+    assert gaps[-2] < 0.15  # no other outage
+    # the VM answers from DC b with the same EID; the fabric now carries ax -> bx
+    assert median_rtt(state) > 9.9
+    migrations = [e for e in cp.events() if e["kind"] == "migration"]
+    assert migrations[-1]["dst"] == "bdc"
+    back = migrate_vm(state, "vm", "adc", MigrationModel(memory_mib=8, switchover_ms=0))
+    assert back.dst == "adc" and vm_location(state, "vm") == "adc"
+    assert migrate_vm(state, "vm", "adc").duration_s == 0  # already there: nothing to do
+
+
+def test_controller_switches_the_entry_then_migrates_the_vm(topo_file: Path) -> None:
+    """PACAO-2 under an injected delay, time-compressed: S' = 1 s, S'' = 0.5 s."""
+    runner.check_system()
+    topo = load_topology(topo_file)
+    state = runner.new_state(topo_file)
+    try:
+        runner.up(topo, topo_file, state)
+        settings = ControllerSettings("pacao2", s1=1.0, s2=0.5, s3=0.1, rtt_max_ms=30)
+        model = MigrationModel(memory_mib=128, switchover_ms=200)
+        cp = TestbedControlPlane(state, topo, settings, state.rundir / "cp", model)
+        cp.start()
+        time.sleep(2.5)  # SLA met: via ax the user sees about 10 ms
+        assert cp.plans() == []
+        stressed = time.time()
+        runner.set_link(state, topo, "ua", delay_ms=50)  # user<->ax RTT about 100 ms
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            plans = cp.plans()
+            if any(p["kind"] == "vm_migration" and p["state"] == "succeeded" for p in plans):
+                break
+            time.sleep(0.2)
+        plans = cp.plans()
+        summary = [(p["created"] - stressed, p["kind"], p["reason"], p["state"]) for p in plans]
+        # Step 1 switches the entry to bx; Step 2 (S'' after the violation) migrates the VM
+        # to bdc with its own EntrySwitch. Which plan is stored first depends on the windows.
+        switch = next(p for p in plans if p["kind"] == "entry_switch")
+        migration = next(p for p in plans if p["kind"] == "vm_migration")
+        assert switch["state"] == "succeeded" and migration["state"] == "succeeded", summary
+        assert switch["actions"][0]["params"]["rloc"] == BX
+        assert [a["kind"] for a in migration["actions"]] == ["VmMigration", "EntrySwitch"]
+        assert migration["actions"][0]["params"]["dst"] == "bdc"
+        # decided within two S' windows of the stress (plus probe and poll periods)
+        assert plans[0]["created"] - stressed < 2 * 1.0 + 0.5, summary
+        events = cp.events()
+        user_switch = next(
+            e for e in events if e["kind"] == "entry" and e["node"] == "ux" and e["rloc"] == BX
+        )
+        assert plans[0]["created"] <= user_switch["t"] < plans[0]["created"] + 1.0, summary
+        moved = next(e for e in events if e["kind"] == "migration")
+        assert moved["dst"] == "bdc" and moved["t"] >= migration["created"]
+        assert 0.2 <= moved["downtime_s"] < 0.35
+        assert vm_location(state, "vm") == "bdc"
+        assert median_rtt(state) < 40  # ux -(10 ms)- bx -> bdc -> vm
+    finally:
+        runner.down(state)
+        assert runner.leftovers(state.runid) == []
+
+
+DAEMON = """
+import sys, time
+from pathlib import Path
+from typing import Any
+from pacao.testbed import runner
+from pacao.testbed.controlplane import ControllerSettings, TestbedControlPlane
+from pacao.testbed.topology import load_topology
+f = Path(sys.argv[1])
+topo = load_topology(f)
+state = runner.new_state(f)
+runner.up(topo, f, state)
+s = ControllerSettings("pacao1", s1=2, s2=1, s3=0.5)
+TestbedControlPlane(state, topo, s, state.rundir / "cp").start()
+print(state.runid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_cleanup_after_a_killed_run_removes_agents_controller_namespaces(
+    topo_file: Path, state_dir: Path
+) -> None:
+    runner.check_system()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DAEMON, str(topo_file)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        runid = (proc.stdout.readline() if proc.stdout else "").strip()
+        assert runid, "the run did not start"
+    finally:
+        proc.kill()
+        proc.wait()
+    doc = json.loads((state_dir / f"testbed-{runid}.json").read_text())
+    names = {p["name"] for p in doc["procs"]}
+    assert {"map-server", "controller", "agent-ux", "agent-ax", "agent-bx"} <= names
+    assert f"pc{runid}-ctl" in doc["netns"]
+    alive = [p for p in doc["procs"] if runner.proc_start_time(p["pid"]) == p["start"]]
+    assert len(alive) == len(doc["procs"])  # the daemons outlive their parent
+    done = subprocess.run(
+        [sys.executable, "-m", "pacao.cli", "testbed", "cleanup"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert runner.leftovers(runid) == []
+    assert all(runner.proc_start_time(p["pid"]) != p["start"] for p in doc["procs"])
+    assert not (state_dir / f"testbed-{runid}.json").exists()
