@@ -215,3 +215,27 @@ def test_quick_table2_end_to_end(tmp_path: Path, state_dir: Path) -> None:
         assert not [p for p in p1["plans"] if p["kind"] == "vm_migration"]
     assert "pacao1_volume_gain" in row and "pacao2_volume_gain" in row
     _no_leftovers(out, "table2", state_dir)
+
+
+def test_reproduce_links_testbed_or_says_why_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from pacao.sim.reproduce import link_testbed, testbed_stage
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    console = Console(record=True, width=200)
+    assert testbed_stage(tmp_path, True, console) == {"skipped": "not root"}
+    said = console.export_text()
+    assert "skipped" in said and "--no-testbed" in said
+    for doc in ({"skipped": "not root"}, {"table1": {"paper": {"volume_gain": 0.8},
+                 "variants": {"rtt+400ms": {"pacao1_volume_gain": 0.25}}}}):  # fmt: skip
+        (tmp_path / "summary.json").write_text('{"france_isp": {}}')
+        (tmp_path / "report.html").write_text("<html><body><h1>x</h1></body></html>")
+        link_testbed(tmp_path, doc)
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["testbed"] == doc and "france_isp" in summary
+        report = (tmp_path / "report.html").read_text()
+        assert report.index("Section IV: testbed") < report.index("</body>")
+    assert 'href="testbed/report.html"' in report and "pacao1 +25% (paper +80%)" in report

@@ -108,6 +108,17 @@ def quick_options(scenario: str, out: Path) -> RunOptions:
     )
 
 
+#: `pacao reproduce` without --quick: real time, one repetition (the paper's 50-100 runs are
+#: `pacao testbed run --repeat N`), the arms of a trial group side by side.
+FULL_PARALLEL = {"table1": 2, "table2": 3}
+
+
+def full_options(scenario: str, out: Path) -> RunOptions:
+    return RunOptions(
+        scenario=scenario, out=out, repeat=1, time_scale=1.0, parallel=FULL_PARALLEL[scenario]
+    )
+
+
 def interval_s(time_scale: float) -> float:
     """Real seconds per measurement interval: 1 scenario second, at least iperf3's 0.1 s."""
     return max(IPERF_MIN_INTERVAL, round(time_scale, 3))
