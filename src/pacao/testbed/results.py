@@ -211,7 +211,11 @@ def _mean_series(recs: list[dict[str, Any]], duration: float) -> tuple[np.ndarra
     for r in recs:
         t, m = mbps_series(r)
         ys.append(np.interp(grid, t + step / 2, m, left=np.nan, right=np.nan))
-    return grid + step / 2, np.nanmean(np.vstack(ys), axis=0)
+    stack = np.vstack(ys)
+    counts = np.sum(~np.isnan(stack), axis=0)
+    sums = np.nansum(stack, axis=0)
+    mean = np.divide(sums, counts, out=np.full(len(grid), np.nan), where=counts > 0)
+    return grid + step / 2, mean
 
 
 def fig_bandwidth(path: Path, meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
