@@ -231,7 +231,7 @@ def test_controller_switches_the_entry_then_migrates_the_vm(topo_file: Path) -> 
     try:
         runner.up(topo, topo_file, state)
         settings = ControllerSettings("pacao2", s1=1.0, s2=0.5, s3=0.1, rtt_max_ms=30)
-        model = MigrationModel(memory_mib=128, switchover_ms=200)
+        model = MigrationModel(memory_mib=128, switchover_ms=300)
         cp = TestbedControlPlane(state, topo, settings, state.rundir / "cp", model)
         cp.start()
         time.sleep(2.5)  # SLA met: via ax the user sees about 10 ms
@@ -260,10 +260,13 @@ def test_controller_switches_the_entry_then_migrates_the_vm(topo_file: Path) -> 
         user_switch = next(
             e for e in events if e["kind"] == "entry" and e["node"] == "ux" and e["rloc"] == BX
         )
-        assert plans[0]["created"] <= user_switch["t"] < plans[0]["created"] + 1.0, summary
+        # the user's data plane moved while a plan's EntrySwitch executed (SMR/CHANGE-PRIORITY)
+        done = min(switch["updated"], migration["updated"])
+        assert plans[0]["created"] <= user_switch["t"] <= done + 0.5, summary
         moved = next(e for e in events if e["kind"] == "migration")
         assert moved["dst"] == "bdc" and moved["t"] >= migration["created"]
-        assert 0.2 <= moved["downtime_s"] < 0.35
+        assert moved["model_downtime_s"] == pytest.approx(0.3)
+        assert 0.3 <= moved["downtime_s"] < 0.5  # + the plumbing on a loaded host
         assert vm_location(state, "vm") == "bdc"
         assert median_rtt(state) < 40  # ux -(10 ms)- bx -> bdc -> vm
     finally:
@@ -315,3 +318,59 @@ def test_cleanup_after_a_killed_run_removes_agents_controller_namespaces(
     assert runner.leftovers(runid) == []
     assert all(runner.proc_start_time(p["pid"]) != p["start"] for p in doc["procs"])
     assert not (state_dir / f"testbed-{runid}.json").exists()
+
+
+def vxlan_packets(state: runner.State, node: str) -> tuple[int, int]:
+    """(tx, rx) packets of a dc node's VXLAN port."""
+    out = in_ns(state, node, "ip", "-s", "-j", "link", "show", f"{state.prefix}vx")
+    stats = json.loads(out)[0]["stats64"]
+    return int(stats["tx"]["packets"]), int(stats["rx"]["packets"])
+
+
+def test_vxlan_fabric_carries_the_vm_across_a_migration(state_dir: Path) -> None:
+    """fabric: vxlan. The VM keeps its EID and subnet at DC b; the entry stays ax, whose
+    dc reaches the VM over VXLAN across the ax-bx link (real encapsulated packets)."""
+    runner.check_system()
+    doc = yaml.safe_load(yaml.safe_dump(TWO_DC))
+    doc["fabric"] = "vxlan"
+    f = state_dir / "twodc-vxlan.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    topo = load_topology(f)
+    state = runner.new_state(f)
+    try:
+        runner.up(topo, f, state)
+        assert 9.9 < median_rtt(state) < 25  # ux - ax - adc - vm, no tunnel yet
+        before = vxlan_packets(state, "adc"), vxlan_packets(state, "bdc")
+        res = migrate_vm(state, "vm", "bdc", MigrationModel(memory_mib=16, switchover_ms=300))
+        assert 0.3 <= res.downtime_s < 0.5 and vm_location(state, "vm") == "bdc"
+        # the VM's address and gateway did not change; only its port and the FDBs moved
+        assert "10.2.0.10/24" in in_ns(state, "vm", "ip", "-o", "addr")
+        assert "default via 10.2.0.1" in in_ns(state, "vm", "ip", "route")
+        assert median_rtt(state) > 9.9 + 2 * 5.88  # + the ax-bx fabric link both ways
+        after = vxlan_packets(state, "adc"), vxlan_packets(state, "bdc")
+        assert after[0][0] - before[0][0] >= 7  # adc encapsulated the user's pings
+        assert after[1][1] - before[1][1] >= 7  # bdc decapsulated them for the VM
+        ab = topo.link("ab")
+        dev = state.ifname(ab.index, ab.end("bx"))
+        pcap = state.rundir / "ab.pcap"
+        cap = subprocess.Popen(
+            ["ip", "netns", "exec", state.ns("bx"), "tshark", "-q", "-i", dev, "-c", "4",
+             "-f", "udp port 4789", "-w", str(pcap)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 20
+            while cap.poll() is None and time.monotonic() < deadline:
+                in_ns(state, "user", "ping", "-c", "3", "-i", "0.05", "-q", "10.2.0.10")
+            cap.wait(timeout=5)
+        finally:
+            if cap.poll() is None:
+                cap.kill()
+        out = subprocess.run(
+            ["tshark", "-r", str(pcap), "-Y", "vxlan.vni == 4242 && icmp", "-T", "fields",
+             "-e", "ip.dst"], capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert "10.2.0.10" in out  # inner destination of a VXLAN packet on the link
+    finally:
+        runner.down(state)
+        assert runner.leftovers(state.runid) == []

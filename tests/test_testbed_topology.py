@@ -90,6 +90,29 @@ def test_routes_small() -> None:
     assert vm[0].via == ipaddress.IPv4Address("10.2.0.1")
 
 
+def test_routes_vxlan_fabric() -> None:
+    doc = copy.deepcopy(SMALL)
+    doc["fabric"] = "vxlan"
+    doc["nodes"]["bdc"] = {"role": "dc", "site": "b"}
+    doc["links"].append({"name": "bfab", "a": "bx", "b": "bdc"})
+    topo = topology_from_dict(doc)
+    bx = {str(r.prefix): r for r in topo.routes["bx"]}
+    ax = {str(r.prefix): r for r in topo.routes["ax"]}
+    # each locator xTR hands the VM to its own dc; the dcs bridge it over VXLAN
+    assert bx["10.2.0.10/32"].via == topo.link("bfab").addr("bdc").ip
+    assert ax["10.2.0.10/32"].via == topo.link("afab").addr("adc").ip
+    # VTEP to VTEP over the direct inter-DC link
+    assert ax[f"{topo.link('bfab').addr('bdc').ip}/32"].via == topo.link("ab").addr("bx").ip
+    assert bx[f"{topo.link('afab').addr('adc').ip}/32"].via == topo.link("ab").addr("ax").ip
+    assert topo.fabric == "vxlan"
+    doc["links"] = [x for x in doc["links"] if x["name"] != "ab"]
+    with pytest.raises(InputError, match="direct link"):
+        topology_from_dict(doc)
+    doc["fabric"] = "mpls"
+    with pytest.raises(InputError, match="fabric"):
+        topology_from_dict(doc)
+
+
 def path_rtt(topo: Any, src: str, dst: str) -> float:
     """RTT along the kernel routes from src's RLOC path to dst's RLOC (2 x one-way sum)."""
     rloc = ipaddress.IPv4Network(f"{topo.nodes[dst].rloc}/32")
@@ -107,6 +130,7 @@ def path_rtt(topo: Any, src: str, dst: str) -> float:
 def test_fig5_matches_paper_section_iv() -> None:
     topo = load_topology(default_topology_path())
     assert {"user", "telco-xtr", "marilyn-xtr", "lip6-xtr", "rezo-xtr", "vm"} <= set(topo.nodes)
+    assert topo.fabric == "vxlan"  # the paper's DC fabric
     assert topo.link("access").rate_bps == 8_000_000
     assert topo.link("marilyn-telco").rate_bps == 10_000_000_000
     assert path_rtt(topo, "user-xtr", "marilyn-xtr") == pytest.approx(35.0)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -49,18 +50,48 @@ def validate(
 @app.command()
 def up(
     topology: Annotated[Path | None, typer.Option(help="Topology YAML (default: Fig. 5).")] = None,
+    control_plane: Annotated[
+        str | None,
+        typer.Option(help="Also start the LISP control plane: legacy, pacao1 or pacao2."),
+    ] = None,
+    s1: Annotated[float, typer.Option(help="S1 = S' (s): controller decision period.")] = 10.0,
+    s2: Annotated[float, typer.Option(help="S2 = S'' (s): wait before Step 2.")] = 5.0,
+    s3: Annotated[float, typer.Option(help="S3 (s): probe interval of the agents.")] = 1.0,
+    rtt_max: Annotated[float, typer.Option(help="The user's RTT SLA bound, ms.")] = 60.0,
+    vm_memory: Annotated[int, typer.Option(help="VM memory (MiB) for migrations.")] = 1024,
 ) -> None:
-    """Create namespaces, links, rate limits, delay line and xTR data planes; print the run id."""
+    """Create namespaces, links, rate limits, delay line and xTR data planes; print the run id.
+
+    With --control-plane: map-server, xTR agents driving the data planes and (pacao1,
+    pacao2) the controller, in the run's namespaces (docs/testbed.md)."""
     from pacao.testbed import runner
     from pacao.testbed.topology import Topology
 
     try:
         file, topo = _topology(topology)
         assert isinstance(topo, Topology)
+        if control_plane is not None and control_plane not in ("legacy", "pacao1", "pacao2"):
+            raise InputError("--control-plane", control_plane, "legacy, pacao1 or pacao2")
         runner.check_system()
         state = runner.new_state(file)
         try:
             runner.up(topo, file, state)
+            if control_plane is not None:
+                from pacao.testbed.controlplane import (
+                    ControllerSettings,
+                    MigrationModel,
+                    TestbedControlPlane,
+                )
+
+                settings = ControllerSettings(
+                    control_plane,  # type: ignore[arg-type]
+                    s1=s1,
+                    s2=s2,
+                    s3=s3,
+                    rtt_max_ms=rtt_max,
+                )
+                model = MigrationModel(memory_mib=vm_memory)
+                TestbedControlPlane(state, topo, settings, state.rundir / "cp", model).start()
         except BaseException:
             runner.down(state)
             raise
@@ -181,9 +212,26 @@ def play(
         topo = load_topology(Path(state.topology["file"]))
         plan = load_scenario(scenario, topo)
 
+        moves: list[threading.Thread] = []
+        failures: list[str] = []
+
+        def move(vm: str, dc: str) -> None:
+            from pacao.testbed.migration import migrate_vm
+
+            try:
+                res = migrate_vm(state, vm, dc)
+                typer.echo(f"migrated {vm} to {dc}: {res.duration_s:.3f} s, "
+                           f"downtime {res.downtime_s:.3f} s")  # fmt: skip
+            except (InputError, runner.TestbedError) as exc:
+                failures.append(str(exc))
+
         def apply(event: Event) -> None:
             if event.kind == "link":
                 runner.set_link(state, topo, event.target, **event.args)
+            elif event.kind == "migrate":  # runs while the timeline goes on
+                t = threading.Thread(target=move, args=(event.target, event.args["dc"]))
+                t.start()
+                moves.append(t)
             elif event.kind == "egress":
                 runner.set_egress(state, topo, event.target, **event.args)
             else:
@@ -193,8 +241,88 @@ def play(
 
         for offset, event in play_events(plan, apply, time_scale):
             typer.echo(f"{offset:8.3f} s  {event.kind} {event.target} {json.dumps(event.args)}")
+        for t in moves:
+            t.join()
+        if failures:
+            raise runner.TestbedError("; ".join(failures))
     except (InputError, runner.TestbedError) as exc:
         raise _fail(str(exc)) from None
+
+
+@app.command()
+def migrate(
+    vm: Annotated[str, typer.Argument(help="vm node of the topology.")],
+    dc: Annotated[str, typer.Argument(help="Destination dc node.")],
+    memory: Annotated[int | None, typer.Option(help="VM memory, MiB.")] = None,
+    dirty_rate: Annotated[
+        float | None, typer.Option(help="Memory the guest dirties, Mbit/s.")
+    ] = None,
+    max_downtime: Annotated[float | None, typer.Option(help="Downtime budget, ms.")] = None,
+    switchover: Annotated[float | None, typer.Option(help="Fixed pause/resume cost, ms.")] = None,
+    bandwidth: Annotated[
+        float | None, typer.Option(help="Inter-DC Mbit/s when the link has no rate.")
+    ] = None,
+    run: RunOpt = None,
+) -> None:
+    """Migrate the namespace VM to another DC site (pre-copy model, real downtime); JSON out."""
+    from dataclasses import asdict, replace
+
+    from pacao.testbed import runner
+    from pacao.testbed.migration import migrate_vm, stored_model
+
+    try:
+        runner.check_system()
+        state = runner.find_run(run)
+        model = stored_model(state)
+        changes: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("memory_mib", memory),
+                ("dirty_rate_mbps", dirty_rate),
+                ("max_downtime_ms", max_downtime),
+                ("switchover_ms", switchover),
+                ("default_bandwidth_mbps", bandwidth),
+            )
+            if v is not None
+        }
+        res = migrate_vm(state, vm, dc, replace(model, **changes))
+    except (InputError, runner.TestbedError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(asdict(res), indent=1))
+
+
+@app.command("set-priority")
+def set_priority(
+    prefix: Annotated[str, typer.Argument(help="Mapped EID prefix, e.g. 10.2.0.0/24.")],
+    priorities: Annotated[
+        list[str], typer.Argument(help="NODE=PRIORITY (xtr node or RLOC), one per locator.")
+    ],
+    run: RunOpt = None,
+) -> None:
+    """Re-register a prefix with new priorities through its xTR agents (needs the control
+    plane: `up --control-plane`); the user's ITR switches at once."""
+    from pacao.testbed import runner
+    from pacao.testbed.controlplane import ControllerSettings, TestbedControlPlane
+    from pacao.testbed.topology import load_topology
+
+    try:
+        state = runner.find_run(run)
+        topo = load_topology(Path(state.topology["file"]))
+        cp = TestbedControlPlane(
+            state, topo, ControllerSettings("legacy", 1, 0.5, 0.1), state.rundir / "cp"
+        )
+        if cp.ns not in state.netns:
+            raise InputError("run", state.runid, "a run started with --control-plane")
+        prio: dict[str, int] = {}
+        for item in priorities:
+            node, _, value = item.partition("=")
+            if not node or not value.isdigit():
+                raise InputError("PRIORITIES", item, "NODE=PRIORITY")
+            prio[node] = int(value)
+        replies = cp.set_priority(prefix, prio)
+    except (InputError, runner.TestbedError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps(replies, indent=1))
 
 
 @app.command()

@@ -37,8 +37,16 @@ from typing import Any
 
 from pacao.errors import InputError
 from pacao.testbed import control
-from pacao.testbed.runner import INNER_MTU, State, TestbedError
-from pacao.testbed.topology import Topology, load_topology, site_xtr, vm_dc, vm_routes
+from pacao.testbed.runner import INNER_MTU, State, TestbedError, gateway_mac, vm_mac
+from pacao.testbed.topology import (
+    Topology,
+    dc_of_xtr,
+    load_topology,
+    site_xtr,
+    vm_dc,
+    vm_routes,
+    vtep,
+)
 
 MIB = 1 << 20
 
@@ -223,6 +231,28 @@ def _macs(state: State, vm: str) -> tuple[str, str]:
     return f"{base}:01", f"{base}:02"
 
 
+def _ip_batches(
+    per_ns: dict[str, list[str]], bridge: dict[str, list[str]] | None = None, check: bool = True
+) -> None:
+    """`ip -batch` (and `bridge -batch`) in several namespaces at once, in parallel: this
+    is downtime."""
+    jobs = [("ip", ns, lines) for ns, lines in per_ns.items()]
+    jobs += [("bridge", ns, lines) for ns, lines in (bridge or {}).items()]
+    procs = [
+        (tool, ns, lines, subprocess.Popen([tool, "-n", ns, "-batch", "-"], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                           text=True))
+        for tool, ns, lines in jobs
+    ]  # fmt: skip
+    errors = []
+    for tool, ns, lines, proc in procs:
+        _out, err = proc.communicate("\n".join(lines) + "\n")
+        if proc.returncode != 0:
+            errors.append(f"{tool} -n {ns} -batch: {err.strip()}")
+    if errors and check:
+        raise TestbedError("; ".join(errors))
+
+
 def _current_vm_dev(state: State, topo: Topology, vm: str, doc: dict[str, Any]) -> str:
     info = doc["vms"].get(vm)
     if info and info.get("dev"):
@@ -268,11 +298,6 @@ def migrate_vm(
         append_event(state, {"t": started, "kind": "migration-start", "vm": vm, "src": src,
                              "dst": dst_dc, "model_duration_s": total * scale,
                              "model_downtime_s": down * scale})  # fmt: skip
-        precopy = (total - down) * scale
-        if abort is not None and abort.wait(precopy):
-            raise TestbedError(f"migration of {vm} to {dst_dc} aborted during pre-copy")
-        if abort is None:
-            time.sleep(precopy)
         doc = _read(state)
         old_dev = _current_vm_dev(state, topo, vm, doc)
         vm_node = topo.nodes[vm]
@@ -281,41 +306,76 @@ def migrate_vm(
         gw = vm_link.addr(vm_link.peer(vm))  # the gateway, moved with the VM
         count = int(doc.get("count", 0)) + 1
         va, vb = f"{state.prefix}v{count}a", f"{state.prefix}v{count}b"
-        # --- stop-and-copy: the VM is unreachable from here
-        t_down = time.monotonic()
-        _ip_batch(state.ns(vm), [f"link del {old_dev}"])
-        # Fixed MACs (the VM's and the gateway's) and neighbour entries on both sides play
-        # the hypervisor's post-migration announcement: no ARP round after the move.
-        vm_mac, gw_mac = _macs(state, vm)
+        # The destination's port is prepared during the pre-copy (the VM's side stays down
+        # and without address). Fixed MACs (the VM's and the gateway's) and neighbour
+        # entries on both sides play the hypervisor's post-migration announcement.
+        vxlan = topo.fabric == "vxlan"
+        mac = vm_mac(state, vm)
+        gw_mac = gateway_mac(state, None if vxlan else vm)
+        peer_mac = _macs(state, vm)[1] if vxlan else gw_mac  # the dc side's own MAC
         subprocess.run(
-            ["ip", "link", "add", va, "address", vm_mac, "netns", state.ns(vm), "type", "veth",
-             "peer", "name", vb, "address", gw_mac, "netns", state.ns(dst_dc)],
+            ["ip", "link", "add", va, "address", mac, "netns", state.ns(vm), "type", "veth",
+             "peer", "name", vb, "address", peer_mac, "netns", state.ns(dst_dc)],
             check=True, capture_output=True,
         )  # fmt: skip
-        _ip_batch(state.ns(dst_dc), [f"addr add {gw} dev {vb}",
-                                     f"link set {vb} mtu {INNER_MTU} up",
-                                     f"neigh replace {vm_node.eid.ip} lladdr {vm_mac} dev {vb} "
-                                     "nud reachable"])  # fmt: skip
+        if vxlan:
+            _ip_batch(state.ns(dst_dc), [f"link set {vb} master {state.prefix}br",
+                                         f"link set {vb} mtu {INNER_MTU} up"])  # fmt: skip
+        else:
+            _ip_batch(state.ns(dst_dc), [f"addr add {gw} dev {vb}",
+                                         f"link set {vb} mtu {INNER_MTU} up"])  # fmt: skip
+        precopy = (total - down) * scale - (time.monotonic() - t0)
+        aborted = abort.wait(max(0.0, precopy)) if abort is not None else False
+        if abort is None:
+            time.sleep(max(0.0, precopy))
+        if aborted:
+            _ip_batch(state.ns(vm), [f"link del {va}"])
+            raise TestbedError(f"migration of {vm} to {dst_dc} aborted during pre-copy")
         new_routes = vm_routes(topo, vm, dst_dc)
         host = f"{vm_node.eid.ip}/32"
+        batches: dict[str, list[str]] = {}
         for node, routes in new_routes.items():
-            lines = []
             for r in routes:
                 assert r.dev_link is not None
                 link = topo.links[r.dev_link]
-                lines.append(f"route replace {r.prefix} via {r.via} dev "
-                             f"{state.ifname(link.index, link.end(node))}")  # fmt: skip
-            _ip_batch(state.ns(node), lines)
+                batches.setdefault(node, []).append(
+                    f"route replace {r.prefix} via {r.via} dev "
+                    f"{state.ifname(link.index, link.end(node))}"
+                )
         old_home = site_xtr(topo, src)
         if old_home is not None and old_home not in new_routes:
-            _ip_batch(state.ns(old_home), [f"route del {host}"])
+            batches[old_home] = [f"route del {host}"]
+        bridge: dict[str, list[str]] = {}
+        if vxlan:  # the fabric's FDBs: the VM's MAC is now behind the destination's VTEP
+            batches = {}  # the xTRs' routes do not change: each sends to its own dc
+            vx = f"{state.prefix}vx"
+            for dc, _fab in dc_of_xtr(topo).values():
+                if dc == dst_dc:
+                    bridge[state.ns(dc)] = [f"fdb replace {mac} dev {vb} master static"]
+                else:
+                    bridge[state.ns(dc)] = [f"fdb replace {mac} dev {vx} dst "
+                                            f"{vtep(topo, dst_dc)} self static"]  # fmt: skip
+        # --- stop-and-copy: the VM is unreachable from here
+        t_down = time.monotonic()
+        _ip_batches({state.ns(vm): [f"link del {old_dev}"],
+                     **{state.ns(node): lines for node, lines in batches.items()}},
+                    bridge)  # fmt: skip
+        if vxlan:  # the destination no longer sends the VM's frames into the tunnel
+            _ip_batches({}, {state.ns(dst_dc): [f"fdb del {mac} dev {vx} self"]}, check=False)
         remaining = t_down + down * scale - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
-        _ip_batch(state.ns(vm), [f"addr add {vm_node.eid} dev {va}",
-                                 f"link set {va} mtu {INNER_MTU} up",
-                                 f"neigh replace {gw.ip} lladdr {gw_mac} dev {va} nud reachable",
-                                 f"route replace default via {gw.ip} dev {va}"])  # fmt: skip
+        final = {
+            state.ns(vm): [f"addr add {vm_node.eid} dev {va}",
+                           f"link set {va} mtu {INNER_MTU} up",
+                           f"neigh replace {gw.ip} lladdr {gw_mac} dev {va} nud permanent",
+                           f"route replace default via {gw.ip} dev {va}"],
+        }  # fmt: skip
+        if not vxlan:
+            final[state.ns(dst_dc)] = [
+                f"neigh replace {vm_node.eid.ip} lladdr {mac} dev {vb} nud reachable"
+            ]
+        _ip_batches(final)
         t_up = time.monotonic()
         doc["vms"][vm] = {"dc": dst_dc, "dev": va}
         doc["count"] = count

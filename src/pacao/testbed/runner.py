@@ -10,6 +10,7 @@ start time still matches (a recycled PID is left alone).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -24,7 +25,7 @@ from typing import Any
 
 from pacao.errors import InputError
 from pacao.testbed.control import request as impair_control
-from pacao.testbed.topology import Link, Topology
+from pacao.testbed.topology import Link, Topology, dc_of_xtr, vtep
 
 
 def state_dir() -> Path:
@@ -195,7 +196,75 @@ def wait_ready(
 
 def _link_mtu(topo: Topology, link: Link) -> int | None:
     roles = {topo.nodes[link.a].role, topo.nodes[link.b].role}
+    if topo.fabric == "vxlan" and roles == {"xtr", "dc"}:
+        return None  # carries VXLAN: 1400-byte frames + 50 bytes of headers
     return INNER_MTU if roles & {"user", "vm", "dc"} else None
+
+
+VXLAN_VNI = 4242
+VXLAN_PORT = 4789
+
+
+def vm_mac(state: State, vm: str) -> str:
+    """The VM's stable locally administered MAC (kept across migrations, as a VM's is)."""
+    h = hashlib.sha256(f"{state.runid}/{vm}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in h[:4]) + ":01"
+
+
+def gateway_mac(state: State, vm: str | None = None) -> str:
+    """The VM's gateway MAC: per VM in the routed fabric (the gateway moves with it), one
+    anycast MAC on every dc bridge in the VXLAN fabric (vm=None)."""
+    h = hashlib.sha256(f"{state.runid}/{vm or '*gateway*'}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in h[:4]) + ":02"
+
+
+def _vm_port(topo: Topology, vm: str) -> tuple[Link, str]:
+    link = topo.links_of(vm)[0]
+    return link, link.peer(vm)
+
+
+def _vxlan_fabric(state: State, topo: Topology) -> None:
+    """One bridge per dc node with a VXLAN port (VNI 4242, head-end replication to every
+    dc whose xTR has a direct link to ours), the VMs' gateway addresses on every bridge
+    (anycast: same IP and MAC everywhere) and static neighbour/FDB entries, so the VM
+    keeps its EID and subnet wherever it runs and no ARP crosses the fabric."""
+    dcs = {dc: x for x, (dc, _fab) in dc_of_xtr(topo).items()}
+    br, vx, gmac = f"{state.prefix}br", f"{state.prefix}vx", gateway_mac(state)
+    vms = [n for n in topo.nodes.values() if n.role == "vm"]
+    for dc, x in dcs.items():
+        ns = state.ns(dc)
+        sh("ip", "link", "add", br, "type", "bridge", ns=ns)
+        sh("ip", "link", "set", br, "address", gmac, "mtu", str(INNER_MTU), "up", ns=ns)
+        sh("ip", "link", "add", vx, "type", "vxlan", "id", str(VXLAN_VNI), "dstport",
+           str(VXLAN_PORT), "local", str(vtep(topo, dc)), ns=ns)  # fmt: skip
+        sh("ip", "link", "set", vx, "master", br, "mtu", str(INNER_MTU), "up", ns=ns)
+        peers = [d for d, y in dcs.items() if d != dc and any(
+            k.peer(x) == y for k in topo.links_of(x))]  # fmt: skip
+        for d in peers:
+            sh("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", vx, "dst",
+               str(vtep(topo, d)), ns=ns)  # fmt: skip
+        for vm in vms:
+            assert vm.eid is not None
+            link, home = _vm_port(topo, vm.name)
+            gw = link.addr(home)
+            if sh("ip", "-o", "addr", "show", "dev", br, ns=ns).stdout.find(f" {gw} ") < 0:
+                sh("ip", "addr", "add", str(gw), "dev", br, ns=ns)
+            mac = vm_mac(state, vm.name)
+            sh("ip", "neigh", "replace", str(vm.eid.ip), "lladdr", mac, "dev", br,
+               "nud", "permanent", ns=ns)  # fmt: skip
+            if home == dc:
+                port = state.ifname(link.index, link.end(dc))
+                sh("ip", "link", "set", port, "master", br, ns=ns)
+                sh("bridge", "fdb", "replace", mac, "dev", port, "master", "static", ns=ns)
+            else:
+                sh("bridge", "fdb", "replace", mac, "dev", vx, "dst", str(vtep(topo, home)),
+                   "self", "static", ns=ns)  # fmt: skip
+    for vm in vms:
+        link, home = _vm_port(topo, vm.name)
+        dev = state.ifname(link.index, link.end(vm.name))
+        ns = state.ns(vm.name)
+        sh("ip", "neigh", "replace", str(link.addr(home).ip), "lladdr", gmac, "dev", dev,
+           "nud", "permanent", ns=ns)  # fmt: skip
 
 
 def _tbf(state: State, ns: str, dev: str, rate: int) -> None:
@@ -228,7 +297,11 @@ def up(topo: Topology, topology_file: Path, state: State | None = None) -> State
         mtu = _link_mtu(topo, link)
         for node, dev in ((link.a, ia), (link.b, ib)):
             ns = state.ns(node)
-            sh("ip", "addr", "add", str(link.addr(node)), "dev", dev, ns=ns)
+            role, peer_role = topo.nodes[node].role, topo.nodes[link.peer(node)].role
+            if topo.fabric == "vxlan" and role == "vm":
+                sh("ip", "link", "set", dev, "address", vm_mac(state, node), ns=ns)
+            if not (topo.fabric == "vxlan" and role == "dc" and peer_role == "vm"):
+                sh("ip", "addr", "add", str(link.addr(node)), "dev", dev, ns=ns)  # else: bridged
             if mtu:
                 sh("ip", "link", "set", dev, "mtu", str(mtu), ns=ns)
             sh("ip", "link", "set", dev, "up", ns=ns)
@@ -239,6 +312,8 @@ def up(topo: Topology, topology_file: Path, state: State | None = None) -> State
         sh("ip", "addr", "add", f"{xtr.rloc}/32", "dev", "lo", ns=ns)
         sh("ip", "tuntap", "add", "dev", f"{state.prefix}t", "mode", "tun", ns=ns)
         sh("ip", "link", "set", f"{state.prefix}t", "mtu", str(INNER_MTU), "up", ns=ns)
+    if topo.fabric == "vxlan":
+        _vxlan_fabric(state, topo)
     for name, routes in topo.routes.items():
         ns = state.ns(name)
         for r in routes:

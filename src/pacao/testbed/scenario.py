@@ -7,6 +7,7 @@ YAML (docs/testbed.md):
       - {at: 125, link: inet-telco, delay: 53.5}
       - {at: 135, xtr: user-xtr, prefix: 10.2.0.0/24, rloc: 172.16.0.2, priority: 5}
       - {at: 135, egress: telco-xtr, prefix: 10.1.0.0/24, via: marilyn-xtr}
+      - {at: 200, migrate: vm, dc: marilyn-dc}
       - {at: 385, link: inet-telco, delay: 3.5}
 `--time-scale 0.1` plays it ten times faster (delays are not scaled).
 """
@@ -27,12 +28,13 @@ from pacao.testbed.topology import Topology, parse_rate
 LINK_KEYS = {"at", "link", "delay", "jitter", "loss", "rate", "direction"}
 XTR_KEYS = {"at", "xtr", "prefix", "rloc", "priority", "weight"}
 EGRESS_KEYS = {"at", "egress", "prefix", "via"}
+MIGRATE_KEYS = {"at", "migrate", "dc"}
 
 
 @dataclass(frozen=True)
 class Event:
     at: float
-    kind: str  # "link" or "xtr"
+    kind: str  # "link", "xtr", "egress" or "migrate"
     target: str
     args: dict[str, Any]
 
@@ -116,8 +118,19 @@ def scenario_from_dict(doc: Any, topo: Topology) -> Scenario:
                 raise InputError(f"{where}.prefix", None, "required for an egress event")
             args = {"prefix": str(ev["prefix"]), "via": str(ev["via"])}
             events.append(Event(at, "egress", str(ev["egress"]), args))
+        elif "migrate" in ev:
+            for key in ev:
+                if key not in MIGRATE_KEYS:
+                    raise InputError(f"{where}.{key}", ev[key], f"allowed: {sorted(MIGRATE_KEYS)}")
+            vm = topo.nodes.get(str(ev["migrate"]))
+            if vm is None or vm.role != "vm":
+                raise InputError(f"{where}.migrate", ev["migrate"], "a vm node of the topology")
+            dc = topo.nodes.get(str(ev.get("dc")))
+            if dc is None or dc.role != "dc":
+                raise InputError(f"{where}.dc", ev.get("dc"), "a dc node of the topology")
+            events.append(Event(at, "migrate", vm.name, {"dc": dc.name}))
         else:
-            raise InputError(where, ev, "an event needs 'link', 'xtr' or 'egress'")
+            raise InputError(where, ev, "an event needs 'link', 'xtr', 'egress' or 'migrate'")
     events.sort(key=lambda e: e.at)
     return Scenario(str(doc.get("name", "scenario")), duration, tuple(events))
 

@@ -21,6 +21,7 @@ import yaml
 from pacao.errors import InputError
 
 ROLES = ("user", "xtr", "dc", "vm", "router")
+FABRICS = ("routed", "vxlan")
 UNDERLAY_ROLES = ("xtr", "router")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 _RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(bit|kbit|mbit|gbit)\s*$", re.IGNORECASE)
@@ -148,6 +149,7 @@ class Topology:
     mappings: tuple[MappingSpec, ...]
     description: str = ""
     routes: dict[str, tuple[Route, ...]] = field(default_factory=dict)
+    fabric: str = "routed"  # or "vxlan": the VM's L2 segment bridged between dc nodes
 
     def link(self, name: str) -> Link:
         for link in self.links:
@@ -209,7 +211,7 @@ def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
     top = _keys(
         source,
         doc,
-        {"name", "description", "sites", "nodes", "links", "mappings", "transit"},
+        {"name", "description", "sites", "nodes", "links", "mappings", "transit", "fabric"},
         {"name", "nodes", "links"},
     )
     name = _name(f"{source}.name", top["name"])
@@ -346,9 +348,15 @@ def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
             )
         mappings.append(MappingSpec(prefix, tuple(locs)))
 
+    fabric = top.get("fabric", "routed")
+    if fabric not in FABRICS:
+        raise InputError("fabric", fabric, f"one of {list(FABRICS)}")
     topo = Topology(
-        name, sites, nodes, tuple(links), tuple(mappings), str(top.get("description", ""))
-    )
+        name, sites, nodes, tuple(links), tuple(mappings), str(top.get("description", "")),
+        fabric=fabric,
+    )  # fmt: skip
+    if fabric == "vxlan":
+        check_vxlan(topo)
     return Topology(
         topo.name,
         topo.sites,
@@ -357,6 +365,7 @@ def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
         topo.mappings,
         topo.description,
         compute_routes(topo),
+        fabric,
     )
 
 
@@ -464,6 +473,9 @@ def compute_routes(topo: Topology) -> dict[str, tuple[Route, ...]]:
         assert vm.eid is not None
         for r in vm_routes(topo, vm.name, vm_dc(topo, vm.name)).items():
             routes[r[0]].extend(r[1])
+    if topo.fabric == "vxlan":
+        for x, extra in vxlan_routes(topo).items():
+            routes[x].extend(extra)
     return {k: tuple(v) for k, v in routes.items()}
 
 
@@ -496,6 +508,12 @@ def vm_routes(topo: Topology, vm: str, dc: str) -> dict[str, list[Route]]:
     out: dict[str, list[Route]] = {}
     dc_link = next(x for x in topo.links_of(home) if x.peer(home) == dc)
     out[home] = [Route(host, dc_link.addr(dc).ip, dc_link.index)]
+    if topo.fabric == "vxlan":  # every locator xTR with a dc of its own sends to that dc
+        for x, (own, fab) in dc_of_xtr(topo).items():
+            if x != home and any(
+                lo.node == x for m in topo.mappings if node.eid.ip in m.prefix for lo in m.locators
+            ):
+                out[x] = [Route(host, fab.addr(own).ip, fab.index)]
     for m in topo.mappings:
         if node.eid.ip not in m.prefix:
             continue
@@ -508,6 +526,58 @@ def vm_routes(topo: Topology, vm: str, dc: str) -> dict[str, list[Route]]:
                     f"mappings {m.prefix}", lo.node, f"needs a direct link to {home} (DC fabric)"
                 )
             out[lo.node] = [Route(host, direct[0].addr(home).ip, direct[0].index)]
+    return out
+
+
+def dc_of_xtr(topo: Topology) -> dict[str, tuple[str, Link]]:
+    """xtr -> (its dc node, their link), for xTRs with a hypervisor behind them."""
+    out: dict[str, tuple[str, Link]] = {}
+    for n in topo.nodes.values():
+        if n.role != "dc":
+            continue
+        x = site_xtr(topo, n.name)
+        if x is not None and x not in out:
+            out[x] = (n.name, next(k for k in topo.links_of(x) if k.peer(x) == n.name))
+    return out
+
+
+def vtep(topo: Topology, dc: str) -> ipaddress.IPv4Address:
+    """A dc node's VXLAN tunnel endpoint: its address on the link to its xtr."""
+    x = site_xtr(topo, dc)
+    link = next(k for k in topo.links_of(dc) if k.peer(dc) == x)
+    return link.addr(dc).ip
+
+
+def check_vxlan(topo: Topology) -> None:
+    """The VXLAN fabric joins every pair of dc nodes whose xTRs share a direct link."""
+    for n in topo.nodes.values():
+        if n.role == "dc" and site_xtr(topo, n.name) is None:
+            raise InputError(f"nodes.{n.name}", n.name, "a dc needs a link to an xtr (VTEP)")
+    dcs = dc_of_xtr(topo)
+    for m in topo.mappings:
+        xs = sorted({lo.node for lo in m.locators} & set(dcs))
+        for i, x in enumerate(xs):
+            for y in xs[i + 1 :]:
+                if not any(k.peer(x) == y for k in topo.links_of(x)):
+                    raise InputError(
+                        f"mappings {m.prefix}", y, f"needs a direct link to {x} (VXLAN fabric)"
+                    )
+    for vm in (n for n in topo.nodes.values() if n.role == "vm"):
+        peer = topo.nodes[vm_dc(topo, vm.name)]
+        if peer.role != "dc":
+            raise InputError(f"nodes.{vm.name}", peer.name, "vxlan fabric: a vm hangs from a dc")
+
+
+def vxlan_routes(topo: Topology) -> dict[str, list[Route]]:
+    """In each xtr with a dc: the other dc nodes' VTEP /32s over the direct inter-DC link."""
+    dcs = dc_of_xtr(topo)
+    out: dict[str, list[Route]] = {}
+    for x in dcs:
+        for y, (other, _fab) in dcs.items():
+            direct = [k for k in topo.links_of(x) if k.peer(x) == y]
+            if x != y and direct:
+                net = ipaddress.IPv4Network(f"{vtep(topo, other)}/32")
+                out.setdefault(x, []).append(Route(net, direct[0].addr(y).ip, direct[0].index))
     return out
 
 
