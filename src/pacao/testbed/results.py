@@ -352,7 +352,8 @@ def load_all(out: Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]
             continue
         meta = json.loads(meta_path.read_text())
         recs = [json.loads(p.read_text()) for p in sorted(d.glob("*-r*.json"))]
-        recs.sort(key=lambda r: (r["rep"], r["variant"], r["traffic"], r["arm"]))
+        order = {v: i for i, v in enumerate(meta.get("variant_order", []))}
+        recs.sort(key=lambda r: (r["rep"], order.get(r["variant"], 99), r["traffic"], r["arm"]))
         found[meta["name"]] = (meta, recs)
     return found
 
@@ -371,6 +372,7 @@ def experiment_meta(exp: Experiment, opts: RunOptions, wall_s: float) -> dict[st
         "repeat": opts.repeat,
         "vm": opts.vm,
         "windows": {k: list(v) for k, v in exp.windows.items()},
+        "variant_order": [v.name for v in exp.variants],
         "paper": exp.paper,
         "wall_s": wall_s,
         "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
