@@ -174,18 +174,23 @@ def test_quick_table1_end_to_end(tmp_path: Path, state_dir: Path) -> None:
         if add_ms >= 400:  # the legacy download collapses under the injected delay
             assert row["legacy_mbps_stress"] < 0.75 * row["legacy_mbps_before"], (v, row)
         pacao = json.loads((raw / f"{v}-download-pacao1-r0.json").read_text())
-        plan = _first_plan(pacao, "entry_switch")
-        assert plan is not None, f"{v}: the controller never switched"
-        assert plan["actions"][0]["params"]["rloc"] == "172.16.0.3"  # Marilyn
-        t = _scn(pacao, plan["created"])
         # Windows of S' are not aligned with the injection (up to 2 S'), probes every
         # S''', and the injected RTT itself is real time (not compressed): a probe
         # answer takes it before the controller can see it, plus 1 s of real latency.
         bound = 2 * pacao["s1"] + PROBE_S + (add_ms / 1000 + 1.0) / QUICK_TIME_SCALE
-        assert 125 <= t <= 125 + bound, (v, t, bound)
+        switches = [
+            _scn(pacao, p["created"])
+            for p in pacao["plans"]
+            if p["kind"] == "entry_switch"
+            and p["inputs"]["from"] == "172.16.0.2"  # TelcoCenter
+            and p["actions"][0]["params"]["rloc"] == "172.16.0.3"  # Marilyn
+            and p["state"] == "succeeded"
+        ]
+        hit = [t for t in switches if 125 <= t <= 125 + bound]
+        assert hit, f"{v}: no switch to Marilyn within {bound:.0f} s of 125 s: {switches}"
         seen = [e["t_scenario"] for e in pacao["cp_events"] if e.get("kind") == "entry"
                 and e.get("node") == "user-xtr" and e.get("rloc") == "172.16.0.3"]  # fmt: skip
-        assert seen and min(x for x in seen if x >= t - 1) >= t - 1  # data plane followed
+        assert [x for x in seen if hit[0] - 1 <= x <= 125 + bound + 10], (v, seen)  # data plane
         assert not [p for p in pacao["plans"] if p["kind"] == "vm_migration"]
         legacy = json.loads((raw / f"{v}-download-legacy-r0.json").read_text())
         assert legacy.get("plans") in (None, [])  # no controller in the legacy arm
