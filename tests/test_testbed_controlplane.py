@@ -178,8 +178,8 @@ def test_probed_rtt_follows_an_impairment(
     try:
         time.sleep(0.5)  # a few probe intervals (S''' = 0.1 s)
         raised = probed_rtt(cp, AX)
-        assert 79.9 < raised < 100, raised
-        assert probed_rtt(cp, BX) < 30  # the other path is untouched
+        assert 79.9 < raised < 130, raised  # 2 x 40 ms + the rest; a loaded host adds
+        assert probed_rtt(cp, BX) < 60  # the other path (20 ms) is untouched
     finally:
         runner.set_link(state, topo, "ua", delay_ms=5)
 
@@ -212,7 +212,9 @@ def test_namespace_migration_downtime_matches_the_model(
     assert len(times) > 50, out[-2000:]
     gaps = sorted(b - a for a, b in itertools.pairwise(times))
     unreachable = gaps[-1]
-    assert res.downtime_s - 0.05 < unreachable < res.downtime_s + 0.15, (unreachable, res)
+    # the user saw the model's downtime (+ the plumbing, which a loaded host slows down)
+    assert 0.45 < unreachable < 0.5 + 0.25, (unreachable, res)
+    assert abs(unreachable - res.downtime_s) < 0.15, (unreachable, res)
     assert gaps[-2] < 0.15  # no other outage
     # the VM answers from DC b with the same EID; the fabric now carries ax -> bx
     assert median_rtt(state) > 9.9
@@ -221,6 +223,40 @@ def test_namespace_migration_downtime_matches_the_model(
     back = migrate_vm(state, "vm", "adc", MigrationModel(memory_mib=8, switchover_ms=0))
     assert back.dst == "adc" and vm_location(state, "vm") == "adc"
     assert migrate_vm(state, "vm", "adc").duration_s == 0  # already there: nothing to do
+
+
+def cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "pacao.cli", "testbed", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cli_set_priority_and_migrate(
+    legacy: tuple[runner.State, Topology, TestbedControlPlane],
+) -> None:
+    state, _topo, cp = legacy
+    run = ("--run", state.runid)
+    replies = json.loads(cli("set-priority", PREFIX, "ax=7", *run))
+    assert [r["locators"][0]["priority"] for r in replies] == [7, 7]
+    deadline = time.monotonic() + 5
+    while priorities(cp, "ux")[AX] != 7:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    cli("set-priority", PREFIX, "ax=1", *run)
+    here = vm_location(state, "vm")
+    there = "bdc" if here == "adc" else "adc"
+    res = json.loads(cli("migrate", "vm", there, "--memory", "8", "--switchover", "10", *run))
+    assert res["dst"] == there and res["modelled"] and res["bytes"] == 8 << 20
+    json.loads(cli("migrate", "vm", here, "--memory", "8", *run))
+    assert vm_location(state, "vm") == here
+    bad = subprocess.run(
+        [sys.executable, "-m", "pacao.cli", "testbed", "migrate", "vm", "ux", *run],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("pacao: error: dc: ")
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_controller_switches_the_entry_then_migrates_the_vm(topo_file: Path) -> None:

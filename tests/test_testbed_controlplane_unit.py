@@ -96,3 +96,19 @@ def test_generated_configs_validate(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump(bad))
     with pytest.raises(InputError, match="ctl"):
         TestbedControlPlane(state, load_topology(f), s, tmp_path / "cp")
+
+
+def test_migration_bandwidth_link_rate_default_or_override(tmp_path: Path) -> None:
+    doc = yaml.safe_load(yaml.safe_dump(TWO_DC))
+    doc["links"][3]["rate"] = "100mbit"  # ab, the inter-DC link
+    f = tmp_path / "t.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    topo = load_topology(f)
+    assert MigrationModel().bandwidth_bps(topo, "adc", "bdc") == 100e6
+    doc["links"][3].pop("rate")
+    f.write_text(yaml.safe_dump(doc))
+    plain = load_topology(f)
+    assert MigrationModel(default_bandwidth_mbps=500).bandwidth_bps(plain, "adc", "bdc") == 500e6
+    assert MigrationModel(bandwidth_mbps=42).bandwidth_bps(topo, "adc", "bdc") == 42e6
+    with pytest.raises(InputError, match="bandwidth_mbps"):
+        MigrationModel(bandwidth_mbps=0).check()

@@ -136,8 +136,8 @@ class TestbedControlPlane:
         for net in nets:
             if net.overlaps(MGMT_POOL):
                 raise InputError("topology", str(net), f"must not overlap {MGMT_POOL} (management)")
-        if settings.vm_backend == "qemu":
-            raise InputError("vm_backend", "qemu", "not integrated yet; use namespace")
+        if settings.vm_backend == "qemu" and topology.fabric != "vxlan":
+            raise InputError("vm_backend", "qemu", "needs a topology with fabric: vxlan")
         self.state, self.topo, self.settings = state, topology, settings
         self.workdir = workdir.resolve()
         self.migration = migration
@@ -276,7 +276,7 @@ class TestbedControlPlane:
                 direct = [x for x in topo.links if {x.a, x.b} == {dc_x[a], dc_x[b]}]
                 if a < b and direct:
                     link = direct[0]
-                    bw = (link.rate_bps or model.default_bandwidth_mbps * 1e6) / 1e6
+                    bw = model.bandwidth_bps(topo, a, b) / 1e6
                     rtt = 2 * link.impairment.delay_ms
                     links.append({"a": a, "b": b, "bandwidth_mbps": bw, "rtt_ms": rtt})
         user = users[0]
@@ -286,7 +286,7 @@ class TestbedControlPlane:
         policy: dict[str, Any] = {
             "min_dwell_s": 2 * s.s1,
             "cooldown_s": 5 * s.s1,
-            "bandwidth_mbps": model.default_bandwidth_mbps,
+            "bandwidth_mbps": model.bandwidth_mbps or model.default_bandwidth_mbps,
             "max_downtime_ms": model.max_downtime_ms,
             "links": links,
         }
@@ -323,7 +323,7 @@ class TestbedControlPlane:
         }
 
     # ------------------------------------------------------------------ lifecycle
-    def _spawn(self, name: str, cmd: list[str], ns: str) -> Popen[bytes]:
+    def _spawn(self, name: str, cmd: list[str], ns: str | None) -> Popen[bytes]:
         proc = runner.spawn(self.state, name, cmd, ns=ns)
         self.procs.append(name)
         return proc
@@ -396,7 +396,16 @@ class TestbedControlPlane:
                 path.write_text(json.dumps(egress))
                 cmd += ["--egress", str(path)]
             waits.append((f"agent-{x}", self._spawn(f"agent-{x}", cmd, st.ns(x)), b"ready"))
-        self._wait(waits, timeout)
+        if self.settings.vm_backend == "qemu":
+            vms = [n.name for n in self.topo.nodes.values() if n.role == "vm"]
+            model = self.migration or stored_model(st)
+            for vm in vms:  # the guest boots while the agents resolve (TCG: a few s)
+                sock = st.rundir / f"vmd-{vm}.sock"
+                mem = str(max(64, model.memory_mib))
+                cmd = [py, "-m", "pacao.testbed.vmd", "--state", str(st.path), "--vm", vm,
+                       "--socket", str(sock), "--memory", mem]  # fmt: skip
+                waits.append((f"vmd-{vm}", self._spawn(f"vmd-{vm}", cmd, None), b"ready"))
+        self._wait(waits, max(timeout, 180.0 if self.settings.vm_backend == "qemu" else 0))
         self.wait_resolved(timeout)
         if self.settings.policy != "legacy":
             cfg = self.workdir / "controller.yaml"

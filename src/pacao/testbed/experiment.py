@@ -41,7 +41,7 @@ TOP_KEYS = {
 CONTROLLER_KEYS = {"rtt_max_ms", "switch_method", "policy_overrides"}
 MIGRATION_KEYS = {
     "memory_mib", "dirty_rate_mbps", "max_downtime_ms", "max_rounds", "switchover_ms",
-    "default_bandwidth_mbps",
+    "default_bandwidth_mbps", "bandwidth_mbps",
 }  # fmt: skip
 
 

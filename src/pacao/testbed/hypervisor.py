@@ -20,7 +20,6 @@ from typing import Any
 from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus
 from pacao.errors import InputError
 from pacao.testbed.migration import (
-    link_bandwidth_bps,
     migrate_vm,
     migration_estimate,
     run_topology,
@@ -61,7 +60,7 @@ class TestbedHypervisor:
         model = stored_model(self.state)
         topo = run_topology(self.state)
         src = vm_location(self.state, vm, topo)
-        bw = link_bandwidth_bps(topo, src, dst, model.default_bandwidth_mbps * 1e6)
+        bw = model.bandwidth_bps(topo, src, dst)
         total = migration_estimate(model, bw)[0] * model.time_scale
         abort = threading.Event()
         job = {"job_id": job_id, "dst": dst, "state": "running", "error": None,

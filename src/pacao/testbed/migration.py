@@ -59,7 +59,8 @@ class MigrationModel:
     dirtied meanwhile (V_i = V_{i-1} x D / B with D = ``dirty_rate_mbps``) until the
     remaining volume fits ``max_downtime_ms`` at B or ``max_rounds`` were made; then
     stop-and-copy: the VM is paused (unreachable) for V_last / B + ``switchover_ms``.
-    B is the inter-DC link's tbf rate, or ``default_bandwidth_mbps`` when it has none.
+    B is ``bandwidth_mbps`` if given (every migration, whatever the links), else the
+    inter-DC link's tbf rate from the topology, else ``default_bandwidth_mbps``.
     ``time_scale`` multiplies every waited duration (compressed scenario runs).
     """
 
@@ -70,6 +71,13 @@ class MigrationModel:
     switchover_ms: float = 50.0
     default_bandwidth_mbps: float = 1000.0
     time_scale: float = 1.0
+    bandwidth_mbps: float | None = None
+
+    def bandwidth_bps(self, topo: Topology, src_dc: str, dst_dc: str) -> float:
+        """B for a migration between two dc nodes (see the class docstring)."""
+        if self.bandwidth_mbps is not None:
+            return self.bandwidth_mbps * 1e6
+        return link_bandwidth_bps(topo, src_dc, dst_dc, self.default_bandwidth_mbps * 1e6)
 
     def check(self) -> None:
         """One InputError line for a bad field."""
@@ -81,8 +89,10 @@ class MigrationModel:
             v = getattr(self, name)
             if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise InputError(name, v, "a finite number >= 0")
-        for name in ("default_bandwidth_mbps", "time_scale"):
+        for name in ("default_bandwidth_mbps", "time_scale", "bandwidth_mbps"):
             v = getattr(self, name)
+            if v is None and name == "bandwidth_mbps":
+                continue
             if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
                 raise InputError(name, v, "a finite number > 0")
 
@@ -286,13 +296,16 @@ def migrate_vm(
         raise InputError("dc", dst_dc, "a dc node with a link to an xtr")
     model = model or stored_model(state)
     model.check()
+    info = _read(state)["vms"].get(vm, {})
+    if info.get("backend") == "qemu":
+        return _migrate_qemu(state, topo, vm, dst_dc, model, str(info["socket"]))
     started = time.time()
     t0 = time.monotonic()
     with _locked(state):
         src = vm_location(state, vm, topo)
         if src == dst_dc:
             return MigrationResult(vm, src, dst_dc, started, 0.0, 0.0, 0, 0, True)
-        bw = link_bandwidth_bps(topo, src, dst_dc, model.default_bandwidth_mbps * 1e6)
+        bw = model.bandwidth_bps(topo, src, dst_dc)
         total, down, nbytes, rounds = migration_estimate(model, bw)
         scale = model.time_scale
         append_event(state, {"t": started, "kind": "migration-start", "vm": vm, "src": src,
@@ -385,4 +398,32 @@ def migrate_vm(
         total * scale, down * scale,
     )  # fmt: skip
     append_event(state, {"t": time.time(), "kind": "migration", **asdict(result)})
+    return result
+
+
+def _migrate_qemu(
+    state: State, topo: Topology, vm: str, dst_dc: str, model: MigrationModel, sock: str
+) -> MigrationResult:
+    """A real live migration by the VM daemon (``pacao.testbed.vmd``): QEMU's figures."""
+    src = vm_location(state, vm, topo)
+    bw = model.bandwidth_bps(topo, src, dst_dc)
+    started = time.time()
+    if src != dst_dc:
+        append_event(state, {"t": started, "kind": "migration-start", "vm": vm, "src": src,
+                             "dst": dst_dc, "backend": "qemu"})  # fmt: skip
+    reply = control.request(
+        Path(sock),
+        {"op": "migrate", "dc": dst_dc, "bandwidth_mbps": bw / 1e6,
+         "max_downtime_ms": model.max_downtime_ms},
+        timeout=900.0,
+    )  # fmt: skip
+    if not reply.get("ok"):
+        raise TestbedError(f"QEMU migration of {vm} to {dst_dc}: {reply.get('error')}")
+    result = MigrationResult(
+        vm, src, dst_dc, started, float(reply["wall_s"]), float(reply["downtime_ms"]) / 1000.0,
+        int(reply["transferred_bytes"]), 0, False,
+    )  # fmt: skip
+    if src != dst_dc:
+        append_event(state, {"t": time.time(), "kind": "migration", **asdict(result),
+                             "total_time_ms": reply["total_time_ms"]})  # fmt: skip
     return result

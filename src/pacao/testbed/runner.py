@@ -438,7 +438,11 @@ def _kill(proc: dict[str, Any], timeout: float = 3.0) -> None:
 def down(state: State) -> list[str]:
     """Remove everything the run recorded; returns what was actually removed."""
     removed: list[str] = []
-    for proc in reversed(state.procs):
+    extra: list[dict[str, Any]] = []  # processes our daemons started (procs-*.json)
+    for listed in sorted(state.rundir.glob("procs-*.json")) if state.rundir.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError):
+            extra += [p for p in json.loads(listed.read_text()) if isinstance(p, dict)]
+    for proc in [*reversed(state.procs), *extra]:
         if proc_start_time(int(proc["pid"])) == proc.get("start"):
             _kill(proc)
             removed.append(f"pid {proc['pid']} ({proc['name']})")
