@@ -96,12 +96,21 @@ def udp_loss(rec: dict[str, Any], spans: list[tuple[float, float]] | None = None
     return 100.0 * lost / (pk + lost) if pk + lost else None
 
 
+def migration_start(rec: dict[str, Any], m: dict[str, Any]) -> float:
+    """Scenario time a migration started (its event is written when it ends)."""
+    if "started" in m and "timeline_start_wall" in rec:
+        return (float(m["started"]) - float(rec["timeline_start_wall"])) / float(rec["time_scale"])
+    return float(m["t_scenario"]) - float(m["duration_s"]) / float(rec["time_scale"])
+
+
 def migration_spans(rec: dict[str, Any]) -> list[tuple[float, float]]:
+    """[start, end] of each migration in scenario seconds (the downtime is at the end)."""
     scale = rec["time_scale"]
-    return [
-        (float(m["t_scenario"]), float(m["t_scenario"]) + float(m["duration_s"]) / scale)
-        for m in migrations(rec)
-    ]
+    out = []
+    for m in migrations(rec):
+        start = migration_start(rec, m)
+        out.append((start, start + float(m["duration_s"]) / scale))
+    return out
 
 
 def _gain(a: float | None, b: float | None) -> float | None:
@@ -147,7 +156,7 @@ def summarize(meta: dict[str, Any], recs: list[dict[str, Any]]) -> dict[str, Any
             if sw:
                 row[f"{arm}_entry_switch_times_s"] = sorted(sw)
             mig = [
-                {"t_s": m["t_scenario"], "dst": m.get("dst"),
+                {"t_s": migration_start(r, m), "dst": m.get("dst"),
                  "duration_s": m.get("duration_s", 0) / meta["time_scale"],
                  "downtime_s": m.get("downtime_s", 0) / meta["time_scale"]}
                 for r in mine for m in migrations(r)
