@@ -305,7 +305,8 @@ def fig_loss(path: Path, meta: dict[str, Any], recs: list[dict[str, Any]]) -> st
     arms = list(dict.fromkeys(r["arm"] for r in udp))
     fig, ax = plt.subplots(figsize=(6, 4))
     data = [[udp_loss(r) or 0.0 for r in udp if r["arm"] == a] for a in arms]
-    ax.boxplot(data, tick_labels=[ARM_LABELS.get(a, a) for a in arms])
+    short = {"legacy": "legacy", "pacao1": "PACAO-1", "pacao2": "PACAO-2"}
+    ax.boxplot(data, tick_labels=[short.get(a, a) for a in arms])
     for i, a in enumerate(arms):
         during = [udp_loss(r, migration_spans(r)) for r in udp if r["arm"] == a and migrations(r)]
         d = [x for x in during if x is not None]
