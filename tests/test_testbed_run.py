@@ -310,3 +310,15 @@ def test_pacao_arms_fail_clearly_without_the_control_plane(
     assert run_mod.start_control_plane(exp, state, "legacy", opts, tmp_path) is None
     with pytest.raises(run_mod.ControlPlaneMissing, match="the PACAO arms need"):
         run_mod.start_control_plane(exp, state, "pacao1", opts, tmp_path)
+
+
+def test_completed_downloads_compare_by_completion_time() -> None:
+    meta = {"title": "x", "time_scale": 1.0, "repeat": 1, "duration_s": 10, "paper": {}}
+    slow, fast = _rec("legacy", 10), _rec("pacao1", 10)
+    for rec, last in ((slow, 8), (fast, 5)):  # bytes stop after `last` intervals
+        rec["measure"]["complete"] = True
+        for i in rec["measure"]["intervals"][last:]:
+            i["bytes"] = 0
+    row = summarize(meta, [slow, fast])["variants"]["v"]
+    assert (row["legacy_median_completion_s"], row["pacao1_median_completion_s"]) == (8, 5)
+    assert row["pacao1_download_rate_gain"] == pytest.approx(8 / 5 - 1)

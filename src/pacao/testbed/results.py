@@ -57,6 +57,15 @@ def mbps_series(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return t, mbps
 
 
+def completion_s(rec: dict[str, Any]) -> float | None:
+    """Scenario time the whole download ended (None: still running at the end)."""
+    m = rec["measure"]
+    if rec["traffic"] != "download" or not m.get("complete"):
+        return None
+    done = [i["t"] + i["seconds"] / rec["time_scale"] for i in m["intervals"] if i["bytes"] > 0]
+    return max(done) if done else None
+
+
 def window_mbps(rec: dict[str, Any], lo: float, hi: float) -> float:
     """Mean Mbit/s of the intervals that start inside [lo, hi) (scenario seconds)."""
     t, mbps = mbps_series(rec)
@@ -142,6 +151,9 @@ def summarize(meta: dict[str, Any], recs: list[dict[str, Any]]) -> dict[str, Any
             if vols:
                 row[f"{arm}_median_volume_mb"] = _median(vols)
                 row[f"{arm}_volumes_mb"] = vols
+            ends = [c for c in (completion_s(r) for r in mine) if c is not None]
+            if ends and len(ends) == len(mine):  # every download finished inside the run
+                row[f"{arm}_median_completion_s"] = _median(ends)
             for wname, (lo, hi) in windows.items():
                 ws = [window_mbps(r, lo, hi) for r in mine]
                 ws = [w for w in ws if np.isfinite(w)]
@@ -181,6 +193,10 @@ def summarize(meta: dict[str, Any], recs: list[dict[str, Any]]) -> dict[str, Any
                 row[f"{arm}_volume_gain"] = _gain(
                     row[f"{arm}_median_volume_mb"], row.get("legacy_median_volume_mb")
                 )
+            done, ref = row.get(f"{arm}_median_completion_s"), row.get("legacy_median_completion_s")
+            if arm != "legacy" and done and ref:
+                # the whole file arrived in both arms: mean download rate gain instead
+                row[f"{arm}_download_rate_gain"] = ref / done - 1.0
         out["variants"][v] = row
     return out
 
@@ -496,10 +512,20 @@ def write_report(
                     f"down {m['downtime_s']:.2f} s)"
                     for m in mig
                 )
-                trows.append([_e(v), _e(arm), *w, _fmt(sw, "list") if sw else "-", mtxt or "-"])
+                done = row.get(f"{arm}_median_completion_s")
+                rate = row.get(f"{arm}_download_rate_gain")
+                dtxt = (
+                    "-"
+                    if done is None
+                    else f"{done:.0f} s"
+                    + (f" ({_fmt(rate, 'pct')} rate)" if rate is not None else "")
+                )
+                trows.append(
+                    [_e(v), _e(arm), *w, dtxt, _fmt(sw, "list") if sw else "-", mtxt or "-"]
+                )
         whead = ["variant", "arm", *[f"Mbit/s {k} {tuple(x)}" for k, x in
                                      meta.get("windows", {}).items()],
-                 "entry switches (s)", "migrations"]  # fmt: skip
+                 "download complete at", "entry switches (s)", "migrations"]  # fmt: skip
         parts.append(_table(whead, trows))
         if paper.get("timeline"):
             parts.append(
