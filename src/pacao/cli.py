@@ -126,14 +126,23 @@ def reproduce(
         Path | None,
         typer.Option(help="LAC table CSV (lac, lat, lon) for traces with a lac column."),
     ] = None,
+    no_testbed: Annotated[
+        bool, typer.Option("--no-testbed", help="Skip the Sec. IV testbed stage (root only).")
+    ] = False,
 ) -> None:
-    """Reproduce the paper's Section V: sweep, Figs. 12-16, report.html, summary.json."""
+    """Reproduce the paper's Sections IV (testbed, as root) and V: figures, report, summary."""
     from pacao.sim.reproduce import run_cli
+    from pacao.testbed.runner import TestbedError
 
     try:
-        run_cli(quick, users, out, scheduler, seed, vm_memory_gb, dc_gbps, traces, lac_table)
+        run_cli(
+            quick, users, out, scheduler, seed, vm_memory_gb, dc_gbps, traces, lac_table,
+            testbed=not no_testbed,
+        )  # fmt: skip
     except InputError as exc:
         raise fail(str(exc)) from None
+    except TestbedError as exc:
+        raise fail(f"testbed stage: {exc}", 1) from None
 
 
 from pacao.lisp.cli import app as _lisp_app  # noqa: E402 - sub-app registered after commands

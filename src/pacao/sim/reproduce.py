@@ -9,6 +9,7 @@ Everything goes to one run folder (docs/simulation.md lists the files).
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import math
 import time
@@ -421,6 +422,67 @@ def migration_seconds(vm_memory_gb: float, dc_gbps: float) -> float:
     return vm_memory_gb * 8.0 / dc_gbps
 
 
+TESTBED_SCENARIOS = ("table1", "table2")
+
+
+def testbed_stage(out: Path, quick: bool, console: Console) -> dict[str, Any]:
+    """Section IV on the emulated testbed (root only): compressed with --quick.
+
+    Returns the testbed summary (or why it did not run); the results go to
+    ``out/testbed/`` with their own report.html, linked from the main report.
+    """
+    import os
+
+    if os.geteuid() != 0:
+        console.print(
+            "testbed stage (Sec. IV) skipped: it needs root (network namespaces); run "
+            "`sudo pacao reproduce` or `pacao testbed run`, or pass --no-testbed"
+        )
+        return {"skipped": "not root"}
+    from pacao.testbed.run import full_options, quick_options, run_experiment
+
+    tb = out / "testbed"
+    summary: dict[str, Any] = {}
+    for scenario in TESTBED_SCENARIOS:
+        opts = quick_options(scenario, tb) if quick else full_options(scenario, tb)
+        console.print(f"testbed: {scenario} (time scale {opts.time_scale:g})")
+        summary = run_experiment(opts, log=console.print)
+    return summary
+
+
+def link_testbed(out: Path, testbed: dict[str, Any]) -> None:
+    """Add the testbed's results to summary.json and a section to report.html."""
+    path = out / "summary.json"
+    doc = json.loads(path.read_text())
+    doc["testbed"] = testbed
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    if "skipped" in testbed or "error" in testbed:
+        why = testbed.get("skipped") or testbed.get("error")
+        body = f"<p>Not run: {html.escape(str(why))}.</p>"
+    else:
+        rows = []
+        for name, s in testbed.items():
+            for v, row in s.get("variants", {}).items():
+                gains = ", ".join(
+                    f"{k.removesuffix('_volume_gain')} {row[k]:+.0%}"
+                    for k in sorted(row)
+                    if k.endswith("_volume_gain") and row[k] is not None
+                )
+                paper = s.get("paper", {})
+                ref = paper.get("volume_gain", paper.get("volume_gain_max"))
+                ref_txt = f" (paper {ref:+.0%})" if ref is not None else ""
+                rows.append(f"<li>{html.escape(name)} {html.escape(v)}: {gains}{ref_txt}</li>")
+        body = (
+            '<p>Emulated Fig. 5 testbed, real packets: <a href="testbed/report.html">'
+            "testbed/report.html</a> (figures 6-11, raw data). Median downloaded-volume "
+            "gains over legacy:</p><ul>" + "".join(rows) + "</ul>"
+        )
+    report = out / "report.html"
+    text = report.read_text()
+    section = f"<h2>Section IV: testbed</h2>{body}"
+    report.write_text(text.replace("</body>", section + "</body>", 1))
+
+
 def run_cli(
     quick: bool,
     users: int | None,
@@ -431,8 +493,12 @@ def run_cli(
     dc_gbps: float,
     traces: Path | None = None,
     lac_table: Path | None = None,
+    testbed: bool = True,
 ) -> None:
-    """`pacao reproduce`: run, then print the headline table and the report's path."""
+    """`pacao reproduce`: run, then print the headline table and the report's path.
+
+    Then (unless ``testbed`` is False) the Sec. IV testbed stage; a testbed failure is
+    written into the report and summary, then raised (exit status 1)."""
     if traces is None and lac_table is not None:
         raise InputError("--lac-table", str(lac_table), "only meaningful with --traces")
     if traces is not None and users is not None:
@@ -450,4 +516,15 @@ def run_cli(
     summary = json.loads((opts.out / "summary.json").read_text())
     console = Console()
     console.print(headline_table(summary))
+    if testbed:
+        from pacao.testbed.runner import TestbedError
+
+        try:
+            tb = testbed_stage(opts.out, quick, Console(stderr=True))
+        except TestbedError as exc:
+            link_testbed(opts.out, {"error": str(exc)})
+            raise
+        link_testbed(opts.out, tb)
+        if "skipped" not in tb:
+            console.print(f"testbed report: {(opts.out / 'testbed' / 'report.html').resolve()}")
     console.print(f"report: {report.resolve()}")

@@ -323,3 +323,59 @@ def set_priority(
     except (InputError, runner.TestbedError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(replies, indent=1))
+
+
+@app.command()
+def run(
+    scenario: Annotated[
+        str, typer.Option(help="table1, table2 or an experiment YAML (docs/testbed.md).")
+    ],
+    repeat: Annotated[int, typer.Option(help="Repetitions of every trial.")] = 1,
+    time_scale: Annotated[
+        float, typer.Option(help="Compress the timeline and controller timers (0.05 = 20x).")
+    ] = 1.0,
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("runs/testbed"),
+    topology: Annotated[
+        Path | None, typer.Option(help="Topology YAML (default: the experiment's).")
+    ] = None,
+    vm: Annotated[str, typer.Option(help="namespace or qemu.")] = "namespace",
+    arms: Annotated[
+        str | None, typer.Option(help="Comma-separated arms (legacy,pacao1,pacao2).")
+    ] = None,
+    variants: Annotated[
+        str | None, typer.Option(help="Comma-separated variants (default: all).")
+    ] = None,
+    parallel: Annotated[int, typer.Option(help="Trials (testbeds) run side by side.")] = 1,
+) -> None:
+    """Run an experiment: per repetition, variant, traffic and arm, up -> traffic -> down."""
+    import signal
+    import threading
+
+    from pacao.testbed import runner
+    from pacao.testbed.run import Interrupted, RunOptions, run_experiment
+
+    opts = RunOptions(
+        scenario=scenario,
+        out=out,
+        repeat=repeat,
+        time_scale=time_scale,
+        topology=topology,
+        vm=vm,
+        arms=tuple(a.strip() for a in arms.split(",")) if arms else None,
+        variants=tuple(v.strip() for v in variants.split(",")) if variants else None,
+        parallel=parallel,
+    )
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        summary = run_experiment(opts, log=typer.echo, stop=stop)
+    except (InputError, runner.TestbedError) as exc:
+        raise _fail(str(exc), 2 if isinstance(exc, InputError) else 1) from None
+    except (KeyboardInterrupt, Interrupted):
+        raise _fail("interrupted; every testbed of the run was taken down", 130) from None
+    typer.echo(json.dumps(summary, indent=1))
+    typer.echo(f"report: {(out / 'report.html').resolve()}")

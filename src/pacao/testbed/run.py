@@ -1,0 +1,455 @@
+"""`pacao testbed run`: the Section IV experiments end to end, with real packets.
+
+For each repetition, variant (e.g. Table I's injected delay), traffic kind and
+arm, one *trial*: bring the topology up (runner), start the LISP control plane
+and, for the PACAO arms, the controller (pacao.testbed.controlplane), start the
+servers in the VM's namespace and the client in the user's, play the variant's
+impairment timeline, collect the client's measurements and the controller's
+plans and events, tear everything down (always: errors, Ctrl-C, SIGTERM).
+
+The PACAO arms' decisions come only from the controller running in the
+testbed; without it those arms fail with a clear error (never scripted).
+TCP, UDP and the download are separate trials (as in the paper): they would
+otherwise share the 8 Mbit/s access bottleneck and disturb each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pacao.errors import InputError
+from pacao.testbed import runner, traffic
+from pacao.testbed.experiment import ARMS, Experiment, Variant, load_experiment, resolve
+from pacao.testbed.scenario import Event, play
+from pacao.testbed.topology import site_xtr
+
+#: The one place of the quick (compressed) settings: `make test`, `reproduce --quick`.
+#: 0.05 = 20x: Table I's 450 s take 22.5 s of traffic, Table II's 300 s take 15 s.
+QUICK_TIME_SCALE = 0.05
+QUICK_REPEAT = 1
+#: trials side by side (separate testbeds): Table I's 8 trials in 2 rounds, Table II's 6 in 2
+QUICK_PARALLEL = {"table1": 4, "table2": 3}
+#: Real seconds the traffic runs before the timeline starts (connection set-up).
+LEAD_S = 0.5
+#: S''' (agents' probe interval, controller poll) in scenario seconds.
+PROBE_S = 1.0
+IPERF_MIN_INTERVAL = 0.1
+
+
+class Interrupted(Exception):
+    """The run was stopped (Ctrl-C, SIGTERM or another trial failed)."""
+
+
+class ControlPlaneMissing(runner.TestbedError):
+    """The PACAO arms need the testbed control plane, which is not available."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    scenario: str
+    out: Path
+    repeat: int = 1
+    time_scale: float = 1.0
+    topology: Path | None = None
+    vm: str = "namespace"
+    arms: tuple[str, ...] | None = None
+    variants: tuple[str, ...] | None = None
+    parallel: int = 1
+    probe_s: float = PROBE_S
+
+    def validate(self) -> None:
+        if isinstance(self.repeat, bool) or self.repeat < 1:
+            raise InputError("--repeat", self.repeat, "a number of repetitions >= 1")
+        if not 0 < self.time_scale <= 10:
+            raise InputError("--time-scale", self.time_scale, "a factor in (0, 10]")
+        if self.vm not in ("namespace", "qemu"):
+            raise InputError("--vm", self.vm, "namespace or qemu")
+        if self.arms is not None and (not self.arms or any(a not in ARMS for a in self.arms)):
+            raise InputError("--arms", ",".join(self.arms), f"a list of {', '.join(ARMS)}")
+        if self.parallel < 1:
+            raise InputError("--parallel", self.parallel, "a number of concurrent trials >= 1")
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError("--out", str(self.out), "a directory (it is a file)")
+
+
+@dataclass(frozen=True)
+class Trial:
+    rep: int
+    variant: Variant
+    traffic: str
+    arm: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant.name}/{self.traffic}-{self.arm}-r{self.rep}"
+
+
+def quick_options(scenario: str, out: Path) -> RunOptions:
+    """The compressed run of `make test` and `pacao reproduce --quick`."""
+    return RunOptions(
+        scenario=scenario,
+        out=out,
+        repeat=QUICK_REPEAT,
+        time_scale=QUICK_TIME_SCALE,
+        parallel=QUICK_PARALLEL.get(scenario, 2),
+    )
+
+
+#: `pacao reproduce` without --quick: real time, one repetition (the paper's 50-100 runs are
+#: `pacao testbed run --repeat N`), the arms of a trial group side by side.
+FULL_PARALLEL = {"table1": 2, "table2": 3}
+
+
+def full_options(scenario: str, out: Path) -> RunOptions:
+    return RunOptions(
+        scenario=scenario, out=out, repeat=1, time_scale=1.0, parallel=FULL_PARALLEL[scenario]
+    )
+
+
+def interval_s(time_scale: float) -> float:
+    """Real seconds per measurement interval: 1 scenario second, at least iperf3's 0.1 s."""
+    return max(IPERF_MIN_INTERVAL, round(time_scale, 3))
+
+
+def _control_plane_api() -> Any:
+    """The tbinfra module, or ControlPlaneMissing naming what is missing."""
+    try:
+        return importlib.import_module("pacao.testbed.controlplane")
+    except ImportError as exc:
+        raise ControlPlaneMissing(
+            f"the PACAO arms need pacao.testbed.controlplane (the testbed's LISP control "
+            f"plane and controller), which is not installed: {exc}"
+        ) from None
+
+
+def start_control_plane(
+    exp: Experiment, state: runner.State, arm: str, opts: RunOptions, workdir: Path
+) -> Any:
+    """Map-server, xTR agents and (PACAO arms) the controller; None = seeded map-caches.
+
+    Only the legacy arm may run without the control plane (fixed RLOCs are what
+    the topology seeds); the PACAO arms raise ControlPlaneMissing.
+    """
+    try:
+        cp = _control_plane_api()
+        settings = cp.ControllerSettings(
+            policy=arm,
+            s1=exp.s1 * opts.time_scale,
+            s2=exp.s2 * opts.time_scale,
+            s3=opts.probe_s * opts.time_scale,
+            vm_backend=opts.vm,
+            **exp.controller,
+        )
+        model = cp.MigrationModel(time_scale=opts.time_scale, **exp.migration)
+        plane = cp.TestbedControlPlane(state, exp.topology, settings, workdir, model)
+        plane.start()
+    except (ControlPlaneMissing, NotImplementedError) as exc:
+        if arm == "legacy" and opts.vm == "namespace":
+            return None
+        if isinstance(exc, ControlPlaneMissing):
+            raise
+        raise ControlPlaneMissing(
+            f"arm {arm}: pacao.testbed.controlplane is not implemented yet ({exc!r}); "
+            "the PACAO arms' decisions must come from the controller, so they cannot run"
+        ) from None
+    return plane
+
+
+def _sleeper(stop: threading.Event) -> Callable[[float], None]:
+    def sleep(dt: float) -> None:
+        if stop.wait(dt):
+            raise Interrupted("stopped")
+
+    return sleep
+
+
+def _wait_proc(proc: Any, timeout: float, stop: threading.Event) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if stop.is_set():
+            raise Interrupted("stopped")
+        if time.monotonic() > deadline:
+            raise runner.TestbedError(f"traffic client still running after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _vm_node(exp: Experiment) -> str:
+    return next(n.name for n in exp.topology.nodes.values() if n.role == "vm")
+
+
+def _user_node(exp: Experiment) -> str:
+    return next(n.name for n in exp.topology.nodes.values() if n.role == "user")
+
+
+def run_trial(
+    exp: Experiment,
+    trial: Trial,
+    opts: RunOptions,
+    stop: threading.Event,
+    logs: Path | None = None,
+) -> dict[str, Any]:
+    """One trial; the testbed is always taken down, the record says what happened."""
+    topo = exp.topology
+    vm, user = _vm_node(exp), _user_node(exp)
+    vm_eid = topo.nodes[vm].eid
+    assert vm_eid is not None
+    host = str(vm_eid.ip)
+    scale = opts.time_scale
+    ival = interval_s(scale)
+    real_duration = exp.duration * scale
+    record: dict[str, Any] = {
+        "experiment": exp.name,
+        "variant": trial.variant.name,
+        "variant_label": trial.variant.label,
+        "traffic": trial.traffic,
+        "arm": trial.arm,
+        "rep": trial.rep,
+        "time_scale": scale,
+        "duration_s": exp.duration,
+        "s1": exp.s1,
+        "s2": exp.s2,
+        "probe_s": opts.probe_s,
+        "vm_backend": opts.vm,
+        "user_xtr": site_xtr(topo, user),
+        "vm_prefix": next(
+            (str(m.prefix) for m in topo.mappings if vm_eid.ip in m.prefix), str(vm_eid.network)
+        ),
+    }
+    runner.check_system()
+    state = runner.new_state(exp.topology_path)
+    record["run_id"] = state.runid
+    plane: Any = None
+    phases: dict[str, float] = {}
+    record["phases_s"] = phases
+    mark = time.monotonic()
+    try:
+        runner.up(topo, exp.topology_path, state)
+        phases["up"] = time.monotonic() - mark
+        if stop.is_set():
+            raise Interrupted("stopped")
+        mark = time.monotonic()
+        plane = start_control_plane(exp, state, trial.arm, opts, state.rundir / "cp")
+        phases["control_plane"] = time.monotonic() - mark
+        mark = time.monotonic()
+        record["control_plane"] = "controlplane" if plane is not None else "seeded map-cache"
+        if trial.traffic == "download":
+            srv = runner.spawn(
+                state,
+                "srv-download",
+                [*traffic.python_cmd(), "serve", "--size", str(exp.download_bytes)],
+                ns=state.ns(vm),
+            )
+            runner.wait_ready(state, srv, "srv-download")
+            out = state.rundir / "fetch.json"
+            client_cmd = [
+                *traffic.python_cmd(), "fetch", "--host", host,
+                "--duration", f"{real_duration + LEAD_S:.3f}",
+                "--interval", f"{ival:.3f}", "--out", str(out),
+            ]  # fmt: skip
+        else:
+            srv = runner.spawn(
+                state, "srv-iperf3", traffic.iperf3_server_cmd(interval=ival), ns=state.ns(vm)
+            )
+            _wait_listen(state, vm, traffic.IPERF_PORT, srv)
+            client_cmd = traffic.iperf3_cmd(
+                host,
+                udp=trial.traffic == "udp",
+                duration=real_duration + LEAD_S,
+                interval=ival,
+                udp_rate=f"{exp.udp_rate_bps}",
+                udp_length=exp.udp_length,
+            )
+        launched = time.time()
+        client = runner.spawn(state, "client", client_cmd, ns=state.ns(user))
+        sleep = _sleeper(stop)
+        sleep(LEAD_S)
+        t0 = time.time()
+        record["timeline_start_wall"] = t0
+        record["client_start_wall"] = launched
+        applied: list[dict[str, Any]] = []
+
+        def apply(event: Event) -> None:
+            if event.kind != "link":
+                raise runner.TestbedError(f"unexpected {event.kind} event in an experiment")
+            runner.set_link(state, topo, event.target, **event.args)
+            applied.append({"t": (time.time() - t0) / scale, "at": event.at,
+                            "link": event.target, **event.args})  # fmt: skip
+
+        play(trial.variant.scenario, apply, scale, sleep=sleep)
+        _wait_proc(client, timeout=30.0 + 3 * LEAD_S, stop=stop)
+        record["events_applied"] = applied
+        log = (state.rundir / "client.log").read_text(errors="replace")
+        if trial.traffic == "download":
+            doc = json.loads(out.read_text())
+            rows = [
+                {"t": (launched + i * ival - t0) / scale, "seconds": ival, "bytes": b}
+                for i, b in enumerate(doc["bytes_per_interval"])
+            ]
+            meas: dict[str, Any] = {
+                "kind": "download",
+                "intervals": rows,
+                "bytes": doc["bytes"],
+                "expected_bytes": doc["expected_bytes"],
+                "complete": doc["complete"],
+                "error": doc["error"],
+            }
+        else:
+            try:
+                meas = traffic.parse_iperf3(json.loads(log))
+            except ValueError as exc:
+                raise runner.TestbedError(f"iperf3 client: {exc}: {log[-300:]}") from None
+            for row in meas["intervals"]:
+                row["t"] = (launched + row.pop("start") - t0) / scale
+        # volume inside the scenario's [0, duration] only (the lead is set-up time)
+        meas["volume_bytes"] = int(
+            sum(r["bytes"] for r in meas["intervals"] if 0 <= r["t"] < exp.duration)
+        )
+        if meas.get("error"):
+            raise runner.TestbedError(f"{trial.traffic} client: {meas['error']}")
+        record["measure"] = meas
+        if plane is not None:
+            record["plans"] = plane.plans()
+            record["cp_events"] = [
+                {**e, "t_scenario": (float(e["t"]) - t0) / scale} for e in plane.events()
+            ]
+        phases["traffic"] = time.monotonic() - mark
+    except runner.TestbedError:
+        if logs is not None and state.rundir.is_dir():  # keep the daemons' logs to diagnose
+            logs.mkdir(parents=True, exist_ok=True)
+            for f in state.rundir.glob("*.log"):
+                shutil.copy(f, logs / f.name)
+        raise
+    finally:
+        mark = time.monotonic()
+        if plane is not None:
+            with contextlib.suppress(Exception):
+                plane.stop()
+        runner.down(state)
+        phases["down"] = time.monotonic() - mark
+    return record
+
+
+def _wait_listen(
+    state: runner.State, node: str, port: int, proc: Any, timeout: float = 10.0
+) -> None:
+    """Wait until a TCP server listens on ``port`` in the node's namespace."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = runner.sh("ss", "-Hltn", f"sport = :{port}", ns=state.ns(node), check=False)
+        if done.stdout.strip():
+            return
+        if proc.poll() is not None:
+            raise runner.TestbedError(f"server on port {port} exited")
+        time.sleep(0.05)
+    raise runner.TestbedError(f"no server on port {port} after {timeout} s")
+
+
+def trials(exp: Experiment, opts: RunOptions) -> list[Trial]:
+    arms = opts.arms or exp.arms
+    variants = exp.variants
+    if opts.variants:
+        names = {v.name for v in exp.variants}
+        for v in opts.variants:
+            if v not in names:
+                raise InputError("--variants", v, f"one of {sorted(names)}")
+        variants = tuple(v for v in exp.variants if v.name in opts.variants)
+    return [
+        Trial(rep, v, t, arm)
+        for rep in range(opts.repeat)
+        for v in variants
+        for t in exp.traffic
+        for arm in arms
+    ]
+
+
+@contextlib.contextmanager
+def _pool(n: int) -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="trial")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_experiment(
+    opts: RunOptions, log: Callable[[str], None] = print, stop: threading.Event | None = None
+) -> dict[str, Any]:
+    """Run every trial (``parallel`` at a time), write raw records and the report."""
+    from pacao.testbed.results import write_results
+
+    opts.validate()
+    exp = load_experiment(resolve(opts.scenario), opts.topology)
+    todo = trials(exp, opts)
+    runner.check_system()
+    stop = stop or threading.Event()
+    raw = opts.out / "raw" / exp.name
+    if raw.is_dir():  # a new run of this experiment replaces its previous results
+        for old in raw.glob("*.json"):
+            old.unlink()
+        shutil.rmtree(raw / "logs", ignore_errors=True)
+    raw.mkdir(parents=True, exist_ok=True)
+    if exp.topology_doc is not None:
+        topo_file = (raw / "topology.yaml").resolve()
+        topo_file.write_text(yaml.safe_dump(exp.topology_doc, sort_keys=False))
+        exp = dataclasses.replace(exp, topology_path=topo_file)
+    records: list[dict[str, Any]] = []
+    started = time.monotonic()
+
+    def one(trial: Trial) -> dict[str, Any]:
+        t = time.monotonic()
+        name = f"{trial.variant.name}-{trial.traffic}-{trial.arm}-r{trial.rep}"
+        try:
+            rec = run_trial(exp, trial, opts, stop, logs=raw / "logs" / name)
+        except ControlPlaneMissing:
+            raise
+        except runner.TestbedError as exc:
+            # one failed trial (e.g. a traffic tool aborting) is reported, not fatal
+            rec = {"experiment": exp.name, "variant": trial.variant.name,
+                   "traffic": trial.traffic, "arm": trial.arm, "rep": trial.rep,
+                   "error": str(exc)}  # fmt: skip
+            log(f"{exp.name} {trial.key}: FAILED: {exc} (logs in {raw / 'logs' / name})")
+        rec["wall_s"] = time.monotonic() - t
+        (raw / f"{name}.json").write_text(json.dumps(rec))
+        if "error" not in rec:
+            vol = rec["measure"]["volume_bytes"] / 1e6
+            log(f"{exp.name} {trial.key}: {vol:.2f} MB in {rec['wall_s']:.1f} s")
+        return rec
+
+    with _pool(opts.parallel) as pool:
+        futures: list[Future[dict[str, Any]]] = []
+        try:
+            # trials are ordered rep, variant, traffic, arm: a batch runs the arms side by side
+            for i in range(0, len(todo), opts.parallel):
+                futures = [pool.submit(one, tr) for tr in todo[i : i + opts.parallel]]
+                _collect(futures, records, stop)
+        except BaseException:
+            stop.set()
+            wait(futures)
+            raise
+    return write_results(exp, opts, records, time.monotonic() - started)
+
+
+def _collect(
+    futures: list[Future[dict[str, Any]]], records: list[dict[str, Any]], stop: threading.Event
+) -> None:
+    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+    for f in done:
+        if f.exception() is not None:
+            stop.set()
+            wait(futures)
+            raise f.exception()  # type: ignore[misc]
+    wait(futures)
+    records.extend(f.result() for f in futures)

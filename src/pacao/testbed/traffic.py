@@ -1,0 +1,227 @@
+"""Traffic of the Section IV experiments: a 300 MB download and iperf3 TCP/UDP.
+
+The download is a minimal HTTP/1.0 server (run in the VM's namespace) that
+streams N bytes generated on the fly (no 300 MB file on disk), and a client
+(run in the user's namespace) that counts the bytes received per interval and
+writes them as JSON when the run ends or is stopped: a compressed run never
+finishes the 300 MB, so the volume received is what we report.
+
+iperf3 runs as Debian ships it; `iperf3_cmd` builds the reverse-mode client
+(server in the VM sends, user receives, like the paper's downloads) and
+`parse_iperf3` turns its --json output into the same interval records.
+
+    python -m pacao.testbed.traffic serve --port 8080 --size 300000000
+    python -m pacao.testbed.traffic fetch --host 10.2.0.10 --port 8080 \
+        --duration 22.5 --interval 0.1 --out fetch.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+DOWNLOAD_PORT = 8080
+IPERF_PORT = 5201
+CHUNK = 64 * 1024
+
+
+def serve(port: int, size: int) -> None:
+    """Answer every connection with an HTTP/1.0 200 and ``size`` bytes, one thread each."""
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.bind(("0.0.0.0", port))
+    lst.listen(16)
+    block = bytes(range(256)) * (CHUNK // 256)
+
+    def one(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(30.0)
+                conn.recv(4096)  # the request line; any request gets the file
+                conn.sendall(
+                    b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                    + f"Content-Length: {size}\r\n\r\n".encode()
+                )
+                conn.settimeout(None)
+                left = size
+                while left > 0:
+                    n = conn.send(block[: min(CHUNK, left)])
+                    left -= n
+            except OSError:
+                return  # the client went away: the next one is served anyway
+
+    print("ready", flush=True)
+    while True:
+        conn, _ = lst.accept()
+        threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+
+def fetch(host: str, port: int, duration: float, interval: float, out: Path) -> dict[str, Any]:
+    """Download for ``duration`` seconds (or to the end); bytes per ``interval`` to ``out``."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    t0 = time.monotonic()
+    wall0 = time.time()
+    counts: list[int] = [0]
+    total = 0
+    error = ""
+    expected = None
+    done_at = None
+    try:
+        sock = socket.create_connection((host, port), timeout=10.0)
+        sock.settimeout(0.05)
+        sock.sendall(b"GET /file HTTP/1.0\r\nHost: vm\r\n\r\n")
+        header = b""
+        while not stop.is_set() and time.monotonic() - t0 < duration:
+            try:
+                data = sock.recv(1 << 18)
+            except TimeoutError:
+                data = None
+            now = time.monotonic() - t0
+            while now >= len(counts) * interval:
+                counts.append(0)
+            if data is None:
+                continue
+            if not data:
+                done_at = now
+                break
+            if expected is None:
+                header += data
+                if b"\r\n\r\n" not in header:
+                    continue
+                head, data = header.split(b"\r\n\r\n", 1)
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        expected = int(line.split(b":", 1)[1])
+                expected = expected if expected is not None else -1
+            counts[-1] += len(data)
+            total += len(data)
+        sock.close()
+    except OSError as exc:
+        error = str(exc)
+    n = int(min(time.monotonic() - t0, duration) / interval) + 1
+    counts = (counts + [0] * n)[: max(n, 1)]
+    doc = {
+        "kind": "download",
+        "start_wall": wall0,
+        "interval_s": interval,
+        "bytes_per_interval": counts,
+        "bytes": total,
+        "expected_bytes": expected,
+        "complete": expected is not None and expected >= 0 and total >= expected,
+        "completed_at_s": done_at,
+        "error": error,
+    }
+    out.write_text(json.dumps(doc))
+    return doc
+
+
+def python_cmd() -> list[str]:
+    """How to run this module's serve/fetch in a namespace (same interpreter, same path)."""
+    return [sys.executable, "-m", "pacao.testbed.traffic"]
+
+
+def iperf3_server_cmd(port: int = IPERF_PORT, interval: float = 1.0) -> list[str]:
+    """One iperf3 server per trial; JSON so the UDP receiver's intervals reach the client."""
+    return ["iperf3", "-s", "-p", str(port), "-J", "-i", f"{interval:.3f}"]
+
+
+def iperf3_cmd(
+    host: str,
+    *,
+    udp: bool,
+    duration: float,
+    interval: float,
+    port: int = IPERF_PORT,
+    udp_rate: str = "1M",
+    udp_length: int = 1000,
+) -> list[str]:
+    """TCP: reverse mode, the VM sends and the user receives (a download).
+
+    UDP: the user sends to the VM and the VM's receiver reports loss and jitter per
+    interval (``--get-server-output``). Not reverse: a sender whose address vanishes
+    during a migration's downtime gets errors and iperf3 aborts the test, while a
+    receiver just sees the gap, which is the loss we want to measure.
+    """
+    cmd = ["iperf3", "-c", host, "-p", str(port), "--json", "--connect-timeout", "5000"]
+    cmd += ["-t", f"{duration:.3f}", "-i", f"{interval:.3f}"]
+    if udp:
+        cmd += ["-u", "-b", udp_rate, "-l", str(udp_length), "--get-server-output"]
+    else:
+        cmd += ["-R"]
+    return cmd
+
+
+def _lost(value: int) -> int:
+    """iperf3 prints a negative interval loss (late packets counted lost before) as an
+    unsigned 64-bit number; those packets were not lost: count 0."""
+    if value >= 1 << 62:
+        value -= 1 << 64
+    return max(0, value)
+
+
+def parse_iperf3(doc: dict[str, Any]) -> dict[str, Any]:
+    """Interval records (start, seconds, bytes[, jitter_ms, lost, packets]) and totals."""
+    if "error" in doc and not doc.get("intervals"):
+        raise ValueError(f"iperf3: {doc['error']}")
+    server = doc.get("server_output_json")
+    if isinstance(server, dict) and server.get("intervals"):
+        # UDP measured at the receiver (the VM): its intervals carry loss and jitter
+        doc = {**doc, "intervals": server["intervals"], "end": server.get("end", {})}
+    rows = []
+    for iv in doc.get("intervals", []):
+        s = iv["sum"]
+        if s.get("omitted"):
+            continue
+        row = {"start": float(s["start"]), "seconds": float(s["seconds"]), "bytes": int(s["bytes"])}
+        if "jitter_ms" in s:
+            row["jitter_ms"] = float(s["jitter_ms"])
+            row["lost"] = _lost(int(s.get("lost_packets", 0)))
+            row["packets"] = int(s.get("packets", 0))
+        rows.append(row)
+    end = doc.get("end", {})
+    udp = bool(rows) and "jitter_ms" in rows[0]
+    total = end.get("sum_received", end.get("sum", {}))
+    out: dict[str, Any] = {
+        "kind": "udp" if udp else "tcp",
+        "intervals": rows,
+        "bytes": sum(r["bytes"] for r in rows) if udp else int(total.get("bytes", 0)),
+        "error": str(doc.get("error", "")),
+    }
+    if udp:
+        out["lost"] = sum(r["lost"] for r in rows)
+        out["packets"] = sum(r["packets"] for r in rows)
+        out["jitter_ms"] = float(end.get("sum", {}).get("jitter_ms", 0.0))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pacao.testbed.traffic")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--port", type=int, default=DOWNLOAD_PORT)
+    s.add_argument("--size", type=int, default=300_000_000)
+    f = sub.add_parser("fetch")
+    f.add_argument("--host", required=True)
+    f.add_argument("--port", type=int, default=DOWNLOAD_PORT)
+    f.add_argument("--duration", type=float, required=True)
+    f.add_argument("--interval", type=float, default=1.0)
+    f.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    if a.cmd == "serve":
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        serve(a.port, a.size)
+    else:
+        fetch(a.host, a.port, a.duration, a.interval, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
