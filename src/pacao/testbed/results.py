@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pacao import __version__
+from pacao.report.html import CSS
 from pacao.testbed.experiment import ARM_LABELS
 
 if TYPE_CHECKING:
@@ -35,14 +36,6 @@ PAPER_FIGS = {
     "table1": {"bandwidth": 6, "volume": 7},
     "table2": {"bandwidth": 8, "volume": 9, "loss": 10, "jitter": 11},
 }
-CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #bbb; padding: 4px 8px; text-align: right; }
-th { background: #eee; } td.l, th.l { text-align: left; }
-img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
-.note { color: #555; font-size: 0.9em; }
-"""
 
 
 def _median(xs: list[float]) -> float | None:
