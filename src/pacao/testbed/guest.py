@@ -18,6 +18,9 @@ guest memory that a migration must copy), ``pacao.tick=SECONDS`` (period of the
 console counter, default 0.5). It starts ``httpd`` on port 80 (``/index.html`` and
 ``/blob``) and a TCP echo (``nc``) on port 7, prints :data:`READY` on the serial
 console, then ``pacao-tick N`` every tick so a test can see that the guest runs.
+``/cgi-bin/stream?N`` (:data:`STREAM_PATH`, a CGI of busybox httpd) streams N zero
+bytes generated on the fly (default 300 MB): the download of ``pacao testbed run
+--vm qemu``, which could not keep a 300 MB file in the guest's RAM.
 
 The artefacts are found by :func:`artefacts`: ``$PACAO_GUEST_DIR`` if set, else
 ``build/guest`` of the source checkout this module belongs to.
@@ -76,6 +79,16 @@ while :; do
   sleep "${tick:-0.5}"
 done
 """.replace("__READY__", READY).replace("__TICK__", TICK)
+
+#: ``/cgi-bin/stream?N``: N bytes (default 300 MB) generated on the fly by busybox httpd's
+#: CGI, the paper's 300 MB download without a 300 MB file in a 128 MiB guest's RAM.
+STREAM_PATH = "/cgi-bin/stream"
+STREAM_CGI = r"""#!/bin/sh
+n=${QUERY_STRING:-300000000}
+case "$n" in ''|*[!0-9]*) n=300000000;; esac
+printf 'Content-Type: application/octet-stream\r\nContent-Length: %s\r\n\r\n' "$n"
+exec head -c "$n" /dev/zero
+"""
 
 
 @dataclass(frozen=True)
@@ -223,7 +236,18 @@ def build(out: Path | None = None, force: bool = False) -> Guest:
             pass
     out.mkdir(parents=True, exist_ok=True)
     cpio = _Cpio()
-    for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp", "www"):
+    for d in (
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib/modules",
+        "proc",
+        "sys",
+        "tmp",
+        "www",
+        "www/cgi-bin",
+    ):
         cpio.dir(d)
     cpio.chardev("dev/console", 5, 1)
     cpio.chardev("dev/null", 1, 3)
@@ -236,6 +260,7 @@ def build(out: Path | None = None, force: bool = False) -> Guest:
         names.append(name)
     cpio.file("etc/modules", ("\n".join(names) + "\n").encode())
     cpio.file("init", INIT.encode(), 0o755)
+    cpio.file("www/cgi-bin/stream", STREAM_CGI.encode(), 0o755)
     tmp = guest.initrd.with_suffix(".tmp")
     tmp.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
     tmp.replace(guest.initrd)

@@ -33,6 +33,8 @@ import yaml
 from pacao.errors import InputError
 from pacao.testbed import runner, traffic
 from pacao.testbed.experiment import ARMS, Experiment, Variant, load_experiment, resolve
+from pacao.testbed.guest import STREAM_PATH
+from pacao.testbed.migration import migrate_vm
 from pacao.testbed.scenario import Event, play
 from pacao.testbed.topology import site_xtr
 
@@ -47,6 +49,8 @@ LEAD_S = 0.5
 #: S''' (agents' probe interval, controller poll) in scenario seconds.
 PROBE_S = 1.0
 IPERF_MIN_INTERVAL = 0.1
+#: `--vm qemu`: the guest's busybox httpd (pacao.testbed.guest) serves the download
+GUEST_HTTP_PORT = 80
 
 
 class Interrupted(Exception):
@@ -246,19 +250,25 @@ def run_trial(
         mark = time.monotonic()
         record["control_plane"] = "controlplane" if plane is not None else "seeded map-cache"
         if trial.traffic == "download":
-            srv = runner.spawn(
-                state,
-                "srv-download",
-                [*traffic.python_cmd(), "serve", "--size", str(exp.download_bytes)],
-                ns=state.ns(vm),
-            )
-            runner.wait_ready(state, srv, "srv-download")
             out = state.rundir / "fetch.json"
             client_cmd = [
                 *traffic.python_cmd(), "fetch", "--host", host,
                 "--duration", f"{real_duration + LEAD_S:.3f}",
                 "--interval", f"{ival:.3f}", "--out", str(out),
             ]  # fmt: skip
+            if opts.vm == "qemu":  # the guest's busybox httpd generates the file (CGI)
+                client_cmd += ["--port", str(GUEST_HTTP_PORT),
+                               "--path", f"{STREAM_PATH}?{exp.download_bytes}"]  # fmt: skip
+                record["server"] = f"guest httpd :{GUEST_HTTP_PORT}{STREAM_PATH}"
+            else:
+                srv = runner.spawn(
+                    state,
+                    "srv-download",
+                    [*traffic.python_cmd(), "serve", "--size", str(exp.download_bytes)],
+                    ns=state.ns(vm),
+                )
+                runner.wait_ready(state, srv, "srv-download")
+                record["server"] = f"VM namespace :{traffic.DOWNLOAD_PORT}"
         else:
             srv = runner.spawn(
                 state, "srv-iperf3", traffic.iperf3_server_cmd(interval=ival), ns=state.ns(vm)
@@ -280,8 +290,24 @@ def run_trial(
         record["timeline_start_wall"] = t0
         record["client_start_wall"] = launched
         applied: list[dict[str, Any]] = []
+        scripted: list[threading.Thread] = []
+        failures: list[str] = []
+
+        def migrate(event: Event) -> None:
+            try:
+                res = migrate_vm(state, event.target, str(event.args["dc"]))
+                applied.append({"t": (res.started - t0) / scale, "at": event.at,
+                                "migrate": event.target, "dc": event.args["dc"],
+                                "scripted": True, "modelled": res.modelled})  # fmt: skip
+            except (runner.TestbedError, InputError) as exc:
+                failures.append(f"scripted migration at {event.at:g} s: {exc}")
 
         def apply(event: Event) -> None:
+            if event.kind == "migrate":  # a scripted migration runs beside the timeline
+                th = threading.Thread(target=migrate, args=(event,), daemon=True)
+                th.start()
+                scripted.append(th)
+                return
             if event.kind != "link":
                 raise runner.TestbedError(f"unexpected {event.kind} event in an experiment")
             runner.set_link(state, topo, event.target, **event.args)
@@ -290,6 +316,10 @@ def run_trial(
 
         play(trial.variant.scenario, apply, scale, sleep=sleep)
         _wait_proc(client, timeout=30.0 + 3 * LEAD_S, stop=stop)
+        for th in scripted:
+            th.join(timeout=900.0)
+        if failures:
+            raise runner.TestbedError("; ".join(failures))
         record["events_applied"] = applied
         log = (state.rundir / "client.log").read_text(errors="replace")
         if trial.traffic == "download":
@@ -357,6 +387,26 @@ def _wait_listen(
     raise runner.TestbedError(f"no server on port {port} after {timeout} s")
 
 
+def check_vm_backend(exp: Experiment, opts: RunOptions) -> None:
+    """`--vm qemu` runs only what the guest serves: the download (busybox httpd, CGI).
+
+    The guest is busybox only (no iperf3), so the iperf3 TCP/UDP trials (Table II)
+    are namespace-VM trials: refused here rather than measured against the wrong host.
+    """
+    if opts.vm != "qemu":
+        return
+    if exp.topology.fabric != "vxlan":
+        raise InputError("--vm", "qemu", "a topology with fabric: vxlan (the guest's TAP "
+                         "is a port of the dc bridges)")  # fmt: skip
+    iperf = [t for t in exp.traffic if t != "download"]
+    if iperf:
+        raise InputError(
+            "--vm", "qemu",
+            f"download traffic only: the QEMU guest has no iperf3, so experiment {exp.name}'s "
+            f"{'/'.join(iperf)} trials run with --vm namespace",
+        )  # fmt: skip
+
+
 def trials(exp: Experiment, opts: RunOptions) -> list[Trial]:
     arms = opts.arms or exp.arms
     variants = exp.variants
@@ -392,6 +442,7 @@ def run_experiment(
 
     opts.validate()
     exp = load_experiment(resolve(opts.scenario), opts.topology)
+    check_vm_backend(exp, opts)
     todo = trials(exp, opts)
     runner.check_system()
     stop = stop or threading.Event()

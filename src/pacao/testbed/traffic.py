@@ -12,7 +12,7 @@ iperf3 runs as Debian ships it; `iperf3_cmd` builds the reverse-mode client
 
     python -m pacao.testbed.traffic serve --port 8080 --size 300000000
     python -m pacao.testbed.traffic fetch --host 10.2.0.10 --port 8080 \
-        --duration 22.5 --interval 0.1 --out fetch.json
+        --duration 22.5 --interval 0.1 --out fetch.json [--path /cgi-bin/stream?300000000]
 """
 
 from __future__ import annotations
@@ -63,8 +63,14 @@ def serve(port: int, size: int) -> None:
         threading.Thread(target=one, args=(conn,), daemon=True).start()
 
 
-def fetch(host: str, port: int, duration: float, interval: float, out: Path) -> dict[str, Any]:
-    """Download for ``duration`` seconds (or to the end); bytes per ``interval`` to ``out``."""
+def fetch(
+    host: str, port: int, duration: float, interval: float, out: Path, path: str = "/file"
+) -> dict[str, Any]:
+    """Download ``path`` for ``duration`` seconds (or to the end); bytes per ``interval``.
+
+    The server is ours (``serve``) or the QEMU guest's busybox httpd (``--vm qemu``:
+    ``/cgi-bin/stream?N``); either sends a Content-Length, the body is what is counted.
+    """
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     t0 = time.monotonic()
@@ -77,7 +83,7 @@ def fetch(host: str, port: int, duration: float, interval: float, out: Path) -> 
     try:
         sock = socket.create_connection((host, port), timeout=10.0)
         sock.settimeout(0.05)
-        sock.sendall(b"GET /file HTTP/1.0\r\nHost: vm\r\n\r\n")
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: vm\r\n\r\n".encode())
         header = b""
         while not stop.is_set() and time.monotonic() - t0 < duration:
             try:
@@ -214,12 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--duration", type=float, required=True)
     f.add_argument("--interval", type=float, default=1.0)
     f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--path", default="/file", help="request path (guest: /cgi-bin/stream?N)")
     a = ap.parse_args(argv)
     if a.cmd == "serve":
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         serve(a.port, a.size)
     else:
-        fetch(a.host, a.port, a.duration, a.interval, a.out)
+        fetch(a.host, a.port, a.duration, a.interval, a.out, a.path)
     return 0
 
 
