@@ -38,7 +38,7 @@ def _experiment(tmp_path: Path) -> Path:
         "duration": 40,
         "arms": ["legacy"],
         "timers": {"s1": 10, "s2": 5},
-        "traffic": ["download"],
+        "traffic": ["download", "tcp", "udp"],
         "download_mb": 300,
         "migration": {"memory_mib": 128, "default_bandwidth_mbps": 400, "max_downtime_ms": 300},
         "variants": [{"name": "mig", "events": [{"at": 14, "migrate": "vm", "dc": "bdc"}]}],
@@ -88,15 +88,3 @@ def test_qemu_download_crosses_a_live_migration(
     )
     assert runner.leftovers(rec["run_id"]) == []
     assert not list((tmp_path / "state").glob("testbed-*.json"))
-
-
-def test_qemu_refuses_iperf3_trials(tmp_path: Path) -> None:
-    """The guest is busybox only: Table II's iperf3 trials are namespace-VM trials."""
-    with pytest.raises(InputError) as err:
-        run_experiment(RunOptions(scenario="table2", out=tmp_path, vm="qemu"))
-    assert err.value.field == "--vm" and "iperf3" in err.value.allowed
-    res = CliRunner().invoke(
-        app, ["testbed", "run", "--scenario", "table2", "--vm", "qemu", "--out", str(tmp_path)]
-    )
-    assert res.exit_code == 2 and res.output.strip().startswith("pacao: error: --vm")
-    assert "Traceback" not in res.output

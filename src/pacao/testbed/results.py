@@ -113,12 +113,18 @@ def migration_start(rec: dict[str, Any], m: dict[str, Any]) -> float:
 
 
 def migration_spans(rec: dict[str, Any]) -> list[tuple[float, float]]:
-    """[start, end] of each migration in scenario seconds (the downtime is at the end)."""
+    """[start, end] of each migration in scenario seconds (the downtime is at the end).
+
+    The end is extended by one measurement interval: a receiver counts the packets
+    lost in the downtime when the next one arrives, i.e. after the switch-over (and a
+    QEMU guest's interval clock stands still while it is paused).
+    """
     scale = rec["time_scale"]
+    grace = float(rec.get("interval_s", 0.0)) / scale
     out = []
     for m in migrations(rec):
         start = migration_start(rec, m)
-        out.append((start, start + float(m["duration_s"]) / scale))
+        out.append((start, start + float(m["duration_s"]) / scale + grace))
     return out
 
 

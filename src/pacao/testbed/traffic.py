@@ -173,8 +173,31 @@ def _lost(value: int) -> int:
     return max(0, value)
 
 
-def parse_iperf3(doc: dict[str, Any]) -> dict[str, Any]:
-    """Interval records (start, seconds, bytes[, jitter_ms, lost, packets]) and totals."""
+def _rebucket(rows: list[dict[str, Any]], interval: float) -> list[dict[str, Any]]:
+    """Merge the receiver's short intervals (the QEMU guest's server reports every 0.1 s)
+    into ``interval``-long ones: bytes, packets and losses add up; the jitter is the
+    receiver's running estimate at the end of the merged interval, as iperf3 reports it."""
+    out: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        k = int((r["start"] + 1e-6) // interval)
+        cur = out.get(k)
+        if cur is None:
+            out[k] = {**r, "start": r["start"]}
+            continue
+        for key in ("seconds", "bytes", "lost", "packets"):
+            if key in r:
+                cur[key] += r[key]
+        if "jitter_ms" in r:
+            cur["jitter_ms"] = r["jitter_ms"]
+    return [out[k] for k in sorted(out)]
+
+
+def parse_iperf3(doc: dict[str, Any], interval: float | None = None) -> dict[str, Any]:
+    """Interval records (start, seconds, bytes[, jitter_ms, lost, packets]) and totals.
+
+    ``interval``: the client's reporting interval; receiver intervals shorter than it
+    (a server started with a smaller ``-i``) are merged to it.
+    """
     if "error" in doc and not doc.get("intervals"):
         raise ValueError(f"iperf3: {doc['error']}")
     server = doc.get("server_output_json")
@@ -192,6 +215,8 @@ def parse_iperf3(doc: dict[str, Any]) -> dict[str, Any]:
             row["lost"] = _lost(int(s.get("lost_packets", 0)))
             row["packets"] = int(s.get("packets", 0))
         rows.append(row)
+    if interval is not None and rows and max(r["seconds"] for r in rows) < 0.75 * interval:
+        rows = _rebucket(rows, interval)
     end = doc.get("end", {})
     udp = bool(rows) and "jitter_ms" in rows[0]
     total = end.get("sum_received", end.get("sum", {}))
