@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from pacao.cli import app
 from pacao.errors import InputError
-from pacao.testbed import runner
+from pacao.testbed import runner, traffic
 from pacao.testbed.run import RunOptions, run_experiment
 from qemu_support import need_qemu
 from testbed_support import TWO_DC
@@ -48,43 +49,94 @@ def _experiment(tmp_path: Path) -> Path:
     return path
 
 
-def test_qemu_download_crosses_a_live_migration(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert os.geteuid() == 0, "the testbed tests need root (make test runs as root)"
-    need_qemu()
-    monkeypatch.setenv("PACAO_TESTBED_STATE", str(tmp_path / "state"))
-    out = tmp_path / "out"
-    opts = RunOptions(scenario=str(_experiment(tmp_path)), out=out, time_scale=SCALE, vm="qemu")
-    summary = run_experiment(opts, log=print)["qemumig"]
-    assert summary["failed_trials"] == [], summary["failed_trials"]
-    rec = json.loads((out / "raw" / "qemumig" / "mig-download-legacy-r0.json").read_text())
-    assert rec["vm_backend"] == "qemu" and rec["server"].startswith("guest httpd")
-    meas = rec["measure"]
-    assert not meas["error"] and meas["expected_bytes"] == 300_000_000  # the CGI's length
-    # QEMU's migration, recorded from the VM daemon's answer (not the model)
+def _before_after(rec: dict[str, Any]) -> tuple[dict[str, Any], float, float]:
+    """The trial's (QEMU) migration and the bytes received wholly before it / after it."""
     (mig,) = [e for e in rec["cp_events"] if e["kind"] == "migration"]
     assert mig["modelled"] is False and mig["src"] == "adc" and mig["dst"] == "bdc"
     assert 0 < mig["downtime_s"] < 2.0 and mig["bytes"] > 8 << 20 and mig["total_time_ms"] > 0
     start = (mig["started"] - rec["timeline_start_wall"]) / SCALE
     end = start + mig["duration_s"] / SCALE
-    rows = meas["intervals"]
+    rows = rec["measure"]["intervals"]
     before = sum(r["bytes"] for r in rows if r["t"] + r["seconds"] / SCALE <= start)
     after = sum(r["bytes"] for r in rows if r["t"] >= end)
-    # one TCP connection to the guest: bytes flowed before the migration and after it
-    # (the guest's TCP state moved with its RAM); 8 Mbit/s = 1 MB per real second
-    assert before > 2e6, (before, start)
-    assert after > 2e6, (after, end)
-    assert meas["bytes"] >= before + after
+    return mig, before, after
+
+
+def test_qemu_trials_cross_a_live_migration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Download (guest httpd CGI), iperf3 TCP and UDP (guest iperf3), side by side, each
+    across one scripted QEMU live migration adc -> bdc at 14 s (7 s real)."""
+    assert os.geteuid() == 0, "the testbed tests need root (make test runs as root)"
+    need_qemu()
+    monkeypatch.setenv("PACAO_TESTBED_STATE", str(tmp_path / "state"))
+    out = tmp_path / "out"
+    opts = RunOptions(scenario=str(_experiment(tmp_path)), out=out, time_scale=SCALE, vm="qemu",
+                      parallel=3)  # fmt: skip
+    summary = run_experiment(opts, log=print)["qemumig"]
+    assert summary["failed_trials"] == [], summary["failed_trials"]
+    raw = out / "raw" / "qemumig"
+    recs = {t: json.loads((raw / f"mig-{t}-legacy-r0.json").read_text())
+            for t in ("download", "tcp", "udp")}  # fmt: skip
+    assert recs["download"]["server"].startswith("guest httpd")
+    assert recs["tcp"]["server"].startswith("guest iperf3")
+    assert recs["udp"]["server"].startswith("guest iperf3")
+    dl = recs["download"]["measure"]
+    assert not dl["error"] and dl["expected_bytes"] == 300_000_000  # the CGI's length
+    for kind in ("download", "tcp"):
+        # one TCP connection to the guest: bytes flowed before the migration and after it
+        # (the guest's TCP state moved with its RAM). 8 Mbit/s would be 1 MB per real
+        # second, but three TCG guests share 2 loaded cores: only a floor is asserted
+        mig, before, after = _before_after(recs[kind])
+        assert before > 1e6 and after > 5e5, (kind, before, after)
+        print(f"{kind}: {before / 1e6:.1f} MB before, {after / 1e6:.1f} MB after the "
+              f"migration; QEMU: {mig['total_time_ms']:.0f} ms, downtime "
+              f"{mig['downtime_s'] * 1000:.0f} ms, {mig['bytes'] / 2**20:.1f} MiB")  # fmt: skip
+    mig, before, after = _before_after(recs["udp"])  # 1 Mbit/s = 125 kB per real second
+    assert before > 3e5 and after > 3e5, (before, after)
+    udp = recs["udp"]["measure"]
+    assert udp["packets"] > 1000 and udp["lost"] < 0.05 * udp["packets"]
+    # the guest's 0.1 s receiver reports are merged into the run's 0.5 s intervals
+    assert all(r["seconds"] > 0.2 for r in udp["intervals"][1:-1])
+    print(f"udp: lost {udp['lost']} of {udp['packets']}; QEMU downtime "
+          f"{mig['downtime_s'] * 1000:.0f} ms")  # fmt: skip
     (row,) = summary["variants"].values()
-    (sm,) = row["legacy_migrations"]
-    assert sm["measured_by"] == "qemu" and sm["downtime_s"] == pytest.approx(mig["downtime_s"])
-    assert sm["qemu_downtime_ms"] == pytest.approx(mig["downtime_s"] * 1000)
-    assert sm["transferred_bytes"] == mig["bytes"]
-    print(
-        f"bytes before {before / 1e6:.1f} MB, after {after / 1e6:.1f} MB; QEMU migration "
-        f"{mig['total_time_ms']:.0f} ms, downtime {mig['downtime_s'] * 1000:.0f} ms, "
-        f"{mig['bytes'] / 2**20:.1f} MiB"
-    )
-    assert runner.leftovers(rec["run_id"]) == []
+    assert row["legacy_udp_loss_during_migration_pct_median"] is not None
+    sm = row["legacy_migrations"]  # download + tcp trials
+    assert len(sm) == 2 and all(m["measured_by"] == "qemu" for m in sm)
+    qemu = sorted(_before_after(recs[k])[0]["downtime_s"] for k in ("download", "tcp"))
+    assert sorted(m["downtime_s"] for m in sm) == pytest.approx(qemu)  # real s, not rescaled
+    assert all(m["qemu_downtime_ms"] == pytest.approx(m["downtime_s"] * 1000) for m in sm)
+    for rec in recs.values():
+        assert runner.leftovers(rec["run_id"]) == []
     assert not list((tmp_path / "state").glob("testbed-*.json"))
+
+
+def test_guest_receiver_intervals_are_merged() -> None:
+    rows = [{"sum": {"start": 0.1 * i, "seconds": 0.1, "bytes": 1000, "packets": 1,
+                     "lost_packets": int(i == 7), "jitter_ms": float(i)}}
+            for i in range(10)]  # fmt: skip
+    doc = {"intervals": [], "server_output_json": {"intervals": rows, "end": {}}}
+    got = traffic.parse_iperf3(doc, interval=0.5)["intervals"]
+    assert [(r["bytes"], r["packets"], r["lost"], r["jitter_ms"]) for r in got] == [
+        (5000, 5, 0, 4.0),
+        (5000, 5, 1, 9.0),
+    ]
+    assert [r["start"] for r in got] == [0.0, pytest.approx(0.5)]
+    assert traffic.parse_iperf3(doc)["intervals"][3]["seconds"] == 0.1  # no interval: as is
+
+
+def test_qemu_needs_the_vxlan_fabric(tmp_path: Path) -> None:
+    exp = yaml.safe_load(_experiment(tmp_path).read_text())
+    exp["topology"] = "routed.yaml"
+    (tmp_path / "routed.yaml").write_text(yaml.safe_dump(TWO_DC))  # fabric: routed
+    path = tmp_path / "routed-exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    with pytest.raises(InputError) as err:
+        run_experiment(RunOptions(scenario=str(path), out=tmp_path / "o", vm="qemu"))
+    assert err.value.field == "--vm" and "vxlan" in err.value.allowed
+    res = CliRunner().invoke(
+        app, ["testbed", "run", "--scenario", str(path), "--vm", "qemu", "--out", str(tmp_path)]
+    )
+    assert res.exit_code == 2 and res.output.strip().startswith("pacao: error: --vm")
+    assert "Traceback" not in res.output

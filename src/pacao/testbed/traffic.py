@@ -215,7 +215,8 @@ def parse_iperf3(doc: dict[str, Any], interval: float | None = None) -> dict[str
             row["lost"] = _lost(int(s.get("lost_packets", 0)))
             row["packets"] = int(s.get("packets", 0))
         rows.append(row)
-    if interval is not None and rows and max(r["seconds"] for r in rows) < 0.75 * interval:
+    short = sorted(r["seconds"] for r in rows)
+    if interval is not None and rows and short[len(short) // 2] < 0.75 * interval:
         rows = _rebucket(rows, interval)
     end = doc.get("end", {})
     udp = bool(rows) and "jitter_ms" in rows[0]
