@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from pacao.cli import app
 from pacao.errors import InputError
 from pacao.testbed import runner, traffic
+from pacao.testbed.results import migration_summary, unfinished_migrations
 from pacao.testbed.run import RunOptions, run_experiment
 from qemu_support import need_qemu
 from testbed_support import TWO_DC
@@ -140,3 +141,19 @@ def test_qemu_needs_the_vxlan_fabric(tmp_path: Path) -> None:
     )
     assert res.exit_code == 2 and res.output.strip().startswith("pacao: error: --vm")
     assert "Traceback" not in res.output
+
+
+def test_unfinished_migrations_are_reported() -> None:
+    rec = {
+        "timeline_start_wall": 1000.0,
+        "time_scale": 0.5,
+        "cp_events": [
+            {"t": 1002.0, "kind": "migration-start", "src": "a", "dst": "b", "backend": "qemu"},
+            {"t": 1004.0, "kind": "migration", "src": "a", "dst": "b", "started": 1002.0,
+             "duration_s": 2.0, "downtime_s": 0.05, "modelled": False},
+            {"t": 1010.0, "kind": "migration-start", "src": "b", "dst": "c", "backend": "qemu"},
+        ],
+    }  # fmt: skip
+    assert unfinished_migrations(rec) == [{"t_s": 20.0, "src": "b", "dst": "c", "backend": "qemu"}]
+    (m,) = [migration_summary(rec, e, 0.5) for e in rec["cp_events"] if e["kind"] == "migration"]
+    assert m["measured_by"] == "qemu" and m["downtime_s"] == 0.05 and m["t_s"] == 4.0

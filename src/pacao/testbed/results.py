@@ -89,6 +89,18 @@ def migrations(rec: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in rec.get("cp_events", []) if e.get("kind") == "migration"]
 
 
+def unfinished_migrations(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Migrations started (``migration-start``) but not done when the trial ended."""
+    done = {(m.get("src"), m.get("dst")) for m in migrations(rec)}
+    return [
+        {"t_s": (float(e["t"]) - float(rec["timeline_start_wall"])) / float(rec["time_scale"]),
+         "src": e.get("src"), "dst": e.get("dst"), "backend": e.get("backend", "namespace")}
+        for e in rec.get("cp_events", [])
+        if e.get("kind") == "migration-start" and (e.get("src"), e.get("dst")) not in done
+        and "timeline_start_wall" in rec
+    ]  # fmt: skip
+
+
 def udp_loss(rec: dict[str, Any], spans: list[tuple[float, float]] | None = None) -> float | None:
     """Lost packets in % (all intervals, or those overlapping the given scenario spans)."""
     rows = rec["measure"]["intervals"]
@@ -201,6 +213,9 @@ def summarize(meta: dict[str, Any], recs: list[dict[str, Any]]) -> dict[str, Any
                    for m in migrations(r)]  # fmt: skip
             if mig:
                 row[f"{arm}_migrations"] = mig
+            cut = [m for r in mine for m in unfinished_migrations(r)]
+            if cut:  # e.g. a QEMU migration over a slow inter-DC link outlasting the run
+                row[f"{arm}_migrations_unfinished"] = cut
             udp = [r for r in vr if r["traffic"] == "udp" and r["arm"] == arm]
             if udp:
                 losses = [x for x in (udp_loss(r) for r in udp) if x is not None]
