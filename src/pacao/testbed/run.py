@@ -3,7 +3,8 @@
 For each repetition, variant (e.g. Table I's injected delay), traffic kind and
 arm, one *trial*: bring the topology up (runner), start the LISP control plane
 and, for the PACAO arms, the controller (pacao.testbed.controlplane), start the
-servers in the VM's namespace and the client in the user's, play the variant's
+servers in the VM's namespace (``--vm qemu``: the guest's own httpd and iperf3
+serve, nothing runs in the namespace) and the client in the user's, play the variant's
 impairment timeline, collect the client's measurements and the controller's
 plans and events, tear everything down (always: errors, Ctrl-C, SIGTERM).
 
