@@ -6,8 +6,11 @@ FAILS (never skips) without root, QEMU or the guest image (`make debs guest`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,15 @@ from typer.testing import CliRunner
 from pacao.cli import app
 from pacao.errors import InputError
 from pacao.testbed import runner, traffic
+from pacao.testbed.controlplane import (
+    ControllerSettings,
+    MigrationModel,
+    TestbedControlPlane,
+    migrate_vm,
+)
 from pacao.testbed.results import migration_summary, unfinished_migrations
 from pacao.testbed.run import RunOptions, run_experiment
+from pacao.testbed.topology import load_topology
 from qemu_support import need_qemu
 from testbed_support import TWO_DC
 
@@ -157,3 +167,49 @@ def test_unfinished_migrations_are_reported() -> None:
     assert unfinished_migrations(rec) == [{"t_s": 20.0, "src": "b", "dst": "c", "backend": "qemu"}]
     (m,) = [migration_summary(rec, e, 0.5) for e in rec["cp_events"] if e["kind"] == "migration"]
     assert m["measured_by"] == "qemu" and m["downtime_s"] == 0.05 and m["t_s"] == 4.0
+
+
+def test_teardown_mid_migration_kills_both_qemus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial ending during a QEMU migration (Table II's over 5 Mbit/s links) must not
+    leave the destination QEMU behind: the VM daemon records it as soon as it starts."""
+    assert os.geteuid() == 0, "the testbed tests need root (make test runs as root)"
+    need_qemu()
+    monkeypatch.setenv("PACAO_TESTBED_STATE", str(tmp_path / "state"))
+    topo_doc = yaml.safe_load(yaml.safe_dump(TWO_DC))
+    topo_doc["fabric"] = "vxlan"
+    f = tmp_path / "twodc-vxlan.yaml"
+    f.write_text(yaml.safe_dump(topo_doc))
+    topo = load_topology(f)
+    state = runner.new_state(f)
+    pids: list[dict[str, Any]] = []
+    try:
+        runner.up(topo, f, state)
+        runner.set_link(state, topo, "ab", rate_bps=1_000_000)  # ~100 MB take minutes
+        cp = TestbedControlPlane(
+            state, topo, ControllerSettings("legacy", s1=2, s2=1, s3=0.5, vm_backend="qemu"),
+            tmp_path / "cp", MigrationModel(memory_mib=128, default_bandwidth_mbps=400),
+        )  # fmt: skip
+        cp.start()
+
+        def migrate() -> None:
+            with contextlib.suppress(Exception):  # cut short by the teardown
+                migrate_vm(state, "vm", "bdc")
+
+        threading.Thread(target=migrate, daemon=True).start()
+        listed = state.rundir / "procs-vmd.json"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pids = json.loads(listed.read_text())
+            if len(pids) == 2:
+                break
+            time.sleep(0.2)
+        assert [p["name"] for p in pids] == ["qemu-vm", "qemu-vm-incoming"]
+        time.sleep(2)  # the migration stream is under way
+        assert all(runner.proc_start_time(p["pid"]) == p["start"] for p in pids)
+    finally:
+        runner.down(state)
+    for p in pids:  # both killed by PID with the run
+        assert runner.proc_start_time(p["pid"]) != p["start"], p
+    assert runner.leftovers(state.runid) == []
