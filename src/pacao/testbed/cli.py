@@ -338,7 +338,13 @@ def run(
     topology: Annotated[
         Path | None, typer.Option(help="Topology YAML (default: the experiment's).")
     ] = None,
-    vm: Annotated[str, typer.Option(help="namespace or qemu.")] = "namespace",
+    vm: Annotated[
+        str,
+        typer.Option(
+            help="namespace (servers in the VM's netns, modelled migration) or qemu (a real "
+            "guest serves the traffic; QEMU live migration; VXLAN fabric)."
+        ),
+    ] = "namespace",
     arms: Annotated[
         str | None, typer.Option(help="Comma-separated arms (legacy,pacao1,pacao2).")
     ] = None,

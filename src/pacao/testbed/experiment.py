@@ -4,7 +4,9 @@ An experiment is a timeline of link impairments (the same events `play` takes,
 plus `add_rtt`/`reset` relative to the topology), a set of arms (legacy,
 PACAO-1, PACAO-2), the controller timers, the traffic to run, and variants
 (one sub-run each, e.g. Table I's four injected delays). The controller's
-actions are *not* in the file: the PACAO arms get them from the controller.
+actions are *not* in the file: the PACAO arms get them from the controller. A
+``migrate`` event is a scripted migration (e.g. to check the `--vm qemu` guest under
+traffic); the shipped Table I/II files have none.
 """
 
 from __future__ import annotations
@@ -191,10 +193,11 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
             raise InputError(f"{where}.events", events, "a list of link events")
         expanded = [_expand(ev, f"{where}.events[{j}]", topo) for j, ev in enumerate(events)]
         for j, ev in enumerate(expanded):
-            if not (isinstance(ev, dict) and "link" in ev):
+            if not (isinstance(ev, dict) and ("link" in ev or "migrate" in ev)):
                 raise InputError(
-                    f"{where}.events[{j}]", ev, "a link event (the controller does the rest)"
-                )
+                    f"{where}.events[{j}]", ev,
+                    "a link event or a scripted migrate event (the controller does the rest)",
+                )  # fmt: skip
         sc = scenario_from_dict(
             {"name": f"{doc.get('name', path.stem)}-{vname}", "duration": duration,
              "events": expanded},

@@ -18,6 +18,11 @@ guest memory that a migration must copy), ``pacao.tick=SECONDS`` (period of the
 console counter, default 0.5). It starts ``httpd`` on port 80 (``/index.html`` and
 ``/blob``) and a TCP echo (``nc``) on port 7, prints :data:`READY` on the serial
 console, then ``pacao-tick N`` every tick so a test can see that the guest runs.
+An iperf3 server (Debian's binary and its shared libraries, copied into the
+initramfs) listens on port 5201 (``-J -i 0.1``) before the ready marker.
+``/cgi-bin/stream?N`` (:data:`STREAM_PATH`, a CGI of busybox httpd) streams N zero
+bytes generated on the fly (default 300 MB): the download of ``pacao testbed run
+--vm qemu``, which could not keep a 300 MB file in the guest's RAM.
 
 The artefacts are found by :func:`artefacts`: ``$PACAO_GUEST_DIR`` if set, else
 ``build/guest`` of the source checkout this module belongs to.
@@ -35,13 +40,16 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 READY = "PACAO-GUEST-READY"
 TICK = "pacao-tick"
-DEB_PACKAGES = ("linux-image-cloud-amd64", "busybox-static")
+DEB_PACKAGES = ("linux-image-cloud-amd64", "busybox-static", "iperf3")
+#: Debian's iperf3 (dynamic: copied with the libraries ``ldd`` lists) for Table II's trials
+IPERF3 = Path("/usr/bin/iperf3")
 # The guest NIC is virtio-net-pci: these modules (with their modules.dep dependencies).
 MODULES = ("virtio_pci", "virtio_net")
 CONFIG_OF = {"virtio_pci": "CONFIG_VIRTIO_PCI", "virtio_net": "CONFIG_VIRTIO_NET"}
@@ -49,7 +57,7 @@ CONFIG_OF = {"virtio_pci": "CONFIG_VIRTIO_PCI", "virtio_net": "CONFIG_VIRTIO_NET
 INIT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /www
 /bin/busybox --install -s /bin
-export PATH=/bin
+export PATH=/bin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
@@ -68,6 +76,11 @@ echo "pacao guest" > /www/index.html
 dd if=/dev/urandom of=/www/blob bs=1048576 count="${blob:-1}" 2>/dev/null
 httpd -p 80 -h /www
 (while :; do nc -l -p 7 -e /bin/cat; done) >/dev/null 2>&1 &
+if [ -x /bin/iperf3 ]; then
+  (while :; do iperf3 -s -p 5201 -J -i 0.1; sleep 1; done) >/dev/null 2>&1 &
+  n=0
+  while ! netstat -ltn | grep -q ':5201 ' && [ $n -lt 300 ]; do usleep 100000; n=$((n+1)); done
+fi
 echo "__READY__ ip=$ip gw=$gw blob=${blob:-1}MiB"
 i=0
 while :; do
@@ -76,6 +89,16 @@ while :; do
   sleep "${tick:-0.5}"
 done
 """.replace("__READY__", READY).replace("__TICK__", TICK)
+
+#: ``/cgi-bin/stream?N``: N bytes (default 300 MB) generated on the fly by busybox httpd's
+#: CGI, the paper's 300 MB download without a 300 MB file in a 128 MiB guest's RAM.
+STREAM_PATH = "/cgi-bin/stream"
+STREAM_CGI = r"""#!/bin/sh
+n=${QUERY_STRING:-300000000}
+case "$n" in ''|*[!0-9]*) n=300000000;; esac
+printf 'Content-Type: application/octet-stream\r\nContent-Length: %s\r\n\r\n' "$n"
+exec head -c "$n" /dev/zero
+"""
 
 
 @dataclass(frozen=True)
@@ -196,10 +219,31 @@ class _Cpio:
         return self.buf.getvalue()
 
 
-def _inputs(version: str, busybox: Path, modules: list[str]) -> dict[str, str]:
+def shared_libs(binary: Path) -> list[Path]:
+    """The shared objects ``binary`` loads (``ldd``), with its ELF interpreter."""
+    done = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise GuestBuildError(f"ldd {binary}: {done.stderr.strip() or done.stdout.strip()}")
+    libs = []
+    for line in done.stdout.splitlines():
+        m = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
+        if m:
+            libs.append(Path(m.group(1)))
+    return libs
+
+
+def _digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(str(path).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _inputs(version: str, busybox: Path, modules: list[str], extra: list[Path]) -> dict[str, str]:
     h = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
     bb = hashlib.sha256(busybox.read_bytes()).hexdigest()
-    return {"builder": h, "kernel": version, "busybox": bb, "modules": " ".join(modules)}
+    return {"builder": h, "kernel": version, "busybox": bb, "modules": " ".join(modules),
+            "iperf3": _digest(extra)}  # fmt: skip
 
 
 def build(out: Path | None = None, force: bool = False) -> Guest:
@@ -212,7 +256,10 @@ def build(out: Path | None = None, force: bool = False) -> Guest:
             "/bin/busybox (static) is missing: `make debs` installs busybox-static"
         )
     mods = module_files(version)
-    inputs = _inputs(version, busybox, mods)
+    if not IPERF3.exists():
+        raise GuestBuildError(f"{IPERF3} is missing: `make debs` installs iperf3")
+    libs = shared_libs(IPERF3)
+    inputs = _inputs(version, busybox, mods, [IPERF3, *libs])
     guest = Guest(out / "vmlinuz", out / "initrd.gz", version)
     manifest = out / "manifest.json"
     if not force and guest.kernel.exists() and guest.initrd.exists() and manifest.exists():
@@ -223,11 +270,31 @@ def build(out: Path | None = None, force: bool = False) -> Guest:
             pass
     out.mkdir(parents=True, exist_ok=True)
     cpio = _Cpio()
-    for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp", "www"):
+    for d in (
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib/modules",
+        "proc",
+        "sys",
+        "tmp",
+        "www",
+        "www/cgi-bin",
+    ):
         cpio.dir(d)
     cpio.chardev("dev/console", 5, 1)
     cpio.chardev("dev/null", 1, 3)
     cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+    cpio.file("bin/iperf3", IPERF3.read_bytes(), 0o755)
+    dirs = {"lib"}
+    for lib in libs:  # at the paths the loader looks for them (symlinks resolved)
+        lrel = lib.relative_to("/")
+        for parent in reversed(lrel.parents[:-1]):
+            if str(parent) not in dirs:
+                cpio.dir(str(parent))
+                dirs.add(str(parent))
+        cpio.file(str(lrel), lib.read_bytes(), 0o755)
     names = []
     for rel in mods:
         src = Path("/lib/modules") / version / rel
@@ -236,6 +303,7 @@ def build(out: Path | None = None, force: bool = False) -> Guest:
         names.append(name)
     cpio.file("etc/modules", ("\n".join(names) + "\n").encode())
     cpio.file("init", INIT.encode(), 0o755)
+    cpio.file("www/cgi-bin/stream", STREAM_CGI.encode(), 0o755)
     tmp = guest.initrd.with_suffix(".tmp")
     tmp.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
     tmp.replace(guest.initrd)

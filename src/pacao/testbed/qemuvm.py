@@ -49,6 +49,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,11 @@ class QemuGuest:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.mac = mac_for(name)
         self.proc: subprocess.Popen[bytes] | None = None
+        #: the destination QEMU while a migration runs (killed by stop() too)
+        self.incoming: subprocess.Popen[bytes] | None = None
+        #: called when a QEMU process starts, so an owner can record its PID at once
+        #: (pacao.testbed.vmd: a teardown mid-migration must find the destination too)
+        self.on_spawn: Callable[[], None] | None = None
         self.serial_log = self.workdir / "serial-0.log"
         self.qmp_path = self.workdir / "qmp-0.sock"
         self._gen = 0
@@ -333,6 +339,9 @@ class QemuGuest:
         self._make_tap(dest_ns, dest_tap, dest_bridge)
         gen = self._gen
         dproc, dqmp, dserial = self._spawn(dest_ns, dest_tap, f"tcp:{dest_address}:{port}")
+        self.incoming = dproc
+        if self.on_spawn is not None:
+            self.on_spawn()
         src = dst = None
         ok = False
         try:
@@ -363,6 +372,7 @@ class QemuGuest:
                     await c.close()
             if not ok:
                 kill_pid(dproc)
+                self.incoming = None
                 self._del_tap(dest_ns, dest_tap)
         # The source is postmigrate: stop it, the guest lives at the destination now.
         kill_pid(self.proc)
@@ -379,6 +389,7 @@ class QemuGuest:
             max_downtime_ms=max_downtime_ms,
         )
         self.proc, self.qmp_path, self.serial_log = dproc, dqmp, dserial
+        self.incoming = None
         self.ns, self.tap, self.bridge = dest_ns, dest_tap, dest_bridge
         self.migrations.append(res)
         return res
@@ -393,6 +404,9 @@ class QemuGuest:
         if self.proc is not None:
             kill_pid(self.proc)
             self.proc = None
+        if self.incoming is not None:
+            kill_pid(self.incoming)
+            self.incoming = None
         for ns, tap in list(self._own_taps):
             self._del_tap(ns, tap)
         if self._tmp is not None:

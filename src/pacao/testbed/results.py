@@ -82,6 +82,18 @@ def migrations(rec: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in rec.get("cp_events", []) if e.get("kind") == "migration"]
 
 
+def unfinished_migrations(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Migrations started (``migration-start``) but not done when the trial ended."""
+    done = {(m.get("src"), m.get("dst")) for m in migrations(rec)}
+    return [
+        {"t_s": (float(e["t"]) - float(rec["timeline_start_wall"])) / float(rec["time_scale"]),
+         "src": e.get("src"), "dst": e.get("dst"), "backend": e.get("backend", "namespace")}
+        for e in rec.get("cp_events", [])
+        if e.get("kind") == "migration-start" and (e.get("src"), e.get("dst")) not in done
+        and "timeline_start_wall" in rec
+    ]  # fmt: skip
+
+
 def udp_loss(rec: dict[str, Any], spans: list[tuple[float, float]] | None = None) -> float | None:
     """Lost packets in % (all intervals, or those overlapping the given scenario spans)."""
     rows = rec["measure"]["intervals"]
@@ -106,12 +118,42 @@ def migration_start(rec: dict[str, Any], m: dict[str, Any]) -> float:
 
 
 def migration_spans(rec: dict[str, Any]) -> list[tuple[float, float]]:
-    """[start, end] of each migration in scenario seconds (the downtime is at the end)."""
+    """[start, end] of each migration in scenario seconds (the downtime is at the end).
+
+    The end is extended by one measurement interval: a receiver counts the packets
+    lost in the downtime when the next one arrives, i.e. after the switch-over (and a
+    QEMU guest's interval clock stands still while it is paused).
+    """
     scale = rec["time_scale"]
+    grace = float(rec.get("interval_s", 0.0)) / scale
     out = []
     for m in migrations(rec):
         start = migration_start(rec, m)
-        out.append((start, start + float(m["duration_s"]) / scale))
+        out.append((start, start + float(m["duration_s"]) / scale + grace))
+    return out
+
+
+def migration_summary(rec: dict[str, Any], m: dict[str, Any], scale: float) -> dict[str, Any]:
+    """One migration for summary.json.
+
+    Namespace VM: the model's times, scaled back to scenario seconds. QEMU guest
+    (``modelled`` false): QEMU's own figures in real seconds, not rescaled (a real
+    migration does not compress with the timeline), with its total time and bytes.
+    """
+    out: dict[str, Any] = {"t_s": migration_start(rec, m), "dst": m.get("dst")}
+    if m.get("modelled", True) is False:
+        out.update({
+            "measured_by": "qemu",
+            "duration_s": float(m.get("duration_s", 0)),
+            "downtime_s": float(m.get("downtime_s", 0)),
+            "qemu_total_time_ms": m.get("total_time_ms"),
+            "qemu_downtime_ms": float(m.get("downtime_s", 0)) * 1000.0,
+            "transferred_bytes": m.get("bytes"),
+        })  # fmt: skip
+    else:
+        out.update({"measured_by": "model",
+                    "duration_s": float(m.get("duration_s", 0)) / scale,
+                    "downtime_s": float(m.get("downtime_s", 0)) / scale})  # fmt: skip
     return out
 
 
@@ -160,14 +202,13 @@ def summarize(meta: dict[str, Any], recs: list[dict[str, Any]]) -> dict[str, Any
             ]
             if sw:
                 row[f"{arm}_entry_switch_times_s"] = sorted(sw)
-            mig = [
-                {"t_s": migration_start(r, m), "dst": m.get("dst"),
-                 "duration_s": m.get("duration_s", 0) / meta["time_scale"],
-                 "downtime_s": m.get("downtime_s", 0) / meta["time_scale"]}
-                for r in mine for m in migrations(r)
-            ]  # fmt: skip
+            mig = [migration_summary(r, m, meta["time_scale"]) for r in mine
+                   for m in migrations(r)]  # fmt: skip
             if mig:
                 row[f"{arm}_migrations"] = mig
+            cut = [m for r in mine for m in unfinished_migrations(r)]
+            if cut:  # e.g. a QEMU migration over a slow inter-DC link outlasting the run
+                row[f"{arm}_migrations_unfinished"] = cut
             udp = [r for r in vr if r["traffic"] == "udp" and r["arm"] == arm]
             if udp:
                 losses = [x for x in (udp_loss(r) for r in udp) if x is not None]
@@ -502,7 +543,8 @@ def write_report(
                 mig = row.get(f"{arm}_migrations", [])
                 mtxt = "; ".join(
                     f"{m['t_s']:.1f} s to {_e(m['dst'])} ({m['duration_s']:.1f} s, "
-                    f"down {m['downtime_s']:.2f} s)"
+                    f"down {m['downtime_s']:.3f} s"
+                    f"{', QEMU, real s' if m.get('measured_by') == 'qemu' else ''})"
                     for m in mig
                 )
                 done = row.get(f"{arm}_median_completion_s")

@@ -3,7 +3,8 @@
 For each repetition, variant (e.g. Table I's injected delay), traffic kind and
 arm, one *trial*: bring the topology up (runner), start the LISP control plane
 and, for the PACAO arms, the controller (pacao.testbed.controlplane), start the
-servers in the VM's namespace and the client in the user's, play the variant's
+servers in the VM's namespace (``--vm qemu``: the guest's own httpd and iperf3
+serve, nothing runs in the namespace) and the client in the user's, play the variant's
 impairment timeline, collect the client's measurements and the controller's
 plans and events, tear everything down (always: errors, Ctrl-C, SIGTERM).
 
@@ -33,6 +34,8 @@ import yaml
 from pacao.errors import InputError
 from pacao.testbed import runner, traffic
 from pacao.testbed.experiment import ARMS, Experiment, Variant, load_experiment, resolve
+from pacao.testbed.guest import STREAM_PATH
+from pacao.testbed.migration import migrate_vm
 from pacao.testbed.scenario import Event, play
 from pacao.testbed.topology import site_xtr
 
@@ -47,6 +50,8 @@ LEAD_S = 0.5
 #: S''' (agents' probe interval, controller poll) in scenario seconds.
 PROBE_S = 1.0
 IPERF_MIN_INTERVAL = 0.1
+#: `--vm qemu`: the guest's busybox httpd (pacao.testbed.guest) serves the download
+GUEST_HTTP_PORT = 80
 
 
 class Interrupted(Exception):
@@ -222,6 +227,7 @@ def run_trial(
         "s1": exp.s1,
         "s2": exp.s2,
         "probe_s": opts.probe_s,
+        "interval_s": ival,
         "vm_backend": opts.vm,
         "user_xtr": site_xtr(topo, user),
         "vm_prefix": next(
@@ -246,24 +252,34 @@ def run_trial(
         mark = time.monotonic()
         record["control_plane"] = "controlplane" if plane is not None else "seeded map-cache"
         if trial.traffic == "download":
-            srv = runner.spawn(
-                state,
-                "srv-download",
-                [*traffic.python_cmd(), "serve", "--size", str(exp.download_bytes)],
-                ns=state.ns(vm),
-            )
-            runner.wait_ready(state, srv, "srv-download")
             out = state.rundir / "fetch.json"
             client_cmd = [
                 *traffic.python_cmd(), "fetch", "--host", host,
                 "--duration", f"{real_duration + LEAD_S:.3f}",
                 "--interval", f"{ival:.3f}", "--out", str(out),
             ]  # fmt: skip
+            if opts.vm == "qemu":  # the guest's busybox httpd generates the file (CGI)
+                client_cmd += ["--port", str(GUEST_HTTP_PORT),
+                               "--path", f"{STREAM_PATH}?{exp.download_bytes}"]  # fmt: skip
+                record["server"] = f"guest httpd :{GUEST_HTTP_PORT}{STREAM_PATH}"
+            else:
+                srv = runner.spawn(
+                    state,
+                    "srv-download",
+                    [*traffic.python_cmd(), "serve", "--size", str(exp.download_bytes)],
+                    ns=state.ns(vm),
+                )
+                runner.wait_ready(state, srv, "srv-download")
+                record["server"] = f"VM namespace :{traffic.DOWNLOAD_PORT}"
         else:
-            srv = runner.spawn(
-                state, "srv-iperf3", traffic.iperf3_server_cmd(interval=ival), ns=state.ns(vm)
-            )
-            _wait_listen(state, vm, traffic.IPERF_PORT, srv)
+            if opts.vm == "qemu":  # the guest's iperf3 -s (-i 0.1) runs from its /init
+                record["server"] = f"guest iperf3 :{traffic.IPERF_PORT}"
+            else:
+                srv = runner.spawn(
+                    state, "srv-iperf3", traffic.iperf3_server_cmd(interval=ival), ns=state.ns(vm)
+                )
+                _wait_listen(state, vm, traffic.IPERF_PORT, srv)
+                record["server"] = f"VM namespace iperf3 :{traffic.IPERF_PORT}"
             client_cmd = traffic.iperf3_cmd(
                 host,
                 udp=trial.traffic == "udp",
@@ -280,8 +296,24 @@ def run_trial(
         record["timeline_start_wall"] = t0
         record["client_start_wall"] = launched
         applied: list[dict[str, Any]] = []
+        scripted: list[threading.Thread] = []
+        failures: list[str] = []
+
+        def migrate(event: Event) -> None:
+            try:
+                res = migrate_vm(state, event.target, str(event.args["dc"]))
+                applied.append({"t": (res.started - t0) / scale, "at": event.at,
+                                "migrate": event.target, "dc": event.args["dc"],
+                                "scripted": True, "modelled": res.modelled})  # fmt: skip
+            except (runner.TestbedError, InputError) as exc:
+                failures.append(f"scripted migration at {event.at:g} s: {exc}")
 
         def apply(event: Event) -> None:
+            if event.kind == "migrate":  # a scripted migration runs beside the timeline
+                th = threading.Thread(target=migrate, args=(event,), daemon=True)
+                th.start()
+                scripted.append(th)
+                return
             if event.kind != "link":
                 raise runner.TestbedError(f"unexpected {event.kind} event in an experiment")
             runner.set_link(state, topo, event.target, **event.args)
@@ -290,6 +322,10 @@ def run_trial(
 
         play(trial.variant.scenario, apply, scale, sleep=sleep)
         _wait_proc(client, timeout=30.0 + 3 * LEAD_S, stop=stop)
+        for th in scripted:
+            th.join(timeout=900.0)
+        if failures:
+            raise runner.TestbedError("; ".join(failures))
         record["events_applied"] = applied
         log = (state.rundir / "client.log").read_text(errors="replace")
         if trial.traffic == "download":
@@ -308,7 +344,7 @@ def run_trial(
             }
         else:
             try:
-                meas = traffic.parse_iperf3(json.loads(log))
+                meas = traffic.parse_iperf3(json.loads(log), interval=ival)
             except ValueError as exc:
                 raise runner.TestbedError(f"iperf3 client: {exc}: {log[-300:]}") from None
             for row in meas["intervals"]:
@@ -357,6 +393,13 @@ def _wait_listen(
     raise runner.TestbedError(f"no server on port {port} after {timeout} s")
 
 
+def check_vm_backend(exp: Experiment, opts: RunOptions) -> None:
+    """`--vm qemu` needs the VXLAN fabric (the guest's TAP is a port of the dc bridges)."""
+    if opts.vm == "qemu" and exp.topology.fabric != "vxlan":
+        raise InputError("--vm", "qemu", "a topology with fabric: vxlan (the guest's TAP "
+                         "is a port of the dc bridges)")  # fmt: skip
+
+
 def trials(exp: Experiment, opts: RunOptions) -> list[Trial]:
     arms = opts.arms or exp.arms
     variants = exp.variants
@@ -392,6 +435,7 @@ def run_experiment(
 
     opts.validate()
     exp = load_experiment(resolve(opts.scenario), opts.topology)
+    check_vm_backend(exp, opts)
     todo = trials(exp, opts)
     runner.check_system()
     stop = stop or threading.Event()

@@ -12,7 +12,7 @@ iperf3 runs as Debian ships it; `iperf3_cmd` builds the reverse-mode client
 
     python -m pacao.testbed.traffic serve --port 8080 --size 300000000
     python -m pacao.testbed.traffic fetch --host 10.2.0.10 --port 8080 \
-        --duration 22.5 --interval 0.1 --out fetch.json
+        --duration 22.5 --interval 0.1 --out fetch.json [--path /cgi-bin/stream?300000000]
 """
 
 from __future__ import annotations
@@ -63,8 +63,14 @@ def serve(port: int, size: int) -> None:
         threading.Thread(target=one, args=(conn,), daemon=True).start()
 
 
-def fetch(host: str, port: int, duration: float, interval: float, out: Path) -> dict[str, Any]:
-    """Download for ``duration`` seconds (or to the end); bytes per ``interval`` to ``out``."""
+def fetch(
+    host: str, port: int, duration: float, interval: float, out: Path, path: str = "/file"
+) -> dict[str, Any]:
+    """Download ``path`` for ``duration`` seconds (or to the end); bytes per ``interval``.
+
+    The server is ours (``serve``) or the QEMU guest's busybox httpd (``--vm qemu``:
+    ``/cgi-bin/stream?N``); either sends a Content-Length, the body is what is counted.
+    """
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     t0 = time.monotonic()
@@ -77,7 +83,7 @@ def fetch(host: str, port: int, duration: float, interval: float, out: Path) -> 
     try:
         sock = socket.create_connection((host, port), timeout=10.0)
         sock.settimeout(0.05)
-        sock.sendall(b"GET /file HTTP/1.0\r\nHost: vm\r\n\r\n")
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: vm\r\n\r\n".encode())
         header = b""
         while not stop.is_set() and time.monotonic() - t0 < duration:
             try:
@@ -167,8 +173,31 @@ def _lost(value: int) -> int:
     return max(0, value)
 
 
-def parse_iperf3(doc: dict[str, Any]) -> dict[str, Any]:
-    """Interval records (start, seconds, bytes[, jitter_ms, lost, packets]) and totals."""
+def _rebucket(rows: list[dict[str, Any]], interval: float) -> list[dict[str, Any]]:
+    """Merge the receiver's short intervals (the QEMU guest's server reports every 0.1 s)
+    into ``interval``-long ones: bytes, packets and losses add up; the jitter is the
+    receiver's running estimate at the end of the merged interval, as iperf3 reports it."""
+    out: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        k = int((r["start"] + 1e-6) // interval)
+        cur = out.get(k)
+        if cur is None:
+            out[k] = {**r, "start": r["start"]}
+            continue
+        for key in ("seconds", "bytes", "lost", "packets"):
+            if key in r:
+                cur[key] += r[key]
+        if "jitter_ms" in r:
+            cur["jitter_ms"] = r["jitter_ms"]
+    return [out[k] for k in sorted(out)]
+
+
+def parse_iperf3(doc: dict[str, Any], interval: float | None = None) -> dict[str, Any]:
+    """Interval records (start, seconds, bytes[, jitter_ms, lost, packets]) and totals.
+
+    ``interval``: the client's reporting interval; receiver intervals shorter than it
+    (a server started with a smaller ``-i``) are merged to it.
+    """
     if "error" in doc and not doc.get("intervals"):
         raise ValueError(f"iperf3: {doc['error']}")
     server = doc.get("server_output_json")
@@ -186,6 +215,9 @@ def parse_iperf3(doc: dict[str, Any]) -> dict[str, Any]:
             row["lost"] = _lost(int(s.get("lost_packets", 0)))
             row["packets"] = int(s.get("packets", 0))
         rows.append(row)
+    short = sorted(r["seconds"] for r in rows)
+    if interval is not None and rows and short[len(short) // 2] < 0.75 * interval:
+        rows = _rebucket(rows, interval)
     end = doc.get("end", {})
     udp = bool(rows) and "jitter_ms" in rows[0]
     total = end.get("sum_received", end.get("sum", {}))
@@ -214,12 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--duration", type=float, required=True)
     f.add_argument("--interval", type=float, default=1.0)
     f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--path", default="/file", help="request path (guest: /cgi-bin/stream?N)")
     a = ap.parse_args(argv)
     if a.cmd == "serve":
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         serve(a.port, a.size)
     else:
-        fetch(a.host, a.port, a.duration, a.interval, a.out)
+        fetch(a.host, a.port, a.duration, a.interval, a.out, a.path)
     return 0
 
 

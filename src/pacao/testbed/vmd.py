@@ -62,16 +62,17 @@ class Vmd:
             bridge=self.br, memory_mib=memory_mib, blob_mib=blob_mib,
             workdir=state.rundir / "qemu", accel=accel,
         )  # fmt: skip
+        self.guest.on_spawn = self._record  # the destination QEMU is recorded as it starts
 
     def _tap(self) -> str:
         return f"{self.state.prefix}q{self.count}"
 
     def _record(self) -> None:
-        proc = self.guest.proc
         procs = []
-        if proc is not None:
-            procs.append({"name": f"qemu-{self.vm}", "pid": proc.pid,
-                          "start": proc_start_time(proc.pid)})  # fmt: skip
+        for what, proc in (("", self.guest.proc), ("-incoming", self.guest.incoming)):
+            if proc is not None:
+                procs.append({"name": f"qemu-{self.vm}{what}", "pid": proc.pid,
+                              "start": proc_start_time(proc.pid)})  # fmt: skip
         path = self.state.rundir / "procs-vmd.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(procs))
