@@ -30,6 +30,7 @@ from pacao.controller.metrics import Metrics
 from pacao.controller.monitoring import (
     USER_XTR,
     XTR_VM,
+    LastKnown,
     Monitor,
     SamplesIngested,
     Source,
@@ -92,6 +93,7 @@ def params_from_config(cfg: ControllerConfig) -> Params:
     return Params(
         min_dwell_s=p.min_dwell_s,
         min_gain=p.min_gain,
+        min_gain_ratio=p.min_gain_ratio,
         cooldown_s=p.cooldown_s,
         migration_cost_weight=p.migration_cost_weight,
         max_migrations_per_dc=p.max_migrations_per_dc,
@@ -150,6 +152,7 @@ class Controller:
         self.state: dict[str, dict[str, Any]] = {}
         self.step2_due: dict[str, float] = {}
         self.last_stats: list[WindowStat] = []
+        self.last_known = LastKnown(cfg.policy.carry_windows * cfg.timers.s1)
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, SamplesIngested):
@@ -214,13 +217,16 @@ class Controller:
         uidx = {u.name: i for i, u in enumerate(self.users)}
         ridx = {r: j for j, r in enumerate(self.rlocs)}
         sub = np.full((n, c, k), np.nan)
+        seen = np.zeros((n, c), dtype=bool)  # a user<->xTR aggregate exists (even all lost)
         xv: dict[tuple[str, int], list[tuple[str, np.ndarray]]] = {}
         for s in stats:
             vals = None
             if s.rtt_ms is not None and s.availability > 0:
                 vals = np.array([s.rtt_ms, s.jitter_ms or 0.0, 1.0 - s.availability])
-            if s.path == USER_XTR and s.subject in uidx and s.rloc in ridx and vals is not None:
-                sub[uidx[s.subject], ridx[s.rloc]] = vals
+            if s.path == USER_XTR and s.subject in uidx and s.rloc in ridx:
+                seen[uidx[s.subject], ridx[s.rloc]] = True
+                if vals is not None:
+                    sub[uidx[s.subject], ridx[s.rloc]] = vals
             elif s.path == XTR_VM and vals is not None:
                 xv.setdefault((s.subject, self.dcs.index(s.xtr)), []).append((s.peer, vals))
         sub_ok = np.isfinite(sub).all(axis=-1)
@@ -244,6 +250,8 @@ class Controller:
             "sub_ok": sub_ok,
             "through": through,
             "through_ok": np.isfinite(through).all(axis=-1),
+            # measured (answered or lost) through each entry: not usable but known = down
+            "through_known": seen & np.isfinite(leg).all(axis=-1),
         }
 
     def _current_idx(self) -> np.ndarray:
@@ -268,7 +276,7 @@ class Controller:
     async def step1(self, now: float) -> list[str]:
         """Close the S' window, decide entries for every user, store and dispatch plans."""
         t0 = time.perf_counter()
-        stats = self.monitor.window(now - self.cfg.timers.s1, now)
+        stats = self.last_known.fill(self.monitor.window(now - self.cfg.timers.s1, now), now)
         self.last_stats = stats
         for s in stats:
             if s.path == USER_XTR:
@@ -282,7 +290,14 @@ class Controller:
         arr = self.arrays(stats)
         last = np.array([self._t(self.state[u.name]["last_switch"]) for u in self.users])
         dec = decide_entry(
-            now, arr["through"], arr["through_ok"], self._current_idx(), self.sla, last, self.params
+            now,
+            arr["through"],
+            arr["through_ok"],
+            self._current_idx(),
+            self.sla,
+            last,
+            self.params,
+            known=arr["through_known"],
         )
         created = []
         together = self._multi_user_batch(dec)
@@ -294,8 +309,9 @@ class Controller:
                 created.append(pid)
         planned = set(together.tolist())
         for i, u in enumerate(self.users):
-            self.metrics.sla_met.labels(user=u.name).set(1.0 if dec.sla_met[i] else 0.0)
-            if not dec.sla_met[i]:
+            if dec.reason[i] != Reason.NO_DATA:
+                self.metrics.sla_met.labels(user=u.name).set(1.0 if dec.sla_met[i] else 0.0)
+            if dec.step2[i]:
                 self.metrics.sla_violations.labels(user=u.name).inc()
                 if i not in planned:
                     self.step2_due.setdefault(u.name, now + self.cfg.timers.s2)
@@ -338,6 +354,14 @@ class Controller:
                 "s1": self.cfg.timers.s1,
                 "from": self.state[u.name]["entry"],
                 "through": self._user_values(i, arr["through"][i]),
+                # entries without samples this window, decided on their last aggregate
+                "carried": sorted(
+                    {
+                        s.rloc
+                        for s in self.last_stats
+                        if s.path == USER_XTR and s.subject == u.name and s.end < now - 1e-9
+                    }
+                ),
             },
             {
                 "current_objective": _num(dec.current_objective[i]),
@@ -358,7 +382,7 @@ class Controller:
         """Users decided together this window: the violators with an RTT bound, when the
         mode says so (``always``, or ``auto`` with at least ``min_users`` of them)."""
         mu = self.cfg.multi_user
-        rows = np.flatnonzero(~dec.sla_met & np.isfinite(self.sla.bounds[:, 0]))
+        rows = np.flatnonzero(dec.step2 & np.isfinite(self.sla.bounds[:, 0]))
         if mu.mode == "off" or rows.size == 0:
             return rows[:0]
         if mu.mode == "auto" and rows.size < mu.min_users:
@@ -496,7 +520,7 @@ class Controller:
         t0 = time.perf_counter()
         for name in due:
             del self.step2_due[name]
-        stats = self.monitor.window(now - self.cfg.timers.s2, now)
+        stats = self.last_known.fill(self.monitor.window(now - self.cfg.timers.s2, now), now)
         arr = self.arrays(stats)
         idx = np.array([i for i, u in enumerate(self.users) if u.name in due], dtype=np.int64)
         n_dc = len(self.dcs)
