@@ -278,3 +278,49 @@ def test_a_window_without_samples_of_the_current_entry_does_not_undo_a_switch(
     plan = ctl.store.plan(made2[0])
     assert plan is not None and plan["actions"][0]["params"]["rloc"] == "198.51.100.1"
     assert ctl.state["nss-user"]["entry"] == "198.51.100.1"
+
+
+def test_no_second_plan_while_a_slow_switch_is_under_way(config: Path) -> None:
+    """Issue: in compressed runs an EntrySwitch can outlast S'; each window then stored
+    another plan for the same user (the entry state changes only when a plan ends), the
+    plans raced on the mapping and the last ones were still ``ongoing`` when the run
+    ended. A user with a plan in flight gets no new one; every plan ends terminal."""
+    clock = ManualClock(1000.0)
+    src = Stats()
+    src.rtt["192.0.2.1"] = 400.0
+    ctl = build(load_config(config), clock=clock, sources=[src])
+    release = asyncio.Event()
+    real_set = ctl.mapping.set_priorities
+
+    async def slow_set(vm_eid: str, priorities: dict[str, int], notify: list[str]) -> None:
+        await release.wait()  # the agents answer after several S'
+        await real_set(vm_eid, priorities, notify)
+
+    ctl.mapping.set_priorities = slow_set
+
+    async def window() -> list[str]:
+        clock.advance(10)
+        src.now = clock.now() - 0.5
+        await ctl.monitor.poll()
+        made = await ctl.step1(clock.now())
+        for _ in range(20):
+            await asyncio.sleep(0)  # let the plan tasks run up to the slow driver
+        return list(made)
+
+    async def go() -> list[list[str]]:
+        ctl.load_state()
+        made = [await window() for _ in range(3)]
+        clock.advance(5)  # Step 2 of the violation while the switch is still under way
+        made.append(await ctl.step2(clock.now()))
+        release.set()
+        await ctl.drain()
+        made.append(await window())  # on Marilyn now: no new plan
+        await ctl.drain()
+        return made
+
+    made = asyncio.run(go())
+    assert [len(m) for m in made] == [1, 0, 0, 0, 0]
+    states = [p["state"] for p in ctl.store.plans()]
+    assert states == ["succeeded"]
+    assert ctl.state["nss-user"]["entry"] == "192.0.2.2"
+    assert len(ctl.mapping.calls) == 1

@@ -206,6 +206,18 @@ class Controller:
             self._save(user)
         self.metrics.set_plans(self.store.plan_counts())
 
+    def _busy(self) -> set[str]:
+        """Users with a plan approved or under way: their entry/host state is about to
+        change, so no new plan for them until it ends (two plans of one user would race
+        on the same mapping, and each window would add one while a slow action runs)."""
+        out: set[str] = set()
+        for p in self.store.plans(state=("approved", "ongoing"), limit=100000):
+            if p["user"] == MULTI_USER:
+                out.update(str(a["params"].get("user")) for a in p["actions"])
+            else:
+                out.add(str(p["user"]))
+        return out
+
     @staticmethod
     def _t(v: Any) -> float:
         return -math.inf if v is None else float(v)
@@ -300,7 +312,9 @@ class Controller:
             known=arr["through_known"],
         )
         created = []
-        together = self._multi_user_batch(dec)
+        busy = self._busy()
+        free = np.array([u.name not in busy for u in self.users], dtype=bool)
+        together = self._multi_user_batch(dec, free)
         if together.size:
             pid = await self._multi_user_plan(together, arr, dec, now)
             if pid is None:
@@ -313,8 +327,11 @@ class Controller:
                 self.metrics.sla_met.labels(user=u.name).set(1.0 if dec.sla_met[i] else 0.0)
             if dec.step2[i]:
                 self.metrics.sla_violations.labels(user=u.name).inc()
-                if i not in planned:
-                    self.step2_due.setdefault(u.name, now + self.cfg.timers.s2)
+            if not free[i]:
+                log.info("step 1 holds", extra={"user": u.name, "reason": IN_FLIGHT})
+                continue
+            if dec.step2[i] and i not in planned:
+                self.step2_due.setdefault(u.name, now + self.cfg.timers.s2)
             if i in planned:
                 continue
             if dec.switch[i]:
@@ -378,11 +395,12 @@ class Controller:
         return pid
 
     # -- Congestion-aware multi-user mode ---------------------------------------------
-    def _multi_user_batch(self, dec: Any) -> np.ndarray:
-        """Users decided together this window: the violators with an RTT bound, when the
-        mode says so (``always``, or ``auto`` with at least ``min_users`` of them)."""
+    def _multi_user_batch(self, dec: Any, free: np.ndarray) -> np.ndarray:
+        """Users decided together this window: the violators with an RTT bound and no
+        plan in flight, when the mode says so (``always``, or ``auto`` with at least
+        ``min_users`` of them)."""
         mu = self.cfg.multi_user
-        rows = np.flatnonzero(dec.step2 & np.isfinite(self.sla.bounds[:, 0]))
+        rows = np.flatnonzero(dec.step2 & free & np.isfinite(self.sla.bounds[:, 0]))
         if mu.mode == "off" or rows.size == 0:
             return rows[:0]
         if mu.mode == "auto" and rows.size < mu.min_users:
@@ -520,6 +538,12 @@ class Controller:
         t0 = time.perf_counter()
         for name in due:
             del self.step2_due[name]
+        busy = self._busy()
+        for name in [n for n in due if n in busy]:
+            log.info("step 2 holds", extra={"user": name, "reason": IN_FLIGHT})
+        due = [n for n in due if n not in busy]
+        if not due:
+            return []
         stats = self.last_known.fill(self.monitor.window(now - self.cfg.timers.s2, now), now)
         arr = self.arrays(stats)
         idx = np.array([i for i, u in enumerate(self.users) if u.name in due], dtype=np.int64)
@@ -676,6 +700,9 @@ class Controller:
             await asyncio.gather(*tasks)
 
 
+IN_FLIGHT = "a plan of the user is approved or under way"
+
+
 def _num(x: Any) -> float | None:
     v = float(x)
     return v if math.isfinite(v) else None
@@ -684,9 +711,12 @@ def _num(x: Any) -> float | None:
 class Service:
     """The asyncio process: loops for probing, Step 1, Step 2, approvals and the API."""
 
-    def __init__(self, ctl: Controller, api_server: Any = None) -> None:
+    def __init__(self, ctl: Controller, api_server: Any = None, grace_s: float = 2.0) -> None:
         self.ctl = ctl
         self.api_server = api_server
+        #: on stop, plans under way get this long to end (succeeded/failed) before they
+        #: are cancelled; a cancelled one stays ``ongoing`` and is resumed at the next start
+        self.grace_s = grace_s
         self.stop = asyncio.Event()
 
     async def _every(self, period: float, fn: Any) -> None:
@@ -738,9 +768,13 @@ class Service:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        under_way = [t for t in ctl.running.values() if not t.done()]
+        if under_way:
+            await asyncio.wait(under_way, timeout=self.grace_s)
+        left = sum(not t.done() for t in under_way)
         for task in ctl.running.values():
             task.cancel()
-        log.info("controller stopped")
+        log.info("controller stopped", extra={"plans_left_ongoing": left})
 
 
 def build(
