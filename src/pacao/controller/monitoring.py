@@ -9,6 +9,7 @@ module sees it.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import math
@@ -365,13 +366,16 @@ class Monitor:
         return len(fresh)
 
     async def poll(self) -> int:
+        """Fetch every source at once (one slow agent must not delay the others' samples
+        past the window they belong to), then ingest in source order."""
+        docs = await asyncio.gather(*(src.fetch() for src in self.sources), return_exceptions=True)
         n = 0
-        for src in self.sources:
-            try:
-                doc = await src.fetch()
-            except (OSError, ValueError, httpx.HTTPError) as exc:
-                self.emit(SourceError(src.name, f"{type(exc).__name__}: {exc}"))
+        for src, doc in zip(self.sources, docs, strict=True):
+            if isinstance(doc, OSError | ValueError | httpx.HTTPError):
+                self.emit(SourceError(src.name, f"{type(doc).__name__}: {doc}"))
                 continue
+            if isinstance(doc, BaseException):
+                raise doc
             n += self.ingest(src.name, doc)
         return n
 
