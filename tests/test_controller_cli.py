@@ -58,6 +58,8 @@ BAD = [
     (lambda d: d["api"].update(token="x"), "api"),
     (lambda d: d.update(extra=1), "extra"),
     (lambda d: d["vms"][0].update(eid="10.1.0.10/33"), "vms[0].eid"),
+    (lambda d: d["policy"].update(min_gain_ratio=1.5), "policy.min_gain_ratio"),
+    (lambda d: d["policy"].update(carry_windows=-1), "policy.carry_windows"),
 ]
 
 
