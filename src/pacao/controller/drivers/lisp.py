@@ -171,7 +171,7 @@ class LispMapping:
                     f"map-server did not acknowledge the registration of {vm_eid} "
                     f"from {sorted(pending)} within {self.confirm_s} s"
                 )
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)  # each poll is a full snapshot of every agent
 
     async def close(self) -> None:
         await self._client.aclose()
