@@ -58,6 +58,8 @@ BAD = [
     (lambda d: d["api"].update(token="x"), "api"),
     (lambda d: d.update(extra=1), "extra"),
     (lambda d: d["vms"][0].update(eid="10.1.0.10/33"), "vms[0].eid"),
+    (lambda d: d["policy"].update(min_gain_ratio=1.5), "policy.min_gain_ratio"),
+    (lambda d: d["policy"].update(carry_windows=-1), "policy.carry_windows"),
 ]
 
 
@@ -233,3 +235,94 @@ def test_grafana_dashboard_plots_only_exported_metrics() -> None:
     base = {re.sub(r"_(bucket|total|sum|count)$", "", n) for n in names}
     assert base and base <= exported, base - exported
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+
+
+def test_a_window_without_samples_of_the_current_entry_does_not_undo_a_switch(
+    config: Path,
+) -> None:
+    """Issue: under load an S' window can hold no sample of the current entry; it must
+    not count as worse than the stressed entry that is measured violating."""
+    clock = ManualClock(1000.0)
+    src = Stats()
+    src.rtt = {"192.0.2.1": 400.0, "192.0.2.2": 35.0}
+    ctl = build(load_config(config), clock=clock, sources=[src])
+    assert ctl.cfg.policy.carry_windows == 2
+
+    async def window() -> list[str]:
+        clock.advance(10)
+        src.now = clock.now() - 0.5
+        await ctl.monitor.poll()
+        made = await ctl.step1(clock.now())
+        await ctl.drain()
+        return list(made)
+
+    async def go() -> list[list[str]]:
+        ctl.load_state()
+        first = await window()  # TelcoCenter stressed: to Marilyn
+        src.rtt = {"192.0.2.1": 400.0}  # Marilyn's agent reports nothing from now on
+        return [first] + [await window() for _ in range(4)]
+
+    made = asyncio.run(go())
+    assert [len(m) for m in made] == [1, 0, 0, 0, 0]
+    assert ctl.state["nss-user"]["entry"] == "192.0.2.2"
+    # Windows 2-3 decide on Marilyn's last aggregate (carried, said in the plan inputs
+    # of any plan); windows 4-5 on nothing: unknown, kept.
+    assert ctl.last_stats and all(
+        s.rloc != "192.0.2.2" or s.path != "user-xtr" for s in ctl.last_stats
+    )
+
+    # Lost probes are real unavailability: the user leaves Marilyn for LIP6 at once.
+    async def dead() -> list[str]:
+        src.rtt = {"192.0.2.1": 400.0, "192.0.2.2": None, "198.51.100.1": 45.0}  # type: ignore[dict-item]
+        return await window()
+
+    made2 = asyncio.run(dead())
+    plan = ctl.store.plan(made2[0])
+    assert plan is not None and plan["actions"][0]["params"]["rloc"] == "198.51.100.1"
+    assert ctl.state["nss-user"]["entry"] == "198.51.100.1"
+
+
+def test_no_second_plan_while_a_slow_switch_is_under_way(config: Path) -> None:
+    """Issue: in compressed runs an EntrySwitch can outlast S'; each window then stored
+    another plan for the same user (the entry state changes only when a plan ends), the
+    plans raced on the mapping and the last ones were still ``ongoing`` when the run
+    ended. A user with a plan in flight gets no new one; every plan ends terminal."""
+    clock = ManualClock(1000.0)
+    src = Stats()
+    src.rtt["192.0.2.1"] = 400.0
+    ctl = build(load_config(config), clock=clock, sources=[src])
+    release = asyncio.Event()
+    real_set = ctl.mapping.set_priorities
+
+    async def slow_set(vm_eid: str, priorities: dict[str, int], notify: list[str]) -> None:
+        await release.wait()  # the agents answer after several S'
+        await real_set(vm_eid, priorities, notify)
+
+    ctl.mapping.set_priorities = slow_set
+
+    async def window() -> list[str]:
+        clock.advance(10)
+        src.now = clock.now() - 0.5
+        await ctl.monitor.poll()
+        made = await ctl.step1(clock.now())
+        for _ in range(20):
+            await asyncio.sleep(0)  # let the plan tasks run up to the slow driver
+        return list(made)
+
+    async def go() -> list[list[str]]:
+        ctl.load_state()
+        made = [await window() for _ in range(3)]
+        clock.advance(5)  # Step 2 of the violation while the switch is still under way
+        made.append(await ctl.step2(clock.now()))
+        release.set()
+        await ctl.drain()
+        made.append(await window())  # on Marilyn now: no new plan
+        await ctl.drain()
+        return made
+
+    made = asyncio.run(go())
+    assert [len(m) for m in made] == [1, 0, 0, 0, 0]
+    states = [p["state"] for p in ctl.store.plans()]
+    assert states == ["succeeded"]
+    assert ctl.state["nss-user"]["entry"] == "192.0.2.2"
+    assert len(ctl.mapping.calls) == 1

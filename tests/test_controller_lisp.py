@@ -220,3 +220,46 @@ def test_relay_cli_rejects_bad_input_in_one_line() -> None:
         res = CliRunner().invoke(app, ["controller", "relay", *args])
         assert res.exit_code == 2, res.output
         assert res.output.count("\n") == 1 and res.output.startswith("pacao: error: --")
+
+
+def test_lisp_driver_tells_every_agent_at_once() -> None:
+    """A slow agent (a stressed DC, a loaded host) must not delay the others' SMR /
+    CHANGE-PRIORITY to the user's xTR: the driver posts to all agents concurrently."""
+    log: list[tuple[str, str, float]] = []
+    slow = "http://192.0.2.1:9380"
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        base = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
+        if request.method == "POST":
+            log.append(("start", base, time.monotonic()))
+            if base == slow:
+                await asyncio.sleep(0.5)
+            log.append(("end", base, time.monotonic()))
+            return httpx.Response(200, json={"itrs": ["203.0.113.50:4342"]})
+        rec = {"prefix": "10.1.0.10/32", "locators": [
+            {"address": a, "priority": i + 1}
+            for i, a in enumerate(["192.0.2.1", "192.0.2.2", "198.51.100.1", "198.51.100.129"])
+        ]}  # fmt: skip
+        doc = {"time": 1.0, "registered": {"ms": 2.0}, "database": [rec]}
+        return httpx.Response(200, json=doc)
+
+    async def body() -> None:
+        cfg = load_config(Path(__file__).parents[1] / "examples" / "controller.yaml")
+        drv = LispMapping(
+            cfg,
+            endpoints={
+                "telcocenter": slow,
+                "marilyn": "http://192.0.2.2:9380",
+                "rezopole": "http://198.51.100.129:9380",
+            },
+        )
+        await drv._client.aclose()
+        drv._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        prio = {"192.0.2.2": 1, "192.0.2.1": 2, "198.51.100.1": 3, "198.51.100.129": 4}
+        await drv.set_priorities("10.1.0.10/32", prio, ["203.0.113.50"])
+        await drv.close()
+
+    asyncio.run(body())
+    slow_end = next(t for kind, base, t in log if kind == "end" and base == slow)
+    others = [t for kind, base, t in log if kind == "start" and base != slow]
+    assert len(others) == 2 and all(t < slow_end for t in others)

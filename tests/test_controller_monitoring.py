@@ -137,3 +137,41 @@ def test_file_source_and_unreadable_sources(cfg: ControllerConfig, tmp_path: Pat
     mon.subscribers.append(events.append)
     assert asyncio.run(mon.poll()) == 1
     assert [e.source for e in events if isinstance(e, SourceError)] == ["rezopole"]
+
+
+def test_sources_are_polled_at_once_and_the_last_aggregate_is_carried(
+    cfg: ControllerConfig, tmp_path: Path
+) -> None:
+    """A slow agent must not hold the others' samples back (they would miss their S'
+    window); a path without samples in a window keeps its last aggregate for
+    ``carry_windows`` S' (lost probes included: a dead path stays dead), then is gone."""
+    from pacao.controller.monitoring import LastKnown
+
+    started: list[str] = []
+
+    class Slow:
+        def __init__(self, name: str, delay: float, rloc: str) -> None:
+            self.name, self.delay, self.rloc = name, delay, rloc
+
+        async def fetch(self) -> Any:
+            started.append(self.name)
+            await asyncio.sleep(self.delay)
+            return doc([probe(5.0, 30.0)], rloc=self.rloc)
+
+    srcs = [Slow("telcocenter", 0.3, "192.0.2.1"), Slow("marilyn", 0.3, "192.0.2.2")]
+    mon = Monitor(cfg, Store(f"sqlite:///{tmp_path / 'p.db'}"), srcs)
+
+    async def go() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await mon.poll() == 2
+        return loop.time() - t0
+
+    assert asyncio.run(go()) < 0.5  # concurrent: not the sum of the delays (0.6 s)
+    assert started == ["telcocenter", "marilyn"]
+    w1 = mon.window(0, 10)
+    assert {w.rloc for w in w1} == {"192.0.2.1", "192.0.2.2"}
+    carry = LastKnown(max_age_s=2 * 10)
+    assert carry.fill(w1, 10) == w1
+    assert carry.fill([], 20) == w1 and carry.fill([], 30) == w1  # carried 2 windows
+    assert carry.fill([], 40) == []  # then unknown

@@ -283,11 +283,14 @@ def test_controller_switches_the_entry_then_migrates_the_vm(topo_file: Path) -> 
         plans = cp.plans()
         summary = [(p["created"] - stressed, p["kind"], p["reason"], p["state"]) for p in plans]
         # Step 1 switches the entry to bx; Step 2 (S'' after the violation) migrates the VM
-        # to bdc with its own EntrySwitch. Which plan is stored first depends on the windows.
-        switch = next(p for p in plans if p["kind"] == "entry_switch")
-        migration = next(p for p in plans if p["kind"] == "vm_migration")
-        assert switch["state"] == "succeeded" and migration["state"] == "succeeded", summary
-        assert switch["actions"][0]["params"]["rloc"] == BX
+        # to bdc with its own EntrySwitch. Which plan is stored first depends on the windows;
+        # when the first violated window does not show bx better by the switch margin, the
+        # migration's EntrySwitch is the switch (no second plan while one is in flight).
+        switches = [p for p in plans if p["kind"] == "entry_switch"]
+        migration = next((p for p in plans if p["kind"] == "vm_migration"), None)
+        assert migration is not None and len(switches) <= 1, summary
+        assert all(p["state"] == "succeeded" for p in plans), summary
+        assert all(p["actions"][0]["params"]["rloc"] == BX for p in switches)
         assert [a["kind"] for a in migration["actions"]] == ["VmMigration", "EntrySwitch"]
         assert migration["actions"][0]["params"]["dst"] == "bdc"
         # decided within two S' windows of the stress (plus probe and poll periods)
@@ -297,7 +300,7 @@ def test_controller_switches_the_entry_then_migrates_the_vm(topo_file: Path) -> 
             e for e in events if e["kind"] == "entry" and e["node"] == "ux" and e["rloc"] == BX
         )
         # the user's data plane moved while a plan's EntrySwitch executed (SMR/CHANGE-PRIORITY)
-        done = min(switch["updated"], migration["updated"])
+        done = min(p["updated"] for p in [*switches, migration])
         assert plans[0]["created"] <= user_switch["t"] <= done + 0.5, summary
         moved = next(e for e in events if e["kind"] == "migration")
         assert moved["dst"] == "bdc" and moved["t"] >= migration["created"]

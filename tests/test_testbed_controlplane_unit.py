@@ -78,6 +78,8 @@ def test_generated_configs_validate(tmp_path: Path) -> None:
     assert cfg.dcs[0].rlocs == ["172.16.0.2"] and cfg.dcs[1].rlocs == ["172.16.0.3"]
     assert cfg.vms[0].eid == "10.2.0.0/24" and cfg.vms[0].host == "adc"
     assert cfg.vms[0].pinned and cfg.vms[0].memory_mib == 512  # pacao1: no migration
+    # a switch needs a real gain: RTT below current / 1.5 (docs/testbed.md)
+    assert cfg.policy.min_gain_ratio == 0.5 and cfg.policy.min_dwell_s == 20
     assert cfg.users[0].rloc == "172.16.0.1" and cfg.users[0].sla["rtt"].max == 45
     assert cfg.drivers.hypervisor.name == "testbed" and "testbed" in available("hypervisor")
     link = cfg.policy.links[0]
@@ -112,3 +114,36 @@ def test_migration_bandwidth_link_rate_default_or_override(tmp_path: Path) -> No
     assert MigrationModel(bandwidth_mbps=42).bandwidth_bps(topo, "adc", "bdc") == 42e6
     with pytest.raises(InputError, match="bandwidth_mbps"):
         MigrationModel(bandwidth_mbps=0).check()
+
+
+def test_plans_are_read_once_none_is_in_flight(tmp_path: Path) -> None:
+    """A plan still executing when a run's traffic stops is recorded in its final state,
+    not ``ongoing`` (the controller ends it moments later)."""
+    import threading
+    import time
+
+    from pacao.controller.storage import Store
+
+    f = tmp_path / "t.yaml"
+    f.write_text(yaml.safe_dump(TWO_DC))
+    state = State("abce", tmp_path / "testbed-abce.json", {"file": str(f)})
+    s = ControllerSettings("pacao1", s1=10, s2=5, s3=1)
+    cp = TestbedControlPlane(state, load_topology(f), s, tmp_path / "cp")
+    cp.workdir.mkdir(parents=True)
+    store = Store(f"sqlite:///{cp.db}")
+    pid = store.create_plan("u", "entry_switch", "r", {}, {}, [])
+    store.approve(pid, by="auto")
+    assert store.move_plan(pid, "approved", "ongoing")
+
+    def finish() -> None:
+        time.sleep(0.3)
+        store.move_plan(pid, "ongoing", "succeeded")
+
+    t = threading.Thread(target=finish)
+    t.start()
+    t0 = time.monotonic()
+    plans = cp.plans(settle_s=5.0)
+    t.join()
+    assert [p["state"] for p in plans] == ["succeeded"]
+    assert 0.3 <= time.monotonic() - t0 < 5.0
+    store.close()

@@ -107,6 +107,8 @@ class Policy(_Model):
 
     min_dwell_s: NonNegFloat = 30.0
     min_gain: NonNegFloat = 0.0
+    min_gain_ratio: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.2
+    carry_windows: Annotated[int, Field(ge=0)] = 2
     cooldown_s: NonNegFloat = 300.0
     expected_stay_s: PosFloat = 3600.0
     migration_cost_weight: NonNegFloat = 1.0

@@ -9,6 +9,7 @@ module sees it.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import math
@@ -365,13 +366,16 @@ class Monitor:
         return len(fresh)
 
     async def poll(self) -> int:
+        """Fetch every source at once (one slow agent must not delay the others' samples
+        past the window they belong to), then ingest in source order."""
+        docs = await asyncio.gather(*(src.fetch() for src in self.sources), return_exceptions=True)
         n = 0
-        for src in self.sources:
-            try:
-                doc = await src.fetch()
-            except (OSError, ValueError, httpx.HTTPError) as exc:
-                self.emit(SourceError(src.name, f"{type(exc).__name__}: {exc}"))
+        for src, doc in zip(self.sources, docs, strict=True):
+            if isinstance(doc, OSError | ValueError | httpx.HTTPError):
+                self.emit(SourceError(src.name, f"{type(doc).__name__}: {doc}"))
                 continue
+            if isinstance(doc, BaseException):
+                raise doc
             n += self.ingest(src.name, doc)
         return n
 
@@ -404,3 +408,37 @@ class Monitor:
             if w.availability == 0.0:
                 self.emit(PathDown(w))
         return stats
+
+
+def _stat_key(w: WindowStat) -> tuple[str, str, str, str, str]:
+    return (w.path, w.xtr, w.rloc, w.subject, w.peer)
+
+
+class LastKnown:
+    """Carries each path's last window aggregate into windows without samples for it.
+
+    A window with no sample of a path says nothing about the path (the agent was
+    slow, the poll failed, the probe is still in flight), so the decision module
+    gets the last aggregate for up to ``max_age_s`` (``policy.carry_windows`` x S').
+    An aggregate whose probes were all lost (availability 0) is carried too: a dead
+    locator stays dead until it answers. Carried stats keep their own start/end.
+    """
+
+    def __init__(self, max_age_s: float) -> None:
+        self.max_age_s = max_age_s
+        self.last: dict[tuple[str, str, str, str, str], WindowStat] = {}
+
+    def fill(self, stats: Sequence[WindowStat], end: float) -> list[WindowStat]:
+        """``stats`` plus the carried aggregates of the paths they lack."""
+        fresh = {_stat_key(w) for w in stats}
+        for w in stats:
+            self.last[_stat_key(w)] = w
+        out = list(stats)
+        for key, w in list(self.last.items()):
+            if key in fresh:
+                continue
+            if end - w.end > self.max_age_s + 1e-9:
+                del self.last[key]
+            else:
+                out.append(w)
+        return out

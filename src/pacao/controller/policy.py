@@ -14,6 +14,9 @@ switching user come from :func:`pacao.optimize.solve`. No second ranking here.
 Beyond the paper (Sec. III-D), a move must also pass:
 
 * a minimum gain margin: objective(current) - objective(best) >= min_gain;
+* a relative margin for switches (min_gain_ratio r): the best entry must still
+  rank strictly before the current one with each of its metrics worsened by the
+  fraction r (two entries measured within noise of each other are a tie);
 * a minimum dwell time on an entry before switching away (min_dwell_s);
 * a cooldown per user after a migration (cooldown_s);
 * migration economics: the gain only accrues after the migration time t
@@ -22,8 +25,10 @@ Beyond the paper (Sec. III-D), a move must also pass:
 * caps on concurrent migrations per DC (source and destination) and in total;
 * pinned VMs never migrate.
 
-An unavailable current entry overrides the margin and the dwell time: a user
-never waits on a dead locator.
+An unavailable current entry (probes lost) overrides the margins and the dwell
+time: a user never waits on a dead locator. An *unmeasured* current entry (no
+sample at all, ``known`` False) is not a dead one: the user keeps it unless
+another entry is measured meeting the SLA (Reason.NO_DATA).
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class Reason(IntEnum):
     CAP_TOTAL = 10
     CAPACITY = 11
     NO_CANDIDATE = 12
+    NO_DATA = 13
 
 
 REASON_TEXT: dict[Reason, str] = {
@@ -81,6 +87,7 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.CAP_TOTAL: "total concurrent-migration cap reached",
     Reason.CAPACITY: "destination filled by another migration of this cycle",
     Reason.NO_CANDIDATE: "no available candidate",
+    Reason.NO_DATA: "current entry not measured and no candidate measured meeting the SLA",
 }
 
 
@@ -90,6 +97,7 @@ class Params:
 
     min_dwell_s: float = 30.0
     min_gain: float = 0.0
+    min_gain_ratio: float = 0.2
     cooldown_s: float = 300.0
     migration_cost_weight: float = 1.0
     max_migrations_per_dc: int = 1
@@ -123,8 +131,10 @@ class EntryDecisions:
 
     @property
     def step2(self) -> BoolArray:
-        """Users whose Step 2 runs after S'': those whose SLA was violated (1.2)."""
-        return ~self.sla_met
+        """Users whose Step 2 runs after S'': those whose SLA was violated (1.2); an
+        unmeasured current entry (NO_DATA) is not known to violate it."""
+        out: BoolArray = ~self.sla_met & (self.reason != Reason.NO_DATA)
+        return out
 
 
 @dataclass(frozen=True)
@@ -259,6 +269,7 @@ def decide_entry(
     sla: Sla,
     last_switch: FloatArray,
     params: Params,
+    known: BoolArray | None = None,
 ) -> EntryDecisions:
     """Step 1 for all users.
 
@@ -266,21 +277,48 @@ def decide_entry(
     entry RLOC over the last S' (see :func:`combine_paths`); ``usable``
     (users, candidates): measured and available; ``current`` (users,): index of
     the entry in use (-1: none); ``last_switch``: time of the user's last
-    entry switch (-inf: never).
+    entry switch (-inf: never); ``known`` (users, candidates): something was
+    measured (answered or lost probes), default ``usable``. A current entry that
+    is not usable but known is down: the user leaves it at once; one that is not
+    known is unmeasured: the user leaves it only for an entry measured meeting
+    the SLA (Reason.NO_DATA otherwise).
     """
+    n = values.shape[0]
+    rows = np.arange(n)
     cur_ok, cur_obj, met, cur_sec = _current_keys(values, usable, current, sla)
     best, best_obj = _choose(values, sla, usable)
+    has = best >= 0
+    safe_best = np.where(has, best, 0)
+    valid = (current >= 0) & (current < values.shape[1])
+    if known is None:
+        unknown = np.zeros(n, dtype=bool)
+    else:
+        unknown = valid & ~cur_ok & ~known[rows, np.where(valid, current, 0)]
     with np.errstate(invalid="ignore"):
         gain = cur_obj - best_obj  # inf - inf (nothing usable anywhere) is NaN: no move
-    has = best >= 0
-    no_better = (best == current) | ~_ranks_before(gain, cur_sec, _secondary(values, best, sla))
-    below = cur_ok & (gain < params.min_gain)
+    best_sec = _secondary(values, best, sla)
+    no_better = (best == current) | ~_ranks_before(gain, cur_sec, best_sec)
+    below = cur_ok & (gain < params.min_gain - OBJECTIVE_TIE)  # float noise is no loss
+    if params.min_gain_ratio > 0:
+        # The margin: the best still ranks strictly before the current one with every
+        # metric worse by the fraction r (the kernel's order on inflated metrics).
+        f = 1.0 + params.min_gain_ratio
+        picked = _pick(values, safe_best) * f
+        inflated = np.where(has[:, None], picked, 0.0)
+        _, infl_obj, _, infl_sec = _current_keys(
+            inflated[:, None, :], has[:, None], np.zeros(n, np.int64), sla
+        )
+        with np.errstate(invalid="ignore"):
+            below |= cur_ok & ~_ranks_before(cur_obj - infl_obj, cur_sec, infl_sec)
+    _, _, best_met, _ = _current_keys(values, usable, safe_best, sla)
+    no_data = unknown & ~(has & best_met)
     dwell = cur_ok & (now - last_switch < params.min_dwell_s)
     reason = np.select(
-        [met, ~has, no_better, below, dwell],
+        [met, ~has, no_data, no_better, below, dwell],
         [
             int(Reason.SLA_MET),
             int(Reason.NO_CANDIDATE),
+            int(Reason.NO_DATA),
             int(Reason.CURRENT_IS_BEST),
             int(Reason.GAIN_BELOW_MARGIN),
             int(Reason.DWELL),

@@ -30,6 +30,7 @@ from pacao.controller.metrics import Metrics
 from pacao.controller.monitoring import (
     USER_XTR,
     XTR_VM,
+    LastKnown,
     Monitor,
     SamplesIngested,
     Source,
@@ -92,6 +93,7 @@ def params_from_config(cfg: ControllerConfig) -> Params:
     return Params(
         min_dwell_s=p.min_dwell_s,
         min_gain=p.min_gain,
+        min_gain_ratio=p.min_gain_ratio,
         cooldown_s=p.cooldown_s,
         migration_cost_weight=p.migration_cost_weight,
         max_migrations_per_dc=p.max_migrations_per_dc,
@@ -150,6 +152,7 @@ class Controller:
         self.state: dict[str, dict[str, Any]] = {}
         self.step2_due: dict[str, float] = {}
         self.last_stats: list[WindowStat] = []
+        self.last_known = LastKnown(cfg.policy.carry_windows * cfg.timers.s1)
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, SamplesIngested):
@@ -203,6 +206,18 @@ class Controller:
             self._save(user)
         self.metrics.set_plans(self.store.plan_counts())
 
+    def _busy(self) -> set[str]:
+        """Users with a plan approved or under way: their entry/host state is about to
+        change, so no new plan for them until it ends (two plans of one user would race
+        on the same mapping, and each window would add one while a slow action runs)."""
+        out: set[str] = set()
+        for p in self.store.plans(state=("approved", "ongoing"), limit=100000):
+            if p["user"] == MULTI_USER:
+                out.update(str(a["params"].get("user")) for a in p["actions"])
+            else:
+                out.add(str(p["user"]))
+        return out
+
     @staticmethod
     def _t(v: Any) -> float:
         return -math.inf if v is None else float(v)
@@ -214,13 +229,16 @@ class Controller:
         uidx = {u.name: i for i, u in enumerate(self.users)}
         ridx = {r: j for j, r in enumerate(self.rlocs)}
         sub = np.full((n, c, k), np.nan)
+        seen = np.zeros((n, c), dtype=bool)  # a user<->xTR aggregate exists (even all lost)
         xv: dict[tuple[str, int], list[tuple[str, np.ndarray]]] = {}
         for s in stats:
             vals = None
             if s.rtt_ms is not None and s.availability > 0:
                 vals = np.array([s.rtt_ms, s.jitter_ms or 0.0, 1.0 - s.availability])
-            if s.path == USER_XTR and s.subject in uidx and s.rloc in ridx and vals is not None:
-                sub[uidx[s.subject], ridx[s.rloc]] = vals
+            if s.path == USER_XTR and s.subject in uidx and s.rloc in ridx:
+                seen[uidx[s.subject], ridx[s.rloc]] = True
+                if vals is not None:
+                    sub[uidx[s.subject], ridx[s.rloc]] = vals
             elif s.path == XTR_VM and vals is not None:
                 xv.setdefault((s.subject, self.dcs.index(s.xtr)), []).append((s.peer, vals))
         sub_ok = np.isfinite(sub).all(axis=-1)
@@ -244,6 +262,8 @@ class Controller:
             "sub_ok": sub_ok,
             "through": through,
             "through_ok": np.isfinite(through).all(axis=-1),
+            # measured (answered or lost) through each entry: not usable but known = down
+            "through_known": seen & np.isfinite(leg).all(axis=-1),
         }
 
     def _current_idx(self) -> np.ndarray:
@@ -268,7 +288,7 @@ class Controller:
     async def step1(self, now: float) -> list[str]:
         """Close the S' window, decide entries for every user, store and dispatch plans."""
         t0 = time.perf_counter()
-        stats = self.monitor.window(now - self.cfg.timers.s1, now)
+        stats = self.last_known.fill(self.monitor.window(now - self.cfg.timers.s1, now), now)
         self.last_stats = stats
         for s in stats:
             if s.path == USER_XTR:
@@ -282,10 +302,19 @@ class Controller:
         arr = self.arrays(stats)
         last = np.array([self._t(self.state[u.name]["last_switch"]) for u in self.users])
         dec = decide_entry(
-            now, arr["through"], arr["through_ok"], self._current_idx(), self.sla, last, self.params
+            now,
+            arr["through"],
+            arr["through_ok"],
+            self._current_idx(),
+            self.sla,
+            last,
+            self.params,
+            known=arr["through_known"],
         )
         created = []
-        together = self._multi_user_batch(dec)
+        busy = self._busy()
+        free = np.array([u.name not in busy for u in self.users], dtype=bool)
+        together = self._multi_user_batch(dec, free)
         if together.size:
             pid = await self._multi_user_plan(together, arr, dec, now)
             if pid is None:
@@ -294,11 +323,15 @@ class Controller:
                 created.append(pid)
         planned = set(together.tolist())
         for i, u in enumerate(self.users):
-            self.metrics.sla_met.labels(user=u.name).set(1.0 if dec.sla_met[i] else 0.0)
-            if not dec.sla_met[i]:
+            if dec.reason[i] != Reason.NO_DATA:
+                self.metrics.sla_met.labels(user=u.name).set(1.0 if dec.sla_met[i] else 0.0)
+            if dec.step2[i]:
                 self.metrics.sla_violations.labels(user=u.name).inc()
-                if i not in planned:
-                    self.step2_due.setdefault(u.name, now + self.cfg.timers.s2)
+            if not free[i]:
+                log.info("step 1 holds", extra={"user": u.name, "reason": IN_FLIGHT})
+                continue
+            if dec.step2[i] and i not in planned:
+                self.step2_due.setdefault(u.name, now + self.cfg.timers.s2)
             if i in planned:
                 continue
             if dec.switch[i]:
@@ -338,6 +371,14 @@ class Controller:
                 "s1": self.cfg.timers.s1,
                 "from": self.state[u.name]["entry"],
                 "through": self._user_values(i, arr["through"][i]),
+                # entries without samples this window, decided on their last aggregate
+                "carried": sorted(
+                    {
+                        s.rloc
+                        for s in self.last_stats
+                        if s.path == USER_XTR and s.subject == u.name and s.end < now - 1e-9
+                    }
+                ),
             },
             {
                 "current_objective": _num(dec.current_objective[i]),
@@ -354,11 +395,12 @@ class Controller:
         return pid
 
     # -- Congestion-aware multi-user mode ---------------------------------------------
-    def _multi_user_batch(self, dec: Any) -> np.ndarray:
-        """Users decided together this window: the violators with an RTT bound, when the
-        mode says so (``always``, or ``auto`` with at least ``min_users`` of them)."""
+    def _multi_user_batch(self, dec: Any, free: np.ndarray) -> np.ndarray:
+        """Users decided together this window: the violators with an RTT bound and no
+        plan in flight, when the mode says so (``always``, or ``auto`` with at least
+        ``min_users`` of them)."""
         mu = self.cfg.multi_user
-        rows = np.flatnonzero(~dec.sla_met & np.isfinite(self.sla.bounds[:, 0]))
+        rows = np.flatnonzero(dec.step2 & free & np.isfinite(self.sla.bounds[:, 0]))
         if mu.mode == "off" or rows.size == 0:
             return rows[:0]
         if mu.mode == "auto" and rows.size < mu.min_users:
@@ -496,7 +538,13 @@ class Controller:
         t0 = time.perf_counter()
         for name in due:
             del self.step2_due[name]
-        stats = self.monitor.window(now - self.cfg.timers.s2, now)
+        busy = self._busy()
+        for name in [n for n in due if n in busy]:
+            log.info("step 2 holds", extra={"user": name, "reason": IN_FLIGHT})
+        due = [n for n in due if n not in busy]
+        if not due:
+            return []
+        stats = self.last_known.fill(self.monitor.window(now - self.cfg.timers.s2, now), now)
         arr = self.arrays(stats)
         idx = np.array([i for i, u in enumerate(self.users) if u.name in due], dtype=np.int64)
         n_dc = len(self.dcs)
@@ -652,6 +700,9 @@ class Controller:
             await asyncio.gather(*tasks)
 
 
+IN_FLIGHT = "a plan of the user is approved or under way"
+
+
 def _num(x: Any) -> float | None:
     v = float(x)
     return v if math.isfinite(v) else None
@@ -660,9 +711,12 @@ def _num(x: Any) -> float | None:
 class Service:
     """The asyncio process: loops for probing, Step 1, Step 2, approvals and the API."""
 
-    def __init__(self, ctl: Controller, api_server: Any = None) -> None:
+    def __init__(self, ctl: Controller, api_server: Any = None, grace_s: float = 2.0) -> None:
         self.ctl = ctl
         self.api_server = api_server
+        #: on stop, plans under way get this long to end (succeeded/failed) before they
+        #: are cancelled; a cancelled one stays ``ongoing`` and is resumed at the next start
+        self.grace_s = grace_s
         self.stop = asyncio.Event()
 
     async def _every(self, period: float, fn: Any) -> None:
@@ -714,9 +768,13 @@ class Service:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        under_way = [t for t in ctl.running.values() if not t.done()]
+        if under_way:
+            await asyncio.wait(under_way, timeout=self.grace_s)
+        left = sum(not t.done() for t in under_way)
         for task in ctl.running.values():
             task.cancel()
-        log.info("controller stopped")
+        log.info("controller stopped", extra={"plans_left_ongoing": left})
 
 
 def build(

@@ -53,6 +53,7 @@ UNCAPPED = 1 << 62
 PAPER_PARAMS = Params(
     min_dwell_s=0.0,
     min_gain=0.0,
+    min_gain_ratio=0.0,
     cooldown_s=0.0,
     migration_cost_weight=0.0,
     max_migrations_per_dc=UNCAPPED,

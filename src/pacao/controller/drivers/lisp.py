@@ -120,12 +120,12 @@ class LispMapping:
         body: dict[str, Any] = {"prefix": vm_eid, "priorities": dict(priorities)}
         if self.method is not None:
             body["method"] = self.method
-        told: set[str] = set()
         for dc, rec in owners.items():
-            known = set(self._priorities(rec))
-            missing = sorted(set(priorities) - known)
+            missing = sorted(set(priorities) - set(self._priorities(rec)))
             if missing:
                 raise DriverError(f"{missing} are not locators of {vm_eid} at {dc}'s xTR")
+
+        async def post(dc: str) -> list[str]:
             url = self.endpoints[dc] + "/set-priority"
             try:
                 r = await self._client.post(url, json=body)
@@ -134,7 +134,13 @@ class LispMapping:
                 raise DriverError(f"xTR agent of {dc} at {url}: {exc}") from None
             if r.status_code != 200:
                 raise DriverError(f"xTR agent of {dc} refused: {answer.get('error', r.text)}")
-            told.update(str(x).rpartition(":")[0] for x in answer.get("itrs") or [])
+            return [str(x).rpartition(":")[0] for x in answer.get("itrs") or []]
+
+        # All agents at once: each SMRs / CHANGE-PRIORITYs the ITRs from its own RLOC, so
+        # the user's xTR hears first from the agent with the shortest path to it (one
+        # after the other, a stressed DC first in the list would delay the others).
+        replies = await asyncio.gather(*(post(dc) for dc in owners))
+        told = {x for itrs in replies for x in itrs}
         await self._confirm(vm_eid, {dc: rec["agent_time"] for dc, rec in owners.items()})
         rlocs = [x for x in notify if "/" not in x]
         unknown = [x for x in rlocs if x not in told]
@@ -152,8 +158,9 @@ class LispMapping:
         deadline = time.monotonic() + self.confirm_s
         pending = set(since)
         while True:
-            for dc in sorted(pending):
-                doc = await self._snapshot(dc)
+            order = sorted(pending)
+            docs = await asyncio.gather(*(self._snapshot(dc) for dc in order))
+            for dc, doc in zip(order, docs, strict=True):
                 reg = doc.get("registered") or {}
                 if reg and all(float(t) > since[dc] for t in reg.values()):
                     pending.discard(dc)
@@ -164,7 +171,7 @@ class LispMapping:
                     f"map-server did not acknowledge the registration of {vm_eid} "
                     f"from {sorted(pending)} within {self.confirm_s} s"
                 )
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)  # each poll is a full snapshot of every agent
 
     async def close(self) -> None:
         await self._client.aclose()
