@@ -289,29 +289,6 @@ def test_sigterm_takes_every_testbed_down(tmp_path: Path, state_dir: Path) -> No
     assert not list(state_dir.glob("testbed-*.json"))
 
 
-def test_pacao_arms_fail_clearly_without_the_control_plane(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import importlib
-
-    from pacao.testbed import run as run_mod
-
-    real = importlib.import_module
-
-    def missing(name: str, *a: Any) -> Any:
-        if name == "pacao.testbed.controlplane":
-            raise ImportError("No module named 'pacao.testbed.controlplane'")
-        return real(name, *a)
-
-    monkeypatch.setattr(importlib, "import_module", missing)
-    exp = load_experiment(resolve("table1"))
-    opts = quick_options("table1", tmp_path)
-    state: Any = None  # never reached: the module is missing
-    assert run_mod.start_control_plane(exp, state, "legacy", opts, tmp_path) is None
-    with pytest.raises(run_mod.ControlPlaneMissing, match="the PACAO arms need"):
-        run_mod.start_control_plane(exp, state, "pacao1", opts, tmp_path)
-
-
 def test_completed_downloads_compare_by_completion_time() -> None:
     meta = {"title": "x", "time_scale": 1.0, "repeat": 1, "duration_s": 10, "paper": {}}
     slow, fast = _rec("legacy", 10), _rec("pacao1", 10)

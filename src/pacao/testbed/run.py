@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import shutil
 import threading
@@ -33,6 +32,7 @@ import yaml
 
 from pacao.errors import InputError
 from pacao.testbed import runner, traffic
+from pacao.testbed.controlplane import ControllerSettings, MigrationModel, TestbedControlPlane
 from pacao.testbed.experiment import ARMS, Experiment, Variant, load_experiment, resolve
 from pacao.testbed.guest import STREAM_PATH
 from pacao.testbed.migration import migrate_vm
@@ -56,10 +56,6 @@ GUEST_HTTP_PORT = 80
 
 class Interrupted(Exception):
     """The run was stopped (Ctrl-C, SIGTERM or another trial failed)."""
-
-
-class ControlPlaneMissing(runner.TestbedError):
-    """The PACAO arms need the testbed control plane, which is not available."""
 
 
 @dataclass(frozen=True)
@@ -129,47 +125,21 @@ def interval_s(time_scale: float) -> float:
     return max(IPERF_MIN_INTERVAL, round(time_scale, 3))
 
 
-def _control_plane_api() -> Any:
-    """The tbinfra module, or ControlPlaneMissing naming what is missing."""
-    try:
-        return importlib.import_module("pacao.testbed.controlplane")
-    except ImportError as exc:
-        raise ControlPlaneMissing(
-            f"the PACAO arms need pacao.testbed.controlplane (the testbed's LISP control "
-            f"plane and controller), which is not installed: {exc}"
-        ) from None
-
-
 def start_control_plane(
     exp: Experiment, state: runner.State, arm: str, opts: RunOptions, workdir: Path
-) -> Any:
-    """Map-server, xTR agents and (PACAO arms) the controller; None = seeded map-caches.
-
-    Only the legacy arm may run without the control plane (fixed RLOCs are what
-    the topology seeds); the PACAO arms raise ControlPlaneMissing.
-    """
-    try:
-        cp = _control_plane_api()
-        settings = cp.ControllerSettings(
-            policy=arm,
-            s1=exp.s1 * opts.time_scale,
-            s2=exp.s2 * opts.time_scale,
-            s3=opts.probe_s * opts.time_scale,
-            vm_backend=opts.vm,
-            **exp.controller,
-        )
-        model = cp.MigrationModel(time_scale=opts.time_scale, **exp.migration)
-        plane = cp.TestbedControlPlane(state, exp.topology, settings, workdir, model)
-        plane.start()
-    except (ControlPlaneMissing, NotImplementedError) as exc:
-        if arm == "legacy" and opts.vm == "namespace":
-            return None
-        if isinstance(exc, ControlPlaneMissing):
-            raise
-        raise ControlPlaneMissing(
-            f"arm {arm}: pacao.testbed.controlplane is not implemented yet ({exc!r}); "
-            "the PACAO arms' decisions must come from the controller, so they cannot run"
-        ) from None
+) -> TestbedControlPlane:
+    """Map-server and xTR agents for every arm, plus the controller for the PACAO arms."""
+    settings = ControllerSettings(
+        policy=arm,  # type: ignore[arg-type]  # checked against ARMS by the experiment
+        s1=exp.s1 * opts.time_scale,
+        s2=exp.s2 * opts.time_scale,
+        s3=opts.probe_s * opts.time_scale,
+        vm_backend=opts.vm,  # type: ignore[arg-type]  # checked by the CLI
+        **exp.controller,
+    )
+    model = MigrationModel(time_scale=opts.time_scale, **exp.migration)
+    plane = TestbedControlPlane(state, exp.topology, settings, workdir, model)
+    plane.start()
     return plane
 
 
@@ -237,7 +207,7 @@ def run_trial(
     runner.check_system()
     state = runner.new_state(exp.topology_path)
     record["run_id"] = state.runid
-    plane: Any = None
+    plane: TestbedControlPlane | None = None
     phases: dict[str, float] = {}
     record["phases_s"] = phases
     mark = time.monotonic()
@@ -250,7 +220,6 @@ def run_trial(
         plane = start_control_plane(exp, state, trial.arm, opts, state.rundir / "cp")
         phases["control_plane"] = time.monotonic() - mark
         mark = time.monotonic()
-        record["control_plane"] = "controlplane" if plane is not None else "seeded map-cache"
         if trial.traffic == "download":
             out = state.rundir / "fetch.json"
             client_cmd = [
@@ -356,11 +325,10 @@ def run_trial(
         if meas.get("error"):
             raise runner.TestbedError(f"{trial.traffic} client: {meas['error']}")
         record["measure"] = meas
-        if plane is not None:
-            record["plans"] = plane.plans()
-            record["cp_events"] = [
-                {**e, "t_scenario": (float(e["t"]) - t0) / scale} for e in plane.events()
-            ]
+        record["plans"] = plane.plans()
+        record["cp_events"] = [
+            {**e, "t_scenario": (float(e["t"]) - t0) / scale} for e in plane.events()
+        ]
         phases["traffic"] = time.monotonic() - mark
     except runner.TestbedError:
         if logs is not None and state.rundir.is_dir():  # keep the daemons' logs to diagnose
@@ -457,8 +425,6 @@ def run_experiment(
         name = f"{trial.variant.name}-{trial.traffic}-{trial.arm}-r{trial.rep}"
         try:
             rec = run_trial(exp, trial, opts, stop, logs=raw / "logs" / name)
-        except ControlPlaneMissing:
-            raise
         except runner.TestbedError as exc:
             # one failed trial (e.g. a traffic tool aborting) is reported, not fatal
             rec = {"experiment": exp.name, "variant": trial.variant.name,
