@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from migration_support import two_dc_config
 from pacao.controller.clock import SystemClock
-from pacao.controller.config import load_config
 from pacao.controller.drivers import load_driver
 from pacao.controller.drivers.base import DriverError
 from pacao.controller.drivers.qmp import (
@@ -46,23 +45,7 @@ def procs() -> Iterator[Procs]:
 
 
 def config(tmp: Path) -> Any:
-    doc = {
-        "dcs": [
-            {"name": dc, "location": {"lat": 48.85, "lon": 2.35}, "rlocs": [rloc],
-             "capacity": {"ram_mib": 4096, "cpu": 4}, "xtr": {"stats_url": "http://127.0.0.1:1/"}}
-            for dc, rloc in (("dc1", "192.0.2.1"), ("dc2", "192.0.2.2"))
-        ],
-        "vms": [{"name": "tiny", "eid": "10.1.0.10/32", "memory_mib": 128, "vcpus": 1,
-                 "host": "dc1", "hypervisor_uri": "qemu:///system"}],
-        "users": [],
-        "timers": {"s1": 10, "s2": 5, "s3": 1},
-        "drivers": {"mapping": {"name": "memory"}, "hypervisor": {"name": "memory"}},
-        "storage": {"url": f"sqlite:///{tmp / 'c.db'}"},
-        "api": {"token": "t"},
-    }  # fmt: skip
-    p = tmp / "c.yaml"
-    p.write_text(yaml.safe_dump(doc))
-    return load_config(p)
+    return two_dc_config(tmp, memory_mib=128)
 
 
 def free_port() -> int:
