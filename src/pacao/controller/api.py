@@ -1,8 +1,8 @@
 """Northbound REST API (FastAPI): topology, measurements, plans, approvals, /metrics.
 
-Every route but /healthz and the OpenAPI document needs ``Authorization:
-Bearer <token>``; without it the answer is 401. (No ``from __future__ import
-annotations`` here: FastAPI must evaluate the dependency annotations, which
+Every route but the probes (/healthz, /livez, /readyz) and the OpenAPI document
+needs ``Authorization: Bearer <token>``; without it the answer is 401. (No ``from
+__future__ import annotations`` here: FastAPI must evaluate the dependency annotations, which
 name local objects.)
 """
 
@@ -36,9 +36,27 @@ def create_app(ctl: Any, token: str) -> FastAPI:
 
     guarded = [Depends(auth)]
 
-    @app.get("/healthz", summary="Liveness (no token needed)")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def health() -> dict[str, Any]:
+        recovering = bool(getattr(ctl, "in_recovery", False))
+        return {
+            "status": "recovering" if recovering else "ok",
+            "recovering_plans": sorted(getattr(ctl, "recovering", ())),
+        }
+
+    @app.get("/healthz", summary="Process answers; says 'recovering' while plans resume")
+    def healthz() -> dict[str, Any]:
+        return health()
+
+    @app.get("/livez", summary="Liveness probe: 200 whenever the event loop answers")
+    def livez() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", summary="Readiness probe: 503 while plans under way are resumed")
+    def readyz(response: Response) -> dict[str, Any]:
+        doc = health()
+        if doc["status"] != "ok":
+            response.status_code = 503
+        return doc
 
     @app.get("/topology", dependencies=guarded, summary="DCs, VMs and users with current state")
     def topology() -> dict[str, Any]:

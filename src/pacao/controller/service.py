@@ -53,6 +53,7 @@ from pacao.controller.policy import (
     rank_entries,
 )
 from pacao.controller.storage import Store
+from pacao.errors import InputError
 from pacao.optimize.assign import InfeasibleError
 
 log = logging.getLogger("pacao.controller")
@@ -150,6 +151,10 @@ class Controller:
             if link.rtt_ms is not None:
                 self.inter_rtt[(a, c)] = self.inter_rtt[(c, a)] = link.rtt_ms
         self.state: dict[str, dict[str, Any]] = {}
+        #: plans being resumed after a restart (empty once recovery ended): /readyz is
+        #: 503 while it is not empty, and :meth:`recover` runs in the background
+        self.recovering: set[str] = set()
+        self.in_recovery = False
         self.step2_due: dict[str, float] = {}
         self.last_stats: list[WindowStat] = []
         self.last_known = LastKnown(cfg.policy.carry_windows * cfg.timers.s1)
@@ -689,6 +694,35 @@ class Controller:
             return
         self.running[pid] = asyncio.ensure_future(self.executor.run_plan(pid))
 
+    async def recover(self) -> list[str]:
+        """After a restart: resume ``ongoing`` plans, start ``approved`` ones and, in auto
+        mode, approve the ``recommended`` ones the crash interrupted; all at once (they
+        were running side by side before the crash) and in the background, so the API
+        and the loops answer meanwhile. Returns the plan ids taken up."""
+        ids = [p["id"] for p in reversed(self.store.plans(state="ongoing", limit=100000))]
+        ids += [p["id"] for p in reversed(self.store.plans(state="approved", limit=100000))]
+        if not self.manual and not self.dry_run:
+            for p in reversed(self.store.plans(state="recommended", limit=100000)):
+                if p["dry_run"]:
+                    continue
+                try:
+                    self.store.approve(p["id"], by="auto")
+                except InputError:
+                    continue  # superseded or approved by a decision made meanwhile
+                ids.append(p["id"])
+        self.recovering.update(ids)
+        try:
+            for pid in ids:
+                self.start(pid)
+            tasks = [self.running[pid] for pid in ids]
+            if tasks:
+                await asyncio.wait(tasks)
+        finally:
+            self.recovering.clear()
+            self.in_recovery = False
+        log.info("recovery done", extra={"plans": len(ids)})
+        return ids
+
     async def run_approved(self) -> None:
         for p in self.store.plans(state="approved"):
             self.start(p["id"])
@@ -734,7 +768,10 @@ class Service:
         ctl = self.ctl
         t = ctl.cfg.timers
         ctl.load_state()
-        await ctl.executor.recover(auto=not ctl.manual and not ctl.dry_run)
+        # Recovery in the background: a plan under way can be a migration of minutes, and
+        # the API, the probes and SIGTERM must not wait for it (/readyz says when it ends).
+        ctl.in_recovery = True
+        recovery = asyncio.ensure_future(ctl.recover())
 
         async def poll(_: float) -> None:
             await ctl.monitor.poll()
@@ -748,14 +785,16 @@ class Service:
         async def approvals(_: float) -> None:
             await ctl.run_approved()
 
-        tasks: list[asyncio.Future[Any]] = [
+        loops: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(self._every(t.s3, poll)),
             asyncio.ensure_future(self._every(t.s1, step)),
             asyncio.ensure_future(self._every(t.s3, step2)),
             asyncio.ensure_future(self._every(t.s3, approvals)),
+            recovery,
         ]
+        api = None
         if self.api_server is not None:
-            tasks.append(asyncio.ensure_future(self.api_server.serve()))
+            api = asyncio.ensure_future(self.api_server.serve())
         log.info(
             "controller started",
             extra={"users": len(ctl.users), "dry_run": ctl.dry_run, "manual": ctl.manual},
@@ -763,9 +802,9 @@ class Service:
         await self.stop.wait()
         if self.api_server is not None:
             self.api_server.should_exit = True
-        for task in tasks[:4]:
+        for task in loops:
             task.cancel()
-        for task in tasks:
+        for task in loops + ([api] if api is not None else []):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         under_way = [t for t in ctl.running.values() if not t.done()]
@@ -774,6 +813,9 @@ class Service:
         left = sum(not t.done() for t in under_way)
         for task in ctl.running.values():
             task.cancel()
+        for task in under_way:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         log.info("controller stopped", extra={"plans_left_ongoing": left})
 
 
