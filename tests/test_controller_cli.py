@@ -31,10 +31,87 @@ def cli(*args: str) -> tuple[int, str, str]:
     return r.exit_code, r.stdout, r.stderr
 
 
-def test_example_config_is_valid() -> None:
+def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PACAO_API_TOKEN", "t")
+    monkeypatch.chdir("/")  # the example does not depend on the working directory
     code, out, err = cli("controller", "check-config", str(EXAMPLE))
     assert code == 0, err
     assert out.startswith("ok: 4 DCs, 1 VMs, 1 users")
+    assert not (EXAMPLE.parent / "pacao-controller.db").exists()  # checked, not created
+
+
+def _not_a_db(tmp: Path) -> str:
+    (tmp / "junk.db").write_bytes(b"this is not an SQLite database" * 100)
+    return f"sqlite:///{tmp / 'junk.db'}"
+
+
+RUNTIME_BAD = [
+    (lambda d, t: d["drivers"]["hypervisor"].update(options={"bogus": 1}),
+     "drivers.hypervisor.options", "bogus"),
+    (lambda d, t: d["drivers"]["mapping"].update(options={"bogus": 1}),
+     "drivers.mapping.options", "bogus"),
+    (lambda d, t: d["storage"].update(url=f"sqlite:///{t}/no/such/dir/c.db"),
+     "storage.url", "does not exist"),
+    (lambda d, t: d["storage"].update(url=_not_a_db(t)), "storage.url", "cannot open"),
+    (lambda d, t: d["api"].update(token_env="PACAO_TEST_UNSET_TOKEN"), "api.token_env",
+     "not set"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+@pytest.mark.parametrize(("change", "path", "why"), RUNTIME_BAD)
+def test_check_config_refuses_what_run_refuses(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    change: Any,
+    path: str,
+    why: str,
+) -> None:
+    monkeypatch.setenv("PACAO_API_TOKEN", "t")
+    monkeypatch.delenv("PACAO_TEST_UNSET_TOKEN", raising=False)
+    f = edit(tmp_path, lambda d: change(d, tmp_path))
+    args = [f"{f}"] if command == "check-config" else ["--config", str(f)]
+    code, out, err = cli("controller", command, *args)
+    assert code == 2 and out == "", (out, err)
+    assert err.startswith(f"pacao: error: {path}:") and why in err and err.count("\n") == 1, err
+
+
+def test_relative_storage_is_next_to_the_config_and_never_created_by_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pacao.controller.storage import Store
+
+    home, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["storage"] = {"url": "sqlite:///state/ctl.db"}
+    (home / "state").mkdir()
+    f = home / "controller.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    monkeypatch.chdir(elsewhere)
+    assert load_config(f).storage.url == f"sqlite:///{home}/state/ctl.db"
+    # No database yet: `plans` says so (exit 2) instead of creating an empty one.
+    code, out, err = cli("controller", "plans", "--config", str(f))
+    assert code == 2 and out == "" and err.startswith("pacao: error: storage.url:"), err
+    assert "no database at" in err and str(home / "state" / "ctl.db") in err
+    code, _, err = cli("controller", "approve", "some-id", "--config", str(f))
+    assert code == 2 and "no database at" in err
+    assert list(elsewhere.iterdir()) == [] and list((home / "state").iterdir()) == []
+    # Once the controller made it, any working directory finds the same plans.
+    store = Store(f"sqlite:///{home}/state/ctl.db")
+    pid = store.create_plan("nss-user", "entry_switch", "test", {}, {}, [])
+    store.close()
+    code, out, err = cli("controller", "plans", "--config", str(f))
+    assert code == 0 and json.loads(out.splitlines()[0])["id"] == pid, err
+    assert list(elsewhere.iterdir()) == []
+    # A database file without the controller's tables is refused too.
+    (home / "state" / "other.db").write_bytes(b"")
+    doc["storage"] = {"url": "sqlite:///state/other.db"}
+    f.write_text(yaml.safe_dump(doc))
+    code, _, err = cli("controller", "plans", "--config", str(f))
+    assert code == 2 and "not a controller database" in err, err
 
 
 def edit(tmp: Path, change: Any) -> Path:

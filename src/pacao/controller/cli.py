@@ -29,13 +29,14 @@ ConfigOpt = Annotated[Path, typer.Option("--config", help="Controller config (YA
 def check_config(
     file: Annotated[Path, typer.Argument(help="Controller config (YAML).")],
 ) -> None:
-    """Validate a controller config without starting anything."""
+    """Run every check `run` makes before it starts (keys, drivers' options, storage,
+    API token) without starting anything."""
     from pacao.controller.config import load_config
-    from pacao.controller.drivers import check_drivers
+    from pacao.controller.service import check_runtime
 
     try:
         cfg = load_config(file)
-        check_drivers(cfg)
+        check_runtime(cfg)
     except InputError as exc:
         raise _fail(str(exc)) from None
     typer.echo(
@@ -71,7 +72,7 @@ def approve_plan(
     from pacao.controller.storage import Store
 
     try:
-        store = Store(load_config(config).storage.url)
+        store = Store(load_config(config).storage.url, create=False)
         store.approve(plan, by="cli")
     except InputError as exc:
         raise _fail(str(exc)) from None
@@ -88,7 +89,7 @@ def list_plans(
     from pacao.controller.storage import Store
 
     try:
-        store = Store(load_config(config).storage.url)
+        store = Store(load_config(config).storage.url, create=False)
         rows = store.plans(state=state)
     except InputError as exc:
         raise _fail(str(exc)) from None

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.engine import make_url
 
+from pacao.controller.storage import sqlite_file
 from pacao.errors import InputError
 from pacao.optimize.assign.model import LatencyFunction
 from pacao.optimize.io import load_document
@@ -375,6 +377,14 @@ def _resolve_files(cfg: ControllerConfig, base: Path) -> ControllerConfig:
             dc = dc.model_copy(update={"xtr": dc.xtr.model_copy(update={"stats_file": base / f})})
         dcs.append(dc)
     updates["dcs"] = dcs
+    # SQLite file names too: `pacao controller plans --config X` from another folder must
+    # open the database `run` writes, not a new empty one in the current directory.
+    db = sqlite_file(cfg.storage.url)
+    if db is not None and not db.is_absolute():
+        url = make_url(cfg.storage.url).set(database=str(base / db))
+        updates["storage"] = cfg.storage.model_copy(
+            update={"url": url.render_as_string(hide_password=False)}
+        )
     return cfg.model_copy(update=updates)
 
 

@@ -52,7 +52,7 @@ from pacao.controller.policy import (
     placement,
     rank_entries,
 )
-from pacao.controller.storage import Store
+from pacao.controller.storage import Store, check_storage
 from pacao.errors import InputError
 from pacao.optimize.assign import InfeasibleError
 
@@ -819,6 +819,31 @@ class Service:
         log.info("controller stopped", extra={"plans_left_ongoing": left})
 
 
+def check_runtime(cfg: ControllerConfig) -> None:
+    """Every check `run` makes before it starts, starting nothing: `check-config` calls
+    exactly this. Each driver accepts its options (drivers validate them in their
+    constructor and connect nothing there), the storage opens (or can be created) and
+    the API token is readable."""
+    d = cfg.drivers
+    clock = SystemClock()
+    made = [load_driver("mapping", d.mapping.name, cfg, clock, dict(d.mapping.options))]
+    try:
+        made.append(
+            load_driver("hypervisor", d.hypervisor.name, cfg, clock, dict(d.hypervisor.options))
+        )
+        check_storage(cfg.storage.url)
+        cfg.api_token()
+    finally:
+        asyncio.run(_close_all(made))
+
+
+async def _close_all(drivers: Sequence[Any]) -> None:
+    for drv in drivers:
+        closer = getattr(drv, "close", None)
+        if closer is not None:
+            await closer()
+
+
 def build(
     cfg: ControllerConfig,
     clock: Clock | None = None,
@@ -869,6 +894,7 @@ def make_server(ctl: Controller, port: int | None = None) -> Any:
 def run_forever(config_path: Path, dry_run: bool = False, manual: bool = False) -> None:
     """`pacao controller run`: until SIGINT/SIGTERM."""
     cfg = load_config(config_path)
+    check_runtime(cfg)
     setup_logging()
 
     async def main() -> None:

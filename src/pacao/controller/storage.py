@@ -11,9 +11,11 @@ processes (the service and ``pacao controller approve``) never both win.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -34,10 +36,12 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     update,
 )
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from pacao.errors import InputError
 
@@ -175,15 +179,70 @@ def engine_for(url: str) -> Engine:
     return engine
 
 
-class Store:
-    """All the controller's persistence; every method is one transaction."""
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///FILE`` URL (None: not SQLite, or in memory)."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return None
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return None
+    return Path(u.database)
 
-    def __init__(self, url: str, clock: Any = None) -> None:
+
+def check_storage(url: str) -> None:
+    """What the controller needs of its storage, checked without creating anything:
+    an SQLite file that opens as a database (or can be created: its folder exists and
+    is writable), a PostgreSQL server that accepts the connection."""
+    f = sqlite_file(url)
+    if f is not None and not f.exists():
+        d = f.parent
+        if not d.is_dir():
+            raise InputError("storage.url", url, f"folder {str(d)!r} does not exist")
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise InputError("storage.url", url, f"folder {str(d)!r} is not writable")
+        return
+    engine = engine_for(url)
+    try:
+        with engine.connect() as c:
+            c.exec_driver_sql("SELECT count(*) FROM sqlite_master" if f else "SELECT 1")
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise InputError("storage.url", url, f"cannot open the database ({orig})") from None
+    finally:
+        engine.dispose()
+    if f is not None and not os.access(f, os.R_OK | os.W_OK):
+        raise InputError("storage.url", url, "the database file is not writable")
+
+
+class Store:
+    """All the controller's persistence; every method is one transaction.
+
+    ``create=False`` (the CLI's ``plans``, ``approve``): the database must exist
+    already and hold the controller's tables; a wrong path is an error instead of
+    a new empty database somewhere."""
+
+    def __init__(self, url: str, clock: Any = None, create: bool = True) -> None:
         self.url = url
+        f = sqlite_file(url)
+        if not create and f is not None and not f.exists():
+            raise InputError(
+                "storage.url",
+                url,
+                f"no database at {str(f.resolve())!r} (the controller creates it when it "
+                "first runs; relative paths are relative to the config file's folder)",
+            )
         self.engine = engine_for(url)
         self._now = clock.now if clock is not None else time.time
         try:
-            metadata.create_all(self.engine)
+            if create:
+                metadata.create_all(self.engine)
+            else:
+                missing = set(metadata.tables) - set(inspect(self.engine).get_table_names())
+                if missing:
+                    raise InputError(
+                        "storage.url", url, f"not a controller database (no {sorted(missing)})"
+                    )
         except OperationalError as exc:
             raise InputError("storage.url", url, f"cannot open the database ({exc.orig})") from None
 
