@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -242,7 +243,7 @@ def test_dry_run_records_plans_and_never_acts(config: Path) -> None:
 
 
 def test_manual_mode_waits_for_cli_approval(config: Path) -> None:
-    clock = ManualClock(1000.0)
+    clock = ManualClock(time.time())  # `approve` checks the expiry on the wall clock
     src = Stats()
     src.rtt["192.0.2.1"] = 400.0
     ctl = build(load_config(config), clock=clock, manual=True, sources=[src])
@@ -403,3 +404,73 @@ def test_no_second_plan_while_a_slow_switch_is_under_way(config: Path) -> None:
     assert states == ["succeeded"]
     assert ctl.state["nss-user"]["entry"] == "192.0.2.2"
     assert len(ctl.mapping.calls) == 1
+
+
+def test_manual_approval_refreshes_the_pending_plan_then_expires_it(config: Path) -> None:
+    """Each S' repeats the same decision while the operator looks: that is the same plan
+    (refreshed, new expiry), not a new one that makes the approval fail with 409."""
+    clock = ManualClock(1000.0)
+    src = Stats()
+    src.rtt["192.0.2.1"] = 400.0
+    ctl = build(load_config(config), clock=clock, manual=True, sources=[src])
+    assert ctl.cfg.approval.expiry_s == 600.0
+
+    async def window() -> list[str]:
+        clock.advance(10)
+        src.now = clock.now() - 0.5
+        await ctl.monitor.poll()
+        made = await ctl.step1(clock.now())
+        await ctl.run_approved()
+        await ctl.drain()
+        return list(made)
+
+    async def go(n: int) -> list[list[str]]:
+        ctl.load_state()
+        return [await window() for _ in range(n)]
+
+    made = asyncio.run(go(5))
+    pid = made[0][0]
+    assert made == [[pid]] * 5  # one plan, decided five times
+    plans = ctl.store.plans()
+    assert [(p["id"], p["state"], p["refreshed"]) for p in plans] == [(pid, "recommended", 4)]
+    assert plans[0]["expires"] == clock.now() + 600.0
+    # A different decision (LIP6 is now far better than Marilyn) supersedes it.
+    src.rtt["198.51.100.1"] = 5.0
+    src.rtt["192.0.2.2"] = 80.0
+    new = asyncio.run(go(1))[0][0]
+    assert new != pid
+    assert ctl.store.plan(pid)["state"] == "superseded"  # type: ignore[index]
+    # ... and it is approvable while the decision holds: approve, then it runs.
+    ctl.store.approve(new, by="api")  # in simulated time (the CLI reads the wall clock)
+    asyncio.run(go(1))
+    p = ctl.store.plan(new)
+    assert p is not None and p["state"] == "succeeded" and p["approved_by"] == "api"
+    assert ctl.state["nss-user"]["entry"] == "198.51.100.1"
+
+    # SLA met from now on: a pending plan is no longer confirmed and expires.
+    src.rtt["198.51.100.1"] = 400.0  # violated on LIP6: back to TelcoCenter recommended
+    src.rtt["192.0.2.1"] = 30.0
+    made = asyncio.run(go(4))  # once LIP6's dwell time (30 s) is over: a new plan
+    last = next(m[0] for m in made if m)
+    assert made[-1] == [last]  # the last window repeated it
+    src.rtt["198.51.100.1"] = 20.0  # met again: no decision repeats the plan
+    assert asyncio.run(go(59)) == [[]] * 59
+    assert ctl.store.plan(last)["state"] == "recommended"  # type: ignore[index]
+    asyncio.run(go(2))  # 610 s after its last confirmation
+    assert ctl.store.plan(last)["state"] == "expired"  # type: ignore[index]
+    with pytest.raises(InputError, match="is expired"):
+        ctl.store.approve(last, by="api")
+
+
+def test_approve_refuses_an_expired_plan_the_sweep_has_not_seen(tmp_path: Path) -> None:
+    from pacao.controller.storage import Store
+
+    clock = ManualClock(100.0)
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}", clock=clock)
+    pid, refreshed = store.propose_plan("u", "entry_switch", "t", {}, {}, [], expires=150.0)
+    assert not refreshed
+    clock.advance(51)
+    with pytest.raises(InputError, match="expired at 1970-01-01T00:02:30Z"):
+        store.approve(pid, by="api")
+    assert store.plan(pid)["state"] == "expired"  # type: ignore[index]
+    assert [t["to_state"] for t in store.transitions(pid)] == ["recommended", "expired"]

@@ -97,3 +97,15 @@ def test_bad_url_is_one_input_error(tmp_path: Path) -> None:
         Store("nosuchdb://x")
     with pytest.raises(InputError, match=r"storage\.url"):
         Store(f"sqlite:///{tmp_path}/missing/dir/x.db")
+
+
+def test_a_database_of_an_older_version_gets_the_new_plan_columns(store: Store) -> None:
+    with store.engine.begin() as c:
+        c.exec_driver_sql("ALTER TABLE plans DROP COLUMN expires")
+        c.exec_driver_sql("ALTER TABLE plans DROP COLUMN refreshed")
+    store.engine.dispose()
+    again = Store(store.url)
+    pid, refreshed = again.propose_plan("alice", "entry_switch", "r", {}, {}, [], expires=5e9)
+    got = again.plan(pid)
+    assert got is not None and (got["expires"], got["refreshed"], refreshed) == (5e9, 0, False)
+    again.close()

@@ -169,6 +169,14 @@ class Api(_Model):
     token_env: str | None = None
 
 
+class Approval(_Model):
+    """Manual approval (`run --approve manual`): how long a recommended plan waits."""
+
+    #: a recommended plan not approved within this many seconds of the last decision
+    #: that made (or repeated) it becomes ``expired``
+    expiry_s: PosFloat = 600.0
+
+
 class ControllerConfig(_Model):
     dcs: Annotated[list[DataCenter], Field(min_length=1)]
     vms: list[VirtualMachine] = []
@@ -179,6 +187,7 @@ class ControllerConfig(_Model):
     drivers: Drivers
     storage: Storage = Storage()
     api: Api = Api()
+    approval: Approval = Approval()
 
     def dc(self, name: str) -> DataCenter:
         return next(d for d in self.dcs if d.name == name)

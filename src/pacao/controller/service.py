@@ -158,6 +158,7 @@ class Controller:
         self.step2_due: dict[str, float] = {}
         self.last_stats: list[WindowStat] = []
         self.last_known = LastKnown(cfg.policy.carry_windows * cfg.timers.s1)
+        self._stored = "plan stored"
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, SamplesIngested):
@@ -367,7 +368,7 @@ class Controller:
             "priorities": prio,
             "notify": [x for x in (u.rloc, u.eid) if x is not None],
         }
-        pid = self.store.create_plan(
+        pid = self._store_plan(
             u.name,
             "entry_switch",
             REASON_TEXT[Reason.SWITCH],
@@ -391,10 +392,9 @@ class Controller:
                 "ranking": ranking.to_dict(),
             },
             [("EntrySwitch", params)],
-            dry_run=self.dry_run,
         )
         log.info(
-            "plan stored", extra={"plan": pid, "user": u.name, "kind": "entry_switch", "to": chosen}
+            self._stored, extra={"plan": pid, "user": u.name, "kind": "entry_switch", "to": chosen}
         )
         await self.dispatch(pid)
         return pid
@@ -503,7 +503,7 @@ class Controller:
         # VMs mid-plan than before or after it.
         receiving = {p["dst"] for _, p in migrations}
         migrations.sort(key=lambda a: a[1]["src"] not in receiving)
-        pid = self.store.create_plan(
+        pid = self._store_plan(
             MULTI_USER,
             "multi_user",
             f"{idx.size} users violated their SLA in one S' window: congestion-aware "
@@ -521,10 +521,9 @@ class Controller:
                 "dc_congestion_ms": dict(zip(self.dcs, md.congestion_ms.tolist(), strict=True)),
             },
             migrations + switches,
-            dry_run=self.dry_run,
         )
         log.info(
-            "plan stored",
+            self._stored,
             extra={"plan": pid, "kind": "multi_user", "users": len(names), "solver": md.solver},
         )
         await self.dispatch(pid)
@@ -659,7 +658,7 @@ class Controller:
                 },
             ),
         ]
-        pid = self.store.create_plan(
+        pid = self._store_plan(
             u.name,
             "vm_migration",
             REASON_TEXT[Reason.MIGRATE],
@@ -670,16 +669,41 @@ class Controller:
                 "migration_s": _num(dec.migration_s[r]),
             },
             steps,
-            dry_run=self.dry_run,
         )
         log.info(
-            "plan stored",
+            self._stored,
             extra={"plan": pid, "user": u.name, "kind": "vm_migration", "to": self.dcs[dst]},
         )
         await self.dispatch(pid)
         return pid
 
     # -- plans ----------------------------------------------------------------------
+    def _store_plan(
+        self,
+        user: str,
+        kind: str,
+        reason: str,
+        inputs: dict[str, Any],
+        scores: dict[str, Any],
+        steps: list[tuple[str, dict[str, Any]]],
+    ) -> str:
+        """Persist a decision before acting. Waiting for a manual approval, a repeat of
+        the pending decision refreshes that plan (same id, new expiry) instead of
+        superseding it, so the plan an operator is looking at stays approvable."""
+        pid, refreshed = self.store.propose_plan(
+            user,
+            kind,
+            reason,
+            inputs,
+            scores,
+            steps,
+            dry_run=self.dry_run,
+            expires=self.clock.now() + self.cfg.approval.expiry_s,
+            refresh=self.manual,
+        )
+        self._stored = "plan refreshed" if refreshed else "plan stored"
+        return pid
+
     async def dispatch(self, pid: str) -> None:
         if self.dry_run:
             self.store.move_plan(pid, "recommended", "skipped", "dry-run")
@@ -724,6 +748,8 @@ class Controller:
         return ids
 
     async def run_approved(self) -> None:
+        for pid in self.store.expire_plans(self.clock.now()):
+            log.info("plan expired", extra={"plan": pid})
         for p in self.store.plans(state="approved"):
             self.start(p["id"])
 

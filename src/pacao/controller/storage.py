@@ -45,10 +45,19 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from pacao.errors import InputError
 
-PLAN_STATES = ("recommended", "approved", "ongoing", "succeeded", "failed", "skipped", "superseded")
+PLAN_STATES = (
+    "recommended",
+    "approved",
+    "ongoing",
+    "succeeded",
+    "failed",
+    "skipped",
+    "superseded",
+    "expired",
+)
 #: Allowed plan transitions (from -> to).
 PLAN_MOVES: dict[str, tuple[str, ...]] = {
-    "recommended": ("approved", "skipped", "superseded"),
+    "recommended": ("approved", "skipped", "superseded", "expired"),
     "approved": ("ongoing", "skipped", "superseded"),
     "ongoing": ("succeeded", "failed"),
 }
@@ -101,8 +110,32 @@ plans = Table(
     Column("scores", JSON, nullable=False),
     Column("dry_run", Boolean, nullable=False),
     Column("approved_by", String(64)),
+    # A recommended plan not approved by then becomes expired (manual approval);
+    # `refreshed` counts the decisions that confirmed it after it was stored.
+    Column("expires", Float),
+    Column("refreshed", Integer, nullable=False, default=0),
     Index("ix_plans_state", "state"),
 )
+
+#: Columns added after the first release: (table, column, SQL type and default), added
+#: to an existing database when it is opened.
+ADDED_COLUMNS = (
+    ("plans", "expires", "FLOAT"),
+    ("plans", "refreshed", "INTEGER NOT NULL DEFAULT 0"),
+)
+#: Action parameters that do not change what a plan does: a new decision that differs
+#: only in them is the same decision (the migration job id holds the decision time; the
+#: priorities of the entries after the chosen one follow measurement noise).
+VOLATILE_PARAMS = frozenset({"job_id", "priorities"})
+
+
+def decision_key(steps: Iterable[tuple[str, Mapping[str, Any]]]) -> list[Any]:
+    """What a plan does, for telling a new decision from a repeat of a pending one."""
+    return [
+        (kind, sorted((k, repr(v)) for k, v in params.items() if k not in VOLATILE_PARAMS))
+        for kind, params in steps
+    ]
+
 
 actions = Table(
     "actions",
@@ -237,6 +270,7 @@ class Store:
         try:
             if create:
                 metadata.create_all(self.engine)
+                self._add_columns()
             else:
                 missing = set(metadata.tables) - set(inspect(self.engine).get_table_names())
                 if missing:
@@ -245,6 +279,17 @@ class Store:
                     )
         except OperationalError as exc:
             raise InputError("storage.url", url, f"cannot open the database ({exc.orig})") from None
+
+    def _add_columns(self) -> None:
+        """Bring a database made by an older version up to the current columns."""
+        insp = inspect(self.engine)
+        have = {
+            t: {c["name"] for c in insp.get_columns(t)} for t in {t for t, _, _ in ADDED_COLUMNS}
+        }
+        with self.engine.begin() as c:
+            for table, col, sql in ADDED_COLUMNS:
+                if col not in have[table]:
+                    c.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {col} {sql}")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -297,15 +342,69 @@ class Store:
     ) -> str:
         """Store a recommended plan and its pending actions; older open plans of the user
         and kind become superseded in the same transaction."""
+        return self.propose_plan(user, kind, reason, inputs, scores, steps, dry_run)[0]
+
+    def propose_plan(
+        self,
+        user: str,
+        kind: str,
+        reason: str,
+        inputs: Mapping[str, Any],
+        scores: Mapping[str, Any],
+        steps: Iterable[tuple[str, Mapping[str, Any]]],
+        dry_run: bool = False,
+        expires: float | None = None,
+        refresh: bool = False,
+    ) -> tuple[str, bool]:
+        """Store a decision as a plan; returns (plan id, refreshed).
+
+        With ``refresh``, a ``recommended`` plan of the user and kind that makes the same
+        decision (:func:`decision_key`) and has not expired stays the plan: its inputs,
+        scores, action parameters (but the migration job id) and expiry are updated and
+        ``refreshed`` counts one more. Otherwise older open plans of the user and kind
+        are superseded by a new plan, in the same transaction."""
         now = self._now()
-        pid = str(uuid.uuid4())
+        steps = [(k, dict(p)) for k, p in steps]
         with self.engine.begin() as c:
             old = c.execute(
-                select(plans.c.id, plans.c.state).where(
+                select(plans.c.id, plans.c.state, plans.c.expires, plans.c.dry_run).where(
                     plans.c.user == user, plans.c.kind == kind, plans.c.state.in_(OPEN_STATES)
                 )
             ).all()
-            for oid, ostate in old:
+            if refresh:
+                for oid, ostate, oexp, odry in old:
+                    if ostate != "recommended" or odry != dry_run:
+                        continue
+                    if oexp is not None and oexp < now:
+                        continue
+                    acts = c.execute(
+                        select(actions.c.id, actions.c.kind, actions.c.params)
+                        .where(actions.c.plan_id == oid)
+                        .order_by(actions.c.seq)
+                    ).all()
+                    if decision_key((a.kind, a.params) for a in acts) != decision_key(steps):
+                        continue
+                    c.execute(
+                        update(plans)
+                        .where(plans.c.id == oid, plans.c.state == "recommended")
+                        .values(
+                            updated=now,
+                            inputs=dict(inputs),
+                            scores=dict(scores),
+                            expires=expires,
+                            refreshed=plans.c.refreshed + 1,
+                        )
+                    )
+                    for a, (_, params) in zip(acts, steps, strict=True):
+                        keep = {k: a.params[k] for k in ("job_id",) if k in a.params}
+                        c.execute(
+                            update(actions)
+                            .where(actions.c.id == a.id)
+                            .values(params={**params, **keep})
+                        )
+                    return str(oid), True
+            pid = str(uuid.uuid4())
+            for oid, ostate, _, _ in old:
                 self._move_plan(c, oid, ostate, "superseded", f"superseded by {pid}")
             c.execute(
                 insert(plans).values(
@@ -319,6 +418,8 @@ class Store:
                     inputs=dict(inputs),
                     scores=dict(scores),
                     dry_run=dry_run,
+                    expires=expires,
+                    refreshed=0,
                 )
             )
             c.execute(
@@ -338,7 +439,24 @@ class Store:
                         attempts=0,
                     )
                 )
-        return pid
+        return pid, False
+
+    def expire_plans(self, now: float | None = None) -> list[str]:
+        """Recommended plans whose approval window ended become ``expired``."""
+        t = self._now() if now is None else now
+        with self.engine.begin() as c:
+            rows = c.execute(
+                select(plans.c.id).where(
+                    plans.c.state == "recommended",
+                    plans.c.expires.is_not(None),
+                    plans.c.expires < t,
+                )
+            ).all()
+            return [
+                str(r.id)
+                for r in rows
+                if self._move_plan(c, r.id, "recommended", "expired", "not approved in time")
+            ]
 
     def _move_plan(self, c: Any, pid: str, frm: str, to: str, note: str | None) -> bool:
         if to not in PLAN_MOVES.get(frm, ()):
@@ -366,17 +484,25 @@ class Store:
             return self._move_plan(c, pid, frm, to, note)
 
     def approve(self, pid: str, by: str) -> None:
+        expired: float | None = None
         with self.engine.begin() as c:
-            row = c.execute(select(plans.c.state).where(plans.c.id == pid)).first()
+            row = c.execute(select(plans.c.state, plans.c.expires).where(plans.c.id == pid)).first()
             if row is None:
                 raise InputError("PLAN", pid, "no such plan")
-            if row.state != "recommended":
+            if row.state == "recommended" and row.expires is not None and row.expires < self._now():
+                self._move_plan(c, pid, "recommended", "expired", "not approved in time")
+                expired = float(row.expires)  # committed, then refused below
+            elif row.state != "recommended":
                 raise InputError(
                     "PLAN", pid, f"is {row.state}; only a recommended plan is approved"
                 )
-            if not self._move_plan(c, pid, "recommended", "approved", f"approved by {by}"):
+            elif not self._move_plan(c, pid, "recommended", "approved", f"approved by {by}"):
                 raise InputError("PLAN", pid, "changed state meanwhile; try again")
-            c.execute(update(plans).where(plans.c.id == pid).values(approved_by=by))
+            else:
+                c.execute(update(plans).where(plans.c.id == pid).values(approved_by=by))
+        if expired is not None:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expired))
+            raise InputError("PLAN", pid, f"expired at {when} without approval")
 
     def move_action(
         self,
