@@ -138,6 +138,9 @@ BAD = [
     (lambda d: d["vms"][0].update(eid="10.1.0.10/33"), "vms[0].eid"),
     (lambda d: d["policy"].update(min_gain_ratio=1.5), "policy.min_gain_ratio"),
     (lambda d: d["policy"].update(carry_windows=-1), "policy.carry_windows"),
+    (lambda d: d["storage"].update(retention={"max_age_s": 100}), "storage.retention.max_age_s"),
+    (lambda d: d["storage"].update(retention={"max_rows": 10}), "storage.retention.max_rows"),
+    (lambda d: d.update(approval={"expiry_s": 0}), "approval.expiry_s"),
 ]
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from controller_pg import postgres_server
@@ -109,3 +111,69 @@ def test_a_database_of_an_older_version_gets_the_new_plan_columns(store: Store) 
     got = again.plan(pid)
     assert got is not None and (got["expires"], got["refreshed"], refreshed) == (5e9, 0, False)
     again.close()
+
+
+def retention_cfg(max_age_s: float | None, max_rows: int | None) -> Any:
+    from types import SimpleNamespace as NS
+
+    return NS(
+        timers=NS(s1=10.0),
+        storage=NS(
+            retention=NS(max_age_s=max_age_s, max_rows=max_rows, interval_s=60.0),
+            history=NS(bucket_s=60.0, max_age_s=3600.0),
+        ),
+    )
+
+
+def test_retention_rolls_samples_into_history_then_prunes(store: Store) -> None:
+    from pacao.controller import retention
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for who in ("alice", "bob"):
+        for i in range(1200):  # 20 min, one probe per second, ~10 % lost
+            rtt = None if rng.random() < 0.1 else float(rng.uniform(20, 80))
+            rows.append({**sample(0, who), "ts": 6000.0 + i, "rtt_ms": rtt})
+    store.add_measurements(rows)
+    cfg = retention_cfg(max_age_s=300.0, max_rows=None)
+    now = 6000.0 + 1200
+    done = retention.maintain(store, cfg, now)
+    # Buckets that ended by now - 2 S' = 7180: 6000..7140, 19 per subject.
+    assert done.rolled == 38
+    got = retention.query(store, subject="alice")
+    assert [h["ts"] for h in got] == [6000.0 + 60 * k for k in range(19)]
+    for h in got:
+        mine = [r for r in rows if r["subject"] == "alice" and h["ts"] <= r["ts"] < h["ts"] + 60]
+        rtts = np.array([r["rtt_ms"] for r in mine if r["rtt_ms"] is not None])
+        assert h["count"] == 60 and h["availability"] == pytest.approx(rtts.size / 60)
+        assert h["rtt_ms"] == pytest.approx(rtts.mean())
+        assert (h["rtt_min_ms"], h["rtt_max_ms"]) == (rtts.min(), rtts.max())
+        assert h["jitter_ms"] == pytest.approx(np.abs(np.diff(rtts)).mean())
+    # Samples older than 300 s are gone, the newer ones kept.
+    assert done.measurements == 2 * 900
+    left = store.measurements(limit=10000)
+    assert len(left) == 600 and min(r["ts"] for r in left) == now - 300
+    # Again: nothing is rolled twice; the next bucket only once it ended.
+    assert retention.maintain(store, cfg, now).rolled == 0
+    assert retention.maintain(store, cfg, now + 60).rolled == 2
+    assert len(retention.query(store)) == 40
+    # Coarser steps for a report: weighted by answered probes.
+    five = retention.query(store, subject="bob", step_s=300.0)
+    assert [h["ts"] for h in five] == [6000.0, 6300.0, 6600.0, 6900.0]
+    bob = [r for r in rows if r["subject"] == "bob" and 6000 <= r["ts"] < 6300]
+    ans = np.array([r["rtt_ms"] for r in bob if r["rtt_ms"] is not None])
+    assert five[0]["rtt_ms"] == pytest.approx(ans.mean())
+    assert five[0]["count"] == 300 and five[0]["availability"] == pytest.approx(ans.size / 300)
+    # History has its own age bound.
+    assert retention.prune(store, 6000.0 + 3600 + 601, None, None, 3600.0) == (0, 22)
+
+
+def test_retention_bounds_the_row_count(store: Store) -> None:
+    from pacao.controller import retention
+
+    store.add_measurements([sample(i) for i in range(5000)])
+    done = retention.maintain(store, retention_cfg(None, 1200), 1000.0 + 5000)
+    assert done.measurements == 3800
+    left = store.measurements(limit=10000)
+    assert len(left) == 1200 and min(r["ts"] for r in left) == 1000.0 + 3800
+    assert store.count_measurements() == 1200

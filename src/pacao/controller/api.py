@@ -79,6 +79,19 @@ def create_app(ctl: Any, token: str) -> FastAPI:
         rows: list[dict[str, Any]] = ctl.store.measurements(subject=subject, kind=kind, limit=limit)
         return rows
 
+    @app.get("/history", dependencies=guarded, summary="Down-sampled measurements, oldest first")
+    def history(
+        subject: str | None = None,
+        path: Annotated[str | None, Query(pattern="^(user-xtr|xtr-vm)$")] = None,
+        since: float | None = None,
+        until: float | None = None,
+        step_s: Annotated[float | None, Query(gt=0)] = None,
+        limit: Annotated[int, Query(ge=1, le=100000)] = 10000,
+    ) -> list[dict[str, Any]]:
+        from pacao.controller.retention import query
+
+        return query(ctl.store, subject, path, since, until, step_s, limit)
+
     @app.get("/plans", dependencies=guarded, summary="Stored plans, newest first")
     def plans(
         state: str | None = None,

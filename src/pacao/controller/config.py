@@ -158,8 +158,25 @@ class Drivers(_Model):
     hypervisor: DriverRef
 
 
+class Retention(_Model):
+    """Bounds of the measurements table (null: no bound of that kind)."""
+
+    max_age_s: PosFloat | None = 7 * 86400.0
+    max_rows: Annotated[int, Field(ge=1000)] | None = 5_000_000
+    interval_s: PosFloat = 60.0
+
+
+class History(_Model):
+    """Down-sampled measurements kept for reports and the web view."""
+
+    bucket_s: PosFloat = 60.0
+    max_age_s: PosFloat | None = 90 * 86400.0
+
+
 class Storage(_Model):
     url: str = "sqlite:///pacao-controller.db"
+    retention: Retention = Retention()
+    history: History = History()
 
 
 class Api(_Model):
@@ -370,6 +387,16 @@ def check_references(cfg: ControllerConfig) -> None:
     if not sep or not lhost or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise InputError("api.listen", a.listen, "expected HOST:PORT")
     cfg.latency_function()
+    ret, hist = cfg.storage.retention, cfg.storage.history
+    floor_s = hist.bucket_s + ret.interval_s + 2 * t.s1
+    if ret.max_age_s is not None and ret.max_age_s <= floor_s:
+        raise InputError(
+            "storage.retention.max_age_s",
+            ret.max_age_s,
+            "must exceed storage.history.bucket_s + retention.interval_s + 2 S' "
+            f"({floor_s:g} s), so that samples are "
+            "down-sampled before they are deleted",
+        )
     scheme = cfg.storage.url.split(":", 1)[0]
     if scheme not in ("sqlite", "postgresql", "postgresql+psycopg"):
         raise InputError("storage.url", cfg.storage.url, "sqlite:///FILE or postgresql://...")

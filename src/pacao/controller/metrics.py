@@ -46,6 +46,15 @@ class Metrics:
             registry=r,
         )
         self.samples = Counter("pacao_probe_samples", "Probe samples ingested", ["xtr"], registry=r)
+        self.pruned = Counter(
+            "pacao_storage_pruned_rows",
+            "Rows deleted by the retention of storage.retention / storage.history",
+            ["table"],
+            registry=r,
+        )
+        self.history_rows = Counter(
+            "pacao_storage_history_rows", "Down-sampled history rows written", registry=r
+        )
         for s in PLAN_STATES:
             self.plans.labels(state=s).set(0)
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pacao.controller import retention
 from pacao.controller.clock import Clock, SystemClock
 from pacao.controller.config import ControllerConfig, load_config
 from pacao.controller.drivers import load_driver
@@ -747,6 +748,19 @@ class Controller:
         log.info("recovery done", extra={"plans": len(ids)})
         return ids
 
+    def maintain(self, now: float) -> retention.Pruned:
+        """One storage retention pass (roll measurements up into history, then prune)."""
+        done = retention.maintain(self.store, self.cfg, now)
+        self.metrics.history_rows.inc(done.rolled)
+        self.metrics.pruned.labels(table="measurements").inc(done.measurements)
+        self.metrics.pruned.labels(table="history").inc(done.history)
+        if done.measurements or done.history:
+            log.info(
+                "storage pruned",
+                extra={"measurements": done.measurements, "history": done.history},
+            )
+        return done
+
     async def run_approved(self) -> None:
         for pid in self.store.expire_plans(self.clock.now()):
             log.info("plan expired", extra={"plan": pid})
@@ -811,11 +825,16 @@ class Service:
         async def approvals(_: float) -> None:
             await ctl.run_approved()
 
+        async def maintain(now: float) -> None:
+            # in a thread: a first pass over a large table must not stall the loops
+            await asyncio.to_thread(ctl.maintain, now)
+
         loops: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(self._every(t.s3, poll)),
             asyncio.ensure_future(self._every(t.s1, step)),
             asyncio.ensure_future(self._every(t.s3, step2)),
             asyncio.ensure_future(self._every(t.s3, approvals)),
+            asyncio.ensure_future(self._every(ctl.cfg.storage.retention.interval_s, maintain)),
             recovery,
         ]
         api = None

@@ -1,6 +1,7 @@
 """Storage through SQLAlchemy 2 Core: SQLite by default, PostgreSQL by URL.
 
-Tables: ``measurements`` (every probe sample and every S' window aggregate),
+Tables: ``measurements`` (every probe sample and every S' window aggregate, pruned
+by age and rows), ``history`` (the samples down-sampled, kept longer),
 ``plans`` and ``actions`` (decisions and what was done), ``transitions`` (every
 state change of a plan or an action, the audit trail restart recovery reads)
 and ``state`` (per-user controller state: entry in use, last switch, ...).
@@ -94,6 +95,31 @@ measurements = Table(
     # two thirds of the insert rate (random inserts into a string-keyed tree); the API's
     # per-subject query reads newest first by id and stops after `limit` rows.
     Index("ix_measurements_ts", "ts"),
+)
+
+# Down-sampled measurements (pacao.controller.retention): one row per bucket of
+# `storage.history.bucket_s` seconds and measured path, kept longer than the samples.
+history = Table(
+    "history",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("ts", Float, nullable=False),  # bucket start
+    Column("bucket_s", Float, nullable=False),
+    Column("path", String(8), nullable=False),
+    Column("xtr", String(64), nullable=False),
+    Column("subject", String(64), nullable=False),
+    Column("rloc", String(64), nullable=False),
+    Column("peer", String(64)),
+    Column("rtt_ms", Float),  # mean of the answered probes
+    Column("rtt_min_ms", Float),
+    Column("rtt_max_ms", Float),
+    Column("jitter_ms", Float),
+    Column("availability", Float),  # answered / sent
+    Column("count", Integer, nullable=False),  # probes sent
+    Index("ix_history_subject_ts", "subject", "ts"),
+    Index("ix_history_ts", "ts"),
 )
 
 plans = Table(
