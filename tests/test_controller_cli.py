@@ -316,6 +316,22 @@ def test_grafana_dashboard_plots_only_exported_metrics() -> None:
     base = {re.sub(r"_(bucket|total|sum|count)$", "", n) for n in names}
     assert base and base <= exported, base - exported
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+    # Base units only (Prometheus conventions), and the dashboard says seconds for them.
+    assert not [n for n in exported if re.search(r"_(ms|milliseconds|minutes|mib|kb)$", n)]
+    for p in dash["panels"]:
+        if any("_seconds" in t["expr"] for t in p["targets"]):
+            assert p["fieldConfig"]["defaults"]["unit"] == "s", p["title"]
+
+
+def test_probe_rtt_metric_is_in_seconds(config: Path) -> None:
+    clock = ManualClock(1000.0)
+    src = Stats()
+    ctl = build(load_config(config), clock=clock, sources=[src])
+    cycle(ctl, src, clock)
+    text = ctl.metrics.render().decode()
+    # Stats() measures TelcoCenter at 30 ms and Marilyn at 35 ms.
+    assert 'pacao_probe_rtt_seconds{rloc="192.0.2.1",user="nss-user"} 0.03\n' in text
+    assert 'pacao_probe_rtt_seconds{rloc="192.0.2.2",user="nss-user"} 0.035\n' in text
 
 
 def test_a_window_without_samples_of_the_current_entry_does_not_undo_a_switch(

@@ -230,7 +230,7 @@ def test_violation_gives_switch_then_migration_persisted_first(
         assert ctl.hypervisor.vms["vm1"].dc == "dc2"
         assert ctl.state["alice"]["host"] == "dc2"
         assert 'pacao_plans{state="succeeded"} 2.0' in metrics
-        assert 'pacao_probe_rtt_ms{rloc="192.0.2.1",user="alice"}' in metrics
+        assert 'pacao_probe_rtt_seconds{rloc="192.0.2.1",user="alice"}' in metrics
         assert "pacao_sla_violations_total" in metrics and "pacao_decision_latency" in metrics
         assert topo["users"][0]["state"]["entry"] == RLOC["dc2"]
         assert "/plans/{pid}/approve" in spec["paths"]

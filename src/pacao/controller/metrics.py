@@ -1,4 +1,7 @@
-"""Prometheus metrics of one controller (its own registry, so several can live in a process)."""
+"""Prometheus metrics of one controller (its own registry, so several can live in a process).
+
+Names and values are in base units (seconds, ratios), as Prometheus conventions ask;
+the controller's own ms figures are divided by 1000 here."""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.probe_rtt = Gauge(
-            "pacao_probe_rtt_ms",
-            "Mean RTT of the last S' window, user<->xTR",
+            "pacao_probe_rtt_seconds",
+            "Mean RTT of the last S' window, user<->xTR (seconds: Prometheus base unit)",
             ["user", "rloc"],
             registry=r,
         )

@@ -300,7 +300,9 @@ class Controller:
         for s in stats:
             if s.path == USER_XTR:
                 if s.rtt_ms is not None:
-                    self.metrics.probe_rtt.labels(user=s.subject, rloc=s.rloc).set(s.rtt_ms)
+                    self.metrics.probe_rtt.labels(user=s.subject, rloc=s.rloc).set(
+                        s.rtt_ms / 1000.0
+                    )
                 self.metrics.probe_availability.labels(user=s.subject, rloc=s.rloc).set(
                     s.availability
                 )
