@@ -145,7 +145,9 @@ def test_answers_while_recovering_and_sigterm_leaves_the_plan_resumable(tmp_path
     cfg.write_text(yaml.safe_dump(config_doc(tmp_path, port, 0.0)))
     log2 = tmp_path / "run2.log"
     with open(log2, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*cmd, "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         ready2 = wait_for("readiness", lambda: (r := get(f"{base}/readyz")) is not None
                           and r.status_code == 200 and r, proc, log2)  # fmt: skip
@@ -153,6 +155,7 @@ def test_answers_while_recovering_and_sigterm_leaves_the_plan_resumable(tmp_path
     finally:
         os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=30) == 0, log2.read_text()[-2000:]
+    assert '"level": "info"' in log1.read_text() and '"level": "info"' not in log2.read_text()
     plan = store.plan(pid)
     assert plan is not None and plan["state"] == "succeeded"
     mig, switch = plan["actions"]

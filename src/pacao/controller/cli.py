@@ -22,6 +22,13 @@ class ApproveMode(StrEnum):
     MANUAL = "manual"
 
 
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
 ConfigOpt = Annotated[Path, typer.Option("--config", help="Controller config (YAML).")]
 
 
@@ -52,12 +59,22 @@ def run(
     approve: Annotated[
         ApproveMode, typer.Option(help="auto: execute plans; manual: wait for approval.")
     ] = ApproveMode.AUTO,
+    log_level: Annotated[
+        LogLevel, typer.Option("--log-level", help="Least severe log level written.")
+    ] = LogLevel.INFO,
 ) -> None:
-    """Run the controller: monitor, decide every S', act through the drivers, serve the API."""
+    """Run the controller: monitor, decide every S', act through the drivers, serve the API.
+
+    SIGHUP (or POST /config/reload) re-reads the config file; SIGTERM/SIGINT stop."""
     from pacao.controller.service import run_forever
 
     try:
-        run_forever(config, dry_run=dry_run, manual=approve is ApproveMode.MANUAL)
+        run_forever(
+            config,
+            dry_run=dry_run,
+            manual=approve is ApproveMode.MANUAL,
+            log_level=log_level.value,
+        )
     except InputError as exc:
         raise _fail(str(exc)) from None
 

@@ -81,12 +81,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-def setup_logging(stream: Any = None) -> None:
+def setup_logging(stream: Any = None, level: str = "info") -> None:
     h = logging.StreamHandler(stream or sys.stderr)
     h.setFormatter(JsonFormatter())
     root = logging.getLogger("pacao")
     root.handlers[:] = [h]
-    root.setLevel(logging.INFO)
+    root.setLevel(level.upper())
     root.propagate = False
 
 
@@ -938,11 +938,13 @@ def make_server(ctl: Controller, port: int | None = None) -> Any:
     return _Server(config)
 
 
-def run_forever(config_path: Path, dry_run: bool = False, manual: bool = False) -> None:
+def run_forever(
+    config_path: Path, dry_run: bool = False, manual: bool = False, log_level: str = "info"
+) -> None:
     """`pacao controller run`: until SIGINT/SIGTERM."""
     cfg = load_config(config_path)
     check_runtime(cfg)
-    setup_logging()
+    setup_logging(level=log_level)
 
     async def main() -> None:
         ctl = build(cfg, dry_run=dry_run, manual=manual)
