@@ -493,3 +493,61 @@ def test_approve_refuses_an_expired_plan_the_sweep_has_not_seen(tmp_path: Path) 
         store.approve(pid, by="api")
     assert store.plan(pid)["state"] == "expired"  # type: ignore[index]
     assert [t["to_state"] for t in store.transitions(pid)] == ["recommended", "expired"]
+
+
+def test_config_reload_applies_a_valid_file_and_refuses_a_bad_one(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from pacao.controller.api import create_app
+
+    clock = ManualClock(1000.0)
+    src = Stats()
+    src.rtt["192.0.2.1"] = 400.0
+    ctl = build(load_config(config), clock=clock, sources=[src], dry_run=True)
+    ctl.config_path = config
+    ctl.api_token = "t"
+    api = TestClient(create_app(ctl, "t"))
+    auth = {"Authorization": "Bearer t"}
+    doc = yaml.safe_load(config.read_text())
+    running = ctl.cfg
+
+    def write(change: Any) -> None:
+        d = yaml.safe_load(yaml.safe_dump(doc))
+        change(d)
+        config.write_text(yaml.safe_dump(d))
+
+    refused = [
+        (lambda d: d["users"][0]["sla"]["rtt"].update(weight=0.5), "users[0].sla.*.weight"),
+        (lambda d: d["dcs"][0].update(rlocs=["192.0.2.9"]), "dcs"),
+        (lambda d: d["users"][0].update(rloc="203.0.113.99"), "users[0].rloc"),
+        (lambda d: d["drivers"]["hypervisor"].update(options={"seconds_per_gib": 1}), "drivers"),
+        (lambda d: d["storage"].update(url="sqlite:///elsewhere.db"), "storage.url"),
+    ]
+    for change, key in refused:
+        write(change)
+        r = api.post("/config/reload", headers=auth)
+        assert r.status_code == 422 and key in r.json()["detail"], (key, r.json())
+        with pytest.raises(InputError, match=key.replace("[", r"\[").replace("*", r"\*")):
+            ctl.reload()
+        assert ctl.cfg is running  # the old config keeps running
+    assert cycle(ctl, src, clock)  # 400 ms on TelcoCenter violates rtt max 60 ms
+
+    # A valid file: a looser SLA and a new dwell time take effect without a restart.
+    monkeypatch.setenv("PACAO_API_TOKEN_2", "t2")
+
+    def looser(d: Any) -> None:
+        d["users"][0]["sla"]["rtt"]["max"] = 500
+        d["users"][0]["sla"]["jitter"]["max"] = 500
+        d["policy"]["min_dwell_s"] = 5
+        d["api"] = {"listen": d["api"]["listen"], "token_env": "PACAO_API_TOKEN_2"}
+
+    write(looser)
+    r = api.post("/config/reload", headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"status": "reloaded", "changed": ["users", "policy", "api"]}
+    assert ctl.params.min_dwell_s == 5 and ctl.sla.bounds[0, 0] == 500
+    assert api.get("/plans", headers=auth).status_code == 401  # the new token only
+    assert api.get("/plans", headers={"Authorization": "Bearer t2"}).status_code == 200
+    assert cycle(ctl, src, clock) == []  # 400 ms is within the new SLA: no plan

@@ -131,6 +131,21 @@ def test_answers_while_recovering_and_sigterm_leaves_the_plan_resumable(tmp_path
                  proc, log1)  # fmt: skip
         r = httpx.get(f"{base}/plans/{pid}", headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200 and r.json()["state"] == "ongoing"
+        # SIGHUP reloads the file: a bad one is refused and the old config keeps running,
+        # a good one replaces it.
+        bad = config_doc(tmp_path, port, 1000.0)
+        bad["users"][0]["sla"]["rtt"]["weight"] = 0.5
+        cfg.write_text(yaml.safe_dump(bad))
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_for("the refusal", lambda: "config reload refused" in log1.read_text(), proc, log1)
+        assert "users[0].sla.*.weight" in log1.read_text()
+        good = config_doc(tmp_path, port, 1000.0)
+        good["timers"]["s1"] = 2.0
+        cfg.write_text(yaml.safe_dump(good))
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_for("the reload", lambda: '"changed": ["timers"]' in log1.read_text(), proc, log1)
+        health = get(f"{base}/healthz")
+        assert health is not None and health.json()["status"] == "recovering"
     finally:
         os.kill(proc.pid, signal.SIGTERM)
     # Generous bound (the migration has more than an hour to go): SIGTERM does not wait

@@ -27,7 +27,9 @@ def create_app(ctl: Any, token: str) -> FastAPI:
     def auth(
         cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> None:
-        if cred is None or not secrets.compare_digest(cred.credentials.encode(), token.encode()):
+        # The controller's current token (a config reload may change it).
+        want = getattr(ctl, "api_token", None) or token
+        if cred is None or not secrets.compare_digest(cred.credentials.encode(), want.encode()):
             raise HTTPException(
                 status_code=401,
                 detail="missing or wrong bearer token",
@@ -129,6 +131,18 @@ def create_app(ctl: Any, token: str) -> FastAPI:
         if not ctl.store.move_plan(pid, "recommended", "skipped", "rejected through the API"):
             raise HTTPException(409, "only a recommended plan can be rejected")
         return {"id": pid, "state": "skipped"}
+
+    @app.post(
+        "/config/reload",
+        dependencies=guarded,
+        summary="Re-read the config file (as SIGHUP); a bad one is refused, the old one kept",
+    )
+    def reload_config() -> dict[str, Any]:
+        try:
+            changed: list[str] = ctl.reload()
+        except InputError as exc:
+            raise HTTPException(422, f"refused, the running config is kept: {exc}") from None
+        return {"status": "reloaded", "changed": changed}
 
     @app.get("/metrics", dependencies=guarded, summary="Prometheus metrics")
     def metrics() -> Response:

@@ -17,7 +17,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -124,7 +124,6 @@ class Controller:
         self.monitor = Monitor(cfg, store, sources)
         self.monitor.subscribers.append(self._on_event)
         self.mapping, self.hypervisor = mapping, hypervisor
-        self.params = params_from_config(cfg)
         self.executor = Executor(
             store,
             Context(mapping, hypervisor, clock, poll_s=min(1.0, cfg.timers.s3)),
@@ -135,6 +134,26 @@ class Controller:
         self.rlocs = sorted(owner)  # candidate order = name order = the kernel's tie-break
         self.dcs = [d.name for d in cfg.dcs]
         self.rloc_dc = np.array([self.dcs.index(owner[r]) for r in self.rlocs], dtype=np.int64)
+        self._configure(cfg)
+        self.state: dict[str, dict[str, Any]] = {}
+        #: plans being resumed after a restart (empty once recovery ended): /readyz is
+        #: 503 while it is not empty, and :meth:`recover` runs in the background
+        self.recovering: set[str] = set()
+        self.in_recovery = False
+        self.step2_due: dict[str, float] = {}
+        self.last_stats: list[WindowStat] = []
+        self._stored = "plan stored"
+        #: the config file, for a reload (SIGHUP, POST /config/reload); None: not from a file
+        self.config_path: Path | None = None
+        #: the API's bearer token (a reload may change it)
+        self.api_token: str | None = None
+
+    def _configure(self, cfg: ControllerConfig) -> None:
+        """Everything derived from the parts of the config a reload may change."""
+        self.cfg = cfg
+        self.monitor.cfg = cfg
+        self.params = params_from_config(cfg)
+        self.executor.ctx.poll_s = min(1.0, cfg.timers.s3)
         self.users = list(cfg.users)
         n, k = len(self.users), len(CRITERIA)
         w, b = np.zeros((n, k)), np.full((n, k), np.inf)
@@ -151,15 +170,29 @@ class Controller:
                 self.bandwidth[a, c] = self.bandwidth[c, a] = link.bandwidth_mbps
             if link.rtt_ms is not None:
                 self.inter_rtt[(a, c)] = self.inter_rtt[(c, a)] = link.rtt_ms
-        self.state: dict[str, dict[str, Any]] = {}
-        #: plans being resumed after a restart (empty once recovery ended): /readyz is
-        #: 503 while it is not empty, and :meth:`recover` runs in the background
-        self.recovering: set[str] = set()
-        self.in_recovery = False
-        self.step2_due: dict[str, float] = {}
-        self.last_stats: list[WindowStat] = []
-        self.last_known = LastKnown(cfg.policy.carry_windows * cfg.timers.s1)
-        self._stored = "plan stored"
+        carry = cfg.policy.carry_windows * cfg.timers.s1
+        if getattr(self, "last_known", None) is None:
+            self.last_known = LastKnown(carry)
+        else:
+            self.last_known.max_age_s = carry
+
+    def reload(self, path: Path | None = None) -> list[str]:
+        """Re-read the config file; validated in full before it replaces the running one.
+        Returns the top-level keys that changed. Raises InputError (and changes nothing)
+        on a bad file or on a change that needs a restart (see RESTART_KEYS)."""
+        path = path or self.config_path
+        if path is None:
+            raise InputError("config", None, "this controller was not started from a file")
+        new = load_config(path)
+        restart_only(self.cfg, new)
+        token = new.api_token() if self.api_token is not None else None
+        old = self.cfg.model_dump(mode="json")
+        changed = [k for k, v in new.model_dump(mode="json").items() if old.get(k) != v]
+        self._configure(new)
+        if token is not None:
+            self.api_token = token
+        log.info("config reloaded", extra={"changed": changed, "file": str(path)})
+        return changed
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, SamplesIngested):
@@ -778,6 +811,36 @@ class Controller:
 
 IN_FLIGHT = "a plan of the user is approved or under way"
 
+#: What a reload cannot change in a running controller (the monitor's sources, the
+#: decision arrays' shape, the drivers, the database and the API socket are built from
+#: them at start): changing one is refused, naming the key, and needs a restart.
+RESTART_KEYS = ("dcs", "vms", "drivers", "storage.url", "api.listen")
+#: Per-user keys a reload may change; anything else of a user needs a restart.
+USER_RELOADABLE = frozenset({"sla", "expected_stay_s"})
+
+
+def restart_only(old: ControllerConfig, new: ControllerConfig) -> None:
+    """Refuse a new config that changes what only a restart can change."""
+    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
+    for key in RESTART_KEYS:
+        va: Any = a
+        vb: Any = b
+        for part in key.split("."):
+            va, vb = va.get(part), vb.get(part)
+        if va != vb:
+            raise InputError(key, "changed", "a reload cannot change it; restart the controller")
+    ua, ub = a["users"], b["users"]
+    if [u["name"] for u in ua] != [u["name"] for u in ub]:
+        raise InputError("users", "changed", "adding, removing or reordering users needs a restart")
+    for i, (x, y) in enumerate(zip(ua, ub, strict=True)):
+        for k in sorted(set(x) | set(y)):
+            if k not in USER_RELOADABLE and x.get(k) != y.get(k):
+                raise InputError(
+                    f"users[{i}].{k}",
+                    "changed",
+                    "a reload cannot change it; restart the controller",
+                )
+
 
 def _num(x: Any) -> float | None:
     v = float(x)
@@ -795,20 +858,34 @@ class Service:
         self.grace_s = grace_s
         self.stop = asyncio.Event()
 
-    async def _every(self, period: float, fn: Any) -> None:
+    async def _every(self, period: Callable[[], float], fn: Any) -> None:
+        """Run fn every period() seconds (read each time: a reload may change timers)."""
         clock = self.ctl.clock
-        nxt = clock.now() + period
+        nxt = clock.now() + period()
         while not self.stop.is_set():
             await clock.sleep(nxt - clock.now())
             try:
                 await fn(nxt)
             except Exception:
                 log.exception("loop iteration failed")
-            nxt += period
+            nxt += period()
+
+    def reload(self) -> list[str] | None:
+        """SIGHUP: reload the config file; a bad one is logged and the old one kept."""
+        try:
+            return self.ctl.reload()
+        except InputError as exc:
+            log.error(
+                "config reload refused, the running config is kept", extra={"error": str(exc)}
+            )
+            return None
 
     async def serve(self) -> None:
         ctl = self.ctl
-        t = ctl.cfg.timers
+
+        def t() -> Any:  # read at every tick: a reload may change the timers
+            return ctl.cfg.timers
+
         ctl.load_state()
         # Recovery in the background: a plan under way can be a migration of minutes, and
         # the API, the probes and SIGTERM must not wait for it (/readyz says when it ends).
@@ -832,11 +909,13 @@ class Service:
             await asyncio.to_thread(ctl.maintain, now)
 
         loops: list[asyncio.Future[Any]] = [
-            asyncio.ensure_future(self._every(t.s3, poll)),
-            asyncio.ensure_future(self._every(t.s1, step)),
-            asyncio.ensure_future(self._every(t.s3, step2)),
-            asyncio.ensure_future(self._every(t.s3, approvals)),
-            asyncio.ensure_future(self._every(ctl.cfg.storage.retention.interval_s, maintain)),
+            asyncio.ensure_future(self._every(lambda: t().s3, poll)),
+            asyncio.ensure_future(self._every(lambda: t().s1, step)),
+            asyncio.ensure_future(self._every(lambda: t().s3, step2)),
+            asyncio.ensure_future(self._every(lambda: t().s3, approvals)),
+            asyncio.ensure_future(
+                self._every(lambda: ctl.cfg.storage.retention.interval_s, maintain)
+            ),
             recovery,
         ]
         api = None
@@ -927,8 +1006,9 @@ def make_server(ctl: Controller, port: int | None = None) -> Any:
             yield
 
     host, cfg_port = ctl.cfg.listen()
+    ctl.api_token = ctl.cfg.api_token()
     config = uvicorn.Config(
-        create_app(ctl, ctl.cfg.api_token()),
+        create_app(ctl, ctl.api_token),
         host=host,
         port=cfg_port if port is None else port,
         log_config=None,
@@ -948,10 +1028,12 @@ def run_forever(
 
     async def main() -> None:
         ctl = build(cfg, dry_run=dry_run, manual=manual)
+        ctl.config_path = config_path
         svc = Service(ctl, make_server(ctl))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, svc.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, svc.reload)
         await svc.serve()
 
     asyncio.run(main())
