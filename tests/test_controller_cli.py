@@ -551,3 +551,30 @@ def test_config_reload_applies_a_valid_file_and_refuses_a_bad_one(
     assert api.get("/plans", headers=auth).status_code == 401  # the new token only
     assert api.get("/plans", headers={"Authorization": "Bearer t2"}).status_code == 200
     assert cycle(ctl, src, clock) == []  # 400 ms is within the new SLA: no plan
+
+
+def test_api_docs_page_and_assets_are_served_locally(config: Path) -> None:
+    """/docs must work without Internet access: every script and stylesheet it loads
+    comes from the controller itself."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from pacao.controller.api import create_app
+
+    ctl = build(load_config(config), clock=ManualClock(0.0), sources=[])
+    api = TestClient(create_app(ctl, "t"))
+    page = api.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    urls += re.findall(r"""url:\s*['"]([^'"]+)['"]""", page.text)
+    assert urls and not [u for u in urls if "://" in u or u.startswith("//")], urls
+    kinds = set()
+    for u in urls:
+        r = api.get(u)
+        assert r.status_code == 200 and len(r.content) > 0, u
+        kinds.add(u.rsplit(".", 1)[-1])
+    assert {"js", "css", "json"} <= kinds, urls
+    js = api.get("/docs/static/swagger-ui-bundle.js")
+    assert len(js.content) > 100_000 and "javascript" in js.headers["content-type"]
+    assert api.get("/redoc").status_code == 404  # FastAPI's default loads a CDN: off

@@ -10,10 +10,34 @@ import secrets
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 
 from pacao.controller.storage import PLAN_STATES
 from pacao.errors import InputError
+
+#: where /docs takes Swagger UI's files from (shipped by the swagger-ui-bundle package)
+DOCS_STATIC = "/docs/static"
+
+
+def _local_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs with its JavaScript and CSS served by this process, so the
+    page works on a management network without Internet access."""
+    from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
+
+    app.mount(DOCS_STATIC, StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon-32x32.png",
+        )
 
 
 def create_app(ctl: Any, token: str) -> FastAPI:
@@ -21,7 +45,10 @@ def create_app(ctl: Any, token: str) -> FastAPI:
         title="pacao controller",
         version="1",
         description="PACAO controller: topology, measurements, plans and approvals.",
+        docs_url=None,  # served below from local files: FastAPI's default loads a CDN
+        redoc_url=None,
     )
+    _local_docs(app)
     bearer = HTTPBearer(auto_error=False)
 
     def auth(
