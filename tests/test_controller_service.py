@@ -61,7 +61,11 @@ def config_doc(tmp: Path, port: int, seconds_per_gib: float) -> dict[str, Any]:
             "mapping": {"name": "memory"},
             "hypervisor": {"name": "memory", "options": {"seconds_per_gib": seconds_per_gib}},
         },
-        "storage": {"url": f"sqlite:///{tmp / 'ctl.db'}"},
+        "storage": {
+            "url": f"sqlite:///{tmp / 'ctl.db'}",
+            "retention": {"max_age_s": 60, "interval_s": 0.5},
+            "history": {"bucket_s": 10},
+        },
         "api": {"listen": f"127.0.0.1:{port}", "token": TOKEN},
     }
 
@@ -111,6 +115,15 @@ def test_answers_while_recovering_and_sigterm_leaves_the_plan_resumable(tmp_path
     assert store.move_plan(pid, "approved", "ongoing")
     mig = store.plan(pid)["actions"][0]  # type: ignore[index]
     assert store.move_action(mig["id"], "pending", "ongoing", undo={"dc": "dc1", "running": True})
+    # Samples of an hour ago: the retention loop rolls them into history, then deletes them.
+    old = time.time() - 3600
+    store.add_measurements(
+        [
+            {"ts": old + i, "kind": "sample", "path": "user-xtr", "xtr": "dc1", "subject": "u1",
+             "rloc": "192.0.2.1", "rtt_ms": 30.0, "count": 1}
+            for i in range(100)
+        ]
+    )  # fmt: skip
     cmd = [sys.executable, "-m", "pacao.cli", "controller", "run", "--config", str(cfg)]
 
     log1 = tmp_path / "run1.log"
@@ -146,6 +159,9 @@ def test_answers_while_recovering_and_sigterm_leaves_the_plan_resumable(tmp_path
         wait_for("the reload", lambda: '"changed": ["timers"]' in log1.read_text(), proc, log1)
         health = get(f"{base}/healthz")
         assert health is not None and health.json()["status"] == "recovering"
+        wait_for("the retention pass", lambda: store.count_measurements() == 0, proc, log1)
+        hist = httpx.get(f"{base}/history", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert sum(h["count"] for h in hist) == 100 and {h["rtt_ms"] for h in hist} == {30.0}
     finally:
         os.kill(proc.pid, signal.SIGTERM)
     # Generous bound (the migration has more than an hour to go): SIGTERM does not wait

@@ -904,9 +904,15 @@ class Service:
         async def approvals(_: float) -> None:
             await ctl.run_approved()
 
+        in_memory = ctl.store.engine.url.database in (None, "", ":memory:")
+
         async def maintain(now: float) -> None:
-            # in a thread: a first pass over a large table must not stall the loops
-            await asyncio.to_thread(ctl.maintain, now)
+            # In a thread: a first pass over a large table must not stall the loops (an
+            # in-memory SQLite database exists in its own thread only).
+            if in_memory:
+                ctl.maintain(now)
+            else:
+                await asyncio.to_thread(ctl.maintain, now)
 
         loops: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(self._every(lambda: t().s3, poll)),
