@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,10 +128,22 @@ def test_answers_while_recovering_and_sigterm_leaves_the_plan_resumable(tmp_path
     cmd = [sys.executable, "-m", "pacao.cli", "controller", "run", "--config", str(cfg)]
 
     log1 = tmp_path / "run1.log"
+    polled: list[str] = []
+    polling = threading.Event()
     with open(log1, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
         health = wait_for("/healthz to answer", lambda: get(f"{base}/healthz"), proc, log1)
+        # From its first answer on, /healthz polled every 100 ms answers every time.
+
+        def poll() -> None:
+            while not polling.is_set():
+                r = get(f"{base}/healthz")
+                polled.append("refused" if r is None else r.json()["status"])
+                polling.wait(0.1)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
         assert health.status_code == 200
         assert health.json() == {"status": "recovering", "recovering_plans": [pid]}
         ready = get(f"{base}/readyz")
@@ -162,7 +175,11 @@ def test_answers_while_recovering_and_sigterm_leaves_the_plan_resumable(tmp_path
         wait_for("the retention pass", lambda: store.count_measurements() == 0, proc, log1)
         hist = httpx.get(f"{base}/history", headers={"Authorization": f"Bearer {TOKEN}"}).json()
         assert sum(h["count"] for h in hist) == 100 and {h["rtt_ms"] for h in hist} == {30.0}
+        polling.set()
+        poller.join(10)
+        assert polled and set(polled) == {"recovering"}, polled
     finally:
+        polling.set()
         os.kill(proc.pid, signal.SIGTERM)
     # Generous bound (the migration has more than an hour to go): SIGTERM does not wait
     # for it.
