@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -134,3 +136,51 @@ def test_console_script_no_traceback(tmp_path: Path) -> None:
 def test_help_lists_commands() -> None:
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0 and "solve" in r.stdout
+
+
+# --- numbers in exponent form: YAML 1.2 floats that PyYAML's YAML 1.1 resolver misses ------
+
+
+def _loaders() -> list[tuple[str, str, str, str, Callable[[Path], Any]]]:
+    """(id, shipped file, text, the same number in exponent form, loader of a path)."""
+    from pacao.controller.config import load_config as controller_config
+    from pacao.lisp.config import load_config as map_server_config
+    from pacao.lisp.xtr import load_xtr_config
+    from pacao.optimize import load_problem
+    from pacao.optimize.assign import load_assign_problem
+    from pacao.testbed.scenario import load_scenario
+    from pacao.testbed.topology import load_topology
+
+    data = ROOT / "src/pacao/data"
+    fig5 = load_topology(data / "testbed-fig5.yaml")
+    return [
+        ("solve", "examples/solve-rloc.yaml", "rtt: 37,", "rtt: 3.7e1,", load_problem),
+        ("assign", "examples/assign-small.yaml", "capacity: 6,", "capacity: 6e0,",
+         load_assign_problem),
+        ("controller", "examples/controller.yaml", "ram_mib: 16384", "ram_mib: 1.6384e4",
+         controller_config),
+        ("map-server", "examples/lisp-loopback/map-server.yaml", "unregistered_site_ttl: 0 ",
+         "unregistered_site_ttl: 0e0 ", map_server_config),
+        ("xtr", "examples/lisp-loopback/dc1-xtr.yaml", "interval: 0.5", "interval: 5E-1",
+         load_xtr_config),
+        ("topology", "src/pacao/data/testbed-fig5.yaml", "delay: 3.5", "delay: 35e-1",
+         load_topology),
+        ("scenario", "src/pacao/data/testbed-table1.yaml", "at: 125,", "at: 1.25e2,",
+         lambda p: load_scenario(p, fig5)),
+    ]  # fmt: skip
+
+
+def test_exponent_numbers_are_numbers_in_every_yaml_loader(tmp_path: Path) -> None:
+    """`1e3`, `1.0e3`, `5E-1` load as the same number as `1000`, `0.5` in every config."""
+    from pacao.optimize.io import parse_yaml
+
+    assert parse_yaml("[1e3, 1.0e3, -2E-3, .5e1, '1e3', 1e, 0x1e3]") == [
+        1000.0, 1000.0, -0.002, 5.0, "1e3", "1e", 0x1E3
+    ]  # fmt: skip
+    for name, rel, plain, exp, load in _loaders():
+        text = (ROOT / rel).read_text()
+        assert plain in text, (name, plain)
+        a, b = tmp_path / f"{name}-plain.yaml", tmp_path / f"{name}-exp.yaml"
+        a.write_text(text)
+        b.write_text(text.replace(plain, exp, 1))
+        assert repr(load(a)) == repr(load(b)), name
