@@ -251,7 +251,8 @@ def test_base_install_runs_the_controller_and_solver_commands() -> None:
     ):
         r = _base(*args)
         assert r.returncode == 0, (args, r.stderr)
-    assert json.loads(_base("assign", "examples/assign-small.yaml").stdout)["objective"] > 0
+        if args[0] in ("assign", "solve"):
+            assert json.loads(r.stdout)["objective"] > 0
 
 
 def test_commands_needing_an_extra_name_it(tmp_path: Path) -> None:
