@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | debs  # libvirt-python builds against libvirt-dev
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[sim,testbed,postgres,libvirt,geodata,dev]'  # every extra (docs/install.md)
 	touch $@
 
 debs:

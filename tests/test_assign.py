@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +289,109 @@ def test_bad_options_exit_2() -> None:
 def test_input_error_type_is_shared() -> None:
     with pytest.raises(InputError):
         problem_from_dict({"dcs": "nope"})
+
+
+# --- huge capacities: memory and time depend on users x DCs only --------------------------
+
+HUGE = [1e7, 1e12, 1e300, 1.7976931348623157e308, math.inf, 10**400]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=instances(), integer=st.booleans(), cap=st.sampled_from(HUGE), data=st.data())
+def test_huge_capacities_match_enumeration(
+    doc: dict[str, Any], integer: bool, cap: float, data: st.DataObject
+) -> None:
+    """Capacities far beyond the users: lagrange equals the MILP optimum and enumeration."""
+    for d in doc["dcs"]:
+        d["capacity"] = cap
+        # Existing load at the scale of the capacity, so (n + e) / C is not trivially 0.
+        if cap < 1e15:
+            d["existing"] = data.draw(st.sampled_from([0, cap / 2, cap - 3]))
+    ref_doc = json.loads(json.dumps(doc).replace("Infinity", "1e308"))  # enumeration input
+    best = brute_force(ref_doc, integer) if not isinstance(cap, int) else None
+    problem = problem_from_dict(doc, integer_penalty=integer)
+    assert np.all(problem.room <= problem.n_users) and np.all(problem.room >= 0)
+    if best is None and not isinstance(cap, int):
+        for solver in ("milp", "lagrange"):
+            with pytest.raises(InfeasibleError):
+                solve_assign(problem, solver)
+        return
+    milp = solve_assign(problem, "milp")
+    lagrange = solve_assign(problem, "lagrange")
+    assert milp.optimal
+    # The step penalty at ratios within HiGHS's 1e-9 tolerance of an integer (congestion
+    # steps of 1e-7 ms make them common here) is ill-posed for the MILP: check it against
+    # enumeration only with the continuous penalty.
+    if best is not None and not integer:
+        assert milp.objective == pytest.approx(best, rel=1e-7, abs=1e-7)
+    ref = best if best is not None else (None if integer else milp.objective)
+    assert lagrange.lower_bound is not None
+    if ref is None:
+        return
+    if np.all(problem.room >= problem.n_users):
+        # No capacity binds and congestion is flat: lagrange must find the optimum.
+        assert lagrange.objective == pytest.approx(ref, rel=1e-7, abs=1e-7)
+    else:  # e = C - 3: a real capacity problem, where lagrange is a heuristic
+        assert lagrange.objective >= ref - 1e-7
+    assert lagrange.lower_bound <= ref + 1e-7
+
+
+def test_huge_capacity_room_is_exact_at_scale() -> None:
+    """e = C - 3 at C = 1e12 leaves room for exactly 3 new users, not 0 or 1e12."""
+    doc = _doc()
+    doc["dcs"] = [{"name": "a", "capacity": 1e12, "existing": 1e12 - 3}]
+    doc["users"] = [{"id": f"u{i}", "bound_ms": 50, "latency_ms": {"a": 40}} for i in range(4)]
+    with pytest.raises(InfeasibleError, match="room for 3 users"):
+        solve_assign(problem_from_dict(doc), "lagrange")
+    doc["users"].pop()
+    res = solve_assign(problem_from_dict(doc), "lagrange")
+    assert res.evaluation.load.tolist() == [3]
+    # f at full load: the congestion is 700 ms, each user pays (40 + 700) / 50.
+    assert res.objective == pytest.approx(3 * 740 / 50)
+
+
+def test_capacity_1e12_under_a_1_gib_address_space_limit(tmp_path: Path) -> None:
+    """The operator's check: `pacao assign` with capacities 1e12 under `ulimit -v 1 GiB`."""
+    import resource
+    import subprocess
+    import sys
+
+    doc = yaml.safe_load((ROOT / "examples/assign-small.yaml").read_text())
+    for d in doc["dcs"]:
+        d["capacity"] = 1e12
+    doc["dcs"][1]["capacity"] = float("inf")
+    f = tmp_path / "huge.yaml"
+    f.write_text(yaml.safe_dump(doc))
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pacao", "assign", str(f)],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    best = brute_force(json.loads(json.dumps(doc).replace("Infinity", "1e308")), False)
+    assert best is not None and result["objective"] == pytest.approx(best, rel=1e-9)
+    assert result["dc_load_fraction"]["lyon"] == 0.0
+    assert "-922337" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        (("dcs", 0, "capacity"), float("nan"), "dcs[0].capacity"),
+        (("dcs", 0, "capacity"), -math.inf, "dcs[0].capacity"),
+        (("dcs", 0, "existing"), math.inf, "dcs[0].existing"),
+        (("users", 0, "bound_ms"), math.inf, "users[0].bound_ms"),
+        (("users", 0, "latency_ms", "a"), 10**400, "users[0].latency_ms.a"),
+    ],
+)
+def test_only_capacity_may_be_unlimited(where: tuple[Any, ...], value: Any, message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        problem_from_dict(_with(where, value))

@@ -186,3 +186,52 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
         assert res.exit_code == 2
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("pacao: error: ")
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("1,0\n1,1e23", r"row 1 column t: 1e\+23 is invalid; whole seconds with \|t\| <= 1e\+12"),
+        ("1,-1e23\n1,0", r"row 0 column t: -1e\+23 is invalid; whole seconds"),
+        ("1,0\n1,100000000000000000000000", r"row 1 column t: 100000000000000000000000 is inv"),
+        ("1,0\n1,9223372036854775808", r"row 1 column t: 9223372036854775808 is invalid"),
+        ("1,0\n1,1000000000001", r"row 1 column t: 1000000000001 is invalid"),
+        ("9223372036854775808,0\n1,0", r"row 0 column user_id: 9223372036854775808 is invalid"),
+        ("1,0\n-9223372036854775808,0", r"row 1 column user_id: -9223372036854775808 is inv"),
+        (
+            "9223372036854775808,0\n-9223372036854775808,0",
+            r"row 0 column user_id: '9223372036854775808' is invalid; an integer with \|user_id\|",
+        ),
+        ("-9223372036854775809,0\n1,0", r"row 0 column user_id: -9223372036854775809 is inv"),
+        ("1e23,0\n1,0", r"row 0 column user_id: 1e\+23 is invalid"),
+    ],
+)
+def test_out_of_range_times_and_ids_are_refused(
+    tmp_path: Path, lacs: pd.DataFrame, rows: str, message: str
+) -> None:
+    """Never cast: int64 casts wrap around and float64 merges ids above 2^53."""
+    path = tmp_path / "t.csv"
+    lines = [f"{r},48.8,2.3" for r in rows.splitlines()]
+    path.write_text("user_id,t,lat,lon\n" + "\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=message):
+        load_traces(path, lacs)
+
+
+def test_extreme_but_valid_ids_and_times_are_exact(tmp_path: Path, lacs: pd.DataFrame) -> None:
+    """Ids 2^53 and 2^53 + 1 stay two users; int64's extremes and Unix times load as written."""
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "user_id,t,lat,lon\n9007199254740993,0,48.8,2.3\n9007199254740992,0,48.8,2.3\n"
+        "9223372036854775807,1700000000,48.8,2.3\n9223372036854775807,1000000000000,48.8,2.3\n"
+        "-9223372036854775807,-1000000000000,48.8,2.3\n"
+    )
+    got = load_traces(path, lacs)
+    assert got["user_id"].tolist() == [
+        -(2**63 - 1), 2**53, 2**53 + 1, 2**63 - 1, 2**63 - 1
+    ]  # fmt: skip
+    assert got["t"].tolist() == [-(10**12), 0, 0, 1_700_000_000, 10**12]
+    table = tmp_path / "lacs.csv"
+    table.write_text("lac,lat,lon\n9223372036854775807,48.8,2.3\n9223372036854775806,45.7,4.8\n")
+    codes = tmp_path / "c.csv"
+    codes.write_text("user_id,t,lac\n1,0,9223372036854775806\n1,6,9223372036854775807\n")
+    assert load_traces(codes, lacs, table)["lac"].tolist() == [2**63 - 2, 2**63 - 1]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from pacao.cliutil import fail
+from pacao.cliutil import EXTRA_MODULES, EXTRA_OF_MODULE, fail, missing_extra_message, require_extra
 from pacao.errors import InputError
 from pacao.sim.cli import app as traces_app
 
@@ -20,18 +22,51 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(traces_app, name="traces")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from pacao import __version__
+
+        typer.echo(f"pacao {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
 ) -> None:
-    if version:
-        from pacao import __version__
+    pass
 
-        typer.echo(__version__)
-        raise typer.Exit(0)
+
+def _needs_extra(sub: typer.Typer, group: str, extra: str, only: str | None = None) -> None:
+    """Make ``group``'s commands (or just ``only``) check ``extra`` before they start."""
+    for info in sub.registered_commands:
+        original = info.callback
+        if original is None:
+            continue
+        name = info.name or original.__name__.replace("_", "-")
+        if only is not None and name != only:
+            continue
+        label = f"pacao {group} {name}"
+
+        @functools.wraps(original)
+        def checked(
+            *args: Any, _f: Callable[..., Any] = original, _l: str = label, **kwargs: Any
+        ) -> Any:
+            require_extra(_l, extra)
+            return _f(*args, **kwargs)
+
+        info.callback = checked
+
+
+_needs_extra(traces_app, "traces", "sim")
+app.add_typer(traces_app, name="traces")
 
 
 @app.command()
@@ -131,6 +166,7 @@ def reproduce(
     ] = False,
 ) -> None:
     """Reproduce the paper's Sections IV (testbed, as root) and V: figures, report, summary."""
+    require_extra("pacao reproduce", "sim")
     from pacao.sim.reproduce import run_cli
     from pacao.testbed.runner import TestbedError
 
@@ -162,6 +198,7 @@ app.add_typer(_controller(), name="controller", help="The PACAO controller servi
 def _testbed() -> typer.Typer:
     from pacao.testbed.cli import app as testbed_app
 
+    _needs_extra(testbed_app, "testbed", "testbed", only="run")
     return testbed_app
 
 
@@ -169,7 +206,21 @@ app.add_typer(_testbed(), name="testbed", help="Emulated testbed in network name
 
 
 def main() -> None:
-    app()
+    """The console script: a missing optional module becomes one line naming its extra."""
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        if top not in EXTRA_OF_MODULE:
+            raise
+        words = [a for a in sys.argv[1:3] if not a.startswith("-")]
+        testbed = words[:1] == ["testbed"] and top in EXTRA_MODULES["testbed"]
+        extra = "testbed" if testbed else EXTRA_OF_MODULE[top]
+        typer.echo(
+            "pacao: error: " + missing_extra_message(" ".join(["pacao", *words]), extra, [top]),
+            err=True,
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":

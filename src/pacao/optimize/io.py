@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,27 @@ _CRITERION_KEYS = {"weight", "max"}
 _CANDIDATE_FIXED = {"name", "available", "residual"}
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading exponent floats as YAML 1.2 does.
+
+    PyYAML resolves floats by YAML 1.1, which wants a dot and a signed exponent
+    (``1.0e+3``): ``1e3``, ``1.0e3`` and ``2E-3`` stay strings and fail every
+    number check. The YAML 1.2 core schema, and JSON, read them as numbers.
+    """
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse one YAML document: every YAML input of pacao goes through here."""
+    return yaml.load(text, Loader=YamlLoader)
+
+
 def load_document(path: Path) -> Any:
     """Parse YAML or JSON (by extension; YAML otherwise, which also reads JSON)."""
     try:
@@ -28,7 +50,7 @@ def load_document(path: Path) -> Any:
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except json.JSONDecodeError as exc:
         raise InputError(
             "FILE", str(path), f"is not valid JSON (line {exc.lineno}: {exc.msg})"

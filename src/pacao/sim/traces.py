@@ -9,6 +9,7 @@ problem is an InputError naming the column, user or row, never a traceback.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,13 @@ I64 = npt.NDArray[np.int64]
 
 TRACE_COLUMNS = ("user_id", "t", "lat", "lon", "lac")
 LONG_TRIP_KM = 100.0
+#: |t| allowed in seconds: Unix times for 31,000 years either way. The simulator counts
+#: milliseconds between samples in int64, which this keeps far from overflowing.
+MAX_ABS_T_S = 10**12
+#: |id| allowed for user ids and LAC codes: int64 without -2^63, which has no positive twin.
+MAX_ABS_ID = 2**63 - 1
+#: Integers written as floats (1.0, 1e5) are exact only up to 2^53.
+FLOAT_EXACT = 2**53
 
 
 def _read_table(path: Path, what: str) -> pd.DataFrame:
@@ -62,16 +70,68 @@ def _numeric(df: pd.DataFrame, col: str, what: str) -> F64:
     return out
 
 
+def _one_integer(x: Any) -> int | None:
+    """x as an exact integer, or None: ints as they are, floats only while exact."""
+    if isinstance(x, bool | np.bool_):
+        return None
+    if isinstance(x, int | np.integer):
+        return int(x)
+    if isinstance(x, str):
+        try:
+            return int(x.strip())
+        except ValueError:
+            try:
+                x = float(x)
+            except ValueError:
+                return None
+    if isinstance(x, float | np.floating):
+        f = float(x)
+        if math.isfinite(f) and f.is_integer() and abs(f) <= FLOAT_EXACT:
+            return int(f)
+    return None
+
+
+def _integers(col: pd.Series, field: str, limit: int, allowed: str) -> I64:
+    """Whole numbers with |v| <= limit, exactly as written (never rounded through float64).
+
+    Out-of-range values must be refused, not cast: int64 casts wrap around and
+    float64 merges distinct ids above 2^53, both silently.
+    """
+    dtype = col.dtype
+    if pd.api.types.is_signed_integer_dtype(dtype):
+        v = col.to_numpy(np.int64)
+        bad = (v < -limit) | (v > limit)
+    elif pd.api.types.is_unsigned_integer_dtype(dtype):
+        u = col.to_numpy(np.uint64)
+        bad = u > np.uint64(limit)
+        v = np.where(bad, 0, u).astype(np.int64)
+    elif pd.api.types.is_float_dtype(dtype):
+        f = col.to_numpy(np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(f) | (f != np.round(f)) | (np.abs(f) > min(limit, FLOAT_EXACT))
+        v = np.where(bad, 0, f).astype(np.int64)
+    else:
+        ints = [_one_integer(x) for x in col.tolist()]
+        bad = np.array([n is None or abs(n) > limit for n in ints], dtype=bool)
+        v = np.array([0 if b else n for n, b in zip(ints, bad, strict=True)], dtype=np.int64)
+    if bad.any():
+        row = int(np.argmax(bad))
+        value = col.iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value
+        raise InputError(f"{field} row {row} column {col.name}", value, allowed)
+    out: I64 = v
+    return out
+
+
 def _seconds(col: pd.Series, what: str) -> I64:
     """Seconds as integers, or ISO 8601 times as seconds from the first day's midnight."""
-    if pd.api.types.is_numeric_dtype(col):
-        v = col.to_numpy(np.float64)
-        bad = ~np.isfinite(v) | (v != np.round(v))
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise InputError(f"{what} row {row} column t", col.iloc[row], "whole seconds")
-        secs: I64 = v.astype(np.int64)
-        return secs
+    numeric = pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+    if not numeric and not pd.api.types.is_datetime64_any_dtype(col):
+        # Numbers beyond int64 arrive as text: still numbers, not dates.
+        numeric = bool(pd.to_numeric(col, errors="coerce").notna().any())
+    if numeric:
+        allowed = f"whole seconds with |t| <= {MAX_ABS_T_S:.0e} (Unix times fit), or ISO 8601"
+        return _integers(col, what, MAX_ABS_T_S, allowed)
     if pd.api.types.is_datetime64_any_dtype(col):
         ts = pd.to_datetime(col)
     else:
@@ -93,15 +153,12 @@ def load_lac_table(path: Path) -> pd.DataFrame:
     """A LAC table CSV with columns lac, lat, lon (and optionally name, population, radius_km)."""
     df = _read_table(Path(path), "lac_table")
     _require(df, ("lac", "lat", "lon"), "lac_table")
-    lac = _numeric(df, "lac", "lac_table")
-    if np.any(lac != np.round(lac)):
-        row = int(np.argmax(lac != np.round(lac)))
-        raise InputError(f"lac_table row {row} column lac", df["lac"].iloc[row], "an integer")
+    lac = _integers(df["lac"], "lac_table", MAX_ABS_ID, "an integer with |lac| <= 2^63 - 1")
     lat = _numeric(df, "lat", "lac_table")
     lon = _numeric(df, "lon", "lac_table")
     _check_coords(lat, lon, "lac_table")
     out = df.copy()
-    out["lac"], out["lat"], out["lon"] = lac.astype(np.int64), lat, lon
+    out["lac"], out["lat"], out["lon"] = lac, lat, lon
     dup = out["lac"].duplicated().to_numpy()
     if dup.any():
         row = int(np.argmax(dup))
@@ -150,11 +207,9 @@ def load_traces(path: Path, lacs: pd.DataFrame, lac_table: Path | None = None) -
         _require(df, ("user_id", "t", "lat", "lon"), "traces")
     if not has_pos and lac_table is None and "lac" not in lacs.columns:
         raise InputError("lac_table", None, "a LAC table CSV for traces given by lac")
-    uid = _numeric(df, "user_id", "traces")
-    if np.any(uid != np.round(uid)):
-        row = int(np.argmax(uid != np.round(uid)))
-        raise InputError(f"traces row {row} column user_id", df["user_id"].iloc[row], "integer")
-    users = uid.astype(np.int64)
+    users = _integers(
+        df["user_id"], "traces", MAX_ABS_ID, "an integer with |user_id| <= 2^63 - 1 (int64)"
+    )
     t = _seconds(df["t"], "traces")
     if has_pos:
         lat = _numeric(df, "lat", "traces")
@@ -163,10 +218,10 @@ def load_traces(path: Path, lacs: pd.DataFrame, lac_table: Path | None = None) -
         lac = _lac_of_unique(lat, lon, lacs)
     else:
         table = load_lac_table(lac_table) if lac_table is not None else lacs
-        raw = _numeric(df, "lac", "traces")
+        raw = _integers(df["lac"], "traces", MAX_ABS_ID, "a lac of the LAC table")
         ids = table["lac"].to_numpy(np.int64)
-        pos = pd.Index(ids).get_indexer(raw.astype(np.int64))
-        unknown = (pos < 0) | (raw != np.round(raw))
+        pos = pd.Index(ids).get_indexer(raw)
+        unknown = pos < 0
         if unknown.any():
             row = int(np.argmax(unknown))
             raise InputError(

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from pacao.errors import InputError
+from pacao.optimize.io import parse_yaml
 from pacao.testbed.scenario import Scenario, scenario_from_dict
 from pacao.testbed.topology import (
     Topology,
@@ -124,7 +125,7 @@ def _expand(ev: Any, where: str, topo: Topology) -> Any:
 def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
     """Read and validate an experiment file (and the topology it names or is given)."""
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = parse_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise InputError("scenario", str(path), f"a readable YAML file ({exc})") from None
     if not isinstance(doc, dict):
@@ -144,7 +145,7 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
     topology_doc = None
     if "mappings" in doc:
         # e.g. Table I used only the TelcoCenter and Marilyn DCs (Sec. IV-A)
-        topology_doc = yaml.safe_load(topology.read_text())
+        topology_doc = parse_yaml(topology.read_text())
         topology_doc["mappings"] = doc["mappings"]
         topo = topology_from_dict(topology_doc, source=f"{path.name} mappings")
     duration = _num("duration", doc.get("duration"), 1, 86_400)

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from pacao.errors import InputError
+from pacao.optimize.io import parse_yaml
 from pacao.testbed.topology import Topology, parse_rate
 
 LINK_KEYS = {"at", "link", "delay", "jitter", "loss", "rate", "direction"}
@@ -137,7 +138,7 @@ def scenario_from_dict(doc: Any, topo: Topology) -> Scenario:
 
 def load_scenario(path: Path, topo: Topology) -> Scenario:
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = parse_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise InputError("scenario", str(path), f"a readable YAML file ({exc})") from None
     return scenario_from_dict(doc, topo)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from pacao.errors import InputError
+from pacao.optimize.io import parse_yaml
 
 ROLES = ("user", "xtr", "dc", "vm", "router")
 FABRICS = ("routed", "vxlan")
@@ -588,7 +589,7 @@ def load_topology(path: Path) -> Topology:
     except OSError as exc:
         raise InputError("topology", str(path), f"a readable file ({exc.strerror})") from None
     try:
-        doc = yaml.safe_load(text)
+        doc = parse_yaml(text)
     except yaml.YAMLError as exc:
         raise InputError(
             "topology", str(path), f"valid YAML ({str(exc).splitlines()[0]})"

@@ -30,14 +30,22 @@ def _mapping(where: str, value: Any, keys: set[str]) -> Mapping[str, Any]:
     return value
 
 
-def _number(where: str, value: Any, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InputError(where, value, "expected a finite number")
-    if positive and value <= 0:
+def _number(where: str, value: Any, *, positive: bool = False, unlimited: bool = False) -> float:
+    """A number >= 0 (> 0 if ``positive``); +inf (or beyond float range) only if ``unlimited``."""
+    allowed = "expected a finite number" + (" or .inf (no limit)" if unlimited else "")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(where, value, allowed)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        number = math.inf if value > 0 else -math.inf
+    if math.isnan(number) or (math.isinf(number) and not (unlimited and number > 0)):
+        raise InputError(where, value, allowed)
+    if positive and number <= 0:
         raise InputError(where, value, "expected a number > 0")
-    if value < 0:
+    if number < 0:
         raise InputError(where, value, "expected a number >= 0")
-    return float(value)
+    return number
 
 
 def _name(where: str, value: Any) -> str:
@@ -82,7 +90,7 @@ def problem_from_dict(doc: Any, *, integer_penalty: bool | None = None) -> Assig
         name = _name(f"{where}.name", item["name"])
         if name in names:
             raise InputError(f"{where}.name", name, "DC names must be unique")
-        c = _number(f"{where}.capacity", item["capacity"], positive=True)
+        c = _number(f"{where}.capacity", item["capacity"], positive=True, unlimited=True)
         e = _number(f"{where}.existing", item.get("existing", 0))
         if e > c:
             raise InputError(f"{where}.existing", e, f"must not exceed capacity {c:g}")

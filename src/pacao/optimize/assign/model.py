@@ -127,8 +127,15 @@ class AssignProblem:
 
     @property
     def room(self) -> IntArray:
-        """How many new users each DC takes: floor(C_d - e_d) (with 1e-9 slack)."""
-        return np.floor(self.capacity - self.existing + 1e-9).astype(np.int64)
+        """How many new users each DC can take here: min(floor(C_d - e_d), |U|) (1e-9 slack).
+
+        No assignment puts more than |U| users on one DC, so the cap at |U| changes
+        no feasible set and keeps every per-DC table (levels, the dual's n grid)
+        at |U| + 1 entries whatever the capacity: 1e12, 1e300 or unlimited.
+        It is taken in floating point before the cast, so no capacity overflows int64.
+        """
+        free = np.floor(self.capacity - self.existing + 1e-9)
+        return np.minimum(free, float(self.n_users)).astype(np.int64)
 
     def level(self, d: int, n: IntArray | int) -> FloatArray:
         """Congestion latency f_d((n + e_d) / C_d) of DC d with n new users."""
