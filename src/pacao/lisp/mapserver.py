@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -181,6 +183,11 @@ class MapServer:
         self.clock = time.time
         self.fast_path = True  # tests turn it off to compare with the general path
         self._log_state: dict[str, tuple[float, int]] = {}
+        # last accepted Map-Register nonce per (site, xTR-ID) (RFC 9301 section 5.6)
+        self.last_nonce: dict[tuple[str, bytes | None], int] = {}
+        self.site_count: Counter[str] = Counter()  # registrations held per site
+        self._expiry: list[tuple[float, int, EidPrefix]] = []  # heap: (expires_at, seq, prefix)
+        self._seq = itertools.count()
         if config.state_file is not None:
             self.load_state(config.state_file)
 
@@ -289,6 +296,24 @@ class MapServer:
             what = "Map-Register from %s for site %s fails authentication"
             self.log_limited("auth", logging.INFO, what, peer, site.name)
             return
+        stream = (site.name, msg.xtr_id)
+        if site.replay_protection:
+            last = self.last_nonce.get(stream)
+            if msg.nonce == 0 or (last is not None and msg.nonce <= last):
+                self.stats["replayed"] += 1
+                what = (
+                    "Map-Register from %s for site %s dropped as a replay: nonce 0x%016x, "
+                    "last accepted %s (nonces must increase; replay_protection: false "
+                    "accepts peers that send 0 or repeat their nonce)"
+                )
+                seen = "none" if last is None else f"0x{last:016x}"
+                self.log_limited("replay", logging.WARNING, what, peer, site.name, msg.nonce, seen)
+                return
+        if not self.within_limits(site, msg, prefixes, peer):
+            return
+        if site.replay_protection:
+            self.last_nonce[stream] = msg.nonce
+            self.dirty = True
         now = self.clock()
         for rec, prefix in zip(msg.records, prefixes, strict=True):
             lifetime = self.config.registration_timeout
@@ -305,8 +330,7 @@ class MapServer:
                 xtr_id=msg.xtr_id,
                 site_id=msg.site_id,
             )
-            old = self.registrations.get(prefix)
-            self.registrations.insert(prefix, reg)
+            old = self.store(reg)
             changed = old is None or (old.record, old.proxy_reply) != (rec, reg.proxy_reply)
             refreshed = old is not None and old.expires_at + 1 < reg.expires_at
             self.dirty = self.dirty or changed or refreshed
@@ -324,6 +348,40 @@ class MapServer:
             signed = auth.sign(notify, site.key, msg.alg_id, truncated=short)
             self.send(signed.to_bytes(), peer)
             self.stats["map_notify_sent"] += 1
+
+    def within_limits(
+        self, site: Site, msg: MapRegister, prefixes: list[EidPrefix], peer: tuple[str, int]
+    ) -> bool:
+        """The site's bounds on one Map-Register and on what it holds registered."""
+        most = max(len(r.locators) for r in msg.records)
+        new = len({p for p in prefixes if self.registrations.get(p) is None})
+        held = self.site_count[site.name]
+        if len(msg.records) > site.max_records:
+            what, value, limit = "records", len(msg.records), site.max_records
+        elif most > site.max_locators:
+            what, value, limit = "locators in one record", most, site.max_locators
+        elif held + new > site.max_prefixes:
+            what, value, limit = "registered prefixes", held + new, site.max_prefixes
+        else:
+            return True
+        self.stats["register_too_large"] += 1
+        fmt = "Map-Register from %s for site %s refused: %d %s, the site allows %d (%s)"
+        key = {"records": "max_records", "registered prefixes": "max_prefixes"}.get(
+            what, "max_locators"
+        )
+        self.log_limited("limit", logging.WARNING, fmt, peer, site.name, value, what, limit, key)
+        return False
+
+    def store(self, reg: Registration) -> Registration | None:
+        """Insert or replace a registration; its expiry goes on the heap if needed."""
+        old = self.registrations.get(reg.prefix)
+        self.registrations.insert(reg.prefix, reg)
+        if old is None:
+            self.site_count[reg.site] += 1
+        if old is None or reg.expires_at < old.expires_at:
+            # a later expiry needs no entry: expire() re-queues the old one when it is due
+            heapq.heappush(self._expiry, (reg.expires_at, next(self._seq), reg.prefix))
+        return old
 
     # ------------------------------------------------------------------ Map-Request
     def handle_request(
@@ -461,20 +519,41 @@ class MapServer:
 
     # ------------------------------------------------------------------ time and state
     def expire(self, now: float | None = None) -> int:
+        """Remove the registrations due by `now`: heap pops, no table scan.
+
+        The heap holds (expiry, seq, prefix) with at most a few entries per
+        prefix; a refresh pushes nothing (the old entry is re-queued at the new
+        time when it comes due), so the cost is O(log n) per expiry or refresh."""
         now = self.clock() if now is None else now
-        dead = [p for p, r in self.registrations.items() if r.expires_at <= now]
-        for p in dead:
-            self.registrations.remove(p)
+        heap = self._expiry
+        dead = 0
+        while heap and heap[0][0] <= now:
+            _, _, prefix = heapq.heappop(heap)
+            reg = self.registrations.get(prefix)
+            if reg is None:
+                continue  # removed already (an older entry for the same prefix)
+            if reg.expires_at <= now:
+                self.registrations.remove(prefix)
+                self.site_count[reg.site] -= 1
+                dead += 1
+            else:
+                heapq.heappush(heap, (reg.expires_at, next(self._seq), prefix))
         if dead:
-            self.stats["expired"] += len(dead)
+            self.stats["expired"] += dead
             self.dirty = True
-        return len(dead)
+        return dead
 
     def state_doc(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
             "saved_at": self.clock(),
             "registrations": [r.to_json() for _, r in self.registrations.items()],
+            "nonces": [
+                {"site": site, "xtr_id": xtr.hex() if xtr else None, "nonce": nonce}
+                for (site, xtr), nonce in sorted(
+                    self.last_nonce.items(), key=lambda kv: (kv[0][0], kv[0][1] or b"")
+                )
+            ],
         }
 
     def save_state(self) -> None:
@@ -504,8 +583,19 @@ class MapServer:
                 continue
             if reg.expires_at <= now or self.site_for(reg.prefix) is None:
                 continue  # expired while down, or the site was removed from the config
-            self.registrations.insert(reg.prefix, reg)
+            self.store(reg)
             self.stats["restored"] += 1
+        nonces = doc.get("nonces", []) if isinstance(doc, dict) else []
+        for item in nonces if isinstance(nonces, list) else []:
+            try:
+                xtr = bytes.fromhex(item["xtr_id"]) if item["xtr_id"] else None
+                nonce = item["nonce"]
+                if isinstance(nonce, bool) or not isinstance(nonce, int) or not 0 < nonce < 2**64:
+                    raise ValueError(f"nonce {nonce!r} is not a 64-bit integer")
+                self.last_nonce[(str(item["site"]), xtr)] = nonce
+            except (KeyError, TypeError, ValueError) as exc:
+                self.stats["state_errors"] += 1
+                log.warning("ignoring a bad nonce entry in %s: %s", path, exc)
 
     def stats_doc(self) -> dict[str, Any]:
         return {
