@@ -179,7 +179,10 @@ class MapServer:
         )
         self.transport: UdpEndpoint | None = None
         self.local: tuple[str, int] = config.listen
-        self.dirty = False
+        self.dirty = False  # registrations changed: save at the next housekeeping
+        self.refreshed = False  # only refreshed: save within `refresh_save_period`
+        self.refresh_save_period = 30.0
+        self.last_save = time.monotonic()
         self.clock = time.time
         self.fast_path = True  # tests turn it off to compare with the general path
         self._log_state: dict[str, tuple[float, int]] = {}
@@ -311,9 +314,9 @@ class MapServer:
                 return
         if not self.within_limits(site, msg, prefixes, peer):
             return
+        new_stream = stream not in self.last_nonce
         if site.replay_protection:
             self.last_nonce[stream] = msg.nonce
-            self.dirty = True
         now = self.clock()
         for rec, prefix in zip(msg.records, prefixes, strict=True):
             lifetime = self.config.registration_timeout
@@ -332,8 +335,12 @@ class MapServer:
             )
             old = self.store(reg)
             changed = old is None or (old.record, old.proxy_reply) != (rec, reg.proxy_reply)
-            refreshed = old is not None and old.expires_at + 1 < reg.expires_at
-            self.dirty = self.dirty or changed or refreshed
+            self.dirty = self.dirty or changed
+        # A change (with its nonce, so that a replay of the state it replaced stays
+        # refused after a restart) is saved within a housekeeping period; a refresh
+        # of the same records only moves expiry times and nonces: saved less often.
+        self.dirty = self.dirty or (new_stream and site.replay_protection)
+        self.refreshed = True
         self.stats["registered"] += 1
         if msg.want_map_notify:
             notify = MapNotify(
@@ -561,7 +568,8 @@ class MapServer:
         if path is None:
             return
         atomic_write_json(path, self.state_doc())
-        self.dirty = False
+        self.dirty = self.refreshed = False
+        self.last_save = time.monotonic()
 
     def load_state(self, path: Path) -> None:
         try:
@@ -612,12 +620,13 @@ class MapServer:
             await asyncio.sleep(period)
             try:
                 self.expire()
-                if self.dirty:
+                stale = time.monotonic() - self.last_save >= self.refresh_save_period
+                if self.dirty or (self.refreshed and stale):
                     self.save_state()
                 if self.config.stats_file is not None:
                     doc = self.stats_doc()
                     if doc != last_stats:
-                        atomic_write_json(self.config.stats_file, doc)
+                        atomic_write_json(self.config.stats_file, doc, durable=False)
                         last_stats = doc
                 if self.pcap is not None:
                     self.pcap.flush()
@@ -626,13 +635,18 @@ class MapServer:
                 log.warning("housekeeping: %s", exc)
 
 
-def atomic_write_json(path: Path, doc: Any) -> None:
-    """Write JSON to a temporary file in the same directory, fsync, then rename."""
+def atomic_write_json(path: Path, doc: Any, durable: bool = True) -> None:
+    """Write JSON to a temporary file in the same directory, fsync, then rename.
+
+    `durable=False` skips the fsync (readers still never see a partial file):
+    for statistics, rewritten every second, where an fsync (5-20 ms here) would
+    stall the daemon's loop and losing the last copy on a crash costs nothing."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

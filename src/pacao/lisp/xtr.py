@@ -1024,7 +1024,7 @@ class Xtr:
                 for gone in self.cache.expired(self.clock()):
                     self.emit(MappingRemoved(gone.prefix, "expired"))
                 if self.config.stats_file is not None and now >= next_stats:
-                    atomic_write_json(self.config.stats_file, self.snapshot())
+                    atomic_write_json(self.config.stats_file, self.snapshot(), durable=False)
                     next_stats = now + self.config.stats_interval
             except OSError as exc:
                 self.stats["loop_errors"] += 1
