@@ -245,3 +245,32 @@ def test_replayed_registration_from_the_capture_cannot_revert_set_priority(
         sock.close()
         stop(xtr)
         stop(ms_proc)
+
+
+def test_decode_prints_referrals_and_nat_messages(tmp_path: Path) -> None:
+    from ipaddress import IPv4Address
+
+    from pacao.lisp.pcap import Datagram, write_pcap
+    from test_lisp_tshark import INFO_REPLY, INFO_REQUEST, REFERRAL
+
+    lo = IPv4Address("127.0.0.1")
+    pcap = tmp_path / "ddt-nat.pcap"
+    msgs = (REFERRAL, INFO_REQUEST, INFO_REPLY)
+    write_pcap(pcap, [Datagram(i + 1, 1.0, lo, 4342, lo, 4342, m.to_bytes())
+                      for i, m in enumerate(msgs)])  # fmt: skip
+    proc = pacao("lisp", "decode", str(pcap))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    ref, req, rep = (row["message"] for row in json.loads(out))
+    assert ref["type"] == "Map-Referral" and ref["nonce"] == "0x0000000000000021"
+    rec = ref["records"][0]
+    assert (rec["eid_prefix"], rec["action_name"], rec["authoritative"]) == (
+        "10.1.0.0/16", "ms-referral", True)  # fmt: skip
+    assert [r["address"] for r in rec["referrals"]] == ["192.0.2.1", "2001:db8::1"]
+    assert ref["records"][1]["action_name"] == "delegation-hole"
+    assert ref["records"][1]["incomplete"] is True
+    assert req["type"] == "Info-Request" and req["address"] is None and req["alg_id"] == 2
+    assert rep["type"] == "Info-Reply" and rep["eid"] == "10.1.0.0"
+    nat = rep["address"]
+    assert (nat["ms_port"], nat["etr_port"], nat["global_etr_rloc"], nat["rtr_rlocs"]) == (
+        4342, 61000, "198.51.100.7", ["203.0.113.9"])  # fmt: skip
