@@ -5,8 +5,13 @@
   that site; the HMAC must verify with the site key.  Otherwise the message is
   dropped and counted.  Want-map-notify is answered with a Map-Notify signed
   the same way, sent to the source address and port of the Map-Register.
+* Replay protection (RFC 9301 section 5.6): per site and xTR-ID, a
+  Map-Register's nonce must exceed the last one accepted (unless the site
+  sets `replay_protection: false`); per-site limits on records, locators and
+  registered prefixes.
 * Registrations expire after `registration_timeout` (default 180 s, three
-  60 s register intervals) or, when the T bit is set, after the Record TTL.
+  60 s register intervals) or, when the T bit is set, after the Record TTL;
+  expiry times are a heap, so housekeeping never scans the table.
 * Map-Request (ECM-encapsulated, or plain): per EID record, longest-prefix
   match per instance-id.  A registration with proxy-reply is answered with a
   Map-Reply (A bit clear, like lispers.net); otherwise the ECM is forwarded
