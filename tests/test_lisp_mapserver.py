@@ -402,8 +402,18 @@ def test_ipv6_listener() -> None:
         ),
         ({"registration_timeout": -1}, "registration_timeout"),
         ({"colour": "red"}, "colour"),
+        (
+            {"sites": [{"name": "a", "key": "k", "eid_prefixes": ["10.0.0.0/8"],
+                        "replay_protection": "no"}]},
+            "sites[0].replay_protection",
+        ),
+        (
+            {"sites": [{"name": "a", "key": "k", "eid_prefixes": ["10.0.0.0/8"],
+                        "max_records": 256}]},
+            "sites[0].max_records",
+        ),
     ],
-)
+)  # fmt: skip
 def test_config_errors_name_the_field(doc: dict[str, Any], field: str) -> None:
     with pytest.raises(InputError) as err:
         config_from_dict({**BASE, **doc})
