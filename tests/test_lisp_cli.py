@@ -8,11 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lisp_support import interop_dir, tshark_verbose
+from pacao.errors import InputError
 from pacao.lisp import auth
 from pacao.lisp.messages import MapNotify, MapReply, decode_message
+from pacao.lisp.pcap import read_pcap
 from test_lisp_mapserver import ecm_request, register
 
 CONFIG = """\
@@ -166,3 +171,106 @@ def test_xtr_command_serves_http_and_stops_cleanly(tmp_path: Path) -> None:
     finally:
         stop(proc)
     assert json.loads((tmp_path / "xtr.json").read_text())["map_cache"] == []
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def stats_of(path: Path) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc
+
+
+def test_replayed_registration_from_the_capture_cannot_revert_set_priority(
+    tmp_path: Path,
+) -> None:
+    """As an operator checks it: register 1/2, `set-priority` to 2/1, then replay the
+    Map-Registers the daemon recorded (its --pcap) to the daemon."""
+    config = tmp_path / "ms.yaml"
+    config.write_text(CONFIG)
+    pcap = tmp_path / "ms.pcap"
+    ms_proc, ms = start(config, pcap)
+    xtr_cfg = tmp_path / "xtr.yaml"
+    xtr_cfg.write_text(
+        "listen: 127.0.0.1:0\nhttp: 127.0.0.1:0\nregister_interval: 600\n"
+        f'map_servers: [{{address: "{ms[0]}:{ms[1]}", key: s3cret}}]\n'
+        "database:\n  - prefix: 10.1.2.0/24\n    locators:\n"
+        "      - {address: 127.0.0.1, priority: 1}\n      - {address: 127.0.0.2, priority: 2}\n"
+    )
+    xtr = pacao("lisp", "xtr", "--config", str(xtr_cfg))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    sock.bind(("127.0.0.1", 0))
+    stats = tmp_path / "stats.json"
+    try:
+        assert xtr.stdout is not None
+        line = xtr.stdout.readline()
+        assert "http on" in line, line
+        http = line.rsplit(" ", 1)[1].strip()
+        wait_until(lambda: stats_of(stats).get("registered") == 1, "the first registration")
+        cli = pacao("lisp", "set-priority", "10.1.2.0/24", "127.0.0.1=2", "127.0.0.2=1",
+                    "--xtr", http)  # fmt: skip
+        out, err = cli.communicate(timeout=60)
+        assert cli.returncode == 0, err
+        assert json.loads(out)["prefix"] == "10.1.2.0/24"
+        wait_until(lambda: stats_of(stats).get("registered") == 2, "the switch")
+
+        def registers() -> list[bytes]:  # the daemon flushes its pcap every 0.5 s
+            try:
+                return [d.payload for d in read_pcap(pcap) if d.payload[0] >> 4 == 3]
+            except InputError:  # not written yet
+                return []
+
+        wait_until(lambda: len(registers()) == 2, "both Map-Registers in the pcap")
+        first, second = registers()
+        nonces = [decode_message(x).nonce for x in (first, second)]  # type: ignore[attr-defined]
+        assert nonces[0] < nonces[1] and abs((nonces[1] >> 32) - time.time()) < 60
+        for data in (first, second):
+            sock.sendto(data, ms)  # replays, from another address and port
+        reply = decode_message(
+            exchange(sock, ecm_request("10.1.2.9/32", 3, sock.getsockname()[1]), ms)
+        )
+        assert isinstance(reply, MapReply)
+        assert [x.priority for x in reply.records[0].locators] == [2, 1]
+        wait_until(lambda: stats_of(stats).get("replayed") == 2, "the replay counter")
+        assert stats_of(stats)["registered"] == 2 and stats_of(stats)["map_notify_sent"] == 2
+    finally:
+        sock.close()
+        stop(xtr)
+        stop(ms_proc)
+
+
+def test_decode_prints_referrals_and_nat_messages(tmp_path: Path) -> None:
+    from ipaddress import IPv4Address
+
+    from pacao.lisp.pcap import Datagram, write_pcap
+    from test_lisp_tshark import INFO_REPLY, INFO_REQUEST, REFERRAL
+
+    lo = IPv4Address("127.0.0.1")
+    pcap = tmp_path / "ddt-nat.pcap"
+    msgs = (REFERRAL, INFO_REQUEST, INFO_REPLY)
+    write_pcap(pcap, [Datagram(i + 1, 1.0, lo, 4342, lo, 4342, m.to_bytes())
+                      for i, m in enumerate(msgs)])  # fmt: skip
+    proc = pacao("lisp", "decode", str(pcap))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    ref, req, rep = (row["message"] for row in json.loads(out))
+    assert ref["type"] == "Map-Referral" and ref["nonce"] == "0x0000000000000021"
+    rec = ref["records"][0]
+    assert (rec["eid_prefix"], rec["action_name"], rec["authoritative"]) == (
+        "10.1.0.0/16", "ms-referral", True)  # fmt: skip
+    assert [r["address"] for r in rec["referrals"]] == ["192.0.2.1", "2001:db8::1"]
+    assert ref["records"][1]["action_name"] == "delegation-hole"
+    assert ref["records"][1]["incomplete"] is True
+    assert req["type"] == "Info-Request" and req["address"] is None and req["alg_id"] == 2
+    assert rep["type"] == "Info-Reply" and rep["eid"] == "10.1.0.0"
+    nat = rep["address"]
+    assert (nat["ms_port"], nat["etr_port"], nat["global_etr_rloc"], nat["rtr_rlocs"]) == (
+        4342, 61000, "198.51.100.7", ["203.0.113.9"])  # fmt: skip

@@ -315,6 +315,9 @@ def test_docs_show_the_current_field_tables() -> None:
         LCAF_HEADER,
         ChangePriority.STRUCT,
     ]
+    from pacao.lisp.messages import REFERRAL_RECORD, REFERRAL_SIGNATURE, InfoMessage, MapReferral
+
+    structs += [MapReferral.STRUCT, REFERRAL_RECORD, REFERRAL_SIGNATURE, InfoMessage.STRUCT]
     for s in structs:
         section = doc.split(f"#### {s.name}\n", 1)[1].split("####", 1)[0]
         lines = section.strip().splitlines()

@@ -82,9 +82,7 @@ def server(
     for text, proxy, expires in regs:
         prefix = EidPrefix.parse(text)
         record = MappingRecord.for_prefix(prefix, locators=LOCS, authoritative=True)
-        ms.registrations.insert(
-            prefix, Registration(prefix, "dc1", record, proxy, ("127.0.0.9", 4342), 0.0, expires)
-        )
+        ms.store(Registration(prefix, "dc1", record, proxy, ("127.0.0.9", 4342), 0.0, expires))
     return ms, rec
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from lisp_support import capture
 from pacao.errors import InputError
 from pacao.lisp import auth
 from pacao.lisp.address import EidPrefix
@@ -109,9 +111,12 @@ def run(
     return asyncio.run(main())
 
 
+_NONCES = itertools.count(1 << 32)  # increasing by default, as the replay check wants
+
+
 def register(
     prefix: str,
-    nonce: int = 1,
+    nonce: int | None = None,
     key: str = KEY,
     alg: int = auth.ALG_HMAC_SHA256,
     proxy: bool = True,
@@ -119,6 +124,8 @@ def register(
     **kw: Any,
 ) -> bytes:
     rec = MappingRecord.for_prefix(EidPrefix.parse(prefix), locators=LOCS, authoritative=True)
+    if nonce is None:
+        nonce = next(_NONCES)
     msg = MapRegister(nonce, (rec,), proxy_reply=proxy, want_map_notify=notify, **kw)
     return auth.sign(msg, key, alg).to_bytes()
 
@@ -232,7 +239,7 @@ def test_longest_prefix_wins_ipv4_and_ipv6() -> None:
     async def body(server: MapServer, ms: tuple[str, int]) -> None:
         etr, itr = await peer(), await peer()
         for i, p in enumerate(["10.1.0.0/16", "10.1.5.0/24", "10.1.5.128/25", "2001:db8:1::/48"]):
-            etr.send(register(p, nonce=i), ms)
+            etr.send(register(p, nonce=i + 1), ms)
             await etr.recv()
         etr.send(register("2001:db8:1:2::/64", nonce=9), ms)
         await etr.recv()
@@ -259,7 +266,7 @@ def test_registrations_expire() -> None:
         etr.send(register("10.1.1.0/24"), ms)
         # T bit: time out after the Record TTL (here 1 minute) instead of the default
         rec = MappingRecord.for_prefix(EidPrefix.parse("10.1.2.0/24"), ttl=1, locators=LOCS)
-        msg = MapRegister(2, (rec,), want_map_notify=True, use_ttl_for_timeout=True)
+        msg = MapRegister(next(_NONCES), (rec,), want_map_notify=True, use_ttl_for_timeout=True)
         etr.send(auth.sign(msg, KEY).to_bytes(), ms)
         await etr.recv()
         await etr.recv()
@@ -270,7 +277,7 @@ def test_registrations_expire() -> None:
         assert server.expire() == 1
         now[0] += 118  # 179 s: the default 3 x 60 s still holds
         assert server.expire() == 0
-        etr.send(register("10.1.1.0/24", nonce=3), ms)  # refresh
+        etr.send(register("10.1.1.0/24"), ms)  # refresh
         await etr.recv()
         now[0] += 179
         assert server.expire() == 0
@@ -289,7 +296,7 @@ def test_registrations_survive_a_restart(tmp_path: Path) -> None:
     async def first(server: MapServer, ms: tuple[str, int]) -> None:
         etr = await peer()
         etr.send(register("10.1.1.0/24"), ms)
-        etr.send(register("2001:db8:1:1::/64", nonce=2), ms)
+        etr.send(register("2001:db8:1:1::/64"), ms)
         await etr.recv()
         await etr.recv()
         server.save_state()
@@ -335,9 +342,9 @@ def test_garbage_never_stops_the_service() -> None:
             if sent % 20 == 0:
                 await asyncio.sleep(0.002)  # stay within the socket buffers
         await asyncio.sleep(0.2)
-        etr.send(register("10.1.7.0/24", nonce=77), ms)
+        etr.send(register("10.1.7.0/24", nonce=(1 << 48) + 77), ms)
         notify, _ = await etr.recv()
-        assert notify.nonce == 77
+        assert notify.nonce == (1 << 48) + 77
         assert server.stats["received"] == sent + 1
         assert server.stats["handler_errors"] == 0
         assert server.stats["malformed"] > 100
@@ -395,8 +402,18 @@ def test_ipv6_listener() -> None:
         ),
         ({"registration_timeout": -1}, "registration_timeout"),
         ({"colour": "red"}, "colour"),
+        (
+            {"sites": [{"name": "a", "key": "k", "eid_prefixes": ["10.0.0.0/8"],
+                        "replay_protection": "no"}]},
+            "sites[0].replay_protection",
+        ),
+        (
+            {"sites": [{"name": "a", "key": "k", "eid_prefixes": ["10.0.0.0/8"],
+                        "max_records": 256}]},
+            "sites[0].max_records",
+        ),
     ],
-)
+)  # fmt: skip
 def test_config_errors_name_the_field(doc: dict[str, Any], field: str) -> None:
     with pytest.raises(InputError) as err:
         config_from_dict({**BASE, **doc})
@@ -415,3 +432,224 @@ def test_rfc6833_truncated_digests_are_answered_alike() -> None:
             assert auth.verify(notify.to_bytes(), KEY)
 
     run(cfg(), body)
+
+
+# ---------------------------------------------------------------- replay protection
+
+
+def lispers_register() -> bytes:
+    """Frame 1 of the lispers.net capture: a Map-Register signed with `interop-key`."""
+    (frame, *_) = capture("map-register-notify-sha256.pcap")
+    assert isinstance(decode_message(frame.payload), MapRegister)
+    return frame.payload
+
+
+INTEROP = {
+    "listen": "127.0.0.1:0",
+    "sites": [
+        {
+            "name": "interop",
+            "key": "interop-key",
+            "eid_prefixes": ["10.1.0.0/16"],
+            "accept_more_specifics": True,
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize("protect", [True, False])
+def test_replayed_capture_is_dropped_unless_the_site_opts_out(protect: bool) -> None:
+    frame = lispers_register()
+    doc = {**INTEROP, "sites": [{**INTEROP["sites"][0], "replay_protection": protect}]}
+
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr = await peer()
+        for _ in range(3):  # the lispers.net frame, then the same bytes twice more
+            etr.send(frame, ms)
+        notify, _ = await etr.recv()
+        assert isinstance(notify, MapNotify) and notify.nonce == 0x1111000000000001
+        if protect:
+            assert await etr.nothing()
+        else:
+            for _ in range(2):
+                assert isinstance((await etr.recv())[0], MapNotify)
+
+    server = run(config_from_dict(doc), body)
+    assert server.stats["registered"] == (1 if protect else 3)
+    assert server.stats["replayed"] == (2 if protect else 0)
+
+
+def test_replay_cannot_revert_a_priority_switch(tmp_path: Path) -> None:
+    """The operator's case: 1/2, then 2/1, then the first datagram again."""
+    first = register("10.1.2.0/24", nonce=(1_800_000_000 << 32) | 1)
+    swapped = tuple(Locator(x.address, 3 - x.priority, x.weight) for x in LOCS)
+    rec = MappingRecord.for_prefix(EidPrefix.parse("10.1.2.0/24"), locators=swapped)
+    msg = MapRegister((1_800_000_000 << 32) | 2, (rec,), proxy_reply=True, want_map_notify=True)
+    second = auth.sign(msg, KEY).to_bytes()
+    config = cfg(tmp_path)
+
+    async def served(ms: tuple[str, int], itr: Peer) -> tuple[int, ...]:
+        itr.send(ecm_request("10.1.2.7/32", 5, itr.port), ms)
+        reply, _ = await itr.recv()
+        assert isinstance(reply, MapReply)
+        return tuple(x.priority for x in reply.records[0].locators)
+
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr, itr = await peer(), await peer()
+        for data in (first, second):
+            etr.send(data, ms)
+            await etr.recv()
+        assert await served(ms, itr) == (2, 1)
+        etr.send(first, ms)
+        assert await etr.nothing()  # no Map-Notify for a replay
+        assert await served(ms, itr) == (2, 1)
+        server.save_state()
+
+    assert run(config, body).stats["replayed"] == 1
+
+    async def after_restart(server: MapServer, ms: tuple[str, int]) -> None:
+        etr, itr = await peer(), await peer()
+        etr.send(first, ms)  # the last nonce was persisted with the registrations
+        assert await etr.nothing()
+        assert await served(ms, itr) == (2, 1)
+
+    assert run(config, after_restart).stats["replayed"] == 1
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["nonces"] == [{"site": "dc1", "xtr_id": None, "nonce": (1_800_000_000 << 32) | 2}]
+
+
+def test_nonces_are_tracked_per_xtr_id_and_zero_is_refused() -> None:
+    a, b = bytes(range(16)), bytes(range(1, 17))
+    sec = 1_800_000_000 << 32
+
+    def reg(nonce: int, xtr: bytes | None) -> bytes:
+        if xtr is None:
+            return register("10.1.3.0/24", nonce=nonce)
+        return register("10.1.3.0/24", nonce=nonce, xtr_id_present=True, xtr_id=xtr,
+                        site_id=bytes(8))  # fmt: skip
+
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr = await peer()
+        # two xTRs of one site in the same second, each with its own counter: both fresh
+        for nonce, xtr, fresh in [
+            (sec | 5, a, True),
+            (sec | 5, b, True),
+            (sec | 6, a, True),
+            (sec | 5, a, False),  # a's older one
+            (sec | 6, a, False),  # a's last one, again
+            (sec | 7, None, True),  # no xTR-ID: the site's own stream
+            (sec | 6, None, False),
+            (0, b, False),  # nonce 0: no anti-replay information at all
+        ]:
+            etr.send(reg(nonce, xtr), ms)
+            if fresh:
+                notify, _ = await etr.recv()
+                assert notify.nonce == nonce
+            else:
+                assert await etr.nothing(0.05), (hex(nonce), xtr)
+
+    assert run(cfg(), body).stats["replayed"] == 4
+
+
+def test_xtr_and_set_priority_send_increasing_nonces() -> None:
+    from pacao.lisp.xtr import RegistrationAcked, Xtr, close_xtr, open_xtr, xtr_config_from_dict
+
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        docs = [
+            {
+                "listen": f"127.0.0.{i}:0",
+                "map_servers": [{"address": f"{ms[0]}:{ms[1]}", "key": KEY}],
+                "database": [
+                    {
+                        "prefix": "10.1.4.0/24",
+                        "locators": [
+                            {"address": "127.0.0.1", "priority": 1},
+                            {"address": "127.0.0.2", "priority": 2},
+                        ],
+                    }
+                ],
+            }
+            for i in (1, 2)
+        ]
+        opened = [await open_xtr(xtr_config_from_dict(d)) for d in docs]
+        agents: list[Xtr] = [o[0] for o in opened]
+        try:
+            for agent in agents:  # both registered at start (same site, same second)
+                ev = await asyncio.wait_for(agent.events.get(), 5)
+                while not isinstance(ev, RegistrationAcked):
+                    ev = await asyncio.wait_for(agent.events.get(), 5)
+            prefix = EidPrefix.parse("10.1.4.0/24")
+            for round_ in range(3):  # switches in quick succession, both agents
+                for agent in agents:
+                    agent.set_priorities(prefix, {"127.0.0.1": 2 + round_, "127.0.0.2": 1})
+                    ev = await asyncio.wait_for(agent.events.get(), 5)
+                    while not isinstance(ev, RegistrationAcked):
+                        ev = await asyncio.wait_for(agent.events.get(), 5)
+                    assert ev.nonce >> 32 == pytest.approx(server.clock(), abs=2)
+            assert agents[0].xtr_id != agents[1].xtr_id
+        finally:
+            for x, transport, http in opened:
+                await close_xtr(x, transport, http)
+
+    server = run(cfg(), body)
+    assert server.stats["registered"] == 8 and server.stats["replayed"] == 0
+    assert len(server.last_nonce) == 2
+
+
+# ---------------------------------------------------------------- per-site limits
+
+
+def test_oversized_registrations_are_refused_and_counted() -> None:
+    many_locs = tuple(Locator(IPv4Address(f"198.51.100.{i}"), 1, 10) for i in range(1, 10))
+    doc = {**BASE, "sites": [{**BASE["sites"][0], "max_records": 3, "max_locators": 8,
+                              "max_prefixes": 5}, BASE["sites"][1]]}  # fmt: skip
+
+    def reg(prefixes: list[str], locs: tuple[Locator, ...] = LOCS) -> bytes:
+        recs = tuple(MappingRecord.for_prefix(EidPrefix.parse(p), locators=locs) for p in prefixes)
+        return auth.sign(MapRegister(next(_NONCES), recs, want_map_notify=True), KEY).to_bytes()
+
+    async def body(server: MapServer, ms: tuple[str, int]) -> None:
+        etr = await peer()
+        refused = [
+            reg([f"10.1.{i}.0/24" for i in range(4)]),  # 4 records > 3
+            reg(["10.1.9.0/24"], many_locs),  # 9 locators > 8
+        ]
+        for data in refused:
+            etr.send(data, ms)
+            assert await etr.nothing(0.05)
+        for chunk in (["10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24"], ["10.1.4.0/24"]):
+            etr.send(reg(chunk), ms)
+            await etr.recv()
+        etr.send(reg(["10.1.1.0/24", "10.1.5.0/24"]), ms)  # 5 held: a refresh + 1 new fits
+        await etr.recv()
+        etr.send(reg(["10.1.6.0/24"]), ms)  # a 6th prefix does not
+        assert await etr.nothing(0.05)
+        assert len(server.registrations) == 5
+
+    server = run(config_from_dict(doc), body)
+    assert server.stats["register_too_large"] == 3 and server.stats["registered"] == 3
+
+
+def test_expiry_pops_only_what_is_due() -> None:
+    """Expiry is a heap: refreshes and shortened lifetimes are honoured without a scan."""
+    server = MapServer(cfg())
+    now = [1000.0]
+    server.clock = lambda: now[0]
+    sec = 1_800_000_000 << 32
+    for i in range(200):
+        server.handle_register(
+            decode_message(register(f"10.1.{i}.0/24", nonce=sec + i)),  # type: ignore[arg-type]
+            register(f"10.1.{i}.0/24", nonce=sec + i), ("127.0.0.1", 1),
+        )  # fmt: skip
+    assert len(server.registrations) == 200 and server.site_count["dc1"] == 200
+    now[0] = 1100.0
+    for i in range(100):  # refresh half of them 100 s later
+        data = register(f"10.1.{i}.0/24", nonce=sec + 1000 + i)
+        server.handle_register(decode_message(data), data, ("127.0.0.1", 1))  # type: ignore[arg-type]
+    now[0] = 1180.0
+    assert server.expire() == 100  # the 100 not refreshed
+    assert sorted(str(p) for p, _ in server.registrations.items())[:1] == ["10.1.0.0/24"]
+    assert server.expire() == 0
+    now[0] = 1280.0
+    assert server.expire() == 100 and len(server.registrations) == 0
+    assert server.site_count["dc1"] == 0 and len(server._expiry) == 0

@@ -22,6 +22,10 @@ class Site:
     eid_prefixes: tuple[EidPrefix, ...]
     accept_more_specifics: bool = False
     key_id: int = 0
+    replay_protection: bool = True
+    max_records: int = 64
+    max_locators: int = 16
+    max_prefixes: int = 10000
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,17 @@ _TOP = {
     "map_request_burst",
     "map_request_sources",
 }
-_SITE = {"name", "key", "key_id", "eid_prefixes", "accept_more_specifics"}
+_SITE = {
+    "name",
+    "key",
+    "key_id",
+    "eid_prefixes",
+    "accept_more_specifics",
+    "replay_protection",
+    "max_records",
+    "max_locators",
+    "max_prefixes",
+}
 
 
 def parse_hostport(field: str, text: Any, default_port: int = LISP_CONTROL_PORT) -> tuple[str, int]:
@@ -133,10 +147,27 @@ def _site(i: int, doc: Any) -> Site:
     more = doc.get("accept_more_specifics", False)
     if not isinstance(more, bool):
         raise InputError(f"{field}.accept_more_specifics", more, "expected true or false")
+    replay = doc.get("replay_protection", True)
+    if not isinstance(replay, bool):
+        raise InputError(f"{field}.replay_protection", replay, "expected true or false")
+    limits = [
+        _integer(f"{field}.{name}", doc.get(name, default), 1, high)
+        for name, default, high in (
+            ("max_records", 64, 255),  # the Record Count field is 8 bits
+            ("max_locators", 16, 255),  # the Locator Count field is 8 bits
+            ("max_prefixes", 10000, 10_000_000),
+        )
+    ]
     if "eid_prefixes" not in doc:
         raise InputError(f"{field}.eid_prefixes", None, "required: a list of EID prefixes")
     prefixes = _prefixes(f"{field}.eid_prefixes", doc["eid_prefixes"])
-    return Site(name, key, prefixes, more, key_id)
+    return Site(name, key, prefixes, more, key_id, replay, *limits)
+
+
+def _integer(field: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(field, value, f"expected an integer in {low}..{high}")
+    return value
 
 
 def config_from_dict(doc: Any, base: Path | None = None) -> MapServerConfig:

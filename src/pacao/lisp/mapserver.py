@@ -5,8 +5,13 @@
   that site; the HMAC must verify with the site key.  Otherwise the message is
   dropped and counted.  Want-map-notify is answered with a Map-Notify signed
   the same way, sent to the source address and port of the Map-Register.
+* Replay protection (RFC 9301 section 5.6): per site and xTR-ID, a
+  Map-Register's nonce must exceed the last one accepted (unless the site
+  sets `replay_protection: false`); per-site limits on records, locators and
+  registered prefixes.
 * Registrations expire after `registration_timeout` (default 180 s, three
-  60 s register intervals) or, when the T bit is set, after the Record TTL.
+  60 s register intervals) or, when the T bit is set, after the Record TTL;
+  expiry times are a heap, so housekeeping never scans the table.
 * Map-Request (ECM-encapsulated, or plain): per EID record, longest-prefix
   match per instance-id.  A registration with proxy-reply is answered with a
   Map-Reply (A bit clear, like lispers.net); otherwise the ECM is forwarded
@@ -25,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -177,10 +184,19 @@ class MapServer:
         )
         self.transport: UdpEndpoint | None = None
         self.local: tuple[str, int] = config.listen
-        self.dirty = False
+        self.dirty = False  # registrations changed: save at the next housekeeping
+        self.refreshed = False  # only refreshed: save within `refresh_save_period`
+        self.refresh_save_period = 30.0
+        self.last_save = time.monotonic()
         self.clock = time.time
         self.fast_path = True  # tests turn it off to compare with the general path
         self._log_state: dict[str, tuple[float, int]] = {}
+        # last accepted Map-Register nonce per (site, xTR-ID) (RFC 9301 section 5.6)
+        self.last_nonce: dict[tuple[str, bytes | None], int] = {}
+        self.site_count: Counter[str] = Counter()  # registrations held per site
+        self._expiry: list[tuple[float, int, EidPrefix]] = []  # heap: (expires_at, seq, prefix)
+        self._seq = itertools.count()
+        self._rows: dict[EidPrefix, str] = {}  # each registration's state-file JSON
         if config.state_file is not None:
             self.load_state(config.state_file)
 
@@ -289,6 +305,24 @@ class MapServer:
             what = "Map-Register from %s for site %s fails authentication"
             self.log_limited("auth", logging.INFO, what, peer, site.name)
             return
+        stream = (site.name, msg.xtr_id)
+        if site.replay_protection:
+            last = self.last_nonce.get(stream)
+            if msg.nonce == 0 or (last is not None and msg.nonce <= last):
+                self.stats["replayed"] += 1
+                what = (
+                    "Map-Register from %s for site %s dropped as a replay: nonce 0x%016x, "
+                    "last accepted %s (nonces must increase; replay_protection: false "
+                    "accepts peers that send 0 or repeat their nonce)"
+                )
+                seen = "none" if last is None else f"0x{last:016x}"
+                self.log_limited("replay", logging.WARNING, what, peer, site.name, msg.nonce, seen)
+                return
+        if not self.within_limits(site, msg, prefixes, peer):
+            return
+        new_stream = stream not in self.last_nonce
+        if site.replay_protection:
+            self.last_nonce[stream] = msg.nonce
         now = self.clock()
         for rec, prefix in zip(msg.records, prefixes, strict=True):
             lifetime = self.config.registration_timeout
@@ -305,11 +339,14 @@ class MapServer:
                 xtr_id=msg.xtr_id,
                 site_id=msg.site_id,
             )
-            old = self.registrations.get(prefix)
-            self.registrations.insert(prefix, reg)
+            old = self.store(reg)
             changed = old is None or (old.record, old.proxy_reply) != (rec, reg.proxy_reply)
-            refreshed = old is not None and old.expires_at + 1 < reg.expires_at
-            self.dirty = self.dirty or changed or refreshed
+            self.dirty = self.dirty or changed
+        # A change (with its nonce, so that a replay of the state it replaced stays
+        # refused after a restart) is saved within a housekeeping period; a refresh
+        # of the same records only moves expiry times and nonces: saved less often.
+        self.dirty = self.dirty or (new_stream and site.replay_protection)
+        self.refreshed = True
         self.stats["registered"] += 1
         if msg.want_map_notify:
             notify = MapNotify(
@@ -324,6 +361,41 @@ class MapServer:
             signed = auth.sign(notify, site.key, msg.alg_id, truncated=short)
             self.send(signed.to_bytes(), peer)
             self.stats["map_notify_sent"] += 1
+
+    def within_limits(
+        self, site: Site, msg: MapRegister, prefixes: list[EidPrefix], peer: tuple[str, int]
+    ) -> bool:
+        """The site's bounds on one Map-Register and on what it holds registered."""
+        most = max(len(r.locators) for r in msg.records)
+        new = len({p for p in prefixes if self.registrations.get(p) is None})
+        held = self.site_count[site.name]
+        if len(msg.records) > site.max_records:
+            what, value, limit = "records", len(msg.records), site.max_records
+        elif most > site.max_locators:
+            what, value, limit = "locators in one record", most, site.max_locators
+        elif held + new > site.max_prefixes:
+            what, value, limit = "registered prefixes", held + new, site.max_prefixes
+        else:
+            return True
+        self.stats["register_too_large"] += 1
+        fmt = "Map-Register from %s for site %s refused: %d %s, the site allows %d (%s)"
+        key = {"records": "max_records", "registered prefixes": "max_prefixes"}.get(
+            what, "max_locators"
+        )
+        self.log_limited("limit", logging.WARNING, fmt, peer, site.name, value, what, limit, key)
+        return False
+
+    def store(self, reg: Registration) -> Registration | None:
+        """Insert or replace a registration; its expiry goes on the heap if needed."""
+        old = self.registrations.get(reg.prefix)
+        self.registrations.insert(reg.prefix, reg)
+        self._rows[reg.prefix] = json.dumps(reg.to_json())
+        if old is None:
+            self.site_count[reg.site] += 1
+        if old is None or reg.expires_at < old.expires_at:
+            # a later expiry needs no entry: expire() re-queues the old one when it is due
+            heapq.heappush(self._expiry, (reg.expires_at, next(self._seq), reg.prefix))
+        return old
 
     # ------------------------------------------------------------------ Map-Request
     def handle_request(
@@ -348,6 +420,8 @@ class MapServer:
             if hit is not None and hit[1].expires_at <= now:
                 self.expire(now)
                 hit = self.registrations.lookup(query)
+                if hit is not None and hit[1].expires_at <= now:
+                    hit = None  # not stored through store(): not on the expiry heap
             if hit is None:
                 answers.append(self.negative(query))
                 self.stats["negative_reply"] += 1
@@ -461,28 +535,79 @@ class MapServer:
 
     # ------------------------------------------------------------------ time and state
     def expire(self, now: float | None = None) -> int:
+        """Remove the registrations due by `now`: heap pops, no table scan.
+
+        The heap holds (expiry, seq, prefix) with at most a few entries per
+        prefix; a refresh pushes nothing (the old entry is re-queued at the new
+        time when it comes due), so the cost is O(log n) per expiry or refresh."""
         now = self.clock() if now is None else now
-        dead = [p for p, r in self.registrations.items() if r.expires_at <= now]
-        for p in dead:
-            self.registrations.remove(p)
+        heap = self._expiry
+        dead = 0
+        while heap and heap[0][0] <= now:
+            _, _, prefix = heapq.heappop(heap)
+            reg = self.registrations.get(prefix)
+            if reg is None:
+                continue  # removed already (an older entry for the same prefix)
+            if reg.expires_at <= now:
+                self.registrations.remove(prefix)
+                del self._rows[prefix]
+                self.site_count[reg.site] -= 1
+                dead += 1
+            else:
+                heapq.heappush(heap, (reg.expires_at, next(self._seq), prefix))
         if dead:
-            self.stats["expired"] += len(dead)
+            self.stats["expired"] += dead
             self.dirty = True
-        return len(dead)
+        return dead
 
     def state_doc(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "saved_at": self.clock(),
-            "registrations": [r.to_json() for _, r in self.registrations.items()],
-        }
+        doc: dict[str, Any] = json.loads(self.state_writer()())
+        return doc
+
+    def state_writer(self) -> Callable[[], str]:
+        """Snapshot the state in the loop (cheap: each registration's JSON is kept
+        ready since it was stored); the returned function builds the file's text,
+        and can run in a worker thread while the loop keeps serving."""
+        rows = list(self._rows.values())
+        nonces = [
+            {"site": site, "xtr_id": xtr.hex() if xtr else None, "nonce": nonce}
+            for (site, xtr), nonce in sorted(
+                self.last_nonce.items(), key=lambda kv: (kv[0][0], kv[0][1] or b"")
+            )
+        ]
+        head = {"version": STATE_VERSION, "saved_at": self.clock()}
+
+        def text() -> str:
+            body = ",\n  ".join(rows)
+            return f'{json.dumps(head)[:-1]},\n "registrations": [\n  {body}],\n' + (
+                f' "nonces": {json.dumps(nonces)}}}\n'
+            )
+
+        return text
 
     def save_state(self) -> None:
         path = self.config.state_file
         if path is None:
             return
-        atomic_write_json(path, self.state_doc())
-        self.dirty = False
+        write = self.state_writer()
+        self.dirty = self.refreshed = False
+        atomic_write_text(path, write())
+        self.last_save = time.monotonic()
+
+    async def save_state_async(self) -> None:
+        """save_state with the JSON join, write and fsync in a worker thread: with
+        100,000 registrations that is about a second the loop would otherwise stall."""
+        path = self.config.state_file
+        if path is None:
+            return
+        write = self.state_writer()
+        self.dirty = self.refreshed = False  # changes from now on mark it again
+        try:
+            await asyncio.to_thread(lambda: atomic_write_text(path, write()))
+        except OSError:
+            self.dirty = True
+            raise
+        self.last_save = time.monotonic()
 
     def load_state(self, path: Path) -> None:
         try:
@@ -504,8 +629,19 @@ class MapServer:
                 continue
             if reg.expires_at <= now or self.site_for(reg.prefix) is None:
                 continue  # expired while down, or the site was removed from the config
-            self.registrations.insert(reg.prefix, reg)
+            self.store(reg)
             self.stats["restored"] += 1
+        nonces = doc.get("nonces", []) if isinstance(doc, dict) else []
+        for item in nonces if isinstance(nonces, list) else []:
+            try:
+                xtr = bytes.fromhex(item["xtr_id"]) if item["xtr_id"] else None
+                nonce = item["nonce"]
+                if isinstance(nonce, bool) or not isinstance(nonce, int) or not 0 < nonce < 2**64:
+                    raise ValueError(f"nonce {nonce!r} is not a 64-bit integer")
+                self.last_nonce[(str(item["site"]), xtr)] = nonce
+            except (KeyError, TypeError, ValueError) as exc:
+                self.stats["state_errors"] += 1
+                log.warning("ignoring a bad nonce entry in %s: %s", path, exc)
 
     def stats_doc(self) -> dict[str, Any]:
         return {
@@ -522,12 +658,13 @@ class MapServer:
             await asyncio.sleep(period)
             try:
                 self.expire()
-                if self.dirty:
-                    self.save_state()
+                stale = time.monotonic() - self.last_save >= self.refresh_save_period
+                if self.dirty or (self.refreshed and stale):
+                    await self.save_state_async()
                 if self.config.stats_file is not None:
                     doc = self.stats_doc()
                     if doc != last_stats:
-                        atomic_write_json(self.config.stats_file, doc)
+                        atomic_write_json(self.config.stats_file, doc, durable=False)
                         last_stats = doc
                 if self.pcap is not None:
                     self.pcap.flush()
@@ -536,13 +673,29 @@ class MapServer:
                 log.warning("housekeeping: %s", exc)
 
 
-def atomic_write_json(path: Path, doc: Any) -> None:
-    """Write JSON to a temporary file in the same directory, fsync, then rename."""
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, doc: Any, durable: bool = True) -> None:
+    """Write JSON to a temporary file in the same directory, fsync, then rename.
+
+    `durable=False` skips the fsync (readers still never see a partial file):
+    for statistics, rewritten every second, where an fsync (5-20 ms here) would
+    stall the daemon's loop and losing the last copy on a crash costs nothing."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

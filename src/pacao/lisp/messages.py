@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, ClassVar
 
-from pacao.lisp.address import ADDRESS, Address, EidPrefix, address_bits
+from pacao.lisp.address import (
+    ADDRESS,
+    AFI_LCAF,
+    LCAF_HEADER,
+    Address,
+    EidPrefix,
+    address_bits,
+    decode_address,
+    encode_address,
+)
 from pacao.lisp.wire import (
     Bits,
     Bytes,
@@ -28,6 +37,7 @@ from pacao.lisp.wire import (
     Struct,
     Sub,
     Tail,
+    Writer,
 )
 
 LISP_CONTROL_PORT = 4342
@@ -38,6 +48,8 @@ MAP_REPLY = 2
 MAP_REGISTER = 3
 MAP_NOTIFY = 4
 MAP_NOTIFY_ACK = 5
+MAP_REFERRAL = 6  # RFC 8111 (LISP-DDT)
+INFO = 7  # Info-Request / Info-Reply (NAT traversal, draft-ietf-lisp-nat-traversal)
 ENCAPSULATED_CONTROL = 8
 SHARED_EXTENSION = 15  # RFC 8113 / RFC 9304
 CHANGE_PRIORITY_SUBTYPE = 4095  # pacao's CHANGE-PRIORITY; experimental, not IANA-registered
@@ -56,6 +68,15 @@ ACTIONS = {
     3: "drop/no-reason",
     4: "drop/policy-denied",
     5: "drop/auth-failure",
+}
+# Map-Referral record actions (RFC 8111 section 6.4.2, IANA "LISP-DDT Referral Actions")
+REFERRAL_ACTIONS = {
+    0: "node-referral",
+    1: "ms-referral",
+    2: "ms-ack",
+    3: "ms-not-registered",
+    4: "delegation-hole",
+    5: "not-authoritative",
 }
 
 
@@ -427,6 +448,262 @@ ChangePriority.STRUCT = Struct(
 )
 
 
+# --------------------------------------------------------------------------- LISP-DDT
+
+
+@dataclass(frozen=True)
+class ReferralSignature:
+    """A signature section of a Map-Referral record (RFC 8111 section 6.4.1)."""
+
+    original_ttl: int
+    expiration: int
+    inception: int
+    key_tag: int
+    algorithm: int
+    signature: bytes
+    reserved: int = 0
+
+
+REFERRAL_SIGNATURE = Struct(
+    "Referral-Signature",
+    [
+        Bits("original_ttl", 32, "Original Record TTL"),
+        Bits("expiration", 32, "Signature Expiration (Unix seconds)"),
+        Bits("inception", 32, "Signature Inception (Unix seconds)"),
+        Bits("key_tag", 16, "Key Tag: which key of the signer"),
+        Bits("sig_length", 16, "Sig Length: signature bytes", length_of="signature"),
+        Bits("algorithm", 8, "Sig-Algorithm"),
+        Bits("reserved", 24, "reserved"),
+        Bytes("signature", "sig_length", "Signature"),
+    ],
+    factory=ReferralSignature,
+)
+
+
+@dataclass(frozen=True)
+class ReferralRecord:
+    """A Map-Referral record: an EID prefix and where to ask next (RFC 8111 section 6.4)."""
+
+    eid: Address
+    eid_mask_len: int
+    ttl: int = 1440
+    referrals: tuple[Locator, ...] = ()
+    action: int = 0
+    authoritative: bool = False
+    incomplete: bool = False
+    reserved: int = 0
+    map_version: int = 0
+    signatures: tuple[ReferralSignature, ...] = ()
+
+    @classmethod
+    def for_prefix(cls, prefix: EidPrefix, **kw: Any) -> ReferralRecord:
+        eid, mask = prefix.to_wire()
+        return cls(eid=eid, eid_mask_len=mask, **kw)
+
+    @property
+    def prefix(self) -> EidPrefix:
+        return EidPrefix.from_wire(self.eid, self.eid_mask_len)
+
+
+REFERRAL_RECORD = Struct(
+    "Referral-Record",
+    [
+        Bits("ttl", 32, "Record TTL in minutes"),
+        Bits("referral_count", 8, "Referral Count: referral locators", count_of="referrals"),
+        Bits("eid_mask_len", 8, "EID mask length"),
+        Bits("action", 3, "ACT: referral action (0 node-referral, 1 ms-referral, 2 ms-ack, ...)"),
+        Flag("authoritative", "A: sent by an authoritative DDT node"),
+        Flag("incomplete", "I: the referral set is incomplete"),
+        Bits("reserved", 11, "reserved"),
+        Bits("sig_count", 4, "SigCnt: signature sections", count_of="signatures"),
+        Bits("map_version", 12, "Map-Version number"),
+        Custom("eid", ADDRESS, "EID-Prefix-AFI + EID prefix"),
+        List("referrals", LOCATOR, "referral_count", "referral locators (DDT nodes / Map-Servers)"),
+        List("signatures", REFERRAL_SIGNATURE, "sig_count", "signature sections"),
+    ],
+    factory=ReferralRecord,
+    check=_mask_ok,
+)
+
+
+# --------------------------------------------------------------------------- NAT traversal
+
+
+@dataclass(frozen=True)
+class NatTraversal:
+    """NAT-Traversal LCAF (type 7) of an Info-Reply: what the Map-Server saw of the ETR.
+
+    The RTR list runs to the end of the message.  The LCAF length is kept as
+    received (None: computed when encoding), because lispers.net sends a fixed
+    16 whatever the addresses, and decoding then re-encoding must be exact."""
+
+    ms_port: int
+    etr_port: int
+    global_etr_rloc: Address
+    ms_rloc: Address
+    private_etr_rloc: Address
+    rtr_rlocs: tuple[Address, ...] = ()
+    rsvd1: int = 0
+    flags: int = 0
+    rsvd2: int = 0
+    length: int | None = None
+
+
+@dataclass(frozen=True)
+class DistinguishedName:
+    """AFI 17 (Distinguished Name): a NUL-terminated string; lispers.net puts its
+    hostname in the Info-Request this way."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+AFI_DISTINGUISHED_NAME = 17
+LCAF_NAT_TRAVERSAL = 7
+NAT_PORTS = Struct(
+    "NAT-Traversal",
+    [
+        Bits("ms_port", 16, "MS UDP port number"),
+        Bits("etr_port", 16, "ETR UDP port number (as translated by the NAT)"),
+    ],
+)
+
+
+class _InfoAddressCodec:
+    """The last element of an Info message: AFI 0 or a Distinguished Name (request),
+    the NAT-Traversal LCAF (reply); any other address through the common codec."""
+
+    def decode(self, r: Reader, field: str) -> Any:
+        if r.left < 2:
+            raise LispDecodeError(r.pos, field, f"needs 2 bytes, {r.left} left")
+        afi = int.from_bytes(r.buf[r.pos : r.pos + 2], "big")
+        if afi == AFI_DISTINGUISHED_NAME:
+            start = r.pos
+            end = r.buf.find(b"\x00", r.pos + 2, r.end)
+            if end < 0:
+                raise LispDecodeError(start, field, "Distinguished Name without a NUL terminator")
+            r.take(2, field)
+            name = r.take(end - r.pos, field).decode("latin-1")
+            r.take(1, field)
+            return DistinguishedName(name)
+        if afi != AFI_LCAF or r.left < 8 or r.buf[r.pos + 4] != LCAF_NAT_TRAVERSAL:
+            return decode_address(r, field)
+        r.take(2, field)
+        hdr = LCAF_HEADER.decode(r)
+        ports = NAT_PORTS.decode(r)
+        global_etr = decode_address(r, f"{field}.global_etr_rloc")
+        ms_rloc = decode_address(r, f"{field}.ms_rloc")
+        private_etr = decode_address(r, f"{field}.private_etr_rloc")
+        rtrs = []
+        while r.left:
+            rtrs.append(decode_address(r, f"{field}.rtr_rlocs"))
+        return NatTraversal(
+            ports["ms_port"], ports["etr_port"], global_etr, ms_rloc, private_etr,
+            rtr_rlocs=tuple(rtrs), rsvd1=hdr["rsvd1"], flags=hdr["flags"], rsvd2=hdr["rsvd2"],
+            length=hdr["length"],
+        )  # fmt: skip
+
+    def encode(self, w: Any, value: Any, field: str) -> None:
+        if isinstance(value, DistinguishedName):
+            w.put(AFI_DISTINGUISHED_NAME.to_bytes(2, "big"))
+            w.put(value.name.encode("latin-1") + b"\x00")
+            return
+        if not isinstance(value, NatTraversal):
+            encode_address(w, value, field)
+            return
+        body = Writer()
+        body.put(NAT_PORTS.encode({"ms_port": value.ms_port, "etr_port": value.etr_port}))
+        for addr in (value.global_etr_rloc, value.ms_rloc, value.private_etr_rloc):
+            encode_address(body, addr, f"{field}.rloc")
+        for addr in value.rtr_rlocs:
+            encode_address(body, addr, f"{field}.rtr_rlocs")
+        data = body.getvalue()
+        hdr = {
+            "rsvd1": value.rsvd1,
+            "flags": value.flags,
+            "lcaf_type": LCAF_NAT_TRAVERSAL,
+            "rsvd2": value.rsvd2,
+            "length": len(data) if value.length is None else value.length,
+        }
+        w.put(AFI_LCAF.to_bytes(2, "big") + LCAF_HEADER.encode(hdr) + data)
+
+
+INFO_ADDRESS = _InfoAddressCodec()
+
+
+@dataclass(frozen=True)
+class MapReferral(Message):
+    """Map-Referral (type 6, RFC 8111): a DDT node's answer to a Map-Request."""
+
+    nonce: int
+    records: tuple[ReferralRecord, ...]
+    reserved: int = 0
+    trailer: bytes = b""
+
+    TYPE: ClassVar[int] = MAP_REFERRAL
+
+
+MapReferral.STRUCT = Struct(
+    "Map-Referral",
+    [
+        Bits("type", 4, "message type", const=MAP_REFERRAL),
+        Bits("reserved", 20, "reserved"),
+        Bits("record_count", 8, "records", count_of="records"),
+        Bits("nonce", 64, "nonce copied from the Map-Request"),
+        List("records", REFERRAL_RECORD, "record_count", "referral records"),
+        Tail("trailer", "trailing bytes, kept verbatim"),
+    ],
+    factory=MapReferral,
+)
+
+
+@dataclass(frozen=True)
+class InfoMessage(Message):
+    """Info-Request (R clear) / Info-Reply (R set), type 7: an xTR behind a NAT learns
+    its translated address and port, and the RTRs to use (NAT traversal)."""
+
+    nonce: int
+    reply: bool = False
+    key_id: int = 0
+    alg_id: int = 0
+    auth_data: bytes = b""
+    ttl: int = 0
+    eid: Address = None
+    eid_mask_len: int = 0
+    address: Address | NatTraversal | DistinguishedName = None
+    reserved: int = 0
+    reserved2: int = 0
+    trailer: bytes = b""
+
+    TYPE: ClassVar[int] = INFO
+
+    @property
+    def name(self) -> str:
+        return "Info-Reply" if self.reply else "Info-Request"
+
+
+InfoMessage.STRUCT = Struct(
+    "Info",
+    [
+        Bits("type", 4, "message type", const=INFO),
+        Flag("reply", "R: Info-Reply (clear: Info-Request)"),
+        Bits("reserved", 27, "reserved"),
+        *_AUTH_ELEMENTS,
+        Bits("ttl", 32, "TTL in minutes of the Info-Reply's information"),
+        Bits("reserved2", 8, "reserved"),
+        Bits("eid_mask_len", 8, "EID mask length"),
+        Custom("eid", ADDRESS, "EID-Prefix-AFI + EID prefix (AFI 0: none)"),
+        Custom("address", INFO_ADDRESS,
+               "request: AFI 0 (or 17, a hostname); reply: the NAT-Traversal LCAF (type 7)"),
+        Tail("trailer", "trailing bytes, kept verbatim"),
+    ],
+    factory=InfoMessage,
+    check=_mask_ok,
+)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- ECM
 
 
@@ -682,6 +959,8 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
     MAP_NOTIFY: MapNotify,
     MAP_NOTIFY_ACK: MapNotifyAck,
     SHARED_EXTENSION: ChangePriority,
+    MAP_REFERRAL: MapReferral,
+    INFO: InfoMessage,
 }
 MESSAGE_NAMES = {
     MAP_REQUEST: "Map-Request",
@@ -691,6 +970,8 @@ MESSAGE_NAMES = {
     MAP_NOTIFY_ACK: "Map-Notify-Ack",
     ENCAPSULATED_CONTROL: "Encapsulated-Control-Message",
     SHARED_EXTENSION: "Change-Priority",
+    MAP_REFERRAL: "Map-Referral",
+    INFO: "Info-Request",  # InfoMessage.name tells a request from a reply
 }
 
 

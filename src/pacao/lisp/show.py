@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from pacao.lisp.address import InstanceIdAddress, LcafAddress
-from pacao.lisp.messages import ACTIONS, MESSAGE_NAMES, MappingRecord, Message, RequestRecord
+from pacao.lisp.messages import (
+    ACTIONS,
+    MESSAGE_NAMES,
+    REFERRAL_ACTIONS,
+    InfoMessage,
+    MappingRecord,
+    Message,
+    ReferralRecord,
+    RequestRecord,
+)
 from pacao.lisp.pcap import iter_lisp, read_pcap
 from pacao.lisp.wire import LispDecodeError
 
@@ -18,14 +27,17 @@ _HEX_INTS = {"nonce"}
 def to_jsonable(obj: Any) -> Any:
     """Plain JSON types: addresses as text, bytes as hex, nonces as 0x-hex."""
     if isinstance(obj, Message):
-        out: dict[str, Any] = {"type": MESSAGE_NAMES.get(obj.TYPE, str(obj.TYPE))}
+        name = obj.name if isinstance(obj, InfoMessage) else MESSAGE_NAMES.get(obj.TYPE)
+        out: dict[str, Any] = {"type": name or str(obj.TYPE)}
         out.update(_fields(obj))
         return out
-    if isinstance(obj, MappingRecord | RequestRecord):
+    if isinstance(obj, MappingRecord | RequestRecord | ReferralRecord):
         out = {"eid_prefix": _prefix_text(obj)}
         out.update(_fields(obj))
         if isinstance(obj, MappingRecord):
             out["action_name"] = ACTIONS.get(obj.action, "unassigned")
+        if isinstance(obj, ReferralRecord):
+            out["action_name"] = REFERRAL_ACTIONS.get(obj.action, "unassigned")
         return out
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return _fields(obj)
@@ -38,7 +50,7 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def _prefix_text(rec: MappingRecord | RequestRecord) -> str:
+def _prefix_text(rec: MappingRecord | RequestRecord | ReferralRecord) -> str:
     try:
         return str(rec.prefix)
     except ValueError:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import heapq
 import itertools
 import json
@@ -202,6 +203,7 @@ class XtrConfig:
     http: tuple[str, int] | None = None
     change_key: str | None = None
     switch_method: str = "both"
+    xtr_id: bytes | None = None  # None: derived from the bound address and the RLOC
 
 
 def _num(doc: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -237,7 +239,7 @@ def xtr_config_from_dict(doc: Any, base: Path | None = None) -> XtrConfig:
     allowed = {
         "listen", "rloc", "map_servers", "map_resolvers", "database", "watch",
         "register_interval", "proxy_reply", "control_port", "map_cache", "map_request",
-        "probe", "stats_file", "http", "change_priority",
+        "probe", "stats_file", "http", "change_priority", "xtr_id",
     }  # fmt: skip
     if not isinstance(doc, Mapping):
         raise InputError("<document>", doc, "expected a mapping")
@@ -322,6 +324,15 @@ def xtr_config_from_dict(doc: Any, base: Path | None = None) -> XtrConfig:
     proxy = doc.get("proxy_reply", True)
     if not isinstance(proxy, bool):
         raise InputError("proxy_reply", proxy, "expected true or false")
+    xtr_id = None
+    if doc.get("xtr_id") is not None:
+        text = doc["xtr_id"]
+        try:
+            xtr_id = bytes.fromhex(text) if isinstance(text, str) else b""
+        except ValueError:
+            xtr_id = b""
+        if len(xtr_id) != 16:
+            raise InputError("xtr_id", text, "expected 32 hexadecimal digits (128 bits)")
     return XtrConfig(
         listen=listen,
         rloc=rloc,
@@ -344,6 +355,7 @@ def xtr_config_from_dict(doc: Any, base: Path | None = None) -> XtrConfig:
         http=http,
         change_key=change_key,
         switch_method=str(method),
+        xtr_id=xtr_id,
     )
 
 
@@ -494,6 +506,7 @@ class Xtr:
         self._probe_heap: list[tuple[float, int, EidPrefix, int]] = []
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
+        self._register_nonce = 0
 
     # ------------------------------------------------------------------ plumbing
     def connection_made(self, transport: UdpEndpoint) -> None:
@@ -556,6 +569,29 @@ class Xtr:
             self.stats["ignored"] += 1
 
     # ------------------------------------------------------------------ registration
+    def register_nonce(self) -> int:
+        """A Map-Register nonce greater than every earlier one (RFC 9301 section 5.6).
+
+        Unix seconds in the upper 32 bits, a counter in the lower 32: strictly
+        increasing in this process even if the clock steps back, and across
+        restarts as long as the clock does not go back, with nothing to store."""
+        nonce = max(int(self.clock()) << 32, self._register_nonce + 1)
+        while nonce in self.pending:
+            nonce += 1
+        self._register_nonce = nonce
+        return nonce
+
+    @property
+    def xtr_id(self) -> bytes:
+        """The 128-bit xTR-ID sent in Map-Registers: the map-server tracks nonces per
+        (site, xTR-ID), so several xTRs of one site do not look like replays of each other.
+        Configured, or derived from the bound control address and the RLOC (stable
+        across restarts)."""
+        if self.config.xtr_id is not None:
+            return self.config.xtr_id
+        seed = f"pacao-xtr {self.local[0]} {self.local[1]} {self.config.rloc}".encode()
+        return hashlib.sha256(seed).digest()[:16]
+
     def map_register(self, ms: MapServerRef, nonce: int) -> bytes:
         records = tuple(
             MappingRecord.for_prefix(d.prefix, ttl=d.ttl, locators=d.locators, authoritative=True)
@@ -567,6 +603,9 @@ class Xtr:
             key_id=ms.key_id,
             proxy_reply=self.config.proxy_reply,
             want_map_notify=True,
+            xtr_id_present=True,
+            xtr_id=self.xtr_id,
+            site_id=bytes(8),
         )
         return auth.sign(msg, ms.key, ms.alg_id).to_bytes()
 
@@ -574,7 +613,7 @@ class Xtr:
         if not self.db:
             return
         for ms in self.config.map_servers:
-            nonce = self.new_nonce()
+            nonce = self.register_nonce()
             self.pending[nonce] = _Pending(
                 "register", self.mono(), target=f"{ms.address[0]}:{ms.address[1]}", smr=smr
             )
@@ -985,7 +1024,7 @@ class Xtr:
                 for gone in self.cache.expired(self.clock()):
                     self.emit(MappingRemoved(gone.prefix, "expired"))
                 if self.config.stats_file is not None and now >= next_stats:
-                    atomic_write_json(self.config.stats_file, self.snapshot())
+                    atomic_write_json(self.config.stats_file, self.snapshot(), durable=False)
                     next_stats = now + self.config.stats_interval
             except OSError as exc:
                 self.stats["loop_errors"] += 1
