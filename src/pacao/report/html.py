@@ -48,6 +48,81 @@ def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
+LEGACY_PAPER = "home-entry-random-vm"
+
+
+def _paper(value: str, paper: str) -> str:
+    return " (the paper's reading)" if value == paper else f" (not the paper's: {_e(paper)})"
+
+
+def _claims_section(claims: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            _e(c["id"]),
+            _e(c["claim"]),
+            "<i>" + _e(c["paper"]) + "</i>",
+            _e(c["ours"]),
+            '<b style="color:#080">holds</b>' if c["holds"] else '<b style="color:#b00">fails</b>',
+        ]
+        for c in claims
+    ]
+    n = sum(bool(c["holds"]) for c in claims)
+    return (
+        "<h2>The paper's claims, checked on this run</h2>"
+        f"<p>{n} of {len(claims)} hold. Every value is computed from this run's files "
+        '(<code>summary.json</code> <code>claims</code>); the rule for "holds" is in each '
+        'claim; "roughly x" means within x +/- x/3.</p>'
+        + _table(["id", "claim", "paper's words", "ours", "verdict"], rows, left=4)
+    )
+
+
+def _sensitivity_section(sens: pd.DataFrame, figures: dict[str, str]) -> str:
+    from pacao.sim.sensitivity import GROUPS
+
+    rows = []
+    for r in sens.itertuples():
+        rows.append(
+            [
+                _e(GROUPS.get(str(r.group), r.group)),
+                _e(r.variant) + (" <b>(this run)</b>" if bool(r.run) else ""),
+                TITLES[str(r.use_case)],
+                str(r.n_dcs),
+                f"{r.legacy_median_rtt_ms:.2f}",
+                f"{r.pacao2_median_rtt_ms:.2f}",
+                f"{r.pacao1_gain:+.1%}",
+                f"{r.pacao2_gain:+.1%}",
+            ]
+        )
+    fig = figures.get("sensitivity")
+    img = f'<figure><img src="{_e(fig)}" alt="sensitivity"></figure>' if fig else ""
+    return (
+        "<h2>Sensitivity: what the headline gains rest on</h2>"
+        "<p>Beyond the paper. The headline deployments and S', S'' of this run, strict bound, "
+        "with one reading or input changed at a time: every legacy reading x Step 1 entry "
+        "metric; every user frozen at its first position all day (what is left is the gain "
+        "from correcting a bad legacy placement, the rest comes from following mobility); the "
+        "other Europe/OTT site rules; and the traces restricted to samples during active "
+        "sessions (activity model in docs/traces.md). Rows: "
+        "<code>results/sensitivity.parquet</code>, <code>summary.json</code> "
+        "<code>sensitivity</code>.</p>"
+        + img
+        + _table(
+            [
+                "group",
+                "variant",
+                "use case",
+                "DCs",
+                "legacy RTT (ms)",
+                "PACAO-2 RTT (ms)",
+                "PACAO-1 gain",
+                "PACAO-2 gain",
+            ],
+            rows,
+            left=3,
+        )
+    )
+
+
 def _gain(a: np.ndarray, b: np.ndarray) -> float:
     """Median-throughput gain of RTT sample set a over b."""
     return float(np.median(throughput_mbps(a)) / np.median(throughput_mbps(b)) - 1.0)
@@ -110,6 +185,8 @@ def write_report(
     summary: dict[str, dict[str, Any]],
     figures: dict[str, str],
     congestion: list[CongestionRun] | None = None,
+    claims: list[dict[str, Any]] | None = None,
+    sensitivity: pd.DataFrame | None = None,
     stage_seconds: dict[str, float],
     total_seconds: float,
 ) -> Path:
@@ -132,6 +209,13 @@ def write_report(
             "VM migration time",
             f"{opts.migration_s:g} s" + (" (paper)" if opts.migration_s == 0 else ""),
         ],
+        ["legacy reading (--legacy)", _e(opts.legacy) + _paper(opts.legacy, LEGACY_PAPER)],
+        [
+            "Step 1 entry metric (--entry-metric)",
+            _e(opts.entry_metric) + _paper(opts.entry_metric, "user-rloc"),
+        ],
+        ["Europe/OTT DC sites (--europe)", _e(opts.europe) + _paper(opts.europe, "abutting")],
+        ["seed", str(opts.seed)],
         ["Dask", _e(opts.scheduler or "LocalCluster on this machine")],
         ["mode", "quick" if opts.quick else "full"],
         [
@@ -199,6 +283,8 @@ def write_report(
         "S'' = 36 s), it gives these medians (ms) on the same deployments:</p>"
         + _table(["use case", "PACAO-1", "PACAO-2", "legacy"], paper_rows)
     )
+    if claims:
+        parts.append(_claims_section(claims))
     parts.append("<h2>Where we differ from the paper, and why</h2>")
     for uc, s in summary.items():
         parts.append(f"<h3>{TITLES[uc]}, {s['n_dcs']} DCs</h3>" + _why(uc, heads[uc], s))
@@ -247,11 +333,13 @@ def write_report(
         "fig18": "Fig. 18: RTT (user-DC + congestion latency) under congestion-aware assignment.",
         "fig19": "Fig. 19: users per DC with and without congestion awareness.",
     }
+    if sensitivity is not None and len(sensitivity):
+        parts.append(_sensitivity_section(sensitivity, figures))
     if congestion:
         parts.append(_congestion_section(congestion, figures, inputs.dcs))
     parts.append("<h2>Figures</h2>")
     for k, f in figures.items():
-        if k in ("fig18", "fig19"):
+        if k in ("fig18", "fig19", "sensitivity"):
             continue
         parts.append(
             f'<figure><img src="{_e(f)}" alt="{_e(k)}">'
