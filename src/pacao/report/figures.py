@@ -193,12 +193,22 @@ def fig_heatmaps(path: Path, sweep: pd.DataFrame, use_case: str, number: int) ->
     return path.name
 
 
+def _short(label: str, width: int = 44) -> str:
+    """A bar label on at most two lines of ``width`` characters."""
+    if len(label) <= width:
+        return label
+    cut = label.rfind(" ", 0, width)
+    cut = width if cut <= 0 else cut
+    rest = label[cut:].strip()
+    return label[:cut] + "\n" + (rest if len(rest) <= width else rest[: width - 3] + "...")
+
+
 def fig_sensitivity(path: Path, sens: pd.DataFrame) -> str:
     """Headline PACAO-1 / PACAO-2 gains under each variant, per use case (bars)."""
     ucs = [uc for uc in TITLES if (sens.use_case == uc).any()]
     n_rows = max(int((sens.use_case == uc).sum()) for uc in ucs)
     fig, axes = plt.subplots(
-        1, len(ucs), figsize=(8 * len(ucs), 0.42 * n_rows + 1.8), squeeze=False
+        1, len(ucs), figsize=(8 * len(ucs), 0.55 * n_rows + 1.8), squeeze=False
     )
     paper = {"france_isp": 0.40, "europe_ott": 0.30}
     for ax, uc in zip(axes[0], ucs, strict=True):
@@ -208,7 +218,7 @@ def fig_sensitivity(path: Path, sens: pd.DataFrame) -> str:
         ax.barh(y - 0.2, 100 * d.pacao1_gain, 0.4, color="tab:blue", label="PACAO-1")
         ax.axvline(100 * paper[uc], color="k", ls="--", lw=1, label=f"paper ~{paper[uc]:.0%}")
         ax.axvline(0, color="0.4", lw=0.6)
-        labels = [("* " if bool(r.run) else "") + str(r.variant)[:60] for r in d.itertuples()]
+        labels = [("* " if bool(r.run) else "") + _short(str(r.variant)) for r in d.itertuples()]
         ax.set_yticks(y)
         ax.set_yticklabels(labels, fontsize=7)
         ax.set_xlabel("median throughput gain over legacy (%)")

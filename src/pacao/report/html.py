@@ -511,6 +511,9 @@ def write_report(
     parts.append(
         "<h2>Files</h2><ul><li><code>traces.parquet</code>: user_id, t, lat, lon, lac</li>"
         "<li><code>dcs.csv</code>: use_case, n_dcs, name, lat, lon</li>"
+        "<li><code>legacy_placement.parquet</code>: use_case, n_dcs, user_id, entry_dc, vm_dc "
+        "(every user's legacy entry and VM DC, names as in dcs.csv)</li>"
+        "<li><code>results/sensitivity.parquet</code>: the sensitivity rows</li>"
         "<li><code>results/sweep.parquet</code>: one row per configuration</li>"
         "<li><code>results/headline_*.parquet</code>: per-sample RTT and throughput of legacy, "
         "PACAO-1, PACAO-2 in the headline configuration; <code>results/headline.json</code>: "
