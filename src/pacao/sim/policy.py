@@ -308,11 +308,14 @@ def decision_tables(net: Network, bound_ms: float, params: Params = PAPER_PARAMS
         memo1=np.full(size, UNKNOWN, dtype=np.int16),
         memo2=np.full(size, UNKNOWN, dtype=np.int16),
     )
-    # Most visited states have the entry at the VM's DC (every user starts so, and under
-    # the paper's RTT model the best entry for a VM is its own DC): decide those in bulk
-    # now, so that the engine's first runs make few small controller calls.
+    # Most visited states have the entry at the VM's DC (after a migration; under the
+    # path metric the best entry for a VM is its own DC) or at the DC nearest the user
+    # (the legacy entry at the first position; Step 1's choice under the user-rloc
+    # metric): decide those in bulk now, so that the engine's first runs make few
+    # small controller calls. The memo is a cache: this changes no decision.
+    p = np.repeat(np.arange(n_pos, dtype=np.int64), n_dc)
     v = np.tile(np.arange(n_dc, dtype=np.int64), n_pos)
-    own = memo.key(np.repeat(np.arange(n_pos, dtype=np.int64), n_dc), v, v)
-    memo.step1(own)
-    memo.step2(own)
+    warm = np.r_[memo.key(p, v, v), memo.key(p, memo.nearest[p], v)]
+    memo.step1(warm)
+    memo.step2(warm)
     return memo
