@@ -4,19 +4,27 @@ Prints wall times and peak memory (ru_maxrss). Target (issue 3): one
 configuration in under 2 s; the full run of `pacao reproduce` in under 15 min.
 By default the full grid is estimated from two timed grid points (one Dask task
 each); --full runs it in this process, --dask on a LocalCluster.
+--end-to-end times `pacao reproduce --quick --no-testbed` and the full
+`pacao reproduce --no-testbed` (targets: 5 and 15 min) and prints both with the
+load average before and after each (the machine is shared: say the load).
 
-    python benchmarks/bench_sim.py [--users 36450] [--full | --dask]
+    python benchmarks/bench_sim.py [--users 36450] [--full | --dask | --end-to-end]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from pacao.sim.engine import legacy, prepare, schedule, simulate
 from pacao.sim.policy import UNKNOWN, Policy, Timing
-from pacao.sim.reproduce import FULL_GRID, HEADLINE_DCS, _deployments, synthetic_inputs
+from pacao.sim.reproduce import FULL_GRID, HEADLINE_DCS, Options, _deployments, synthetic_inputs
 from pacao.sim.sweep import SweepData, dask_client, grid, run_point, run_sweep
 
 
@@ -24,12 +32,40 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def end_to_end() -> None:
+    """Wall time of the quick and the full `pacao reproduce --no-testbed`, one after the other."""
+    for label, extra, target in (("--quick", ["--quick"], 300), ("full", [], 900)):
+        with tempfile.TemporaryDirectory() as tmp:
+            before = load()
+            t = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "pacao.cli", "reproduce", "--no-testbed",
+                 "--out", str(Path(tmp) / "run"), *extra],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            took = time.perf_counter() - t
+            print(
+                f"pacao reproduce {label} --no-testbed: {took:.0f} s (target {target} s); "
+                f"{before} before, {load()} after"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=36450)
     ap.add_argument("--full", action="store_true", help="run the whole 9 x 9 grid")
     ap.add_argument("--dask", action="store_true", help="run the grid on a LocalCluster")
+    ap.add_argument(
+        "--end-to-end", action="store_true", help="time pacao reproduce, quick and full"
+    )
     args = ap.parse_args()
+    if args.end_to_end:
+        end_to_end()
+        return
 
     t = time.perf_counter()
     inputs = synthetic_inputs(args.users, 0)
@@ -37,7 +73,7 @@ def main() -> None:
     print(f"traces: {args.users} users, {len(inputs.traces):,} samples, {took:.1f} s")
     t = time.perf_counter()
     tr = prepare(inputs.traces)
-    deps = _deployments(tr, inputs.dcs)
+    deps = _deployments(tr, inputs.dcs, Options(out=Path(".")))
     took = time.perf_counter() - t
     print(f"RTT tables, bounds, decisions for {len(deps)} deployments: {took:.1f} s")
 
@@ -56,7 +92,7 @@ def main() -> None:
             times = []
             for _ in range(3):
                 t = time.perf_counter()
-                out = simulate(tr, sched, dep.net, dec, pol)
+                out = simulate(tr, sched, dep.net, dec, pol, dep.start)
                 out.quantiles([0.1, 0.5, 0.9])
                 times.append(time.perf_counter() - t)
             print(
@@ -71,7 +107,7 @@ def main() -> None:
         f"of {2 * dec.memo1.size:,} states"
     )
     t = time.perf_counter()
-    legacy(tr, dep.net, dec).quantiles([0.5])
+    legacy(tr, dep.net, dep.start).quantiles([0.5])
     print(f"one configuration, legacy: {time.perf_counter() - t:.3f} s")
 
     points = grid(FULL_GRID, FULL_GRID)

@@ -21,16 +21,52 @@ def km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * R_EARTH * math.asin(math.sqrt(min(1.0, max(0.0, h))))
 
 
+_KM: dict[tuple[tuple[float, float], tuple[float, float]], float] = {}
+
+
+def km_cached(p: tuple[float, float], q: tuple[float, float]) -> float:
+    """km() remembered per pair of points (users sit at LAC centres: few distinct pairs)."""
+    key = (p, q)
+    if key not in _KM:
+        if len(_KM) > 1_000_000:
+            _KM.clear()
+        _KM[key] = km(*p, *q)
+    return _KM[key]
+
+
+MASK = (1 << 64) - 1
+
+
+def splitmix64(x: int) -> int:
+    """The splitmix64 finaliser on Python ints (the published algorithm, written again)."""
+    z = (x + 0x9E3779B97F4A7C15) & MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return z ^ (z >> 31)
+
+
+def drawn_dc(user_id: int, seed: int, use_case: str, n_dcs: int) -> int:
+    """docs/simulation.md's legacy VM draw: splitmix64 chain over (seed, use case, DC count,
+    user id), modulo the DC count."""
+    code = {"france_isp": 1, "europe_ott": 2}[use_case]
+    key = splitmix64(splitmix64(seed & MASK) ^ (code << 16 | n_dcs))
+    return splitmix64(splitmix64((user_id & MASK) ^ key)) % n_dcs
+
+
 @dataclass
 class World:
+    """``metric``: what step 1 ranks entries by, "path" (user -> entry -> VM) or
+    "user-rloc" (user <-> entry only); the SLA check is on the path either way."""
+
     dcs: list[tuple[float, float]]
     bound: float
+    metric: str = "path"
 
     def ud(self, pos: tuple[float, float], d: int) -> float:
-        return 40.0 + 3.0 * km(*pos, *self.dcs[d]) / 100.0
+        return 40.0 + 3.0 * km_cached(pos, self.dcs[d]) / 100.0
 
     def dd(self, a: int, v: int) -> float:
-        return 0.0 if a == v else 3.0 * km(*self.dcs[a], *self.dcs[v]) / 100.0
+        return 0.0 if a == v else 3.0 * km_cached(self.dcs[a], self.dcs[v]) / 100.0
 
     def path(self, pos: tuple[float, float], a: int, v: int) -> float:
         return self.ud(pos, a) + self.dd(a, v)
@@ -38,8 +74,11 @@ class World:
     def violated(self, rtt: float) -> bool:
         return rtt > self.bound * (1 + 2e-9)
 
+    def rank(self, pos: tuple[float, float], a: int, v: int) -> float:
+        return self.ud(pos, a) if self.metric == "user-rloc" else self.path(pos, a, v)
+
     def best_entry(self, pos: tuple[float, float], v: int) -> int:
-        vals = [self.path(pos, a, v) for a in range(len(self.dcs))]
+        vals = [self.rank(pos, a, v) for a in range(len(self.dcs))]
         return vals.index(min(vals))
 
     def placement(self, pos: tuple[float, float]) -> tuple[int, int]:
@@ -62,8 +101,10 @@ def simulate_user(
     step_s: int,
     t0_s: int = 0,
     migration_s: float = 0.0,
+    start: tuple[int, int] | None = None,
 ) -> list[float]:
-    """Per-sample time-averaged RTT of one user. samples: (t s, lat, lon, lac)."""
+    """Per-sample time-averaged RTT of one user. samples: (t s, lat, lon, lac); ``start``
+    (entry, VM): the legacy placement, default both at the DC nearest the first sample."""
     t = [(x[0] - t0_s) * 1000 for x in samples]
     pos = [(x[1], x[2]) for x in samples]
     lac = [x[3] for x in samples]
@@ -105,7 +146,8 @@ def simulate_user(
             c += s1_ms
 
     home = world.nearest(pos[0])
-    a, v = home, home
+    a0, v0 = start if start is not None else (home, home)
+    a, v = a0, v0
     changes: list[tuple[int, int, int]] = []
     pending: tuple[int, int, int] | None = None  # (done, entry, vm)
     mig_ms = round(migration_s * 1000)
@@ -126,7 +168,7 @@ def simulate_user(
         if not world.violated(world.path(p, a, v)):
             continue
         na = world.best_entry(p, v)
-        if world.path(p, na, v) < world.path(p, a, v) * (1 - 1e-9):
+        if world.rank(p, na, v) < world.rank(p, a, v) * (1 - 1e-9):
             a = na
             changes.append((c, a, v))
         if policy != "pacao2" or c2 < 0:
@@ -153,7 +195,7 @@ def simulate_user(
 
     out: list[float] = []
     for i in range(len(t)):
-        sa, sv = home, home
+        sa, sv = a0, v0
         for when, ca, cv in changes:
             if when <= t[i]:
                 sa, sv = ca, cv

@@ -27,14 +27,18 @@ def world(seed: int, model: network.PathModel | None = None):  # type: ignore[no
     return tr, net
 
 
-@pytest.mark.parametrize(("seed", "stretch"), [(0, None), (1, 1.0), (2, 1.5)])
+@pytest.mark.parametrize(
+    ("seed", "stretch", "metric"),
+    [(0, None, "path"), (1, 1.0, "path"), (2, 1.5, "user-rloc"), (3, None, "user-rloc")],
+)
 def test_memo_equals_direct_controller_calls_on_random_states(
-    seed: int, stretch: float | None
+    seed: int, stretch: float | None, metric: str
 ) -> None:
     model = None if stretch is None else network.PathModel(dc_stretch=stretch)
     tr, net = world(seed, model)
     bound = network.latency_bounds(net, tr.pos_weight)["strict"]
-    dec = policy.decision_tables(net, bound)
+    params = Params(**{**PAPER_PARAMS.__dict__, "entry_metric": metric})
+    dec = policy.decision_tables(net, bound, params)
     d = net.n_dcs
     rng = np.random.default_rng(seed)
     n = 400
@@ -49,6 +53,10 @@ def test_memo_equals_direct_controller_calls_on_random_states(
         cand = np.array(
             [[net.path_rtt(np.array([p[i]]), np.array([x]), np.array([v[i]]))[0]] for x in range(d)]
         )
+        # The user<->RLOC sublink: the path to a VM sitting at the entry itself.
+        sub = np.array(
+            [[net.path_rtt(np.array([p[i]]), np.array([x]), np.array([x]))[0]] for x in range(d)]
+        )
         sla = Sla(np.ones((1, 1)), np.full((1, 1), bound))
         e = ctl.decide_entry(
             0.0,
@@ -57,7 +65,8 @@ def test_memo_equals_direct_controller_calls_on_random_states(
             np.array([a[i]]),
             sla,
             np.array([-np.inf]),
-            PAPER_PARAMS,
+            params,
+            sublink=sub[None],
         )
         want1 = -1 if e.sla_met[0] else int(e.best[0]) if e.switch[0] else int(a[i])
         assert got1[i] == want1, (i, e.reason[0])
@@ -77,7 +86,8 @@ def test_memo_equals_direct_controller_calls_on_random_states(
                 np.array([-1]),
                 sla,
                 np.array([-np.inf]),
-                PAPER_PARAMS,
+                params,
+                sublink=sub[None],
             )
             place[vm] = c[int(b.best[0]), 0]
         m = ctl.decide_migration(
@@ -96,7 +106,7 @@ def test_memo_equals_direct_controller_calls_on_random_states(
             np.zeros((1, d)),
             np.zeros(d, np.int64),
             0,
-            PAPER_PARAMS,
+            params,
         )
         want2 = int(m.best[0]) if m.migrate[0] else -1
         assert got2[i] == want2, (i, m.reason[0])
@@ -108,7 +118,7 @@ def test_the_engine_runs_whatever_the_controller_decides(monkeypatch: pytest.Mon
     tr, net = world(3)
     bound = network.latency_bounds(net, tr.pos_weight)["strict"]
     sched = engine.schedule(tr, Timing(0.2, 0.5))
-    legacy = engine.simulate(tr, sched, net, policy.decision_tables(net, bound), Policy.LEGACY)
+    one = engine.simulate(tr, sched, net, policy.decision_tables(net, bound), Policy.PACAO1)
     base = engine.simulate(tr, sched, net, policy.decision_tables(net, bound), Policy.PACAO2)
     assert base.migrations > 0
     real = ctl.decide_migration
@@ -131,8 +141,9 @@ def test_the_engine_runs_whatever_the_controller_decides(monkeypatch: pytest.Mon
     pinned = engine.simulate(tr, sched, net, policy.decision_tables(net, bound), Policy.PACAO2)
     assert pinned.migrations == 0
     assert not np.array_equal(pinned.rtt_ms, base.rtt_ms)
-    # Without migrations and under the paper's single stretch, PACAO-2 is legacy.
-    assert np.allclose(pinned.rtt_ms, legacy.rtt_ms)
+    # Without migrations PACAO-2 is PACAO-1 (step 1 alone).
+    assert np.allclose(pinned.rtt_ms, one.rtt_ms)
+    assert pinned.switches == one.switches
 
 
 def test_a_controller_setting_changes_the_simulated_outcome() -> None:
@@ -149,7 +160,7 @@ def test_a_controller_setting_changes_the_simulated_outcome() -> None:
     # a step; an unreachable one keeps every user on its first path.
     assert runs[0.0].switches + runs[0.0].migrations > runs[1.0].switches + runs[1.0].migrations
     assert runs[1e9].switches == runs[1e9].migrations == 0
-    legacy = engine.legacy(tr, net, policy.decision_tables(net, bound))
+    legacy = engine.legacy(tr, net, engine.nearest_start(tr, policy.decision_tables(net, bound)))
     assert np.array_equal(runs[1e9].rtt_ms, legacy.rtt_ms)
     assert runs[0.0].mean() < runs[1e9].mean()
 
@@ -169,3 +180,38 @@ def test_history_dependent_settings_are_refused_by_name(key: str, value: float) 
     params = Params(**{**PAPER_PARAMS.__dict__, key: value})
     with pytest.raises(InputError, match=f"policy.{key}"):
         policy.decision_tables(net, 45.0, params)
+
+
+def test_controller_config_carries_the_entry_metric_to_the_shared_decision() -> None:
+    """The controller gets the setting through its config and the same decide_entry."""
+    from pathlib import Path
+
+    import yaml
+
+    from pacao.controller.config import config_from_dict
+    from pacao.controller.service import params_from_config
+
+    doc = yaml.safe_load(Path("examples/controller.yaml").read_text())
+    base = Path("examples")
+    assert params_from_config(config_from_dict(doc, base)).entry_metric == "path"
+    doc.setdefault("policy", {})["entry_metric"] = "user-rloc"
+    params = params_from_config(config_from_dict(doc, base))
+    assert params.entry_metric == "user-rloc"
+    doc["policy"]["entry_metric"] = "rtt-only"
+    with pytest.raises(InputError, match=r"policy\.entry_metric"):
+        config_from_dict(doc, base)
+    # One user, entry 0 current; the path through entry 1 is longer (the VM sits behind
+    # entry 0) but entry 1 is nearer the user: only the user-rloc ranking switches.
+    path = np.array([[[60.0], [70.0]]])
+    sub = np.array([[[55.0], [41.0]]])
+    sla = Sla(np.ones((1, 1)), np.full((1, 1), 45.0))
+    args = (0.0, path, np.ones((1, 2), bool), np.array([0]), sla, np.array([-np.inf]))
+    loose = {**PAPER_PARAMS.__dict__, "min_gain_ratio": 0.0}
+    by_path = ctl.decide_entry(*args, Params(**{**loose, "entry_metric": "path"}), sublink=sub)
+    by_rloc = ctl.decide_entry(*args, Params(**loose), sublink=sub)
+    assert not by_path.switch[0] and by_path.reason[0] == Reason.CURRENT_IS_BEST
+    assert by_rloc.switch[0] and by_rloc.best[0] == 1 and not by_rloc.sla_met[0]
+    with pytest.raises(ValueError, match="sublink"):
+        ctl.decide_entry(*args, Params(**loose))
+    with pytest.raises(ValueError, match="entry_metric"):
+        Params(entry_metric="nearest")

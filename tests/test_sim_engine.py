@@ -8,10 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pacao.controller.policy import Params
 from pacao.errors import InputError
 from pacao.sim import engine, network, policy
-from pacao.sim.policy import Policy, Timing
+from pacao.sim.policy import PAPER_PARAMS, Policy, Timing
 from sim_oracle import World, km, simulate_user
+
+#: The paper's settings with step 1 ranking entries by the whole path (a setting).
+PATH = Params(**{**PAPER_PARAMS.__dict__, "entry_metric": "path"})
 
 STEP = 360
 A = (48.0, 2.0)  # DC A, and the LAC where every hand-made user starts
@@ -43,11 +47,16 @@ def run(
     timing: Timing,
     pol: Policy,
     model: network.PathModel | None = None,
+    params: Params = PATH,
+    start: tuple[int, int] | None = None,
 ) -> engine.Outcome:
     tr = engine.prepare(traces, step_s=STEP)
     net = network.build_network(tr.pos_lat, tr.pos_lon, [A[0], B[0]], [A[1], B[1]], model)
-    dec = policy.decision_tables(net, bound)
-    return engine.simulate(tr, engine.schedule(tr, timing), net, dec, pol)
+    dec = policy.decision_tables(net, bound, params)
+    st = None
+    if start is not None:
+        st = engine.Start(np.full(tr.n_users, start[0]), np.full(tr.n_users, start[1]))
+    return engine.simulate(tr, engine.schedule(tr, timing), net, dec, pol, st)
 
 
 def test_legacy_is_the_formula_from_the_first_position() -> None:
@@ -68,6 +77,38 @@ def test_pacao2_migrates_after_s1_and_s2_with_the_time_average() -> None:
     expected = [40.0] * 10 + [far] * 7 + [0.5 * far + 0.5 * 40.0] + [40.0] * 2
     assert out.rtt_ms == pytest.approx(expected, abs=1e-9)
     assert (out.switches, out.migrations) == (0, 1)
+
+
+def test_user_rloc_metric_switches_to_the_nearest_entry_first() -> None:
+    # The paper's eq. (3): step 1 ranks entries by the user<->RLOC RTT, so at the check
+    # in B the user switches to B's entry (B -> A costs the same as going straight to A
+    # here: B is on the way), then step 2 migrates.
+    out = run(a_then_b(), 45.0, Timing(0.5, 0.5), Policy.PACAO2, params=PAPER_PARAMS)
+    far = rtt_ud(B, A)
+    expected = [40.0] * 10 + [far] * 7 + [0.5 * far + 0.5 * 40.0] + [40.0] * 2
+    assert out.rtt_ms == pytest.approx(expected, abs=1e-9)
+    assert (out.switches, out.migrations) == (1, 1)
+
+
+def test_legacy_vm_elsewhere_user_rloc_pacao1_keeps_the_home_entry() -> None:
+    # Legacy: entry A (the first position's DC), VM at B. While the user is at A, the
+    # path A -> B violates the bound but A is already the nearest entry: no switch.
+    far = rtt_ud(B, A)
+    leg = run(a_then_b(), 45.0, Timing(0.5, 0.5), Policy.LEGACY, start=(0, 1))
+    assert leg.rtt_ms == pytest.approx([far] * 10 + [40.0 + 2 * (far - 40.0)] * 10, abs=1e-9)
+    one = run(a_then_b(), 45.0, Timing(0.5, 0.5), Policy.PACAO1, params=PAPER_PARAMS, start=(0, 1))
+    # In B (through A to the VM at B: 2 far - 40) the check at 5400 s switches to the
+    # nearest entry, B itself: 40 ms + 0 (the VM is at B).
+    via_a = 40.0 + 2 * (far - 40.0)
+    assert one.rtt_ms == pytest.approx([far] * 10 + [via_a] * 5 + [40.0] * 5, abs=1e-9)
+    assert (one.switches, one.migrations) == (1, 0)
+    two = run(a_then_b(), 45.0, Timing(0.5, 0.5), Policy.PACAO2, params=PAPER_PARAMS, start=(0, 1))
+    # Step 2 at 2700 s, half-way through sample 7, brings the VM to A; in B the entry
+    # switches to B at 5400 s (same RTT: B lies on the way) and the VM follows at 6300 s.
+    half = 0.5 * far + 0.5 * 40.0
+    want = [far] * 7 + [half] + [40.0] * 2 + [far] * 7 + [half] + [40.0] * 2
+    assert two.rtt_ms == pytest.approx(want, abs=1e-9)
+    assert (two.switches, two.migrations) == (1, 2)
 
 
 def test_pacao1_equals_legacy_under_the_paper_stretch() -> None:
@@ -130,8 +171,9 @@ def random_traces(seed: int, n_users: int = 12, n_samples: int = 30) -> tuple[pd
     ("s1", "s2", "relative", "mig"),
     [(0.1, 0.1, True, 0.0), (0.3, 0.7, True, 0.0), (360, 36, False, 0.0), (0.2, 0.7, True, 900.0)],
 )
+@pytest.mark.parametrize(("metric", "random_start"), [("path", False), ("user-rloc", True)])
 def test_engine_matches_the_literal_oracle(
-    seed: int, s1: float, s2: float, relative: bool, mig: float
+    seed: int, s1: float, s2: float, relative: bool, mig: float, metric: str, random_start: bool
 ) -> None:
     traces, dcs = random_traces(seed)
     tr = engine.prepare(traces, step_s=STEP)
@@ -139,15 +181,25 @@ def test_engine_matches_the_literal_oracle(
     bounds = network.latency_bounds(net, tr.pos_weight)
     timing = Timing(s1, s2, relative, mig)
     sched = engine.schedule(tr, timing)
+    params = Params(**{**PAPER_PARAMS.__dict__, "entry_metric": metric})
+    # Legacy entry at the first position's nearest DC, VM at a random DC (the paper's
+    # reading), or both at the nearest DC.
+    rng = np.random.default_rng(seed + 10)
+    vms = rng.integers(0, len(dcs), tr.n_users)
     for name in ("strict", "median"):
-        dec = policy.decision_tables(net, bounds[name])
-        world = World(dcs, bounds[name])
+        dec = policy.decision_tables(net, bounds[name], params)
+        near = engine.nearest_start(tr, dec)
+        start = engine.Start(near.entry, vms) if random_start else near
+        world = World(dcs, bounds[name], metric)
         for pol in Policy:
-            got = engine.simulate(tr, sched, net, dec, pol).rtt_ms
+            got = engine.simulate(tr, sched, net, dec, pol, start).rtt_ms
             want: list[float] = []
-            for _, g in traces.groupby("user_id", sort=True):
+            for i, (_, g) in enumerate(traces.groupby("user_id", sort=True)):
                 samples = list(g[["t", "lat", "lon", "lac"]].itertuples(index=False, name=None))
-                want += simulate_user(world, samples, pol.value, s1, s2, relative, STEP, 0, mig)
+                first = (int(start.entry[i]), int(start.vm[i]))
+                want += simulate_user(
+                    world, samples, pol.value, s1, s2, relative, STEP, 0, mig, first
+                )
             assert got == pytest.approx(want, abs=1e-7), (name, pol)
 
 
@@ -162,7 +214,7 @@ def test_pacao1_never_worse_than_legacy_when_checked_at_every_sample() -> None:
     model = network.PathModel(dc_stretch=1.5)
     lat, lon = [d[0] for d in dcs], [d[1] for d in dcs]
     net = network.build_network(tr.pos_lat, tr.pos_lon, lat, lon, model)
-    dec = policy.decision_tables(net, 40.0)
+    dec = policy.decision_tables(net, 40.0, PATH)
     sched = engine.schedule(tr, Timing(STEP, 1, relative=False))
     leg = engine.simulate(tr, sched, net, dec, Policy.LEGACY).rtt_ms
     one = engine.simulate(tr, sched, net, dec, Policy.PACAO1)

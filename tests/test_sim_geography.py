@@ -109,10 +109,29 @@ def test_europe_dcs_drawn_by_population(lacs: pd.DataFrame) -> None:
     london = float(cities.loc[cities["name"] == "London", "population"].iloc[0])
     p = london / cities["population"].sum()
     hits = np.mean(
-        [dc_sites("europe_ott", 1, lacs, seed=s)["name"][0] == "London" for s in range(800)]
+        [
+            dc_sites("europe_ott", 1, lacs, seed=s, europe="europe")["name"][0] == "London"
+            for s in range(800)
+        ]
     )
     assert abs(hits - p) < 4 * np.sqrt(p * (1 - p) / 800)
     assert hits > 3 / len(cities)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_europe_rules_abutting_first_then_europe_nested(lacs: pd.DataFrame, seed: int) -> None:
+    cities = geo.european_cities().set_index("name")
+    sets = {n: dc_sites("europe_ott", n, lacs, seed=seed) for n in (4, 8, 16, 64)}
+    for n in (4, 8):
+        countries = set(cities.loc[sets[n]["name"], "country"])
+        assert countries <= {"BE", "LU", "DE", "CH", "IT", "ES", "AD", "MC"}, countries
+    for small, big in ((4, 8), (8, 16), (16, 64)):
+        assert list(sets[big]["name"][:small]) == list(sets[small]["name"])
+    assert set(cities.loc[sets[64]["name"], "country"]) - geo.ABUTTING_FRANCE  # then Europe
+    nofr = dc_sites("europe_ott", 64, lacs, seed=seed, europe="europe-no-france")
+    assert "FR" not in set(cities.loc[nofr["name"], "country"])
+    with pytest.raises(InputError, match="europe"):
+        dc_sites("europe_ott", 4, lacs, europe="asia")
 
 
 def test_dc_sites_rejects_bad_input(lacs: pd.DataFrame) -> None:

@@ -164,6 +164,22 @@ def reproduce(
     no_testbed: Annotated[
         bool, typer.Option("--no-testbed", help="Skip the Sec. IV testbed stage (root only).")
     ] = False,
+    legacy: Annotated[
+        str,
+        typer.Option(
+            help="Legacy placement: home-entry-random-vm (paper), nearest-start, random-dc."
+        ),
+    ] = "home-entry-random-vm",
+    entry_metric: Annotated[
+        str, typer.Option(help="Step 1 ranks entries by: user-rloc (paper, eq. 3) or path.")
+    ] = "user-rloc",
+    europe: Annotated[
+        str,
+        typer.Option(help="Europe/OTT DC sites: abutting (paper), europe, europe-no-france."),
+    ] = "abutting",
+    no_sensitivity: Annotated[
+        bool, typer.Option("--no-sensitivity", help="Skip the sensitivity stage.")
+    ] = False,
 ) -> None:
     """Reproduce the paper's Sections IV (testbed, as root) and V: figures, report, summary."""
     require_extra("pacao reproduce", "sim")
@@ -173,7 +189,8 @@ def reproduce(
     try:
         run_cli(
             quick, users, out, scheduler, seed, vm_memory_gb, dc_gbps, traces, lac_table,
-            testbed=not no_testbed,
+            testbed=not no_testbed, legacy=legacy, entry_metric=entry_metric,
+            europe=europe, sensitivity=not no_sensitivity,
         )  # fmt: skip
     except InputError as exc:
         raise fail(str(exc)) from None

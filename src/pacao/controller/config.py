@@ -119,6 +119,9 @@ class Policy(_Model):
     max_migrations_per_dc: Annotated[int, Field(ge=0)] = 1
     max_migrations_total: Annotated[int, Field(ge=0)] = 4
     max_downtime_ms: PosFloat = 300.0
+    #: Step 1 ranks entries by the whole user->entry->VM path, or (the paper's eq. 3)
+    #: by the user<->RLOC metric; the SLA check is on the path either way.
+    entry_metric: Literal["path", "user-rloc"] = "path"
     links: list[Link] = []
 
 

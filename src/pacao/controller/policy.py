@@ -25,6 +25,12 @@ Beyond the paper (Sec. III-D), a move must also pass:
 * caps on concurrent migrations per DC (source and destination) and in total;
 * pinned VMs never migrate.
 
+Step 1 ranks the entries by ``Params.entry_metric``: ``path`` (the default, a
+product choice) by the whole user->entry->VM metric, ``user-rloc`` (the paper's
+eq. 3: "the measured RTT or jitter between RLOC d and the user") by the
+user<->RLOC sublink alone. Either way the SLA check that triggers Step 1 and
+Step 2 is on the user<->VM path (Sec. IV-B), and Step 2 is unchanged.
+
 An unavailable current entry (probes lost) overrides the margins and the dwell
 time: a user never waits on a dead locator. An *unmeasured* current entry (no
 sample at all, ``known`` False) is not a dead one: the user keeps it unless
@@ -91,9 +97,14 @@ REASON_TEXT: dict[Reason, str] = {
 }
 
 
+#: What Step 1 ranks entries by (config key ``policy.entry_metric``).
+ENTRY_METRICS = ("path", "user-rloc")
+
+
 @dataclass(frozen=True)
 class Params:
-    """Anti-flapping and migration settings (config key ``policy``)."""
+    """Anti-flapping and migration settings, and Step 1's ranking metric (config key
+    ``policy``); ``entry_metric`` is one of :data:`ENTRY_METRICS`."""
 
     min_dwell_s: float = 30.0
     min_gain: float = 0.0
@@ -102,6 +113,14 @@ class Params:
     migration_cost_weight: float = 1.0
     max_migrations_per_dc: int = 1
     max_migrations_total: int = 4
+    entry_metric: str = "path"
+
+    def __post_init__(self) -> None:
+        if self.entry_metric not in ENTRY_METRICS:
+            raise ValueError(
+                f"policy.entry_metric: {self.entry_metric!r} is invalid; one of "
+                + ", ".join(ENTRY_METRICS)
+            )
 
 
 @dataclass(frozen=True)
@@ -270,6 +289,7 @@ def decide_entry(
     last_switch: FloatArray,
     params: Params,
     known: BoolArray | None = None,
+    sublink: FloatArray | None = None,
 ) -> EntryDecisions:
     """Step 1 for all users.
 
@@ -281,12 +301,24 @@ def decide_entry(
     measured (answered or lost probes), default ``usable``. A current entry that
     is not usable but known is down: the user leaves it at once; one that is not
     known is unmeasured: the user leaves it only for an entry measured meeting
-    the SLA (Reason.NO_DATA otherwise).
+    the SLA (Reason.NO_DATA otherwise). ``sublink`` (users, candidates,
+    criteria): the user<->RLOC metric of each entry, required when
+    ``params.entry_metric`` is ``user-rloc``: the entries are then ranked (best,
+    objectives, margins) by it, while the SLA check stays on ``values``.
     """
     n = values.shape[0]
     rows = np.arange(n)
     cur_ok, cur_obj, met, cur_sec = _current_keys(values, usable, current, sla)
-    best, best_obj = _choose(values, sla, usable)
+    rank = values
+    if params.entry_metric == "user-rloc":
+        if sublink is None or sublink.shape != values.shape:
+            raise ValueError(
+                "decide_entry: entry_metric 'user-rloc' needs sublink, the user<->RLOC "
+                f"metrics of shape {values.shape}"
+            )
+        rank = sublink
+        _, cur_obj, _, cur_sec = _current_keys(rank, usable, current, sla)
+    best, best_obj = _choose(rank, sla, usable)
     has = best >= 0
     safe_best = np.where(has, best, 0)
     valid = (current >= 0) & (current < values.shape[1])
@@ -296,14 +328,14 @@ def decide_entry(
         unknown = valid & ~cur_ok & ~known[rows, np.where(valid, current, 0)]
     with np.errstate(invalid="ignore"):
         gain = cur_obj - best_obj  # inf - inf (nothing usable anywhere) is NaN: no move
-    best_sec = _secondary(values, best, sla)
+    best_sec = _secondary(rank, best, sla)
     no_better = (best == current) | ~_ranks_before(gain, cur_sec, best_sec)
     below = cur_ok & (gain < params.min_gain - OBJECTIVE_TIE)  # float noise is no loss
     if params.min_gain_ratio > 0:
         # The margin: the best still ranks strictly before the current one with every
         # metric worse by the fraction r (the kernel's order on inflated metrics).
         f = 1.0 + params.min_gain_ratio
-        picked = _pick(values, safe_best) * f
+        picked = _pick(rank, safe_best) * f
         inflated = np.where(has[:, None], picked, 0.0)
         _, infl_obj, _, infl_sec = _current_keys(
             inflated[:, None, :], has[:, None], np.zeros(n, np.int64), sla

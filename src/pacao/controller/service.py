@@ -100,6 +100,7 @@ def params_from_config(cfg: ControllerConfig) -> Params:
         migration_cost_weight=p.migration_cost_weight,
         max_migrations_per_dc=p.max_migrations_per_dc,
         max_migrations_total=p.max_migrations_total,
+        entry_metric=p.entry_metric,
     )
 
 
@@ -352,6 +353,7 @@ class Controller:
             last,
             self.params,
             known=arr["through_known"],
+            sublink=arr["sub"],
         )
         created = []
         busy = self._busy()

@@ -131,20 +131,25 @@ def fig13_rtt_cdfs(path: Path, tr: Trajectories, deps: list[Deployment]) -> str:
 def fig_heatmaps(path: Path, sweep: pd.DataFrame, use_case: str, number: int) -> str:
     """Median RTT of PACAO-2 over (S', S''), one panel per DC count and bound.
 
-    The differences inside a panel are far smaller than between panels, so
-    each panel has its own colour scale (dark = lower RTT) and states its range;
-    a panel whose median does not move is drawn white.
+    One colour scale for the whole use case (dark = lower RTT), so panels compare
+    with each other; each panel marks its best point and states its range and the
+    legacy median, since the S', S'' effect inside a panel can be small next to the
+    differences between DC counts.
     """
     df = sweep[(sweep.use_case == use_case) & (sweep.policy == "pacao2")]
     legacy = sweep[(sweep.use_case == use_case) & (sweep.policy == "legacy")]
     counts = sorted(df.n_dcs.unique())
     bounds = list(BOUND_QUANTILES)
+    vmin, vmax = float(df.median_rtt_ms.min()), float(df.median_rtt_ms.max())
+    if vmax - vmin < 1e-6:
+        vmax = vmin + 1.0
     fig, axes = plt.subplots(
         len(bounds),
         len(counts),
-        figsize=(2.7 * len(counts) + 0.5, 2.6 * len(bounds) + 1.0),
+        figsize=(2.5 * len(counts) + 1.4, 2.5 * len(bounds) + 1.0),
         squeeze=False,
     )
+    image = None
     for r, b in enumerate(bounds):
         for c, n in enumerate(counts):
             ax = axes[r, c]
@@ -156,36 +161,73 @@ def fig_heatmaps(path: Path, sweep: pd.DataFrame, use_case: str, number: int) ->
             lo, hi = float(np.nanmin(z)), float(np.nanmax(z))
             half1 = (s1[1] - s1[0]) / 2 if len(s1) > 1 else 5.0
             half2 = (s2[1] - s2[0]) / 2 if len(s2) > 1 else 5.0
-            flat = hi - lo < 5e-4
-            ax.imshow(
-                np.zeros_like(z) if flat else z,
+            image = ax.imshow(
+                z,
                 origin="lower",
                 aspect="auto",
-                cmap="Greys" if flat else "viridis",
-                vmin=0.0 if flat else lo,
-                vmax=1.0 if flat else hi,
+                cmap="viridis",
+                vmin=vmin,
+                vmax=vmax,
                 extent=(s1[0] - half1, s1[-1] + half1, s2[0] - half2, s2[-1] + half2),
             )
-            if not flat:
-                best = cell.sort_values(["median_rtt_ms", "s1", "s2"]).iloc[0]
-                ax.plot(best.s1 * 100, best.s2 * 100, "w*", ms=9, mec="k")
+            best = cell.sort_values(["median_rtt_ms", "s1", "s2"]).iloc[0]
+            ax.plot(best.s1 * 100, best.s2 * 100, "*", color="w", ms=11, mec="k")
             leg = legacy[(legacy.n_dcs == n) & (legacy.bound == b)].median_rtt_ms
-            rng = f"{lo:.3f} (flat)" if flat else f"{lo:.3f}-{hi:.3f}"
-            lg = f"legacy {leg.iloc[0]:.3f}" if len(leg) else ""
-            ax.set_title(f"{n} DCs, {b}\nPACAO-2 {rng}\n{lg}", fontsize=7)
-            ax.tick_params(labelsize=6)
+            lg = f"legacy {leg.iloc[0]:.1f}, " if len(leg) else ""
+            ax.set_title(f"{n} DCs, {b} bound\n{lg}PACAO-2 {lo:.1f}-{hi:.1f}", fontsize=8)
+            ax.tick_params(labelsize=7)
             if r == len(bounds) - 1:
-                ax.set_xlabel("S' (% of residence time)", fontsize=7)
+                ax.set_xlabel("S' (% of residence)", fontsize=8)
             if c == 0:
-                ax.set_ylabel("S'' (% of S')", fontsize=7)
+                ax.set_ylabel("S'' (% of S')", fontsize=8)
+    fig.subplots_adjust(left=0.05, right=0.91, top=0.87, bottom=0.08, hspace=0.6, wspace=0.3)
+    if image is not None:
+        cax = fig.add_axes((0.93, 0.1, 0.012, 0.74))
+        fig.colorbar(image, cax=cax).set_label("PACAO-2 median RTT (ms)")
     fig.suptitle(
         f"Fig. {number}: {TITLES[use_case]}: PACAO-2 median RTT (ms) over S' and S''; "
-        "per-panel colour scale, dark = lower, star = best, white = flat"
+        "one colour scale, dark = lower, star = best point of each panel"
     )
-    fig.subplots_adjust(left=0.04, right=0.99, top=0.86, bottom=0.08, hspace=0.75, wspace=0.3)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path.name
+
+
+def _short(label: str, width: int = 44) -> str:
+    """A bar label on at most two lines of ``width`` characters."""
+    if len(label) <= width:
+        return label
+    cut = label.rfind(" ", 0, width)
+    cut = width if cut <= 0 else cut
+    rest = label[cut:].strip()
+    return label[:cut] + "\n" + (rest if len(rest) <= width else rest[: width - 3] + "...")
+
+
+def fig_sensitivity(path: Path, sens: pd.DataFrame) -> str:
+    """Headline PACAO-1 / PACAO-2 gains under each variant, per use case (bars)."""
+    ucs = [uc for uc in TITLES if (sens.use_case == uc).any()]
+    n_rows = max(int((sens.use_case == uc).sum()) for uc in ucs)
+    fig, axes = plt.subplots(
+        1, len(ucs), figsize=(8 * len(ucs), 0.55 * n_rows + 1.8), squeeze=False
+    )
+    paper = {"france_isp": 0.40, "europe_ott": 0.30}
+    for ax, uc in zip(axes[0], ucs, strict=True):
+        d = sens[sens.use_case == uc].reset_index(drop=True)
+        y = np.arange(len(d))[::-1]
+        ax.barh(y + 0.2, 100 * d.pacao2_gain, 0.4, color="tab:red", label="PACAO-2")
+        ax.barh(y - 0.2, 100 * d.pacao1_gain, 0.4, color="tab:blue", label="PACAO-1")
+        ax.axvline(100 * paper[uc], color="k", ls="--", lw=1, label=f"paper ~{paper[uc]:.0%}")
+        ax.axvline(0, color="0.4", lw=0.6)
+        labels = [("* " if bool(r.run) else "") + _short(str(r.variant)) for r in d.itertuples()]
+        ax.set_yticks(y)
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.set_xlabel("median throughput gain over legacy (%)")
+        ax.set_title(f"{TITLES[uc]}, {int(d.n_dcs.iloc[0])} DCs (* = this run's setting)")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Sensitivity: headline gains under other readings and inputs")
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def fig16_throughput(path: Path, heads: dict[str, Headline]) -> str:

@@ -371,22 +371,48 @@ class Outcome:
         return float(np.dot(self.values, self.counts) / self.counts.sum())
 
 
-def legacy(tr: Trajectories, net: Network, dec: Decisions) -> Outcome:
-    """Entry and VM fixed at the DC nearest to the user's first position."""
-    home = dec.nearest[tr.pos[tr.first]][tr.user[tr.run_start]]
-    values = net.path_rtt(tr.pos[tr.run_start], home, home)
+@dataclass(frozen=True)
+class Start:
+    """Every user's entry DC and VM DC at the first sample (arrays over users, in the
+    order of :class:`Trajectories`): the legacy placement, which legacy keeps all day
+    and PACAO starts from (:mod:`pacao.sim.legacy` builds the paper's readings)."""
+
+    entry: I64
+    vm: I64
+
+
+def nearest_start(tr: Trajectories, dec: Decisions) -> Start:
+    """Entry and VM at the DC nearest to the user's first position."""
+    home = dec.nearest[tr.pos[tr.first]].astype(np.int64)
+    return Start(home, home.copy())
+
+
+def legacy(tr: Trajectories, net: Network, start: Start) -> Outcome:
+    """Entry and VM fixed all day where ``start`` puts them."""
+    u = tr.user[tr.run_start]
+    values = net.path_rtt(tr.pos[tr.run_start], start.entry[u], start.vm[u])
     return Outcome(values, np.diff(np.r_[tr.run_start, tr.n_samples]), 0, 0)
 
 
 def simulate(
-    tr: Trajectories, sched: Schedule, net: Network, dec: Decisions, policy: Policy
+    tr: Trajectories,
+    sched: Schedule,
+    net: Network,
+    dec: Decisions,
+    policy: Policy,
+    start: Start | None = None,
 ) -> Outcome:
-    """Run one policy over all users; returns the per-sample RTT."""
+    """Run one policy over all users from ``start`` (default: :func:`nearest_start`);
+    returns the per-sample RTT."""
+    start = start or nearest_start(tr, dec)
+    if start.entry.shape != (tr.n_users,) or start.vm.shape != (tr.n_users,):
+        raise InputError(
+            "start", start.entry.shape, f"one entry and one VM DC per user ({tr.n_users})"
+        )
     if policy is Policy.LEGACY or len(sched.user) == 0:
-        return legacy(tr, net, dec)
-    home = dec.nearest[tr.pos[tr.first]]
-    a = home.copy()
-    v = home.copy()
+        return legacy(tr, net, start)
+    a = start.entry.astype(np.int64, copy=True)
+    v = start.vm.astype(np.int64, copy=True)
     log = _Log()
     switches = 0
     migrations = 0
@@ -451,8 +477,8 @@ def simulate(
         pending = np.flatnonzero(busy).astype(np.int64)
         complete(pending, np.full(pending.shape, np.iinfo(np.int64).max, dtype=np.int64))
     if not log.users:
-        return legacy(tr, net, dec)
-    values, counts = _segments(tr, net, home, *log.sorted(tr))
+        return legacy(tr, net, start)
+    values, counts = _segments(tr, net, start, *log.sorted(tr))
     return Outcome(values, counts, switches, migrations)
 
 
@@ -491,7 +517,7 @@ class _Log:
 
 
 def _segments(
-    tr: Trajectories, net: Network, home: I64, lu: I64, lt: I64, li: I64, la: I64, lv: I64
+    tr: Trajectories, net: Network, start: Start, lu: I64, lt: I64, li: I64, la: I64, lv: I64
 ) -> tuple[F64, I64]:
     """Time-averaged RTT of every sample, as segments, from the initial placement
     and the path changes.
@@ -523,7 +549,7 @@ def _segments(
     change_at = np.arange(len(lu)) + lu + 1
     state_a = np.empty(n_users + len(lu), dtype=np.int64)
     state_v = np.empty_like(state_a)
-    state_a[init_at], state_v[init_at] = home, home
+    state_a[init_at], state_v[init_at] = start.entry, start.vm
     state_a[change_at], state_v[change_at] = la, lv
     marker = np.zeros(len(seg_start), dtype=np.int64)
     marker[seg_of(tr.first)] = init_at

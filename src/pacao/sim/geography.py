@@ -32,6 +32,16 @@ N_LACS = 1000
 # by road and rail, and 0.6% of the population does not justify ferries.
 EXCLUDED_ADMIN1 = frozenset({94})
 USE_CASES = ("france_isp", "europe_ott")
+#: Countries with a land border with metropolitan France (ISO 3166 alpha-2).
+ABUTTING_FRANCE = frozenset({"BE", "LU", "DE", "CH", "IT", "ES", "AD", "MC"})
+#: Europe/OTT deployments of at most this many DCs lie in countries abutting France
+#: (Sec. V-B: the 4- and 8-DC distributions "correspond to countries abutting France").
+ABUTTING_DCS = 8
+#: Europe/OTT site rules (docs/traces.md): ``abutting`` the paper's reading (the
+#: first 8 DCs in countries abutting France, then all of Europe); ``europe`` every
+#: candidate city, France included, from the first DC; ``europe-no-france`` the same
+#: without French cities.
+EUROPE_RULES = ("abutting", "europe", "europe-no-france")
 # Area grid: step (km) and the distance to a town under which a grid point
 # counts as land (a proxy for the coastline and borders, which we do not ship).
 _GRID_KM = 1.0
@@ -243,17 +253,23 @@ def _weighted_order(weights: F64, rng: np.random.Generator) -> I64:
     return out
 
 
-def dc_sites(use_case: str, n_dcs: int, lacs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def dc_sites(
+    use_case: str, n_dcs: int, lacs: pd.DataFrame, seed: int = 0, europe: str = "abutting"
+) -> pd.DataFrame:
     """DC sites drawn by population, at most one per LAC (France) or city (Europe).
 
     france_isp: the DC sits at the centre of a French LAC drawn with
-    probability ∝ LAC population; europe_ott: in a large European city
-    (France included) drawn ∝ city population. Nested: the n-DC set is
-    contained in the 2n-DC set for the same seed.
+    probability ∝ LAC population; europe_ott: in a large European city drawn
+    ∝ city population, among the cities the rule ``europe`` allows (one of
+    :data:`EUROPE_RULES`; ``abutting``: the first :data:`ABUTTING_DCS` in
+    countries abutting France, the next ones anywhere in Europe). Nested: the
+    n-DC set is contained in the 2n-DC set for the same seed and rule.
     Columns: name, lat, lon, lac (-1 for europe_ott).
     """
     if use_case not in USE_CASES:
         raise InputError("use_case", use_case, f"one of {', '.join(USE_CASES)}")
+    if europe not in EUROPE_RULES:
+        raise InputError("europe", europe, f"one of {', '.join(EUROPE_RULES)}")
     if isinstance(n_dcs, bool) or not isinstance(n_dcs, int | np.integer) or n_dcs < 1:
         raise InputError("n_dcs", n_dcs, "a positive integer (the paper uses 1..64)")
     rng = np.random.default_rng([int(seed), USE_CASES.index(use_case)])
@@ -265,10 +281,19 @@ def dc_sites(use_case: str, n_dcs: int, lacs: pd.DataFrame, seed: int = 0) -> pd
         lac_col = lacs["lac"].to_numpy(np.int64)
     else:
         cand = european_cities()
+        if europe == "europe-no-france":
+            cand = cand[cand["country"] != "FR"].reset_index(drop=True)
         lac_col = np.full(len(cand), -1, dtype=np.int64)
     if n_dcs > len(cand):
         raise InputError("n_dcs", n_dcs, f"at most {len(cand)} for {use_case}")
-    order = _weighted_order(cand["population"].to_numpy(np.float64), rng)[:n_dcs]
+    order = _weighted_order(cand["population"].to_numpy(np.float64), rng)
+    if use_case == "europe_ott" and europe == "abutting":
+        # The same weighted order, with the first ABUTTING_DCS taken among the cities of
+        # countries abutting France: sets stay nested.
+        near = cand["country"].isin(ABUTTING_FRANCE).to_numpy()[order]
+        head = order[near][:ABUTTING_DCS]
+        order = np.r_[head, order[~np.isin(order, head)]]
+    order = order[:n_dcs]
     return pd.DataFrame(
         {
             "name": cand["name"].to_numpy()[order].astype(str),

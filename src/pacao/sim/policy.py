@@ -6,8 +6,10 @@ The decisions are the controller's own: :func:`pacao.controller.policy.decide_en
 one criterion (rtt, weight 1) bounded by the SLA and the simulated time as
 ``now``:
 
-* step 1: candidates are the DC entry points a, the metric the RTT
-  user -> a -> VM with the VM where it is;
+* step 1: candidates are the DC entry points a; the SLA check is on the RTT
+  user -> a -> VM with the VM where it is, and the entries are ranked by
+  ``Params.entry_metric``: the user<->a RTT (``user-rloc``, the paper's eq. 3,
+  :data:`PAPER_PARAMS`) or the whole path (``path``);
 * step 2: candidates are the DCs d, the metric the RTT the user would get
   with the VM at d through d's best entry (step 1's choice for a VM at d).
 
@@ -58,6 +60,7 @@ PAPER_PARAMS = Params(
     migration_cost_weight=0.0,
     max_migrations_per_dc=UNCAPPED,
     max_migrations_total=UNCAPPED,
+    entry_metric="user-rloc",
 )
 
 
@@ -187,9 +190,11 @@ class Decisions:
         return max(1, CHUNK_VALUES // self.n_dcs)
 
     def _decide1(self, p: IntArray, a: IntArray, v: IntArray) -> IntArray:
-        """decide_entry on states (p, a, v): candidates a' at RTT(p, a') + RTT(a', v)."""
+        """decide_entry on states (p, a, v): candidates a' at RTT(p, a') + RTT(a', v),
+        ranked by that or by RTT(p, a') (the setting's entry metric)."""
         n = p.size
-        values = (self.user_dc[p] + self.dc_dc.T[v])[..., None]
+        ud = self.user_dc[p]
+        values = (ud + self.dc_dc.T[v])[..., None]
         dec = controller.decide_entry(
             NOW,
             values,
@@ -198,6 +203,7 @@ class Decisions:
             _sla(n, self.bound_ms),
             np.full(n, -np.inf),
             self.params,
+            sublink=ud[..., None],
         )
         out: IntArray = np.where(dec.sla_met, -1, np.where(dec.switch, dec.best, a))
         return out
@@ -275,6 +281,7 @@ def decision_tables(net: Network, bound_ms: float, params: Params = PAPER_PARAMS
         c = len(ud)
         # path[p, v, a] = RTT(p, a) + RTT(a, v): the candidates a of a user with its VM at v.
         path = ud[:, None, :] + net.dc_dc.T[None, :, :]
+        sub = np.broadcast_to(ud[:, None, :], path.shape)
         dec = controller.decide_entry(
             NOW,
             path.reshape(c * n_dc, n_dc, 1),
@@ -283,6 +290,7 @@ def decision_tables(net: Network, bound_ms: float, params: Params = PAPER_PARAMS
             _sla(c * n_dc, bound_ms),
             np.full(c * n_dc, -np.inf),
             params,
+            sublink=sub.reshape(c * n_dc, n_dc, 1),
         )
         best = dec.best.reshape(c, n_dc)
         entry[s : s + c] = best
@@ -300,11 +308,14 @@ def decision_tables(net: Network, bound_ms: float, params: Params = PAPER_PARAMS
         memo1=np.full(size, UNKNOWN, dtype=np.int16),
         memo2=np.full(size, UNKNOWN, dtype=np.int16),
     )
-    # Most visited states have the entry at the VM's DC (every user starts so, and under
-    # the paper's RTT model the best entry for a VM is its own DC): decide those in bulk
-    # now, so that the engine's first runs make few small controller calls.
+    # Most visited states have the entry at the VM's DC (after a migration; under the
+    # path metric the best entry for a VM is its own DC) or at the DC nearest the user
+    # (the legacy entry at the first position; Step 1's choice under the user-rloc
+    # metric): decide those in bulk now, so that the engine's first runs make few
+    # small controller calls. The memo is a cache: this changes no decision.
+    p = np.repeat(np.arange(n_pos, dtype=np.int64), n_dc)
     v = np.tile(np.arange(n_dc, dtype=np.int64), n_pos)
-    own = memo.key(np.repeat(np.arange(n_pos, dtype=np.int64), n_dc), v, v)
-    memo.step1(own)
-    memo.step2(own)
+    warm = np.r_[memo.key(p, v, v), memo.key(p, memo.nearest[p], v)]
+    memo.step1(warm)
+    memo.step2(warm)
     return memo

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from pacao.controller.policy import ENTRY_METRICS, Params
 from pacao.errors import InputError
+from pacao.sim.claims import compute_claims
 from pacao.sim.congestion import CongestionRun, dcs_table, users_table
 from pacao.sim.congestion import run_all as run_congestion
 from pacao.sim.engine import Outcome, Trajectories, legacy, prepare, schedule, simulate
+from pacao.sim.geography import EUROPE_RULES
+from pacao.sim.legacy import placement_table, reading
 from pacao.sim.network import throughput_mbps
-from pacao.sim.policy import Policy, Timing
+from pacao.sim.policy import PAPER_PARAMS, Policy, Timing
+from pacao.sim.sensitivity import run_sensitivity
 from pacao.sim.sweep import (
     Deployment,
     GridPoint,
@@ -84,8 +89,11 @@ class Inputs:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def synthetic_inputs(n_users: int, seed: int, dc_counts: tuple[int, ...] = DC_COUNTS) -> Inputs:
-    """Built-in LAC cells, synthetic traces and population-drawn DC sites (docs/traces.md)."""
+def synthetic_inputs(
+    n_users: int, seed: int, dc_counts: tuple[int, ...] = DC_COUNTS, europe: str = "abutting"
+) -> Inputs:
+    """Built-in LAC cells, synthetic traces and population-drawn DC sites (docs/traces.md);
+    ``europe`` is the Europe/OTT site rule (pacao.sim.geography.EUROPE_RULES)."""
     from pacao.sim.geography import build_lacs, dc_sites
     from pacao.sim.mobility import DEFAULT_PARAMS, generate_traces
     from pacao.sim.traces import trace_stats
@@ -95,14 +103,14 @@ def synthetic_inputs(n_users: int, seed: int, dc_counts: tuple[int, ...] = DC_CO
     frames = []
     for uc in USE_CASES:
         for n in dc_counts:
-            d = dc_sites(uc, n, lacs, seed=seed)
+            d = dc_sites(uc, n, lacs, seed=seed, europe=europe)
             frames.append(
                 d.assign(use_case=uc, n_dcs=n)[["use_case", "n_dcs", "name", "lat", "lon"]]
             )
     return Inputs(
         traces=traces,
         lacs=lacs,
-        dcs=pd.concat(frames, ignore_index=True),
+        dcs=unique_names(pd.concat(frames, ignore_index=True)),
         source=(
             f"synthetic traces (pacao.sim.mobility, seed {seed}, {n_users} users, "
             f"long-trip probability {DEFAULT_PARAMS.p_long_trip:g})"
@@ -112,7 +120,11 @@ def synthetic_inputs(n_users: int, seed: int, dc_counts: tuple[int, ...] = DC_CO
 
 
 def trace_inputs(
-    path: Path, lac_table: Path | None, seed: int, dc_counts: tuple[int, ...] = DC_COUNTS
+    path: Path,
+    lac_table: Path | None,
+    seed: int,
+    dc_counts: tuple[int, ...] = DC_COUNTS,
+    europe: str = "abutting",
 ) -> Inputs:
     """A user's own traces (format in docs/traces.md), read at LAC level like the paper.
 
@@ -131,7 +143,7 @@ def trace_inputs(
         lon=centre["lon"].reindex(traces["lac"]).to_numpy(),
     )
     frames = [
-        dc_sites(uc, n, lacs, seed=seed).assign(use_case=uc, n_dcs=n)[
+        dc_sites(uc, n, lacs, seed=seed, europe=europe).assign(use_case=uc, n_dcs=n)[
             ["use_case", "n_dcs", "name", "lat", "lon"]
         ]
         for uc in USE_CASES
@@ -140,10 +152,21 @@ def trace_inputs(
     return Inputs(
         traces=traces,
         lacs=cells,
-        dcs=pd.concat(frames, ignore_index=True),
+        dcs=unique_names(pd.concat(frames, ignore_index=True)),
         source=f"traces from {path} ({traces['user_id'].nunique()} users, at LAC centres)",
         stats=trace_stats(traces),
     )
+
+
+def unique_names(dcs: pd.DataFrame) -> pd.DataFrame:
+    """DC names unique within each deployment (two LACs may share a town name): later
+    duplicates get " #2", " #3", ... so that legacy_placement.parquet's names are keys."""
+    k = dcs.groupby(["use_case", "n_dcs", "name"], sort=False).cumcount().to_numpy()
+    if not k.any():
+        return dcs
+    names = dcs["name"].astype(str).to_numpy(dtype=object)
+    names[k > 0] = [f"{n} #{i + 1}" for n, i in zip(names[k > 0], k[k > 0], strict=True)]
+    return dcs.assign(name=names)
 
 
 @dataclass(frozen=True)
@@ -155,6 +178,19 @@ class Options:
     scheduler: str | None = None
     migration_s: float = 0.0
     workers: int | None = None
+    legacy: str = "home-entry-random-vm"
+    entry_metric: str = "user-rloc"
+    europe: str = "abutting"
+    sensitivity: bool = True
+
+    def settings(self) -> dict[str, str]:
+        """The readings of this run, recorded in summary.json and the report."""
+        return {"legacy": self.legacy, "entry_metric": self.entry_metric, "europe": self.europe}
+
+    @property
+    def params(self) -> Params:
+        """The controller's decision settings of this run (the paper's, entry metric set)."""
+        return replace(PAPER_PARAMS, entry_metric=self.entry_metric)
 
     @property
     def n_users(self) -> int:
@@ -173,6 +209,13 @@ class Options:
             raise InputError("migration time", self.migration_s, "seconds >= 0")
         if self.out.exists() and not self.out.is_dir():
             raise InputError("--out", str(self.out), "a directory (it is a file)")
+        reading(self.legacy)
+        if self.entry_metric not in ENTRY_METRICS:
+            raise InputError(
+                "--entry-metric", self.entry_metric, f"one of {', '.join(ENTRY_METRICS)}"
+            )
+        if self.europe not in EUROPE_RULES:
+            raise InputError("--europe", self.europe, f"one of {', '.join(EUROPE_RULES)}")
 
 
 @dataclass
@@ -231,10 +274,18 @@ class Stages:
             self.progress.console.print(f"{name}: {self.seconds[name]:.1f} s")
 
 
-def _deployments(tr: Trajectories, dcs: pd.DataFrame) -> list[Deployment]:
+def _deployments(tr: Trajectories, dcs: pd.DataFrame, opts: Options) -> list[Deployment]:
     out = []
     for (uc, n), g in dcs.groupby(["use_case", "n_dcs"], sort=False):
-        dep = deployment(tr, str(uc), g["lat"].to_numpy(np.float64), g["lon"].to_numpy(np.float64))
+        dep = deployment(
+            tr,
+            str(uc),
+            g["lat"].to_numpy(np.float64),
+            g["lon"].to_numpy(np.float64),
+            params=opts.params,
+            legacy=opts.legacy,
+            seed=opts.seed,
+        )
         if dep.n_dcs != int(n):
             raise InputError("dcs", f"{uc}/{n}", f"{n} rows for n_dcs={n} (found {dep.n_dcs})")
         out.append(dep)
@@ -260,13 +311,13 @@ def _headline(
     dec = dep.decisions["strict"]
     point = GridPoint(s1, s2, True, migration_s)
     sched = schedule(tr, point.timing())
-    outs: dict[str, Outcome] = {"legacy": legacy(tr, dep.net, dec)}
-    outs["pacao1"] = simulate(tr, sched, dep.net, dec, Policy.PACAO1)
-    outs["pacao2"] = simulate(tr, sched, dep.net, dec, Policy.PACAO2)
+    outs: dict[str, Outcome] = {"legacy": legacy(tr, dep.net, dep.start)}
+    outs["pacao1"] = simulate(tr, sched, dep.net, dec, Policy.PACAO1, dep.start)
+    outs["pacao2"] = simulate(tr, sched, dep.net, dec, Policy.PACAO2, dep.start)
     paper = Timing(*PAPER_SETTING, relative=False, migration_s=migration_s)
     psched = schedule(tr, paper)
     paper_setting = {
-        p.value: float(simulate(tr, psched, dep.net, dec, p).quantiles([0.5])[0])
+        p.value: float(simulate(tr, psched, dep.net, dec, p, dep.start).quantiles([0.5])[0])
         for p in (Policy.PACAO1, Policy.PACAO2)
     }
     return Headline(
@@ -298,7 +349,7 @@ def _write_headline(path: Path, traces: pd.DataFrame, h: Headline) -> None:
 
 def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = None) -> Path:
     """Run everything; returns the path of report.html."""
-    from pacao.report.figures import draw_all, draw_congestion
+    from pacao.report.figures import draw_all, draw_congestion, fig_sensitivity
     from pacao.report.html import write_report
 
     opts.validate()
@@ -313,7 +364,7 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
             client = stack.enter_context(dask_client(opts.scheduler, opts.workers))
         with stages.stage("traces and DC sites"):
             if inputs is None:
-                inputs = synthetic_inputs(opts.n_users, opts.seed)
+                inputs = synthetic_inputs(opts.n_users, opts.seed, europe=opts.europe)
             traces = inputs.traces[["user_id", "t", "lat", "lon", "lac"]]
             traces.to_parquet(out / "traces.parquet", index=False)
             inputs.dcs[["use_case", "n_dcs", "name", "lat", "lon"]].to_csv(
@@ -324,7 +375,8 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
                     raise InputError("dcs", uc, f"needs the {HEADLINE_DCS[uc]}-DC deployment")
         with stages.stage("RTT tables, bounds, decisions"):
             tr = prepare(traces)
-            deps = _deployments(tr, inputs.dcs)
+            deps = _deployments(tr, inputs.dcs, opts)
+            write_placement(out / "legacy_placement.parquet", tr, deps, inputs.dcs)
         data = SweepData(tr, deps)
         with stages.stage(
             f"sweep: {len(points)} (S', S'') points x {len(deps)} deployments x 3 bounds",
@@ -344,9 +396,31 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
             runs = run_congestion(tr, deps, adv)
             users_table(tr, runs).to_parquet(out / "results" / "congestion_users.parquet")
             dcs_table(runs, inputs.dcs).to_parquet(out / "results" / "congestion_dcs.parquet")
+        sens: pd.DataFrame | None = None
+        if opts.sensitivity:
+            with stages.stage(
+                "sensitivity (legacy readings, frozen users, sites, sessions)", 4
+            ) as adv:
+                sens = run_sensitivity(traces, tr, inputs, opts, heads, adv)
+                sens.to_parquet(out / "results" / "sensitivity.parquet", index=False)
         summary = {uc: heads[uc].summary() for uc in USE_CASES}
         full_summary: dict[str, Any] = dict(summary)
+        full_summary["settings"] = opts.settings()
         full_summary["congestion"] = congestion_summary(runs)
+        claims = compute_claims(
+            tr,
+            heads,
+            summary,
+            sweep,
+            deps,
+            runs,
+            inputs.dcs,
+            f"{tr.n_users:,} users" + (", --quick" if opts.quick else ""),
+        )
+        full_summary["claims"] = claims
+        full_summary["sensitivity"] = (
+            None if sens is None else json.loads(sens.to_json(orient="records"))
+        )
         (out / "summary.json").write_text(json.dumps(full_summary, indent=2) + "\n")
         settings = {
             uc: {
@@ -358,13 +432,16 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
                 "migration_s": opts.migration_s,
                 "switches": h.switches,
                 "migrations": h.migrations,
+                **opts.settings(),
             }
             for uc, h in heads.items()
         }
         (out / "results" / "headline.json").write_text(json.dumps(settings, indent=2) + "\n")
-        with stages.stage("figures and report", 7) as adv:
+        with stages.stage("figures and report", 8) as adv:
             figs = draw_all(out, inputs, tr, deps, sweep, heads, adv)
             figs.update(draw_congestion(out, runs, inputs.dcs, adv))
+            if sens is not None:
+                figs["sensitivity"] = fig_sensitivity(out / "fig_sensitivity.png", sens)
             report = write_report(
                 out,
                 inputs=inputs,
@@ -375,12 +452,26 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
                 heads=heads,
                 summary=summary,
                 congestion=runs,
+                claims=claims,
+                sensitivity=sens,
                 figures=figs,
                 stage_seconds=stages.seconds,
                 total_seconds=time.perf_counter() - t_start,
             )
             adv()
     return report
+
+
+def write_placement(
+    path: Path, tr: Trajectories, deps: list[Deployment], dcs: pd.DataFrame
+) -> None:
+    """legacy_placement.parquet: use_case, n_dcs, user_id, entry_dc, vm_dc for every
+    deployment (names as in dcs.csv), in deployment then user order."""
+    frames = []
+    for dep in deps:
+        d = dcs[(dcs.use_case == dep.use_case) & (dcs.n_dcs == dep.n_dcs)]
+        frames.append(placement_table(tr, dep.use_case, d["name"].astype(str).tolist(), dep.start))
+    pd.concat(frames, ignore_index=True).to_parquet(path, index=False)
 
 
 def congestion_summary(runs: list[CongestionRun]) -> dict[str, dict[str, Any]]:
@@ -494,6 +585,10 @@ def run_cli(
     traces: Path | None = None,
     lac_table: Path | None = None,
     testbed: bool = True,
+    legacy: str = "home-entry-random-vm",
+    entry_metric: str = "user-rloc",
+    europe: str = "abutting",
+    sensitivity: bool = True,
 ) -> None:
     """`pacao reproduce`: run, then print the headline table and the report's path.
 
@@ -510,8 +605,13 @@ def run_cli(
         seed=seed,
         scheduler=scheduler,
         migration_s=migration_seconds(vm_memory_gb, dc_gbps),
+        legacy=legacy,
+        entry_metric=entry_metric,
+        europe=europe,
+        sensitivity=sensitivity,
     )
-    inputs = None if traces is None else trace_inputs(traces, lac_table, seed)
+    opts.validate()
+    inputs = None if traces is None else trace_inputs(traces, lac_table, seed, europe=europe)
     report = reproduce(inputs, opts, Console(stderr=True))
     summary = json.loads((opts.out / "summary.json").read_text())
     console = Console()

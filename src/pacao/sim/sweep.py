@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pacao.controller.policy import Params
 from pacao.errors import InputError
-from pacao.sim.engine import Outcome, Trajectories, legacy, schedule, simulate
+from pacao.sim.engine import Outcome, Start, Trajectories, legacy, schedule, simulate
+from pacao.sim.legacy import legacy_start
 from pacao.sim.network import BOUND_QUANTILES, Network, build_network, latency_bounds
-from pacao.sim.policy import Decisions, Policy, Timing, decision_tables
+from pacao.sim.policy import PAPER_PARAMS, Decisions, Policy, Timing, decision_tables
 
 #: Seconds to wait for a remote Dask scheduler before giving up.
 CONNECT_TIMEOUT_S = 5
@@ -34,27 +36,39 @@ WINDOW_MBIT_MS = 163_840 * 8 / 1e6 * 1000
 
 @dataclass(frozen=True)
 class Deployment:
-    """One DC placement with its RTT tables, bounds and tabulated decisions."""
+    """One DC placement with its RTT tables, bounds, tabulated decisions and the
+    users' legacy placement (``start``: shared by every policy, bound and S'/S'')."""
 
     use_case: str
     n_dcs: int
     net: Network
     bounds: dict[str, float]
     decisions: dict[str, Decisions] = field(repr=False)
+    start: Start = field(repr=False)
 
 
 def deployment(
-    tr: Trajectories, use_case: str, dc_lat: np.ndarray, dc_lon: np.ndarray
+    tr: Trajectories,
+    use_case: str,
+    dc_lat: np.ndarray,
+    dc_lon: np.ndarray,
+    *,
+    params: Params = PAPER_PARAMS,
+    legacy: str = "home-entry-random-vm",
+    seed: int = 0,
+    bounds: Sequence[str] = tuple(BOUND_QUANTILES),
 ) -> Deployment:
-    """RTT tables, the three bounds and their decision tables for one DC set."""
+    """RTT tables, the bounds and their decision tables for one DC set, and the legacy
+    placement under the reading ``legacy`` (pacao.sim.legacy) drawn with ``seed``."""
     net = build_network(tr.pos_lat, tr.pos_lon, dc_lat, dc_lon)
-    bounds = latency_bounds(net, tr.pos_weight)
+    all_bounds = latency_bounds(net, tr.pos_weight)
     return Deployment(
         use_case=use_case,
         n_dcs=net.n_dcs,
         net=net,
-        bounds=bounds,
-        decisions={b: decision_tables(net, ms) for b, ms in bounds.items()},
+        bounds=all_bounds,
+        decisions={b: decision_tables(net, all_bounds[b], params) for b in bounds},
+        start=legacy_start(tr, net, legacy, seed, use_case),
     )
 
 
@@ -125,7 +139,7 @@ def run_point(data: SweepData, point: GridPoint) -> list[dict[str, object]]:
         for bound, dec in dep.decisions.items():
             policies = [Policy.PACAO1, Policy.PACAO2] if point.with_pacao1 else [Policy.PACAO2]
             for pol in policies:
-                out = simulate(data.traces, sched, dep.net, dec, pol)
+                out = simulate(data.traces, sched, dep.net, dec, pol, dep.start)
                 rows.append(stats_row(dep, bound, pol, point, out))
     return rows
 
@@ -134,8 +148,7 @@ def legacy_rows(data: SweepData) -> list[dict[str, object]]:
     """Legacy does not depend on S', S'' or the bound; one row per bound for joins."""
     rows = []
     for dep in data.deployments:
-        first = next(iter(dep.decisions.values()))
-        out = legacy(data.traces, dep.net, first)
+        out = legacy(data.traces, dep.net, dep.start)
         rows += [stats_row(dep, b, Policy.LEGACY, None, out) for b in BOUND_QUANTILES]
     return rows
 
