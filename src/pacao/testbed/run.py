@@ -356,6 +356,7 @@ def run_trial(
             raise runner.TestbedError(f"{trial.traffic} client: {meas['error']}")
         record["measure"] = meas
         record["loadavg_end"] = loadavg()
+        record["agent_counters"] = _agent_counters(plane)
         record["plans"] = plane.plans()
         record["cp_events"] = [
             {**e, "t_scenario": (float(e["t"]) - t0) / scale} for e in plane.events()
@@ -375,6 +376,22 @@ def run_trial(
         runner.down(state)
         phases["down"] = time.monotonic() - mark
     return record
+
+
+#: agent counters kept per trial: what touched each data plane and why
+AGENT_COUNTERS = (
+    "dataplane_push", "dataplane_push_unchanged", "change_priority_received", "smr_received",
+    "map_reply", "map_register_sent", "set_priorities",
+)  # fmt: skip
+
+
+def _agent_counters(plane: TestbedControlPlane) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for node in plane.xtrs:
+        with contextlib.suppress(OSError, ValueError, KeyError, InputError):
+            counters = plane.agent(node).get("counters", {})
+            out[node] = {k: int(counters.get(k, 0)) for k in AGENT_COUNTERS}
+    return out
 
 
 class _TcpSampler(threading.Thread):
