@@ -20,6 +20,7 @@ check the window actually in use, not the configuration written.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from pacao.errors import InputError
@@ -35,7 +36,7 @@ SYSCTLS: dict[str, dict[str, str]] = {
         "net.ipv4.tcp_rmem": f"4096 131072 {PAPER_WINDOW_BYTES}",
         "net.ipv4.tcp_wmem": f"4096 16384 {PAPER_WINDOW_BYTES}",
     },
-    "linux": {},
+    "linux": {},  # the host's own values (host_sysctls), copied into the namespace
 }
 #: congestion control of the traffic's sockets (TCP_CONGESTION, iperf3 -C): a netns may
 #: only default to the host's allowed ones, a root process may pick any loaded one.
@@ -54,16 +55,25 @@ def apply(state: runner.State, nodes: list[str], profile: str) -> dict[str, dict
     """Set the profile's sysctls in each node's namespace; returns what the kernel
     reads back per node (a namespace starts with the host's defaults)."""
     check_profile("tcp_profile", profile)
+    values = SYSCTLS[profile] or host_sysctls()
     seen: dict[str, dict[str, str]] = {}
     for node in nodes:
         ns = state.ns(node)
-        for key, value in SYSCTLS[profile].items():
+        for key, value in values.items():
             runner.sh("sysctl", "-qw", f"{key}={value}", ns=ns)
         seen[node] = {
             key: " ".join(runner.sh("sysctl", "-n", key, ns=ns).stdout.split())
             for key in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem", "net.ipv4.tcp_congestion_control")
         }
     return seen
+
+
+def host_sysctls() -> dict[str, str]:
+    """The buffer sysctls of the namespace we run in (the host's): the linux profile."""
+    return {
+        key: " ".join(Path("/proc/sys", *key.split(".")).read_text().split())
+        for key in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem")
+    }
 
 
 _FIELDS = ("snd_wnd", "rcv_space", "rcv_ssthresh", "cwnd", "mss", "bytes_acked", "bytes_received")
