@@ -298,6 +298,12 @@ def test_reproduce_links_testbed_or_says_why_not(
         report = (tmp_path / "report.html").read_text()
         assert report.index("Section IV: testbed") < report.index("</body>")
     assert 'href="testbed/report.html"' in report and "pacao1 +25% (paper +80%)" in report
+    quick = {"table1": {"paper": {"volume_gain": 0.8}, "time_scale": 0.05,
+                        "variants": {"rtt+400ms": {"pacao1_volume_gain": 0.25}}}}  # fmt: skip
+    link_testbed(tmp_path, quick)
+    report = (tmp_path / "report.html").read_text()
+    assert "pacao1 +25% (compressed run: not comparable with the paper)" in report
+    assert "(paper +80%)" not in report.split("Section IV: testbed")[-1]
 
 
 def test_sigterm_takes_every_testbed_down(tmp_path: Path, state_dir: Path) -> None:
