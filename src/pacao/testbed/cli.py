@@ -328,7 +328,11 @@ def set_priority(
 @app.command()
 def run(
     scenario: Annotated[
-        str, typer.Option(help="table1, table2 or an experiment YAML (docs/testbed.md).")
+        str,
+        typer.Option(
+            help="table1, table2, table2-overload, parallel or an experiment YAML "
+            "(docs/testbed.md)."
+        ),
     ],
     repeat: Annotated[int, typer.Option(help="Repetitions of every trial.")] = 1,
     time_scale: Annotated[

@@ -100,7 +100,9 @@ def resolve(name_or_file: str) -> Path:
         return shipped_path(name_or_file)
     path = Path(name_or_file)
     if not path.is_file():
-        raise InputError("--scenario", name_or_file, "table1, table2 or an experiment YAML file")
+        raise InputError(
+            "--scenario", name_or_file, f"{', '.join(SHIPPED)} or an experiment YAML file"
+        )
     return path
 
 
