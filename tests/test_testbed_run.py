@@ -211,7 +211,34 @@ def test_quick_table1_end_to_end(tmp_path: Path, state_dir: Path) -> None:
         assert legacy.get("plans") in (None, [])  # no controller in the legacy arm
     big = summary["variants"]["rtt+1000ms"]
     assert big["pacao1_mbps_stress"] > big["legacy_mbps_stress"]
+    # the paper TCP profile (the default of table1), as the VM's kernel reported it
+    assert summary["tcp_profile"] == "paper" and summary["comparable_with_paper"] is False
+    for p in raw.glob("*-download-*-r0.json"):
+        rec = json.loads(p.read_text())
+        assert rec["tcp_sysctls"]["vm"]["net.ipv4.tcp_rmem"].split()[-1] == "163840"
+        seen = rec["tcp_kernel"]
+        assert seen["samples"] > 0 and seen["cc"] == {"user": "cubic", "vm": "cubic"}, seen
+        assert 0 < seen["vm_snd_wnd_max"] <= 163_840, (p.name, seen)
+        # the user's data plane is set only when its map-cache entry changed: once when
+        # resolved, once per real switch (the switch's SMR-invoked reply repeats it)
+        user = rec["agent_counters"]["user-xtr"]
+        n_entry = len([e for e in rec["cp_events"]
+                       if e.get("kind") == "entry" and e.get("node") == "user-xtr"])  # fmt: skip
+        assert user["dataplane_push"] <= 1 + n_entry + user["change_priority_received"], user
+    _check_claims(summary, "table1")
     _no_leftovers(out, "table1", state_dir)
+
+
+def _check_claims(summary: dict[str, Any], name: str) -> None:
+    """Claims rows in the Section V shape; a compressed run says it is not comparable."""
+    rows = summary["claims"]
+    assert rows and len({r["id"] for r in rows}) == len(rows)
+    for r in rows:
+        assert set(r) == {"id", "claim", "paper", "ours", "holds"}, r
+        assert isinstance(r["holds"], bool)
+        assert r["ours"].startswith("[compressed x0.05"), r
+    prefix = f"{name}_gain_"
+    assert [r for r in rows if r["id"].startswith(prefix)]
 
 
 def test_quick_table2_end_to_end(tmp_path: Path, state_dir: Path) -> None:
@@ -234,6 +261,18 @@ def test_quick_table2_end_to_end(tmp_path: Path, state_dir: Path) -> None:
         p1 = json.loads((raw / f"table2-{traffic}-pacao1-r0.json").read_text())
         assert not [p for p in p1["plans"] if p["kind"] == "vm_migration"]
     assert "pacao1_volume_gain" in row and "pacao2_volume_gain" in row
+    assert summary["tcp_profile"] == "paper"
+    tcp = json.loads((raw / "table2-tcp-legacy-r0.json").read_text())
+    assert 0 < tcp["tcp_kernel"]["vm_snd_wnd_max"] <= 163_840, tcp["tcp_kernel"]
+    # the migrations follow the stated model: 16.0 s to LIP6, 26.9 s to Marilyn (the
+    # model's time, scaled back; the measured one adds the plumbing, x20 when compressed)
+    p2 = json.loads((raw / "table2-tcp-pacao2-r0.json").read_text())
+    for m in [e for e in p2["cp_events"] if e.get("kind") == "migration"]:
+        pair = tuple(sorted((m["src"], m["dst"])))
+        want = {("lip6-dc", "telco-dc"): 15.95, ("lip6-dc", "marilyn-dc"): 26.86}.get(pair)
+        if want is not None:
+            assert m["model_duration_s"] / p2["time_scale"] == pytest.approx(want, abs=0.05), m
+    _check_claims(summary, "table2")
     _no_leftovers(out, "table2", state_dir)
 
 
@@ -259,6 +298,12 @@ def test_reproduce_links_testbed_or_says_why_not(
         report = (tmp_path / "report.html").read_text()
         assert report.index("Section IV: testbed") < report.index("</body>")
     assert 'href="testbed/report.html"' in report and "pacao1 +25% (paper +80%)" in report
+    quick = {"table1": {"paper": {"volume_gain": 0.8}, "time_scale": 0.05,
+                        "variants": {"rtt+400ms": {"pacao1_volume_gain": 0.25}}}}  # fmt: skip
+    link_testbed(tmp_path, quick)
+    report = (tmp_path / "report.html").read_text()
+    assert "pacao1 +25% (compressed run: not comparable with the paper)" in report
+    assert "(paper +80%)" not in report.split("Section IV: testbed")[-1]
 
 
 def test_sigterm_takes_every_testbed_down(tmp_path: Path, state_dir: Path) -> None:

@@ -562,6 +562,8 @@ def link_testbed(out: Path, testbed: dict[str, Any]) -> None:
                 paper = s.get("paper", {})
                 ref = paper.get("volume_gain", paper.get("volume_gain_max"))
                 ref_txt = f" (paper {ref:+.0%})" if ref is not None else ""
+                if s.get("time_scale", 1) != 1:  # timers scaled, link delays not
+                    ref_txt = " (compressed run: not comparable with the paper)"
                 rows.append(f"<li>{html.escape(name)} {html.escape(v)}: {gains}{ref_txt}</li>")
         body = (
             '<p>Emulated Fig. 5 testbed, real packets: <a href="testbed/report.html">'

@@ -67,6 +67,9 @@ class Hook:
         self.xtr, self.node, self.dataplane, self.events = xtr, node, dataplane, events
         self.egress = egress or {}
         self.best: dict[str, str | None] = {}
+        #: what the data plane holds per prefix: a map-cache event that changes nothing
+        #: (a refresh, a repeated CHANGE-PRIORITY or SMR reply) must not touch it
+        self.pushed: dict[str, list[dict[str, Any]]] = {}
         self.egress_via: str | None = None
         self.errors = 0
 
@@ -78,6 +81,7 @@ class Hook:
             self.request({"op": "remove", "prefix": str(event.prefix.network)})
             self.note(str(event.prefix.network), None)
             del self.best[str(event.prefix.network)]
+            self.pushed.pop(str(event.prefix.network), None)
 
     def push(self, prefix: EidPrefix) -> None:
         entry = self.xtr.cache.table.get(prefix)
@@ -96,19 +100,26 @@ class Hook:
         if not locs:
             return
         text = str(prefix.network)
-        self.request({"op": "set", "prefix": text, "locators": locs})
+        if self.pushed.get(text) == locs:
+            self.xtr.stats["dataplane_push_unchanged"] += 1
+            return
+        if self.request({"op": "set", "prefix": text, "locators": locs}):
+            self.pushed[text] = locs
+            self.xtr.stats["dataplane_push"] += 1
         self.note(text, best_locator(locs))
 
-    def request(self, req: dict[str, Any]) -> None:
+    def request(self, req: dict[str, Any]) -> bool:
         try:
             reply = control_channel.request(self.dataplane, req, timeout=2.0)
         except (OSError, ValueError) as exc:
             self.errors += 1
             log.warning("data plane %s: %s", req.get("op"), exc)
-            return
+            return False
         if not reply.get("ok"):
             self.errors += 1
             log.warning("data plane refused %s: %s", req, reply.get("error"))
+            return False
+        return True
 
     def note(self, prefix: str, rloc: str | None) -> None:
         if self.best.get(prefix, "") == rloc:

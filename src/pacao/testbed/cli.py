@@ -328,7 +328,11 @@ def set_priority(
 @app.command()
 def run(
     scenario: Annotated[
-        str, typer.Option(help="table1, table2 or an experiment YAML (docs/testbed.md).")
+        str,
+        typer.Option(
+            help="table1, table2, table2-overload, parallel or an experiment YAML "
+            "(docs/testbed.md)."
+        ),
     ],
     repeat: Annotated[int, typer.Option(help="Repetitions of every trial.")] = 1,
     time_scale: Annotated[
@@ -352,6 +356,13 @@ def run(
         str | None, typer.Option(help="Comma-separated variants (default: all).")
     ] = None,
     parallel: Annotated[int, typer.Option(help="Trials (testbeds) run side by side.")] = 1,
+    tcp_profile: Annotated[
+        str | None,
+        typer.Option(
+            help="TCP host profile of the user and the VM: paper (163,840 B buffers) or "
+            "linux (autotuning); default: the experiment's tcp_profile key."
+        ),
+    ] = None,
 ) -> None:
     """Run an experiment: per repetition, variant, traffic and arm, up -> traffic -> down."""
     import signal
@@ -370,6 +381,7 @@ def run(
         arms=tuple(a.strip() for a in arms.split(",")) if arms else None,
         variants=tuple(v.strip() for v in variants.split(",")) if variants else None,
         parallel=parallel,
+        tcp_profile=tcp_profile,
     )
     stop = threading.Event()
 

@@ -373,10 +373,12 @@ class TestbedControlPlane:
             sh("ip", "link", "set", ib, "up", ns=st.ns(x))
             sh("ip", "route", "add", f"{MAP_SERVER}/32", "via", str(c.ip), ns=st.ns(x))
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 90.0) -> None:
         """Start map-server, agents (and controller); returns once every data plane follows
         its agent (each xTR's map-cache holds the topology's remote mappings, resolved
-        through the map-server). Processes are recorded by PID in the run state."""
+        through the map-server). Processes are recorded by PID in the run state. The
+        timeout is generous: at a load average of 30 the controller once took over 30 s
+        to import and listen."""
         st = self.state
         self.workdir.mkdir(parents=True, exist_ok=True)
         # A fresh control plane: no controller state, plans or registrations of an earlier

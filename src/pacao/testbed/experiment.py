@@ -21,6 +21,7 @@ import yaml
 from pacao.errors import InputError
 from pacao.optimize.io import parse_yaml
 from pacao.testbed.scenario import Scenario, scenario_from_dict
+from pacao.testbed.tcpprofile import DEFAULT_PROFILE, check_profile
 from pacao.testbed.topology import (
     Topology,
     default_topology_path,
@@ -36,15 +37,21 @@ ARM_LABELS = {
     "pacao2": "PACAO-2 (switching + VM migration)",
 }
 TRAFFIC = ("download", "tcp", "udp")
-SHIPPED = {"table1": "testbed-run-table1.yaml", "table2": "testbed-run-table2.yaml"}
+SHIPPED = {
+    "table1": "testbed-run-table1.yaml",
+    "table2": "testbed-run-table2.yaml",
+    "table2-overload": "testbed-run-table2-overload.yaml",
+    "parallel": "testbed-run-parallel.yaml",
+}
 TOP_KEYS = {
     "name", "title", "topology", "duration", "arms", "timers", "traffic", "udp",
     "download_mb", "windows", "variants", "paper", "controller", "migration", "mappings",
+    "tcp_profile",
 }  # fmt: skip
 CONTROLLER_KEYS = {"rtt_max_ms", "switch_method", "policy_overrides"}
 MIGRATION_KEYS = {
     "memory_mib", "dirty_rate_mbps", "max_downtime_ms", "max_rounds", "switchover_ms",
-    "default_bandwidth_mbps", "bandwidth_mbps",
+    "default_bandwidth_mbps", "bandwidth_mbps", "path_bandwidth_mbps",
 }  # fmt: skip
 
 
@@ -77,6 +84,8 @@ class Experiment:
     paper: dict[str, Any] = field(default_factory=dict)
     controller: dict[str, Any] = field(default_factory=dict)
     migration: dict[str, Any] = field(default_factory=dict)
+    #: TCP host profile of the user and the VM (pacao.testbed.tcpprofile)
+    tcp_profile: str = "paper"
     #: the topology document when the experiment overrides its mappings (written to a
     #: file in the run folder: the runner and the migration code read topology files)
     topology_doc: dict[str, Any] | None = None
@@ -92,7 +101,9 @@ def resolve(name_or_file: str) -> Path:
         return shipped_path(name_or_file)
     path = Path(name_or_file)
     if not path.is_file():
-        raise InputError("--scenario", name_or_file, "table1, table2 or an experiment YAML file")
+        raise InputError(
+            "--scenario", name_or_file, f"{', '.join(SHIPPED)} or an experiment YAML file"
+        )
     return path
 
 
@@ -219,10 +230,22 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
     if not isinstance(migration, dict) or set(migration) - MIGRATION_KEYS:
         raise InputError("migration", migration, f"a mapping of {sorted(MIGRATION_KEYS)}")
     for key, value in migration.items():
+        if key == "path_bandwidth_mbps":
+            if not isinstance(value, dict):
+                raise InputError(f"migration.{key}", value, "a mapping 'dcA,dcB': Mbit/s")
+            for pair, mbps in value.items():
+                ends = str(pair).split(",")
+                if len(ends) != 2 or any(
+                    e not in topo.nodes or topo.nodes[e].role != "dc" for e in ends
+                ):
+                    raise InputError(f"migration.{key}", pair, "'dcA,dcB': two dc nodes")
+                _num(f"migration.{key}.{pair}", mbps, 0.001, 1e9)
+            continue
         _num(f"migration.{key}", value, 0, 1e9)
     paper = doc.get("paper", {})
     if not isinstance(paper, dict):
         raise InputError("paper", paper, "a mapping of reference figures")
+    tcp_profile = check_profile("tcp_profile", doc.get("tcp_profile", DEFAULT_PROFILE))
     return Experiment(
         name=str(doc.get("name", path.stem)),
         title=str(doc.get("title", doc.get("name", path.stem))),
@@ -243,4 +266,5 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
         controller=controller,
         migration=migration,
         topology_doc=topology_doc,
+        tcp_profile=tcp_profile,
     )

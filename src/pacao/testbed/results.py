@@ -167,6 +167,10 @@ def summarize(meta: dict[str, Any], recs: list[dict[str, Any]]) -> dict[str, Any
     out: dict[str, Any] = {
         "title": meta["title"],
         "time_scale": meta["time_scale"],
+        "comparable_with_paper": meta["time_scale"] == 1,
+        "tcp_profile": meta.get("tcp_profile", "linux"),
+        "parallel": meta.get("parallel"),
+        "loadavg_end": meta.get("loadavg_end"),
         "repeat": meta["repeat"],
         "duration_s": meta["duration_s"],
         "real_seconds_per_trial": meta["duration_s"] * meta["time_scale"],
@@ -418,6 +422,14 @@ def load_all(out: Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]
     return found
 
 
+def loadavg() -> str:
+    """The machine's load average (1, 5, 15 min): measurements under load differ."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def experiment_meta(exp: Experiment, opts: RunOptions, wall_s: float) -> dict[str, Any]:
     return {
         "name": exp.name,
@@ -431,6 +443,9 @@ def experiment_meta(exp: Experiment, opts: RunOptions, wall_s: float) -> dict[st
         "time_scale": opts.time_scale,
         "repeat": opts.repeat,
         "vm": opts.vm,
+        "tcp_profile": exp.tcp_profile,
+        "parallel": opts.parallel,
+        "loadavg_end": loadavg(),
         "windows": {k: list(v) for k, v in exp.windows.items()},
         "variant_order": [v.name for v in exp.variants],
         "paper": exp.paper,
@@ -465,6 +480,7 @@ def rebuild(out: Path) -> dict[str, Any]:
             summary[name] = {"failed_trials": failed}
             continue
         summary[name] = summarize(meta, recs)
+        summary[name]["claims"] = claims(meta, recs, summary[name])
         summary[name]["failed_trials"] = failed
         write_csv(out / f"{name}_intervals.csv", recs)
         figs[name] = figures(out, meta, recs)
@@ -517,9 +533,20 @@ def write_report(
             f"{meta['time_scale']:g} ({meta['duration_s'] * meta['time_scale']:g} s of traffic "
             f"per {meta['duration_s']:g}-s trial; controller timers scaled, link delays not), "
             f"S' = {meta['s1']:g} s, S'' = {meta['s2']:g} s, probes every {meta['probe_s']:g} s "
-            f"(scenario time), VM backend {_e(meta['vm'])}, wall time {meta['wall_s']:.0f} s."
+            f"(scenario time), VM backend {_e(meta['vm'])}, TCP host profile "
+            f"{_e(meta.get('tcp_profile', 'linux'))}, {_e(meta.get('parallel', '?'))} trial(s) "
+            f"side by side, load average at the end {_e(meta.get('loadavg_end', '?'))} "
+            f"(measurements under load are not comparable), wall time {meta['wall_s']:.0f} s."
             "</p>"
         )
+        comparable = meta["time_scale"] == 1
+        if not comparable:
+            parts.append(
+                "<p class=note><b>Compressed run: not comparable with the paper.</b> The "
+                "controller's timers are scaled, the link delays are not, so TCP and the "
+                "controller see a different experiment; the paper's figures are not shown "
+                "beside these.</p>"
+            )
         arms = list(dict.fromkeys(r["arm"] for r in recs))
         paper = meta.get("paper", {})
         rows = []
@@ -530,10 +557,11 @@ def write_report(
             for arm in arms[1:]:
                 cells.append(_fmt(row.get(f"{arm}_volume_gain"), "pct"))
             ref = paper.get("volume_gain", paper.get("volume_gain_max"))
-            cells.append(_fmt(ref, "pct") if ref is not None else "")
+            if comparable:
+                cells.append(_fmt(ref, "pct") if ref is not None else "")
             rows.append(cells)
         head = ["variant", *[f"{a} median MB" for a in arms], *[f"{a} gain" for a in arms[1:]],
-                "paper gain"]  # fmt: skip
+                *(["paper gain"] if comparable else [])]  # fmt: skip
         parts.append(_table(head, rows))
         trows = []
         for v, row in s["variants"].items():
@@ -581,11 +609,18 @@ def write_report(
             uhead = ["variant", "arm", "UDP loss % (median)", "loss % during migration",
                      "jitter ms (median)"]  # fmt: skip
             parts.append(_table(uhead, udp_rows))
-            if "udp_loss_median_pct" in paper:
+            if "udp_loss_median_pct" in paper and comparable:
                 parts.append(
                     f"<p class=note>Paper: median {paper['udp_loss_median_pct']} % loss "
                     "during migration (Fig. 10).</p>"
                 )
+        if s.get("claims"):
+            parts.append("<h3>The paper's claims, checked on this run</h3>")
+            parts.append(_table(
+                ["claim", "paper", "ours", "holds"],
+                [[_e(c["claim"]), _e(c["paper"]), _e(c["ours"]),
+                  "holds" if c["holds"] else "<b>fails</b>"] for c in s["claims"]],
+            ))  # fmt: skip
         for fail in s.get("failed_trials", []):
             parts.append(f"<p><b>failed trial</b> {_e(fail['trial'])}: {_e(fail['error'])}</p>")
         for f in figs.get(name, {}).values():
@@ -601,3 +636,237 @@ def write_report(
         f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
     )
     return path
+
+
+# ---------------------------------------------------------------------------------------
+# The paper's Section IV claims, checked on a run's raw records (docs/testbed.md, "Claims")
+
+#: a gain "holds" when it reaches at least this share of the paper's
+GAIN_SHARE = 0.5
+#: PACAO-1 is "heavily affected" when its Mbit/s after the first stress is at most this
+#: share of PACAO-2's
+AFFECTED_SHARE = 0.8
+#: an arm has "recovered" once a 3-interval mean reaches this share of its own rate
+#: before the stress
+RECOVERED_SHARE = 0.5
+#: the PACAO-1/PACAO-2 lapse compares the times each arm is back to this share
+LAPSE_SHARE = 0.8
+#: the paper's "median of 4 %" UDP loss holds within a factor of 2
+LOSS_RANGE = (2.0, 8.0)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f} %"
+
+
+def recovery_s(
+    rec: dict[str, Any], stress: float, before: tuple[float, float], share: float | None = None
+) -> float | None:
+    """Scenario time the rate came back after ``stress``: the end of the first 3-interval
+    window whose mean Mbit/s is at ``share`` (default RECOVERED_SHARE) of the trial's own
+    mean in ``before``, after it first fell below it (None: never back; ``stress``:
+    never fell)."""
+    share = RECOVERED_SHARE if share is None else share
+    t, mbps = mbps_series(rec)
+    ref = window_mbps(rec, *before)
+    if not np.isfinite(ref) or ref <= 0:
+        return None
+    sel = t >= stress
+    ts, ms = t[sel], mbps[sel]
+    fell = False
+    for i in range(len(ms) - 2):
+        low = ms[i : i + 3].mean() < share * ref
+        if low:
+            fell = True
+        elif fell:
+            return float(ts[i + 2])  # when the third interval of the window is in
+    return None if fell else stress
+
+
+def _stress_times(recs: list[dict[str, Any]]) -> list[float]:
+    """Times of the user-side stresses (link events adding delay on an inet-* link)."""
+    for r in recs:
+        ts = sorted({
+            float(e["at"]) for e in r.get("events_applied", [])
+            if str(e.get("link", "")).startswith("inet-") and float(e["at"]) > 0
+        })  # fmt: skip
+        if ts:
+            return ts
+    return []
+
+
+def _less(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and a < b
+
+
+def _iqr(xs: list[float]) -> float | None:
+    if len(xs) < 4:
+        return None
+    q1, q3 = np.percentile(xs, [25, 75])
+    return float(q3 - q1)
+
+
+def claims(
+    meta: dict[str, Any], recs: list[dict[str, Any]], s: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Rows {id, claim, paper, ours, holds} for Table I (``paper.volume_gain``) or Table II
+    (``paper.volume_gain_max``) experiments; every value from the records."""
+    paper = meta.get("paper", {})
+    scale = float(meta["time_scale"])
+    tag = (
+        ""
+        if scale == 1
+        else (
+            f"[compressed x{scale:g}: timers scaled, link delays not; NOT comparable with the "
+            "paper] "
+        )
+    )
+    out: list[dict[str, Any]] = []
+
+    def add(cid: str, claim: str, ref: str, ours: str, holds: bool) -> None:
+        out.append({"id": cid, "claim": claim, "paper": ref, "ours": tag + ours,
+                    "holds": bool(holds)})  # fmt: skip
+
+    windows = {k: tuple(v) for k, v in meta.get("windows", {}).items()}
+    ok = [r for r in recs if "error" not in r]
+    if "volume_gain" in paper:  # Table I
+        ref_gain = float(paper["volume_gain"])
+        s1 = float(meta["s1"])
+        sds: list[tuple[str, float, float]] = []
+        for v, row in s["variants"].items():
+            gain = row.get("pacao1_volume_gain")
+            n_l = len(row.get("legacy_volumes_mb", []))
+            n_p = len(row.get("pacao1_volumes_mb", []))
+            rate = row.get("pacao1_download_rate_gain")
+            used = rate if rate is not None else gain
+            what = (
+                "mean download-rate gain (both arms finished)"
+                if rate is not None
+                else ("median volume gain")
+            )
+            add(
+                f"table1_gain_{v}",
+                f"PACAO-1 improves the download ({v})",
+                f"{ref_gain:+.0%} download rate (Fig. 7)",
+                f"{_pct(used)} {what}; {n_l} legacy / {n_p} PACAO-1 trials",
+                used is not None and used >= GAIN_SHARE * ref_gain,
+            )
+            vr = [r for r in ok if r["variant"] == v]
+            stress = _stress_times(vr)
+            p1 = [r for r in vr if r["arm"] == "pacao1"]
+            if stress and p1 and "before" in windows:
+                t0 = stress[0]
+                # one-way delay of the stressed link = half the stressed path's RTT
+                extra = [float(e.get("delay_ms", 0)) for r in p1[:1]
+                         for e in r.get("events_applied", []) if float(e["at"]) == t0]  # fmt: skip
+                rtt_half = (max(extra) if extra else 0.0) / 1000.0
+                firsts = []
+                for r in p1:
+                    es = [e["t_scenario"] - t0 for e in entry_switches(r) if e["t_scenario"] >= t0]
+                    if es:
+                        firsts.append(min(es))
+                recs_t = [recovery_s(r, t0, windows["before"]) for r in p1]
+                rec_ok = [x - t0 for x in recs_t if x is not None]
+                sw_med, rec_med = _median(firsts), _median(rec_ok)
+                add(
+                    f"table1_restore_{v}",
+                    "the bandwidth is quickly restored: the switch takes S' plus half an RTT",
+                    f"switch {s1 + rtt_half:.1f} s after the stress (S' = {s1:g} s + RTT/2)",
+                    f"switch at the user's xTR {_fmt(sw_med)} s after the stress, rate back to "
+                    f"{RECOVERED_SHARE:.0%} of its pre-stress mean after {_fmt(rec_med)} s "
+                    f"(medians of {len(firsts)}/{len(rec_ok)} of {len(p1)} trials)",
+                    sw_med is not None
+                    and rec_med is not None
+                    and sw_med <= 2 * s1 + rtt_half
+                    and len(firsts) == len(p1),
+                )
+            vl = row.get("legacy_volumes_mb", [])
+            vp = row.get("pacao1_volumes_mb", [])
+            if len(vl) >= 2 and len(vp) >= 2:
+                sds.append((v, float(np.std(vl, ddof=1)), float(np.std(vp, ddof=1))))
+        add(
+            "table1_variance",
+            "the variance is lower with PACAO-1",
+            "lower spread of the volume with PACAO-1 (Fig. 7)",
+            "; ".join(f"{v}: sd legacy {a:.1f} MB, PACAO-1 {b:.1f} MB" for v, a, b in sds)
+            or "not measurable: fewer than 2 trials per arm",
+            bool(sds) and all(b < a for _, a, b in sds),
+        )
+    if "volume_gain_max" in paper:  # Table II
+        ref = float(paper["volume_gain_max"])
+        for v, row in s["variants"].items():
+            gain = row.get("pacao2_volume_gain")
+            n = len(row.get("pacao2_volumes_mb", []))
+            add(
+                f"table2_gain_{v}",
+                "PACAO-2 (switching + migration) improves the TCP volume",
+                f"up to {ref:+.0%} (Fig. 9)",
+                f"{_pct(gain)} median volume gain over legacy ({n} PACAO-2 trials)",
+                gain is not None and gain >= GAIN_SHARE * ref,
+            )
+            wname = "first-stress"
+            p1 = row.get(f"pacao1_mbps_{wname}")
+            p2 = row.get(f"pacao2_mbps_{wname}")
+            lg = row.get(f"legacy_mbps_{wname}")
+            add(
+                f"table2_pacao1_affected_{v}",
+                "PACAO-1 is heavily affected by the overloaded inter-DC links",
+                "PACAO-1 well below PACAO-2 after the switch (Fig. 8)",
+                f"{wname} window: PACAO-1 {_fmt(p1)}, PACAO-2 {_fmt(p2)}, legacy {_fmt(lg)} "
+                "Mbit/s (medians)",
+                p1 is not None and p2 is not None and p1 <= AFFECTED_SHARE * p2,
+            )
+            vr = [r for r in ok if r["variant"] == v and r["traffic"] == "tcp"]
+            stress = _stress_times(vr)
+            if stress and "before" in windows:
+                t0 = stress[0]
+                end = stress[1] if len(stress) > 1 else float(meta["duration_s"])
+                rec = {}
+                for arm in ("pacao1", "pacao2"):
+                    ts = [recovery_s(r, t0, windows["before"], LAPSE_SHARE)
+                          for r in vr if r["arm"] == arm]  # fmt: skip
+                    rec[arm] = _median([x for x in ts if x is not None and x < end])
+                migs = [m["duration_s"] for m in row.get("pacao2_migrations", [])
+                        if t0 <= m["t_s"] < end]  # fmt: skip
+                mig = _median(migs)
+                lapse = (
+                    rec["pacao2"] - rec["pacao1"]
+                    if rec["pacao1"] is not None and rec["pacao2"] is not None
+                    else None
+                )
+                add(
+                    f"table2_lapse_{v}",
+                    "the lapse between the PACAO-1 and PACAO-2 recoveries is the migration time",
+                    "a few seconds: the migration's duration (16 s to LIP6, Table II)",
+                    f"back to {LAPSE_SHARE:.0%} of the pre-stress rate at {_fmt(rec['pacao1'])}"
+                    f" s (PACAO-1) and {_fmt(rec['pacao2'])} s (PACAO-2): lapse {_fmt(lapse)} s;"
+                    f" first migration {_fmt(mig)} s",
+                    lapse is not None
+                    and mig is not None
+                    and abs(lapse - mig) <= max(5.0, 0.3 * mig),
+                )
+            loss_in = row.get("pacao2_udp_loss_during_migration_pct_median")
+            loss_all = row.get("pacao2_udp_loss_pct_median")
+            add(
+                f"table2_udp_loss_{v}",
+                "median UDP loss of about 4 % with PACAO-2",
+                f"median {paper.get('udp_loss_median_pct', 4)} % (Fig. 10; our reading: "
+                "inside the migrations)",
+                f"PACAO-2: {_fmt(loss_in)} % inside migrations, {_fmt(loss_all)} % over the "
+                "whole trial (medians)",
+                loss_in is not None and LOSS_RANGE[0] <= loss_in <= LOSS_RANGE[1],
+            )
+            iqr: dict[str, float | None] = {}
+            for arm in ("legacy", "pacao1", "pacao2"):
+                jit = [i["jitter_ms"] for r in ok if r["variant"] == v and r["arm"] == arm
+                       and r["traffic"] == "udp" for i in r["measure"]["intervals"]]  # fmt: skip
+                iqr[arm] = _iqr(jit)
+            add(
+                f"table2_jitter_{v}",
+                "PACAO arms are less dispersed in jitter than legacy",
+                "lower dispersion around the median for PACAO-1 and PACAO-2 (Fig. 11)",
+                "IQR of the per-interval jitter: "
+                + ", ".join(f"{a} {_fmt(x)} ms" for a, x in iqr.items()),
+                _less(iqr["pacao1"], iqr["legacy"]) and _less(iqr["pacao2"], iqr["legacy"]),
+            )
+    return out

@@ -31,12 +31,13 @@ from typing import Any
 import yaml
 
 from pacao.errors import InputError
-from pacao.testbed import runner, traffic
+from pacao.testbed import runner, tcpprofile, traffic
 from pacao.testbed.controlplane import ControllerSettings, MigrationModel, TestbedControlPlane
 from pacao.testbed.experiment import ARMS, Experiment, Variant, load_experiment, resolve
 from pacao.testbed.guest import STREAM_PATH
 from pacao.testbed.migration import migrate_vm
 from pacao.testbed.scenario import Event, play
+from pacao.testbed.tcpprofile import check_profile
 from pacao.testbed.topology import site_xtr
 
 #: The one place of the quick (compressed) settings: `make test`, `reproduce --quick`.
@@ -70,6 +71,8 @@ class RunOptions:
     variants: tuple[str, ...] | None = None
     parallel: int = 1
     probe_s: float = PROBE_S
+    #: overrides the experiment's tcp_profile (pacao.testbed.tcpprofile)
+    tcp_profile: str | None = None
 
     def validate(self) -> None:
         if isinstance(self.repeat, bool) or self.repeat < 1:
@@ -82,6 +85,8 @@ class RunOptions:
             raise InputError("--arms", ",".join(self.arms), f"a list of {', '.join(ARMS)}")
         if self.parallel < 1:
             raise InputError("--parallel", self.parallel, "a number of concurrent trials >= 1")
+        if self.tcp_profile is not None:
+            check_profile("--tcp-profile", self.tcp_profile)
         if self.out.exists() and not self.out.is_dir():
             raise InputError("--out", str(self.out), "a directory (it is a file)")
 
@@ -199,12 +204,16 @@ def run_trial(
         "probe_s": opts.probe_s,
         "interval_s": ival,
         "vm_backend": opts.vm,
+        "tcp_profile": exp.tcp_profile,
         "user_xtr": site_xtr(topo, user),
         "vm_prefix": next(
             (str(m.prefix) for m in topo.mappings if vm_eid.ip in m.prefix), str(vm_eid.network)
         ),
     }
     runner.check_system()
+    from pacao.testbed.results import loadavg
+
+    record["loadavg_start"] = loadavg()
     state = runner.new_state(exp.topology_path)
     record["run_id"] = state.runid
     plane: TestbedControlPlane | None = None
@@ -213,6 +222,9 @@ def run_trial(
     mark = time.monotonic()
     try:
         runner.up(topo, exp.topology_path, state)
+        # the guest of --vm qemu keeps its own kernel's defaults: only the user's side then
+        hosts = [user] if opts.vm == "qemu" else [user, vm]
+        record["tcp_sysctls"] = tcpprofile.apply(state, hosts, exp.tcp_profile)
         phases["up"] = time.monotonic() - mark
         if stop.is_set():
             raise Interrupted("stopped")
@@ -220,6 +232,8 @@ def run_trial(
         plane = start_control_plane(exp, state, trial.arm, opts, state.rundir / "cp")
         phases["control_plane"] = time.monotonic() - mark
         mark = time.monotonic()
+        cc = tcpprofile.CONGESTION[exp.tcp_profile]
+        record["tcp_congestion"] = cc or "host default"
         if trial.traffic == "download":
             out = state.rundir / "fetch.json"
             client_cmd = [
@@ -227,6 +241,8 @@ def run_trial(
                 "--duration", f"{real_duration + LEAD_S:.3f}",
                 "--interval", f"{ival:.3f}", "--out", str(out),
             ]  # fmt: skip
+            if cc:
+                client_cmd += ["--congestion", cc]
             if opts.vm == "qemu":  # the guest's busybox httpd generates the file (CGI)
                 client_cmd += ["--port", str(GUEST_HTTP_PORT),
                                "--path", f"{STREAM_PATH}?{exp.download_bytes}"]  # fmt: skip
@@ -235,7 +251,13 @@ def run_trial(
                 srv = runner.spawn(
                     state,
                     "srv-download",
-                    [*traffic.python_cmd(), "serve", "--size", str(exp.download_bytes)],
+                    [
+                        *traffic.python_cmd(),
+                        "serve",
+                        "--size",
+                        str(exp.download_bytes),
+                        *(["--congestion", cc] if cc else []),
+                    ],
                     ns=state.ns(vm),
                 )
                 runner.wait_ready(state, srv, "srv-download")
@@ -256,6 +278,7 @@ def run_trial(
                 interval=ival,
                 udp_rate=f"{exp.udp_rate_bps}",
                 udp_length=exp.udp_length,
+                congestion=cc,
             )
         launched = time.time()
         client = runner.spawn(state, "client", client_cmd, ns=state.ns(user))
@@ -289,7 +312,14 @@ def run_trial(
             applied.append({"t": (time.time() - t0) / scale, "at": event.at,
                             "link": event.target, **event.args})  # fmt: skip
 
-        play(trial.variant.scenario, apply, scale, sleep=sleep)
+        sampler = _TcpSampler(state, user, vm if opts.vm == "namespace" else None, trial.traffic)
+        sampler.start()
+        try:
+            play(trial.variant.scenario, apply, scale, sleep=sleep)
+        finally:
+            sampler.stop.set()
+            sampler.join(timeout=10.0)
+        record["tcp_kernel"] = sampler.summary()
         _wait_proc(client, timeout=30.0 + 3 * LEAD_S, stop=stop)
         for th in scripted:
             th.join(timeout=900.0)
@@ -325,6 +355,8 @@ def run_trial(
         if meas.get("error"):
             raise runner.TestbedError(f"{trial.traffic} client: {meas['error']}")
         record["measure"] = meas
+        record["loadavg_end"] = loadavg()
+        record["agent_counters"] = _agent_counters(plane)
         record["plans"] = plane.plans()
         record["cp_events"] = [
             {**e, "t_scenario": (float(e["t"]) - t0) / scale} for e in plane.events()
@@ -344,6 +376,58 @@ def run_trial(
         runner.down(state)
         phases["down"] = time.monotonic() - mark
     return record
+
+
+#: agent counters kept per trial: what touched each data plane and why
+AGENT_COUNTERS = (
+    "dataplane_push", "dataplane_push_unchanged", "change_priority_received", "smr_received",
+    "map_reply", "map_register_sent", "set_priorities",
+)  # fmt: skip
+
+
+def _agent_counters(plane: TestbedControlPlane) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for node in plane.xtrs:
+        with contextlib.suppress(OSError, ValueError, KeyError, InputError):
+            counters = plane.agent(node).get("counters", {})
+            out[node] = {k: int(counters.get(k, 0)) for k in AGENT_COUNTERS}
+    return out
+
+
+class _TcpSampler(threading.Thread):
+    """Reads ``ss -tin`` in the user's and the VM's namespaces every second during a
+    TCP trial: the windows the kernel actually used (the profile's check)."""
+
+    def __init__(self, state: runner.State, user: str, vm: str | None, kind: str) -> None:
+        super().__init__(daemon=True)
+        self.state, self.user, self.vm, self.kind = state, user, vm, kind
+        self.stop = threading.Event()
+        self.samples = 0
+        self.peak: dict[str, int] = {}
+        self.cc: dict[str, str] = {}
+
+    def run(self) -> None:
+        if self.kind == "udp":
+            return
+        port = traffic.DOWNLOAD_PORT if self.kind == "download" else traffic.IPERF_PORT
+        while not self.stop.wait(1.0):
+            for role, node in (("user", self.user), ("vm", self.vm)):
+                if node is None:
+                    continue
+                with contextlib.suppress(runner.TestbedError, OSError):
+                    for c in tcpprofile.ss_tcp(self.state, node, port):
+                        if c.get("bytes_acked", 0) + c.get("bytes_received", 0) < 1_000_000:
+                            continue  # iperf3's control connection
+                        if "cc" in c:
+                            self.cc[role] = str(c["cc"])
+                        for k in ("snd_wnd", "rcv_space", "cwnd", "mss"):
+                            if k in c:
+                                key = f"{role}_{k}_max"
+                                self.peak[key] = max(self.peak.get(key, 0), int(c[k]))
+                        self.samples += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {"samples": self.samples, "cc": self.cc, **dict(sorted(self.peak.items()))}
 
 
 def _wait_listen(
@@ -403,6 +487,8 @@ def run_experiment(
 
     opts.validate()
     exp = load_experiment(resolve(opts.scenario), opts.topology)
+    if opts.tcp_profile is not None:
+        exp = dataclasses.replace(exp, tcp_profile=opts.tcp_profile)
     check_vm_backend(exp, opts)
     todo = trials(exp, opts)
     runner.check_system()

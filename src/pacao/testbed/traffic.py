@@ -32,10 +32,17 @@ IPERF_PORT = 5201
 CHUNK = 64 * 1024
 
 
-def serve(port: int, size: int) -> None:
+def set_congestion(sock: socket.socket, congestion: str | None) -> None:
+    """TCP_CONGESTION (the host profile's algorithm; root may pick any loaded one)."""
+    if congestion:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion.encode())
+
+
+def serve(port: int, size: int, congestion: str | None = None) -> None:
     """Answer every connection with an HTTP/1.0 200 and ``size`` bytes, one thread each."""
     lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    set_congestion(lst, congestion)
     lst.bind(("0.0.0.0", port))
     lst.listen(16)
     block = bytes(range(256)) * (CHUNK // 256)
@@ -43,6 +50,7 @@ def serve(port: int, size: int) -> None:
     def one(conn: socket.socket) -> None:
         with conn:
             try:
+                set_congestion(conn, congestion)
                 conn.settimeout(30.0)
                 conn.recv(4096)  # the request line; any request gets the file
                 conn.sendall(
@@ -64,7 +72,13 @@ def serve(port: int, size: int) -> None:
 
 
 def fetch(
-    host: str, port: int, duration: float, interval: float, out: Path, path: str = "/file"
+    host: str,
+    port: int,
+    duration: float,
+    interval: float,
+    out: Path,
+    path: str = "/file",
+    congestion: str | None = None,
 ) -> dict[str, Any]:
     """Download ``path`` for ``duration`` seconds (or to the end); bytes per ``interval``.
 
@@ -81,7 +95,10 @@ def fetch(
     expected = None
     done_at = None
     try:
-        sock = socket.create_connection((host, port), timeout=10.0)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        set_congestion(sock, congestion)
+        sock.settimeout(10.0)
+        sock.connect((host, port))
         sock.settimeout(0.05)
         sock.sendall(f"GET {path} HTTP/1.0\r\nHost: vm\r\n\r\n".encode())
         header = b""
@@ -148,6 +165,7 @@ def iperf3_cmd(
     port: int = IPERF_PORT,
     udp_rate: str = "1M",
     udp_length: int = 1000,
+    congestion: str | None = None,
 ) -> list[str]:
     """TCP: reverse mode, the VM sends and the user receives (a download).
 
@@ -162,6 +180,8 @@ def iperf3_cmd(
         cmd += ["-u", "-b", udp_rate, "-l", str(udp_length), "--get-server-output"]
     else:
         cmd += ["-R"]
+        if congestion:  # the client passes it to the server, the sender in -R
+            cmd += ["-C", congestion]
     return cmd
 
 
@@ -240,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, default=DOWNLOAD_PORT)
     s.add_argument("--size", type=int, default=300_000_000)
+    s.add_argument("--congestion", help="TCP_CONGESTION of the sockets (e.g. cubic)")
     f = sub.add_parser("fetch")
     f.add_argument("--host", required=True)
     f.add_argument("--port", type=int, default=DOWNLOAD_PORT)
@@ -247,12 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--interval", type=float, default=1.0)
     f.add_argument("--out", type=Path, required=True)
     f.add_argument("--path", default="/file", help="request path (guest: /cgi-bin/stream?N)")
+    f.add_argument("--congestion", help="TCP_CONGESTION of the socket (e.g. cubic)")
     a = ap.parse_args(argv)
     if a.cmd == "serve":
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        serve(a.port, a.size)
+        serve(a.port, a.size, a.congestion)
     else:
-        fetch(a.host, a.port, a.duration, a.interval, a.out, a.path)
+        fetch(a.host, a.port, a.duration, a.interval, a.out, a.path, a.congestion)
     return 0
 
 
