@@ -443,7 +443,10 @@ def test_change_priority_needs_the_key() -> None:
                 auth.sign(ChangePriority(2, (replace_priority(rec, 7),)), "right").to_bytes(),
                 itr.local,
             )
-            await asyncio.sleep(0.1)
+            for _ in range(1000):  # until both are handled (10 s at most), not a fixed sleep
+                if itr.stats["bad_auth"] + itr.stats["change_priority_received"] >= 2:
+                    break
+                await asyncio.sleep(0.01)
             entry = itr.cache.table.get(EidPrefix.parse("10.7.0.0/16"))
             assert entry is not None and entry.locators[0].locator.priority == 7
             assert itr.stats["bad_auth"] == 1 and itr.stats["change_priority_received"] == 1
