@@ -138,8 +138,13 @@ def test_register_resolve_probe_down_and_up(tmp_path: Path) -> None:
             cache = json.loads(body_bytes)
             assert cache[0]["prefix"] == "10.2.0.0/16"
             assert cache[0]["locators"][0]["rtt_ms"] > 0
-            await asyncio.sleep(1.1)
-            snap = json.loads((tmp_path / "itr.json").read_text())
+            snap: dict[str, Any] = {}
+            for _ in range(200):  # until a snapshot with 3 probe replies is written (10 s)
+                f = tmp_path / "itr.json"
+                snap = json.loads(f.read_text()) if f.exists() else {}
+                if snap.get("counters", {}).get("probe_reply", 0) >= 3:
+                    break
+                await asyncio.sleep(0.05)
             assert snap["map_cache"][0]["locators"][1]["address"] == "127.0.0.3"
             assert snap["counters"]["probe_reply"] >= 3
         finally:
