@@ -159,6 +159,10 @@ def test_caps_bind_exactly_at_their_value() -> None:
     assert step2([1e6] * 2, params=per_dc) == [Reason.MIGRATE] * 2
     got = step2([1e6] * 3, params=per_dc)
     assert got == [Reason.MIGRATE, Reason.MIGRATE, Reason.CAP_DC]
+    # A single candidate is capped as well, by migrations already under way.
+    one = Params(max_migrations_per_dc=1, max_migrations_total=1)
+    assert step2([1e6], params=one, ongoing_per_dc=np.array([1, 0])) == [Reason.CAP_DC]
+    assert step2([1e6], params=one, ongoing_total=1) == [Reason.CAP_TOTAL]
 
 
 # --- the multi-user mode keeps VMs within their cooldown where they are --------------------
