@@ -11,7 +11,7 @@ DEB_PACKAGES ?= tshark postgresql iproute2 iptables iputils-ping iperf3 \
   linux-image-cloud-amd64 busybox-static
 DEMO_ARGS ?=
 
-.PHONY: demo test lint bench fuzz debs venv clean guest
+.PHONY: demo test lint bench fuzz debs venv clean guest mutation
 
 venv: $(STAMP)
 
@@ -57,5 +57,12 @@ fuzz: venv  # atheris on the LISP decoder/map-server path; corpus kept in .fuzz/
 	$(BIN)/python tests/fuzz_lisp_decoder.py --seed .fuzz/corpus
 	$(BIN)/python tests/fuzz_lisp_decoder.py -max_total_time=$(FUZZ_TIME) -artifact_prefix=.fuzz/ .fuzz/corpus
 
+# mutmut over the core modules, each mutant against the fast tests that call the mutated
+# function (settings in setup.cfg; what survives and why: docs/testing.md).
+mutation: venv
+	rm -rf mutants
+	nice -n 10 $(BIN)/mutmut run --max-children 2 2>&1 | tr '\r' '\n' | grep -a 'mutations/second\|🎉' | tail -2
+	$(BIN)/python tests/mutation_score.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .fuzz
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .fuzz mutants

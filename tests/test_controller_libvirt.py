@@ -57,7 +57,8 @@ def test_libvirt_live_migration_abort_and_action(tmp_path: Path) -> None:
                 "hypervisor", "libvirt", cfg, None, {"uris": uris, "migrate_uris": loop}
             )
             assert isinstance(drv, LibvirtHypervisor)
-            assert await drv.status("tiny") == (await drv.status("tiny"))
+            with pytest.raises(DriverError, match="'absent'"):
+                await drv.status("absent")  # a VM in no DC is an error naming it
             st = await drv.status("tiny")
             assert (st.dc, st.running) == ("dc1", True)
             # 1. live migration dc1 -> dc2 with a bandwidth cap and a max downtime

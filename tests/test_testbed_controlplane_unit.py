@@ -141,9 +141,8 @@ def test_plans_are_read_once_none_is_in_flight(tmp_path: Path) -> None:
 
     t = threading.Thread(target=finish)
     t.start()
-    t0 = time.monotonic()
     plans = cp.plans(settle_s=5.0)
     t.join()
+    # "succeeded" is set by the thread after its 0.3 s: plans() waited for it to settle.
     assert [p["state"] for p in plans] == ["succeeded"]
-    assert 0.3 <= time.monotonic() - t0 < 5.0
     store.close()
