@@ -416,6 +416,8 @@ class Ams:
             owner = self.cfg.rloc_owner()
             old = (action.get("undo") or {}).get("priorities") or {}
             old_rloc = min(old, key=old.__getitem__) if old else None
+            if old_rloc == p["rloc"]:
+                return  # e.g. a migration's switch to the entry already in use
             vm_name = next((v.name for v in self.cfg.vms if v.eid == p["vm_eid"]), None)
             rows = self._matching(ENTRY, vm_name, addresses)
             if rows:
