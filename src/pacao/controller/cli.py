@@ -1,4 +1,4 @@
-"""`pacao controller ...`: check a config, run the service, approve or list plans."""
+"""`pacao controller ...`: check a config, run the service, approve or list plans, status."""
 
 from __future__ import annotations
 
@@ -94,6 +94,30 @@ def list_plans(
         raise _fail(str(exc)) from None
     for p in rows:
         sys.stdout.write(json.dumps(p, sort_keys=True) + "\n")
+
+
+@app.command("status")
+def status(
+    config: ConfigOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    url: Annotated[
+        str | None, typer.Option(help="The controller API (default: api.listen of the config).")
+    ] = None,
+) -> None:
+    """Users (entry, VM location, SLA) and pending plans, from the API or the database."""
+    from rich.console import Console
+
+    from pacao.controller.config import load_config
+    from pacao.controller.status import gather, render
+
+    try:
+        doc = gather(load_config(config), url=url)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(doc, sort_keys=True, default=str) + "\n")
+    else:
+        render(doc, Console())
 
 
 @app.command("relay")
