@@ -93,23 +93,22 @@ def render(doc: dict[str, Any], console: Console, limit: int = 200) -> None:
         console.print(f"... {len(users) - limit} more users (--json lists all)")
     if doc["note"]:
         console.print(f"note: {doc['note']}; SLA state unknown (?)")
-    p = Table(title=f"pending and running plans ({len(doc['plans'])})")
-    p.add_column("plan", no_wrap=True)  # the full id: `pacao controller approve` needs it
-    for col in ("kind", "user", "state", "created", "actions"):
-        p.add_column(col)
+    # One plan per line (its full id: `pacao controller approve` needs it), actions below.
+    console.print(f"pending and running plans ({len(doc['plans'])})", style="bold")
     for pl in doc["plans"]:
-        acts = []
+        console.print(
+            escape(
+                f"{pl['id']}  {pl['kind']}  {pl['user']}  {pl['state']}  {_when(pl['created'])}"
+            ),
+            soft_wrap=True,
+        )
         for a in pl["actions"]:
             pr = a["params"]
             what = (
-                f"{pr['vm']} {pr['src']}->{pr['dst']}"
+                f"{pr['vm']} {pr['src']} -> {pr['dst']}"
                 if a["kind"] == "VmMigration"
                 else f"entry {pr['rloc']}"
             )
-            acts.append(escape(f"{a['kind']} {what} [{a['state']}]"))
-        p.add_row(
-            pl["id"], pl["kind"], pl["user"], pl["state"], _when(pl["created"]), "\n".join(acts)
-        )
-    console.print(p)
+            console.print(escape(f"    {a['kind']} {what} [{a['state']}]"), soft_wrap=True)
     c = doc["counts"]
     console.print("plans: " + ", ".join(f"{k} {v}" for k, v in c.items() if v) or "plans: none")
