@@ -11,9 +11,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from pacao.controller.web.view import LiveView, View, diff
@@ -90,8 +90,8 @@ def web_routes(view: View, guarded: list[Any], approvals: Any = None) -> APIRout
         )
 
     @r.get("/ui/api/users/{name}", dependencies=guarded, summary="One user's detail")
-    def ui_user(name: str) -> Response:
-        doc = view.user_detail(name)
+    def ui_user(name: str, frame: Annotated[int | None, Query(ge=0)] = None) -> Response:
+        doc = view.user_detail(name, frame)
         if doc is None:
             raise HTTPException(404, "no such user")
         return Response(_json(doc), media_type="application/json")

@@ -33,7 +33,9 @@ class View(Protocol):
         """The changing part (users' columns, plans, clock); diffed by :func:`diff`."""
         ...
 
-    def user_detail(self, name: str) -> dict[str, Any] | None: ...
+    def user_detail(self, name: str, frame: int | None = None) -> dict[str, Any] | None:
+        """One user's panel (``frame``: the replay frame shown)."""
+        ...
 
 
 def diff(prev: dict[str, Any] | None, cur: dict[str, Any]) -> dict[str, Any] | None:
@@ -185,7 +187,7 @@ class LiveView:
             "step2_due": {k: round(v, 3) for k, v in ctl.step2_due.items()},
         }
 
-    def user_detail(self, name: str) -> dict[str, Any] | None:
+    def user_detail(self, name: str, frame: int | None = None) -> dict[str, Any] | None:
         ctl = self.ctl
         user = next((u for u in ctl.cfg.users if u.name == name), None)
         if user is None:

@@ -19,6 +19,9 @@
   function fmtTime(t) {
     if (t === null || t === undefined) return "-";
     const d = new Date(t * 1000);
+    if (S.snap && S.snap.mode === "replay") { // simulated time: day and time of day
+      return `day ${Math.floor(t / 86400)} ${d.toISOString().slice(11, 19)}`;
+    }
     return d.toISOString().replace("T", " ").slice(0, 19);
   }
 
@@ -254,8 +257,8 @@
       ["entry", `${esc(st.entry || "-")} (${esc(d.entry_dc || "-")})`],
       ["SLA", d.sla_met === null || d.sla_met === undefined ? "unknown" : d.sla_met ? "met" : "violated"],
       ["SLA bounds", Object.entries(d.sla || {}).map(([k, v]) => `${k} ≤ ${v.max} (w ${v.weight})`).join(", ")],
-      ["LISP priorities", d.priorities ? Object.entries(d.priorities).sort((a, b) => a[1] - b[1]).map(([r, p]) => `${esc(r)}=${p}`).join(" ") + (d.priorities_set_at ? ` (set ${fmtTime(d.priorities_set_at)})` : "") : "as registered (not changed by pacao)"],
-      ["S' / S'' / S'''", `${t.s1} s / ${t.s2} s / ${t.s3} s`],
+      ["LISP priorities", S.snap.mode === "replay" ? "n/a (simulation)" : d.priorities ? Object.entries(d.priorities).sort((a, b) => a[1] - b[1]).map(([r, p]) => `${esc(r)}=${p}`).join(" ") + (d.priorities_set_at ? ` (set ${fmtTime(d.priorities_set_at)})` : "") : "as registered (not changed by pacao)"],
+      ["S' / S'' / S'''", d.timers_text ? esc(d.timers_text) : `${t.s1} s / ${t.s2} s / ${t.s3} s`],
       ["next S' window", d.last_window_end ? `closes in ${Math.max(0, d.last_window_end + t.s1 - d.now).toFixed(1)} s` : "-"],
       ["S'' (Step 2)", d.step2_due ? `due in ${Math.max(0, d.step2_due - d.now).toFixed(1)} s` : "not due"],
     ];
@@ -286,16 +289,20 @@
   async function startReplay() {
     $("player").hidden = false; setConn(true);
     $("seek").max = String(S.snap.frames - 1);
-    $("seek").addEventListener("input", () => { S.frame = Number($("seek").value); loadFrame(S.frame); });
+    $("seek").addEventListener("input", () => loadFrame(Number($("seek").value)));
     $("play").addEventListener("click", () => { S.playing = !S.playing; $("play").textContent = S.playing ? "pause" : "play"; if (S.playing) playLoop(); });
-    await loadFrame(0);
+    S.frame = 0; $("frame-time").textContent = `frame 1/${S.snap.frames}`;
   }
-  async function loadFrame(k) {
-    const r = await fetch(`/ui/api/replay/frames/${k}`, { headers: headers() });
+  let loading = Promise.resolve();
+  function loadFrame(k) { loading = loading.then(() => fetchFrame(k)); return loading; }
+  async function fetchFrame(k) {
+    if (k === S.frame) return;
+    const r = await fetch(`/ui/api/replay/frames/${k}?since=${S.frame}`, { headers: headers() });
     if (!r.ok) return;
     applyUpdate(await r.json());
     S.frame = k; $("seek").value = String(k);
     $("frame-time").textContent = `frame ${k + 1}/${S.snap.frames}`;
+    if (S.selected) loadDetail(S.selected);
   }
   async function playLoop() {
     while (S.playing && S.frame < S.snap.frames - 1) {
