@@ -5,7 +5,7 @@
   const S = {
     token: sessionStorage.getItem("pacao-token") || "",
     snap: null, selected: null, abort: null, dirty: false, detailAt: 0,
-    frame: 0, playing: false, stats: { updates: 0, applyMs: 0, drawMs: 0 },
+    frame: 0, playing: false, stats: { updates: 0, applyMs: 0, renders: 0, drawMs: 0, mapMs: 0 },
   };
   const SLA_TXT = { "0": "met", "1": "violated", "-1": "unknown" };
   const SLA_CLS = { "0": "sla-ok", "1": "sla-bad", "-1": "sla-unk" };
@@ -82,6 +82,8 @@
     S.snap = s;
     $("mode").textContent = s.title || s.mode;
     S.proj = projection(s.box);
+    S.bg = null; // the geography layer, drawn once per snapshot
+    S.byName = s.names.map((_, i) => i).sort((a, b) => (s.names[a] < s.names[b] ? -1 : 1));
     schedule();
     S.stats.applyMs += performance.now() - t0;
   }
@@ -136,16 +138,22 @@
     const s = S.snap; if (!s) return;
     const t0 = performance.now();
     drawMap(s);
+    S.stats.mapMs += performance.now() - t0;
     renderUsers(s); renderDcs(s); renderPlans(s);
     $("clock").textContent = (s.mode === "replay" ? "sim " : "") + fmtTime(s.now);
     S.stats.drawMs += performance.now() - t0;
+    S.stats.renders++;
     if (S.selected && performance.now() - S.detailAt > 1000) loadDetail(S.selected);
   }
   function drawMap(s) {
     const cv = $("map"), g = cv.getContext("2d"), P = S.proj;
+    if (!S.bg) {
+      S.bg = document.createElement("canvas"); S.bg.width = cv.width; S.bg.height = cv.height;
+      const b = S.bg.getContext("2d"); b.fillStyle = "#c9cfd8";
+      for (const [la, lo] of s.geo) { const p = P(la, lo); b.fillRect(p[0], p[1], 1.5, 1.5); }
+    }
     g.clearRect(0, 0, cv.width, cv.height);
-    g.fillStyle = "#c9cfd8";
-    for (const [la, lo] of s.geo) { const p = P(la, lo); g.fillRect(p[0], p[1], 1.5, 1.5); }
+    g.drawImage(S.bg, 0, 0);
     const [xs, ys, dcxy] = userXY(s, P), u = s.users, n = s.names.length;
     // Lines for a sample of users (all when few) and the selected one.
     const step = Math.max(1, Math.ceil(n / LINE_LIMIT)), sel = s.names.indexOf(S.selected);
@@ -179,9 +187,13 @@
   }
   function renderUsers(s) {
     const f = $("filter").value.trim().toLowerCase(), u = s.users, n = s.names.length;
-    const idx = [];
-    for (let i = 0; i < n; i++) if (!f || s.names[i].toLowerCase().includes(f)) idx.push(i);
-    idx.sort((a, b) => (u.sla[b] === 1) - (u.sla[a] === 1) || (s.names[a] < s.names[b] ? -1 : 1));
+    // Violated users first, each group by name (S.byName is sorted once per snapshot).
+    const bad = [], rest = [];
+    for (const i of S.byName) {
+      if (f && !s.names[i].toLowerCase().includes(f)) continue;
+      (u.sla[i] === 1 ? bad : rest).push(i);
+    }
+    const idx = bad.concat(rest);
     const dc = (j) => (j >= 0 ? s.dcs[j].name : "-");
     const rows = idx.slice(0, ROW_LIMIT).map((i) => {
       const nm = esc(s.names[i]), c = String(u.sla[i]);
@@ -190,8 +202,8 @@
         `<td class="sla ${SLA_CLS[c]}">${SLA_TXT[c]}</td></tr>`;
     });
     $("users").tBodies[0].innerHTML = rows.join("");
-    let bad = 0; for (let i = 0; i < n; i++) if (u.sla[i] === 1) bad++;
-    $("user-count").textContent = `(${n}, ${bad} violated)`;
+    let nbad = 0; for (let i = 0; i < n; i++) if (u.sla[i] === 1) nbad++;
+    $("user-count").textContent = `(${n}, ${nbad} violated)`;
     $("users-more").textContent = idx.length > ROW_LIMIT ? `${idx.length - ROW_LIMIT} more: filter to see them (violated first)` : "";
   }
   function renderDcs(s) {
