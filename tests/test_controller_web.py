@@ -6,6 +6,7 @@ go to tests/artifacts/webview/ (gitignored). A browser without the token sees no
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ ARGS = [
 ]
 ART = Path(__file__).parent / "artifacts" / "webview"
 WAIT_MS = 30_000
+expect.set_options(timeout=WAIT_MS)  # the lab runs on a shared, sometimes loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +51,41 @@ def row(page: Page, user: str) -> Any:
 def approve_first(page: Page, kind: str, user: str, lab: Lab) -> None:
     """Click approve on the user's pending plan of that kind until one is approved (a
     newer decision may supersede the plan between rendering and the click)."""
-    sel = f'#plans-pending li[data-kind="{kind}"][data-user="{user}"] button.approve'
+    sel = f'#plans-pending li[data-kind="{kind}"][data-user="{user}"]'
     for _ in range(10):
-        page.locator(sel).first.wait_for(timeout=WAIT_MS)
-        page.locator(sel).first.click()
-        try:
-            page.locator(
-                f'#plans-running li[data-kind="{kind}"], #plans-done li[data-kind="{kind}"]'
-            ).first.wait_for(timeout=5_000)
+        li = page.locator(sel).first
+        li.wait_for(timeout=WAIT_MS)
+        pid = str(li.get_attribute("data-plan"))
+        li.locator("button.approve").click()
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while (plan := lab.ctl.store.plan(pid)) is not None and plan["state"] == "recommended":
+            assert time.monotonic() < deadline, f"plan {pid} not approved"
+            time.sleep(0.05)
+        assert plan is not None
+        if plan["state"] in ("approved", "ongoing", "succeeded"):
+            assert plan["approved_by"] == "api"
             return
-        except Exception:
-            continue
     raise AssertionError(f"could not approve a {kind} plan of {user}")
+
+
+def reject_one(page: Page, kind: str, lab: Lab) -> None:
+    """Click reject on a pending plan: it is skipped in the store and leaves the list."""
+    sel = f'#plans-pending li[data-kind="{kind}"]'
+    for _ in range(10):
+        li = page.locator(sel).first
+        li.wait_for(timeout=WAIT_MS)
+        pid = li.get_attribute("data-plan")
+        li.locator("button.reject").click()
+        expect(page.locator(f'#plans-pending li[data-plan="{pid}"]')).to_have_count(
+            0, timeout=WAIT_MS
+        )
+        plan = lab.ctl.store.plan(str(pid))
+        assert plan is not None
+        if plan["state"] == "skipped":  # else superseded before the click: try the next
+            notes = [t["note"] for t in lab.ctl.store.transitions(str(pid))]
+            assert "rejected through the API" in notes
+            return
+    raise AssertionError(f"could not reject a {kind} plan")
 
 
 def test_page_follows_switch_and_migration(tmp_path: Path, browser: Browser) -> None:
@@ -81,13 +106,12 @@ def test_page_follows_switch_and_migration(tmp_path: Path, browser: Browser) -> 
         expect(page.locator('#dc-table tr[data-dc="dc1"] .n-host')).to_have_text("1")
         page.screenshot(path=str(ART / "1-before.png"))
 
-        import time
-
         lab.sc.stress_at = time.time()
         # The violation appears live, and Step 1's plan waits for approval.
         expect(row(page, "alice").locator(".sla")).to_have_text("violated", timeout=WAIT_MS)
         page.locator('#plans-pending li[data-kind="entry_switch"]').first.wait_for(timeout=WAIT_MS)
         page.screenshot(path=str(ART / "2-violated-pending.png"))
+        reject_one(page, "entry_switch", lab)
         approve_first(page, "entry_switch", "alice", lab)
         expect(row(page, "alice").locator(".entry")).to_have_text("dc2", timeout=WAIT_MS)
         expect(row(page, "alice").locator(".host")).to_have_text("dc1")  # VM not moved yet
@@ -143,3 +167,5 @@ def test_unauthenticated_browser_sees_nothing(tmp_path: Path, browser: Browser) 
             body = httpx.get(f"{lab.base}{path}").text
             assert "alice" not in body and RLOC["dc1"] not in body
         assert httpx.get(f"{lab.base}/ui/static/../api.py").status_code == 404
+        csp = httpx.get(f"{lab.base}/ui/").headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "connect-src 'self'" in csp
