@@ -56,7 +56,8 @@ def approve_first(page: Page, kind: str, user: str, lab: Lab) -> None:
         li = page.locator(sel).first
         li.wait_for(timeout=WAIT_MS)
         pid = str(li.get_attribute("data-plan"))
-        li.locator("button.approve").click()
+        # dispatch_event: the click reaches this button even if the list moves meanwhile
+        li.locator("button.approve").dispatch_event("click")
         deadline = time.monotonic() + WAIT_MS / 1000
         while (plan := lab.ctl.store.plan(pid)) is not None and plan["state"] == "recommended":
             assert time.monotonic() < deadline, f"plan {pid} not approved"
@@ -65,6 +66,8 @@ def approve_first(page: Page, kind: str, user: str, lab: Lab) -> None:
         if plan["state"] in ("approved", "ongoing", "succeeded"):
             assert plan["approved_by"] == "api"
             return
+        # Superseded before the click: wait until the page drops it, then the next one.
+        expect(page.locator(f'#plans-pending li[data-plan="{pid}"]')).to_have_count(0)
     raise AssertionError(f"could not approve a {kind} plan of {user}")
 
 
@@ -75,7 +78,7 @@ def reject_one(page: Page, kind: str, lab: Lab) -> None:
         li = page.locator(sel).first
         li.wait_for(timeout=WAIT_MS)
         pid = li.get_attribute("data-plan")
-        li.locator("button.reject").click()
+        li.locator("button.reject").dispatch_event("click")
         expect(page.locator(f'#plans-pending li[data-plan="{pid}"]')).to_have_count(
             0, timeout=WAIT_MS
         )

@@ -218,6 +218,10 @@
   const GROUPS = { pending: ["recommended", "approved"], running: ["ongoing"], done: ["succeeded"], failed: ["failed"] };
   function renderPlans(s) {
     const plans = s.plans || [];
+    // Rebuild only when the plans changed: buttons must not be replaced under the pointer.
+    const key = JSON.stringify([plans, s.reverts, s.counts, s.manual]);
+    if (key === S.plansKey) return;
+    S.plansKey = key;
     for (const [g, states] of Object.entries(GROUPS)) {
       $("plans-" + g).innerHTML = plans.filter((p) => states.includes(p.state)).map((p) => {
         const acts = p.actions.map((a) => `<div class="act ${esc(a.state)}">${esc(a.kind)} ${esc(a.what)}: <b>${esc(a.state)}</b>${a.error ? " (" + esc(a.error) + ")" : ""}</div>`).join("");
@@ -237,7 +241,7 @@
       const verb = b.classList.contains("approve") ? "approve" : "reject";
       b.disabled = true;
       const r = await fetch(`/plans/${encodeURIComponent(b.dataset.plan)}/${verb}`, { method: "POST", headers: headers() });
-      if (!r.ok) alert(`${verb}: ${r.status} ${(await r.json()).detail || ""}`);
+      if (!r.ok) { b.disabled = false; alert(`${verb}: ${r.status} ${(await r.json()).detail || ""}`); }
       return;
     }
     const tr = e.target.closest("#users tbody tr");
