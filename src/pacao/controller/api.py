@@ -176,4 +176,9 @@ def create_app(ctl: Any, token: str) -> FastAPI:
         ctl.metrics.set_plans(ctl.store.plan_counts())
         return Response(ctl.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    from pacao.controller.ams_api import ams_router
+    from pacao.controller.web import web_router
+
+    app.include_router(ams_router(ctl, guarded))
+    app.include_router(web_router(ctl, guarded))
     return app

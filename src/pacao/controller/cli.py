@@ -1,4 +1,4 @@
-"""`pacao controller ...`: check a config, run the service, approve or list plans."""
+"""`pacao controller ...`: check a config, run the service, approve or list plans, status."""
 
 from __future__ import annotations
 
@@ -112,6 +112,65 @@ def list_plans(
         raise _fail(str(exc)) from None
     for p in rows:
         sys.stdout.write(json.dumps(p, sort_keys=True) + "\n")
+
+
+@app.command("status")
+def status(
+    config: ConfigOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    url: Annotated[
+        str | None, typer.Option(help="The controller API (default: api.listen of the config).")
+    ] = None,
+) -> None:
+    """Users (entry, VM location, SLA) and pending plans, from the API or the database."""
+    from rich.console import Console
+
+    from pacao.controller.config import load_config
+    from pacao.controller.status import gather, render
+
+    try:
+        doc = gather(load_config(config), url=url)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(doc, sort_keys=True, default=str) + "\n")
+    else:
+        render(doc, Console())
+
+
+@app.command("replay")
+def replay(
+    run_dir: Annotated[Path, typer.Argument(help="A `pacao reproduce --out` folder.")],
+    use_case: Annotated[str | None, typer.Option(help="Default: the first headline.")] = None,
+    users: Annotated[int, typer.Option(help="Users replayed (a random subset).")] = 2000,
+    frames: Annotated[int, typer.Option(help="Frames over the traces' span.")] = 240,
+    n_dcs: Annotated[int | None, typer.Option(help="Another deployment of the run.")] = None,
+    s1: Annotated[float | None, typer.Option(help="S' as a fraction of residence.")] = None,
+    s2: Annotated[float | None, typer.Option(help="S'' as a fraction of S'.")] = None,
+    bound_ms: Annotated[float | None, typer.Option(help="SLA bound (ms).")] = None,
+    listen: Annotated[str, typer.Option(help="HOST:PORT of the web view.")] = "127.0.0.1:8090",
+    token_env: Annotated[
+        str, typer.Option(help="Environment variable holding the bearer token.")
+    ] = "PACAO_API_TOKEN",
+) -> None:
+    """Serve the web view replaying a simulator run (PACAO-2 on the run's traces)."""
+    import os
+
+    from pacao.controller.web.replay import Replay, ReplayOptions, serve_replay
+
+    try:
+        token = os.environ.get(token_env, "")
+        if not token:
+            raise InputError("--token-env", token_env, "that environment variable is not set")
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InputError("--listen", listen, "HOST:PORT")
+        opts = ReplayOptions(use_case, users, frames, n_dcs, s1, s2, bound_ms)
+        rep = Replay(run_dir, opts)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"{rep.title}: http://{host}:{port}/ui/", err=True)
+    serve_replay(rep, token, host, int(port))
 
 
 @app.command("relay")

@@ -197,6 +197,16 @@ class Approval(_Model):
     expiry_s: PosFloat = 600.0
 
 
+class Ams(_Model):
+    """Application mobility notifications (docs/mec.md)."""
+
+    max_grace_s: NonNegFloat = 30.0  # longest grace a subscriber may ask before a migration
+    timeout_s: PosFloat = 5.0  # one webhook delivery attempt
+    max_attempts: Annotated[int, Field(ge=1)] = 8
+    backoff_s: PosFloat = 1.0  # first retry delay, doubled per attempt
+    backoff_max_s: PosFloat = 300.0
+
+
 class ControllerConfig(_Model):
     dcs: Annotated[list[DataCenter], Field(min_length=1)]
     vms: list[VirtualMachine] = []
@@ -208,6 +218,7 @@ class ControllerConfig(_Model):
     storage: Storage = Storage()
     api: Api = Api()
     approval: Approval = Approval()
+    ams: Ams = Ams()
 
     def dc(self, name: str) -> DataCenter:
         return next(d for d in self.dcs if d.name == name)

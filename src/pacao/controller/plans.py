@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -124,6 +124,11 @@ class VmMigration:
 ACTIONS: dict[str, Action] = {a.kind: a for a in (EntrySwitch(), VmMigration())}
 
 
+#: Called with (phase, plan, action): ``starting`` just before an action executes (the
+#: hook may wait, e.g. a notified application's grace period), ``succeeded``, ``failed``.
+ActionHook = Callable[[str, dict[str, Any], dict[str, Any]], Awaitable[None]]
+
+
 class Executor:
     def __init__(
         self,
@@ -134,6 +139,14 @@ class Executor:
         self.store, self.ctx = store, ctx
         self.on_done = on_done  # called with (plan, final state)
         self.migration_seconds: list[float] = []
+        self.hooks: list[ActionHook] = []
+
+    async def _hook(self, phase: str, plan: dict[str, Any], action: dict[str, Any]) -> None:
+        for h in self.hooks:
+            try:
+                await h(phase, plan, action)
+            except Exception:
+                log.exception("action hook failed", extra={"plan": plan["id"], "phase": phase})
 
     async def run_plan(self, pid: str) -> str:
         """Run an approved (or resume an ongoing) plan; returns its final state."""
@@ -160,6 +173,7 @@ class Executor:
                     undo = await impl.prepare(self.ctx, params)
                     self.store.move_action(a["id"], "pending", "ongoing", undo=undo)
                     started = True
+                    await self._hook("starting", plan, {**a, "undo": undo})
                 elif started:
                     self.store.resume_action(a["id"])
                 else:
@@ -175,6 +189,7 @@ class Executor:
                     self.store.move_action(a["id"], "pending", "skipped", error=str(exc))
                 else:
                     self.store.move_action(a["id"], "ongoing", "failed", error=str(exc))
+                    await self._hook("failed", plan, {**a, "undo": undo, "error": str(exc)})
                     await self._revert(impl, params, undo, a["id"], "failed")
                 for d in reversed(done):
                     await self._revert(
@@ -188,6 +203,7 @@ class Executor:
             self.store.move_action(a["id"], "ongoing", "succeeded")
             a = {**a, "state": "succeeded", "undo": undo}
             done.append(a)
+            await self._hook("succeeded", plan, a)
         self.store.move_plan(pid, "ongoing", "succeeded")
         self._finish(pid, "succeeded")
         return "succeeded"

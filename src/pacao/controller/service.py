@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pacao.controller import retention
+from pacao.controller.ams import Ams
 from pacao.controller.clock import Clock, SystemClock
 from pacao.controller.config import ControllerConfig, load_config
 from pacao.controller.drivers import load_driver
@@ -131,6 +132,9 @@ class Controller:
             on_done=self._plan_done,
         )
         self.running: dict[str, asyncio.Task[str]] = {}
+        self.ams = Ams(cfg, store, clock)  # application mobility notifications (docs/mec.md)
+        self.executor.hooks.append(self.ams.on_action)
+        self.sla_now: dict[str, bool] = {}  # last Step 1 answer per user (web view, status)
         owner = cfg.rloc_owner()
         self.rlocs = sorted(owner)  # candidate order = name order = the kernel's tie-break
         self.dcs = [d.name for d in cfg.dcs]
@@ -369,6 +373,7 @@ class Controller:
         for i, u in enumerate(self.users):
             if dec.reason[i] != Reason.NO_DATA:
                 self.metrics.sla_met.labels(user=u.name).set(1.0 if dec.sla_met[i] else 0.0)
+                self.sla_now[u.name] = bool(dec.sla_met[i])
             if dec.step2[i]:
                 self.metrics.sla_violations.labels(user=u.name).inc()
             if not free[i]:
@@ -889,6 +894,7 @@ class Service:
             return ctl.cfg.timers
 
         ctl.load_state()
+        ctl.ams.start()
         # Recovery in the background: a plan under way can be a migration of minutes, and
         # the API, the probes and SIGTERM must not wait for it (/readyz says when it ends).
         ctl.in_recovery = True
@@ -950,6 +956,7 @@ class Service:
         for task in under_way:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await ctl.ams.stop()
         log.info("controller stopped", extra={"plans_left_ongoing": left})
 
 
@@ -1022,6 +1029,7 @@ def make_server(ctl: Controller, port: int | None = None) -> Any:
         log_config=None,
         access_log=False,
         lifespan="off",
+        timeout_graceful_shutdown=2,  # open web-view event streams never end by themselves
     )
     return _Server(config)
 

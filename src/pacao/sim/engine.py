@@ -18,7 +18,7 @@ after each possible migration completion.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -356,6 +356,9 @@ class Outcome:
     counts: I64
     switches: int
     migrations: int
+    #: The path changes (user, time ms, sample, entry DC, VM DC) sorted by (user, time);
+    #: the web view's replay draws them. None for legacy (nothing changes).
+    changes: tuple[I64, I64, I64, I64, I64] | None = field(default=None, compare=False)
 
     @property
     def rtt_ms(self) -> F64:
@@ -478,8 +481,9 @@ def simulate(
         complete(pending, np.full(pending.shape, np.iinfo(np.int64).max, dtype=np.int64))
     if not log.users:
         return legacy(tr, net, start)
-    values, counts = _segments(tr, net, start, *log.sorted(tr))
-    return Outcome(values, counts, switches, migrations)
+    changes = log.sorted(tr)
+    values, counts = _segments(tr, net, start, *changes)
+    return Outcome(values, counts, switches, migrations, changes)
 
 
 class _Log:
