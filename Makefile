@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Debian packages the tests need; each issue adds its own (tshark, postgresql, ...).
 DEB_PACKAGES ?= tshark postgresql iproute2 iptables iputils-ping iperf3 \
   libvirt-daemon-system libvirt-dev pkg-config qemu-system-x86 util-linux \
-  linux-image-cloud-amd64 busybox-static chromium
+  linux-image-cloud-amd64 busybox-static chromium systemd
 DEMO_ARGS ?=
 
 .PHONY: demo test lint bench fuzz debs venv clean guest mutation
