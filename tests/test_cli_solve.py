@@ -220,11 +220,14 @@ main()
 
 
 def _base(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    # check-config reads the API token as run does; the example config names this variable
+    env = {**os.environ, "PACAO_API_TOKEN": "base-install-test"}
     return subprocess.run(
         [sys.executable, "-c", _BLOCKER, *args],
         capture_output=True,
         text=True,
         cwd=cwd,
+        env=env,
         timeout=120,
         check=False,
     )
