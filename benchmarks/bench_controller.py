@@ -1,6 +1,6 @@
 """Controller figures: decision cycle for 100,000 users x 64 DCs, measurement ingest rates.
 
-Targets (issue 6): one Step 1 + Step 2 cycle under 1 s; 50,000 rows/s into SQLite.
+Targets: one Step 1 + Step 2 cycle under 1 s; 50,000 rows/s into SQLite.
 PostgreSQL ingest runs against a throw-away server started like the tests do.
 """
 

@@ -1,6 +1,6 @@
 """Simulator speed: one configuration over 36,450 users, one sweep task, the full grid.
 
-Prints wall times and peak memory (ru_maxrss). Target (issue 3): one
+Prints wall times and peak memory (ru_maxrss). Target: one
 configuration in under 2 s; the full run of `pacao reproduce` in under 15 min.
 By default the full grid is estimated from two timed grid points (one Dask task
 each); --full runs it in this process, --dask on a LocalCluster.

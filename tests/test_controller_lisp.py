@@ -1,4 +1,4 @@
-"""The LISP mapping driver and the end-to-end run on loopback (issue 6, item 8).
+"""The LISP mapping driver and the end-to-end run on loopback.
 
 Real map-server, three DC xTR agents, a user xTR agent and the controller
 service in one event loop, every message over real UDP on 127.0.0.x. A relay

@@ -1,4 +1,4 @@
-"""Congestion-aware multi-user mode (issue 6, item 3): problem (4)-(9) when many users
+"""Congestion-aware multi-user mode: problem (4)-(9) when many users
 violate their SLA in one S' window, one plan with every action it implies."""
 
 from __future__ import annotations

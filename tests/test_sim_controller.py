@@ -1,4 +1,4 @@
-"""The simulator's PACAO decisions are the controller's (issue 6, item 7).
+"""The simulator's PACAO decisions are the controller's.
 
 The engine looks decisions up in a memo that pacao.sim.policy fills by calling
 pacao.controller.policy; these tests fail if the two ever disagree: on random

@@ -1,4 +1,4 @@
-"""The LISP control plane and the PACAO controller inside a running testbed (issue 7).
+"""The LISP control plane and the PACAO controller inside a running testbed.
 
 What runs where (docs/testbed.md, "Control plane"):
 
