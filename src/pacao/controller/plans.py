@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from pacao.controller.clock import Clock
 from pacao.controller.drivers.base import DriverError, HypervisorDriver, MappingDriver
 from pacao.controller.storage import Store
+from pacao.errors import InputError
 
 log = logging.getLogger("pacao.controller.plans")
 
@@ -224,20 +225,25 @@ class Executor:
             assert plan is not None
             self.on_done(plan, state)
 
-    async def recover(self, auto: bool) -> list[str]:
-        """After a restart: resume ongoing plans, then approved ones (and, in auto mode,
-        recommended ones whose approval the crash interrupted)."""
-        ran = []
-        for p in reversed(self.store.plans(state="ongoing")):
-            ran.append(p["id"])
-            await self.run_plan(p["id"])
-        for p in reversed(self.store.plans(state="approved")):
-            ran.append(p["id"])
-            await self.run_plan(p["id"])
+    def recoverable(self, auto: bool) -> list[str]:
+        """The plans a restart takes up, oldest first: ongoing ones, approved ones and, in
+        auto mode, recommended ones whose approval the crash interrupted (approved here)."""
+        ids = [p["id"] for p in reversed(self.store.plans(state="ongoing", limit=100000))]
+        ids += [p["id"] for p in reversed(self.store.plans(state="approved", limit=100000))]
         if auto:
-            for p in reversed(self.store.plans(state="recommended")):
-                if not p["dry_run"]:
+            for p in reversed(self.store.plans(state="recommended", limit=100000)):
+                if p["dry_run"]:
+                    continue
+                try:
                     self.store.approve(p["id"], by="auto")
-                    ran.append(p["id"])
-                    await self.run_plan(p["id"])
-        return ran
+                except InputError:
+                    continue  # superseded or approved by a decision made meanwhile
+                ids.append(p["id"])
+        return ids
+
+    async def recover(self, auto: bool) -> list[str]:
+        """After a restart, run the recoverable plans one after the other."""
+        ids = self.recoverable(auto)
+        for pid in ids:
+            await self.run_plan(pid)
+        return ids

@@ -766,17 +766,7 @@ class Controller:
         mode, approve the ``recommended`` ones the crash interrupted; all at once (they
         were running side by side before the crash) and in the background, so the API
         and the loops answer meanwhile. Returns the plan ids taken up."""
-        ids = [p["id"] for p in reversed(self.store.plans(state="ongoing", limit=100000))]
-        ids += [p["id"] for p in reversed(self.store.plans(state="approved", limit=100000))]
-        if not self.manual and not self.dry_run:
-            for p in reversed(self.store.plans(state="recommended", limit=100000)):
-                if p["dry_run"]:
-                    continue
-                try:
-                    self.store.approve(p["id"], by="auto")
-                except InputError:
-                    continue  # superseded or approved by a decision made meanwhile
-                ids.append(p["id"])
+        ids = self.executor.recoverable(auto=not self.manual and not self.dry_run)
         self.recovering.update(ids)
         try:
             for pid in ids:

@@ -58,14 +58,3 @@ def load_driver(kind: str, name: str, config: Any, clock: Any, options: dict[str
         return cls(config, clock=clock, **options)
     except TypeError as exc:
         raise InputError(f"drivers.{kind}.options", options, f"rejected: {exc}") from None
-
-
-def check_drivers(config: Any) -> None:
-    """Fail on a driver name that is not installed (check-config does not instantiate)."""
-    for kind in GROUPS:
-        ref = getattr(config.drivers, kind)
-        names = available(kind)
-        if ref.name not in names:
-            raise InputError(
-                f"drivers.{kind}.name", ref.name, f"installed drivers: {sorted(names)}"
-            )
