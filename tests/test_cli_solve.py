@@ -186,6 +186,16 @@ def test_exponent_numbers_are_numbers_in_every_yaml_loader(tmp_path: Path) -> No
         assert repr(load(a)) == repr(load(b)), name
 
 
+def test_strings_that_read_as_numbers_survive_a_yaml_round_trip() -> None:
+    """A generated secret like `8302702503810e98` is written quoted, so it is read back a string."""
+    from pacao.optimize.io import dump_yaml, parse_yaml
+
+    doc = {"key": "8302702503810e98", "token": "1E5", "n": 1e3, "other": "83027e", "x": "1.5e-3"}
+    text = dump_yaml(doc)
+    assert parse_yaml(text) == doc
+    assert "'8302702503810e98'" in text and "'1.5e-3'" in text
+
+
 # --- the lean base install: controller and LISP daemons need no extra ----------------------
 
 #: What the extras bring (pyproject.toml); the base install has none of them.

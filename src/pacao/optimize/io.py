@@ -34,6 +34,26 @@ YamlLoader.add_implicit_resolver(
 )
 
 
+class YamlDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting every string that `YamlLoader` would read as a number.
+
+    Without it a generated secret such as ``8302702503810e98`` is written bare (PyYAML's
+    YAML 1.1 resolver does not take it for a float) and read back as ``8.3e+98``.
+    """
+
+
+YamlDumper.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def dump_yaml(doc: Any, *, sort_keys: bool = True) -> str:
+    """Write a document that `parse_yaml` reads back unchanged: every YAML pacao writes."""
+    return yaml.dump(doc, Dumper=YamlDumper, sort_keys=sort_keys)
+
+
 def parse_yaml(text: str) -> Any:
     """Parse one YAML document: every YAML input of pacao goes through here."""
     return yaml.load(text, Loader=YamlLoader)

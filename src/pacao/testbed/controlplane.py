@@ -29,9 +29,8 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any, Literal
 
-import yaml
-
 from pacao.errors import InputError
+from pacao.optimize.io import dump_yaml
 from pacao.testbed import runner
 from pacao.testbed.migration import (
     MigrationModel,
@@ -393,7 +392,7 @@ class TestbedControlPlane:
         self._mgmt_network()
         py = sys.executable
         ms_cfg = self.workdir / "map-server.yaml"
-        ms_cfg.write_text(yaml.safe_dump(self._map_server_config()))
+        ms_cfg.write_text(dump_yaml(self._map_server_config()))
         ms_cmd = [py, "-m", "pacao.cli", "lisp", "map-server", "--config", str(ms_cfg)]
         ms = self._spawn("map-server", ms_cmd, self.ns)
         # The data planes forget the topology's seed: from now on the agents fill them.
@@ -403,7 +402,7 @@ class TestbedControlPlane:
         waits = [("map-server", ms, b"listening on")]
         for x in self.xtrs:
             cfg = self.workdir / f"agent-{x}.yaml"
-            cfg.write_text(yaml.safe_dump(self.agent_config(x)))
+            cfg.write_text(dump_yaml(self.agent_config(x)))
             cmd = [py, "-m", "pacao.testbed.agent", "--config", str(cfg), "--node", x,
                    "--dataplane", str(st.rundir / f"xtr-{x}.sock"),
                    "--events", str(st.rundir / "events.jsonl")]  # fmt: skip
@@ -426,7 +425,7 @@ class TestbedControlPlane:
         self.wait_resolved(timeout)
         if self.settings.policy != "legacy":
             cfg = self.workdir / "controller.yaml"
-            cfg.write_text(yaml.safe_dump(self.controller_config()))
+            cfg.write_text(dump_yaml(self.controller_config()))
             cmd = [py, "-m", "pacao.cli", "controller", "run", "--config", str(cfg)]
             proc = self._spawn("controller", cmd, self.ns)
             self._wait([("controller", proc, b"controller started")], timeout)

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pacao.errors import InputError
+from pacao.optimize.io import dump_yaml
 from pacao.testbed import runner, tcpprofile, traffic
 from pacao.testbed.controlplane import ControllerSettings, MigrationModel, TestbedControlPlane
 from pacao.testbed.experiment import ARMS, Experiment, Variant, load_experiment, resolve
@@ -501,7 +500,7 @@ def run_experiment(
     raw.mkdir(parents=True, exist_ok=True)
     if exp.topology_doc is not None:
         topo_file = (raw / "topology.yaml").resolve()
-        topo_file.write_text(yaml.safe_dump(exp.topology_doc, sort_keys=False))
+        topo_file.write_text(dump_yaml(exp.topology_doc, sort_keys=False))
         exp = dataclasses.replace(exp, topology_path=topo_file)
     records: list[dict[str, Any]] = []
     started = time.monotonic()
