@@ -126,9 +126,35 @@ def test_solvers_against_enumeration(doc: dict[str, Any], integer: bool) -> None
         assert res.lower_bound <= best + 1e-7
 
 
+def enumerated_optimum(p: Any) -> float:
+    """min over all |D|^|U| assignments of sum_u max(1, (l_ud + f_d(load_d)) / b_u), written
+    apart from every solver (numpy over the whole product): the independent optimum."""
+    n, d = p.n_users, p.n_dcs
+    codes = np.arange(d**n, dtype=np.int64)
+    choice = (codes[:, None] // d ** np.arange(n, dtype=np.int64)[None, :]) % d
+    load = np.stack([(choice == k).sum(axis=1) for k in range(d)], axis=1)
+    feasible = np.all(load <= p.room[None, :], axis=1)
+    f = np.stack([np.asarray(p.level(k, np.arange(n + 1)))[load[:, k]] for k in range(d)], axis=1)
+    lat = p.latency[np.arange(n)[None, :], choice] + np.take_along_axis(f, choice, axis=1)
+    total = np.maximum(1.0, lat / p.bound[None, :]).sum(axis=1)
+    return float(total[feasible].min())
+
+
 def test_lagrange_bound_and_gap_on_a_realistic_instance() -> None:
+    # The gap against an independent optimum: the same generator at a size whose 3^12
+    # assignments can all be evaluated (the MILP proves no optimum at realistic sizes:
+    # 30 users x 4 DCs is still open after 60 s; docs/assign.md).
+    small = random_instance(12, 3, seed=3)
+    opt = enumerated_optimum(small)
+    lag = solve_assign(small, "lagrange")
+    assert lag.lower_bound is not None and lag.gap is not None
+    assert lag.lower_bound <= opt + 1e-9 <= lag.objective + 2e-9  # a bound, a feasible point
+    assert (lag.objective - opt) / opt <= lag.gap + 1e-12  # the claimed gap covers the real
+    assert (opt - lag.lower_bound) / opt < 0.01  # informative: 0.43 % measured
     p = random_instance(1500, 16, seed=3)
-    res = solve_assign(p, "lagrange", time_limit=30)
+    # The time limits are safety nets, not the behaviour: generous for a loaded host (the
+    # solvers end on their own well before them on an idle one).
+    res = solve_assign(p, "lagrange", time_limit=300)
     assert res.lower_bound is not None and res.gap is not None
     # The bound must be informative: well above the trivial sum_u T_u >= 1 = n_users and
     # within 1 % of the assignment found (0.09 % measured on this instance); a bound
@@ -139,7 +165,7 @@ def test_lagrange_bound_and_gap_on_a_realistic_instance() -> None:
     assert np.all(res.evaluation.load <= p.room)
     # The same instance with the paper's heuristic: ours must not be worse by much, and the
     # bound must sit below what the heuristic achieves as well.
-    batched = solve_assign(p, "batched", batch_size=500, time_limit=20)
+    batched = solve_assign(p, "batched", batch_size=500, time_limit=300)
     assert res.lower_bound <= batched.objective
 
 

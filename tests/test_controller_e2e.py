@@ -169,16 +169,28 @@ def test_violation_gives_switch_then_migration_persisted_first(
         await orig(vm_eid, prio, notify)
 
     mapping.set_priorities = spy  # type: ignore[method-assign]
+    decided: list[float] = []
+    step1 = ctl.step1
+
+    async def counted(now: float) -> list[str]:
+        out = await step1(now)
+        decided.append(now)
+        return out
+
+    ctl.step1 = counted  # type: ignore[method-assign]
     svc = Service(ctl, make_server(ctl))
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": "Bearer s3cret"}
 
     async def main() -> None:
         task = asyncio.ensure_future(svc.serve())
-        await asyncio.sleep(1.5)  # a couple of S' windows with the SLA met
+        deadline = time.monotonic() + 30  # a timeout, not the behaviour
+        while len(decided) < 2:  # two S' windows decided with the SLA met
+            assert time.monotonic() < deadline, "the controller decided no S' window"
+            await asyncio.sleep(0.05)
         assert ctl.store.plans() == []
         sc.stress_at = time.time()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a timeout: check() fails if nothing was done
         while time.monotonic() < deadline:
             done = ctl.store.plans(state="succeeded")
             if any(p["kind"] == "vm_migration" for p in done):

@@ -75,7 +75,7 @@ def test_libvirt_live_migration_abort_and_action(tmp_path: Path) -> None:
                 await drv.start_migration("tiny", "dc1", "job-3", 8.4, 300)
             t0 = time.monotonic()
             while (job := await drv.job("tiny")).progress <= 0:
-                assert job.state == "running" and time.monotonic() - t0 < 20, job
+                assert job.state == "running" and time.monotonic() - t0 < 60, job  # a timeout
                 await asyncio.sleep(0.2)
             assert 0 < job.progress < 1
             src = libvirt.open(uris["dc2"])

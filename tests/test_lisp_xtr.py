@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -63,9 +64,17 @@ def xtr_doc(ms: tuple[str, int], port: int, host: str, **over: Any) -> dict[str,
 
 async def wait_for(xtr: Xtr, kind: type, pred: Callable[[Any], bool] = lambda e: True) -> Any:
     while True:
-        ev = await asyncio.wait_for(xtr.events.get(), 5)
+        ev = await asyncio.wait_for(xtr.events.get(), 10)  # a timeout, not the behaviour
         if isinstance(ev, kind) and pred(ev):
             return ev
+
+
+async def until(pred: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Until pred() holds: a wait for a state, not a fixed sleep (fails after timeout)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 def run(body: Callable[..., Awaitable[None]]) -> None:
@@ -89,16 +98,20 @@ def test_register_resolve_probe_down_and_up(tmp_path: Path) -> None:
                              {"address": "127.0.0.3", "priority": 2, "weight": 50}],
             }])
         )  # fmt: skip
+        t_reg = time.monotonic()
         etr, etr_t, _ = await open_xtr(etr_cfg)
         port = etr.local[1]
         acked = await wait_for(etr, RegistrationAcked)
-        assert acked.map_server == f"{ms[0]}:{ms[1]}" and acked.rtt < 1
+        # the RTT is in seconds and within what this test saw pass (no fixed bound)
+        assert acked.map_server == f"{ms[0]}:{ms[1]}"
+        assert 0 < acked.rtt <= time.monotonic() - t_reg
         assert len(server.registrations) == 1
         # ITR on 127.0.0.4 (same port number), watching an EID of the ETR's prefix
         itr_cfg = xtr_config_from_dict(
             xtr_doc(ms, port, "127.0.0.4", watch=["10.2.3.4/32"], map_servers=[],
                     stats_file=str(tmp_path / "itr.json"), http="127.0.0.1:0")
         )  # fmt: skip
+        t_itr = time.monotonic()
         itr, itr_t, http = await open_xtr(itr_cfg)
         try:
             added = await wait_for(itr, MappingAdded)
@@ -108,7 +121,7 @@ def test_register_resolve_probe_down_and_up(tmp_path: Path) -> None:
                 ("127.0.0.3", 2),
             ]
             res = await wait_for(itr, ProbeResult, lambda e: e.locator == "127.0.0.2")
-            assert 0 < res.rtt < 0.5
+            assert 0 < res.rtt <= time.monotonic() - t_itr
             down = await wait_for(itr, LocatorDown)
             assert down.locator == "127.0.0.3" and down.lost == 3
             # now something answers on 127.0.0.3: the locator comes back
@@ -160,16 +173,13 @@ def test_unknown_nonces_are_ignored_and_negative_replies_cached() -> None:
         itr, t, _ = await open_xtr(cfg)
         try:
             itr.send(MapReply(nonce=12345, records=()).to_bytes(), itr.local)
-            await asyncio.sleep(0.05)
+            await until(lambda: itr.stats["unknown_nonce"])
             assert itr.stats["unknown_nonce"] == 1
             assert itr.lookup(EidPrefix.parse("172.16.0.1/32")) is None
             assert itr.lookup(EidPrefix.parse("172.16.0.1/32")) is None  # in flight: no 2nd
             assert itr.stats["map_request_sent"] == 1
-            for _ in range(100):
-                await asyncio.sleep(0.02)
-                entry = itr.lookup(EidPrefix.parse("172.16.0.1/32"))
-                if entry is not None:
-                    break
+            await until(lambda: itr.lookup(EidPrefix.parse("172.16.0.1/32")) is not None)
+            entry = itr.lookup(EidPrefix.parse("172.16.0.1/32"))
             assert entry is not None and entry.negative
             assert entry.record.action == 1 and entry.record.ttl == 15
             assert str(entry.prefix) == "128.0.0.0/1"  # the sites are 10.1/16 and 10.2/16
@@ -335,15 +345,19 @@ def test_xtr_survives_garbage() -> None:
                 buf = bytearray(probe if i % 2 else bytes(rnd.randrange(256) for _ in range(40)))
                 buf[rnd.randrange(len(buf))] = rnd.randrange(256)
                 tr.sendto(bytes(buf), etr.local)
-                if i % 20 == 0:
-                    await asyncio.sleep(0.002)
-            await asyncio.sleep(0.1)
+                if i % 20 == 0:  # stay within the socket buffers: until handled
+                    await until(lambda n=i: etr.stats["received"] >= n)
+            await until(lambda: etr.stats["received"] >= 200)
             while not replies.empty():
                 replies.get_nowait()
-            tr.sendto(probe, etr.local)
+            last = MapRequest(4242, (RequestRecord.for_prefix(EidPrefix.parse("10.5.1.1/32")),),
+                              (IPv4Address("127.0.0.1"),), probe=True).to_bytes()  # fmt: skip
+            tr.sendto(last, etr.local)
             from pacao.lisp.messages import decode_message
 
-            reply = decode_message(await asyncio.wait_for(replies.get(), 2))
+            reply = decode_message(await asyncio.wait_for(replies.get(), 10))
+            while reply.nonce != 4242:  # a late answer to one of the mutated probes
+                reply = decode_message(await asyncio.wait_for(replies.get(), 10))
             assert isinstance(reply, MapReply) and reply.probe
             assert etr.stats["handler_errors"] == 0 and etr.stats["malformed"] > 50
         finally:
@@ -364,12 +378,16 @@ def test_priority_change_switches_the_itr() -> None:
         db = [{"prefix": "10.2.0.0/16", "locators": [
             {"address": "127.0.0.2", "priority": 1, "weight": 50},
             {"address": "127.0.0.3", "priority": 2, "weight": 50}]}]  # fmt: skip
-        etr_doc = xtr_doc(ms, 0, "127.0.0.2", database=db, change_priority=change)
+        # A pending CHANGE-PRIORITY expires after the request timeout: generous here, so
+        # that a loaded host delaying the ack is not a failure (nothing here is lost).
+        slow_ok = {"rate": 100, "burst": 100, "timeout": 10}
+        etr_doc = xtr_doc(ms, 0, "127.0.0.2", database=db, change_priority=change,
+                          map_request=slow_ok)  # fmt: skip
         etr_doc["http"] = "127.0.0.1:0"
         etr, etr_t, http = await open_xtr(xtr_config_from_dict(etr_doc))
         port = etr.local[1]
         itr_doc = xtr_doc(ms, port, "127.0.0.4", map_servers=[], watch=["10.2.3.4/32"],
-                          change_priority=change)  # fmt: skip
+                          change_priority=change, map_request=slow_ok)  # fmt: skip
         itr, itr_t, _ = await open_xtr(xtr_config_from_dict(itr_doc))
         prefix = EidPrefix.parse("10.2.0.0/16")
 
@@ -381,8 +399,7 @@ def test_priority_change_switches_the_itr() -> None:
         try:
             await wait_for(itr, MappingAdded)
             await wait_for(itr, ProbeResult)  # the ETR has now seen the ITR's probes
-            await asyncio.sleep(0.05)
-            assert etr.itr_peers[prefix]
+            await until(lambda: etr.itr_peers.get(prefix))
             # 1. CHANGE-PRIORITY: applied in place, acknowledged
             report = etr.set_priorities(
                 prefix, {"127.0.0.2": 2, "127.0.0.3": 1}, method="change-priority"
@@ -499,10 +516,7 @@ def test_map_notify_from_another_address_is_matched_by_nonce() -> None:
             assert acked.nonce == reg.nonce and xtr.stats["bad_auth"] == 0
             stray = MapNotify(nonce=reg.nonce + 1, records=reg.records)
             other.sendto(auth.sign(stray, "kk", reg.alg_id).to_bytes(), addr)
-            for _ in range(100):
-                await asyncio.sleep(0.01)
-                if xtr.stats["bad_auth"]:
-                    break
+            await until(lambda: xtr.stats["bad_auth"])
             assert xtr.stats["bad_auth"] == 1
         finally:
             await close_xtr(xtr, t, None)

@@ -136,7 +136,7 @@ def test_plans_are_read_once_none_is_in_flight(tmp_path: Path) -> None:
     assert store.move_plan(pid, "approved", "ongoing")
 
     def finish() -> None:
-        time.sleep(0.3)
+        time.sleep(0.3)  # the producer's delay that plans() must wait out (not an assert race)
         store.move_plan(pid, "ongoing", "succeeded")
 
     t = threading.Thread(target=finish)

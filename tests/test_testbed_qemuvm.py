@@ -87,6 +87,7 @@ sys.stdout.buffer.write(got)
 
 # One TCP connection to the echo port, a line every 20 ms until STOP exists: it must
 # survive the migration (the guest's TCP state moves with it); prints the longest gap.
+# The echo count so far is written to PROGRESS, for the test to wait on.
 FLOW = """
 import json, os, socket, sys, time
 s = socket.create_connection((sys.argv[1], 7), timeout=10)
@@ -102,6 +103,9 @@ while not os.path.exists(sys.argv[2]):
     assert int(got) == n, (got, n)
     now = time.monotonic()
     gap, last, n = max(gap, now - last), now, n + 1
+    with open(sys.argv[3] + ".tmp", "w") as f:
+        f.write(str(n))
+    os.replace(sys.argv[3] + ".tmp", sys.argv[3])
     time.sleep(0.02)
 print(json.dumps({"echoes": n, "max_gap_ms": gap * 1000}))
 """
@@ -122,6 +126,19 @@ def reach(ns: str) -> None:
     assert tcp(ns, 7, "echo") == b"pacao-echo\n"
 
 
+def echoes_after(progress: Path, count: int, flow: subprocess.Popen[bytes]) -> int:
+    """Until the echo flow has done more than ``count`` echoes (a state, not a fixed sleep);
+    the timeout is a failure message."""
+    deadline = time.monotonic() + 60
+    while True:
+        n = int(progress.read_text() or 0) if progress.exists() else 0
+        if n > count:
+            return n
+        assert flow.poll() is None, flow.communicate()[1].decode()
+        assert time.monotonic() < deadline, f"the echo flow stalled at {n}"
+        time.sleep(0.05)
+
+
 def test_qemu_guest_migrates_between_namespaces(sites: None, tmp_path: Path) -> None:
     guest = need_qemu()
     g = QemuGuest("pqvm", NS_A, f"pqt{PID}a", f"{EID}/24", GW, bridge="br0", blob_mib=4,
@@ -136,12 +153,12 @@ def test_qemu_guest_migrates_between_namespaces(sites: None, tmp_path: Path) -> 
             g.migrate_to(NS_B, f"pqt{PID}x", "172.31.0.9", 4444, dest_bridge="br0")
         assert g.ns == NS_A and g.alive()
         assert in_ns(NS_B, "ip", "link", "show", f"pqt{PID}x", check=False).returncode != 0
-        stop = tmp_path / "stop"
+        stop, progress = tmp_path / "stop", tmp_path / "echoes"
         flow = subprocess.Popen(
-            ["ip", "netns", "exec", NS_B, sys.executable, "-c", FLOW, EID, str(stop)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            ["ip", "netns", "exec", NS_B, sys.executable, "-c", FLOW, EID, str(stop),
+             str(progress)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
-        time.sleep(1)
+        before = echoes_after(progress, 9, flow)  # the flow runs before the migration
         r = g.migrate_to(NS_B, f"pqt{PID}b", "172.31.0.2", 4444, bandwidth_mbps=1000,
                          max_downtime_ms=300, dest_bridge="br0")  # fmt: skip
         print(f"\nQemuGuest migration {r.src_ns} -> {r.dst_ns} (128 MiB guest, 4 MiB blob, "
@@ -155,14 +172,15 @@ def test_qemu_guest_migrates_between_namespaces(sites: None, tmp_path: Path) -> 
         # the EID moves: a routes it to b, b reaches it on its own bridge
         in_ns(NS_B, "ip", "route", "del", f"{EID}/32")
         in_ns(NS_A, "ip", "route", "add", f"{EID}/32", "via", "172.31.0.2")
-        time.sleep(1)
+        moved = echoes_after(progress, 0, flow)
+        echoes_after(progress, moved + 10, flow)  # ten echoes after the move: it survived
         stop.touch()
         out, err = flow.communicate(timeout=30)
         assert flow.returncode == 0, err.decode()
         seen = json.loads(out)
         print(f"TCP echo flow across the migration: {seen['echoes']} echoes, longest gap "
               f"{seen['max_gap_ms']:.0f} ms (downtime + EID route move)")  # fmt: skip
-        assert seen["echoes"] > 50
+        assert seen["echoes"] >= max(before, moved) + 10
         reach(NS_B)
         reach(NS_A)
         pid = g.proc.pid if g.proc else -1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -64,7 +65,10 @@ def _before_after(rec: dict[str, Any]) -> tuple[dict[str, Any], float, float]:
     """The trial's (QEMU) migration and the bytes received wholly before it / after it."""
     (mig,) = [e for e in rec["cp_events"] if e["kind"] == "migration"]
     assert mig["modelled"] is False and mig["src"] == "adc" and mig["dst"] == "bdc"
-    assert 0 < mig["downtime_s"] < 2.0 and mig["bytes"] > 8 << 20 and mig["total_time_ms"] > 0
+    assert mig["bytes"] > 8 << 20 and mig["total_time_ms"] > 0
+    # live: the guest ran during most of the migration (a stop-and-copy pauses it all
+    # along). QEMU's own figures, both stretched alike by a loaded host: no fixed bound.
+    assert 0 < mig["downtime_s"] < mig["total_time_ms"] / 1000 / 2, mig
     start = (mig["started"] - rec["timeline_start_wall"]) / SCALE
     end = start + mig["duration_s"] / SCALE
     rows = rec["measure"]["intervals"]
@@ -169,6 +173,16 @@ def test_unfinished_migrations_are_reported() -> None:
     assert m["measured_by"] == "qemu" and m["downtime_s"] == 0.05 and m["t_s"] == 4.0
 
 
+def streaming(state: runner.State, dc: str) -> bool:
+    """A TCP connection established in the dc's namespace: the incoming QEMU's migration
+    stream (the guest's own traffic goes through its TAP, not this stack)."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", state.ns(dc), "ss", "-H", "-t", "-n", "state", "established"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return bool(out.strip())
+
+
 def test_teardown_mid_migration_kills_both_qemus(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,7 +220,10 @@ def test_teardown_mid_migration_kills_both_qemus(
                 break
             time.sleep(0.2)
         assert [p["name"] for p in pids] == ["qemu-vm", "qemu-vm-incoming"]
-        time.sleep(2)  # the migration stream is under way
+        deadline = time.monotonic() + 60  # until the migration stream is under way
+        while not streaming(state, "bdc"):
+            assert time.monotonic() < deadline, "no migration stream to bdc"
+            time.sleep(0.2)
         assert all(runner.proc_start_time(p["pid"]) == p["start"] for p in pids)
     finally:
         runner.down(state)
