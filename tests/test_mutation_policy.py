@@ -81,9 +81,9 @@ def test_a_class_with_nothing_usable_gets_no_candidate() -> None:
 
 
 def test_secondary_key_tie_is_relative_1e_minus_9() -> None:
-    # Same penalty (T = 2); the other entry shorter by 1e-6 relative is a real improvement,
+    # Same penalty (T = 2); the other entry shorter by 1e-8 relative is a real improvement,
     # by 1e-12 relative it is float noise.
-    d = step1([[100.0, 100.0 * (1 - 1e-6)], [100.0, 100.0 * (1 - 1e-12)]], [0, 0])
+    d = step1([[100.0, 100.0 * (1 - 1e-8)], [100.0, 100.0 * (1 - 1e-12)]], [0, 0])
     assert d.reason.tolist() == [Reason.SWITCH, Reason.CURRENT_IS_BEST]
 
 
