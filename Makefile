@@ -61,7 +61,7 @@ fuzz: venv  # atheris on the LISP decoder/map-server path; corpus kept in .fuzz/
 # function (settings in setup.cfg; what survives and why: docs/testing.md).
 mutation: venv
 	rm -rf mutants
-	nice -n 10 $(BIN)/mutmut run --max-children 2 2>&1 | tr '\r' '\n' | grep -a 'mutations/second\|🎉' | tail -2
+	nice -n 10 $(BIN)/mutmut run --max-children 2 2>&1 | tr '\r' '\n' | grep -a 'mutations/second\|🎉\|[Ff]ailed' | tail -3
 	$(BIN)/python tests/mutation_score.py
 
 clean:

@@ -1,7 +1,8 @@
 """Score of the last `mutmut run` per module, and its survivors (run by `make mutation`).
 
 Killed = a test failed or the mutant timed out; "no tests" counts as survived (no fast
-test calls the function). Prints only: the score is a figure to read, not a gate."""
+test calls the function). The score is a figure to read, not a gate; the exit status is
+non-zero only when mutmut left mutants unchecked (an unfinished run has no score)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def main() -> int:
     print(f"\n{len(survivors)} survivors (`mutmut show NAME` prints the diff):")
     for s in survivors:
         print("  " + s)
+    if total["not checked"]:
+        # An unfinished run (e.g. its stats pass failed) is no score: say so, fail.
+        print(
+            f"\nmutmut did not finish: {total['not checked']} mutants not checked", file=sys.stderr
+        )
+        return 1
     return 0
 
 

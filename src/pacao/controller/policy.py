@@ -130,12 +130,6 @@ class Sla:
     weights: FloatArray
     bounds: FloatArray
 
-    def ratios(self, values: FloatArray) -> FloatArray:
-        """m/M for values of shape (users, ..., criteria)."""
-        shape = (self.bounds.shape[0],) + (1,) * (values.ndim - 2) + (self.bounds.shape[1],)
-        out: FloatArray = values / self.bounds.reshape(shape)
-        return out
-
 
 @dataclass(frozen=True)
 class EntryDecisions:
