@@ -48,11 +48,11 @@ def resumed_at(store: Store, pid: str, since: float) -> float | None:
 
 def one_round(g: Group, store: Store, sig: signal.Signals, n: int) -> tuple[str, int, float, float]:
     """Put a migration under way, signal the leader, time the take-over, restart it."""
-    old, lease = g.leader()
     src, dst = ("dc1", "dc2") if n % 2 else ("dc2", "dc1")
     job = f"bench-{n}"
     pid = migration_plan(store, src, dst, job)
     g.wait("the migration to start", lambda: started(g, job))
+    old, lease = g.leader()  # the leader running it now
     t0 = time.time()
     os.kill(old.proc.pid, sig)
     old.proc.wait(timeout=120)

@@ -66,7 +66,7 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Group]:
 
 def check_once(g: Group, pid: str, job: str, calls_before: int) -> dict[str, Any]:
     """The plan succeeded; its migration was started once, its entry switch done once."""
-    plan = g.wait("the plan to end", lambda: finished(g, pid))
+    plan: dict[str, Any] = g.wait("the plan to end", lambda: finished(g, pid))
     assert plan["state"] == "succeeded", (plan, g.logs())
     assert [a["state"] for a in plan["actions"]] == ["succeeded", "succeeded"]
     assert len(started(g, job)) == 1, g.world_doc()
@@ -80,8 +80,8 @@ def check_once(g: Group, pid: str, job: str, calls_before: int) -> dict[str, Any
 def test_followers_answer_reads_and_refuse_writes(group: Group) -> None:
     g = group
     g.leader()
-    for r in g.replicas:
-        g.wait("every replica's API", r.health)
+    for each in g.replicas:
+        g.wait("every replica's API", each.health)
 
     def agree() -> tuple[Replica, Replica, dict[str, Any]] | None:
         """A follower and the leader agreeing with the lease row (the lease may move on
@@ -89,17 +89,16 @@ def test_followers_answer_reads_and_refuse_writes(group: Group) -> None:
         lease = g.lease()
         if lease is None or not lease["valid"]:
             return None
-        docs = [(r, r.health()) for r in g.replicas]
-        lead = [r for r, d in docs if d and d["role"] == "leader" and
+        docs = [(x, x.health()) for x in g.replicas]
+        lead = [x for x, d in docs if d and d["role"] == "leader" and
                 d["replica"] == lease["holder"]]  # fmt: skip
-        fol = [r for r, d in docs if d and d["role"] == "follower" and
+        fol = [(x, d) for x, d in docs if d and d["role"] == "follower" and
                (d["leader"], d["epoch"], d["leader_since"]) ==
                (lease["holder"], lease["epoch"], lease["since"])]  # fmt: skip
-        return (fol[0], lead[0], lease) if lead and fol else None
+        return (fol[0][0], lead[0], fol[0][1]) if lead and fol else None
 
-    follower, leader, _ = g.wait("a follower agreeing with the leader", agree)
-    h = follower.health()
-    assert h is not None and h["leader_api"] == leader.base
+    follower, leader, h = g.wait("a follower agreeing with the leader", agree)
+    assert h["leader_api"] == leader.base
     auth = {"Authorization": f"Bearer {TOKEN}"}
     r = httpx.get(f"{follower.base}/plans", headers=auth)
     assert r.status_code == 200
@@ -224,7 +223,7 @@ def test_the_store_refuses_a_stale_epoch(group: Group) -> None:
         a.fence, b.fence = Fence(), Fence()
         lost: list[str] = []
         a.fence.on_lost = lost.append
-        got = a.acquire_lease("a", "http://a", 0.3)
+        got = a.acquire_lease("a", "http://a", 2.0)
         assert got is not None and got[0] == 1
         assert b.acquire_lease("b", "http://b", 30.0) is None  # held and unexpired
         a.fence.epoch = got[0]

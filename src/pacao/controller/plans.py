@@ -230,8 +230,10 @@ class Executor:
             a = {**a, "state": "succeeded", "undo": undo}
             done.append(a)
             await self._hook("succeeded", plan, a)
-        self.store.move_plan(pid, "ongoing", "succeeded")
+        # What the plan did to the per-user state is stored first: a crash (or a lost
+        # lease) between the two leaves the plan ongoing, and its resumption stores both.
         self._finish(pid, "succeeded")
+        self.store.move_plan(pid, "ongoing", "succeeded")
         return "succeeded"
 
     async def _revert(

@@ -956,8 +956,12 @@ class Service:
         def t() -> Any:  # read at every tick: a reload may change the timers
             return ctl.cfg.timers
 
-        ctl.load_state()
-        ctl.ams.start()
+        try:
+            ctl.load_state()
+            ctl.ams.start()
+        except Exception:
+            await ctl.ams.stop()
+            raise
         # Recovery in the background: a plan under way can be a migration of minutes, and
         # the API, the probes and SIGTERM must not wait for it (/readyz says when it ends).
         ctl.in_recovery = True
@@ -1072,7 +1076,11 @@ class Service:
             keeper = asyncio.ensure_future(lead.keep(end))
             relay = asyncio.ensure_future(self._relay(ended))
             ctl.new_term()
-            left = await self._term(ended)
+            try:
+                left = await self._term(ended)
+            except (SQLAlchemyError, NotLeader) as exc:
+                # The state could not be read at the start of the term: nothing ran yet.
+                lead.lose(f"the term could not start: {exc}")
             for task in (keeper, relay):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
