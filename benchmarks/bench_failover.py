@@ -56,6 +56,7 @@ def one_round(g: Group, store: Store, sig: signal.Signals, n: int) -> tuple[str,
     t0 = time.time()
     os.kill(old.proc.pid, sig)
     old.proc.wait(timeout=120)
+    g.replicas.remove(old)  # its exit is expected (SIGTERM: code 0)
     _, new = g.leader(not_pid=old.proc.pid)
     resumed = g.wait("the resumption", lambda: resumed_at(store, pid, t0))
     plan = g.wait("the plan to end", lambda: finished(g, pid))
@@ -66,7 +67,6 @@ def one_round(g: Group, store: Store, sig: signal.Signals, n: int) -> tuple[str,
         f"{resumed - t0:6.2f} s (epoch {lease['epoch']} -> {new['epoch']})",
         flush=True,
     )
-    g.replicas.remove(old)
     g.wait("the restarted replica's API", g.start().health)
     return sig.name, n, took, resumed - t0
 
