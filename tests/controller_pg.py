@@ -7,6 +7,7 @@ as the ``postgres`` system user (PostgreSQL refuses to run as root).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -45,9 +46,32 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
+class Cluster:
+    """A running test cluster: its URL, and a restart (same port and data) by pg_ctl."""
+
+    def __init__(self, url: str, ctl: list[str], data: Path) -> None:
+        self.url, self._ctl, self.data = url, ctl, data
+
+    def pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def restart(self) -> None:
+        """Fast shutdown (every session is cut) and start again; returns when it accepts
+        connections."""
+        subprocess.run([*self._ctl, "-m", "fast", "restart"], check=True, capture_output=True,
+                       timeout=90)  # fmt: skip
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Yield a SQLAlchemy URL of a fresh, empty PostgreSQL cluster on loopback."""
+    with postgres_cluster() as cluster:
+        yield cluster.url
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[Cluster]:
+    """A fresh, empty PostgreSQL cluster on loopback, stopped by PID at the end."""
     bindir = pg_bin()
     root = Path(tempfile.mkdtemp(prefix="pacao-pg-"))
     data, sock = root / "data", root / "sock"
@@ -83,30 +107,18 @@ def postgres_server() -> Iterator[str]:
             f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off"
         )
-        subprocess.run(
-            [
-                *prefix,
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                opts,
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                str(root / "log"),
-                "start",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=90,
-        )
-        pid = int((data / "postmaster.pid").read_text().split()[0])
-        yield f"postgresql://pacao@127.0.0.1:{port}/postgres"
+        ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "-t", "60",
+               "-l", str(root / "log")]  # fmt: skip
+        subprocess.run([*ctl, "start"], check=True, capture_output=True, timeout=90)
+        cluster = Cluster(f"postgresql://pacao@127.0.0.1:{port}/postgres", ctl, data)
+        pid = cluster.pid()
+        yield cluster
     finally:
         if pid:
-            os.kill(pid, signal.SIGINT)  # fast shutdown
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                pid = cluster.pid()  # a restart made a new postmaster
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)  # fast shutdown
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 if not _alive(pid):

@@ -177,7 +177,7 @@ class Ams:
         vm = self._vm_of(ref, "vm" if "vm" in body else "serviceConsumerId.appInstanceId")
         rid = str(uuid.uuid4())
         doc = {**dict(body), "appMobilityServiceId": rid, "vm": vm}
-        with self.store.engine.begin() as c:
+        with self.store.write() as c:
             c.execute(
                 insert(registrations).values(
                     id=rid,
@@ -201,7 +201,7 @@ class Ams:
         return None if row is None else dict(row.body)
 
     def deregister(self, rid: str) -> bool:
-        with self.store.engine.begin() as c:
+        with self.store.write() as c:
             return bool(c.execute(registrations.delete().where(registrations.c.id == rid)).rowcount)
 
     def subscribe(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -272,7 +272,7 @@ class Ams:
         }
         if kind == MOBILITY:
             doc["filterCriteria"] = {**dict(fc), "mobilityStatus": statuses}
-        with self.store.engine.begin() as c:
+        with self.store.write() as c:
             c.execute(
                 insert(subscriptions).values(
                     id=sid,
@@ -302,7 +302,7 @@ class Ams:
         return None if row is None else dict(row.body)
 
     def unsubscribe(self, sid: str) -> bool:
-        with self.store.engine.begin() as c:
+        with self.store.write() as c:
             n = c.execute(
                 update(subscriptions)
                 .where(subscriptions.c.id == sid, subscriptions.c.active)
@@ -338,7 +338,7 @@ class Ams:
 
     def _enqueue(self, rows: list[Any], event: str, body: dict[str, Any]) -> None:
         now = self.clock.now()
-        with self.store.engine.begin() as c:
+        with self.store.write() as c:
             for r in rows:
                 seq = c.execute(
                     select(func.coalesce(func.max(deliveries.c.seq), 0)).where(
@@ -526,5 +526,5 @@ class Ams:
         else:
             delay = min(self.opts.backoff_s * 2 ** (attempts - 1), self.opts.backoff_max_s)
             values = {"attempts": attempts, "next_at": now + delay, "last_error": error}
-        with self.store.engine.begin() as c:
+        with self.store.write() as c:
             c.execute(update(deliveries).where(deliveries.c.id == d.id).values(**values))

@@ -9,9 +9,9 @@ name local objects.)
 import secrets
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
@@ -64,13 +64,43 @@ def create_app(ctl: Any, token: str) -> FastAPI:
             )
 
     guarded = [Depends(auth)]
+    #: what a follower still does itself: re-read its own config file
+    local_writes = frozenset({"/config/reload"})
+
+    @app.middleware("http")
+    async def followers_refuse_writes(request: Request, call_next: Any) -> Any:
+        """A replica that does not lead answers reads; a write gets 503 naming the leader
+        (header X-Pacao-Leader: its API), never a half-done change."""
+        lead = getattr(ctl, "leadership", None)
+        if (
+            lead is not None
+            and request.method not in ("GET", "HEAD", "OPTIONS")
+            and request.url.path not in local_writes
+            and not lead.leading()
+        ):
+            info = lead.info()
+            where = (
+                f"the leader {info['leader']} at {info['leader_api']}"
+                if info["leader"]
+                else "no replica leads right now; retry in a few seconds"
+            )
+            return JSONResponse(
+                status_code=503,
+                content={"detail": f"this replica follows: send writes to {where}", **info},
+                headers={"X-Pacao-Leader": info["leader_api"] or "", "Retry-After": "1"},
+            )
+        return await call_next(request)
 
     def health() -> dict[str, Any]:
         recovering = bool(getattr(ctl, "in_recovery", False))
-        return {
+        doc: dict[str, Any] = {
             "status": "recovering" if recovering else "ok",
             "recovering_plans": sorted(getattr(ctl, "recovering", ())),
         }
+        lead = getattr(ctl, "leadership", None)
+        if lead is not None:
+            doc.update(lead.info())
+        return doc
 
     @app.get("/healthz", summary="Process answers; says 'recovering' while plans resume")
     def healthz() -> dict[str, Any]:

@@ -62,10 +62,22 @@ def run(
     log_level: Annotated[
         LogLevel, typer.Option("--log-level", help="Least severe log level written.")
     ] = LogLevel.INFO,
+    listen: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT of the API instead of api.listen (replicas on one host)."),
+    ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            help="The API URL followers name to clients (ha.enabled; default http://HOST:PORT)."
+        ),
+    ] = None,
 ) -> None:
     """Run the controller: monitor, decide every S', act through the drivers, serve the API.
 
-    SIGHUP (or POST /config/reload) re-reads the config file; SIGTERM/SIGINT stop."""
+    With ha.enabled, run the same config as several replicas: one leads, the others
+    serve reads and take over when its lease ends. SIGHUP (or POST /config/reload)
+    re-reads the config file; SIGTERM/SIGINT stop."""
     from pacao.controller.service import run_forever
 
     try:
@@ -74,6 +86,8 @@ def run(
             dry_run=dry_run,
             manual=approve is ApproveMode.MANUAL,
             log_level=log_level.value,
+            listen=listen,
+            advertise=advertise,
         )
     except InputError as exc:
         raise _fail(str(exc)) from None

@@ -207,6 +207,20 @@ class Ams(_Model):
     backoff_max_s: PosFloat = 300.0
 
 
+class Ha(_Model):
+    """Replicas with one leader by lease in PostgreSQL (docs/controller.md "High
+    availability"); off: one process, SQLite or PostgreSQL."""
+
+    enabled: bool = False
+    #: a leader that has not renewed for this long is replaced (database clock)
+    lease_s: PosFloat = 10.0
+    #: how often the leader renews and a follower tries to take over (default lease_s/4)
+    renew_s: PosFloat | None = None
+
+    def renew_every(self) -> float:
+        return self.renew_s if self.renew_s is not None else self.lease_s / 4
+
+
 class ControllerConfig(_Model):
     dcs: Annotated[list[DataCenter], Field(min_length=1)]
     vms: list[VirtualMachine] = []
@@ -219,6 +233,7 @@ class ControllerConfig(_Model):
     api: Api = Api()
     approval: Approval = Approval()
     ams: Ams = Ams()
+    ha: Ha = Ha()
 
     def dc(self, name: str) -> DataCenter:
         return next(d for d in self.dcs if d.name == name)
@@ -414,6 +429,20 @@ def check_references(cfg: ControllerConfig) -> None:
     scheme = cfg.storage.url.split(":", 1)[0]
     if scheme not in ("sqlite", "postgresql", "postgresql+psycopg"):
         raise InputError("storage.url", cfg.storage.url, "sqlite:///FILE or postgresql://...")
+    if cfg.ha.enabled and scheme == "sqlite":
+        raise InputError(
+            "ha.enabled",
+            True,
+            "replicas need a shared PostgreSQL storage.url (postgresql://...); "
+            "SQLite is for one controller process only",
+        )
+    if cfg.ha.renew_every() * 2 > cfg.ha.lease_s:
+        raise InputError(
+            "ha.renew_s",
+            cfg.ha.renew_every(),
+            f"at most half of ha.lease_s ({cfg.ha.lease_s:g} s), so one lost renewal "
+            "does not end the lease",
+        )
 
 
 def _resolve_files(cfg: ControllerConfig, base: Path) -> ControllerConfig:

@@ -58,6 +58,21 @@ class Metrics:
         self.history_rows = Counter(
             "pacao_storage_history_rows", "Down-sampled history rows written", registry=r
         )
+        # Replicas (ha.enabled): who leads and since when; 0 on a single controller.
+        self.leader = Gauge(
+            "pacao_leader", "1 while this replica holds the leader lease", registry=r
+        )
+        self.leader_epoch = Gauge(
+            "pacao_leader_epoch", "Epoch of the lease as this replica last saw it", registry=r
+        )
+        self.leader_since = Gauge(
+            "pacao_leader_since_seconds",
+            "Unix time (database clock) at which the current leader took the lease",
+            registry=r,
+        )
+        self.leader_terms = Counter(
+            "pacao_leader_terms", "Leader terms this replica started", registry=r
+        )
         for s in PLAN_STATES:
             self.plans.labels(state=s).set(0)
 

@@ -7,8 +7,13 @@ driver is called, then ``succeeded`` or ``failed``. When an action fails the
 plan is ``failed`` and the failed action and the earlier succeeded ones are
 reverted, newest first. After a crash, :meth:`Executor.recover` re-runs every
 ``ongoing`` plan: succeeded actions are skipped, the ongoing one is executed
-again, which drivers make idempotent (same priorities, same migration job id),
+again, which drivers make idempotent (same priorities, same migration job id; a
+migration already done or an entry switch already registered is not redone),
 so nothing is lost and nothing runs twice.
+
+Replicas: a new leader takes over through the same recovery, and ``Context.fence``
+(set on a replica) is checked right before each action touches the world; the
+store refuses the transitions of a replica whose lease ended.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pacao.controller.clock import Clock
-from pacao.controller.drivers.base import DriverError, HypervisorDriver, MappingDriver
+from pacao.controller.drivers.base import DriverError, FenceCheck, HypervisorDriver, MappingDriver
 from pacao.controller.storage import Store
 from pacao.errors import InputError
 
@@ -34,6 +39,17 @@ class Context:
     clock: Clock
     poll_s: float = 0.5
     migration_timeout_s: float = 3600.0
+    #: raises unless this replica still leads (None: a single controller)
+    fence: FenceCheck | None = None
+
+    async def check(self) -> None:
+        if self.fence is not None:
+            await self.fence()
+
+
+#: Set in an action's parameters (in memory only) when a restart or a new leader resumes
+#: it: an entry switch already registered is then not registered again.
+RESUMED = "_resumed"
 
 
 class Action(Protocol):
@@ -64,12 +80,18 @@ class EntrySwitch:
         return {"priorities": await ctx.mapping.get_priorities(params["vm_eid"])}
 
     async def execute(self, ctx: Context, params: dict[str, Any]) -> None:
+        if params.get(RESUMED) and await ctx.mapping.get_priorities(params["vm_eid"]) == dict(
+            params["priorities"]
+        ):
+            return  # registered before the crash (or by a leader whose lease ended)
+        await ctx.check()
         await ctx.mapping.set_priorities(
             params["vm_eid"], dict(params["priorities"]), list(params["notify"])
         )
 
     async def revert(self, ctx: Context, params: dict[str, Any], undo: dict[str, Any]) -> None:
         if undo.get("priorities"):
+            await ctx.check()
             await ctx.mapping.set_priorities(
                 params["vm_eid"], dict(undo["priorities"]), list(params["notify"])
             )
@@ -94,6 +116,7 @@ class VmMigration:
         st = await ctx.hypervisor.status(vm)
         if st.dc == dst and st.running:
             return  # done already (a re-run after a crash)
+        await ctx.check()
         await ctx.hypervisor.start_migration(
             vm, dst, params["job_id"], params["bandwidth_mbps"], params["max_downtime_ms"]
         )
@@ -112,6 +135,7 @@ class VmMigration:
 
     async def revert(self, ctx: Context, params: dict[str, Any], undo: dict[str, Any]) -> None:
         vm = params["vm"]
+        await ctx.check()
         await ctx.hypervisor.abort(vm)
         st = await ctx.hypervisor.status(vm)
         if st.dc == params["dst"] and st.running:
@@ -177,6 +201,7 @@ class Executor:
                     await self._hook("starting", plan, {**a, "undo": undo})
                 elif started:
                     self.store.resume_action(a["id"])
+                    params[RESUMED] = True
                 else:
                     raise DriverError(f"action {a['id']} is {a['state']}")
                 t0 = time.monotonic()
@@ -205,8 +230,10 @@ class Executor:
             a = {**a, "state": "succeeded", "undo": undo}
             done.append(a)
             await self._hook("succeeded", plan, a)
-        self.store.move_plan(pid, "ongoing", "succeeded")
+        # What the plan did to the per-user state is stored first: a crash (or a lost
+        # lease) between the two leaves the plan ongoing, and its resumption stores both.
         self._finish(pid, "succeeded")
+        self.store.move_plan(pid, "ongoing", "succeeded")
         return "succeeded"
 
     async def _revert(

@@ -95,7 +95,7 @@ def roll_up(store: Store, bucket_s: float, until: float) -> int:
     cols += [measurements.c[k] for k in ("rtt_ms", "jitter_ms", "count")]
     while start < end:
         stop = min(end, start + step)
-        with store.engine.begin() as c:
+        with store.write() as c:
             rows = c.execute(
                 select(*cols).where(
                     measurements.c.ts >= start,
@@ -115,7 +115,7 @@ def roll_up(store: Store, bucket_s: float, until: float) -> int:
 def _delete_chunks(store: Store, table: Any, where: Any) -> int:
     total = 0
     while True:
-        with store.engine.begin() as c:
+        with store.write() as c:
             ids = select(table.c.id).where(where).limit(CHUNK).scalar_subquery()
             n = c.execute(delete(table).where(table.c.id.in_(ids))).rowcount
         total += int(n)

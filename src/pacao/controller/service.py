@@ -5,6 +5,11 @@ users at once (:func:`pacao.controller.policy.decide_entry`); users whose SLA
 was violated get Step 2 S'' (timers.s2) later, over the samples the xTRs took
 every S''' (timers.s3) meanwhile. Decisions become stored plans first, then
 actions. Time comes only from the injected :class:`~pacao.controller.clock.Clock`.
+
+With ``ha.enabled`` (PostgreSQL) several processes run the same config: the one
+holding the lease in the database leads (one *term* per epoch: the loops, the plans,
+the recovery); the others follow, serve reads and refuse writes (docs/controller.md,
+"High availability").
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
+import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from pacao.controller import retention
 from pacao.controller.ams import Ams
@@ -54,7 +63,7 @@ from pacao.controller.policy import (
     placement,
     rank_entries,
 )
-from pacao.controller.storage import Store, check_storage
+from pacao.controller.storage import Fence, NotLeader, Store, check_storage
 from pacao.errors import InputError
 from pacao.optimize.assign import InfeasibleError
 
@@ -152,6 +161,14 @@ class Controller:
         self.config_path: Path | None = None
         #: the API's bearer token (a reload may change it)
         self.api_token: str | None = None
+        #: replicas (ha.enabled): this process's lease state; None: a single controller
+        self.fence: Fence | None = None
+        self.leadership: Leadership | None = None
+        #: `run --listen`: replaces api.listen of the file (several replicas on one host)
+        self.listen_override: str | None = None
+        #: called with the exception of a plan task that failed outside the drivers (the
+        #: store went away): a replica then ends its term and a new one recovers the plan
+        self.on_plan_error: Callable[[BaseException], None] | None = None
 
     def _configure(self, cfg: ControllerConfig) -> None:
         """Everything derived from the parts of the config a reload may change."""
@@ -188,7 +205,7 @@ class Controller:
         path = path or self.config_path
         if path is None:
             raise InputError("config", None, "this controller was not started from a file")
-        new = load_config(path)
+        new = with_listen(load_config(path), self.listen_override)
         restart_only(self.cfg, new)
         token = new.api_token() if self.api_token is not None else None
         old = self.cfg.model_dump(mode="json")
@@ -208,7 +225,9 @@ class Controller:
             )
 
     # -- per-user state ------------------------------------------------------
-    def load_state(self) -> None:
+    def load_state(self, write: bool = True) -> None:
+        """Per-user state from the store; ``write=False`` (a follower's view) does not
+        store the initial state of a user the database does not know yet."""
         for u in self.users:
             st = self.store.get_state(f"user/{u.name}")
             if st is None:
@@ -219,8 +238,31 @@ class Controller:
                     "last_switch": None,
                     "last_migration": None,
                 }
-                self.store.put_state(f"user/{u.name}", st)
+                if write:
+                    self.store.put_state(f"user/{u.name}", st)
             self.state[u.name] = dict(st)
+
+    # -- replicas -------------------------------------------------------------
+    def enable_fencing(self, fence: Fence) -> None:
+        """Make every store write and every driver action of this process check ``fence``."""
+        self.fence = fence
+        self.store.fence = fence
+
+        async def check() -> None:
+            self.store.check_fence()
+
+        self.executor.ctx.fence = check
+        for drv in (self.mapping, self.hypervisor):
+            drv.fence = check
+
+    def new_term(self) -> None:
+        """Forget what the previous term had in memory: the next leader term starts from
+        the database, as a restarted process does."""
+        self.running = {}
+        self.step2_due = {}
+        self.recovering = set()
+        self.in_recovery = False
+        self.last_known = LastKnown(self.cfg.policy.carry_windows * self.cfg.timers.s1)
 
     def _save(self, user: str) -> None:
         self.store.put_state(f"user/{user}", self.state[user])
@@ -759,7 +801,18 @@ class Controller:
     def start(self, pid: str) -> None:
         if pid in self.running and not self.running[pid].done():
             return
-        self.running[pid] = asyncio.ensure_future(self.executor.run_plan(pid))
+        task = asyncio.ensure_future(self.executor.run_plan(pid))
+        self.running[pid] = task
+        if self.on_plan_error is not None:
+            task.add_done_callback(self._plan_task_done)
+
+    def _plan_task_done(self, task: asyncio.Task[str]) -> None:
+        if task.cancelled() or self.on_plan_error is None:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.warning("plan stopped by a storage error", extra={"error": str(exc)})
+            self.on_plan_error(exc)
 
     async def recover(self) -> list[str]:
         """After a restart: resume ``ongoing`` plans, start ``approved`` ones and, in auto
@@ -863,6 +916,8 @@ class Service:
             await clock.sleep(nxt - clock.now())
             try:
                 await fn(nxt)
+            except NotLeader:
+                return  # the lease is gone: the term ends
             except Exception:
                 log.exception("loop iteration failed")
             nxt += period()
@@ -879,16 +934,40 @@ class Service:
 
     async def serve(self) -> None:
         ctl = self.ctl
+        api = None
+        if self.api_server is not None:
+            api = asyncio.ensure_future(self.api_server.serve())
+        if ctl.cfg.ha.enabled:
+            left = await self._replica()
+        else:
+            left = await self._term(self.stop)
+        if self.api_server is not None:
+            self.api_server.should_exit = True
+        if api is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await api
+        log.info("controller stopped", extra={"plans_left_ongoing": left})
+
+    async def _term(self, until: asyncio.Event) -> int:
+        """Lead until ``until`` is set: load the state, resume the plans a previous process
+        or leader left, run the loops. Returns how many plans were left under way."""
+        ctl = self.ctl
 
         def t() -> Any:  # read at every tick: a reload may change the timers
             return ctl.cfg.timers
 
-        ctl.load_state()
-        ctl.ams.start()
+        try:
+            ctl.load_state()
+            ctl.ams.start()
+        except Exception:
+            await ctl.ams.stop()
+            raise
         # Recovery in the background: a plan under way can be a migration of minutes, and
         # the API, the probes and SIGTERM must not wait for it (/readyz says when it ends).
         ctl.in_recovery = True
         recovery = asyncio.ensure_future(ctl.recover())
+        if ctl.on_plan_error is not None:
+            recovery.add_done_callback(self._recovery_done)
 
         async def poll(_: float) -> None:
             await ctl.monitor.poll()
@@ -922,23 +1001,20 @@ class Service:
             ),
             recovery,
         ]
-        api = None
-        if self.api_server is not None:
-            api = asyncio.ensure_future(self.api_server.serve())
         log.info(
             "controller started",
             extra={"users": len(ctl.users), "dry_run": ctl.dry_run, "manual": ctl.manual},
         )
-        await self.stop.wait()
-        if self.api_server is not None:
-            self.api_server.should_exit = True
+        await until.wait()
         for task in loops:
             task.cancel()
-        for task in loops + ([api] if api is not None else []):
-            with contextlib.suppress(asyncio.CancelledError):
+        for task in loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         under_way = [t for t in ctl.running.values() if not t.done()]
-        if under_way:
+        if under_way and self.stop.is_set():
+            # A clean stop lets plans end; a lost lease cancels them at once (the new
+            # leader resumes them, and this process's writes are refused anyway).
             await asyncio.wait(under_way, timeout=self.grace_s)
         left = sum(not t.done() for t in under_way)
         for task in ctl.running.values():
@@ -947,7 +1023,229 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await ctl.ams.stop()
-        log.info("controller stopped", extra={"plans_left_ongoing": left})
+        return left
+
+    def _recovery_done(self, task: asyncio.Future[Any]) -> None:
+        if task.cancelled() or self.ctl.on_plan_error is None:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.warning("recovery stopped by a storage error", extra={"error": str(exc)})
+            self.ctl.on_plan_error(exc)
+
+    async def _relay(self, ended: asyncio.Event) -> None:
+        await self.stop.wait()
+        ended.set()
+
+    def _enders(
+        self, ended: asyncio.Event, loop: asyncio.AbstractEventLoop
+    ) -> tuple[Callable[[str], None], Callable[[BaseException], None]]:
+        """How a term ends: the lease lost (from any thread: a fenced write in a worker
+        thread), or a plan stopped by a storage error (the next term recovers it)."""
+        lead = self.ctl.leadership
+        assert lead is not None
+
+        def end(why: str) -> None:
+            lead.lose(why)
+            loop.call_soon_threadsafe(ended.set)
+
+        def plan_error(exc: BaseException) -> None:
+            end(f"a plan stopped: {exc}")
+
+        return end, plan_error
+
+    async def _replica(self) -> int:
+        """Follow until the lease is ours, lead one term per epoch, follow again when it
+        is lost; until stopped. Returns the plans left under way by the last term."""
+        ctl = self.ctl
+        lead = ctl.leadership
+        assert lead is not None, "ha.enabled needs Controller.leadership (run_forever)"
+        loop = asyncio.get_running_loop()
+        left = 0
+        while not self.stop.is_set():
+            if not await lead.campaign():
+                await lead.follow()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), ctl.cfg.ha.renew_every())
+                continue
+            ended = asyncio.Event()
+
+            end, plan_error = self._enders(ended, loop)
+            lead.fence.on_lost = end
+            ctl.on_plan_error = plan_error
+            keeper = asyncio.ensure_future(lead.keep(end))
+            relay = asyncio.ensure_future(self._relay(ended))
+            ctl.new_term()
+            try:
+                left = await self._term(ended)
+            except (SQLAlchemyError, NotLeader) as exc:
+                # The state could not be read at the start of the term: nothing ran yet.
+                lead.lose(f"the term could not start: {exc}")
+            for task in (keeper, relay):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            ctl.on_plan_error = None
+            lead.fence.on_lost = None
+            if self.stop.is_set() and lead.leading():
+                await lead.release()
+            lead.step_down()
+            ctl.new_term()
+            with contextlib.suppress(TimeoutError):  # others get a chance first
+                await asyncio.wait_for(self.stop.wait(), ctl.cfg.ha.renew_every())
+        return left
+
+
+class Leadership:
+    """This replica's side of the lease (docs/controller.md "High availability"): take it
+    when free, renew it, notice losing it; what /healthz and the metrics show."""
+
+    def __init__(self, ctl: Controller, holder: str, address: str) -> None:
+        self.ctl, self.holder, self.address = ctl, holder, address
+        self.fence = Fence()
+        ctl.leadership = self
+        ctl.enable_fencing(self.fence)
+        self.epoch: int | None = None
+        self.since: float | None = None  # database clock, when this replica took the lease
+        self.valid_until = 0.0  # monotonic: when this replica must stop assuming it leads
+        self.last_wake = 0.0  # monotonic: the keeper's last wake-up (to report stalls)
+        self.lease: dict[str, Any] | None = None  # the lease row as last read
+        self.why: str | None = None  # why the last term ended
+        self.db_error: str | None = None
+        ctl.metrics.leader.set(0)
+
+    def leading(self) -> bool:
+        return self.fence.epoch is not None
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A lease call in a thread, bounded by the lease time (a hung server must not
+        hold the loop); raises on errors."""
+        return await asyncio.wait_for(asyncio.to_thread(fn, *args), self.ctl.cfg.ha.lease_s)
+
+    async def campaign(self) -> bool:
+        ha = self.ctl.cfg.ha
+        t0 = time.monotonic()
+        try:
+            got = await self._db(
+                self.ctl.store.acquire_lease, self.holder, self.address, ha.lease_s
+            )
+        except (SQLAlchemyError, TimeoutError) as exc:
+            self._db_down(exc)
+            return False
+        self.db_error = None
+        if got is None:
+            return False
+        self.epoch, self.since = got
+        self.valid_until = t0 + ha.lease_s
+        self.last_wake = time.monotonic()
+        self.fence.epoch = self.epoch
+        self.lease = {"holder": self.holder, "epoch": self.epoch, "since": self.since,
+                      "address": self.address, "valid": True}  # fmt: skip
+        m = self.ctl.metrics
+        m.leader.set(1)
+        m.leader_epoch.set(self.epoch)
+        m.leader_since.set(self.since)
+        m.leader_terms.inc()
+        log.info("leading", extra={"epoch": self.epoch, "holder": self.holder})
+        return True
+
+    async def keep(self, end: Callable[[str], None]) -> None:
+        """Renew every ha.renew_s; end the term when another replica holds the lease or
+        when the last renewal that succeeded is a lease time old (database unreachable,
+        or this process was stopped that long)."""
+        ha = self.ctl.cfg.ha
+        while True:
+            nap = max(0.0, min(ha.renew_every(), self.valid_until - time.monotonic()))
+            await asyncio.sleep(nap)
+            t0 = time.monotonic()
+            late = t0 - self.last_wake - nap
+            self.last_wake = t0
+            if t0 >= self.valid_until:
+                end(f"the lease was not renewed within ha.lease_s (woke {late:.2f} s late)")
+                return
+            assert self.epoch is not None
+            try:
+                got = await asyncio.wait_for(
+                    asyncio.to_thread(
+                        self.ctl.store.renew_lease, self.holder, self.epoch, ha.lease_s
+                    ),
+                    max(0.05, self.valid_until - t0),
+                )
+            except (SQLAlchemyError, TimeoutError) as exc:
+                self._db_down(exc)
+                continue
+            self.db_error = None
+            if got is None:
+                end("another replica holds the lease")
+                return
+            took = time.monotonic() - t0
+            if took > ha.renew_every() or late > ha.renew_every():
+                log.warning(
+                    "lease renewal slow",
+                    extra={"renewal_s": round(took, 3), "woke_late_s": round(late, 3)},
+                )
+            self.valid_until = t0 + ha.lease_s
+
+    def lose(self, why: str) -> None:
+        """Stop acting now (any thread): the fence refuses this process's writes."""
+        if self.fence.epoch is None:
+            return
+        self.fence.epoch = None
+        self.why = why
+        self.lease = None  # who leads now is read again by the next follow()
+        self.ctl.metrics.leader.set(0)
+        log.warning("lease lost: following", extra={"epoch": self.epoch, "why": why})
+
+    def step_down(self) -> None:
+        self.lose("stopped")
+        self.epoch = self.since = None
+
+    async def release(self) -> None:
+        """A clean stop hands the lease over at once instead of after ha.lease_s."""
+        if self.epoch is None:
+            return
+        try:
+            await self._db(self.ctl.store.release_lease, self.holder, self.epoch)
+        except (SQLAlchemyError, TimeoutError) as exc:
+            self._db_down(exc)
+
+    async def follow(self) -> None:
+        """A follower's view: who leads, and the users' state for the read-only API."""
+        try:
+            self.lease = await self._db(self.ctl.store.lease)
+            self.ctl.load_state(write=False)
+        except (SQLAlchemyError, TimeoutError) as exc:
+            self._db_down(exc)
+            return
+        self.db_error = None
+        m = self.ctl.metrics
+        m.leader.set(0)
+        if self.lease is not None:
+            m.leader_epoch.set(self.lease["epoch"])
+            m.leader_since.set(self.lease["since"])
+
+    def _db_down(self, exc: BaseException) -> None:
+        msg = (
+            str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            if str(exc)
+            else type(exc).__name__
+        )
+        if msg != self.db_error:
+            log.warning("lease storage unreachable", extra={"error": msg})
+        self.db_error = msg
+
+    def info(self) -> dict[str, Any]:
+        """Who leads and since when (database clock), for /healthz."""
+        lease = self.lease or {}
+        return {
+            "role": "leader" if self.leading() else "follower",
+            "replica": self.holder,
+            "epoch": lease.get("epoch"),
+            "leader": lease.get("holder") if lease.get("valid") else None,
+            "leader_api": lease.get("address") if lease.get("valid") else None,
+            "leader_since": lease.get("since") if lease.get("valid") else None,
+            "storage_error": self.db_error,
+        }
 
 
 def check_runtime(cfg: ControllerConfig) -> None:
@@ -983,7 +1281,10 @@ def build(
     sources: Sequence[Source] | None = None,
 ) -> Controller:
     clock = clock or SystemClock()
-    store = Store(cfg.storage.url, clock=clock)
+    # A replica's sessions: one stopped inside a transaction must not hold the lease
+    # row's lock for longer than half a lease.
+    idle = cfg.ha.lease_s / 2 if cfg.ha.enabled else None
+    store = Store(cfg.storage.url, clock=clock, idle_tx_timeout_s=idle)
     d = cfg.drivers
     mapping = load_driver("mapping", d.mapping.name, cfg, clock, dict(d.mapping.options))
     hyper = load_driver("hypervisor", d.hypervisor.name, cfg, clock, dict(d.hypervisor.options))
@@ -1024,17 +1325,43 @@ def make_server(ctl: Controller, port: int | None = None) -> Any:
     return _Server(config)
 
 
+def with_listen(cfg: ControllerConfig, listen: str | None) -> ControllerConfig:
+    """The config with api.listen replaced (`run --listen`), checked like the file's."""
+    if listen is None:
+        return cfg
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InputError("--listen", listen, "expected HOST:PORT")
+    return cfg.model_copy(update={"api": cfg.api.model_copy(update={"listen": listen})})
+
+
+def replica_id() -> str:
+    """This process's lease holder name: host, PID and a random part (never reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
 def run_forever(
-    config_path: Path, dry_run: bool = False, manual: bool = False, log_level: str = "info"
+    config_path: Path,
+    dry_run: bool = False,
+    manual: bool = False,
+    log_level: str = "info",
+    listen: str | None = None,
+    advertise: str | None = None,
 ) -> None:
     """`pacao controller run`: until SIGINT/SIGTERM."""
-    cfg = load_config(config_path)
+    cfg = with_listen(load_config(config_path), listen)
     check_runtime(cfg)
     setup_logging(level=log_level)
 
     async def main() -> None:
         ctl = build(cfg, dry_run=dry_run, manual=manual)
         ctl.config_path = config_path
+        ctl.listen_override = listen
+        if cfg.ha.enabled:
+            host, port = cfg.listen()
+            if host in ("0.0.0.0", "::", ""):
+                host = socket.gethostname()
+            Leadership(ctl, replica_id(), advertise or f"http://{host}:{port}")
         svc = Service(ctl, make_server(ctl))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,6 +8,12 @@ and ``state`` (per-user controller state: entry in use, last switch, ...).
 The service writes measurements and plans here *before* acting on them.
 State changes are compare-and-set (``UPDATE ... WHERE state = old``), so two
 processes (the service and ``pacao controller approve``) never both win.
+
+Replicas (PostgreSQL only, docs/controller.md "High availability"): ``leases`` holds
+one row per lease (holder, epoch, expiry in the database's clock). The leader's
+store carries a :class:`Fence`: every write transaction first reads the lease row
+``FOR SHARE`` and refuses to commit unless it still holds that epoch unexpired, so
+a paused leader that wakes after a takeover writes nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +45,12 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    literal,
     select,
     update,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
 from pacao.errors import InputError
 
@@ -201,6 +209,43 @@ state = Table(
     Column("updated", Float, nullable=False),
 )
 
+#: The controller's leadership lease (one row per lease name; docs/controller.md "High
+#: availability"): times are seconds in the database server's clock, so replicas'
+#: clocks never have to agree.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("since", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Column("address", String(256)),
+)
+LEASE = "controller"
+#: Tables a database made before a release may lack (created when the controller runs).
+OPTIONAL_TABLES = frozenset({"leases"})
+
+
+class NotLeader(RuntimeError):
+    """A write of a replica that does not lead (a follower, or a leader whose lease ended):
+    refused before anything was written."""
+
+
+class Fence:
+    """The epoch this process leads under (None: it follows). A store with a fence checks
+    it inside every write transaction; ``on_lost`` is called (from any thread) when a
+    write or a check finds the lease gone, so the service ends its term at once."""
+
+    def __init__(self) -> None:
+        self.epoch: int | None = None
+        self.on_lost: Callable[[str], None] | None = None
+
+    def lost(self, why: str) -> None:
+        if self.on_lost is not None:
+            self.on_lost(why)
+
+
 MEASUREMENT_KEYS = (
     "ts",
     "kind",
@@ -217,12 +262,22 @@ MEASUREMENT_KEYS = (
 )
 
 
-def engine_for(url: str) -> Engine:
-    """An engine for a storage URL; ``postgresql://`` uses psycopg 3."""
+def engine_for(url: str, idle_tx_timeout_s: float | None = None) -> Engine:
+    """An engine for a storage URL; ``postgresql://`` uses psycopg 3.
+
+    ``idle_tx_timeout_s`` (PostgreSQL): the server ends a session left idle inside a
+    transaction that long, so a stopped replica cannot hold the lease row's lock."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    kw: dict[str, Any] = {}
+    if idle_tx_timeout_s is not None and url.startswith("postgresql"):
+        ms = max(1, int(idle_tx_timeout_s * 1000))
+        kw["connect_args"] = {
+            "options": f"-c idle_in_transaction_session_timeout={ms}",
+            "connect_timeout": 5,
+        }
     try:
-        engine = create_engine(url, future=True)
+        engine = create_engine(url, future=True, **kw)
     except (ArgumentError, ValueError) as exc:
         raise InputError("storage.url", url, f"not a usable database URL ({exc})") from None
     if engine.dialect.name == "sqlite":
@@ -281,8 +336,16 @@ class Store:
     already and hold the controller's tables; a wrong path is an error instead of
     a new empty database somewhere."""
 
-    def __init__(self, url: str, clock: Any = None, create: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        clock: Any = None,
+        create: bool = True,
+        idle_tx_timeout_s: float | None = None,
+    ) -> None:
         self.url = url
+        #: set on a replica's store: every write checks the lease (None: single node)
+        self.fence: Fence | None = None
         f = sqlite_file(url)
         if not create and f is not None and not f.exists():
             raise InputError(
@@ -291,14 +354,19 @@ class Store:
                 f"no database at {str(f.resolve())!r} (the controller creates it when it "
                 "first runs; relative paths are relative to the config file's folder)",
             )
-        self.engine = engine_for(url)
+        self.engine = engine_for(url, idle_tx_timeout_s)
         self._now = clock.now if clock is not None else time.time
         try:
             if create:
-                metadata.create_all(self.engine)
+                with self.engine.begin() as c:
+                    if self.engine.dialect.name == "postgresql":
+                        # Replicas starting together on an empty database: one creates.
+                        c.exec_driver_sql("SELECT pg_advisory_xact_lock(7283540)")
+                    metadata.create_all(c)
                 self._add_columns()
             else:
-                missing = set(metadata.tables) - set(inspect(self.engine).get_table_names())
+                have = set(inspect(self.engine).get_table_names())
+                missing = set(metadata.tables) - OPTIONAL_TABLES - have
                 if missing:
                     raise InputError(
                         "storage.url", url, f"not a controller database (no {sorted(missing)})"
@@ -320,6 +388,107 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    # -- leadership and fencing -------------------------------------------------
+    def _db_now(self) -> Any:
+        """The database server's clock (seconds) as an SQL expression."""
+        if self.engine.dialect.name == "postgresql":
+            return func.extract("epoch", func.clock_timestamp())
+        return literal(time.time())
+
+    def _check_fence(self, c: Connection) -> None:
+        f = self.fence
+        if f is None:
+            return
+        if f.epoch is None:
+            raise NotLeader("this replica is not the leader")
+        row = c.execute(
+            select(leases.c.epoch, leases.c.expires, self._db_now())
+            .where(leases.c.name == LEASE)
+            .with_for_update(read=True)
+        ).first()
+        if row is None or int(row[0]) != f.epoch or float(row[1]) <= float(row[2]):
+            held = "no lease" if row is None else f"lease epoch {row[0]}"
+            why = f"epoch {f.epoch} is stale ({held}, expired: {row is None or row[1] <= row[2]})"
+            f.lost(why)
+            raise NotLeader(why)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction, refused unless this store's fence (if any) holds."""
+        with self.engine.begin() as c:
+            self._check_fence(c)
+            yield c
+
+    def check_fence(self) -> None:
+        """Raise NotLeader unless this store's epoch still holds the lease: what a driver
+        calls just before it acts on the world."""
+        with self.write():
+            pass
+
+    def acquire_lease(self, holder: str, address: str, lease_s: float) -> tuple[int, float] | None:
+        """Take the lease if it is free, expired or ours: a new epoch, (epoch, since in the
+        database's clock). None: another replica holds it (or a race was lost)."""
+        held = self.lease()
+        if held is not None and held["valid"] and held["holder"] != holder:
+            return None  # the common case for a follower: no row lock taken
+        try:
+            with self.engine.begin() as c:
+                if self.engine.dialect.name == "postgresql":
+                    # A lock held by a stalled writer must not stall the election.
+                    c.exec_driver_sql("SET LOCAL lock_timeout = '1s'")
+                row = c.execute(
+                    select(leases).where(leases.c.name == LEASE).with_for_update()
+                ).first()
+                now = float(c.execute(select(self._db_now())).scalar_one())
+                values = {"holder": holder, "since": now, "expires": now + lease_s}
+                if row is None:
+                    c.execute(insert(leases).values(name=LEASE, epoch=1, address=address, **values))
+                    return 1, now
+                if row.holder != holder and row.expires > now:
+                    return None
+                epoch = int(row.epoch) + 1
+                c.execute(
+                    update(leases)
+                    .where(leases.c.name == LEASE, leases.c.epoch == row.epoch)
+                    .values(epoch=epoch, address=address, **values)
+                )
+                return epoch, now
+        except (IntegrityError, OperationalError):
+            return None  # another replica inserted first, or the lock wait timed out
+
+    def renew_lease(self, holder: str, epoch: int, lease_s: float) -> float | None:
+        """Extend our lease; the new expiry, or None when another epoch holds it now."""
+        with self.engine.begin() as c:
+            now = float(c.execute(select(self._db_now())).scalar_one())
+            res = c.execute(
+                update(leases)
+                .where(leases.c.name == LEASE, leases.c.holder == holder, leases.c.epoch == epoch)
+                .values(expires=now + lease_s)
+            )
+            return now + lease_s if res.rowcount == 1 else None
+
+    def release_lease(self, holder: str, epoch: int) -> bool:
+        """End our lease now (a clean stop): a follower takes over without waiting."""
+        with self.engine.begin() as c:
+            res = c.execute(
+                update(leases)
+                .where(leases.c.name == LEASE, leases.c.holder == holder, leases.c.epoch == epoch)
+                .values(expires=0.0)
+            )
+            return res.rowcount == 1
+
+    def lease(self) -> dict[str, Any] | None:
+        """The lease row and ``valid`` (unexpired in the database's clock)."""
+        with self.engine.connect() as c:
+            row = c.execute(
+                select(leases, self._db_now().label("db_now")).where(leases.c.name == LEASE)
+            ).first()
+        if row is None:
+            return None
+        doc = dict(row._mapping)
+        doc["valid"] = float(doc["expires"]) > float(doc.pop("db_now"))
+        return doc
+
     # -- measurements -------------------------------------------------------
     def add_measurements(self, rows: Sequence[Mapping[str, Any]]) -> int:
         if not rows:
@@ -329,7 +498,7 @@ class Store:
         keys = MEASUREMENT_KEYS
         tuples = [tuple(map(r.get, keys)) for r in rows]
         cols = ", ".join(MEASUREMENT_KEYS)
-        with self.engine.begin() as c:
+        with self.write() as c:
             if self.engine.dialect.name == "postgresql":
                 raw: Any = c.connection.driver_connection
                 with raw.cursor() as cur, cur.copy(f"COPY measurements ({cols}) FROM STDIN") as cp:
@@ -391,7 +560,7 @@ class Store:
         are superseded by a new plan, in the same transaction."""
         now = self._now()
         steps = [(k, dict(p)) for k, p in steps]
-        with self.engine.begin() as c:
+        with self.write() as c:
             old = c.execute(
                 select(plans.c.id, plans.c.state, plans.c.expires, plans.c.dry_run).where(
                     plans.c.user == user, plans.c.kind == kind, plans.c.state.in_(OPEN_STATES)
@@ -470,7 +639,7 @@ class Store:
     def expire_plans(self, now: float | None = None) -> list[str]:
         """Recommended plans whose approval window ended become ``expired``."""
         t = self._now() if now is None else now
-        with self.engine.begin() as c:
+        with self.write() as c:
             rows = c.execute(
                 select(plans.c.id).where(
                     plans.c.state == "recommended",
@@ -506,12 +675,12 @@ class Store:
 
     def move_plan(self, pid: str, frm: str, to: str, note: str | None = None) -> bool:
         """Compare-and-set a plan's state; False when it was not in ``frm`` any more."""
-        with self.engine.begin() as c:
+        with self.write() as c:
             return self._move_plan(c, pid, frm, to, note)
 
     def approve(self, pid: str, by: str) -> None:
         expired: float | None = None
-        with self.engine.begin() as c:
+        with self.write() as c:
             row = c.execute(select(plans.c.state, plans.c.expires).where(plans.c.id == pid)).first()
             if row is None:
                 raise InputError("PLAN", pid, "no such plan")
@@ -551,7 +720,7 @@ class Store:
             values["error"] = error
         if undo is not None:
             values["undo"] = dict(undo)
-        with self.engine.begin() as c:
+        with self.write() as c:
             res = c.execute(
                 update(actions).where(actions.c.id == aid, actions.c.state == frm).values(**values)
             )
@@ -568,7 +737,7 @@ class Store:
     def resume_action(self, aid: str) -> bool:
         """Count one more attempt of an ongoing action being resumed after a restart."""
         now = self._now()
-        with self.engine.begin() as c:
+        with self.write() as c:
             res = c.execute(
                 update(actions)
                 .where(actions.c.id == aid, actions.c.state == "ongoing")
@@ -644,7 +813,7 @@ class Store:
 
     def put_state(self, key: str, value: Any) -> None:
         now = self._now()
-        with self.engine.begin() as c:
+        with self.write() as c:
             res = c.execute(
                 update(state).where(state.c.key == key).values(value=value, updated=now)
             )

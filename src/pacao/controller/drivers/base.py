@@ -8,8 +8,21 @@ that already finished must not do anything twice.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+#: Raises unless this replica still leads (set on a driver's ``fence`` attribute by a
+#: replicated controller; docs/controller.md "High availability").
+FenceCheck = Callable[[], Awaitable[None]]
+
+
+async def fenced(driver: Any) -> None:
+    """Call a driver's fence check, if it has one, right before it changes the world:
+    a replica whose lease ended must not register a mapping or start a migration."""
+    check: FenceCheck | None = getattr(driver, "fence", None)
+    if check is not None:
+        await check()
 
 
 class DriverError(RuntimeError):

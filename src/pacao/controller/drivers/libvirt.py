@@ -26,7 +26,7 @@ import logging
 import time
 from typing import Any
 
-from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus
+from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus, fenced
 
 log = logging.getLogger("pacao.controller.drivers.libvirt")
 
@@ -180,6 +180,7 @@ class LibvirtHypervisor:
                 "attached": True,
             }
             return
+        await fenced(self)  # a replica that no longer leads starts no migration
         fut = asyncio.ensure_future(
             asyncio.to_thread(self._migrate, vm, st.dc, dst, bandwidth_mbps, max_downtime_ms)
         )

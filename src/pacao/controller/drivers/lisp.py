@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from pacao.controller.drivers.base import DriverError
+from pacao.controller.drivers.base import DriverError, fenced
 
 log = logging.getLogger("pacao.controller.drivers.lisp")
 
@@ -139,6 +139,7 @@ class LispMapping:
         # All agents at once: each SMRs / CHANGE-PRIORITYs the ITRs from its own RLOC, so
         # the user's xTR hears first from the agent with the shortest path to it (one
         # after the other, a stressed DC first in the list would delay the others).
+        await fenced(self)  # a replica that no longer leads registers nothing
         replies = await asyncio.gather(*(post(dc) for dc in owners))
         told = {x for itrs in replies for x in itrs}
         await self._confirm(vm_eid, {dc: rec["agent_time"] for dc, rec in owners.items()})

@@ -3,18 +3,57 @@
 Used by the tests, the simulator and dry runs against a lab. Migrations take
 ``seconds_per_gib`` of (injected clock) time; failures can be injected to test
 revert. Both are idempotent like real drivers must be.
+
+With ``world_file`` the world is a JSON file shared by several processes (each
+operation reads and writes it under an exclusive ``flock``): controller replicas
+then act on one world, and a test reads from it what each of them did.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus
+from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus, fenced
+
+
+@contextmanager
+def shared_world(
+    path: Path | None, section: str, obj: Any, fields: tuple[str, ...]
+) -> Iterator[None]:
+    """Load ``fields`` of ``obj`` from the file's ``section``, run the block, store them."""
+    if path is None:
+        yield
+        return
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        part = doc.get(section)
+        if part is not None:
+            for f in fields:
+                setattr(obj, f, obj.decode(f, part[f]))
+        yield
+        doc[section] = {f: obj.encode(f, getattr(obj, f)) for f in fields}
+        tmp = path.with_name(path.name + f".{os.getpid()}")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, path)
 
 
 class MemoryMapping:
-    def __init__(self, config: Any = None, clock: Any = None) -> None:
+    _FIELDS = ("priorities", "calls")
+
+    def __init__(
+        self, config: Any = None, clock: Any = None, world_file: str | None = None
+    ) -> None:
+        if world_file is not None and not isinstance(world_file, str):
+            raise TypeError(f"world_file must be a path, not {world_file!r}")
+        self.world = Path(world_file) if world_file is not None else None
         self.priorities: dict[str, dict[str, int]] = {}
         self.calls: list[tuple[str, dict[str, int], list[str]]] = []
         self.fail_next = 0
@@ -26,8 +65,17 @@ class MemoryMapping:
                 ]
                 self.priorities[vm.eid] = {r: i + 1 for i, r in enumerate(rank)}
 
+    @staticmethod
+    def encode(field: str, value: Any) -> Any:
+        return value
+
+    @staticmethod
+    def decode(field: str, value: Any) -> Any:
+        return [tuple(c) for c in value] if field == "calls" else value
+
     async def get_priorities(self, vm_eid: str) -> dict[str, int]:
-        return dict(self.priorities.get(vm_eid, {}))
+        with shared_world(self.world, "mapping", self, self._FIELDS):
+            return dict(self.priorities.get(vm_eid, {}))
 
     async def set_priorities(
         self, vm_eid: str, priorities: dict[str, int], notify: list[str]
@@ -35,8 +83,10 @@ class MemoryMapping:
         if self.fail_next > 0:
             self.fail_next -= 1
             raise DriverError("injected mapping failure")
-        self.calls.append((vm_eid, dict(priorities), list(notify)))
-        self.priorities[vm_eid] = dict(priorities)
+        await fenced(self)
+        with shared_world(self.world, "mapping", self, self._FIELDS):
+            self.calls.append((vm_eid, dict(priorities), list(notify)))
+            self.priorities[vm_eid] = dict(priorities)
 
     async def close(self) -> None:
         return None
@@ -45,7 +95,18 @@ class MemoryMapping:
 class MemoryHypervisor:
     """VMs at DCs; a migration completes after memory / rate seconds of ``clock`` time."""
 
-    def __init__(self, config: Any = None, clock: Any = None, seconds_per_gib: float = 0.0) -> None:
+    _FIELDS = ("vms", "jobs", "started")
+
+    def __init__(
+        self,
+        config: Any = None,
+        clock: Any = None,
+        seconds_per_gib: float = 0.0,
+        world_file: str | None = None,
+    ) -> None:
+        if world_file is not None and not isinstance(world_file, str):
+            raise TypeError(f"world_file must be a path, not {world_file!r}")
+        self.world = Path(world_file) if world_file is not None else None
         self.clock = clock
         if isinstance(seconds_per_gib, bool) or not isinstance(seconds_per_gib, int | float):
             raise TypeError(f"seconds_per_gib must be a number, not {seconds_per_gib!r}")
@@ -60,6 +121,23 @@ class MemoryHypervisor:
                 self.vms[vm.name] = VmStatus(dc=vm.host, running=True)
                 self.memory[vm.name] = vm.memory_mib
 
+    @staticmethod
+    def encode(field: str, value: Any) -> Any:
+        if field == "vms":
+            return {k: [v.dc, v.running] for k, v in value.items()}
+        return value
+
+    @staticmethod
+    def decode(field: str, value: Any) -> Any:
+        if field == "vms":
+            return {k: VmStatus(dc=v[0], running=v[1]) for k, v in value.items()}
+        if field == "started":
+            return [tuple(x) for x in value]
+        return value
+
+    def _shared(self) -> Any:
+        return shared_world(self.world, "hypervisor", self, self._FIELDS)
+
     def _now(self) -> float:
         return float(self.clock.now()) if self.clock is not None else time.time()
 
@@ -70,12 +148,18 @@ class MemoryHypervisor:
             raise DriverError(f"unknown VM {vm!r}") from None
 
     async def status(self, vm: str) -> VmStatus:
-        await self._advance(vm)
-        return self._vm(vm)
+        with self._shared():
+            await self._advance(vm)
+            return self._vm(vm)
 
     async def start_migration(
         self, vm: str, dst: str, job_id: str, bandwidth_mbps: float, max_downtime_ms: float
     ) -> None:
+        await fenced(self)
+        with self._shared():
+            await self._start(vm, dst, job_id)
+
+    async def _start(self, vm: str, dst: str, job_id: str) -> None:
         cur = self._vm(vm)
         job = self.jobs.get(vm)
         if job is not None and job["job_id"] == job_id:
@@ -113,8 +197,9 @@ class MemoryHypervisor:
             self.vms[vm] = VmStatus(dc=job["dst"], running=True)
 
     async def job(self, vm: str) -> MigrationJob:
-        await self._advance(vm)
-        job = self.jobs.get(vm)
+        with self._shared():
+            await self._advance(vm)
+            job = self.jobs.get(vm)
         if job is None:
             return MigrationJob(state="none")
         el = self._now() - job["start"]
@@ -128,13 +213,17 @@ class MemoryHypervisor:
         )
 
     async def abort(self, vm: str) -> None:
-        job = self.jobs.get(vm)
-        if job is not None and job["state"] == "running":
-            job["state"], job["error"] = "failed", "aborted"
+        await fenced(self)
+        with self._shared():
+            job = self.jobs.get(vm)
+            if job is not None and job["state"] == "running":
+                job["state"], job["error"] = "failed", "aborted"
 
     async def resume(self, vm: str) -> None:
-        cur = self._vm(vm)
-        self.vms[vm] = VmStatus(dc=cur.dc, running=True)
+        await fenced(self)
+        with self._shared():
+            cur = self._vm(vm)
+            self.vms[vm] = VmStatus(dc=cur.dc, running=True)
 
     async def close(self) -> None:
         return None

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus
+from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus, fenced
 
 log = logging.getLogger("pacao.controller.drivers.qmp")
 
@@ -610,6 +610,7 @@ class QemuQmpDriver:
                 f"the QEMU of {vm} in {dst} is {dstatus!r}, not waiting for a migration"
                 " (start it with -incoming defer or -incoming tcp:HOST:PORT)"
             )
+        await fenced(self)  # a replica that no longer leads starts no migration
         await start_incoming(dclient, dsite.migrate_uri)
         await start_outgoing(src, dsite.migrate_uri, bandwidth_mbps, max_downtime_ms)
         self.jobs[vm] = {"job_id": job_id, "src": st.dc, "dst": dst, "stats": None}
