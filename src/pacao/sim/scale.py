@@ -73,7 +73,7 @@ class Dataset:
 
 def open_dataset(root: Path) -> Dataset:
     """The dataset at ``root``: its _dataset.json, or else every *.parquet file in it."""
-    root = Path(root)
+    root = Path(root).resolve()  # workers open the files themselves
     if not root.is_dir():
         raise InputError("traces", str(root), "a dataset folder of Parquet files")
     meta_path = root / META
@@ -149,7 +149,7 @@ def generate_dataset(
     for name, v in (("--users", users), ("--partition-users", partition_users)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise InputError(name, v, "a positive integer")
-    out = Path(out)
+    out = Path(out).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError("--out", str(out), "a new or empty folder for the dataset")
     out.mkdir(parents=True, exist_ok=True)
@@ -711,3 +711,33 @@ def build_shared(
             raise InputError("dcs", f"{uc}/{n}", f"{n} rows for n_dcs={n} (found {d.n_dcs})")
         deps.append(d)
     return Shared(ds, sc, tuple(deps), legacy, seed, lac_seed)
+
+
+def synthetic_dcs(
+    seed: int, dc_counts: Sequence[int], europe: str = "abutting", lac_seed: int = 0
+) -> pd.DataFrame:
+    """DC sites of every deployment as pacao.sim.reproduce draws them (use_case, n_dcs,
+    name, lat, lon), without generating traces."""
+    from pacao.sim.geography import dc_sites
+
+    lacs = _lacs(lac_seed)
+    frames = [
+        dc_sites(uc, n, lacs, seed=seed, europe=europe).assign(use_case=uc, n_dcs=n)[
+            ["use_case", "n_dcs", "name", "lat", "lon"]
+        ]
+        for uc in ("france_isp", "europe_ott")
+        for n in dc_counts
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def worker_peak_mb(client: Any) -> dict[str, float]:
+    """Peak resident memory (ru_maxrss) of every worker process so far, in MB."""
+
+    def peak() -> float:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    res: dict[str, float] = client.run(peak)
+    return res
