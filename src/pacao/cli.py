@@ -180,6 +180,10 @@ def reproduce(
     no_sensitivity: Annotated[
         bool, typer.Option("--no-sensitivity", help="Skip the sensitivity stage.")
     ] = False,
+    partition_users: Annotated[
+        int | None,
+        typer.Option(help="Partitioned run: users per partition of the generated dataset."),
+    ] = None,
 ) -> None:
     """Reproduce the paper's Sections IV (testbed, as root) and V: figures, report, summary."""
     require_extra("pacao reproduce", "sim")
@@ -190,7 +194,7 @@ def reproduce(
         run_cli(
             quick, users, out, scheduler, seed, vm_memory_gb, dc_gbps, traces, lac_table,
             testbed=not no_testbed, legacy=legacy, entry_metric=entry_metric,
-            europe=europe, sensitivity=not no_sensitivity,
+            europe=europe, sensitivity=not no_sensitivity, partition_users=partition_users,
         )  # fmt: skip
     except InputError as exc:
         raise fail(str(exc)) from None

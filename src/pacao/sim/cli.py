@@ -44,14 +44,25 @@ def generate(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same traces).")] = 0,
     step: Annotated[int, typer.Option(help="Sampling step in seconds.")] = 360,
     lac_seed: Annotated[int, typer.Option(help="Seed of the built-in LAC partition.")] = 0,
+    partition_users: Annotated[
+        int, typer.Option(help="Dataset folder: users per Parquet partition.")
+    ] = 10_000,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dataset folder: Dask scheduler (default LocalCluster).")
+    ] = None,
 ) -> None:
-    """Generate one day of synthetic LAC-level traces (docs/traces.md)."""
+    """Generate one day of synthetic LAC-level traces (docs/traces.md): one .parquet or
+    .csv file, or with a folder as --out a user-partitioned dataset folder written by Dask
+    tasks, one partition each (any number of users streams to disk)."""
     from pacao.sim.geography import build_lacs
     from pacao.sim.mobility import generate_traces
 
     suffix = out.suffix.lower()
+    if suffix == "" or out.is_dir():
+        _generate_dataset(out, users, seed, step, lac_seed, partition_users, scheduler)
+        return
     if suffix not in (".parquet", ".csv"):
-        raise _fail(f"out: {str(out)!r} is invalid; a .parquet or .csv file name")
+        raise _fail(f"out: {str(out)!r} is invalid; a .parquet or .csv file, or a folder")
     try:
         lacs = build_lacs(lac_seed)
         traces = generate_traces(lacs, n_users=users, seed=seed, step_s=step)
@@ -63,3 +74,40 @@ def generate(
     else:
         traces.to_csv(out, index=False)
     typer.echo(f"wrote {len(traces)} samples of {users} users to {out}", err=True)
+
+
+def _generate_dataset(
+    out: Path,
+    users: int,
+    seed: int,
+    step: int,
+    lac_seed: int,
+    partition_users: int,
+    scheduler: str | None,
+) -> None:
+    from rich.progress import Progress
+
+    from pacao.sim.scale import generate_dataset
+    from pacao.sim.sweep import dask_client
+
+    try:
+        with dask_client(scheduler) as client, Progress(transient=True) as bar:
+            n = -(-users // partition_users) if partition_users > 0 else 0
+            task = bar.add_task("partitions written", total=n)
+            ds = generate_dataset(
+                client,
+                out,
+                users,
+                seed,
+                partition_users=partition_users,
+                step_s=step,
+                lac_seed=lac_seed,
+                advance=lambda: bar.advance(task),
+            )
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"wrote {ds.meta['samples']} samples of {users} users in {len(ds.files)} "
+        f"partitions to {out}",
+        err=True,
+    )

@@ -42,6 +42,7 @@ from pacao.sim.geography import EUROPE_RULES
 from pacao.sim.legacy import placement_table, reading
 from pacao.sim.network import throughput_mbps
 from pacao.sim.policy import PAPER_PARAMS, Policy, Timing
+from pacao.sim.scale import PARTITION_USERS
 from pacao.sim.sensitivity import run_sensitivity
 from pacao.sim.sweep import (
     Deployment,
@@ -591,8 +592,12 @@ def run_cli(
     entry_metric: str = "user-rloc",
     europe: str = "abutting",
     sensitivity: bool = True,
+    partition_users: int | None = None,
 ) -> None:
     """`pacao reproduce`: run, then print the headline table and the report's path.
+
+    A dataset folder as ``traces``, or ``partition_users``, runs the partitioned sweep
+    (:func:`reproduce_partitioned`) instead.
 
     Then (unless ``testbed`` is False) the Sec. IV testbed stage; a testbed failure is
     written into the report and summary, then raised (exit status 1)."""
@@ -613,6 +618,14 @@ def run_cli(
         sensitivity=sensitivity,
     )
     opts.validate()
+    if partition_users is not None or (traces is not None and traces.is_dir()):
+        if lac_table is not None:
+            raise InputError("--lac-table", str(lac_table), "not supported with a dataset")
+        path = reproduce_partitioned(
+            traces, opts, partition_users or PARTITION_USERS, Console(stderr=True)
+        )
+        Console().print(f"summary: {path.resolve()}")
+        return
     inputs = None if traces is None else trace_inputs(traces, lac_table, seed, europe=europe)
     report = reproduce(inputs, opts, Console(stderr=True))
     summary = json.loads((opts.out / "summary.json").read_text())
@@ -630,3 +643,94 @@ def run_cli(
         if "skipped" not in tb:
             console.print(f"testbed report: {(opts.out / 'testbed' / 'report.html').resolve()}")
     console.print(f"report: {report.resolve()}")
+
+
+def partitioned_summary(
+    sweep: pd.DataFrame, n_dcs: dict[str, int]
+) -> dict[str, dict[str, float | int]]:
+    """The headline keys of summary.json from the reduced sweep rows alone (strict bound,
+    the best (S', S'') of PACAO-2; PACAO-1 at its S'): no per-sample arrays needed."""
+    out: dict[str, dict[str, float | int]] = {}
+    for uc, n in n_dcs.items():
+        s1, s2 = best_point(sweep, uc, n)
+        rows = sweep[(sweep.use_case == uc) & (sweep.n_dcs == n) & (sweep.bound == "strict")]
+        leg = rows[rows.policy == "legacy"].iloc[0]
+        p1 = rows[(rows.policy == "pacao1") & (rows.s1 == s1)].iloc[0]
+        p2 = rows[(rows.policy == "pacao2") & (rows.s1 == s1) & (rows.s2 == s2)].iloc[0]
+        thr = float(leg.median_throughput_mbps)
+        out[uc] = {
+            "n_dcs": n,
+            "s1_fraction_of_residence": s1,
+            "s2_fraction_of_s1": s2,
+            "legacy_median_rtt_ms": float(leg.median_rtt_ms),
+            "pacao1_median_rtt_ms": float(p1.median_rtt_ms),
+            "pacao2_median_rtt_ms": float(p2.median_rtt_ms),
+            "pacao1_median_throughput_gain": float(p1.median_throughput_mbps) / thr - 1.0,
+            "pacao2_median_throughput_gain": float(p2.median_throughput_mbps) / thr - 1.0,
+        }
+    return out
+
+
+def reproduce_partitioned(
+    dataset: Path | None, opts: Options, partition_users: int, console: Console | None = None
+) -> Path:
+    """Section V's sweep and headline on a user-partitioned dataset (pacao.sim.scale):
+    the given one, or synthetic users generated into ``out/traces/`` by Dask tasks.
+    Writes results/sweep.parquet and summary.json (the figures, congestion, claims and
+    sensitivity stages need every sample in one process and are not run); returns the
+    path of summary.json."""
+    from pacao.sim.scale import (
+        build_shared,
+        generate_dataset,
+        open_dataset,
+        run_scaled,
+        synthetic_dcs,
+    )
+
+    opts.validate()
+    if isinstance(partition_users, bool) or partition_users < 1:
+        raise InputError("--partition-users", partition_users, "a number of users >= 1")
+    console = console or Console(stderr=True)
+    out = opts.out
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    stages = Stages(console)
+    points = grid(opts.grid_values, opts.grid_values, True, opts.migration_s)
+    n_parts = -(-opts.n_users // partition_users)
+    with stages.progress, contextlib.ExitStack() as stack:
+        with stages.stage("Dask: " + (opts.scheduler or "starting a LocalCluster")):
+            client = stack.enter_context(dask_client(opts.scheduler, opts.workers))
+        if dataset is None:
+            with stages.stage(f"traces dataset: {n_parts} partitions", n_parts) as adv:
+                ds = generate_dataset(
+                    client,
+                    out / "traces",
+                    opts.n_users,
+                    opts.seed,
+                    partition_users=partition_users,
+                    advance=adv,
+                )
+        else:
+            ds = open_dataset(dataset)
+        dcs = synthetic_dcs(opts.seed, DC_COUNTS, opts.europe)
+        dcs.to_csv(out / "dcs.csv", index=False)
+        with stages.stage("scan, RTT tables, bounds, decisions"):
+            sh = build_shared(
+                client, ds, dcs, params=opts.params, legacy=opts.legacy, seed=opts.seed
+            )
+        n_tasks = 2 * len(ds.files) * (len(points) + 1)
+        with stages.stage(
+            f"sweep: {len(ds.files)} partitions x {len(points) + 1} jobs x 2 passes", n_tasks
+        ) as adv:
+            sweep = run_scaled(client, sh, points, adv, window=max(2, opts.workers or 2))
+            sweep.to_parquet(out / "results" / "sweep.parquet", index=False)
+    summary: dict[str, Any] = dict(partitioned_summary(sweep, HEADLINE_DCS))
+    summary["settings"] = opts.settings()
+    summary["partitioned"] = {
+        "users": sh.scan.users,
+        "samples": sh.scan.samples,
+        "partitions": len(ds.files),
+        "not_run": ["figures", "report", "congestion", "claims", "sensitivity"],
+    }
+    path = out / "summary.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path

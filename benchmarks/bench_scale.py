@@ -1,0 +1,103 @@
+"""The partitioned simulation at operator scale: users -> dataset -> exact sweep on Dask.
+
+For each user count: generate the user-partitioned Parquet dataset (Dask tasks), scan
+it, build the deployments' tables and run the (S', S'') grid as (partition x grid
+point) tasks with the exact two-pass reduction, on a LocalCluster of this machine.
+Prints the wall time of every step, the number of tasks, and the peak resident memory
+of each worker process (ru_maxrss, read on the workers). Nothing is asserted.
+
+    python benchmarks/bench_scale.py [--users 36450 364500 1000000] [--quick]
+        [--workers 2] [--memory-limit 6GB] [--partition-users 10000] [--dcs 1 2 4 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import dask
+from distributed import Client, LocalCluster
+
+from pacao.sim.reproduce import DC_COUNTS, FULL_GRID, QUICK_GRID
+from pacao.sim.scale import (
+    build_shared,
+    generate_dataset,
+    run_scaled,
+    synthetic_dcs,
+    worker_peak_mb,
+)
+from pacao.sim.sweep import grid
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
+    # Dask workers otherwise get MALLOC_TRIM_THRESHOLD_ (see pacao.sim.sweep.dask_client).
+    environ = {
+        k: v
+        for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+        if not k.startswith("MALLOC_")
+    }
+    with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
+        LocalCluster(
+            n_workers=args.workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=args.memory_limit,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        print(f"--- {users:,} users, {args.workers} workers, memory limit {args.memory_limit} "
+              f"each, {load()}")  # fmt: skip
+        t = time.perf_counter()
+        ds = generate_dataset(
+            client, tmp / f"u{users}", users, args.seed, partition_users=args.partition_users
+        )
+        print(f"dataset: {len(ds.files)} partitions, {ds.meta['samples']:,} samples, "
+              f"{time.perf_counter() - t:.1f} s")  # fmt: skip
+        t = time.perf_counter()
+        sh = build_shared(client, ds, synthetic_dcs(args.seed, args.dcs), seed=args.seed)
+        print(f"scan + tables of {len(sh.deployments)} deployments: "
+              f"{time.perf_counter() - t:.1f} s")  # fmt: skip
+        values = QUICK_GRID if args.quick else FULL_GRID
+        points = grid(values, values)
+        done = [0]
+
+        def advance() -> None:
+            done[0] += 1
+
+        t = time.perf_counter()
+        rows = run_scaled(client, sh, points, advance, window=args.workers)
+        took = time.perf_counter() - t
+        peaks = worker_peak_mb(client)
+        print(f"sweep ({'quick' if args.quick else 'full'} grid, {len(points)} points): "
+              f"{len(rows)} configurations, {done[0]} tasks, {took:.1f} s; {load()}")  # fmt: skip
+        for w, mb in sorted(peaks.items()):
+            print(f"peak memory of worker {w}: {mb:,.0f} MB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, nargs="+", default=[36450, 364500, 1_000_000])
+    ap.add_argument("--quick", action="store_true", help="3 x 3 grid instead of 9 x 9")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--memory-limit", default="6GB")
+    ap.add_argument("--partition-users", type=int, default=10_000)
+    ap.add_argument("--dcs", type=int, nargs="+", default=list(DC_COUNTS))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for users in args.users:
+            one(args, users, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,743 @@
+"""Simulations larger than one process: traces as a user-partitioned Parquet dataset and the
+sweep as (user partition x grid point) Dask tasks, reduced exactly (docs/simulation.md).
+
+Controller steps 1-2 act on one user at a time, so a partition of users can be simulated
+alone once the few things that depend on every user are fixed first: the positions and
+their sample counts (they give the latency bounds, hence the decision tables), the
+sampling step and the earliest time. A scan pass computes those from small per-partition
+summaries; each sweep task then reads its partition from disk, simulates every deployment,
+bound and policy at one (S', S'') point through :func:`pacao.sim.engine.simulate` and
+returns per configuration only counts, an exact sum and a histogram. Order statistics
+are exact by two-pass selection: pass 1 merges histograms over monotone bins of the
+float bit pattern and finds the bin and in-bin rank of every needed order statistic; pass
+2 re-simulates and returns only the distinct values inside those bins. Partitions are
+fed through a window, so a worker never holds more than a few partitions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from pacao.controller.policy import Params
+from pacao.errors import InputError
+from pacao.sim.engine import Outcome, Trajectories, legacy, prepare, schedule, simulate
+from pacao.sim.legacy import legacy_start
+from pacao.sim.network import BOUND_QUANTILES, Network, build_network, latency_bounds
+from pacao.sim.policy import PAPER_PARAMS, Decisions, Policy, decision_tables
+from pacao.sim.sweep import QUANTILES, WINDOW_MBIT_MS, Deployment, GridPoint
+
+I64 = NDArray[np.int64]
+F64 = NDArray[np.float64]
+
+#: The dataset's description file, next to the part-NNNNN.parquet files.
+META = "_dataset.json"
+FORMAT = "pacao-traces-dataset"
+#: Users per partition by default: about 2.4 M samples, ~0.5 GB while simulated.
+PARTITION_USERS = 10_000
+#: Histogram bins are the top 20 bits of the (order-preserving) float64 bit pattern:
+#: sign, exponent and 8 mantissa bits, i.e. 256 bins per octave (0.4 % wide).
+BIN_SHIFT = 44
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A folder of Parquet files, each holding whole users (user-id ranges do not overlap)."""
+
+    root: Path
+    files: tuple[str, ...]
+    meta: dict[str, Any]
+
+    def path(self, i: int) -> Path:
+        return self.root / self.files[i]
+
+    @property
+    def lac_level(self) -> bool:
+        """Synthetic datasets hold lat/lon at LAC centres already; users' own files are read
+        by pacao.sim.traces.load_traces and put at LAC centres, as for single files."""
+        return bool(self.meta.get("synthetic", False))
+
+
+def open_dataset(root: Path) -> Dataset:
+    """The dataset at ``root``: its _dataset.json, or else every *.parquet file in it."""
+    root = Path(root).resolve()  # workers open the files themselves
+    if not root.is_dir():
+        raise InputError("traces", str(root), "a dataset folder of Parquet files")
+    meta_path = root / META
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(str(meta_path), "unreadable", f"JSON ({exc})") from None
+        if meta.get("format") != FORMAT or not isinstance(meta.get("partitions"), list):
+            raise InputError(str(meta_path), meta.get("format"), f'"format": "{FORMAT}"')
+        files = tuple(str(p["file"]) for p in meta["partitions"])
+        missing = [f for f in files if not (root / f).is_file()]
+        if missing:
+            raise InputError("traces", str(root / missing[0]), "a partition listed in " + META)
+    else:
+        meta = {}
+        files = tuple(sorted(p.name for p in root.glob("*.parquet")))
+    if not files:
+        raise InputError("traces", str(root), "at least one .parquet partition")
+    return Dataset(root, files, meta)
+
+
+def partition_seed(seed: int, part: int) -> int:
+    """Independent generator seed per partition, fixed by (seed, partition index)."""
+    state = np.random.SeedSequence([seed, part]).generate_state(2, np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+@lru_cache(maxsize=2)
+def _lacs(lac_seed: int) -> pd.DataFrame:
+    from pacao.sim.geography import build_lacs
+
+    return build_lacs(lac_seed)
+
+
+def _generate_part(
+    root: str, part: int, users: int, first_id: int, seed: int, step_s: int, lac_seed: int
+) -> dict[str, Any]:
+    """One partition of synthetic users (a Dask task; memory bounded by ``users``)."""
+    from pacao.sim.mobility import generate_traces
+
+    traces = generate_traces(
+        _lacs(lac_seed), n_users=users, seed=partition_seed(seed, part), step_s=step_s
+    )
+    traces["user_id"] += first_id
+    name = f"part-{part:05d}.parquet"
+    traces.to_parquet(Path(root) / name, index=False)
+    return {
+        "file": name,
+        "users": users,
+        "samples": len(traces),
+        "first_user": first_id,
+        "last_user": first_id + users - 1,
+    }
+
+
+def generate_dataset(
+    client: Any,
+    out: Path,
+    users: int,
+    seed: int = 0,
+    *,
+    partition_users: int = PARTITION_USERS,
+    step_s: int = 360,
+    lac_seed: int = 0,
+    advance: Callable[[], None] = lambda: None,
+) -> Dataset:
+    """Synthetic traces of ``users`` users as one Parquet file per partition, each made by
+    one Dask task that writes its file itself: nothing passes through this process but
+    the partition summaries, so any number of users streams to disk."""
+    from distributed import as_completed
+
+    for name, v in (("--users", users), ("--partition-users", partition_users)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(name, v, "a positive integer")
+    out = Path(out).resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError("--out", str(out), "a new or empty folder for the dataset")
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = [min(partition_users, users - s) for s in range(0, users, partition_users)]
+    futures = [
+        client.submit(
+            _generate_part,
+            str(out.resolve()),
+            i,
+            n,
+            i * partition_users,
+            seed,
+            step_s,
+            lac_seed,
+            pure=False,
+        )
+        for i, n in enumerate(sizes)
+    ]
+    parts: list[dict[str, Any]] = []
+    for fut in as_completed(futures):  # type: ignore[no-untyped-call]
+        parts.append(fut.result())
+        fut.release()
+        advance()
+    parts.sort(key=lambda p: str(p["file"]))
+    meta = {
+        "format": FORMAT,
+        "version": 1,
+        "synthetic": True,
+        "users": users,
+        "samples": sum(int(p["samples"]) for p in parts),
+        "seed": seed,
+        "lac_seed": lac_seed,
+        "step_s": step_s,
+        "partition_users": partition_users,
+        "partitions": parts,
+    }
+    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
+    return Dataset(out, tuple(str(p["file"]) for p in parts), meta)
+
+
+def read_partition(ds: Dataset, i: int, lac_seed: int) -> pd.DataFrame:
+    """Traces of one partition in the simulator's table (user_id, t, lat, lon, lac)."""
+    path = ds.path(i)
+    if ds.lac_level:
+        try:
+            df = pd.read_parquet(path, columns=["user_id", "t", "lat", "lon", "lac"])
+        except (ValueError, OSError) as exc:
+            raise InputError("traces", str(path), f"a readable partition ({exc})") from None
+        return df
+    from pacao.sim.traces import load_traces
+
+    lacs = _lacs(lac_seed)
+    tr = load_traces(path, lacs)
+    centre = lacs.set_index("lac")[["lat", "lon"]]
+    return tr.assign(
+        lat=centre["lat"].reindex(tr["lac"]).to_numpy(),
+        lon=centre["lon"].reindex(tr["lac"]).to_numpy(),
+    )
+
+
+# --------------------------------------------------------------------------- scan
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What depends on every user: positions and sample counts, the step, the first time."""
+
+    pos_lat: F64
+    pos_lon: F64
+    pos_weight: I64
+    step_s: int
+    t0_s: int
+    users: int
+    samples: int
+    parts: tuple[tuple[int, int], ...]  # (first, last user id) per partition
+
+
+def _scan_part(ds: Dataset, i: int, lac_seed: int) -> dict[str, Any]:
+    df = read_partition(ds, i, lac_seed)
+    if len(df) == 0:
+        raise InputError("traces", str(ds.path(i)), "at least one sample per partition")
+    uid = df["user_id"].to_numpy(np.int64)
+    t = df["t"].to_numpy(np.int64)
+    pos = df.groupby(["lat", "lon"], sort=True).size()
+    same = uid[1:] == uid[:-1]
+    gaps = pd.Series(np.diff(t)[same]).value_counts()
+    return {
+        "lat": pos.index.get_level_values(0).to_numpy(np.float64),
+        "lon": pos.index.get_level_values(1).to_numpy(np.float64),
+        "n": pos.to_numpy(np.int64),
+        "gap": gaps.index.to_numpy(np.int64),
+        "gap_n": gaps.to_numpy(np.int64),
+        "t0": int(t.min()),
+        "users": int(np.count_nonzero(~same) + 1),
+        "samples": len(df),
+        "first": int(uid.min()),
+        "last": int(uid.max()),
+    }
+
+
+def _median_int(values: I64, counts: I64) -> int:
+    """int(np.median(np.repeat(values, counts))) from counts: the step prepare() derives."""
+    order = np.argsort(values)
+    v, c = values[order], np.cumsum(counts[order])
+    n = int(c[-1])
+    lo = v[np.searchsorted(c, (n - 1) // 2, side="right")]
+    hi = v[np.searchsorted(c, n // 2, side="right")]
+    return int(np.median(np.array([lo, hi])))
+
+
+def scan(client: Any, ds: Dataset, lac_seed: int) -> Scan:
+    """The global position table and counts, merged from one small summary per partition."""
+    futs = client.map(lambda i: _scan_part(ds, i, lac_seed), range(len(ds.files)), pure=False)
+    res = client.gather(futs)
+    ranges = sorted((r["first"], r["last"], ds.files[i]) for i, r in enumerate(res))
+    for (_, last, f1), (first, _, f2) in itertools.pairwise(ranges):
+        if first <= last:
+            raise InputError("traces", f"{f1} and {f2}", "partitions with disjoint user-id ranges")
+    pos = pd.DataFrame(
+        {
+            "lat": np.concatenate([r["lat"] for r in res]),
+            "lon": np.concatenate([r["lon"] for r in res]),
+            "n": np.concatenate([r["n"] for r in res]),
+        }
+    )
+    pos = pos.groupby(["lat", "lon"], sort=True)["n"].sum()
+    gaps = (
+        pd.DataFrame(
+            {
+                "g": np.concatenate([r["gap"] for r in res]),
+                "n": np.concatenate([r["gap_n"] for r in res]),
+            }
+        )
+        .groupby("g")["n"]
+        .sum()
+    )
+    step = _median_int(gaps.index.to_numpy(np.int64), gaps.to_numpy(np.int64)) if len(gaps) else 360
+    if step <= 0:
+        raise InputError("step_s", step, "a sampling step > 0 s")
+    return Scan(
+        pos_lat=pos.index.get_level_values(0).to_numpy(np.float64),
+        pos_lon=pos.index.get_level_values(1).to_numpy(np.float64),
+        pos_weight=pos.to_numpy(np.int64),
+        step_s=step,
+        t0_s=min(int(r["t0"]) for r in res),
+        users=sum(int(r["users"]) for r in res),
+        samples=sum(int(r["samples"]) for r in res),
+        parts=tuple((int(r["first"]), int(r["last"])) for r in res),
+    )
+
+
+@dataclass(frozen=True)
+class SharedDeployment:
+    """A deployment's tables for every partition: network, bounds, decisions."""
+
+    use_case: str
+    n_dcs: int
+    net: Network
+    bounds: dict[str, float]
+    decisions: dict[str, Decisions] = field(repr=False)
+
+
+def shared_deployment(
+    sc: Scan,
+    use_case: str,
+    dc_lat: F64,
+    dc_lon: F64,
+    params: Params = PAPER_PARAMS,
+    bounds: Sequence[str] = tuple(BOUND_QUANTILES),
+) -> SharedDeployment:
+    """As pacao.sim.sweep.deployment, on the global position table."""
+    net = build_network(sc.pos_lat, sc.pos_lon, dc_lat, dc_lon)
+    all_bounds = latency_bounds(net, sc.pos_weight)
+    return SharedDeployment(
+        use_case=use_case,
+        n_dcs=net.n_dcs,
+        net=net,
+        bounds=all_bounds,
+        decisions={b: decision_tables(net, all_bounds[b], params) for b in bounds},
+    )
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Scattered once to every worker."""
+
+    ds: Dataset
+    scan: Scan
+    deployments: tuple[SharedDeployment, ...]
+    legacy: str
+    seed: int
+    lac_seed: int
+
+
+def load_part(sh: Shared, i: int) -> tuple[Trajectories, list[Deployment]]:
+    """One partition's trajectories on the global position index, and its users' starts."""
+    df = read_partition(sh.ds, i, sh.lac_seed)
+    tr = prepare(df, step_s=sh.scan.step_s)
+    sc = sh.scan
+    key = pd.MultiIndex.from_arrays([sc.pos_lat, sc.pos_lon])
+    gidx = key.get_indexer(pd.MultiIndex.from_arrays([tr.pos_lat, tr.pos_lon]))
+    if np.any(gidx < 0):
+        raise InputError("traces", str(sh.ds.path(i)), "the same partition as when scanned")
+    tr = replace(
+        tr,
+        pos=gidx[tr.pos].astype(np.int32),
+        pos_lat=sc.pos_lat,
+        pos_lon=sc.pos_lon,
+        pos_weight=sc.pos_weight,
+    )
+    deps = [
+        Deployment(
+            d.use_case,
+            d.n_dcs,
+            d.net,
+            d.bounds,
+            d.decisions,
+            legacy_start(tr, d.net, sh.legacy, sh.seed, d.use_case),
+        )
+        for d in sh.deployments
+    ]
+    return tr, deps
+
+
+# --------------------------------------------------------------------------- exact reduction
+
+
+def order_key(values: F64) -> I64:
+    """An int64 per float64 in the same order (negative floats: non-sign bits flipped)."""
+    bits = values.view(np.int64)
+    out: I64 = np.where(bits < 0, bits ^ np.int64(0x7FFF_FFFF_FFFF_FFFF), bits)
+    return out
+
+
+@dataclass(frozen=True)
+class ExactSum:
+    """sum(values x counts) exactly, as the integer ``num`` x 2^``exp``: merging is exact,
+    so the mean does not depend on how the users were partitioned."""
+
+    num: int
+    exp: int
+
+    @staticmethod
+    def of(values: F64, counts: I64) -> ExactSum:
+        mant, ex = np.frexp(values)  # values = mant x 2^ex, mant in [0.5, 1)
+        m = np.ldexp(mant, 53).astype(np.int64)  # exact 53-bit integers
+        e = ex.astype(np.int64) - 53
+        if len(m) == 0:
+            return ExactSum(0, 0)
+        cmax = int(counts.max())
+        if cmax >= 1 << 30:
+            raise InputError("counts", cmax, "fewer than 2^30 samples in one segment")
+        base = int(e.min())
+        total = 0
+        hi, lo = m >> 26, m & ((1 << 26) - 1)  # < 2^27 and < 2^26: x count < 2^57
+        for ee in np.unique(e).tolist():
+            sel = e == ee
+            h, lw, c = hi[sel], lo[sel], counts[sel]
+            # chunks of 32 products: each < 2^57, a chunk sum < 2^62
+            n = len(c)
+            pad = (-n) % 32
+            hh = np.r_[h * c, np.zeros(pad, np.int64)].reshape(-1, 32).sum(axis=1)
+            ll = np.r_[lw * c, np.zeros(pad, np.int64)].reshape(-1, 32).sum(axis=1)
+            s_hi = sum(int(x) for x in hh.tolist())
+            s_lo = sum(int(x) for x in ll.tolist())
+            total += ((s_hi << 26) + s_lo) << (ee - base)
+        return ExactSum(total, base)
+
+    def __add__(self, other: ExactSum) -> ExactSum:
+        if other.num == 0:
+            return self
+        if self.num == 0:
+            return other
+        base = min(self.exp, other.exp)
+        return ExactSum((self.num << (self.exp - base)) + (other.num << (other.exp - base)), base)
+
+    def mean(self, n: int) -> float:
+        """The correctly rounded sum / n."""
+        f = Fraction(self.num) * (Fraction(2) ** self.exp)
+        return float(f / n)
+
+
+@dataclass
+class Partial:
+    """One configuration's statistics over some users (mergeable)."""
+
+    n: int
+    total: ExactSum
+    keys: I64
+    counts: I64
+    switches: int
+    migrations: int
+
+    @staticmethod
+    def of(out: Outcome) -> Partial:
+        keys = order_key(out.values) >> BIN_SHIFT
+        uk, inv = np.unique(keys, return_inverse=True)
+        cnt = np.bincount(inv, weights=out.counts, minlength=len(uk)).astype(np.int64)
+        return Partial(
+            int(out.counts.sum()),
+            ExactSum.of(out.values, out.counts),
+            uk,
+            cnt,
+            out.switches,
+            out.migrations,
+        )
+
+    def merge(self, o: Partial) -> None:
+        keys = np.r_[self.keys, o.keys]
+        uk, inv = np.unique(keys, return_inverse=True)
+        self.counts = np.bincount(
+            inv, weights=np.r_[self.counts, o.counts], minlength=len(uk)
+        ).astype(np.int64)
+        self.keys = uk
+        self.n += o.n
+        self.total = self.total + o.total
+        self.switches += o.switches
+        self.migrations += o.migrations
+
+
+def needed_ranks(n: int) -> list[int]:
+    """Ranks of every order statistic the row needs: the RTT quantiles and the median
+    throughput (whose order statistics are the RTT's mirrored ranks)."""
+    h = np.asarray(QUANTILES, np.float64) * (n - 1)
+    lo = np.floor(h).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    ranks = set(lo.tolist()) | set(hi.tolist())
+    ranks |= {n - 1 - r for r in ranks}
+    return sorted(int(r) for r in ranks)
+
+
+def bins_for(p: Partial) -> dict[int, tuple[int, int]]:
+    """rank -> (bin key, rank inside the bin)."""
+    cum = np.cumsum(p.counts)
+    out = {}
+    for r in needed_ranks(p.n):
+        b = int(np.searchsorted(cum, r, side="right"))
+        below = 0 if b == 0 else int(cum[b - 1])
+        out[r] = (int(p.keys[b]), r - below)
+    return out
+
+
+def in_bins(out: Outcome, bins: Iterable[int]) -> dict[int, tuple[F64, I64]]:
+    """Distinct values and their sample counts inside each requested bin."""
+    keys = order_key(out.values) >> BIN_SHIFT
+    res = {}
+    for b in set(bins):
+        sel = keys == b
+        v, inv = np.unique(out.values[sel], return_inverse=True)
+        res[b] = (v, np.bincount(inv, weights=out.counts[sel], minlength=len(v)).astype(np.int64))
+    return res
+
+
+# --------------------------------------------------------------------------- tasks
+
+#: A configuration: (deployment index, bound, policy, grid-point index; -1 = legacy).
+Config = tuple[int, str, str, int]
+
+
+def _outcomes(
+    sh: Shared, i: int, points: Sequence[GridPoint], k: int
+) -> Iterable[tuple[Config, Outcome]]:
+    """Every configuration of one partition at grid point k (k = -1: legacy), in the
+    order of pacao.sim.sweep.run_point."""
+    tr, deps = load_part(sh, i)
+    if k < 0:
+        for d, dep in enumerate(deps):
+            out = legacy(tr, dep.net, dep.start)
+            for b in BOUND_QUANTILES:
+                yield (d, b, Policy.LEGACY.value, -1), out
+        return
+    point = points[k]
+    sched = schedule(tr, point.timing())
+    for d, dep in enumerate(deps):
+        for bound, dec in dep.decisions.items():
+            pols = [Policy.PACAO1, Policy.PACAO2] if point.with_pacao1 else [Policy.PACAO2]
+            for pol in pols:
+                yield (d, bound, pol.value, k), simulate(tr, sched, dep.net, dec, pol, dep.start)
+
+
+def pass1(sh: Shared, i: int, points: Sequence[GridPoint], k: int) -> dict[Config, Partial]:
+    return {c: Partial.of(o) for c, o in _outcomes(sh, i, points, k)}
+
+
+def pass2(
+    sh: Shared, i: int, points: Sequence[GridPoint], k: int, want: dict[Config, list[int]]
+) -> dict[Config, dict[int, tuple[F64, I64]]]:
+    return {c: in_bins(o, want[c]) for c, o in _outcomes(sh, i, points, k)}
+
+
+def _windowed(
+    client: Any,
+    n_parts: int,
+    n_jobs: int,
+    submit: Callable[[int, int], Any],
+    take: Callable[[Any], None],
+    advance: Callable[[], None],
+    window: int,
+) -> None:
+    """Run submit(partition, job) for every pair, at most ``window`` partitions in flight,
+    partition after partition; ``take`` gets every result as it arrives."""
+    from distributed import as_completed
+
+    pending = {p: n_jobs for p in range(n_parts)}
+    nxt = 0
+    ac = as_completed()  # type: ignore[no-untyped-call]
+    part_of: dict[str, int] = {}
+
+    def start(p: int) -> None:
+        for j in range(n_jobs):
+            fut = submit(p, j)
+            part_of[fut.key] = p
+            ac.add(fut)  # type: ignore[no-untyped-call]
+
+    while nxt < min(window, n_parts):
+        start(nxt)
+        nxt += 1
+    for fut in ac:
+        take(fut.result())
+        p = part_of.pop(fut.key)
+        fut.release()
+        advance()
+        pending[p] -= 1
+        if pending[p] == 0 and nxt < n_parts:
+            start(nxt)
+            nxt += 1
+
+
+def run_scaled(
+    client: Any,
+    sh: Shared,
+    points: Sequence[GridPoint],
+    advance: Callable[[], None] = lambda: None,
+    window: int = 2,
+) -> pd.DataFrame:
+    """The sweep of pacao.sim.sweep.run_sweep over every partition, rows identical in
+    form; ``advance`` is called once per finished task (2 passes x partitions x (points+1))."""
+    shared = client.scatter(sh, broadcast=True)
+    n_parts = len(sh.ds.files)
+    jobs = [*range(len(points)), -1]
+    acc: dict[Config, Partial] = {}
+
+    def take1(res: dict[Config, Partial]) -> None:
+        for c, p in res.items():
+            if c in acc:
+                acc[c].merge(p)
+            else:
+                acc[c] = p
+
+    _windowed(
+        client,
+        n_parts,
+        len(jobs),
+        lambda p, j: client.submit(pass1, shared, p, points, jobs[j], pure=False),
+        take1,
+        advance,
+        window,
+    )
+    where = {c: bins_for(p) for c, p in acc.items()}
+    want_all = {c: sorted({b for b, _ in w.values()}) for c, w in where.items()}
+    want = client.scatter(want_all, broadcast=True)
+    found: dict[Config, dict[int, list[tuple[F64, I64]]]] = {c: {} for c in acc}
+
+    def take2(res: dict[Config, dict[int, tuple[F64, I64]]]) -> None:
+        for c, per_bin in res.items():
+            for b, vc in per_bin.items():
+                found[c].setdefault(b, []).append(vc)
+
+    _windowed(
+        client,
+        n_parts,
+        len(jobs),
+        lambda p, j: client.submit(pass2, shared, p, points, jobs[j], want, pure=False),
+        take2,
+        advance,
+        window,
+    )
+    rows = []
+    for c, p in acc.items():
+        value = {}
+        for r, (b, inner) in where[c].items():
+            v = np.concatenate([x[0] for x in found[c][b]])
+            n = np.concatenate([x[1] for x in found[c][b]])
+            order = np.argsort(v, kind="stable")
+            cc = np.cumsum(n[order])
+            value[r] = float(v[order][np.searchsorted(cc, inner, side="right")])
+        rows.append(_row(sh, points, c, p, value))
+    df = pd.DataFrame(rows)
+    return df.sort_values(["use_case", "n_dcs", "bound", "policy", "s1", "s2"]).reset_index(
+        drop=True
+    )
+
+
+def _quantile(value: dict[int, float], n: int, qs: Sequence[float], mirror: bool) -> F64:
+    """The engine's interpolation (weighted_quantiles_exact) from the order statistics;
+    ``mirror``: of WINDOW/RTT, whose rank r is the RTT's rank n - 1 - r."""
+    q = np.asarray(qs, np.float64)
+    h = q * (n - 1)
+    lo = np.floor(h).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+
+    def at(r: int) -> float:
+        return WINDOW_MBIT_MS / value[n - 1 - r] if mirror else value[r]
+
+    vlo = np.array([at(int(x)) for x in lo])
+    vhi = np.array([at(int(x)) for x in hi])
+    out: F64 = vlo + (h - lo) * (vhi - vlo)
+    return out
+
+
+def _row(
+    sh: Shared, points: Sequence[GridPoint], c: Config, p: Partial, value: dict[int, float]
+) -> dict[str, object]:
+    d, bound, pol, k = c
+    dep = sh.deployments[d]
+    point = None if k < 0 else points[k]
+    policy = Policy(pol)
+    q = _quantile(value, p.n, QUANTILES, False)
+    thr = _quantile(value, p.n, [0.5], True)[0]
+    return {
+        "use_case": dep.use_case,
+        "n_dcs": dep.n_dcs,
+        "bound": bound,
+        "bound_ms": dep.bounds[bound],
+        "policy": pol,
+        "s1": np.nan if point is None else point.s1,
+        "s2": np.nan if point is None or policy is Policy.PACAO1 else point.s2,
+        "relative": True if point is None else point.relative,
+        "migration_s": 0.0 if point is None else point.migration_s,
+        "median_rtt_ms": float(q[1]),
+        "p10_rtt_ms": float(q[0]),
+        "p90_rtt_ms": float(q[2]),
+        "mean_rtt_ms": p.total.mean(p.n),
+        "median_throughput_mbps": float(thr),
+        "switches": p.switches,
+        "migrations": p.migrations,
+    }
+
+
+def build_shared(
+    client: Any,
+    ds: Dataset,
+    dcs: pd.DataFrame,
+    *,
+    params: Params = PAPER_PARAMS,
+    legacy: str = "home-entry-random-vm",
+    seed: int = 0,
+    lac_seed: int = 0,
+) -> Shared:
+    """Scan the dataset, then the tables of every deployment of ``dcs`` (use_case, n_dcs,
+    lat, lon; in the order of pacao.sim.reproduce)."""
+    sc = scan(client, ds, lac_seed)
+    deps = []
+    for (uc, n), g in dcs.groupby(["use_case", "n_dcs"], sort=False):
+        d = shared_deployment(
+            sc, str(uc), g["lat"].to_numpy(np.float64), g["lon"].to_numpy(np.float64), params
+        )
+        if d.n_dcs != int(n):
+            raise InputError("dcs", f"{uc}/{n}", f"{n} rows for n_dcs={n} (found {d.n_dcs})")
+        deps.append(d)
+    return Shared(ds, sc, tuple(deps), legacy, seed, lac_seed)
+
+
+def synthetic_dcs(
+    seed: int, dc_counts: Sequence[int], europe: str = "abutting", lac_seed: int = 0
+) -> pd.DataFrame:
+    """DC sites of every deployment as pacao.sim.reproduce draws them (use_case, n_dcs,
+    name, lat, lon), without generating traces."""
+    from pacao.sim.geography import dc_sites
+
+    lacs = _lacs(lac_seed)
+    frames = [
+        dc_sites(uc, n, lacs, seed=seed, europe=europe).assign(use_case=uc, n_dcs=n)[
+            ["use_case", "n_dcs", "name", "lat", "lon"]
+        ]
+        for uc in ("france_isp", "europe_ott")
+        for n in dc_counts
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def worker_peak_mb(client: Any) -> dict[str, float]:
+    """Peak resident memory (ru_maxrss) of every worker process so far, in MB."""
+
+    def peak() -> float:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    res: dict[str, float] = client.run(peak)
+    return res
