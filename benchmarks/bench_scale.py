@@ -29,7 +29,7 @@ from pacao.sim.scale import (
     synthetic_dcs,
     worker_peak_mb,
 )
-from pacao.sim.sweep import grid
+from pacao.sim.sweep import grid, worker_environ
 
 
 def load() -> str:
@@ -37,12 +37,7 @@ def load() -> str:
 
 
 def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
-    # Dask workers otherwise get MALLOC_TRIM_THRESHOLD_ (see pacao.sim.sweep.dask_client).
-    environ = {
-        k: v
-        for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
-        if not k.startswith("MALLOC_")
-    }
+    environ = worker_environ()  # without Dask's malloc settings (pacao.sim.sweep)
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
         LocalCluster(

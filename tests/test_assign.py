@@ -152,8 +152,9 @@ def test_lagrange_bound_and_gap_on_a_realistic_instance() -> None:
     assert (lag.objective - opt) / opt <= lag.gap + 1e-12  # the claimed gap covers the real
     assert (opt - lag.lower_bound) / opt < 0.01  # informative: 0.43 % measured
     p = random_instance(1500, 16, seed=3)
-    # The time limits are safety nets, not the behaviour: generous for a loaded host (the
-    # solvers end on their own well before them on an idle one).
+    # The Lagrangian's time limit is a safety net, generous for a loaded host (it ends on
+    # its own well before it). The batched heuristic's MILPs may run to their limit: any
+    # feasible assignment it returns must lie above the bound, so a short limit is enough.
     res = solve_assign(p, "lagrange", time_limit=300)
     assert res.lower_bound is not None and res.gap is not None
     # The bound must be informative: well above the trivial sum_u T_u >= 1 = n_users and
@@ -165,7 +166,7 @@ def test_lagrange_bound_and_gap_on_a_realistic_instance() -> None:
     assert np.all(res.evaluation.load <= p.room)
     # The same instance with the paper's heuristic: ours must not be worse by much, and the
     # bound must sit below what the heuristic achieves as well.
-    batched = solve_assign(p, "batched", batch_size=500, time_limit=300)
+    batched = solve_assign(p, "batched", batch_size=500, time_limit=20)
     assert res.lower_bound <= batched.objective
 
 

@@ -153,6 +153,23 @@ def legacy_rows(data: SweepData) -> list[dict[str, object]]:
     return rows
 
 
+def worker_environ() -> dict[str, str]:
+    """Dask's pre-spawn environment for workers without its malloc settings.
+
+    Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's
+    mmap threshold: every array the engine allocates is then mapped and faulted in
+    afresh, doubling a task's time (measured: 3.8 s of system time in a 10 s task).
+    Dask's thread limits are kept.
+    """
+    import dask  # the sim extra; imported where the cluster is made
+
+    return {
+        k: v
+        for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+        if not k.startswith("MALLOC_")
+    }
+
+
 @contextmanager
 def dask_client(scheduler: str | None, workers: int | None = None) -> Iterator[object]:
     """A client on the given scheduler, or on a LocalCluster closed afterwards."""
@@ -170,15 +187,7 @@ def dask_client(scheduler: str | None, workers: int | None = None) -> Iterator[o
             yield client
         return
     n = workers or os.cpu_count() or 1
-    # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also freezes
-    # glibc's mmap threshold: every array the engine allocates is then mapped and
-    # faulted in afresh, doubling a task's time (measured: 3.8 s of system time
-    # in a 10 s task). Keep Dask's thread limits, not the malloc setting.
-    environ = {
-        k: v
-        for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
-        if not k.startswith("MALLOC_")
-    }
+    environ = worker_environ()
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
         LocalCluster(  # type: ignore[no-untyped-call]
