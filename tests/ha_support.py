@@ -34,9 +34,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config_doc(
-    url: str, world: Path, lease_s: float = LEASE_S, seconds_per_gib: float = SECONDS_PER_GIB
-) -> dict[str, Any]:
+def big_vm_world() -> dict[str, Any]:
+    """Two DCs, one 4 GiB VM at dc1 and one user with an RTT SLA: the replica and the
+    single-controller service tests share it (their drivers, storage and API differ)."""
     return {
         "dcs": [
             {
@@ -66,6 +66,14 @@ def config_doc(
             }
         ],
         "timers": {"s1": 1.0, "s2": 0.5, "s3": 0.25},
+    }
+
+
+def config_doc(
+    url: str, world: Path, lease_s: float = LEASE_S, seconds_per_gib: float = SECONDS_PER_GIB
+) -> dict[str, Any]:
+    return {
+        **big_vm_world(),
         "drivers": {
             "mapping": {"name": "memory", "options": {"world_file": str(world)}},
             "hypervisor": {

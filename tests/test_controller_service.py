@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,47 +16,15 @@ from typing import Any
 import httpx
 import yaml
 
+from ha_support import big_vm_world, free_port
 from pacao.controller.storage import Store
 
 TOKEN = "svc-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def config_doc(tmp: Path, port: int, seconds_per_gib: float) -> dict[str, Any]:
     return {
-        "dcs": [
-            {
-                "name": dc,
-                "location": {"lat": 48.85, "lon": 2.35},
-                "rlocs": [rloc],
-                "capacity": {"ram_mib": 16384, "cpu": 8},
-            }
-            for dc, rloc in (("dc1", "192.0.2.1"), ("dc2", "192.0.2.2"))
-        ],
-        "vms": [
-            {
-                "name": "big",
-                "eid": "10.1.0.10/32",
-                "memory_mib": 4096,
-                "vcpus": 2,
-                "host": "dc1",
-                "hypervisor_uri": "memory://dc1",
-            }
-        ],
-        "users": [
-            {
-                "name": "u1",
-                "rloc": "203.0.113.1",
-                "vm": "big",
-                "sla": {"rtt": {"weight": 1.0, "max": 60}},
-            }
-        ],
-        "timers": {"s1": 1.0, "s2": 0.5, "s3": 0.25},
+        **big_vm_world(),
         "drivers": {
             "mapping": {"name": "memory"},
             "hypervisor": {"name": "memory", "options": {"seconds_per_gib": seconds_per_gib}},
