@@ -33,9 +33,9 @@ from pacao.controller.policy import Params
 from pacao.errors import InputError
 from pacao.sim.engine import Outcome, Trajectories, legacy, prepare, schedule, simulate
 from pacao.sim.legacy import legacy_start
-from pacao.sim.network import BOUND_QUANTILES, Network, build_network, latency_bounds
-from pacao.sim.policy import PAPER_PARAMS, Decisions, Policy, decision_tables
-from pacao.sim.sweep import QUANTILES, WINDOW_MBIT_MS, Deployment, GridPoint
+from pacao.sim.network import BOUND_QUANTILES, Network
+from pacao.sim.policy import PAPER_PARAMS, Decisions, Policy
+from pacao.sim.sweep import QUANTILES, WINDOW_MBIT_MS, Deployment, GridPoint, deployment_tables
 
 I64 = NDArray[np.int64]
 F64 = NDArray[np.float64]
@@ -321,14 +321,11 @@ def shared_deployment(
     bounds: Sequence[str] = tuple(BOUND_QUANTILES),
 ) -> SharedDeployment:
     """As pacao.sim.sweep.deployment, on the global position table."""
-    net = build_network(sc.pos_lat, sc.pos_lon, dc_lat, dc_lon)
-    all_bounds = latency_bounds(net, sc.pos_weight)
+    net, all_bounds, decisions = deployment_tables(
+        sc.pos_lat, sc.pos_lon, sc.pos_weight, dc_lat, dc_lon, params, bounds
+    )
     return SharedDeployment(
-        use_case=use_case,
-        n_dcs=net.n_dcs,
-        net=net,
-        bounds=all_bounds,
-        decisions={b: decision_tables(net, all_bounds[b], params) for b in bounds},
+        use_case=use_case, n_dcs=net.n_dcs, net=net, bounds=all_bounds, decisions=decisions
     )
 
 

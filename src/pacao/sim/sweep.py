@@ -47,6 +47,22 @@ class Deployment:
     start: Start = field(repr=False)
 
 
+def deployment_tables(
+    pos_lat: np.ndarray,
+    pos_lon: np.ndarray,
+    pos_weight: np.ndarray,
+    dc_lat: np.ndarray,
+    dc_lon: np.ndarray,
+    params: Params,
+    bounds: Sequence[str],
+) -> tuple[Network, dict[str, float], dict[str, Decisions]]:
+    """A DC set's RTT tables, its latency bounds and the decision tables of ``bounds``:
+    the one construction of the in-memory and the partitioned sweeps."""
+    net = build_network(pos_lat, pos_lon, dc_lat, dc_lon)
+    all_bounds = latency_bounds(net, pos_weight)
+    return net, all_bounds, {b: decision_tables(net, all_bounds[b], params) for b in bounds}
+
+
 def deployment(
     tr: Trajectories,
     use_case: str,
@@ -60,14 +76,15 @@ def deployment(
 ) -> Deployment:
     """RTT tables, the bounds and their decision tables for one DC set, and the legacy
     placement under the reading ``legacy`` (pacao.sim.legacy) drawn with ``seed``."""
-    net = build_network(tr.pos_lat, tr.pos_lon, dc_lat, dc_lon)
-    all_bounds = latency_bounds(net, tr.pos_weight)
+    net, all_bounds, decisions = deployment_tables(
+        tr.pos_lat, tr.pos_lon, tr.pos_weight, dc_lat, dc_lon, params, bounds
+    )
     return Deployment(
         use_case=use_case,
         n_dcs=net.n_dcs,
         net=net,
         bounds=all_bounds,
-        decisions={b: decision_tables(net, all_bounds[b], params) for b in bounds},
+        decisions=decisions,
         start=legacy_start(tr, net, legacy, seed, use_case),
     )
 
