@@ -18,17 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from webview_support import ARGS, CHROMIUM  # the browser tests launch it alike
+
 USERS, DCS, CHANGED = 10_000, 64, 0.05
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def controller(tmp: Path) -> Any:

@@ -15,18 +15,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from webview_support import RLOC, TOKEN, Lab
+from webview_support import ARGS, CHROMIUM, RLOC, TOKEN, Lab
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ART = Path(__file__).parent / "artifacts" / "webview"
 WAIT_MS = 30_000
 expect.set_options(timeout=WAIT_MS)  # the lab runs on a shared, sometimes loaded machine

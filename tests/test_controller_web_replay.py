@@ -22,8 +22,8 @@ from pacao.controller.web.replay import Replay, ReplayOptions, ReplayView
 from pacao.controller.web.replay_api import replay_app
 from pacao.sim.engine import prepare
 from pacao.sim.network import build_network, latency_bounds
-from test_controller_web import ARGS, ART, CHROMIUM, WAIT_MS
-from webview_support import free_port
+from test_controller_web import ART, WAIT_MS
+from webview_support import ARGS, CHROMIUM, free_port
 
 USERS = 60
 

@@ -13,6 +13,18 @@ from typing import Any
 from pacao.controller.config import config_from_dict
 from pacao.controller.service import Controller, Service, build, make_server
 
+#: Debian's system browser (no browser download) and its headless flags: the browser
+#: tests and benchmarks/bench_webview.py launch it alike.
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 RLOC = {"dc1": "192.0.2.1", "dc2": "192.0.2.2", "dc3": "198.51.100.1"}
 LOC = {"dc1": (48.85, 2.35), "dc2": (45.76, 4.84), "dc3": (43.30, 5.37)}
 USERS = {"alice": ("10.9.0.0/24", "203.0.113.5"), "bob": ("10.9.1.0/24", "203.0.113.6")}
