@@ -35,7 +35,14 @@ from pacao.sim.engine import Outcome, Trajectories, legacy, prepare, schedule, s
 from pacao.sim.legacy import legacy_start
 from pacao.sim.network import BOUND_QUANTILES, Network
 from pacao.sim.policy import PAPER_PARAMS, Decisions, Policy
-from pacao.sim.sweep import QUANTILES, WINDOW_MBIT_MS, Deployment, GridPoint, deployment_tables
+from pacao.sim.sweep import (
+    QUANTILES,
+    WINDOW_MBIT_MS,
+    Deployment,
+    GridPoint,
+    deployment_tables,
+    result_row,
+)
 
 I64 = NDArray[np.int64]
 F64 = NDArray[np.float64]
@@ -666,24 +673,17 @@ def _row(
     policy = Policy(pol)
     q = _quantile(value, p.n, QUANTILES, False)
     thr = _quantile(value, p.n, [0.5], True)[0]
-    return {
-        "use_case": dep.use_case,
-        "n_dcs": dep.n_dcs,
-        "bound": bound,
-        "bound_ms": dep.bounds[bound],
-        "policy": pol,
-        "s1": np.nan if point is None else point.s1,
-        "s2": np.nan if point is None or policy is Policy.PACAO1 else point.s2,
-        "relative": True if point is None else point.relative,
-        "migration_s": 0.0 if point is None else point.migration_s,
-        "median_rtt_ms": float(q[1]),
-        "p10_rtt_ms": float(q[0]),
-        "p90_rtt_ms": float(q[2]),
-        "mean_rtt_ms": p.total.mean(p.n),
-        "median_throughput_mbps": float(thr),
-        "switches": p.switches,
-        "migrations": p.migrations,
-    }
+    return result_row(
+        dep,
+        bound,
+        policy,
+        point,
+        quantiles=q,
+        mean_rtt_ms=p.total.mean(p.n),
+        median_throughput_mbps=float(thr),
+        switches=p.switches,
+        migrations=p.migrations,
+    )
 
 
 def build_shared(

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -122,12 +123,33 @@ class SweepData:
     deployments: list[Deployment]
 
 
-def stats_row(
-    dep: Deployment, bound: str, policy: Policy, point: GridPoint | None, out: Outcome
+class DeploymentKey(Protocol):
+    """What a result row names of its deployment (a Deployment, or the partitioned
+    sweep's SharedDeployment)."""
+
+    @property
+    def use_case(self) -> str: ...
+    @property
+    def n_dcs(self) -> int: ...
+    @property
+    def bounds(self) -> dict[str, float]: ...
+
+
+def result_row(
+    dep: DeploymentKey,
+    bound: str,
+    policy: Policy,
+    point: GridPoint | None,
+    *,
+    quantiles: np.ndarray,
+    mean_rtt_ms: float,
+    median_throughput_mbps: float,
+    switches: int,
+    migrations: int,
 ) -> dict[str, object]:
-    """One result row: the configuration and the statistics of its samples."""
-    q = out.quantiles(list(QUANTILES))
-    thr = Outcome(WINDOW_MBIT_MS / out.values, out.counts, 0, 0).quantiles([0.5])[0]
+    """The one layout of a result row (configuration, then the p10 / median / p90 RTT
+    ``quantiles`` and the other statistics): the in-memory sweep and the partitioned
+    one (pacao.sim.scale) both write it."""
     return {
         "use_case": dep.use_case,
         "n_dcs": dep.n_dcs,
@@ -138,14 +160,33 @@ def stats_row(
         "s2": np.nan if point is None or policy is Policy.PACAO1 else point.s2,
         "relative": True if point is None else point.relative,
         "migration_s": 0.0 if point is None else point.migration_s,
-        "median_rtt_ms": float(q[1]),
-        "p10_rtt_ms": float(q[0]),
-        "p90_rtt_ms": float(q[2]),
-        "mean_rtt_ms": out.mean(),
-        "median_throughput_mbps": float(thr),
-        "switches": out.switches,
-        "migrations": out.migrations,
+        "median_rtt_ms": float(quantiles[1]),
+        "p10_rtt_ms": float(quantiles[0]),
+        "p90_rtt_ms": float(quantiles[2]),
+        "mean_rtt_ms": mean_rtt_ms,
+        "median_throughput_mbps": median_throughput_mbps,
+        "switches": switches,
+        "migrations": migrations,
     }
+
+
+def stats_row(
+    dep: Deployment, bound: str, policy: Policy, point: GridPoint | None, out: Outcome
+) -> dict[str, object]:
+    """One result row: the configuration and the statistics of its samples."""
+    q = out.quantiles(list(QUANTILES))
+    thr = Outcome(WINDOW_MBIT_MS / out.values, out.counts, 0, 0).quantiles([0.5])[0]
+    return result_row(
+        dep,
+        bound,
+        policy,
+        point,
+        quantiles=q,
+        mean_rtt_ms=out.mean(),
+        median_throughput_mbps=float(thr),
+        switches=out.switches,
+        migrations=out.migrations,
+    )
 
 
 def run_point(data: SweepData, point: GridPoint) -> list[dict[str, object]]:
