@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from pacao.clock import SystemClock
 from pacao.controller.ams import SIGNATURE_HEADER, Ams, verify
-from pacao.controller.clock import SystemClock
 from pacao.controller.storage import Store
 from webview_support import RLOC, TOKEN, USERS, Lab, free_port, lab_config
 

@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pacao.cli import app
-from pacao.controller.clock import ManualClock
+from pacao.clock import ManualClock
 from pacao.controller.config import load_config
 from pacao.controller.drivers import available, load_driver
 from pacao.controller.service import build

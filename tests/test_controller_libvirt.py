@@ -19,7 +19,7 @@ import yaml
 
 from libvirt_support import create_domain, libvirt_pair
 from migration_support import two_dc_config
-from pacao.controller.clock import SystemClock
+from pacao.clock import SystemClock
 from pacao.controller.drivers import load_driver
 from pacao.controller.drivers.base import DriverError
 from pacao.controller.drivers.libvirt import LibvirtHypervisor

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pacao.cli import app
-from pacao.controller.clock import ManualClock
+from pacao.clock import ManualClock
 from pacao.controller.config import config_from_dict
 from pacao.controller.policy import decide_multi_user
 from pacao.controller.service import MULTI_USER, build

@@ -7,7 +7,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from pacao.controller.clock import ManualClock
+from pacao.clock import ManualClock
 from pacao.controller.drivers.base import VmStatus
 from pacao.controller.drivers.memory import MemoryHypervisor, MemoryMapping
 from pacao.controller.plans import Context, Executor

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from migration_support import two_dc_config
-from pacao.controller.clock import SystemClock
+from pacao.clock import SystemClock
 from pacao.controller.drivers import load_driver
 from pacao.controller.drivers.base import DriverError
 from pacao.controller.drivers.qmp import (

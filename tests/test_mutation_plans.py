@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pacao.controller.clock import ManualClock
+from pacao.clock import ManualClock
 from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus
 from pacao.controller.drivers.memory import MemoryHypervisor, MemoryMapping
 from pacao.controller.plans import Context, EntrySwitch, Executor, VmMigration

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pacao.controller.clock import ManualClock
+from pacao.clock import ManualClock
 from pacao.controller.config import config_from_dict
 from pacao.controller.drivers.base import VmStatus
 from pacao.controller.drivers.memory import MemoryHypervisor, MemoryMapping

@@ -42,7 +42,7 @@ from sqlalchemy import (
     update,
 )
 
-from pacao.controller.clock import Clock
+from pacao.clock import Clock
 from pacao.controller.config import ControllerConfig
 from pacao.controller.storage import Store, metadata
 from pacao.errors import InputError

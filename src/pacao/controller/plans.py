@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pacao.controller.clock import Clock
+from pacao.clock import Clock
 from pacao.controller.drivers.base import DriverError, FenceCheck, HypervisorDriver, MappingDriver
 from pacao.controller.storage import Store
 from pacao.errors import InputError

@@ -4,7 +4,7 @@ Every S' (timers.s1) it closes a monitoring window and runs Step 1 for all
 users at once (:func:`pacao.controller.policy.decide_entry`); users whose SLA
 was violated get Step 2 S'' (timers.s2) later, over the samples the xTRs took
 every S''' (timers.s3) meanwhile. Decisions become stored plans first, then
-actions. Time comes only from the injected :class:`~pacao.controller.clock.Clock`.
+actions. Time comes only from the injected :class:`~pacao.clock.Clock`.
 
 With ``ha.enabled`` (PostgreSQL) several processes run the same config: the one
 holding the lease in the database leads (one *term* per epoch: the loops, the plans,
@@ -32,9 +32,9 @@ from typing import Any, ClassVar
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
+from pacao.clock import Clock, SystemClock
 from pacao.controller import retention
 from pacao.controller.ams import Ams
-from pacao.controller.clock import Clock, SystemClock
 from pacao.controller.config import ControllerConfig, load_config
 from pacao.controller.drivers import load_driver
 from pacao.controller.metrics import Metrics

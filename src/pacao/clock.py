@@ -1,4 +1,4 @@
-"""The one clock seam: the service reads time and sleeps only through a Clock.
+"""The one clock seam: controller, LISP daemons and simulator read time only through a Clock.
 
 The decision policy never reads a clock at all (it takes ``now`` as an
 argument); the service takes a Clock so that tests and the simulator can run it
