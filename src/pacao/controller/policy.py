@@ -49,11 +49,8 @@ from numpy.typing import NDArray
 from pacao.optimize import Candidate, Criterion, Decision, Mode, Problem, solve
 from pacao.optimize.assign.model import LatencyFunction
 from pacao.optimize.bulk import choose_parallel
-from pacao.optimize.penalty import OBJECTIVE_TIE, penalties_from_ratios
-
-#: Relative difference of the secondary key (sum_k alpha_k m/M) below which two candidates
-#: with the same objective are tied: float noise of summed path metrics never moves a user.
-SECONDARY_TIE = 1e-9
+from pacao.optimize.penalty import penalties_from_ratios
+from pacao.optimize.ties import OBJECTIVE_TIE, ranks_before
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -245,19 +242,6 @@ def _secondary(values: FloatArray, best: IntArray, sla: Sla) -> FloatArray:
     return out
 
 
-def _ranks_before(gain: FloatArray, cur_sec: FloatArray, best_sec: FloatArray) -> BoolArray:
-    """Whether the chosen candidate ranks strictly before the current one in the kernel's
-    order: a lower objective, or the same objective (within OBJECTIVE_TIE) and a secondary
-    key lower by more than a relative SECONDARY_TIE (float noise of metric sums is a tie).
-    The kernel's choice already ranks first, so this is "best is not tied with current"."""
-    with np.errstate(invalid="ignore"):
-        tied = ~(gain > OBJECTIVE_TIE) & (gain >= -OBJECTIVE_TIE)
-        out: BoolArray = (gain > OBJECTIVE_TIE) | (
-            tied & (best_sec < cur_sec * (1.0 - SECONDARY_TIE))
-        )
-    return out
-
-
 def _finite(values: FloatArray, usable: BoolArray) -> BoolArray:
     """``usable`` and every criterion measured. The criteria are summed by one BLAS
     matrix-vector product and the sum tested: NaN and inf propagate through a sum, and
@@ -323,7 +307,7 @@ def decide_entry(
     with np.errstate(invalid="ignore"):
         gain = cur_obj - best_obj  # inf - inf (nothing usable anywhere) is NaN: no move
     best_sec = _secondary(rank, best, sla)
-    no_better = (best == current) | ~_ranks_before(gain, cur_sec, best_sec)
+    no_better = (best == current) | ~ranks_before(gain, cur_sec, best_sec)
     below = cur_ok & (gain < params.min_gain - OBJECTIVE_TIE)  # float noise is no loss
     if params.min_gain_ratio > 0:
         # The margin: the best still ranks strictly before the current one with every
@@ -335,7 +319,7 @@ def decide_entry(
             inflated[:, None, :], has[:, None], np.zeros(n, np.int64), sla
         )
         with np.errstate(invalid="ignore"):
-            below |= cur_ok & ~_ranks_before(cur_obj - infl_obj, cur_sec, infl_sec)
+            below |= cur_ok & ~ranks_before(cur_obj - infl_obj, cur_sec, infl_sec)
     _, _, best_met, _ = _current_keys(values, usable, safe_best, sla)
     no_data = unknown & ~(has & best_met)
     dwell = cur_ok & (now - last_switch < params.min_dwell_s)
@@ -412,7 +396,7 @@ def decide_migration(
         # A migration that takes no time costs nothing (the paper's model): any
         # candidate ranking strictly before the current path is worth it.
         worth = (t_mig <= 0) | (benefit > params.migration_cost_weight * t_mig)
-    better = _ranks_before(gain, cur_sec, _secondary(place_values, best, sla))
+    better = ranks_before(gain, cur_sec, _secondary(place_values, best, sla))
     reason = np.select(
         [
             met,

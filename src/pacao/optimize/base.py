@@ -18,7 +18,8 @@ from pacao.optimize.model import (
     Problem,
     RankedCandidate,
 )
-from pacao.optimize.penalty import OBJECTIVE_TIE, RATIO_MAX, FloatArray
+from pacao.optimize.penalty import RATIO_MAX, FloatArray
+from pacao.optimize.ties import rank_order
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,8 @@ def finish(
 ) -> Decision:
     """Rank usable candidates (objective, secondary, name) and assign LISP priorities."""
     p = inst.problem
-    order = sorted(objectives, key=lambda i: (objectives[i], secondary[i], p.candidates[i].name))
-    # Snap near-equal objectives so ties sort by the secondary key, not by float noise.
     ranked: list[RankedCandidate] = []
-    for rank, i in enumerate(_tie_stable(order, objectives, secondary, p), start=1):
+    for rank, i in enumerate(rank_order(objectives, secondary, inst.names), start=1):
         ranked.append(
             RankedCandidate(
                 name=p.candidates[i].name,
@@ -135,23 +134,6 @@ def finish(
         sla_met=all(t <= 1 for t in best.penalties.values()),
         ranking=ranked,
     )
-
-
-def _tie_stable(
-    order: list[int], obj: dict[int, float], sec: dict[int, float], p: Problem
-) -> list[int]:
-    if not order:
-        return order
-    groups: list[list[int]] = [[order[0]]]
-    for i in order[1:]:
-        if obj[i] <= obj[groups[-1][0]] + OBJECTIVE_TIE:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    out: list[int] = []
-    for g in groups:
-        out.extend(sorted(g, key=lambda i: (sec[i], p.candidates[i].name)))
-    return out
 
 
 SolverFn = Callable[[Problem], Decision]

@@ -18,13 +18,13 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from pacao.optimize.ties import first_in_order
+
 RATIO_EPS = 1e-9
 #: Measurement resolution: a metric below this fraction of its bound counts as 0.
 RATIO_FLOOR = 1e-9
 #: A metric more than this many times its bound is a data error, not a penalty.
 RATIO_MAX = 1e9
-#: Two objectives closer than this are a tie, broken by the secondary key, then by order.
-OBJECTIVE_TIE = 1e-9
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -54,7 +54,8 @@ def choose(
 
     ``ratios`` has shape (..., candidates, criteria) holding m/M, ``usable``
     shape (..., candidates). Order: objective sum_k alpha_k T_k, then the
-    secondary key sum_k alpha_k m/M, then candidate index. Returns the chosen
+    secondary key sum_k alpha_k m/M, then candidate index, ties as
+    :mod:`pacao.optimize.ties` says. Returns the chosen
     index and its objective per row. Rows need at least one usable candidate.
     """
     return choose_scaled(np.multiply(ratios, 1.0 - RATIO_EPS), weights, usable)
@@ -71,12 +72,7 @@ def choose_scaled(
     np.ceil(q, out=q)
     cost = _weighted(q, w)
     np.putmask(cost, ~usable, np.inf)
-    # argmin then a gather: a min-reduction along a short last axis is 4x slower.
-    first = cost.argmin(axis=-1)[..., None]
-    best = np.take_along_axis(cost, first, axis=-1)
-    best += OBJECTIVE_TIE
-    np.putmask(secondary, cost > best, np.inf)
-    idx = secondary.argmin(axis=-1)
+    idx = first_in_order(cost, secondary)
     obj = np.take_along_axis(cost, idx[..., None], axis=-1)[..., 0]
     obj += 0.0  # ceil of a value in (-1, 0) is -0.0: report it as 0.0
     return idx.astype(np.int64), obj

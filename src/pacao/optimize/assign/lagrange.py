@@ -140,13 +140,6 @@ def alphas(
     return best, arg
 
 
-@dataclass
-class _Dual:
-    value: float
-    pi: FloatArray
-    beta: FloatArray
-
-
 def _dense_alphas(data: _Data, beta: FloatArray) -> tuple[FloatArray, FloatArray]:
     """alpha_ud and its minimising L for every pair (inf where not allowed)."""
     p = data.p
