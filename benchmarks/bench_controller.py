@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pacao.controller.policy import (
+from pacao.controller.storage import Store
+from pacao.decision.entry import (
     MigrationTime,
     Params,
     Sla,
@@ -22,7 +23,6 @@ from pacao.controller.policy import (
     decide_migration,
     placement,
 )
-from pacao.controller.storage import Store
 
 USERS, DCS, K = 100_000, 64, 2
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from pacao.cli import app
 from pacao.clock import ManualClock
 from pacao.controller.config import config_from_dict
-from pacao.controller.policy import decide_multi_user
 from pacao.controller.service import MULTI_USER, build
+from pacao.decision.entry import decide_multi_user
 from pacao.optimize.assign import InfeasibleError, LatencyFunction
 
 FIG17 = LatencyFunction.from_breakpoints([[0, 0], [0.5, 5], [0.75, 50], [0.9, 200], [1, 700]], "f")

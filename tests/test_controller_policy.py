@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pacao.controller.policy import (
+from pacao.decision.entry import (
     MigrationTime,
     Params,
     Reason,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pacao.controller.policy import (
+from pacao.decision.entry import (
     Params,
     Reason,
     Sla,

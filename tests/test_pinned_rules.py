@@ -21,9 +21,9 @@ from pacao.controller.config import config_from_dict
 from pacao.controller.drivers.base import VmStatus
 from pacao.controller.drivers.memory import MemoryHypervisor, MemoryMapping
 from pacao.controller.plans import Context, Executor
-from pacao.controller.policy import Params, Reason, Sla, decide_entry, decide_migration
 from pacao.controller.service import MULTI_USER, build
 from pacao.controller.storage import Store
+from pacao.decision.entry import Params, Reason, Sla, decide_entry, decide_migration
 from test_controller_multiuser import N_USERS, Probes, config
 
 NOW = 10_000.0

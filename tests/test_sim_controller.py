@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pacao.controller import policy as ctl
-from pacao.controller.policy import Params, Reason, Sla
+from pacao.decision import entry as ctl
+from pacao.decision.entry import Params, Reason, Sla
 from pacao.errors import InputError
 from pacao.sim import engine, network, policy
 from pacao.sim.policy import PAPER_PARAMS, Policy, Timing

@@ -50,7 +50,8 @@ from pacao.controller.monitoring import (
     sources_from_config,
 )
 from pacao.controller.plans import Context, Executor
-from pacao.controller.policy import (
+from pacao.controller.storage import Fence, NotLeader, Store, check_storage
+from pacao.decision.entry import (
     REASON_TEXT,
     MigrationTime,
     Params,
@@ -63,7 +64,6 @@ from pacao.controller.policy import (
     placement,
     rank_entries,
 )
-from pacao.controller.storage import Fence, NotLeader, Store, check_storage
 from pacao.errors import InputError
 from pacao.optimize.assign import InfeasibleError
 

@@ -33,8 +33,8 @@ from enum import StrEnum
 import numpy as np
 from numpy.typing import NDArray
 
-from pacao.controller import policy as controller
-from pacao.controller.policy import Params, Sla
+from pacao.decision import entry as controller
+from pacao.decision.entry import Params, Sla
 from pacao.errors import InputError
 from pacao.sim.network import Network
 

@@ -1,0 +1,1 @@
+"""The decision policy, shared by the controller and the simulator."""
