@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from pacao.controller.storage import Store
-from pacao.decision.entry import (
+from pacao.decision import (
+    DcLoad,
+    EntryInputs,
+    MigrationInputs,
     MigrationTime,
     Params,
     Sla,
@@ -42,27 +45,29 @@ def cycle() -> float:
     bw = np.full((DCS, DCS), 1000.0)
     t0 = time.perf_counter()
     through = combine_paths(sub, leg, ["rtt", "jitter"])
-    d1 = decide_entry(1e6, through, usable, current, sla, np.full(USERS, -np.inf), Params())
+    d1 = decide_entry(
+        1e6, EntryInputs(through, usable, current, sla, np.full(USERS, -np.inf)), Params()
+    )
     t1 = time.perf_counter()
     rows = np.arange(USERS)
     pv, pu, _ = placement(sub, usable, rloc_dc, DCS, sla)
     mig = MigrationTime(np.full(USERS, 2048.0), host, bw, 1.0)  # what the service passes
     d2 = decide_migration(
         1e6,
-        through[rows, current],
-        usable[rows, current],
-        pv,
-        pu,
-        host,
-        sla,
-        np.tile([2048.0, 2.0], (USERS, 1)),
-        np.tile([1e9, 1e6], (DCS, 1)),
-        np.zeros(USERS, bool),
-        np.full(USERS, -np.inf),
-        np.full(USERS, 3600.0),
-        mig,
-        np.zeros(DCS, np.int64),
-        0,
+        MigrationInputs(
+            current_values=through[rows, current],
+            current_usable=usable[rows, current],
+            place_values=pv,
+            place_usable=pu,
+            host=host,
+            sla=sla,
+            demand=np.tile([2048.0, 2.0], (USERS, 1)),
+            pinned=np.zeros(USERS, bool),
+            last_migration=np.full(USERS, -np.inf),
+            expected_stay_s=np.full(USERS, 3600.0),
+            migration_s=mig,
+        ),
+        DcLoad(np.tile([1e9, 1e6], (DCS, 1)), np.zeros(DCS, np.int64), 0),
         Params(max_migrations_per_dc=10**6, max_migrations_total=10**6),
     )
     t2 = time.perf_counter()

@@ -16,7 +16,7 @@ from pacao.cli import app
 from pacao.clock import ManualClock
 from pacao.controller.config import config_from_dict
 from pacao.controller.service import MULTI_USER, build
-from pacao.decision.entry import decide_multi_user
+from pacao.decision import DcCapacity, MultiUserInputs, decide_multi_user
 from pacao.optimize.assign import InfeasibleError, LatencyFunction
 
 FIG17 = LatencyFunction.from_breakpoints([[0, 0], [0.5, 5], [0.75, 50], [0.9, 200], [1, 700]], "f")
@@ -28,15 +28,15 @@ RTT = {"near": 20.0, "mid": 30.0, "far": 90.0}
 def test_the_assignment_respects_capacity_where_independent_choices_overload() -> None:
     rtt = np.tile([RTT["near"], RTT["mid"], RTT["far"]], (N_USERS, 1))
     md = decide_multi_user(
-        rtt,
-        np.ones(rtt.shape, bool),
-        np.full(N_USERS, 40.0),
-        np.full(N_USERS, 2),
-        np.zeros(N_USERS, bool),
-        np.array([2.0, 4.0, 8.0]),
-        np.zeros(3),
-        FIG17,
-        "milp",
+        MultiUserInputs(
+            rtt,
+            np.ones(rtt.shape, bool),
+            np.full(N_USERS, 40.0),
+            np.full(N_USERS, 2),
+            np.zeros(N_USERS, bool),
+        ),
+        DcCapacity(np.array([2.0, 4.0, 8.0]), np.zeros(3), FIG17),
+        solver="milp",
     )
     # Alone, every user picks "near": 6 users on a DC of 2.
     assert md.independent.tolist() == [0] * N_USERS
@@ -53,29 +53,23 @@ def test_the_assignment_respects_capacity_where_independent_choices_overload() -
 def test_pinned_users_stay_and_too_many_users_are_infeasible() -> None:
     rtt = np.tile([20.0, 90.0], (3, 1))
     md = decide_multi_user(
-        rtt,
-        np.ones((3, 2), bool),
-        np.full(3, 40.0),
-        np.array([1, 1, 1]),
-        np.array([True, False, False]),
-        np.array([4.0, 4.0]),
-        np.zeros(2),
-        FIG17,
-        "lagrange",
-    )
+        MultiUserInputs(
+            rtt, np.ones((3, 2), bool), np.full(3, 40.0), np.array([1, 1, 1]),
+            np.array([True, False, False]),
+        ),
+        DcCapacity(np.array([4.0, 4.0]), np.zeros(2), FIG17),
+        solver="lagrange",
+    )  # fmt: skip
     assert md.dc[0] == 1
     with pytest.raises(InfeasibleError):
         decide_multi_user(
-            rtt,
-            np.ones((3, 2), bool),
-            np.full(3, 40.0),
-            np.array([1, 1, 1]),
-            np.zeros(3, bool),
-            np.array([1.0, 1.0]),
-            np.zeros(2),
-            FIG17,
-            "lagrange",
-        )
+            MultiUserInputs(
+                rtt, np.ones((3, 2), bool), np.full(3, 40.0), np.array([1, 1, 1]),
+                np.zeros(3, bool),
+            ),
+            DcCapacity(np.array([1.0, 1.0]), np.zeros(2), FIG17),
+            solver="lagrange",
+        )  # fmt: skip
 
 
 def config(tmp: Path, mode: str, min_users: int = 3) -> dict[str, Any]:

@@ -6,19 +6,19 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pacao.decision.entry import (
+from decision_support import entry_step, migration_step
+from pacao.decision import (
     MigrationTime,
     Params,
     Reason,
     Sla,
-    _fits,
     combine_paths,
-    decide_entry,
-    decide_migration,
     migration_seconds,
     placement,
     rank_entries,
 )
+from pacao.decision.migration import _fits
+from pacao.optimize import Candidate, Criterion, Mode, Problem, solve
 
 W = np.array([0.7, 0.3])
 B = np.array([60.0, 10.0])
@@ -38,7 +38,7 @@ def entry(
 ):  # type: ignore[no-untyped-def]
     v = np.array(values, dtype=float)
     n = v.shape[0]
-    return decide_entry(
+    return entry_step(
         now,
         v,
         np.array(usable),
@@ -88,9 +88,7 @@ def test_ties_never_move_and_nothing_usable_is_reported() -> None:
 def test_users_with_different_weights_are_ranked_with_their_own() -> None:
     v = np.array([[[70.0, 1.0], [40.0, 25.0]]] * 2)
     s = Sla(np.array([[1.0, 0.0], [0.0, 1.0]]), np.tile(B, (2, 1)))
-    d = decide_entry(
-        0, v, np.ones((2, 2), bool), np.array([0, 1]), s, np.full(2, -np.inf), Params()
-    )
+    d = entry_step(0, v, np.ones((2, 2), bool), np.array([0, 1]), s, np.full(2, -np.inf), Params())
     assert d.best.tolist() == [1, 0] and d.switch.all()
 
 
@@ -104,11 +102,25 @@ def test_kernel_choice_agrees_with_solve_ranking(cands: list[tuple[float, float,
     names = [f"rloc{i}" for i in range(len(cands))]
     v = np.array([[c[0], c[1]] for c in cands])
     u = np.array([c[2] for c in cands])
-    d = decide_entry(0, v[None], u[None], np.array([-1]), sla(1), np.array([-np.inf]), Params())
-    ranked = rank_entries(names, v, u, {"rtt": (0.7, 60.0), "jitter": (0.3, 10.0)})
+    d = entry_step(0, v[None], u[None], np.array([-1]), sla(1), np.array([-np.inf]), Params())
+    crit = {"rtt": (0.7, 60.0), "jitter": (0.3, 10.0)}
+    ranked = solve(
+        Problem(
+            mode=Mode.RLOC,
+            criteria=[Criterion(name=k, weight=w, bound=b) for k, (w, b) in crit.items()],
+            candidates=[
+                Candidate(
+                    name=n, metrics={"rtt": c[0], "jitter": c[1]} if c[2] else {}, available=c[2]
+                )
+                for n, c in zip(names, cands, strict=True)
+            ],
+        )
+    )
     assert names[int(d.best[0])] == ranked.choice
     assert abs(d.best_objective[0] - ranked.objective) < 1e-9
     assert [r.priority for r in ranked.ranking if r.name == ranked.choice] == [1]
+    # The service's ranking puts the kernel's choice first: the same record as solve's.
+    assert rank_entries(int(d.best[0]), names, v, u, crit).to_dict() == ranked.to_dict()
 
 
 def migrate(n: int = 1, **kw: object):  # type: ignore[no-untyped-def]
@@ -132,7 +144,7 @@ def migrate(n: int = 1, **kw: object):  # type: ignore[no-untyped-def]
         params=Params(max_migrations_per_dc=10, max_migrations_total=10),
     )
     args.update(kw)
-    return decide_migration(**args)  # type: ignore[arg-type]
+    return migration_step(**args)  # type: ignore[arg-type]
 
 
 def test_step2_migrates_when_still_violated_and_worth_it() -> None:
@@ -233,8 +245,8 @@ def test_fits_per_distinct_demand_and_lazy_migration_times_match_the_matrix() ->
         ongoing_per_dc=np.zeros(d, np.int64), ongoing_total=0,
         params=Params(max_migrations_per_dc=n, max_migrations_total=n),
     )  # fmt: skip
-    a = decide_migration(migration_s=lazy, **args)  # type: ignore[arg-type]
-    b = decide_migration(migration_s=migration_seconds(demand[:, 0], host, bw, 1.5), **args)  # type: ignore[arg-type]
+    a = migration_step(migration_s=lazy, **args)  # type: ignore[arg-type]
+    b = migration_step(migration_s=migration_seconds(demand[:, 0], host, bw, 1.5), **args)  # type: ignore[arg-type]
     assert np.array_equal(a.reason, b.reason) and np.array_equal(a.best, b.best)
     assert np.allclose(a.migration_s, b.migration_s)
     # The chosen DC always fits the VM (or is its host), checked resource by resource.
@@ -287,10 +299,10 @@ def test_an_unmeasured_current_entry_is_unknown_not_dead() -> None:
         np.full(3, 999.0),
         Params(),
     )
-    d = decide_entry(*args, known=known)
+    d = entry_step(*args, known=known)
     assert d.reason.tolist() == [Reason.NO_DATA, Reason.SWITCH, Reason.SWITCH]
     assert d.best.tolist() == [1, 1, 2]
     # Unknown is not a violation: no Step 2 for user 0.
     assert d.step2.tolist() == [False, True, True]
     # Without ``known`` (the old reading) a missing sample meant a dead entry.
-    assert decide_entry(*args).reason.tolist() == [Reason.SWITCH] * 3
+    assert entry_step(*args).reason.tolist() == [Reason.SWITCH] * 3

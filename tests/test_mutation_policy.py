@@ -1,5 +1,5 @@
 """Policy helpers and edge rows pinned by what they promise (written against the survivors
-of mutation testing of controller/policy.py): placement through a DC's best own RLOC,
+of mutation testing of the decision policy): placement through a DC's best own RLOC,
 several SLA classes at once, invalid current entries, the secondary-key tie, the
 loss combination, and the multi-user decision's loads.
 """
@@ -9,17 +9,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pacao.decision.entry import (
+from decision_support import entry_step
+from pacao.decision import (
+    DcCapacity,
+    MultiUserInputs,
     Params,
     Reason,
     Sla,
-    _finite,
     combine_paths,
-    decide_entry,
     decide_multi_user,
     migration_seconds,
     placement,
 )
+from pacao.decision.kernel import finite
 from pacao.optimize.assign.model import LatencyFunction
 
 NOW = 1000.0
@@ -32,7 +34,7 @@ def one(n: int, bound: float = 60.0) -> Sla:
 def step1(values: list[list[float]], current: list[int], sla: Sla | None = None, **kw: object):  # type: ignore[no-untyped-def]
     v = np.array(values, dtype=float)[..., None]
     n = v.shape[0]
-    return decide_entry(
+    return entry_step(
         NOW,
         v,
         np.isfinite(v[..., 0]),
@@ -72,7 +74,7 @@ def test_users_of_several_sla_classes_are_ranked_with_their_own_bounds() -> None
 def test_a_class_with_nothing_usable_gets_no_candidate() -> None:
     v = np.array([[[np.nan], [np.nan]], [[90.0], [30.0]]])
     sla = Sla(np.ones((2, 1)), np.array([[60.0], [50.0]]))
-    d = decide_entry(
+    d = entry_step(
         NOW, v, np.array([[True, True], [True, True]]), np.array([0, 0]), sla,
         np.full(2, -np.inf), Params(min_gain_ratio=0.0),
     )  # fmt: skip
@@ -100,9 +102,9 @@ def test_user_rloc_ranking_needs_a_sublink_of_the_same_shape() -> None:
     args = (NOW, v, np.ones((1, 2), bool), np.zeros(1, np.int64), one(1), np.full(1, -np.inf))
     p = Params(entry_metric="user-rloc")
     with pytest.raises(ValueError, match=r"user-rloc.*sublink.*\(1, 2, 1\)"):
-        decide_entry(*args, p)
+        entry_step(*args, p)
     with pytest.raises(ValueError, match="sublink"):
-        decide_entry(*args, p, sublink=np.zeros((1, 3, 1)))
+        entry_step(*args, p, sublink=np.zeros((1, 3, 1)))
     with pytest.raises(
         ValueError, match=r"policy\.entry_metric: 'rtt' is invalid; one of path, user-rloc"
     ):
@@ -111,9 +113,9 @@ def test_user_rloc_ranking_needs_a_sublink_of_the_same_shape() -> None:
 
 def test_finite_needs_every_criterion_measured() -> None:
     v = np.array([[[1.0, 2.0], [np.nan, 2.0], [1.0, np.inf]]])
-    assert _finite(v, np.ones((1, 3), bool)).tolist() == [[True, False, False]]
-    assert _finite(v, np.array([[False, True, True]])).tolist() == [[False, False, False]]
-    assert _finite(v[..., :1], np.ones((1, 3), bool)).tolist() == [[True, False, True]]
+    assert finite(v, np.ones((1, 3), bool)).tolist() == [[True, False, False]]
+    assert finite(v, np.array([[False, True, True]])).tolist() == [[False, False, False]]
+    assert finite(v[..., :1], np.ones((1, 3), bool)).tolist() == [[True, False, True]]
 
 
 def test_loss_combines_as_independent_losses_and_the_rest_add() -> None:
@@ -162,9 +164,12 @@ def test_multi_user_reports_loads_with_and_without_congestion() -> None:
     rtt = np.array([[10.0, 40.0], [10.0, 45.0], [10.0, 50.0]])
     flat = LatencyFunction(loads=(0.0, 1.0), ms=(0.0, 0.0))
     d = decide_multi_user(
-        rtt, np.ones((3, 2), bool), np.full(3, 60.0), np.array([0, 0, 1]),
-        np.array([False, False, True]), np.array([2.0, 10.0]), np.array([1.0, 0.0]),
-        flat, "milp",
+        MultiUserInputs(
+            rtt, np.ones((3, 2), bool), np.full(3, 60.0), np.array([0, 0, 1]),
+            np.array([False, False, True]),
+        ),
+        DcCapacity(np.array([2.0, 10.0]), np.array([1.0, 0.0]), flat),
+        solver="milp",
     )  # fmt: skip
     # User 2 is pinned at DC 1; DC 0 has room for one more user: user 0 or 1.
     assert d.dc[2] == 1 and sorted(d.dc[:2].tolist()) == [0, 1]

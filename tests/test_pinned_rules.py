@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from decision_support import entry_step, migration_step
 from pacao.clock import ManualClock
 from pacao.controller.config import config_from_dict
 from pacao.controller.drivers.base import VmStatus
@@ -23,7 +24,7 @@ from pacao.controller.drivers.memory import MemoryHypervisor, MemoryMapping
 from pacao.controller.plans import Context, Executor
 from pacao.controller.service import MULTI_USER, build
 from pacao.controller.storage import Store
-from pacao.decision.entry import Params, Reason, Sla, decide_entry, decide_migration
+from pacao.decision import Params, Reason, Sla
 from test_controller_multiuser import N_USERS, Probes, config
 
 NOW = 10_000.0
@@ -40,7 +41,7 @@ def step1(
     each having switched ``since_switch[i]`` seconds ago."""
     n = len(since_switch)
     values = np.tile([[current_rtt], [best_rtt]], (n, 1, 1)).astype(float)
-    d = decide_entry(
+    d = entry_step(
         NOW,
         values,
         np.ones((n, 2), bool),
@@ -62,7 +63,7 @@ def test_dwell_holds_strictly_below_the_threshold_and_releases_at_it() -> None:
 
 def test_a_dead_entry_ignores_the_dwell_time() -> None:
     n = 1
-    d = decide_entry(
+    d = entry_step(
         NOW,
         np.array([[[130.0], [50.0]]]),
         np.array([[False, True]]),
@@ -120,7 +121,7 @@ def step2(since_migration: list[float], **kw: Any) -> list[int]:
         params=params,
     )
     args.update(kw)
-    return [int(r) for r in decide_migration(**args).reason]
+    return [int(r) for r in migration_step(**args).reason]
 
 
 def test_cooldown_holds_strictly_below_the_threshold_and_releases_at_it() -> None:

@@ -1,7 +1,7 @@
 """The simulator's PACAO decisions are the controller's.
 
 The engine looks decisions up in a memo that pacao.sim.policy fills by calling
-pacao.controller.policy; these tests fail if the two ever disagree: on random
+pacao.decision; these tests fail if the two ever disagree: on random
 states against direct controller calls built independently of the memo, when
 the controller's function is replaced, and when a controller setting changes.
 """
@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pacao.decision import entry as ctl
-from pacao.decision.entry import Params, Reason, Sla
+from decision_support import entry_step
+from pacao import decision as ctl
+from pacao.decision import DcLoad, MigrationInputs, Params, Reason, Sla
 from pacao.errors import InputError
 from pacao.sim import engine, network, policy
 from pacao.sim.policy import PAPER_PARAMS, Policy, Timing
@@ -58,7 +59,7 @@ def test_memo_equals_direct_controller_calls_on_random_states(
             [[net.path_rtt(np.array([p[i]]), np.array([x]), np.array([x]))[0]] for x in range(d)]
         )
         sla = Sla(np.ones((1, 1)), np.full((1, 1), bound))
-        e = ctl.decide_entry(
+        e = entry_step(
             0.0,
             cand[None],
             np.ones((1, d), bool),
@@ -79,7 +80,7 @@ def test_memo_equals_direct_controller_calls_on_random_states(
                     for x in range(d)
                 ]
             )
-            b = ctl.decide_entry(
+            b = entry_step(
                 0.0,
                 c[None],
                 np.ones((1, d), bool),
@@ -92,20 +93,20 @@ def test_memo_equals_direct_controller_calls_on_random_states(
             place[vm] = c[int(b.best[0]), 0]
         m = ctl.decide_migration(
             0.0,
-            cand[a[i]][None],
-            np.ones(1, bool),
-            place[None, :, None],
-            np.ones((1, d), bool),
-            np.array([v[i]]),
-            sla,
-            np.zeros((1, 0)),
-            np.zeros((d, 0)),
-            np.zeros(1, bool),
-            np.array([-np.inf]),
-            np.array([np.inf]),
-            np.zeros((1, d)),
-            np.zeros(d, np.int64),
-            0,
+            MigrationInputs(
+                current_values=cand[a[i]][None],
+                current_usable=np.ones(1, bool),
+                place_values=place[None, :, None],
+                place_usable=np.ones((1, d), bool),
+                host=np.array([v[i]]),
+                sla=sla,
+                demand=np.zeros((1, 0)),
+                pinned=np.zeros(1, bool),
+                last_migration=np.array([-np.inf]),
+                expected_stay_s=np.array([np.inf]),
+                migration_s=np.zeros((1, d)),
+            ),
+            DcLoad(np.zeros((d, 0)), np.zeros(d, np.int64), 0),
             params,
         )
         want2 = int(m.best[0]) if m.migrate[0] else -1
@@ -207,11 +208,11 @@ def test_controller_config_carries_the_entry_metric_to_the_shared_decision() -> 
     sla = Sla(np.ones((1, 1)), np.full((1, 1), 45.0))
     args = (0.0, path, np.ones((1, 2), bool), np.array([0]), sla, np.array([-np.inf]))
     loose = {**PAPER_PARAMS.__dict__, "min_gain_ratio": 0.0}
-    by_path = ctl.decide_entry(*args, Params(**{**loose, "entry_metric": "path"}), sublink=sub)
-    by_rloc = ctl.decide_entry(*args, Params(**loose), sublink=sub)
+    by_path = entry_step(*args, Params(**{**loose, "entry_metric": "path"}), sublink=sub)
+    by_rloc = entry_step(*args, Params(**loose), sublink=sub)
     assert not by_path.switch[0] and by_path.reason[0] == Reason.CURRENT_IS_BEST
     assert by_rloc.switch[0] and by_rloc.best[0] == 1 and not by_rloc.sla_met[0]
     with pytest.raises(ValueError, match="sublink"):
-        ctl.decide_entry(*args, Params(**loose))
+        entry_step(*args, Params(**loose))
     with pytest.raises(ValueError, match="entry_metric"):
         Params(entry_metric="nearest")

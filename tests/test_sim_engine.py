@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pacao.decision.entry import Params
+from pacao.decision import Params
 from pacao.errors import InputError
 from pacao.sim import engine, network, policy
 from pacao.sim.policy import PAPER_PARAMS, Policy, Timing

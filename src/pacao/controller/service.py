@@ -1,7 +1,7 @@
 """The controller service: one asyncio process running monitoring, decisions, plans and the API.
 
 Every S' (timers.s1) it closes a monitoring window and runs Step 1 for all
-users at once (:func:`pacao.controller.policy.decide_entry`); users whose SLA
+users at once (:func:`pacao.decision.decide_entry`); users whose SLA
 was violated get Step 2 S'' (timers.s2) later, over the samples the xTRs took
 every S''' (timers.s3) meanwhile. Decisions become stored plans first, then
 actions. Time comes only from the injected :class:`~pacao.clock.Clock`.
@@ -51,9 +51,14 @@ from pacao.controller.monitoring import (
 )
 from pacao.controller.plans import Context, Executor
 from pacao.controller.storage import Fence, NotLeader, Store, check_storage
-from pacao.decision.entry import (
+from pacao.decision import (
     REASON_TEXT,
+    DcCapacity,
+    DcLoad,
+    EntryInputs,
+    MigrationInputs,
     MigrationTime,
+    MultiUserInputs,
     Params,
     Reason,
     Sla,
@@ -392,14 +397,16 @@ class Controller:
         last = np.array([self._t(self.state[u.name]["last_switch"]) for u in self.users])
         dec = decide_entry(
             now,
-            arr["through"],
-            arr["through_ok"],
-            self._current_idx(),
-            self.sla,
-            last,
+            EntryInputs(
+                values=arr["through"],
+                usable=arr["through_ok"],
+                current=self._current_idx(),
+                sla=self.sla,
+                last_switch=last,
+                known=arr["through_known"],
+                sublink=arr["sub"],
+            ),
             self.params,
-            known=arr["through_known"],
-            sublink=arr["sub"],
         )
         created = []
         busy = self._busy()
@@ -442,9 +449,11 @@ class Controller:
             k: (u.sla[k].weight, u.sla[k].max) for k in CRITERIA if k in u.sla
         }
         cols = [CRITERIA.index(k) for k in crit]
-        ranking = rank_entries(self.rlocs, arr["through"][i][:, cols], arr["through_ok"][i], crit)
-        chosen = self.rlocs[int(dec.best[i])]
-        assert ranking.choice == chosen, (ranking.choice, chosen)
+        best = int(dec.best[i])
+        chosen = self.rlocs[best]
+        ranking = rank_entries(
+            best, self.rlocs, arr["through"][i][:, cols], arr["through_ok"][i], crit
+        )
         prio = {r.name: r.priority for r in ranking.ranking}
         vm = self.cfg.vm(u.vm)
         params = {
@@ -520,27 +529,32 @@ class Controller:
         try:
             md = await asyncio.to_thread(
                 decide_multi_user,
-                pv[..., CRITERIA.index("rtt")],
-                pu,
-                sla.bounds[:, CRITERIA.index("rtt")],
-                host,
-                # Pinned VMs and VMs within their cooldown stay where they are.
-                np.array(
-                    [
-                        v.pinned
-                        or now - self._t(self.state[n]["last_migration"]) < self.params.cooldown_s
-                        for v, n in zip(vms, names, strict=True)
-                    ]
+                MultiUserInputs(
+                    rtt_ms=pv[..., CRITERIA.index("rtt")],
+                    usable=pu,
+                    bound_ms=sla.bounds[:, CRITERIA.index("rtt")],
+                    host=host,
+                    # Pinned VMs and VMs within their cooldown stay where they are.
+                    pinned=np.array(
+                        [
+                            v.pinned
+                            or now - self._t(self.state[n]["last_migration"])
+                            < self.params.cooldown_s
+                            for v, n in zip(vms, names, strict=True)
+                        ]
+                    ),
+                    user_ids=names,
                 ),
-                np.array(self.cfg.user_capacity(), dtype=float),
-                existing,
-                self.cfg.latency_function(),
-                mu.solver,
+                DcCapacity(
+                    capacity=np.array(self.cfg.user_capacity(), dtype=float),
+                    existing=existing,
+                    latency=self.cfg.latency_function(),
+                    names=self.dcs,
+                ),
+                solver=mu.solver,
                 batch_size=mu.batch_size,
                 time_limit=limit,
                 integer_penalty=mu.integer_penalty,
-                dc_names=self.dcs,
-                user_ids=names,
             )
         except InfeasibleError as exc:
             log.warning("multi-user mode infeasible, deciding per user", extra={"error": str(exc)})
@@ -659,20 +673,20 @@ class Controller:
         pinned = np.array([v.pinned for v in vms])
         dec = decide_migration(
             now,
-            cur_vals,
-            cur_ok,
-            pv,
-            pu,
-            host,
-            sla,
-            demand,
-            residual,
-            pinned,
-            last,
-            stay,
-            mig_s,
-            per_dc,
-            total,
+            MigrationInputs(
+                current_values=cur_vals,
+                current_usable=cur_ok,
+                place_values=pv,
+                place_usable=pu,
+                host=host,
+                sla=sla,
+                demand=demand,
+                pinned=pinned,
+                last_migration=last,
+                expected_stay_s=stay,
+                migration_s=mig_s,
+            ),
+            DcLoad(residual, per_dc, total),
             self.params,
         )
         created = []

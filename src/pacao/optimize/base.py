@@ -99,11 +99,21 @@ def finish(
     objectives: dict[int, float],
     penalties: dict[int, dict[str, int]],
     secondary: dict[int, float],
+    first: int | None = None,
 ) -> Decision:
-    """Rank usable candidates (objective, secondary, name) and assign LISP priorities."""
+    """Rank usable candidates (objective, secondary, name) and assign LISP priorities.
+
+    ``first`` (a usable candidate's index) is a choice the caller already made with
+    the same kernel, e.g. Step 1's: it ranks first and the rest follow in order,
+    so the choice is not derived a second time."""
     p = inst.problem
+    order = rank_order(objectives, secondary, inst.names)
+    if first is not None:
+        if first not in objectives:
+            raise ValueError(f"first: candidate {inst.names[first]!r} is not usable")
+        order = [first, *(i for i in order if i != first)]
     ranked: list[RankedCandidate] = []
-    for rank, i in enumerate(rank_order(objectives, secondary, inst.names), start=1):
+    for rank, i in enumerate(order, start=1):
         ranked.append(
             RankedCandidate(
                 name=p.candidates[i].name,

@@ -9,6 +9,12 @@ from pacao.optimize.penalty import objective_and_secondary
 
 @register("exact")
 def solve_exact(problem: Problem) -> Decision:
+    return rank_exact(problem)
+
+
+def rank_exact(problem: Problem, first: str | None = None) -> Decision:
+    """Every candidate ranked by enumeration; ``first`` names a candidate the caller already
+    chose with the same kernel (Step 1's choice), ranked first without being derived again."""
     inst = build_instance(problem)
     obj, sec, pen = objective_and_secondary(inst.ratios, inst.weights)
     names = [c.name for c in problem.criteria]
@@ -17,4 +23,5 @@ def solve_exact(problem: Problem) -> Decision:
     penalties = {
         i: {k: int(pen[j, n]) for n, k in enumerate(names)} for j, i in enumerate(inst.usable)
     }
-    return finish(inst, "exact", objectives, penalties, secondary)
+    at = None if first is None else inst.names.index(first)
+    return finish(inst, "exact", objectives, penalties, secondary, first=at)

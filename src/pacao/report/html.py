@@ -440,7 +440,7 @@ def write_report(
         "S'' later, "
         "still violated: VM placement by (1)-(3) (the entry follows the VM), migration "
         f"time {opts.migration_s:g} s. Ties keep the current path. Decisions are the "
-        "controller's own (pacao.controller.policy.decide_entry / decide_migration, "
+        "controller's own (pacao.decision.decide_entry / decide_migration, "
         "the paper's settings: no dwell, margin, cooldown or caps).</li>"
         "<li>Relative S' restarts in each LAC visit (checks at k x S' after entering the LAC, "
         "inside the visit); a step 2 not reached before the next check is dropped.</li>"

@@ -3,8 +3,9 @@
 For every deployment (use case x DC count) the users are taken at one snapshot
 time (their position 12 h after the traces' first sample: 12:00 for the
 synthetic traces, which start at midnight; midday, when most users are away
-from home) and assigned to DCs by the ``lagrange`` solver
-of :mod:`pacao.optimize.assign` with the paper's settings: l_ud = the sim's
+from home) and assigned to DCs by the controller's multi-user decision
+(:func:`pacao.decision.decide_multi_user`, the ``lagrange`` solver of
+:mod:`pacao.optimize.assign`) with the paper's settings: l_ud = the sim's
 user<->DC RTT (:mod:`pacao.sim.network`), LT_u = the deployment's strict bound,
 C_d = 2 |U| / |D| (at least 1), no existing load, and the convex latency
 function :data:`pacao.optimize.assign.instances.PAPER_BREAKPOINTS` (700 ms at
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pacao.optimize.assign import AssignProblem, LatencyFunction, solve_assign
+from pacao.decision import DcCapacity, MultiUserInputs, decide_multi_user
+from pacao.optimize.assign import LatencyFunction
 from pacao.optimize.assign.instances import PAPER_BREAKPOINTS
 from pacao.sim.engine import Trajectories
 from pacao.sim.sweep import Deployment
@@ -95,16 +97,20 @@ def run_deployment(tr: Trajectories, dep: Deployment, pos: np.ndarray) -> Conges
     latency = np.ascontiguousarray(dep.net.user_dc[pos])
     capacity = max(2.0 * n_users / n_dcs, 1.0)
     f = latency_function()
-    problem = AssignProblem(
-        dc_names=tuple(f"dc{d}" for d in range(n_dcs)),
-        capacity=np.full(n_dcs, capacity),
-        existing=np.zeros(n_dcs),
-        functions=(f,) * n_dcs,
-        user_ids=tuple(str(u) for u in tr.user_ids.tolist()),
-        bound=np.full(n_users, dep.bounds["strict"]),
-        latency=latency,
+    # Every user may move (none pinned), so the hosts are only a placeholder.
+    md = decide_multi_user(
+        MultiUserInputs(
+            rtt_ms=latency,
+            usable=np.ones((n_users, n_dcs), dtype=bool),
+            bound_ms=np.full(n_users, dep.bounds["strict"]),
+            host=np.zeros(n_users, dtype=np.int64),
+            pinned=np.zeros(n_users, dtype=bool),
+            user_ids=[str(u) for u in tr.user_ids.tolist()],
+        ),
+        DcCapacity(capacity=np.full(n_dcs, capacity), existing=np.zeros(n_dcs), latency=f),
+        solver="lagrange",
+        time_limit=SOLVE_LIMIT_S,
     )
-    res = solve_assign(problem, "lagrange", time_limit=SOLVE_LIMIT_S)
     users = np.arange(n_users)
     near = np.argmin(latency, axis=1)
     load_near = np.bincount(near, minlength=n_dcs)
@@ -114,16 +120,16 @@ def run_deployment(tr: Trajectories, dep: Deployment, pos: np.ndarray) -> Conges
         n_dcs=n_dcs,
         capacity=capacity,
         bound_ms=dep.bounds["strict"],
-        objective=res.objective,
-        lower_bound=res.lower_bound,
-        gap=res.gap,
-        seconds=res.seconds,
-        dc_aware=res.choice.astype(np.int64),
+        objective=md.objective,
+        lower_bound=md.lower_bound,
+        gap=md.gap,
+        seconds=md.seconds,
+        dc_aware=md.dc,
         dc_unaware=near.astype(np.int64),
-        latency_aware_ms=latency[users, res.choice],
-        congestion_aware_ms=res.evaluation.congestion_ms[res.choice],
+        latency_aware_ms=latency[users, md.dc],
+        congestion_aware_ms=md.congestion_ms[md.dc],
         rtt_unaware_ms=latency[users, near] + cong_near[near],
-        load_aware=res.evaluation.load.astype(np.int64),
+        load_aware=md.load,
         load_unaware=load_near.astype(np.int64),
     )
 

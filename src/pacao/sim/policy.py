@@ -1,7 +1,7 @@
 """PACAO policies in the simulator: timing settings and a memo of the controller's decisions.
 
-The decisions are the controller's own: :func:`pacao.controller.policy.decide_entry`
-(step 1, RLOC switching) and :func:`pacao.controller.policy.decide_migration`
+The decisions are the controller's own: :func:`pacao.decision.decide_entry`
+(step 1, RLOC switching) and :func:`pacao.decision.decide_migration`
 (step 2, VM placement), the functions the deployed service calls every S', with
 one criterion (rtt, weight 1) bounded by the SLA and the simulated time as
 ``now``:
@@ -33,8 +33,14 @@ from enum import StrEnum
 import numpy as np
 from numpy.typing import NDArray
 
-from pacao.decision import entry as controller
-from pacao.decision.entry import Params, Sla
+from pacao import decision
+from pacao.decision import (
+    DcLoad,
+    EntryInputs,
+    MigrationInputs,
+    Params,
+    Sla,
+)
 from pacao.errors import InputError
 from pacao.sim.network import Network
 
@@ -195,15 +201,17 @@ class Decisions:
         n = p.size
         ud = self.user_dc[p]
         values = (ud + self.dc_dc.T[v])[..., None]
-        dec = controller.decide_entry(
+        dec = decision.decide_entry(
             NOW,
-            values,
-            np.ones((n, self.n_dcs), dtype=bool),
-            a,
-            _sla(n, self.bound_ms),
-            np.full(n, -np.inf),
+            EntryInputs(
+                values=values,
+                usable=np.ones((n, self.n_dcs), dtype=bool),
+                current=a,
+                sla=_sla(n, self.bound_ms),
+                last_switch=np.full(n, -np.inf),
+                sublink=ud[..., None],
+            ),
             self.params,
-            sublink=ud[..., None],
         )
         out: IntArray = np.where(dec.sla_met, -1, np.where(dec.switch, dec.best, a))
         return out
@@ -213,22 +221,22 @@ class Decisions:
         each DC d reached through its best entry."""
         n, d = p.size, self.n_dcs
         current = (self.user_dc[p, a] + self.dc_dc[a, v])[:, None]
-        mig = controller.decide_migration(
+        mig = decision.decide_migration(
             NOW,
-            current,
-            np.ones(n, dtype=bool),
-            self.best_rtt[p][..., None],
-            np.ones((n, d), dtype=bool),
-            v,
-            _sla(n, self.bound_ms),
-            np.zeros((n, 0)),
-            np.zeros((d, 0)),
-            np.zeros(n, dtype=bool),
-            np.full(n, -np.inf),
-            np.full(n, np.inf),
-            np.zeros((n, d)),
-            np.zeros(d, dtype=np.int64),
-            0,
+            MigrationInputs(
+                current_values=current,
+                current_usable=np.ones(n, dtype=bool),
+                place_values=self.best_rtt[p][..., None],
+                place_usable=np.ones((n, d), dtype=bool),
+                host=v,
+                sla=_sla(n, self.bound_ms),
+                demand=np.zeros((n, 0)),
+                pinned=np.zeros(n, dtype=bool),
+                last_migration=np.full(n, -np.inf),
+                expected_stay_s=np.full(n, np.inf),
+                migration_s=np.zeros((n, d)),
+            ),
+            DcLoad(np.zeros((d, 0)), np.zeros(d, dtype=np.int64), 0),
             self.params,
         )
         out: IntArray = np.where(mig.migrate, mig.best, -1)
@@ -282,15 +290,17 @@ def decision_tables(net: Network, bound_ms: float, params: Params = PAPER_PARAMS
         # path[p, v, a] = RTT(p, a) + RTT(a, v): the candidates a of a user with its VM at v.
         path = ud[:, None, :] + net.dc_dc.T[None, :, :]
         sub = np.broadcast_to(ud[:, None, :], path.shape)
-        dec = controller.decide_entry(
+        dec = decision.decide_entry(
             NOW,
-            path.reshape(c * n_dc, n_dc, 1),
-            np.ones((c * n_dc, n_dc), dtype=bool),
-            np.full(c * n_dc, -1, dtype=np.int64),
-            _sla(c * n_dc, bound_ms),
-            np.full(c * n_dc, -np.inf),
+            EntryInputs(
+                values=path.reshape(c * n_dc, n_dc, 1),
+                usable=np.ones((c * n_dc, n_dc), dtype=bool),
+                current=np.full(c * n_dc, -1, dtype=np.int64),
+                sla=_sla(c * n_dc, bound_ms),
+                last_switch=np.full(c * n_dc, -np.inf),
+                sublink=sub.reshape(c * n_dc, n_dc, 1),
+            ),
             params,
-            sublink=sub.reshape(c * n_dc, n_dc, 1),
         )
         best = dec.best.reshape(c, n_dc)
         entry[s : s + c] = best

@@ -32,7 +32,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pacao.decision.entry import ENTRY_METRICS, Params
+from pacao.decision import ENTRY_METRICS, Params
 from pacao.errors import InputError
 from pacao.sim.claims import compute_claims
 from pacao.sim.congestion import CongestionRun, dcs_table, users_table

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from pacao.decision.entry import Params
+from pacao.decision import Params
 from pacao.errors import InputError
 from pacao.sim.engine import Outcome, Trajectories, legacy, prepare, schedule, simulate
 from pacao.sim.legacy import legacy_start

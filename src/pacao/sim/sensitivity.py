@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pacao.decision.entry import ENTRY_METRICS
+from pacao.decision import ENTRY_METRICS
 from pacao.sim.engine import Trajectories, legacy, prepare, schedule, simulate
 from pacao.sim.legacy import LEGACY_READINGS, legacy_start
 from pacao.sim.network import throughput_mbps

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from pacao.decision.entry import Params
+from pacao.decision import Params
 from pacao.errors import InputError
 from pacao.sim.engine import Outcome, Start, Trajectories, legacy, schedule, simulate
 from pacao.sim.legacy import legacy_start
