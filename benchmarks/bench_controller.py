@@ -46,7 +46,15 @@ def cycle() -> float:
     t0 = time.perf_counter()
     through = combine_paths(sub, leg, ["rtt", "jitter"])
     d1 = decide_entry(
-        1e6, EntryInputs(through, usable, current, sla, np.full(USERS, -np.inf)), Params()
+        1e6,
+        EntryInputs(
+            values=through,
+            usable=usable,
+            current=current,
+            sla=sla,
+            last_switch=np.full(USERS, -np.inf),
+        ),
+        Params(),
     )
     t1 = time.perf_counter()
     rows = np.arange(USERS)
@@ -67,7 +75,11 @@ def cycle() -> float:
             expected_stay_s=np.full(USERS, 3600.0),
             migration_s=mig,
         ),
-        DcLoad(np.tile([1e9, 1e6], (DCS, 1)), np.zeros(DCS, np.int64), 0),
+        DcLoad(
+            residual=np.tile([1e9, 1e6], (DCS, 1)),
+            ongoing_per_dc=np.zeros(DCS, np.int64),
+            ongoing_total=0,
+        ),
         Params(max_migrations_per_dc=10**6, max_migrations_total=10**6),
     )
     t2 = time.perf_counter()

@@ -30,7 +30,15 @@ def entry_step(
     sublink: FloatArray | None = None,
 ) -> EntryDecisions:
     """:func:`decide_entry` on these arrays."""
-    users = EntryInputs(values, usable, current, sla, last_switch, known=known, sublink=sublink)
+    users = EntryInputs(
+        values=values,
+        usable=usable,
+        current=current,
+        sla=sla,
+        last_switch=last_switch,
+        known=known,
+        sublink=sublink,
+    )
     return decide_entry(now, users, params)
 
 
@@ -46,4 +54,9 @@ def migration_step(
     """:func:`decide_migration` on these arrays (the per-user ones named as in
     :class:`MigrationInputs`)."""
     inputs = MigrationInputs(**users)  # type: ignore[arg-type]
-    return decide_migration(now, inputs, DcLoad(residual, ongoing_per_dc, ongoing_total), params)
+    return decide_migration(
+        now,
+        inputs,
+        DcLoad(residual=residual, ongoing_per_dc=ongoing_per_dc, ongoing_total=ongoing_total),
+        params,
+    )

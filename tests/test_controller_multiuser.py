@@ -29,13 +29,13 @@ def test_the_assignment_respects_capacity_where_independent_choices_overload() -
     rtt = np.tile([RTT["near"], RTT["mid"], RTT["far"]], (N_USERS, 1))
     md = decide_multi_user(
         MultiUserInputs(
-            rtt,
-            np.ones(rtt.shape, bool),
-            np.full(N_USERS, 40.0),
-            np.full(N_USERS, 2),
-            np.zeros(N_USERS, bool),
+            rtt_ms=rtt,
+            usable=np.ones(rtt.shape, bool),
+            bound_ms=np.full(N_USERS, 40.0),
+            host=np.full(N_USERS, 2),
+            pinned=np.zeros(N_USERS, bool),
         ),
-        DcCapacity(np.array([2.0, 4.0, 8.0]), np.zeros(3), FIG17),
+        DcCapacity(capacity=np.array([2.0, 4.0, 8.0]), existing=np.zeros(3), latency=FIG17),
         solver="milp",
     )
     # Alone, every user picks "near": 6 users on a DC of 2.
@@ -54,22 +54,28 @@ def test_pinned_users_stay_and_too_many_users_are_infeasible() -> None:
     rtt = np.tile([20.0, 90.0], (3, 1))
     md = decide_multi_user(
         MultiUserInputs(
-            rtt, np.ones((3, 2), bool), np.full(3, 40.0), np.array([1, 1, 1]),
-            np.array([True, False, False]),
+            rtt_ms=rtt,
+            usable=np.ones((3, 2), bool),
+            bound_ms=np.full(3, 40.0),
+            host=np.array([1, 1, 1]),
+            pinned=np.array([True, False, False]),
         ),
-        DcCapacity(np.array([4.0, 4.0]), np.zeros(2), FIG17),
+        DcCapacity(capacity=np.array([4.0, 4.0]), existing=np.zeros(2), latency=FIG17),
         solver="lagrange",
-    )  # fmt: skip
+    )
     assert md.dc[0] == 1
     with pytest.raises(InfeasibleError):
         decide_multi_user(
             MultiUserInputs(
-                rtt, np.ones((3, 2), bool), np.full(3, 40.0), np.array([1, 1, 1]),
-                np.zeros(3, bool),
+                rtt_ms=rtt,
+                usable=np.ones((3, 2), bool),
+                bound_ms=np.full(3, 40.0),
+                host=np.array([1, 1, 1]),
+                pinned=np.zeros(3, bool),
             ),
-            DcCapacity(np.array([1.0, 1.0]), np.zeros(2), FIG17),
+            DcCapacity(capacity=np.array([1.0, 1.0]), existing=np.zeros(2), latency=FIG17),
             solver="lagrange",
-        )  # fmt: skip
+        )
 
 
 def config(tmp: Path, mode: str, min_users: int = 3) -> dict[str, Any]:

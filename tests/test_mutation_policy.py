@@ -165,12 +165,15 @@ def test_multi_user_reports_loads_with_and_without_congestion() -> None:
     flat = LatencyFunction(loads=(0.0, 1.0), ms=(0.0, 0.0))
     d = decide_multi_user(
         MultiUserInputs(
-            rtt, np.ones((3, 2), bool), np.full(3, 60.0), np.array([0, 0, 1]),
-            np.array([False, False, True]),
+            rtt_ms=rtt,
+            usable=np.ones((3, 2), bool),
+            bound_ms=np.full(3, 60.0),
+            host=np.array([0, 0, 1]),
+            pinned=np.array([False, False, True]),
         ),
-        DcCapacity(np.array([2.0, 10.0]), np.array([1.0, 0.0]), flat),
+        DcCapacity(capacity=np.array([2.0, 10.0]), existing=np.array([1.0, 0.0]), latency=flat),
         solver="milp",
-    )  # fmt: skip
+    )
     # User 2 is pinned at DC 1; DC 0 has room for one more user: user 0 or 1.
     assert d.dc[2] == 1 and sorted(d.dc[:2].tolist()) == [0, 1]
     assert d.independent.tolist() == [0, 0, 1]

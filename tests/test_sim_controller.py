@@ -106,7 +106,9 @@ def test_memo_equals_direct_controller_calls_on_random_states(
                 expected_stay_s=np.array([np.inf]),
                 migration_s=np.zeros((1, d)),
             ),
-            DcLoad(np.zeros((d, 0)), np.zeros(d, np.int64), 0),
+            DcLoad(
+                residual=np.zeros((d, 0)), ongoing_per_dc=np.zeros(d, np.int64), ongoing_total=0
+            ),
             params,
         )
         want2 = int(m.best[0]) if m.migrate[0] else -1

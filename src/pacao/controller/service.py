@@ -686,7 +686,7 @@ class Controller:
                 expected_stay_s=stay,
                 migration_s=mig_s,
             ),
-            DcLoad(residual, per_dc, total),
+            DcLoad(residual=residual, ongoing_per_dc=per_dc, ongoing_total=total),
             self.params,
         )
         created = []

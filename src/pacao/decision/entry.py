@@ -15,7 +15,7 @@ from pacao.optimize.model import Candidate, Criterion, Decision, Mode, Problem
 from pacao.optimize.ties import OBJECTIVE_TIE, ranks_before
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EntryInputs:
     """What Step 1 knows of every user (arrays over users).
 

@@ -43,7 +43,7 @@ def migration_seconds(
     return t
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MigrationInputs:
     """What Step 2 knows of each user in it (arrays over those users).
 
@@ -68,7 +68,7 @@ class MigrationInputs:
     migration_s: FloatArray | MigrationTime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DcLoad:
     """The DCs' side of Step 2: ``residual`` (DCs, R) RAM and CPU, a hard constraint (no
     hypervisor starts a VM that does not fit), and the migrations already under way (the

@@ -13,7 +13,7 @@ from pacao.decision.params import BoolArray, FloatArray, IntArray, Sla
 from pacao.optimize.assign.model import LatencyFunction
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MultiUserInputs:
     """The users of one batch (arrays over them): ``rtt_ms`` (users, DCs) the RTT each
     would get with its VM at each DC (:func:`pacao.decision.placement`), ``bound_ms`` its
@@ -28,7 +28,7 @@ class MultiUserInputs:
     user_ids: Sequence[str] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DcCapacity:
     """The DCs of the batch: ``capacity`` C_d and ``existing`` e_d in users (VMs of users
     outside the batch), one congestion ``latency`` function f for all, and their

@@ -236,7 +236,11 @@ class Decisions:
                 expected_stay_s=np.full(n, np.inf),
                 migration_s=np.zeros((n, d)),
             ),
-            DcLoad(np.zeros((d, 0)), np.zeros(d, dtype=np.int64), 0),
+            DcLoad(
+                residual=np.zeros((d, 0)),
+                ongoing_per_dc=np.zeros(d, dtype=np.int64),
+                ongoing_total=0,
+            ),
             self.params,
         )
         out: IntArray = np.where(mig.migrate, mig.best, -1)
