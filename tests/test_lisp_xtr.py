@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pacao.clock import ManualClock
 from pacao.errors import InputError
 from pacao.lisp.address import EidPrefix
 from pacao.lisp.config import config_from_dict
@@ -134,7 +135,7 @@ def test_register_resolve_probe_down_and_up(tmp_path: Path) -> None:
             up = await wait_for(itr, LocatorUp)
             assert up.locator == "127.0.0.3" and up.rtt > 0
             await close_xtr(peer, peer_t, None)
-            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock())
+            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock.now())
             assert entry is not None
             first = entry.locators[0]
             assert first.replies >= 3 and first.rtt is not None and first.jitter >= 0
@@ -207,11 +208,10 @@ def test_map_requests_on_miss_are_rate_limited() -> None:
 def test_map_cache_is_lru_bounded_and_expires() -> None:
     async def body(server: Any, ms: tuple[str, int]) -> None:
         doc = xtr_doc(ms, 0, "127.0.0.1", map_servers=[], map_cache={"max_entries": 2})
-        itr, t, _ = await open_xtr(xtr_config_from_dict(doc))
+        clock = ManualClock(1000.0)
+        itr, t, _ = await open_xtr(xtr_config_from_dict(doc), clock)
         events: list[Event] = []
         itr.callbacks.append(events.append)
-        now = [1000.0]
-        itr.clock = lambda: now[0]
         try:
             from pacao.lisp.messages import MappingRecord
 
@@ -223,14 +223,14 @@ def test_map_cache_is_lru_bounded_and_expires() -> None:
                 )
                 itr.install(rec)
                 if i == 1:  # touch 10.0/16 so that 10.1/16 is the least recently used
-                    assert itr.cache.lookup(EidPrefix.parse("10.0.0.1/32"), now[0]) is not None
+                    assert itr.cache.lookup(EidPrefix.parse("10.0.0.1/32"), clock.now()) is not None
             assert len(itr.cache) == 2
             assert [str(e.prefix) for e in events if isinstance(e, MappingRemoved)] == [
                 "10.1.0.0/16"
             ]
-            now[0] += 61
-            assert itr.cache.lookup(EidPrefix.parse("10.0.0.1/32"), now[0]) is None
-            assert len(itr.cache.expired(now[0])) == 2
+            clock.advance(61)
+            assert itr.cache.lookup(EidPrefix.parse("10.0.0.1/32"), clock.now()) is None
+            assert len(itr.cache.expired(clock.now())) == 2
         finally:
             await close_xtr(itr, t, None)
 
@@ -313,7 +313,7 @@ def test_etr_answers_forwarded_requests_without_proxy_reply() -> None:
             itr.lookup(EidPrefix.parse("10.2.8.9/32"))
             added = await wait_for(itr, MappingAdded)
             assert str(added.prefix) == "10.2.8.0/24" and added.locators[0].priority == 3
-            entry = itr.cache.lookup(EidPrefix.parse("10.2.8.9/32"), itr.clock())
+            entry = itr.cache.lookup(EidPrefix.parse("10.2.8.9/32"), itr.clock.now())
             assert entry is not None and entry.record.authoritative  # from the ETR itself
             assert server.stats["forwarded"] == 1 and etr.stats["map_reply_sent"] == 1
         finally:
@@ -392,7 +392,7 @@ def test_priority_change_switches_the_itr() -> None:
         prefix = EidPrefix.parse("10.2.0.0/16")
 
         def prios() -> list[int]:
-            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock())
+            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock.now())
             assert entry is not None
             return [x.locator.priority for x in entry.locators]
 
@@ -432,7 +432,7 @@ def test_priority_change_switches_the_itr() -> None:
             assert answer["method"] == "both" and answer["itrs"] == [f"127.0.0.4:{port}"]
             await wait_for(itr, PrioritiesChanged, lambda e: e.locators[0].priority == 5)
             assert prios() == [5, 4]
-            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock())
+            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock.now())
             assert entry is not None and entry.locators[1].locator.weight == 10
             bad = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "pacao.cli", "lisp", "set-priority", "10.2.0.0/16",
