@@ -33,6 +33,7 @@ from pacao.lisp.xtr import (
     open_xtr,
     xtr_config_from_dict,
 )
+from pacao.measurement import decode
 
 MS_DOC: dict[str, Any] = {
     "listen": "127.0.0.1:0",
@@ -110,7 +111,8 @@ def test_register_resolve_probe_down_and_up(tmp_path: Path) -> None:
         # ITR on 127.0.0.4 (same port number), watching an EID of the ETR's prefix
         itr_cfg = xtr_config_from_dict(
             xtr_doc(ms, port, "127.0.0.4", watch=["10.2.3.4/32"], map_servers=[],
-                    stats_file=str(tmp_path / "itr.json"), http="127.0.0.1:0")
+                    stats_file=str(tmp_path / "itr.json"), http="127.0.0.1:0",
+                    samples_file=str(tmp_path / "samples.json"))
         )  # fmt: skip
         t_itr = time.monotonic()
         itr, itr_t, http = await open_xtr(itr_cfg)
@@ -143,15 +145,38 @@ def test_register_resolve_probe_down_and_up(tmp_path: Path) -> None:
             # HTTP/JSON endpoint and stats file
             assert http is not None
             host, hport = http.sockets[0].getsockname()[:2]
-            reader, writer = await asyncio.open_connection(host, hport)
-            writer.write(b"GET /map-cache HTTP/1.0\r\n\r\n")
-            raw = await reader.read()
-            writer.close()
-            head, body_bytes = raw.split(b"\r\n\r\n", 1)
+
+            async def get(path: str) -> tuple[bytes, Any]:
+                reader, writer = await asyncio.open_connection(host, hport)
+                writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+                raw = await reader.read()
+                writer.close()
+                head, body_bytes = raw.split(b"\r\n\r\n", 1)
+                return head, json.loads(body_bytes)
+
+            head, cache = await get("/map-cache")
             assert head.startswith(b"HTTP/1.0 200")
-            cache = json.loads(body_bytes)
             assert cache[0]["prefix"] == "10.2.0.0/16"
             assert cache[0]["locators"][0]["rtt_ms"] > 0
+            # every probe's outcome, in the controller's format: the RTTs the ITR
+            # measured (ProbeResult, LocatorUp) and the silent locator's losses
+            head, doc = await get("/samples")
+            batch = decode(doc)
+            assert head.startswith(b"HTTP/1.0 200") and batch.rloc == "127.0.0.4"
+            by_loc = {a: [r for r in batch.samples if r.locator == a]
+                      for a in ("127.0.0.2", "127.0.0.3")}  # fmt: skip
+            assert round(res.rtt * 1000, 3) in [r.rtt_ms for r in by_loc["127.0.0.2"]]
+            assert round(up.rtt * 1000, 3) in [r.rtt_ms for r in by_loc["127.0.0.3"]]
+            assert sum(r.lost for r in by_loc["127.0.0.3"]) >= 3
+            assert all(r.eid == "10.2.0.0/16" for r in batch.samples)
+            # a reader's cursor: only what follows it; another stream: everything
+            last = batch.next_seq - 1
+            _, doc = await get(f"/samples?stream={batch.stream}&after={last}")
+            assert all(r.seq > last for r in decode(doc).samples)
+            _, doc = await get(f"/samples?stream=other&after={last}")
+            assert decode(doc).samples[0].seq == batch.first_seq
+            head, doc = await get("/samples?stream=x&after=-1")
+            assert head.startswith(b"HTTP/1.0 400") and "after" in doc["error"]
             snap: dict[str, Any] = {}
             for _ in range(200):  # until a snapshot with 3 probe replies is written (10 s)
                 f = tmp_path / "itr.json"
@@ -164,6 +189,11 @@ def test_register_resolve_probe_down_and_up(tmp_path: Path) -> None:
         finally:
             await close_xtr(itr, itr_t, http)
             await close_xtr(etr, etr_t, None)
+        # the file written at close holds the whole buffer
+        written = decode(json.loads((tmp_path / "samples.json").read_text()))
+        assert [(r.seq, r.ts) for r in written.samples] == [
+            (r.seq, r.ts) for r in itr.samples.records
+        ]
 
     run(body)
 
