@@ -1,8 +1,9 @@
 """xTR control agent: registration, map-cache, RLOC probing with RTT/jitter/availability.
 
-It speaks only the control plane (UDP 4342): PACAO's controller reads the
-probe statistics (JSON file, HTTP endpoint, typed events) to rank entry DCs,
-like the OpenLISP node of the paper.
+It speaks only the control plane (UDP 4342): PACAO's controller reads every
+probe's outcome (``pacao-probe-samples/1`` of :mod:`pacao.measurement`, on the
+HTTP endpoint or in a file) to rank entry DCs, like the OpenLISP node of the
+paper. Every time it stamps or schedules comes from its :class:`pacao.clock.Clock`.
 
 * Registers its database (EID prefixes with locators, priority, weight) with
   every map-server every `register_interval` seconds (HMAC signed, want
@@ -19,7 +20,9 @@ like the OpenLISP node of the paper.
   matched by nonce and source address: RTT; jitter with the RFC 3550 estimator
   J += (|D| - J) / 16 over consecutive RTTs; a locator is down after
   `probe.down_after` consecutive unanswered probes and up again on the next
-  reply.  Replies with unknown nonces are ignored and counted.
+  reply.  Replies with unknown nonces are ignored and counted.  Each probe's
+  outcome (send time, RTT or loss) is kept in a bounded, numbered buffer
+  (``Xtr.samples``) that readers take from with a cursor.
 """
 
 from __future__ import annotations
