@@ -54,7 +54,7 @@ class World:
 
     def user_priorities(self) -> dict[str, int]:
         """The user's map-cache entry for the VM: locator -> priority."""
-        entry = self.user.cache.lookup(EidPrefix.parse(VM_EID), self.user.clock())
+        entry = self.user.cache.lookup(EidPrefix.parse(VM_EID), self.user.clock.now())
         if entry is None:
             return {}
         return {str(x.locator.address): x.locator.priority for x in entry.locators}
@@ -62,7 +62,7 @@ class World:
     def dc_knows_user(self) -> bool:
         """Every DC xTR caches the user's mapping (and so probes the user's RLOC)."""
         for x in self.dcs.values():
-            e = x.cache.lookup(EidPrefix.parse("10.9.0.1/32"), x.clock())
+            e = x.cache.lookup(EidPrefix.parse("10.9.0.1/32"), x.clock.now())
             if e is None or not e.locators:
                 return False
         return True

@@ -21,6 +21,8 @@ from pacao.controller.config import load_config
 from pacao.controller.drivers import available, load_driver
 from pacao.controller.service import build
 from pacao.errors import InputError
+from pacao.measurement import Cursor
+from probe_support import FakeAgent
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples/controller.yaml"
@@ -160,9 +162,9 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
 
 
 class Stats:
-    """A measurement source whose samples the test sets (no network)."""
-
-    name = "fake"
+    """The four DCs' xTR agents, measuring what the test sets (no network): ``rtt`` maps
+    an agent's RLOC to its RTT to the user (None: probes lost); an agent not in it reports
+    nothing. The VM is 0.2 ms from TelcoCenter (its host), 40 ms from the others."""
 
     def __init__(self) -> None:
         self.rtt = {
@@ -172,32 +174,25 @@ class Stats:
             "198.51.100.129": 90.0,
         }
         self.now = 0.0
+        dcs = {"telcocenter": "192.0.2.1", "marilyn": "192.0.2.2", "lip6": "198.51.100.1",
+               "rezopole": "198.51.100.129"}  # fmt: skip
+        self.agents = [StatsAgent(self, dc, rloc) for dc, rloc in dcs.items()]
 
-    async def fetch(self) -> Any:
-        samples = []
-        for rloc, rtt in self.rtt.items():
+
+class StatsAgent(FakeAgent):
+    def __init__(self, stats: Stats, name: str, rloc: str) -> None:
+        super().__init__(name, rloc)
+        self.stats = stats
+
+    async def fetch(self, cursor: Cursor | None) -> Any:
+        rloc = self.buffer.rloc
+        if rloc in self.stats.rtt:
             for i in range(10):
-                ts = self.now - i
-                samples.append(
-                    {
-                        "kind": "rloc-probe",
-                        "ts": ts,
-                        "local_rloc": rloc,
-                        "rloc": "203.0.113.50",
-                        "rtt_ms": rtt,
-                    }
-                )
+                ts = self.stats.now - i
+                self.probe(ts, "10.9.0.0/24", "203.0.113.50", self.stats.rtt[rloc])
                 vm = 0.2 if rloc == "192.0.2.1" else 40.0
-                samples.append(
-                    {
-                        "kind": "eid-probe",
-                        "ts": ts,
-                        "local_rloc": rloc,
-                        "eid": "10.1.0.10/32",
-                        "rtt_ms": vm,
-                    }
-                )
-        return {"format": "pacao-xtr-stats/1", "samples": samples}
+                self.probe(ts, "10.1.0.10/32", "192.0.2.1", vm)
+        return self.doc(cursor)
 
 
 @pytest.fixture
@@ -230,7 +225,7 @@ def test_dry_run_records_plans_and_never_acts(config: Path) -> None:
     clock = ManualClock(1000.0)
     src = Stats()
     src.rtt["192.0.2.1"] = 400.0
-    ctl = build(load_config(config), clock=clock, dry_run=True, sources=[src])
+    ctl = build(load_config(config), clock=clock, dry_run=True, sources=src.agents)
     made = cycle(ctl, src, clock)
     plans = [ctl.store.plan(p) for p in made]
     # The entry was never switched, so Step 2 still sees the violation and records the
@@ -249,7 +244,7 @@ def test_manual_mode_waits_for_cli_approval(config: Path) -> None:
     clock = ManualClock(time.time())  # `approve` checks the expiry on the wall clock
     src = Stats()
     src.rtt["192.0.2.1"] = 400.0
-    ctl = build(load_config(config), clock=clock, manual=True, sources=[src])
+    ctl = build(load_config(config), clock=clock, manual=True, sources=src.agents)
     made = cycle(ctl, src, clock)
     assert [p["state"] for p in ctl.store.plans()] == ["recommended", "recommended"]
     assert ctl.mapping.calls == []
@@ -274,7 +269,7 @@ def test_auto_mode_switches_then_migrates_in_simulated_time(config: Path) -> Non
     clock = ManualClock(1000.0)
     src = Stats()
     src.rtt["192.0.2.1"] = 400.0  # TelcoCenter stressed; Marilyn 35 ms but VM 40 ms away
-    ctl = build(load_config(config), clock=clock, sources=[src])
+    ctl = build(load_config(config), clock=clock, sources=src.agents)
     made = cycle(ctl, src, clock)
     kinds = [ctl.store.plan(p)["kind"] for p in made]  # type: ignore[index]
     assert kinds == ["entry_switch", "vm_migration"]
@@ -326,7 +321,7 @@ def test_grafana_dashboard_plots_only_exported_metrics() -> None:
 def test_probe_rtt_metric_is_in_seconds(config: Path) -> None:
     clock = ManualClock(1000.0)
     src = Stats()
-    ctl = build(load_config(config), clock=clock, sources=[src])
+    ctl = build(load_config(config), clock=clock, sources=src.agents)
     cycle(ctl, src, clock)
     text = ctl.metrics.render().decode()
     # Stats() measures TelcoCenter at 30 ms and Marilyn at 35 ms.
@@ -342,7 +337,7 @@ def test_a_window_without_samples_of_the_current_entry_does_not_undo_a_switch(
     clock = ManualClock(1000.0)
     src = Stats()
     src.rtt = {"192.0.2.1": 400.0, "192.0.2.2": 35.0}
-    ctl = build(load_config(config), clock=clock, sources=[src])
+    ctl = build(load_config(config), clock=clock, sources=src.agents)
     assert ctl.cfg.policy.carry_windows == 2
 
     async def window() -> list[str]:
@@ -387,7 +382,7 @@ def test_no_second_plan_while_a_slow_switch_is_under_way(config: Path) -> None:
     clock = ManualClock(1000.0)
     src = Stats()
     src.rtt["192.0.2.1"] = 400.0
-    ctl = build(load_config(config), clock=clock, sources=[src])
+    ctl = build(load_config(config), clock=clock, sources=src.agents)
     release = asyncio.Event()
     real_set = ctl.mapping.set_priorities
 
@@ -431,7 +426,7 @@ def test_manual_approval_refreshes_the_pending_plan_then_expires_it(config: Path
     clock = ManualClock(1000.0)
     src = Stats()
     src.rtt["192.0.2.1"] = 400.0
-    ctl = build(load_config(config), clock=clock, manual=True, sources=[src])
+    ctl = build(load_config(config), clock=clock, manual=True, sources=src.agents)
     assert ctl.cfg.approval.expiry_s == 600.0
 
     async def window() -> list[str]:
@@ -505,7 +500,7 @@ def test_config_reload_applies_a_valid_file_and_refuses_a_bad_one(
     clock = ManualClock(1000.0)
     src = Stats()
     src.rtt["192.0.2.1"] = 400.0
-    ctl = build(load_config(config), clock=clock, sources=[src], dry_run=True)
+    ctl = build(load_config(config), clock=clock, sources=src.agents, dry_run=True)
     ctl.config_path = config
     ctl.api_token = "t"
     api = TestClient(create_app(ctl, "t"))

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -21,6 +22,8 @@ import yaml
 from pacao.controller.config import load_config
 from pacao.controller.drivers.memory import MemoryMapping
 from pacao.controller.service import Service, build, make_server
+from pacao.measurement import Cursor
+from probe_support import FakeAgent
 
 RLOC = {"dc1": "192.0.2.1", "dc2": "192.0.2.2", "dc3": "198.51.100.1"}
 USER_RLOC = "203.0.113.5"
@@ -34,41 +37,19 @@ class Scenario:
     def __init__(self) -> None:
         self.stress_at = float("inf")
 
-    def doc(self, dc: str, now: float) -> dict[str, Any]:
-        samples = []
+    def offer(self, agent: FakeAgent, now: float) -> None:
+        """The last 60 probe rounds of ``agent`` (its DC's xTR) up to ``now``."""
+        dc = agent.name
         k = int(now / STEP)
         for i in range(k - 60, k + 1):
             ts = i * STEP
             base = {"dc1": 30.0, "dc2": 40.0, "dc3": 80.0}[dc]
             if dc == "dc1" and ts >= self.stress_at:
                 base = 300.0
-            samples.append(
-                {
-                    "kind": "rloc-probe",
-                    "ts": ts,
-                    "eid": "10.9.0.0/24",
-                    "rloc": USER_RLOC,
-                    "rtt_ms": base + (i % 3) * 0.5,
-                }
-            )
+            agent.probe(ts, "10.9.0.0/24", USER_RLOC, base + (i % 3) * 0.5)
             vm_rtt = 0.3 if dc == "dc1" else 50.0  # the VM is behind dc1
-            samples.append({"kind": "eid-probe", "ts": ts, "eid": VM_EID, "rtt_ms": vm_rtt})
-            samples.append(
-                {
-                    "kind": "rloc-probe",
-                    "ts": ts,
-                    "eid": "10.77.0.0/16",
-                    "rloc": "203.0.113.99",
-                    "rtt_ms": 5.0,
-                }
-            )  # not ours: ignored
-        return {
-            "format": "pacao-xtr-stats/1",
-            "xtr": dc,
-            "rloc": RLOC[dc],
-            "generated": now,
-            "samples": samples,
-        }
+            agent.probe(ts, VM_EID, RLOC["dc1"], vm_rtt)
+            agent.probe(ts, "10.77.0.0/16", "203.0.113.99", 5.0)  # not ours: ignored
 
 
 def free_port() -> int:
@@ -85,10 +66,21 @@ def xtrs() -> Iterator[tuple[Scenario, dict[str, str]]]:
     for dc in RLOC:
 
         class H(BaseHTTPRequestHandler):
-            name = dc
+            agent = FakeAgent(dc, RLOC[dc])
+            lock = threading.Lock()
 
             def do_GET(self) -> None:
-                body = json.dumps(sc.doc(self.name, time.time())).encode()
+                """The agent's ``/samples?stream=S&after=N`` (docs/input-formats.md)."""
+                url = urlsplit(self.path)
+                if url.path != "/samples":
+                    self.send_error(404)
+                    return
+                q = parse_qs(url.query)
+                cursor = Cursor(q["stream"][0], int(q["after"][0])) if "stream" in q else None
+                with self.lock:
+                    self.agent.now = time.time()
+                    sc.offer(self.agent, self.agent.now)
+                    body = json.dumps(self.agent.doc(cursor)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -101,7 +93,7 @@ def xtrs() -> Iterator[tuple[Scenario, dict[str, str]]]:
         srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
-        urls[dc] = f"http://127.0.0.1:{srv.server_address[1]}/stats"
+        urls[dc] = f"http://127.0.0.1:{srv.server_address[1]}/"
     yield sc, urls
     for srv in servers:
         srv.shutdown()

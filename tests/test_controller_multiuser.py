@@ -17,7 +17,9 @@ from pacao.clock import ManualClock
 from pacao.controller.config import config_from_dict
 from pacao.controller.service import MULTI_USER, build
 from pacao.decision import DcCapacity, MultiUserInputs, decide_multi_user
+from pacao.measurement import Cursor
 from pacao.optimize.assign import InfeasibleError, LatencyFunction
+from probe_support import FakeAgent
 
 FIG17 = LatencyFunction.from_breakpoints([[0, 0], [0.5, 5], [0.75, 50], [0.9, 200], [1, 700]], "f")
 N_USERS = 6
@@ -128,34 +130,30 @@ def config(tmp: Path, mode: str, min_users: int = 3) -> dict[str, Any]:
 
 
 class Probes:
-    """Every user sees each DC's xTR at RTT[dc] (no network)."""
-
-    name = "fake"
+    """Every user sees each DC's xTR at RTT[dc] (no network): one agent per DC."""
 
     def __init__(self) -> None:
         self.now = 0.0
+        self.agents = [ProbeAgent(self, dc, f"192.0.2.{j + 1}") for j, dc in enumerate(RTT)]
 
-    async def fetch(self) -> Any:
-        samples = []
-        for j, rtt in enumerate(RTT.values()):
-            for i in range(N_USERS):
-                for k in range(5):
-                    samples.append(
-                        {
-                            "kind": "rloc-probe",
-                            "ts": self.now - k,
-                            "local_rloc": f"192.0.2.{j + 1}",
-                            "rloc": f"203.0.113.{i + 1}",
-                            "rtt_ms": rtt,
-                        }
-                    )
-        return {"format": "pacao-xtr-stats/1", "samples": samples}
+
+class ProbeAgent(FakeAgent):
+    def __init__(self, probes: Probes, name: str, rloc: str) -> None:
+        super().__init__(name, rloc)
+        self.probes = probes
+
+    async def fetch(self, cursor: Cursor | None) -> Any:
+        for i in range(N_USERS):
+            for k in range(5):
+                ts = self.probes.now - k
+                self.probe(ts, f"10.9.{i}.0/24", f"203.0.113.{i + 1}", RTT[self.name])
+        return self.doc(cursor)
 
 
 def window(tmp: Path, mode: str, min_users: int = 3) -> tuple[Any, list[str]]:
     clock = ManualClock(1000.0)
     src = Probes()
-    ctl = build(config_from_dict(config(tmp, mode, min_users)), clock=clock, sources=[src])
+    ctl = build(config_from_dict(config(tmp, mode, min_users)), clock=clock, sources=src.agents)
 
     async def go() -> list[str]:
         ctl.load_state()

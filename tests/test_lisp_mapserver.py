@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from lisp_support import capture
+from pacao.clock import ManualClock
 from pacao.errors import InputError
 from pacao.lisp import auth
 from pacao.lisp.address import EidPrefix
@@ -261,10 +262,10 @@ def test_longest_prefix_wins_ipv4_and_ipv6() -> None:
 
 
 def test_registrations_expire() -> None:
-    now = [1000.0]
+    clock = ManualClock(1000.0)
 
     async def body(server: MapServer, ms: tuple[str, int]) -> None:
-        server.clock = lambda: now[0]
+        server.clock = clock
         etr, itr = await peer(), await peer()
         etr.send(register("10.1.1.0/24"), ms)
         # T bit: time out after the Record TTL (here 1 minute) instead of the default
@@ -274,17 +275,17 @@ def test_registrations_expire() -> None:
         await etr.recv()
         await etr.recv()
         assert len(server.registrations) == 2
-        now[0] += 59
+        clock.advance(59)
         assert server.expire() == 0
-        now[0] += 2  # 61 s: the T-bit registration is gone
+        clock.advance(2)  # 61 s: the T-bit registration is gone
         assert server.expire() == 1
-        now[0] += 118  # 179 s: the default 3 x 60 s still holds
+        clock.advance(118)  # 179 s: the default 3 x 60 s still holds
         assert server.expire() == 0
         etr.send(register("10.1.1.0/24"), ms)  # refresh
         await etr.recv()
-        now[0] += 179
+        clock.advance(179)
         assert server.expire() == 0
-        now[0] += 2
+        clock.advance(2)
         itr.send(ecm_request("10.1.1.1/32", 4, itr.port), ms)
         reply, _ = await itr.recv()
         assert isinstance(reply, MapReply) and reply.records[0].locators == ()
@@ -595,14 +596,14 @@ def test_xtr_and_set_priority_send_increasing_nonces() -> None:
             prefix = EidPrefix.parse("10.1.4.0/24")
             for round_ in range(3):  # switches in quick succession, both agents
                 for agent in agents:
-                    sent = server.clock()
+                    sent = server.clock.now()
                     agent.set_priorities(prefix, {"127.0.0.1": 2 + round_, "127.0.0.2": 1})
                     ev = await asyncio.wait_for(agent.events.get(), 30)
                     while not isinstance(ev, RegistrationAcked):
                         ev = await asyncio.wait_for(agent.events.get(), 30)
                     # the nonce's high half is the send time in seconds: between the two
                     # clock readings around it (1 s for the truncation), however long it took
-                    assert sent - 1 <= ev.nonce >> 32 <= server.clock(), (sent, ev.nonce >> 32)
+                    assert sent - 1 <= ev.nonce >> 32 <= server.clock.now(), (sent, ev.nonce >> 32)
             assert agents[0].xtr_id != agents[1].xtr_id
         finally:
             for x, transport, http in opened:
@@ -649,9 +650,8 @@ def test_oversized_registrations_are_refused_and_counted() -> None:
 
 def test_expiry_pops_only_what_is_due() -> None:
     """Expiry is a heap: refreshes and shortened lifetimes are honoured without a scan."""
-    server = MapServer(cfg())
-    now = [1000.0]
-    server.clock = lambda: now[0]
+    clock = ManualClock(1000.0)
+    server = MapServer(cfg(), clock=clock)
     sec = 1_800_000_000 << 32
     for i in range(200):
         server.handle_register(
@@ -659,14 +659,14 @@ def test_expiry_pops_only_what_is_due() -> None:
             register(f"10.1.{i}.0/24", nonce=sec + i), ("127.0.0.1", 1),
         )  # fmt: skip
     assert len(server.registrations) == 200 and server.site_count["dc1"] == 200
-    now[0] = 1100.0
+    clock.advance(100)
     for i in range(100):  # refresh half of them 100 s later
         data = register(f"10.1.{i}.0/24", nonce=sec + 1000 + i)
         server.handle_register(decode_message(data), data, ("127.0.0.1", 1))  # type: ignore[arg-type]
-    now[0] = 1180.0
+    clock.advance(80)  # 1180 s
     assert server.expire() == 100  # the 100 not refreshed
     assert sorted(str(p) for p, _ in server.registrations.items())[:1] == ["10.1.0.0/24"]
     assert server.expire() == 0
-    now[0] = 1280.0
+    clock.advance(100)  # 1280 s
     assert server.expire() == 100 and len(server.registrations) == 0
     assert server.site_count["dc1"] == 0 and len(server._expiry) == 0

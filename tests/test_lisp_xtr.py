@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pacao.clock import ManualClock
 from pacao.errors import InputError
 from pacao.lisp.address import EidPrefix
 from pacao.lisp.config import config_from_dict
@@ -32,6 +33,7 @@ from pacao.lisp.xtr import (
     open_xtr,
     xtr_config_from_dict,
 )
+from pacao.measurement import decode
 
 MS_DOC: dict[str, Any] = {
     "listen": "127.0.0.1:0",
@@ -109,7 +111,8 @@ def test_register_resolve_probe_down_and_up(tmp_path: Path) -> None:
         # ITR on 127.0.0.4 (same port number), watching an EID of the ETR's prefix
         itr_cfg = xtr_config_from_dict(
             xtr_doc(ms, port, "127.0.0.4", watch=["10.2.3.4/32"], map_servers=[],
-                    stats_file=str(tmp_path / "itr.json"), http="127.0.0.1:0")
+                    stats_file=str(tmp_path / "itr.json"), http="127.0.0.1:0",
+                    samples_file=str(tmp_path / "samples.json"))
         )  # fmt: skip
         t_itr = time.monotonic()
         itr, itr_t, http = await open_xtr(itr_cfg)
@@ -134,7 +137,7 @@ def test_register_resolve_probe_down_and_up(tmp_path: Path) -> None:
             up = await wait_for(itr, LocatorUp)
             assert up.locator == "127.0.0.3" and up.rtt > 0
             await close_xtr(peer, peer_t, None)
-            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock())
+            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock.now())
             assert entry is not None
             first = entry.locators[0]
             assert first.replies >= 3 and first.rtt is not None and first.jitter >= 0
@@ -142,15 +145,38 @@ def test_register_resolve_probe_down_and_up(tmp_path: Path) -> None:
             # HTTP/JSON endpoint and stats file
             assert http is not None
             host, hport = http.sockets[0].getsockname()[:2]
-            reader, writer = await asyncio.open_connection(host, hport)
-            writer.write(b"GET /map-cache HTTP/1.0\r\n\r\n")
-            raw = await reader.read()
-            writer.close()
-            head, body_bytes = raw.split(b"\r\n\r\n", 1)
+
+            async def get(path: str) -> tuple[bytes, Any]:
+                reader, writer = await asyncio.open_connection(host, hport)
+                writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+                raw = await reader.read()
+                writer.close()
+                head, body_bytes = raw.split(b"\r\n\r\n", 1)
+                return head, json.loads(body_bytes)
+
+            head, cache = await get("/map-cache")
             assert head.startswith(b"HTTP/1.0 200")
-            cache = json.loads(body_bytes)
             assert cache[0]["prefix"] == "10.2.0.0/16"
             assert cache[0]["locators"][0]["rtt_ms"] > 0
+            # every probe's outcome, in the controller's format: the RTTs the ITR
+            # measured (ProbeResult, LocatorUp) and the silent locator's losses
+            head, doc = await get("/samples")
+            batch = decode(doc)
+            assert head.startswith(b"HTTP/1.0 200") and batch.rloc == "127.0.0.4"
+            by_loc = {a: [r for r in batch.samples if r.locator == a]
+                      for a in ("127.0.0.2", "127.0.0.3")}  # fmt: skip
+            assert round(res.rtt * 1000, 3) in [r.rtt_ms for r in by_loc["127.0.0.2"]]
+            assert round(up.rtt * 1000, 3) in [r.rtt_ms for r in by_loc["127.0.0.3"]]
+            assert sum(r.lost for r in by_loc["127.0.0.3"]) >= 3
+            assert all(r.eid == "10.2.0.0/16" for r in batch.samples)
+            # a reader's cursor: only what follows it; another stream: everything
+            last = batch.next_seq - 1
+            _, doc = await get(f"/samples?stream={batch.stream}&after={last}")
+            assert all(r.seq > last for r in decode(doc).samples)
+            _, doc = await get(f"/samples?stream=other&after={last}")
+            assert decode(doc).samples[0].seq == batch.first_seq
+            head, doc = await get("/samples?stream=x&after=-1")
+            assert head.startswith(b"HTTP/1.0 400") and "after" in doc["error"]
             snap: dict[str, Any] = {}
             for _ in range(200):  # until a snapshot with 3 probe replies is written (10 s)
                 f = tmp_path / "itr.json"
@@ -163,6 +189,11 @@ def test_register_resolve_probe_down_and_up(tmp_path: Path) -> None:
         finally:
             await close_xtr(itr, itr_t, http)
             await close_xtr(etr, etr_t, None)
+        # the file written at close holds the whole buffer
+        written = decode(json.loads((tmp_path / "samples.json").read_text()))
+        assert [(r.seq, r.ts) for r in written.samples] == [
+            (r.seq, r.ts) for r in itr.samples.records
+        ]
 
     run(body)
 
@@ -207,11 +238,10 @@ def test_map_requests_on_miss_are_rate_limited() -> None:
 def test_map_cache_is_lru_bounded_and_expires() -> None:
     async def body(server: Any, ms: tuple[str, int]) -> None:
         doc = xtr_doc(ms, 0, "127.0.0.1", map_servers=[], map_cache={"max_entries": 2})
-        itr, t, _ = await open_xtr(xtr_config_from_dict(doc))
+        clock = ManualClock(1000.0)
+        itr, t, _ = await open_xtr(xtr_config_from_dict(doc), clock)
         events: list[Event] = []
         itr.callbacks.append(events.append)
-        now = [1000.0]
-        itr.clock = lambda: now[0]
         try:
             from pacao.lisp.messages import MappingRecord
 
@@ -223,14 +253,14 @@ def test_map_cache_is_lru_bounded_and_expires() -> None:
                 )
                 itr.install(rec)
                 if i == 1:  # touch 10.0/16 so that 10.1/16 is the least recently used
-                    assert itr.cache.lookup(EidPrefix.parse("10.0.0.1/32"), now[0]) is not None
+                    assert itr.cache.lookup(EidPrefix.parse("10.0.0.1/32"), clock.now()) is not None
             assert len(itr.cache) == 2
             assert [str(e.prefix) for e in events if isinstance(e, MappingRemoved)] == [
                 "10.1.0.0/16"
             ]
-            now[0] += 61
-            assert itr.cache.lookup(EidPrefix.parse("10.0.0.1/32"), now[0]) is None
-            assert len(itr.cache.expired(now[0])) == 2
+            clock.advance(61)
+            assert itr.cache.lookup(EidPrefix.parse("10.0.0.1/32"), clock.now()) is None
+            assert len(itr.cache.expired(clock.now())) == 2
         finally:
             await close_xtr(itr, t, None)
 
@@ -313,7 +343,7 @@ def test_etr_answers_forwarded_requests_without_proxy_reply() -> None:
             itr.lookup(EidPrefix.parse("10.2.8.9/32"))
             added = await wait_for(itr, MappingAdded)
             assert str(added.prefix) == "10.2.8.0/24" and added.locators[0].priority == 3
-            entry = itr.cache.lookup(EidPrefix.parse("10.2.8.9/32"), itr.clock())
+            entry = itr.cache.lookup(EidPrefix.parse("10.2.8.9/32"), itr.clock.now())
             assert entry is not None and entry.record.authoritative  # from the ETR itself
             assert server.stats["forwarded"] == 1 and etr.stats["map_reply_sent"] == 1
         finally:
@@ -392,7 +422,7 @@ def test_priority_change_switches_the_itr() -> None:
         prefix = EidPrefix.parse("10.2.0.0/16")
 
         def prios() -> list[int]:
-            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock())
+            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock.now())
             assert entry is not None
             return [x.locator.priority for x in entry.locators]
 
@@ -432,7 +462,7 @@ def test_priority_change_switches_the_itr() -> None:
             assert answer["method"] == "both" and answer["itrs"] == [f"127.0.0.4:{port}"]
             await wait_for(itr, PrioritiesChanged, lambda e: e.locators[0].priority == 5)
             assert prios() == [5, 4]
-            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock())
+            entry = itr.cache.lookup(EidPrefix.parse("10.2.3.4/32"), itr.clock.now())
             assert entry is not None and entry.locators[1].locator.weight == 10
             bad = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "pacao.cli", "lisp", "set-priority", "10.2.0.0/16",

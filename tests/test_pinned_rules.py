@@ -174,7 +174,7 @@ def test_multi_user_mode_keeps_vms_within_their_cooldown(tmp_path: Path) -> None
     doc["policy"]["cooldown_s"] = 300
     clock = ManualClock(1000.0)
     src = Probes()
-    ctl = build(config_from_dict(doc), clock=clock, sources=[src])
+    ctl = build(config_from_dict(doc), clock=clock, sources=src.agents)
     decided_at = 1010.0  # the multi-user plan is made at the end of the first S' window
     # Users 0-3 migrated within the cooldown (the last one 0.001 s short of it); user 4
     # exactly one cooldown ago; user 5 never.

@@ -12,6 +12,8 @@ from typing import Any
 
 from pacao.controller.config import config_from_dict
 from pacao.controller.service import Controller, Service, build, make_server
+from pacao.measurement import Cursor
+from probe_support import FakeAgent
 
 #: Debian's system browser (no browser download) and its headless flags: the browser
 #: tests and benchmarks/bench_webview.py launch it alike.
@@ -40,8 +42,9 @@ class Scenario:
         self.stress_at = float("inf")
         self.hypervisor: Any = None  # where the VMs are now (their probes follow them)
 
-    def doc(self, dc: str, now: float) -> dict[str, Any]:
-        samples: list[dict[str, Any]] = []
+    def offer(self, agent: FakeAgent, now: float) -> None:
+        """The last 40 probe rounds of ``agent`` (its DC's xTR) up to ``now``."""
+        dc = agent.name
         k = int(now / STEP)
         for i in range(k - 40, k + 1):
             ts = i * STEP
@@ -51,35 +54,22 @@ class Scenario:
                     base = {"dc1": 50.0, "dc2": 40.0, "dc3": 10.0}[dc]
                 if user == "alice" and dc == "dc1" and ts >= self.stress_at:
                     base = 300.0
-                samples.append(
-                    {
-                        "kind": "rloc-probe",
-                        "ts": ts,
-                        "eid": eid,
-                        "rloc": rloc,
-                        "rtt_ms": base + (i % 3) * 0.5,
-                    }
-                )
+                agent.probe(ts, eid, rloc, base + (i % 3) * 0.5)
             for vm, (eid, host) in VMS.items():
                 if self.hypervisor is not None:
                     host = self.hypervisor.vms[vm].dc
-                rtt = 0.3 if dc == host else 50.0
-                samples.append({"kind": "eid-probe", "ts": ts, "eid": eid, "rtt_ms": rtt})
-        return {
-            "format": "pacao-xtr-stats/1",
-            "xtr": dc,
-            "rloc": RLOC[dc],
-            "generated": now,
-            "samples": samples,
-        }
+                agent.probe(ts, eid, RLOC[host], 0.3 if dc == host else 50.0)
 
 
-class MemSource:
+class MemSource(FakeAgent):
     def __init__(self, name: str, sc: Scenario) -> None:
-        self.name, self.sc = name, sc
+        super().__init__(name, RLOC[name])
+        self.sc = sc
 
-    async def fetch(self) -> Any:
-        return self.sc.doc(self.name, time.time())
+    async def fetch(self, cursor: Cursor | None) -> Any:
+        self.now = time.time()
+        self.sc.offer(self, self.now)
+        return self.doc(cursor)
 
 
 def free_port() -> int:

@@ -1,10 +1,13 @@
-"""Monitoring module: ingest xTR probe samples, aggregate each S' window, emit events.
+"""Monitoring module: ingest the xTR agents' probe samples, aggregate each S' window, emit events.
 
-Sources are the xTR agents' JSON stats documents, read from a file (what the
-paper's OpenLISP node wrote) or from their HTTP/JSON endpoint; the format,
-``pacao-xtr-stats/1``, is in docs/controller.md. Every sample is persisted
-before it is aggregated, and every window aggregate before the decision
-module sees it.
+Each DC's agent publishes the outcome of every RLOC-probe it sent in the
+``pacao-probe-samples/1`` format (:mod:`pacao.measurement`,
+docs/input-formats.md), on its HTTP endpoint or in a file. The monitor reads
+each source with a cursor, so every sample is taken once with its own RTT and
+send time, maps it to the user or VM it measures, persists it, and only then
+aggregates it. What happens is told as typed events to the handlers registered
+for their type (:meth:`Monitor.subscribe`, or :func:`handles` on methods and
+:meth:`Monitor.register`, as Ryu's ``set_ev_cls``).
 """
 
 from __future__ import annotations
@@ -18,21 +21,23 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urljoin
 
 import httpx
 
 from pacao.controller.config import ControllerConfig
 from pacao.controller.storage import Store
+from pacao.errors import InputError
+from pacao.measurement import FORMAT, Cursor, ProbeRecord, decode
 
-FORMAT = "pacao-xtr-stats/1"
 USER_XTR = "user-xtr"
 XTR_VM = "xtr-vm"
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One probe: ``rtt_ms`` None when the probe was lost."""
+    """One probe of a managed path: ``rtt_ms`` None when the probe was lost."""
 
     ts: float
     path: str  # user-xtr | xtr-vm
@@ -61,7 +66,15 @@ class WindowStat:
     peer: str = ""
 
 
-# Typed events for subscribers (the service, metrics, tests).
+# Typed events for handlers (the service, metrics, tests).
+@dataclass(frozen=True)
+class ProbeSample:
+    """A new sample of a managed path, persisted (one per probe, in send-time order)."""
+
+    source: str
+    sample: Sample
+
+
 @dataclass(frozen=True)
 class SamplesIngested:
     source: str
@@ -86,32 +99,53 @@ class SourceError:
     error: str
 
 
-Event = SamplesIngested | WindowClosed | PathDown | SourceError
+Event = ProbeSample | SamplesIngested | WindowClosed | PathDown | SourceError
+E = TypeVar("E", ProbeSample, SamplesIngested, WindowClosed, PathDown, SourceError)
+H = TypeVar("H", bound=Callable[..., None])
+_HANDLES = "_pacao_monitor_events"
+
+
+def handles(*kinds: type[Event]) -> Callable[[H], H]:
+    """Mark a method as the handler of these events; :meth:`Monitor.register` binds it."""
+
+    def mark(fn: H) -> H:
+        setattr(fn, _HANDLES, kinds)
+        return fn
+
+    return mark
 
 
 class Source(Protocol):
     name: str
 
-    async def fetch(self) -> Any:
-        """The current stats document (parsed JSON)."""
+    async def fetch(self, cursor: Cursor | None) -> Any:
+        """The agent's samples document (parsed JSON), from ``cursor`` on if it can."""
         ...
 
 
 class FileSource:
+    """The file an agent rewrites (its ``samples_file``): the whole buffer every time."""
+
     def __init__(self, name: str, path: Path) -> None:
         self.name, self.path = name, path
 
-    async def fetch(self) -> Any:
+    async def fetch(self, cursor: Cursor | None) -> Any:
         return json.loads(self.path.read_text(encoding="utf-8"))
 
 
 class HttpSource:
+    """The agent's ``samples`` endpoint, relative to ``url`` (its HTTP endpoint), asked
+    for what follows the cursor only."""
+
     def __init__(self, name: str, url: str, timeout_s: float = 2.0) -> None:
-        self.name, self.url = name, url
+        self.name, self.url = name, urljoin(url, "samples")
         self._client = httpx.AsyncClient(timeout=timeout_s)
 
-    async def fetch(self) -> Any:
-        r = await self._client.get(self.url)
+    async def fetch(self, cursor: Cursor | None) -> Any:
+        params: dict[str, str | int] = {}
+        if cursor is not None:
+            params = {"stream": cursor.stream, "after": cursor.seq}
+        r = await self._client.get(self.url, params=params)
         r.raise_for_status()
         return r.json()
 
@@ -129,7 +163,12 @@ def sources_from_config(cfg: ControllerConfig) -> list[Source]:
     return out
 
 
-def _net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _net(text: str | None) -> Net | None:
+    if not text:
+        return None
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
@@ -137,7 +176,7 @@ def _net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 
 
 class Matcher:
-    """Map a probe record to the user or VM it measures."""
+    """Map a probed mapping (EID prefix, locator) to the user or VM it measures."""
 
     def __init__(self, cfg: ControllerConfig) -> None:
         self.user_by_rloc = {u.rloc: u.name for u in cfg.users if u.rloc is not None}
@@ -146,129 +185,39 @@ class Matcher:
         self.rloc_dc = cfg.rloc_owner()
 
     @staticmethod
-    def _within(text: str | None, nets: Sequence[tuple[Any, str]]) -> str | None:
-        if not text:
-            return None
-        n = _net(text)
+    def _within(eid: str, nets: Sequence[tuple[Net | None, str]]) -> str | None:
+        n = _net(eid)
         if n is None:
             return None
         for net, name in nets:
             if (
                 net is not None
                 and n.version == net.version
-                and (n.subnet_of(net) or net.subnet_of(n))
+                and (n.subnet_of(net) or net.subnet_of(n))  # type: ignore[arg-type]
             ):
                 return name
         return None
 
-    def user(self, rec: dict[str, Any]) -> str | None:
-        r = rec.get("rloc")
-        if isinstance(r, str) and r in self.user_by_rloc:
-            return self.user_by_rloc[r]
-        return self._within(rec.get("eid"), self.user_nets)
+    def user(self, eid: str, locator: str) -> str | None:
+        """A user's mapping, by its EID prefix or with the user's RLOC as locator."""
+        return self.user_by_rloc.get(locator) or self._within(eid, self.user_nets)
 
-    def vm(self, rec: dict[str, Any]) -> str | None:
-        return self._within(rec.get("eid"), self.vm_nets)
+    def vm(self, eid: str) -> str | None:
+        return self._within(eid, self.vm_nets)
 
-
-def parse_document(doc: Any, source: str, matcher: Matcher) -> tuple[list[Sample], list[str]]:
-    """Samples of the configured users/VMs in a ``pacao-xtr-stats/1`` document, and problems."""
-    problems: list[str] = []
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        return [], [f"{source}: not a {FORMAT} document"]
-    default_rloc = doc.get("rloc")
-    out: list[Sample] = []
-    for i, rec in enumerate(doc.get("samples") or []):
-        if not isinstance(rec, dict):
-            problems.append(f"{source}: samples[{i}] is not an object")
-            continue
-        ts: Any = rec.get("ts")
-        rtt: Any = rec.get("rtt_ms")
-        local = rec.get("local_rloc", default_rloc)
-        ok_num = isinstance(ts, int | float) and math.isfinite(ts)
-        ok_rtt = rtt is None or (isinstance(rtt, int | float) and math.isfinite(rtt) and rtt >= 0)
-        if not ok_num or not ok_rtt or not isinstance(local, str):
-            problems.append(f"{source}: samples[{i}] has a bad ts, rtt_ms or local_rloc")
-            continue
-        xtr = matcher.rloc_dc.get(local)
-        if xtr is None:
-            problems.append(f"{source}: samples[{i}].local_rloc {local} is no configured RLOC")
-            continue
-        kind = rec.get("kind")
-        peer = ""
-        if kind == "rloc-probe":
-            subject, path = matcher.user(rec), USER_XTR
-            peer = str(rec.get("rloc") or "")
-        elif kind == "eid-probe":
-            subject, path = matcher.vm(rec), XTR_VM
+    def sample(self, xtr: str, rloc: str, rec: ProbeRecord) -> Sample | None:
+        """The sample of a managed path (None for a mapping the controller does not manage):
+        a VM's EID measures xTR<->VM (through the probed locator, the host DC's choice is
+        made when the window is used), a user's EID or RLOC user<->xTR."""
+        vm = self.vm(rec.eid)
+        if vm is not None:
+            subject, path = vm, XTR_VM
         else:
-            problems.append(f"{source}: samples[{i}].kind {kind!r} is not rloc-probe/eid-probe")
-            continue
-        if subject is None:
-            continue  # a cached mapping the controller does not manage
-        rtt_v = None if rtt is None else float(rtt)
-        out.append(Sample(float(ts), path, xtr, local, subject, rtt_v, peer))
-    return out, problems
-
-
-class SnapshotReader:
-    """Samples from the ``pacao lisp xtr`` stats snapshot (docs/lisp.md, "Stats JSON").
-
-    That document holds per-locator counters, not samples: between two polls,
-    each new reply becomes an answered sample at the locator's last RTT, each
-    new consecutive timeout (``lost``) a lost one; jitter is the agent's RFC 3550
-    estimate. A mapping of a user's EID (or with the user's RLOC as locator)
-    measures user<->xTR; a mapping of a VM's EID measures xTR<->VM through the
-    locator of the DC that hosts the VM (chosen when the window is used).
-    """
-
-    def __init__(self, dc: str, matcher: Matcher, local_rloc: str) -> None:
-        self.dc, self.matcher, self.local = dc, matcher, local_rloc
-        self.prev: dict[tuple[str, str], tuple[int, int]] = {}
-
-    def read(self, doc: Any) -> tuple[list[Sample], list[str]]:
-        ts = doc.get("time")
-        if not isinstance(ts, int | float) or not isinstance(doc.get("map_cache"), list):
-            return [], [f"{self.dc}: xTR snapshot without 'time' or 'map_cache'"]
-        out: list[Sample] = []
-        for entry in doc["map_cache"]:
-            if not isinstance(entry, dict) or not isinstance(entry.get("locators"), list):
-                continue
-            prefix = str(entry.get("prefix", ""))
-            vm = self.matcher.vm({"eid": prefix})
-            for loc in entry["locators"]:
-                if not isinstance(loc, dict):
-                    continue
-                addr = str(loc.get("address", ""))
-                if vm is not None:
-                    subject, path = vm, XTR_VM
-                else:
-                    user = self.matcher.user({"eid": prefix, "rloc": addr})
-                    if user is None:
-                        continue
-                    subject, path = user, USER_XTR
-                out.extend(self._samples(float(ts), path, subject, prefix, addr, loc))
-        return out, []
-
-    def _samples(
-        self, ts: float, path: str, subject: str, prefix: str, addr: str, loc: dict[str, Any]
-    ) -> list[Sample]:
-        replies, lost = int(loc.get("replies") or 0), int(loc.get("lost") or 0)
-        key = (prefix, addr)
-        p_replies, p_lost = self.prev.get(key, (0, 0))
-        self.prev[key] = (replies, lost)
-        new_replies = max(0, replies - p_replies)
-        new_lost = lost if lost < p_lost else lost - p_lost
-        rtt, jit = loc.get("rtt_ms"), loc.get("jitter_ms")
-        jitter = float(jit) if isinstance(jit, int | float) else None
-        out = []
-        for i in range(new_lost):
-            out.append(Sample(ts - 1e-6 * (i + 1), path, self.dc, self.local, subject, None, addr))
-        if isinstance(rtt, int | float):
-            for i in range(new_replies):
-                t = ts - 1e-6 * i
-                out.append(Sample(t, path, self.dc, self.local, subject, float(rtt), addr, jitter))
-        return out
+            user = self.user(rec.eid, rec.locator)
+            if user is None:
+                return None
+            subject, path = user, USER_XTR
+        return Sample(rec.ts, path, xtr, rloc, subject, rec.rtt_ms, rec.locator, rec.jitter_ms)
 
 
 def aggregate(samples: Iterable[Sample], start: float, end: float) -> list[WindowStat]:
@@ -313,37 +262,57 @@ class Monitor:
         self.matcher = Matcher(cfg)
         self.keep_s = keep_s if keep_s is not None else 3 * cfg.timers.s1
         self.recent: deque[Sample] = deque()
-        self.high_water: dict[tuple[str, str, str, str, str], float] = {}
-        self.subscribers: list[Callable[[Event], None]] = []
-        self.readers: dict[str, SnapshotReader] = {}
-        self.dc_names = {d.name for d in cfg.dcs}
+        self.cursors: dict[str, Cursor] = {}
+        self.handlers: dict[type[Event], list[Callable[[Any], None]]] = {}
+        self.dc_rloc = {d.name: d.rlocs[0] for d in cfg.dcs}
+
+    def subscribe(self, kind: type[E], handler: Callable[[E], None]) -> None:
+        self.handlers.setdefault(kind, []).append(handler)
+
+    def register(self, obj: object) -> None:
+        """Subscribe the methods of ``obj`` marked with :func:`handles`."""
+        seen: set[str] = set()
+        for cls in type(obj).__mro__:
+            for name, fn in vars(cls).items():
+                if name in seen:
+                    continue
+                seen.add(name)
+                for kind in getattr(fn, _HANDLES, ()):
+                    self.handlers.setdefault(kind, []).append(getattr(obj, name))
 
     def emit(self, ev: Event) -> None:
-        for fn in self.subscribers:
+        for fn in self.handlers.get(type(ev), ()):
             fn(ev)
 
+    def _measuring(self, source: str, rloc: str) -> tuple[str, str] | None:
+        """The measuring xTR's DC and RLOC: the document's RLOC if configured, else the
+        first RLOC of the DC the source belongs to (an agent bound to a wildcard)."""
+        dc = self.matcher.rloc_dc.get(rloc)
+        if dc is not None:
+            return dc, rloc
+        if source in self.dc_rloc:
+            return source, self.dc_rloc[source]
+        return None
+
     def ingest(self, source: str, doc: Any) -> int:
-        """Add a document's new samples (persisted first); returns how many were new."""
-        if isinstance(doc, dict) and "map_cache" in doc and "format" not in doc:
-            reader = self.readers.get(source)
-            if reader is None:
-                dc = self.cfg.dc(source) if source in self.dc_names else None
-                local = dc.rlocs[0] if dc is not None else ""
-                reader = self.readers[source] = SnapshotReader(source, self.matcher, local)
-            samples, problems = reader.read(doc)
-        else:
-            samples, problems = parse_document(doc, source, self.matcher)
-        for p in problems:
-            self.emit(SourceError(source, p))
-        fresh: list[Sample] = []
-        marks: dict[tuple[str, str, str, str, str], float] = {}
-        for s in samples:
-            key = (source, s.path, s.rloc, s.subject, s.peer)
-            if s.ts > self.high_water.get(key, -math.inf):
-                fresh.append(s)
-                marks[key] = max(marks.get(key, -math.inf), s.ts)
+        """Add a document's samples not taken yet (persisted first); returns how many."""
+        try:
+            batch = decode(doc)
+        except InputError as exc:
+            self.emit(SourceError(source, f"not a {FORMAT} document: {exc}"))
+            return 0
+        records, missed, self.cursors[source] = batch.since(self.cursors.get(source))
+        if missed:
+            what = f"{missed} samples dropped by the agent before they were read (poll faster)"
+            self.emit(SourceError(source, what))
+        measuring = self._measuring(source, batch.rloc)
+        if measuring is None:
+            self.emit(SourceError(source, f"rloc {batch.rloc} is no configured RLOC"))
+            return 0
+        fresh = [s for s in (self.matcher.sample(*measuring, r) for r in records) if s]
         if not fresh:
             return 0
+        fresh.sort(key=lambda s: s.ts)
         self.store.add_measurements(
             [
                 {
@@ -360,15 +329,19 @@ class Monitor:
                 for s in fresh
             ]
         )
-        self.high_water.update(marks)
-        self.recent.extend(sorted(fresh, key=lambda s: s.ts))
+        self.recent.extend(fresh)
+        for s in fresh:
+            self.emit(ProbeSample(source, s))
         self.emit(SamplesIngested(source, len(fresh)))
         return len(fresh)
 
     async def poll(self) -> int:
         """Fetch every source at once (one slow agent must not delay the others' samples
         past the window they belong to), then ingest in source order."""
-        docs = await asyncio.gather(*(src.fetch() for src in self.sources), return_exceptions=True)
+        docs = await asyncio.gather(
+            *(src.fetch(self.cursors.get(src.name)) for src in self.sources),
+            return_exceptions=True,
+        )
         n = 0
         for src, doc in zip(self.sources, docs, strict=True):
             if isinstance(doc, OSError | ValueError | httpx.HTTPError):

@@ -47,6 +47,7 @@ from pacao.controller.monitoring import (
     Source,
     SourceError,
     WindowStat,
+    handles,
     sources_from_config,
 )
 from pacao.controller.plans import Context, Executor
@@ -138,7 +139,7 @@ class Controller:
         self.dry_run, self.manual = dry_run, manual
         self.metrics = metrics or Metrics()
         self.monitor = Monitor(cfg, store, sources)
-        self.monitor.subscribers.append(self._on_event)
+        self.monitor.register(self)
         self.mapping, self.hypervisor = mapping, hypervisor
         self.executor = Executor(
             store,
@@ -221,13 +222,13 @@ class Controller:
         log.info("config reloaded", extra={"changed": changed, "file": str(path)})
         return changed
 
-    def _on_event(self, ev: Any) -> None:
-        if isinstance(ev, SamplesIngested):
-            self.metrics.samples.labels(xtr=ev.source).inc(ev.count)
-        elif isinstance(ev, SourceError):
-            log.warning(
-                "measurement source problem", extra={"source": ev.source, "error": ev.error}
-            )
+    @handles(SamplesIngested)
+    def _count_samples(self, ev: SamplesIngested) -> None:
+        self.metrics.samples.labels(xtr=ev.source).inc(ev.count)
+
+    @handles(SourceError)
+    def _log_source_problem(self, ev: SourceError) -> None:
+        log.warning("measurement source problem", extra={"source": ev.source, "error": ev.error})
 
     # -- per-user state ------------------------------------------------------
     def load_state(self, write: bool = True) -> None:

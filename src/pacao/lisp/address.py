@@ -66,16 +66,6 @@ LCAF_HEADER = Struct(
 INSTANCE_ID = Struct("Instance-ID", [Bits("instance_id", 32, "instance ID (24 bits used)")])
 
 
-def afi_of(addr: Address) -> int:
-    if addr is None:
-        return AFI_NONE
-    if isinstance(addr, IPv4Address):
-        return AFI_IPV4
-    if isinstance(addr, IPv6Address):
-        return AFI_IPV6
-    return AFI_LCAF
-
-
 def decode_address(r: Reader, field: str, depth: int = 0) -> Address:
     start = r.pos
     buf = r.buf

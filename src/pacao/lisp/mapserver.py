@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import socket
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -44,6 +43,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
+from pacao.clock import Clock, SystemClock
 from pacao.lisp import auth
 from pacao.lisp.address import EidPrefix
 from pacao.lisp.config import MapServerConfig, Site
@@ -170,8 +170,12 @@ class TokenBucket:
 class MapServer:
     """The daemon state and its UDP protocol handler."""
 
-    def __init__(self, config: MapServerConfig, pcap: PcapWriter | None = None) -> None:
+    def __init__(
+        self, config: MapServerConfig, pcap: PcapWriter | None = None, clock: Clock | None = None
+    ) -> None:
         self.config = config
+        #: registration times, expiry, rate limits and save periods (tests pass a ManualClock)
+        self.clock: Clock = clock or SystemClock()
         self.pcap = pcap
         self.stats: Counter[str] = Counter()
         self.registrations: PrefixTable[Registration] = PrefixTable()
@@ -187,8 +191,7 @@ class MapServer:
         self.dirty = False  # registrations changed: save at the next housekeeping
         self.refreshed = False  # only refreshed: save within `refresh_save_period`
         self.refresh_save_period = 30.0
-        self.last_save = time.monotonic()
-        self.clock = time.time
+        self.last_save = self.clock.now()
         self.fast_path = True  # tests turn it off to compare with the general path
         self._log_state: dict[str, tuple[float, int]] = {}
         # last accepted Map-Register nonce per (site, xTR-ID) (RFC 9301 section 5.6)
@@ -247,7 +250,7 @@ class MapServer:
     ) -> None:
         """Log a per-packet event at most once a second per kind (a flood must not
         flood the log, or block the daemon on a full stderr pipe)."""
-        now = time.monotonic()
+        now = self.clock.now()
         last, suppressed = self._log_state.get(kind, (-1e9, 0))
         if now - last < 1.0:
             self._log_state[kind] = (last, suppressed + 1)
@@ -323,7 +326,7 @@ class MapServer:
         new_stream = stream not in self.last_nonce
         if site.replay_protection:
             self.last_nonce[stream] = msg.nonce
-        now = self.clock()
+        now = self.clock.now()
         for rec, prefix in zip(msg.records, prefixes, strict=True):
             lifetime = self.config.registration_timeout
             if msg.use_ttl_for_timeout:
@@ -401,13 +404,13 @@ class MapServer:
     def handle_request(
         self, req: MapRequest, peer: tuple[str, int], reply_port: int, ecm: bytes | None
     ) -> None:
-        if not self.limiter.allow(peer[0], time.monotonic()):
+        if not self.limiter.allow(peer[0], self.clock.now()):
             self.stats["rate_limited"] += 1
             return
         if req.probe or req.smr:
             self.stats["ignored"] += 1  # probes and SMRs are for xTRs
             return
-        now = self.clock()
+        now = self.clock.now()
         answers: list[MappingRecord | bytes] = []
         forward_to: set[tuple[str, int]] = set()
         for rr in req.records:
@@ -501,11 +504,11 @@ class MapServer:
         else:
             return False
         reg = self.registrations.match(_SPACE[afi], int.from_bytes(data[pos + 4 :], "big"), mask)
-        if reg is None or not reg.proxy_reply or reg.expires_at <= self.clock():
+        if reg is None or not reg.proxy_reply or reg.expires_at <= self.clock.now():
             return False  # negative, forward or expiring: the general path decides
         stats = self.stats
         stats["map_request"] += 1
-        if not self.limiter.allow(peer[0], time.monotonic()):
+        if not self.limiter.allow(peer[0], self.clock.now()):
             stats["rate_limited"] += 1
             return True
         stats["proxy_reply"] += 1
@@ -540,7 +543,7 @@ class MapServer:
         The heap holds (expiry, seq, prefix) with at most a few entries per
         prefix; a refresh pushes nothing (the old entry is re-queued at the new
         time when it comes due), so the cost is O(log n) per expiry or refresh."""
-        now = self.clock() if now is None else now
+        now = self.clock.now() if now is None else now
         heap = self._expiry
         dead = 0
         while heap and heap[0][0] <= now:
@@ -575,7 +578,7 @@ class MapServer:
                 self.last_nonce.items(), key=lambda kv: (kv[0][0], kv[0][1] or b"")
             )
         ]
-        head = {"version": STATE_VERSION, "saved_at": self.clock()}
+        head = {"version": STATE_VERSION, "saved_at": self.clock.now()}
 
         def text() -> str:
             body = ",\n  ".join(rows)
@@ -592,7 +595,7 @@ class MapServer:
         write = self.state_writer()
         self.dirty = self.refreshed = False
         atomic_write_text(path, write())
-        self.last_save = time.monotonic()
+        self.last_save = self.clock.now()
 
     async def save_state_async(self) -> None:
         """save_state with the JSON join, write and fsync in a worker thread: with
@@ -607,7 +610,7 @@ class MapServer:
         except OSError:
             self.dirty = True
             raise
-        self.last_save = time.monotonic()
+        self.last_save = self.clock.now()
 
     def load_state(self, path: Path) -> None:
         try:
@@ -618,7 +621,7 @@ class MapServer:
             log.warning("ignoring unreadable state file %s: %s", path, exc)
             self.stats["state_errors"] += 1
             return
-        now = self.clock()
+        now = self.clock.now()
         regs = doc.get("registrations", []) if isinstance(doc, dict) else []
         for item in regs:
             try:
@@ -658,7 +661,7 @@ class MapServer:
             await asyncio.sleep(period)
             try:
                 self.expire()
-                stale = time.monotonic() - self.last_save >= self.refresh_save_period
+                stale = self.clock.now() - self.last_save >= self.refresh_save_period
                 if self.dirty or (self.refreshed and stale):
                     await self.save_state_async()
                 if self.config.stats_file is not None:
@@ -700,10 +703,10 @@ def atomic_write_json(path: Path, doc: Any, durable: bool = True) -> None:
 
 
 async def open_map_server(
-    config: MapServerConfig, pcap: PcapWriter | None = None
+    config: MapServerConfig, pcap: PcapWriter | None = None, clock: Clock | None = None
 ) -> tuple[MapServer, UdpEndpoint]:
     """Bind the UDP socket and return the server (with `.local` set) and its endpoint."""
-    server = MapServer(config, pcap)
+    server = MapServer(config, pcap, clock)
     endpoint = open_udp(config.listen[0], config.listen[1], server.datagram_received)
     server.connection_made(endpoint)
     return server, endpoint

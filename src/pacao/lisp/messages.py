@@ -1005,7 +1005,3 @@ def decode_message(data: bytes) -> Message:
 
 def encode_message(msg: Message) -> bytes:
     return msg.to_bytes()
-
-
-def nonce_hex(nonce: int) -> str:
-    return f"0x{nonce:016x}"

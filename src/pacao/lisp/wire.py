@@ -235,11 +235,6 @@ class Struct:
                 out.append(el)
         return out
 
-    def fixed_size(self) -> int:
-        """Size in bytes of the leading bit-field part."""
-        first = self._plan[0] if self._plan else None
-        return first.size if isinstance(first, _BitRun) else 0
-
     # ---- decoding
     def decode(self, r: Reader) -> Any:
         start = r.pos

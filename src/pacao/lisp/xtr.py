@@ -1,8 +1,9 @@
 """xTR control agent: registration, map-cache, RLOC probing with RTT/jitter/availability.
 
-It speaks only the control plane (UDP 4342): PACAO's controller reads the
-probe statistics (JSON file, HTTP endpoint, typed events) to rank entry DCs,
-like the OpenLISP node of the paper.
+It speaks only the control plane (UDP 4342): PACAO's controller reads every
+probe's outcome (``pacao-probe-samples/1`` of :mod:`pacao.measurement`, on the
+HTTP endpoint or in a file) to rank entry DCs, like the OpenLISP node of the
+paper. Every time it stamps or schedules comes from its :class:`pacao.clock.Clock`.
 
 * Registers its database (EID prefixes with locators, priority, weight) with
   every map-server every `register_interval` seconds (HMAC signed, want
@@ -19,7 +20,9 @@ like the OpenLISP node of the paper.
   matched by nonce and source address: RTT; jitter with the RFC 3550 estimator
   J += (|D| - J) / 16 over consecutive RTTs; a locator is down after
   `probe.down_after` consecutive unanswered probes and up again on the next
-  reply.  Replies with unknown nonces are ignored and counted.
+  reply.  Replies with unknown nonces are ignored and counted.  Each probe's
+  outcome (send time, RTT or loss) is kept in a bounded, numbered buffer
+  (``Xtr.samples``) that readers take from with a cursor.
 """
 
 from __future__ import annotations
@@ -33,14 +36,15 @@ import json
 import logging
 import random
 import secrets
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+from pacao.clock import Clock, SystemClock
 from pacao.errors import InputError
 from pacao.lisp import auth
 from pacao.lisp.address import EidPrefix
@@ -65,6 +69,7 @@ from pacao.lisp.messages import (
 from pacao.lisp.show import to_jsonable
 from pacao.lisp.udp import UdpEndpoint, open_udp
 from pacao.lisp.wire import LispDecodeError
+from pacao.measurement import Cursor, SampleBuffer, encode
 
 log = logging.getLogger("pacao.lisp.xtr")
 IP = IPv4Address | IPv6Address
@@ -200,6 +205,8 @@ class XtrConfig:
     down_after: int = 3
     stats_file: Path | None = None
     stats_interval: float = 1.0
+    samples_file: Path | None = None
+    samples_kept: int = 10000
     http: tuple[str, int] | None = None
     change_key: str | None = None
     switch_method: str = "both"
@@ -234,12 +241,20 @@ def _locator(field: str, doc: Any) -> Locator:
     return Locator(addr, pw[0], pw[1])
 
 
+def _path(value: Any, base: Path | None) -> Path | None:
+    """A file name of the config, relative to the config's directory."""
+    if value is None:
+        return None
+    path = Path(str(value))
+    return base / path if base is not None and not path.is_absolute() else path
+
+
 def xtr_config_from_dict(doc: Any, base: Path | None = None) -> XtrConfig:
     """Validate the xTR YAML document (docs/lisp.md)."""
     allowed = {
         "listen", "rloc", "map_servers", "map_resolvers", "database", "watch",
         "register_interval", "proxy_reply", "control_port", "map_cache", "map_request",
-        "probe", "stats_file", "http", "change_priority", "xtr_id",
+        "probe", "stats_file", "samples_file", "http", "change_priority", "xtr_id",
     }  # fmt: skip
     if not isinstance(doc, Mapping):
         raise InputError("<document>", doc, "expected a mapping")
@@ -303,12 +318,7 @@ def xtr_config_from_dict(doc: Any, base: Path | None = None) -> XtrConfig:
     for name, sub in (("map_cache", cache), ("map_request", req), ("probe", probe)):
         if not isinstance(sub, Mapping):
             raise InputError(name, sub, "expected a mapping")
-    stats = doc.get("stats_file")
-    stats_path = None
-    if stats is not None:
-        stats_path = Path(str(stats))
-        if base is not None and not stats_path.is_absolute():
-            stats_path = base / stats_path
+    stats_path, samples_path = (_path(doc.get(key), base) for key in ("stats_file", "samples_file"))
     http = parse_hostport("http", doc["http"], 0) if doc.get("http") else None
     change = doc.get("change_priority") or {}
     if not isinstance(change, Mapping) or set(change) - {"key", "method"}:
@@ -352,6 +362,8 @@ def xtr_config_from_dict(doc: Any, base: Path | None = None) -> XtrConfig:
         probe_timeout=_num(probe, "timeout", 2, 0.001, 3600),
         down_after=int(_num(probe, "down_after", 3, 1, 1000)),
         stats_file=stats_path,
+        samples_file=samples_path,
+        samples_kept=int(_num(probe, "samples_kept", 10000, 1, 10_000_000)),
         http=http,
         change_key=change_key,
         switch_method=str(method),
@@ -482,8 +494,10 @@ class _Pending:
 class Xtr:
     """The xTR control agent (protocol handler + schedulers)."""
 
-    def __init__(self, config: XtrConfig) -> None:
+    def __init__(self, config: XtrConfig, clock: Clock | None = None) -> None:
         self.config = config
+        #: every timestamp, schedule and RTT of the agent (tests pass a ManualClock)
+        self.clock: Clock = clock or SystemClock()
         self.stats: Counter[str] = Counter()
         self.cache = MapCache(config.cache_size)
         self.database: PrefixTable[DatabaseEntry] = PrefixTable()
@@ -500,9 +514,9 @@ class Xtr:
         self.callbacks: list[Callable[[Event], None]] = []
         self.transport: UdpEndpoint | None = None
         self.local: tuple[str, int] = config.listen
-        self.clock = time.time
-        self.mono = time.monotonic
         self.registered: dict[str, float] = {}
+        #: every probe's outcome, for the controller (``pacao-probe-samples/1``)
+        self.samples = SampleBuffer(str(config.rloc), config.samples_kept)
         self._probe_heap: list[tuple[float, int, EidPrefix, int]] = []
         self._seq = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
@@ -575,7 +589,7 @@ class Xtr:
         Unix seconds in the upper 32 bits, a counter in the lower 32: strictly
         increasing in this process even if the clock steps back, and across
         restarts as long as the clock does not go back, with nothing to store."""
-        nonce = max(int(self.clock()) << 32, self._register_nonce + 1)
+        nonce = max(int(self.clock.now()) << 32, self._register_nonce + 1)
         while nonce in self.pending:
             nonce += 1
         self._register_nonce = nonce
@@ -615,7 +629,7 @@ class Xtr:
         for ms in self.config.map_servers:
             nonce = self.register_nonce()
             self.pending[nonce] = _Pending(
-                "register", self.mono(), target=f"{ms.address[0]}:{ms.address[1]}", smr=smr
+                "register", self.clock.now(), target=f"{ms.address[0]}:{ms.address[1]}", smr=smr
             )
             self.send(self.map_register(ms, nonce), ms.address)
             self.stats["map_register_sent"] += 1
@@ -636,8 +650,8 @@ class Xtr:
             return
         if pend is not None and pend.kind == "register":
             del self.pending[msg.nonce]
-            rtt = self.mono() - pend.sent
-            self.registered[pend.target] = self.clock()
+            rtt = self.clock.now() - pend.sent
+            self.registered[pend.target] = self.clock.now()
             self.stats["map_notify"] += 1
             self.emit(RegistrationAcked(pend.target, msg.nonce, rtt))
             if pend.smr is not None:
@@ -697,7 +711,7 @@ class Xtr:
         if not req.probe and req.itr_rlocs and req.itr_rlocs[0] is not None:
             addr = str(req.itr_rlocs[0])
         peers = self.itr_peers.setdefault(prefix, OrderedDict())
-        peers[(addr, port)] = self.mono()
+        peers[(addr, port)] = self.clock.now()
         peers.move_to_end((addr, port))
         while len(peers) > 4096:
             peers.popitem(last=False)
@@ -756,7 +770,7 @@ class Xtr:
             rec = MappingRecord.for_prefix(prefix, ttl=new.ttl, locators=locs, authoritative=True)
             msg = auth.sign(ChangePriority(nonce=nonce, records=(rec,)), key, auth.ALG_HMAC_SHA256)
             data = msg.to_bytes()
-            self.pending[nonce] = _Pending("change", self.mono(), target=str(prefix))
+            self.pending[nonce] = _Pending("change", self.clock.now(), target=str(prefix))
             for itr in itrs:
                 self.send(data, itr)
             self.stats["change_priority_sent"] += len(itrs)
@@ -788,10 +802,10 @@ class Xtr:
                 self.stats["unknown_nonce"] += 1
                 return
             self.stats["change_priority_acked"] += 1
-            self.emit(ChangeAcked(f"{peer[0]}:{peer[1]}", msg.nonce, self.mono() - pend.sent))
+            self.emit(ChangeAcked(f"{peer[0]}:{peer[1]}", msg.nonce, self.clock.now() - pend.sent))
             return
         self.stats["change_priority_received"] += 1
-        now = self.clock()
+        now = self.clock.now()
         for rec in msg.records:
             try:
                 prefix = rec.prefix
@@ -825,7 +839,7 @@ class Xtr:
     # ------------------------------------------------------------------ resolution
     def lookup(self, eid: EidPrefix) -> CacheEntry | None:
         """Map-cache lookup; a miss starts (rate-limited) resolution."""
-        entry = self.cache.lookup(eid, self.clock())
+        entry = self.cache.lookup(eid, self.clock.now())
         if entry is None:
             self.stats["cache_miss"] += 1
             self.resolve(eid)
@@ -837,7 +851,7 @@ class Xtr:
             return False
         if eid in self.resolving and tries == 1:
             return False
-        if not self.limiter.allow("map-request", self.mono()):
+        if not self.limiter.allow("map-request", self.clock.now()):
             self.stats["request_rate_limited"] += 1
             return False
         nonce = self.new_nonce()
@@ -853,7 +867,7 @@ class Xtr:
             src = IPv6Address("::1") if dst.version == 6 else IPv4Address("127.0.0.1")
         ecm = EncapsulatedControlMessage.wrap(req, src, dst, self.local[1])
         resolver = self.config.map_resolvers[(tries - 1) % len(self.config.map_resolvers)]
-        self.pending[nonce] = _Pending("request", self.mono(), eid=eid, tries=tries)
+        self.pending[nonce] = _Pending("request", self.clock.now(), eid=eid, tries=tries)
         self.resolving[eid] = nonce
         self.send(ecm.to_bytes(), resolver)
         self.stats["map_request_sent"] += 1
@@ -861,7 +875,7 @@ class Xtr:
 
     def install(self, rec: MappingRecord) -> CacheEntry:
         prefix = rec.prefix
-        now = self.clock()
+        now = self.clock.now()
         entry = CacheEntry(
             prefix, rec, now + rec.ttl * 60.0, [LocatorState(x) for x in rec.locators]
         )
@@ -885,7 +899,7 @@ class Xtr:
                 self.pending[msg.nonce] = pend  # not from the probed RLOC: keep waiting
                 self.stats["probe_wrong_source"] += 1
                 return
-            self.on_probe_reply(pend, self.mono() - pend.sent)
+            self.on_probe_reply(pend, self.clock.now() - pend.sent)
             return
         if pend.kind != "request":
             self.stats["unexpected_reply"] += 1
@@ -900,7 +914,7 @@ class Xtr:
     # ------------------------------------------------------------------ probing
     def schedule_probes(self, entry: CacheEntry) -> None:
         """Spread the locators' first probes over one interval (no synchronised bursts)."""
-        now = self.mono()
+        now = self.clock.now()
         for i in range(len(entry.locators)):
             due = now + random.random() * min(self.config.probe_interval, 1.0) * 0.1
             heapq.heappush(self._probe_heap, (due, next(self._seq), entry.prefix, i))
@@ -929,7 +943,7 @@ class Xtr:
                 probe=True,
             ).to_bytes()
         t = entry.probe_template
-        self.pending[nonce] = _Pending("probe", self.mono(), locator=loc, entry=entry)
+        self.pending[nonce] = _Pending("probe", self.clock.now(), locator=loc, entry=entry)
         loc.probes += 1
         data = t[:4] + nonce.to_bytes(8, "big") + t[12:]
         self.send(data, (str(loc.locator.address), self.config.control_port))
@@ -941,9 +955,10 @@ class Xtr:
         was_up = loc.up
         loc.observe(rtt)
         loc.up = True
-        loc.last_reply = self.clock()
+        loc.last_reply = self.clock.now()
         self.stats["probe_reply"] += 1
         name = str(loc.locator.address)
+        self.samples.add(pend.sent, str(entry.prefix), name, rtt * 1000, loc.jitter * 1000)
         if not was_up:
             self.emit(LocatorUp(entry.prefix, name, rtt))
         self.emit(ProbeResult(entry.prefix, name, rtt, loc.jitter))
@@ -961,9 +976,11 @@ class Xtr:
                 loc = pend.locator
                 loc.lost += 1
                 self.stats["probe_lost"] += 1
+                addr = str(loc.locator.address)
+                self.samples.add(pend.sent, str(pend.entry.prefix), addr, None)
                 if loc.up and loc.lost >= self.config.down_after:
                     loc.up = False
-                    self.emit(LocatorDown(pend.entry.prefix, str(loc.locator.address), loc.lost))
+                    self.emit(LocatorDown(pend.entry.prefix, addr, loc.lost))
             elif pend.kind == "request" and pend.eid is not None:
                 self.stats["request_timeout"] += 1
                 if self.resolving.get(pend.eid) == nonce:
@@ -975,7 +992,7 @@ class Xtr:
 
     # ------------------------------------------------------------------ views
     def snapshot(self) -> dict[str, Any]:
-        now = self.clock()
+        now = self.clock.now()
         cache = []
         for e in sorted(self.cache.entries(), key=lambda e: str(e.prefix)):
             cache.append(
@@ -999,6 +1016,17 @@ class Xtr:
             "counters": dict(sorted(self.stats.items())),
         }
 
+    def sample_document(self, cursor: Cursor | None = None) -> dict[str, Any]:
+        """The probe samples a reader at ``cursor`` has not seen (docs/input-formats.md)."""
+        return encode(self.samples.batch(self.clock.now(), cursor))
+
+    def write_files(self, durable: bool) -> None:
+        """The stats snapshot and the probe samples, to the files the config names."""
+        if self.config.stats_file is not None:
+            atomic_write_json(self.config.stats_file, self.snapshot(), durable=durable)
+        if self.config.samples_file is not None:
+            atomic_write_json(self.config.samples_file, self.sample_document(), durable=durable)
+
     # ------------------------------------------------------------------ loops
     async def run_loops(self, tick: float = 0.01) -> None:
         """Registration, watch, probe and timeout schedulers; runs until cancelled."""
@@ -1006,25 +1034,24 @@ class Xtr:
         next_stats = 0.0
         next_watch = 0.0
         while True:
-            now = self.mono()
+            now = self.clock.now()
             try:
                 if now >= next_register:
                     self.register_now()
                     next_register = now + self.config.register_interval
                 if now >= next_watch:
-                    wall = self.clock()
                     for eid in self.config.watch:
-                        entry = self.cache.lookup(eid, wall)
+                        entry = self.cache.lookup(eid, now)
                         # refresh shortly before expiry, like an ITR with live traffic
-                        if entry is None or entry.expires_at - wall < 5:
+                        if entry is None or entry.expires_at - now < 5:
                             self.resolve(eid)
                     next_watch = now + 0.5
                 self.probe_due(now)
                 self.timeouts(now)
-                for gone in self.cache.expired(self.clock()):
+                for gone in self.cache.expired(now):
                     self.emit(MappingRemoved(gone.prefix, "expired"))
-                if self.config.stats_file is not None and now >= next_stats:
-                    atomic_write_json(self.config.stats_file, self.snapshot(), durable=False)
+                if now >= next_stats:
+                    self.write_files(durable=False)
                     next_stats = now + self.config.stats_interval
             except OSError as exc:
                 self.stats["loop_errors"] += 1
@@ -1035,7 +1062,8 @@ class Xtr:
 async def _http_handler(
     xtr: Xtr, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    """GET /, /map-cache, /stats (state as JSON); POST /set-priority (local use only)."""
+    """GET /, /map-cache, /stats (state as JSON), /samples (probe samples); POST /set-priority
+    (local use only)."""
     try:
         request = await asyncio.wait_for(reader.readline(), 5)
         length = 0
@@ -1049,7 +1077,10 @@ async def _http_handler(
         parts = request.decode("latin-1").split()
         verb, path = (parts[0], parts[1]) if len(parts) >= 2 else ("GET", "/")
         status, doc = "404 Not Found", {"error": "not found"}
-        if verb == "GET":
+        target = urlsplit(path)
+        if verb == "GET" and target.path == "/samples":
+            status, doc = _samples_request(xtr, target.query)
+        elif verb == "GET":
             snap = xtr.snapshot()
             views = {"/": snap, "/map-cache": snap["map_cache"], "/stats": snap["counters"]}
             if path in views:
@@ -1068,6 +1099,16 @@ async def _http_handler(
         pass
     finally:
         writer.close()
+
+
+def _samples_request(xtr: Xtr, query: str) -> tuple[str, Any]:
+    """``?stream=S&after=N``: the samples after the reader's cursor (all of them for
+    another stream, or without one)."""
+    q = parse_qs(query)
+    stream, after = q.get("stream", [""])[0], q.get("after", ["0"])[0]
+    if not after.isdigit():
+        return "400 Bad Request", {"error": str(InputError("after", after, "expected an integer"))}
+    return "200 OK", xtr.sample_document(Cursor(stream, int(after)) if stream else None)
 
 
 def _set_priority_request(xtr: Xtr, body: bytes) -> tuple[str, Any]:
@@ -1097,9 +1138,11 @@ def _set_priority_request(xtr: Xtr, body: bytes) -> tuple[str, Any]:
     }
 
 
-async def open_xtr(config: XtrConfig) -> tuple[Xtr, UdpEndpoint, asyncio.Server | None]:
+async def open_xtr(
+    config: XtrConfig, clock: Clock | None = None
+) -> tuple[Xtr, UdpEndpoint, asyncio.Server | None]:
     """Bind the control socket (and the HTTP endpoint) and start the schedulers."""
-    xtr = Xtr(config)
+    xtr = Xtr(config, clock)
     endpoint = open_udp(config.listen[0], config.listen[1], xtr.datagram_received)
     xtr.connection_made(endpoint)
     http = None
@@ -1125,8 +1168,7 @@ async def close_xtr(xtr: Xtr, transport: UdpEndpoint, http: asyncio.Server | Non
     if http is not None:
         http.close()
         await http.wait_closed()
-    if xtr.config.stats_file is not None:
-        atomic_write_json(xtr.config.stats_file, xtr.snapshot())
+    xtr.write_files(durable=True)
 
 
 async def serve_xtr(config: XtrConfig) -> None:
