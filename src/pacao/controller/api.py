@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
-from pacao.controller.storage import PLAN_STATES
+from pacao.controller.lifecycle import PlanState, state_names
 from pacao.errors import InputError
 
 #: where /docs takes Swagger UI's files from (shipped by the swagger-ui-bundle package)
@@ -157,8 +157,8 @@ def create_app(ctl: Any, token: str) -> FastAPI:
         user: str | None = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 100,
     ) -> list[dict[str, Any]]:
-        if state is not None and state not in PLAN_STATES:
-            raise HTTPException(422, f"state must be one of {list(PLAN_STATES)}")
+        if state is not None and state not in state_names(PlanState):
+            raise HTTPException(422, f"state must be one of {state_names(PlanState)}")
         rows: list[dict[str, Any]] = ctl.store.plans(state=state, user=user, limit=limit)
         return rows
 
@@ -179,15 +179,17 @@ def create_app(ctl: Any, token: str) -> FastAPI:
             raise HTTPException(code, str(exc)) from None
         if not ctl.dry_run:
             ctl.start(pid)
-        return {"id": pid, "state": "approved"}
+        return {"id": pid, "state": PlanState.APPROVED.value}
 
     @app.post("/plans/{pid}/reject", dependencies=guarded, summary="Skip a recommended plan")
     def reject(pid: str) -> dict[str, Any]:
         if ctl.store.plan(pid) is None:
             raise HTTPException(404, "no such plan")
-        if not ctl.store.move_plan(pid, "recommended", "skipped", "rejected through the API"):
+        if not ctl.store.move_plan(
+            pid, PlanState.RECOMMENDED, PlanState.SKIPPED, "rejected through the API"
+        ):
             raise HTTPException(409, "only a recommended plan can be rejected")
-        return {"id": pid, "state": "skipped"}
+        return {"id": pid, "state": PlanState.SKIPPED.value}
 
     @app.post(
         "/config/reload",

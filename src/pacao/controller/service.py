@@ -37,6 +37,8 @@ from pacao.controller import retention
 from pacao.controller.ams import Ams
 from pacao.controller.config import ControllerConfig, load_config
 from pacao.controller.drivers import load_driver
+from pacao.controller.lifecycle import IN_FLIGHT as PLANS_IN_FLIGHT
+from pacao.controller.lifecycle import ActionState, PlanState
 from pacao.controller.metrics import Metrics
 from pacao.controller.monitoring import (
     USER_XTR,
@@ -267,7 +269,7 @@ class Controller:
     def _save(self, user: str) -> None:
         self.store.put_state(f"user/{user}", self.state[user])
 
-    def _plan_done(self, plan: dict[str, Any], final: str) -> None:
+    def _plan_done(self, plan: dict[str, Any], final: PlanState) -> None:
         now = self.clock.now()
         touched: set[str] = set()
         for a in plan["actions"]:
@@ -276,9 +278,12 @@ class Controller:
             if st is None:
                 continue
             touched.add(a["params"].get("user", plan["user"]))
-            if a["kind"] == "VmMigration" and a["state"] in ("failed", "reverted"):
+            if a["kind"] == "VmMigration" and a["state"] in (
+                ActionState.FAILED,
+                ActionState.REVERTED,
+            ):
                 st["last_migration"] = now  # cooldown after a failed migration too
-            if a["state"] != "succeeded":
+            if a["state"] != ActionState.SUCCEEDED:
                 continue
             if a["kind"] == "EntrySwitch":
                 st["entry"], st["last_switch"] = a["params"]["rloc"], now
@@ -286,7 +291,8 @@ class Controller:
                 st["host"], st["last_migration"] = a["params"]["dst"], now
                 if a["started"] is not None and a["finished"] is not None:
                     self.metrics.migration_seconds.observe(a["finished"] - a["started"])
-        if plan["kind"] == "vm_migration" and final == "failed" and plan["user"] in self.state:
+        failed = final == PlanState.FAILED
+        if plan["kind"] == "vm_migration" and failed and plan["user"] in self.state:
             self.state[plan["user"]]["last_migration"] = now
             touched.add(plan["user"])
         for user in touched:
@@ -298,7 +304,7 @@ class Controller:
         change, so no new plan for them until it ends (two plans of one user would race
         on the same mapping, and each window would add one while a slow action runs)."""
         out: set[str] = set()
-        for p in self.store.plans(state=("approved", "ongoing"), limit=100000):
+        for p in self.store.plans(state=PLANS_IN_FLIGHT, limit=100000):
             if p["user"] == MULTI_USER:
                 out.update(str(a["params"].get("user")) for a in p["actions"])
             else:
@@ -706,9 +712,12 @@ class Controller:
     def _ongoing(self) -> tuple[np.ndarray, int]:
         per = np.zeros(len(self.dcs), dtype=np.int64)
         total = 0
-        for p in self.store.plans(state=("approved", "ongoing")):
+        for p in self.store.plans(state=PLANS_IN_FLIGHT):
             for a in p["actions"]:
-                if a["kind"] == "VmMigration" and a["state"] in ("pending", "ongoing"):
+                if a["kind"] == "VmMigration" and a["state"] in (
+                    ActionState.PENDING,
+                    ActionState.ONGOING,
+                ):
                     total += 1
                     per[self.dcs.index(a["params"]["src"])] += 1
                     per[self.dcs.index(a["params"]["dst"])] += 1
@@ -791,7 +800,7 @@ class Controller:
 
     async def dispatch(self, pid: str) -> None:
         if self.dry_run:
-            self.store.move_plan(pid, "recommended", "skipped", "dry-run")
+            self.store.move_plan(pid, PlanState.RECOMMENDED, PlanState.SKIPPED, "dry-run")
             return
         if self.manual:
             return  # waits for `pacao controller approve` or POST /plans/{id}/approve
@@ -849,7 +858,7 @@ class Controller:
     async def run_approved(self) -> None:
         for pid in self.store.expire_plans(self.clock.now()):
             log.info("plan expired", extra={"plan": pid})
-        for p in self.store.plans(state="approved"):
+        for p in self.store.plans(state=PlanState.APPROVED):
             self.start(p["id"])
 
     async def drain(self) -> None:

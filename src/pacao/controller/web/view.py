@@ -14,14 +14,10 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Protocol
 
+from pacao.controller.lifecycle import ActionState
+
 #: SLA state codes in ``users.sla``.
 SLA_OK, SLA_VIOLATED, SLA_UNKNOWN = 0, 1, -1
-PLAN_GROUPS = {
-    "pending": ("recommended", "approved"),
-    "running": ("ongoing",),
-    "done": ("succeeded",),
-    "failed": ("failed",),
-}
 
 
 class View(Protocol):
@@ -176,7 +172,7 @@ class LiveView:
             }
             for p in plans
             for a in p["actions"]
-            if a["state"] == "reverted"
+            if a["state"] == ActionState.REVERTED
         ]
         return {
             "now": ctl.clock.now(),
@@ -209,7 +205,7 @@ class LiveView:
         prio, prio_at = None, None
         for p in ctl.store.plans(user=name, limit=50):
             for a in p["actions"]:
-                if a["kind"] == "EntrySwitch" and a["state"] == "succeeded":
+                if a["kind"] == "EntrySwitch" and a["state"] == ActionState.SUCCEEDED:
                     prio, prio_at = a["params"]["priorities"], a["finished"]
                     break
             if prio is not None:
