@@ -65,6 +65,7 @@ from pacao.controller.policy import (
     placement,
     rank_entries,
 )
+from pacao.controller.priorities import priority_table
 from pacao.controller.storage import Fence, NotLeader, Store, check_storage
 from pacao.errors import InputError
 from pacao.optimize.assign import InfeasibleError
@@ -450,8 +451,7 @@ class Controller:
         cols = [CRITERIA.index(k) for k in crit]
         ranking = rank_entries(self.rlocs, arr["through"][i][:, cols], arr["through_ok"][i], crit)
         chosen = self.rlocs[int(dec.best[i])]
-        assert ranking.choice == chosen, (ranking.choice, chosen)
-        prio = {r.name: r.priority for r in ranking.ranking}
+        prio = priority_table(chosen, self.rlocs, ranking)
         vm = self.cfg.vm(u.vm)
         params = {
             "vm_eid": vm.eid,
@@ -576,8 +576,7 @@ class Controller:
                 chosen = self.rlocs[int(dec.best[i])]
             else:
                 continue
-            others = sorted(x for x in self.rlocs if x != chosen)
-            prio = {chosen: 1, **{x: k + 2 for k, x in enumerate(others)}}
+            prio = priority_table(chosen, self.rlocs)
             switches.append(
                 (
                     "EntrySwitch",
@@ -727,8 +726,7 @@ class Controller:
         self, u: Any, vm: Any, src: int, dst: int, entry: int, dec: Any, r: int, now: float
     ) -> str:
         new_entry = self.rlocs[entry]
-        others = sorted(r_ for r_ in self.rlocs if r_ != new_entry)
-        prio = {new_entry: 1, **{x: i + 2 for i, x in enumerate(others)}}
+        prio = priority_table(new_entry, self.rlocs)
         bw = float(self.bandwidth[src, dst])
         steps = [
             (

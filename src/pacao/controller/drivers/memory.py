@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus, fenced
+from pacao.controller.priorities import in_order
 
 
 @contextmanager
@@ -63,7 +64,7 @@ class MemoryMapping:
                 rank = [r for r in host.rlocs] + [
                     r for d in config.dcs if d.name != host.name for r in d.rlocs
                 ]
-                self.priorities[vm.eid] = {r: i + 1 for i, r in enumerate(rank)}
+                self.priorities[vm.eid] = in_order(rank)
 
     @staticmethod
     def encode(field: str, value: Any) -> Any:
