@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pacao.controller.app import build, make_server
 from pacao.controller.config import config_from_dict
-from pacao.controller.service import Controller, Service, build, make_server
+from pacao.controller.service import Controller, Service
 
 #: Debian's system browser (no browser download) and its headless flags: the browser
 #: tests and benchmarks/bench_webview.py launch it alike.
