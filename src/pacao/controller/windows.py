@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from pacao.controller.config import CRITERIA as UNITS
 from pacao.controller.config import ControllerConfig
 from pacao.controller.monitoring import USER_XTR, XTR_VM, WindowStat
 from pacao.controller.policy import Sla, combine_paths
 from pacao.controller.state import UserStates
 
-#: The measured criteria, in the order of the arrays' last axis.
-CRITERIA = ("rtt", "jitter", "loss")
+#: The measured criteria (rtt, jitter, loss), in the order of the arrays' last axis.
+CRITERIA = tuple(UNITS)
 
 
 @dataclass(frozen=True)
