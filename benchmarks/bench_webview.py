@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ USERS, DCS, CHANGED = 10_000, 64, 0.05
 
 
 def controller(tmp: Path) -> Any:
+    from pacao.controller.app import build
     from pacao.controller.config import config_from_dict
-    from pacao.controller.service import build
     from pacao.controller.storage import Store
 
     rng = random.Random(1)
@@ -73,8 +74,8 @@ def controller(tmp: Path) -> Any:
     )
     ctl = build(cfg, sources=[])
     ctl.load_state()
-    for u in ctl.users:
-        ctl.sla_now[u.name] = True
+    for u in ctl.cfg.users:
+        ctl.planner.sla_now[u.name] = True
     store: Store = ctl.store
     for k in range(60):  # a full plans panel
         store.create_plan(
@@ -90,16 +91,15 @@ def controller(tmp: Path) -> Any:
 
 def mutate(ctl: Any, rng: random.Random) -> None:
     rlocs = [d.rlocs[0] for d in ctl.cfg.dcs]
-    for n in rng.sample([u.name for u in ctl.users], int(USERS * CHANGED)):
-        st = dict(ctl.state[n])
+    for n in rng.sample([u.name for u in ctl.cfg.users], int(USERS * CHANGED)):
+        st = ctl.state[n]
         what = rng.randrange(3)
         if what == 0:
-            st["entry"] = rng.choice(rlocs)
+            ctl.state[n] = replace(st, entry=rng.choice(rlocs))
         elif what == 1:
-            st["host"] = f"dc{rng.randrange(DCS)}"
-        ctl.state[n] = st
+            ctl.state[n] = replace(st, host=f"dc{rng.randrange(DCS)}")
         if what == 2:
-            ctl.sla_now[n] = not ctl.sla_now[n]
+            ctl.planner.sla_now[n] = not ctl.planner.sla_now[n]
 
 
 def server_side(ctl: Any) -> dict[str, float]:

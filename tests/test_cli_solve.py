@@ -205,6 +205,7 @@ EXTRA_ONLY = ("pandas", "pyarrow", "matplotlib", "dask", "distributed", "psycopg
 BASE_MODULES = (
     "pacao.cli",
     "pacao.controller.cli",
+    "pacao.controller.app",
     "pacao.controller.service",
     "pacao.controller.api",
     "pacao.controller.storage",

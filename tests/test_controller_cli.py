@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from pacao.cli import app
 from pacao.clock import ManualClock
+from pacao.controller.app import build
 from pacao.controller.config import load_config
 from pacao.controller.drivers import available, load_driver
-from pacao.controller.service import build
 from pacao.errors import InputError
 from pacao.measurement import Cursor
 from probe_support import FakeAgent
@@ -237,7 +237,7 @@ def test_dry_run_records_plans_and_never_acts(config: Path) -> None:
     assert plans[0]["actions"][0]["params"]["rloc"] == "192.0.2.2"  # type: ignore[index]
     assert plans[1]["actions"][0]["params"]["dst"] == "marilyn"  # type: ignore[index]
     assert ctl.mapping.calls == [] and ctl.hypervisor.started == []
-    assert ctl.state["nss-user"]["entry"] == "192.0.2.1"
+    assert ctl.state["nss-user"].entry == "192.0.2.1"
 
 
 def test_manual_mode_waits_for_cli_approval(config: Path) -> None:
@@ -274,7 +274,7 @@ def test_auto_mode_switches_then_migrates_in_simulated_time(config: Path) -> Non
     kinds = [ctl.store.plan(p)["kind"] for p in made]  # type: ignore[index]
     assert kinds == ["entry_switch", "vm_migration"]
     assert ctl.hypervisor.vms["ftp-server"].dc == "marilyn"
-    assert ctl.state["nss-user"]["host"] == "marilyn"
+    assert ctl.state["nss-user"].host == "marilyn"
 
 
 def test_driver_plugins_come_from_entry_points(
@@ -356,11 +356,11 @@ def test_a_window_without_samples_of_the_current_entry_does_not_undo_a_switch(
 
     made = asyncio.run(go())
     assert [len(m) for m in made] == [1, 0, 0, 0, 0]
-    assert ctl.state["nss-user"]["entry"] == "192.0.2.2"
+    assert ctl.state["nss-user"].entry == "192.0.2.2"
     # Windows 2-3 decide on Marilyn's last aggregate (carried, said in the plan inputs
     # of any plan); windows 4-5 on nothing: unknown, kept.
-    assert ctl.last_stats and all(
-        s.rloc != "192.0.2.2" or s.path != "user-xtr" for s in ctl.last_stats
+    assert ctl.planner.last_stats and all(
+        s.rloc != "192.0.2.2" or s.path != "user-xtr" for s in ctl.planner.last_stats
     )
 
     # Lost probes are real unavailability: the user leaves Marilyn for LIP6 at once.
@@ -371,7 +371,7 @@ def test_a_window_without_samples_of_the_current_entry_does_not_undo_a_switch(
     made2 = asyncio.run(dead())
     plan = ctl.store.plan(made2[0])
     assert plan is not None and plan["actions"][0]["params"]["rloc"] == "198.51.100.1"
-    assert ctl.state["nss-user"]["entry"] == "198.51.100.1"
+    assert ctl.state["nss-user"].entry == "198.51.100.1"
 
 
 def test_no_second_plan_while_a_slow_switch_is_under_way(config: Path) -> None:
@@ -416,7 +416,7 @@ def test_no_second_plan_while_a_slow_switch_is_under_way(config: Path) -> None:
     assert [len(m) for m in made] == [1, 0, 0, 0, 0]
     states = [p["state"] for p in ctl.store.plans()]
     assert states == ["succeeded"]
-    assert ctl.state["nss-user"]["entry"] == "192.0.2.2"
+    assert ctl.state["nss-user"].entry == "192.0.2.2"
     assert len(ctl.mapping.calls) == 1
 
 
@@ -459,7 +459,7 @@ def test_manual_approval_refreshes_the_pending_plan_then_expires_it(config: Path
     asyncio.run(go(1))
     p = ctl.store.plan(new)
     assert p is not None and p["state"] == "succeeded" and p["approved_by"] == "api"
-    assert ctl.state["nss-user"]["entry"] == "198.51.100.1"
+    assert ctl.state["nss-user"].entry == "198.51.100.1"
 
     # SLA met from now on: a pending plan is no longer confirmed and expires.
     src.rtt["198.51.100.1"] = 400.0  # violated on LIP6: back to TelcoCenter recommended
@@ -542,7 +542,7 @@ def test_config_reload_applies_a_valid_file_and_refuses_a_bad_one(
     r = api.post("/config/reload", headers=auth)
     assert r.status_code == 200, r.text
     assert r.json() == {"status": "reloaded", "changed": ["users", "policy", "api"]}
-    assert ctl.params.min_dwell_s == 5 and ctl.sla.bounds[0, 0] == 500
+    assert ctl.planner.params.min_dwell_s == 5 and ctl.planner.windows.sla.bounds[0, 0] == 500
     assert api.get("/plans", headers=auth).status_code == 401  # the new token only
     assert api.get("/plans", headers={"Authorization": "Bearer t2"}).status_code == 200
     assert cycle(ctl, src, clock) == []  # 400 ms is within the new SLA: no plan

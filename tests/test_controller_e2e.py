@@ -19,9 +19,10 @@ import httpx
 import pytest
 import yaml
 
+from pacao.controller.app import build, make_server
 from pacao.controller.config import load_config
 from pacao.controller.drivers.memory import MemoryMapping
-from pacao.controller.service import Service, build, make_server
+from pacao.controller.service import Service
 from pacao.measurement import Cursor
 from probe_support import FakeAgent
 
@@ -232,7 +233,7 @@ def test_violation_gives_switch_then_migration_persisted_first(
             started = min(h["ts"] for h in hist if h["action_id"] is not None)
             assert hist[0]["ts"] <= started
         assert ctl.hypervisor.vms["vm1"].dc == "dc2"
-        assert ctl.state["alice"]["host"] == "dc2"
+        assert ctl.state["alice"].host == "dc2"
         assert 'pacao_plans{state="succeeded"} 2.0' in metrics
         assert 'pacao_probe_rtt_seconds{rloc="192.0.2.1",user="alice"}' in metrics
         assert "pacao_sla_violations_total" in metrics and "pacao_decision_latency" in metrics

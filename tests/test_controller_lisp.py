@@ -19,12 +19,13 @@ import pytest
 import yaml
 
 from lisp_world import DC_RLOC, USER_EID, USER_RLOC, VM_EID, World, lisp_world
+from pacao.controller.app import build, make_server
 from pacao.controller.config import load_config
 from pacao.controller.drivers import load_driver
 from pacao.controller.drivers.base import DriverError
 from pacao.controller.drivers.lisp import LispMapping
 from pacao.controller.plans import Context, EntrySwitch
-from pacao.controller.service import Service, build, make_server
+from pacao.controller.service import Service
 from pacao.errors import InputError
 
 S1, S2, S3 = 1.5, 0.75, 0.25  # S', S'', S''' (= the xTRs' probe interval)
@@ -166,7 +167,7 @@ def test_end_to_end_entry_switch_on_loopback(tmp_path: Path) -> None:
                 # healthy: two S' windows decided (the event), SLA met, no plan
                 await until(lambda: len(decided) >= 2, 30)
                 assert ctl.store.plans() == []
-                assert ctl.state["alice"]["entry"] == "127.0.0.11"
+                assert ctl.state["alice"].entry == "127.0.0.11"
                 # impair user<->dc1
                 w.relay.delay = DELAY
                 elapsed = await until(lambda: w.user_priorities().get("127.0.0.11", 1) != 1, 30)
@@ -184,7 +185,7 @@ def test_end_to_end_entry_switch_on_loopback(tmp_path: Path) -> None:
                 assert [p["kind"] for p in plans] == ["entry_switch"]
                 assert plans[0]["state"] == "succeeded", plans[0]
                 assert plans[0]["actions"][0]["params"]["rloc"] == best
-                assert ctl.state["alice"]["entry"] == best
+                assert ctl.state["alice"].entry == best
                 async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}") as c:
                     assert (await c.get("/metrics")).status_code == 401
                     text = (await c.get("/metrics", headers=auth)).text

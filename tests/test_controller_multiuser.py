@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from pacao.cli import app
 from pacao.clock import ManualClock
+from pacao.controller.app import build
 from pacao.controller.config import config_from_dict
-from pacao.controller.service import MULTI_USER, build
+from pacao.controller.state import MULTI_USER
 from pacao.decision import DcCapacity, MultiUserInputs, decide_multi_user
 from pacao.measurement import Cursor
 from pacao.optimize.assign import InfeasibleError, LatencyFunction
@@ -175,7 +176,7 @@ def window(tmp: Path, mode: str, min_users: int = 3) -> tuple[Any, list[str]]:
 def hosts(ctl: Any) -> dict[str, int]:
     out = {d: 0 for d in RTT}
     for st in ctl.state.values():
-        out[st["host"]] += 1
+        out[st.host] += 1
     return out
 
 
@@ -195,8 +196,8 @@ def test_controller_plans_all_violators_together_within_capacity(tmp_path: Path)
     hv = ctl.hypervisor.vms
     for i in range(N_USERS):
         st = ctl.state[f"user{i}"]
-        assert hv[f"vm{i}"].dc == st["host"]
-        assert st["entry"] == ctl.cfg.dc(st["host"]).rlocs[0]
+        assert hv[f"vm{i}"].dc == st.host
+        assert st.entry == ctl.cfg.dc(st.host).rlocs[0]
 
 
 def test_below_the_threshold_users_are_decided_alone_and_overload(tmp_path: Path) -> None:

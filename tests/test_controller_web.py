@@ -130,7 +130,7 @@ def test_page_follows_switch_and_migration(tmp_path: Path, browser: Browser) -> 
         expect(page.locator('#dc-table tr[data-dc="dc1"] .n-host')).to_have_text("0")
         page.screenshot(path=str(ART / "4-migrated.png"), full_page=True)
         # What the page showed is what the controller holds.
-        assert lab.ctl.state["alice"]["host"] == "dc2"
+        assert lab.ctl.state["alice"].host == "dc2"
         assert lab.ctl.hypervisor.vms["vm1"].dc == "dc2"
         page.close()
 

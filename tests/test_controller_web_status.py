@@ -31,7 +31,7 @@ def test_status_from_the_api_then_from_the_database(tmp_path: Path) -> None:
         while not lab.ctl.store.plans(state="recommended"):
             assert time.monotonic() < deadline, "no plan recommended"
             time.sleep(0.05)
-        while lab.ctl.sla_now.get("alice") is not False:
+        while lab.ctl.planner.sla_now.get("alice") is not False:
             assert time.monotonic() < deadline, "violation not seen"
             time.sleep(0.05)
         r = runner.invoke(app, ["controller", "status", "--config", str(cfg_file), "--json"])

@@ -18,11 +18,12 @@ import numpy as np
 
 from decision_support import entry_step, migration_step
 from pacao.clock import ManualClock
+from pacao.controller.app import build
 from pacao.controller.config import config_from_dict
 from pacao.controller.drivers.base import VmStatus
 from pacao.controller.drivers.memory import MemoryHypervisor, MemoryMapping
 from pacao.controller.plans import Context, Executor
-from pacao.controller.service import MULTI_USER, build
+from pacao.controller.state import MULTI_USER
 from pacao.controller.storage import Store
 from pacao.decision import Params, Reason, Sla
 from test_controller_multiuser import N_USERS, Probes, config
@@ -184,7 +185,7 @@ def test_multi_user_mode_keeps_vms_within_their_cooldown(tmp_path: Path) -> None
         ctl.load_state()
         for i, s in enumerate(since):
             if s is not None:
-                ctl.state[f"user{i}"]["last_migration"] = decided_at - s
+                ctl.state[f"user{i}"].last_migration = decided_at - s
         clock.advance(10)
         assert clock.now() == decided_at
         src.now = clock.now() - 0.5
@@ -196,7 +197,7 @@ def test_multi_user_mode_keeps_vms_within_their_cooldown(tmp_path: Path) -> None
     made = asyncio.run(go())
     plans = [ctl.store.plan(p) for p in made]
     assert [(p["kind"], p["user"]) for p in plans] == [("multi_user", MULTI_USER)]  # type: ignore[index]
-    moved = {f"user{i}" for i in range(N_USERS) if ctl.state[f"user{i}"]["host"] != "far"}
+    moved = {f"user{i}" for i in range(N_USERS) if ctl.state[f"user{i}"].host != "far"}
     # Free users leave "far" (90 ms against a 40 ms bound); users in cooldown do not.
     assert moved == {"user4", "user5"}
 

@@ -192,7 +192,7 @@ def test_controller_config_carries_the_entry_metric_to_the_shared_decision() -> 
     import yaml
 
     from pacao.controller.config import config_from_dict
-    from pacao.controller.service import params_from_config
+    from pacao.controller.planner import params_from_config
 
     doc = yaml.safe_load(Path("examples/controller.yaml").read_text())
     base = Path("examples")

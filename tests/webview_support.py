@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pacao.controller.app import build, make_server
 from pacao.controller.config import config_from_dict
-from pacao.controller.service import Controller, Service, build, make_server
+from pacao.controller.service import Controller, Service
 from pacao.measurement import Cursor
 from probe_support import FakeAgent
 

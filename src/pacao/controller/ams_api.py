@@ -3,14 +3,17 @@
 (No ``from __future__ import annotations``: FastAPI evaluates the annotations.)
 """
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request, Response
 
 from pacao.controller.ams import BASE, AmsError
 
+if TYPE_CHECKING:
+    from pacao.controller.service import Controller
 
-def ams_router(ctl: Any, guarded: list[Any]) -> APIRouter:
+
+def ams_router(ctl: "Controller", guarded: list[Any]) -> APIRouter:
     r = APIRouter(prefix=BASE, dependencies=guarded, tags=["application mobility (MEC 021)"])
 
     def _base(request: Request) -> None:

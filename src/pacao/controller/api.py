@@ -7,7 +7,7 @@ name local objects.)
 """
 
 import secrets
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -15,8 +15,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
-from pacao.controller.storage import PLAN_STATES
+from pacao.controller.lifecycle import PlanState, state_names
 from pacao.errors import InputError
+
+if TYPE_CHECKING:
+    from pacao.controller.service import Controller
 
 #: where /docs takes Swagger UI's files from (shipped by the swagger-ui-bundle package)
 DOCS_STATIC = "/docs/static"
@@ -40,7 +43,12 @@ def _local_docs(app: FastAPI) -> None:
         )
 
 
-def create_app(ctl: Any, token: str) -> FastAPI:
+def _state(ctl: "Controller", user: str) -> dict[str, Any] | None:
+    st = ctl.state.get(user)
+    return None if st is None else st.to_json()
+
+
+def create_app(ctl: "Controller", token: str) -> FastAPI:
     app = FastAPI(
         title="pacao controller",
         version="1",
@@ -55,7 +63,7 @@ def create_app(ctl: Any, token: str) -> FastAPI:
         cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> None:
         # The controller's current token (a config reload may change it).
-        want = getattr(ctl, "api_token", None) or token
+        want = ctl.api_token or token
         if cred is None or not secrets.compare_digest(cred.credentials.encode(), want.encode()):
             raise HTTPException(
                 status_code=401,
@@ -71,7 +79,7 @@ def create_app(ctl: Any, token: str) -> FastAPI:
     async def followers_refuse_writes(request: Request, call_next: Any) -> Any:
         """A replica that does not lead answers reads; a write gets 503 naming the leader
         (header X-Pacao-Leader: its API), never a half-done change."""
-        lead = getattr(ctl, "leadership", None)
+        lead = ctl.leadership
         if (
             lead is not None
             and request.method not in ("GET", "HEAD", "OPTIONS")
@@ -92,12 +100,12 @@ def create_app(ctl: Any, token: str) -> FastAPI:
         return await call_next(request)
 
     def health() -> dict[str, Any]:
-        recovering = bool(getattr(ctl, "in_recovery", False))
+        recovering = ctl.in_recovery
         doc: dict[str, Any] = {
             "status": "recovering" if recovering else "ok",
-            "recovering_plans": sorted(getattr(ctl, "recovering", ())),
+            "recovering_plans": sorted(ctl.recovering),
         }
-        lead = getattr(ctl, "leadership", None)
+        lead = ctl.leadership
         if lead is not None:
             doc.update(lead.info())
         return doc
@@ -124,7 +132,7 @@ def create_app(ctl: Any, token: str) -> FastAPI:
             "dcs": [d.model_dump(mode="json") for d in cfg.dcs],
             "vms": [v.model_dump(mode="json") for v in cfg.vms],
             "users": [
-                {**u.model_dump(mode="json"), "state": ctl.state.get(u.name)} for u in cfg.users
+                {**u.model_dump(mode="json"), "state": _state(ctl, u.name)} for u in cfg.users
             ],
             "timers": cfg.timers.model_dump(),
         }
@@ -157,8 +165,8 @@ def create_app(ctl: Any, token: str) -> FastAPI:
         user: str | None = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 100,
     ) -> list[dict[str, Any]]:
-        if state is not None and state not in PLAN_STATES:
-            raise HTTPException(422, f"state must be one of {list(PLAN_STATES)}")
+        if state is not None and state not in state_names(PlanState):
+            raise HTTPException(422, f"state must be one of {state_names(PlanState)}")
         rows: list[dict[str, Any]] = ctl.store.plans(state=state, user=user, limit=limit)
         return rows
 
@@ -179,15 +187,17 @@ def create_app(ctl: Any, token: str) -> FastAPI:
             raise HTTPException(code, str(exc)) from None
         if not ctl.dry_run:
             ctl.start(pid)
-        return {"id": pid, "state": "approved"}
+        return {"id": pid, "state": PlanState.APPROVED.value}
 
     @app.post("/plans/{pid}/reject", dependencies=guarded, summary="Skip a recommended plan")
     def reject(pid: str) -> dict[str, Any]:
         if ctl.store.plan(pid) is None:
             raise HTTPException(404, "no such plan")
-        if not ctl.store.move_plan(pid, "recommended", "skipped", "rejected through the API"):
+        if not ctl.store.move_plan(
+            pid, PlanState.RECOMMENDED, PlanState.SKIPPED, "rejected through the API"
+        ):
             raise HTTPException(409, "only a recommended plan can be rejected")
-        return {"id": pid, "state": "skipped"}
+        return {"id": pid, "state": PlanState.SKIPPED.value}
 
     @app.post(
         "/config/reload",

@@ -38,8 +38,8 @@ def check_config(
 ) -> None:
     """Run every check `run` makes before it starts (keys, drivers' options, storage,
     API token) without starting anything."""
+    from pacao.controller.app import check_runtime
     from pacao.controller.config import load_config
-    from pacao.controller.service import check_runtime
 
     try:
         cfg = load_config(file)
@@ -78,7 +78,7 @@ def run(
     With ha.enabled, run the same config as several replicas: one leads, the others
     serve reads and take over when its lease ends. SIGHUP (or POST /config/reload)
     re-reads the config file; SIGTERM/SIGINT stop."""
-    from pacao.controller.service import run_forever
+    from pacao.controller.app import run_forever
 
     try:
         run_forever(

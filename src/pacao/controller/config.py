@@ -470,3 +470,44 @@ def _resolve_files(cfg: ControllerConfig, base: Path) -> ControllerConfig:
 def load_config(path: Path) -> ControllerConfig:
     """Read and validate a controller config file (relative files: next to it)."""
     return config_from_dict(load_document(path), base=path.resolve().parent)
+
+
+#: What a reload cannot change in a running controller (the monitor's sources, the
+#: decision arrays' shape, the drivers, the database and the API socket are built from
+#: them at start): changing one is refused, naming the key, and needs a restart.
+RESTART_KEYS = ("dcs", "vms", "drivers", "storage.url", "api.listen")
+#: Per-user keys a reload may change; anything else of a user needs a restart.
+USER_RELOADABLE = frozenset({"sla", "expected_stay_s"})
+
+
+def restart_only(old: ControllerConfig, new: ControllerConfig) -> None:
+    """Refuse a new config that changes what only a restart can change."""
+    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
+    for key in RESTART_KEYS:
+        va: Any = a
+        vb: Any = b
+        for part in key.split("."):
+            va, vb = va.get(part), vb.get(part)
+        if va != vb:
+            raise InputError(key, "changed", "a reload cannot change it; restart the controller")
+    ua, ub = a["users"], b["users"]
+    if [u["name"] for u in ua] != [u["name"] for u in ub]:
+        raise InputError("users", "changed", "adding, removing or reordering users needs a restart")
+    for i, (x, y) in enumerate(zip(ua, ub, strict=True)):
+        for k in sorted(set(x) | set(y)):
+            if k not in USER_RELOADABLE and x.get(k) != y.get(k):
+                raise InputError(
+                    f"users[{i}].{k}",
+                    "changed",
+                    "a reload cannot change it; restart the controller",
+                )
+
+
+def with_listen(cfg: ControllerConfig, listen: str | None) -> ControllerConfig:
+    """The config with api.listen replaced (`run --listen`), checked like the file's."""
+    if listen is None:
+        return cfg
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InputError("--listen", listen, "expected HOST:PORT")
+    return cfg.model_copy(update={"api": cfg.api.model_copy(update={"listen": listen})})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from pacao.controller.storage import PLAN_STATES
+from pacao.controller.lifecycle import PlanState
 
 
 class Metrics:
@@ -73,8 +73,8 @@ class Metrics:
         self.leader_terms = Counter(
             "pacao_leader_terms", "Leader terms this replica started", registry=r
         )
-        for s in PLAN_STATES:
-            self.plans.labels(state=s).set(0)
+        for s in PlanState:
+            self.plans.labels(state=s.value).set(0)
 
     def set_plans(self, counts: dict[str, int]) -> None:
         for s, n in counts.items():

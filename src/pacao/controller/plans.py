@@ -26,10 +26,12 @@ from typing import Any, Protocol
 
 from pacao.clock import Clock
 from pacao.controller.drivers.base import DriverError, FenceCheck, HypervisorDriver, MappingDriver
+from pacao.controller.lifecycle import ActionState, PlanState
 from pacao.controller.storage import Store
 from pacao.errors import InputError
 
 log = logging.getLogger("pacao.controller.plans")
+P, A = PlanState, ActionState
 
 
 @dataclass
@@ -159,7 +161,7 @@ class Executor:
         self,
         store: Store,
         ctx: Context,
-        on_done: Callable[[dict[str, Any], str], None] | None = None,
+        on_done: Callable[[dict[str, Any], PlanState], None] | None = None,
     ) -> None:
         self.store, self.ctx = store, ctx
         self.on_done = on_done  # called with (plan, final state)
@@ -178,25 +180,25 @@ class Executor:
         plan = self.store.plan(pid)
         if plan is None:
             raise KeyError(pid)
-        if plan["state"] == "approved":
-            if not self.store.move_plan(pid, "approved", "ongoing"):
+        if plan["state"] == P.APPROVED:
+            if not self.store.move_plan(pid, P.APPROVED, P.ONGOING):
                 return str((self.store.plan(pid) or {}).get("state"))
-        elif plan["state"] != "ongoing":
+        elif plan["state"] != P.ONGOING:
             return str(plan["state"])
         done: list[dict[str, Any]] = []
         for a in plan["actions"]:
-            if a["state"] in ("succeeded",):
+            if a["state"] == A.SUCCEEDED:
                 done.append(a)
                 continue
             impl = ACTIONS[a["kind"]]
             params = dict(a["params"])
             undo = a["undo"] or {}
-            started = a["state"] == "ongoing"  # resumed after a crash
+            started = a["state"] == A.ONGOING  # resumed after a crash
             try:
-                if a["state"] == "pending":
+                if a["state"] == A.PENDING:
                     await impl.validate(self.ctx, params)
                     undo = await impl.prepare(self.ctx, params)
-                    self.store.move_action(a["id"], "pending", "ongoing", undo=undo)
+                    self.store.move_action(a["id"], A.PENDING, A.ONGOING, undo=undo)
                     started = True
                     await self._hook("starting", plan, {**a, "undo": undo})
                 elif started:
@@ -212,41 +214,46 @@ class Executor:
                 log.warning("action failed: %s", exc, extra={"plan": pid, "action": a["id"]})
                 if not started:
                     # Failed validation: nothing was done to the world.
-                    self.store.move_action(a["id"], "pending", "skipped", error=str(exc))
+                    self.store.move_action(a["id"], A.PENDING, A.SKIPPED, error=str(exc))
                 else:
-                    self.store.move_action(a["id"], "ongoing", "failed", error=str(exc))
-                    await self._hook("failed", plan, {**a, "undo": undo, "error": str(exc)})
-                    await self._revert(impl, params, undo, a["id"], "failed")
+                    self.store.move_action(a["id"], A.ONGOING, A.FAILED, error=str(exc))
+                    await self._hook(A.FAILED, plan, {**a, "undo": undo, "error": str(exc)})
+                    await self._revert(impl, params, undo, a["id"], A.FAILED)
                 for d in reversed(done):
                     await self._revert(
-                        ACTIONS[d["kind"]], dict(d["params"]), d["undo"] or {}, d["id"], "succeeded"
+                        ACTIONS[d["kind"]], dict(d["params"]), d["undo"] or {}, d["id"], A.SUCCEEDED
                     )
                 for rest in plan["actions"][a["seq"] + 1 :]:
-                    self.store.move_action(rest["id"], "pending", "skipped", error="plan failed")
-                self.store.move_plan(pid, "ongoing", "failed", f"{a['kind']}: {exc}")
-                self._finish(pid, "failed")
-                return "failed"
-            self.store.move_action(a["id"], "ongoing", "succeeded")
-            a = {**a, "state": "succeeded", "undo": undo}
+                    self.store.move_action(rest["id"], A.PENDING, A.SKIPPED, error="plan failed")
+                self.store.move_plan(pid, P.ONGOING, P.FAILED, f"{a['kind']}: {exc}")
+                self._finish(pid, P.FAILED)
+                return P.FAILED
+            self.store.move_action(a["id"], A.ONGOING, A.SUCCEEDED)
+            a = {**a, "state": A.SUCCEEDED, "undo": undo}
             done.append(a)
-            await self._hook("succeeded", plan, a)
+            await self._hook(A.SUCCEEDED, plan, a)
         # What the plan did to the per-user state is stored first: a crash (or a lost
         # lease) between the two leaves the plan ongoing, and its resumption stores both.
-        self._finish(pid, "succeeded")
-        self.store.move_plan(pid, "ongoing", "succeeded")
-        return "succeeded"
+        self._finish(pid, P.SUCCEEDED)
+        self.store.move_plan(pid, P.ONGOING, P.SUCCEEDED)
+        return P.SUCCEEDED
 
     async def _revert(
-        self, impl: Action, params: dict[str, Any], undo: dict[str, Any], aid: str, frm: str
+        self,
+        impl: Action,
+        params: dict[str, Any],
+        undo: dict[str, Any],
+        aid: str,
+        frm: ActionState,
     ) -> None:
         try:
             await impl.revert(self.ctx, params, undo)
         except DriverError as exc:
             log.error("revert failed: %s", exc, extra={"action": aid})
             return
-        self.store.move_action(aid, frm, "reverted")
+        self.store.move_action(aid, frm, A.REVERTED)
 
-    def _finish(self, pid: str, state: str) -> None:
+    def _finish(self, pid: str, state: PlanState) -> None:
         if self.on_done is not None:
             plan = self.store.plan(pid)
             assert plan is not None
@@ -255,10 +262,10 @@ class Executor:
     def recoverable(self, auto: bool) -> list[str]:
         """The plans a restart takes up, oldest first: ongoing ones, approved ones and, in
         auto mode, recommended ones whose approval the crash interrupted (approved here)."""
-        ids = [p["id"] for p in reversed(self.store.plans(state="ongoing", limit=100000))]
-        ids += [p["id"] for p in reversed(self.store.plans(state="approved", limit=100000))]
+        ids = [p["id"] for p in reversed(self.store.plans(state=P.ONGOING, limit=100000))]
+        ids += [p["id"] for p in reversed(self.store.plans(state=P.APPROVED, limit=100000))]
         if auto:
-            for p in reversed(self.store.plans(state="recommended", limit=100000)):
+            for p in reversed(self.store.plans(state=P.RECOMMENDED, limit=100000)):
                 if p["dry_run"]:
                     continue
                 try:

@@ -16,10 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from pacao.controller.config import ControllerConfig
+from pacao.controller.lifecycle import UNFINISHED
 from pacao.controller.storage import Store
 from pacao.errors import InputError
-
-OPEN = ("recommended", "approved", "ongoing")
 
 
 def _when(t: Any) -> str:
@@ -67,7 +66,7 @@ def gather(cfg: ControllerConfig, url: str | None = None, timeout_s: float = 2.0
                     "last_migration": st.get("last_migration"),
                 }
             )
-        plans = store.plans(state=OPEN, limit=1000)
+        plans = store.plans(state=UNFINISHED, limit=1000)
         counts = store.plan_counts()
     finally:
         store.close()

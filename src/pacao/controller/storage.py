@@ -52,32 +52,15 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
-from pacao.errors import InputError
-
-PLAN_STATES = (
-    "recommended",
-    "approved",
-    "ongoing",
-    "succeeded",
-    "failed",
-    "skipped",
-    "superseded",
-    "expired",
+from pacao.controller.lifecycle import (
+    ACTION_MOVES,
+    OPEN_STATES,
+    PLAN_MOVES,
+    ActionState,
+    PlanState,
+    state_names,
 )
-#: Allowed plan transitions (from -> to).
-PLAN_MOVES: dict[str, tuple[str, ...]] = {
-    "recommended": ("approved", "skipped", "superseded", "expired"),
-    "approved": ("ongoing", "skipped", "superseded"),
-    "ongoing": ("succeeded", "failed"),
-}
-ACTION_STATES = ("pending", "ongoing", "succeeded", "failed", "reverted", "skipped")
-ACTION_MOVES: dict[str, tuple[str, ...]] = {
-    "pending": ("ongoing", "skipped"),
-    "ongoing": ("succeeded", "failed"),
-    "succeeded": ("reverted",),
-    "failed": ("reverted",),
-}
-OPEN_STATES = ("recommended", "approved")
+from pacao.errors import InputError
 
 metadata = MetaData()
 
@@ -568,7 +551,7 @@ class Store:
             ).all()
             if refresh:
                 for oid, ostate, oexp, odry in old:
-                    if ostate != "recommended" or odry != dry_run:
+                    if ostate != PlanState.RECOMMENDED or odry != dry_run:
                         continue
                     if oexp is not None and oexp < now:
                         continue
@@ -581,7 +564,7 @@ class Store:
                         continue
                     c.execute(
                         update(plans)
-                        .where(plans.c.id == oid, plans.c.state == "recommended")
+                        .where(plans.c.id == oid, plans.c.state == PlanState.RECOMMENDED)
                         .values(
                             updated=now,
                             inputs=dict(inputs),
@@ -600,7 +583,7 @@ class Store:
                     return str(oid), True
             pid = str(uuid.uuid4())
             for oid, ostate, _, _ in old:
-                self._move_plan(c, oid, ostate, "superseded", f"superseded by {pid}")
+                self._move_plan(c, oid, ostate, PlanState.SUPERSEDED, f"superseded by {pid}")
             c.execute(
                 insert(plans).values(
                     id=pid,
@@ -608,7 +591,7 @@ class Store:
                     updated=now,
                     user=user,
                     kind=kind,
-                    state="recommended",
+                    state=PlanState.RECOMMENDED,
                     reason=reason,
                     inputs=dict(inputs),
                     scores=dict(scores),
@@ -619,7 +602,11 @@ class Store:
             )
             c.execute(
                 insert(transitions).values(
-                    ts=now, plan_id=pid, from_state=None, to_state="recommended", note=reason
+                    ts=now,
+                    plan_id=pid,
+                    from_state=None,
+                    to_state=PlanState.RECOMMENDED,
+                    note=reason,
                 )
             )
             for seq, (akind, params) in enumerate(steps):
@@ -630,7 +617,7 @@ class Store:
                         seq=seq,
                         kind=akind,
                         params=dict(params),
-                        state="pending",
+                        state=ActionState.PENDING,
                         attempts=0,
                     )
                 )
@@ -642,7 +629,7 @@ class Store:
         with self.write() as c:
             rows = c.execute(
                 select(plans.c.id).where(
-                    plans.c.state == "recommended",
+                    plans.c.state == PlanState.RECOMMENDED,
                     plans.c.expires.is_not(None),
                     plans.c.expires < t,
                 )
@@ -650,15 +637,17 @@ class Store:
             return [
                 str(r.id)
                 for r in rows
-                if self._move_plan(c, r.id, "recommended", "expired", "not approved in time")
+                if self._move_plan(
+                    c, r.id, PlanState.RECOMMENDED, PlanState.EXPIRED, "not approved in time"
+                )
             ]
 
-    def _move_plan(self, c: Any, pid: str, frm: str, to: str, note: str | None) -> bool:
+    def _move_plan(self, c: Any, pid: str, frm: PlanState, to: PlanState, note: str | None) -> bool:
         if to not in PLAN_MOVES.get(frm, ()):
             raise InputError(
                 "plan.state",
                 f"{frm} -> {to}",
-                f"allowed from {frm}: {list(PLAN_MOVES.get(frm, ()))}",
+                f"allowed from {frm}: {[s.value for s in PLAN_MOVES.get(frm, ())]}",
             )
         now = self._now()
         res = c.execute(
@@ -673,7 +662,7 @@ class Store:
         )
         return True
 
-    def move_plan(self, pid: str, frm: str, to: str, note: str | None = None) -> bool:
+    def move_plan(self, pid: str, frm: PlanState, to: PlanState, note: str | None = None) -> bool:
         """Compare-and-set a plan's state; False when it was not in ``frm`` any more."""
         with self.write() as c:
             return self._move_plan(c, pid, frm, to, note)
@@ -684,14 +673,19 @@ class Store:
             row = c.execute(select(plans.c.state, plans.c.expires).where(plans.c.id == pid)).first()
             if row is None:
                 raise InputError("PLAN", pid, "no such plan")
-            if row.state == "recommended" and row.expires is not None and row.expires < self._now():
-                self._move_plan(c, pid, "recommended", "expired", "not approved in time")
+            recommended = row.state == PlanState.RECOMMENDED
+            if recommended and row.expires is not None and row.expires < self._now():
+                self._move_plan(
+                    c, pid, PlanState.RECOMMENDED, PlanState.EXPIRED, "not approved in time"
+                )
                 expired = float(row.expires)  # committed, then refused below
-            elif row.state != "recommended":
+            elif row.state != PlanState.RECOMMENDED:
                 raise InputError(
                     "PLAN", pid, f"is {row.state}; only a recommended plan is approved"
                 )
-            elif not self._move_plan(c, pid, "recommended", "approved", f"approved by {by}"):
+            elif not self._move_plan(
+                c, pid, PlanState.RECOMMENDED, PlanState.APPROVED, f"approved by {by}"
+            ):
                 raise InputError("PLAN", pid, "changed state meanwhile; try again")
             else:
                 c.execute(update(plans).where(plans.c.id == pid).values(approved_by=by))
@@ -702,8 +696,8 @@ class Store:
     def move_action(
         self,
         aid: str,
-        frm: str,
-        to: str,
+        frm: ActionState,
+        to: ActionState,
         error: str | None = None,
         undo: Mapping[str, Any] | None = None,
     ) -> bool:
@@ -711,10 +705,15 @@ class Store:
             raise InputError("action.state", f"{frm} -> {to}", "not an allowed transition")
         now = self._now()
         values: dict[str, Any] = {"state": to}
-        if to == "ongoing":
+        if to == ActionState.ONGOING:
             values["started"] = now
             values["attempts"] = actions.c.attempts + 1
-        if to in ("succeeded", "failed", "reverted", "skipped"):
+        if to in (
+            ActionState.SUCCEEDED,
+            ActionState.FAILED,
+            ActionState.REVERTED,
+            ActionState.SKIPPED,
+        ):
             values["finished"] = now
         if error is not None:
             values["error"] = error
@@ -740,7 +739,7 @@ class Store:
         with self.write() as c:
             res = c.execute(
                 update(actions)
-                .where(actions.c.id == aid, actions.c.state == "ongoing")
+                .where(actions.c.id == aid, actions.c.state == ActionState.ONGOING)
                 .values(attempts=actions.c.attempts + 1)
             )
             if res.rowcount != 1:
@@ -751,8 +750,8 @@ class Store:
                     ts=now,
                     plan_id=pid,
                     action_id=aid,
-                    from_state="ongoing",
-                    to_state="ongoing",
+                    from_state=ActionState.ONGOING,
+                    to_state=ActionState.ONGOING,
                     note="resumed after a restart",
                 )
             )
@@ -773,8 +772,8 @@ class Store:
     ) -> list[dict[str, Any]]:
         q = select(plans).order_by(plans.c.created.desc(), plans.c.id).limit(limit)
         if isinstance(state, str):
-            if state not in PLAN_STATES:
-                raise InputError("state", state, f"one of {list(PLAN_STATES)}")
+            if state not in state_names(PlanState):
+                raise InputError("state", state, f"one of {state_names(PlanState)}")
             q = q.where(plans.c.state == state)
         elif state is not None:
             q = q.where(plans.c.state.in_(list(state)))
@@ -804,7 +803,7 @@ class Store:
         q = select(plans.c.state, func.count()).group_by(plans.c.state)
         with self.engine.connect() as c:
             got = {s: int(n) for s, n in c.execute(q)}
-        return {s: got.get(s, 0) for s in PLAN_STATES}
+        return {s.value: got.get(s, 0) for s in PlanState}
 
     # -- controller state -----------------------------------------------------
     def get_state(self, key: str) -> Any:

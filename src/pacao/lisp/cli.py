@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +13,7 @@ import typer
 from pacao.cliutil import fail as _fail
 from pacao.cliutil import sub_app
 from pacao.errors import InputError
+from pacao.logs import setup_text_logging
 
 app = sub_app("lisp", "LISP control plane: map-server/map-resolver, xTR agent, capture decoder.")
 
@@ -36,10 +36,7 @@ def map_server(
     from pacao.lisp.mapserver import serve
     from pacao.lisp.pcap import PcapWriter
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    setup_text_logging(verbose)
     try:
         cfg = load_config(config)
         if listen is not None:
@@ -76,10 +73,7 @@ def xtr(
     """Run the xTR control agent (register, map-cache, RLOC probing) until SIGTERM."""
     from pacao.lisp.xtr import load_xtr_config, serve_xtr
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    setup_text_logging(verbose)
     try:
         cfg = load_xtr_config(config)
     except InputError as exc:

@@ -10,19 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 #: Raises unless this replica still leads (set on a driver's ``fence`` attribute by a
 #: replicated controller; docs/controller.md "High availability").
 FenceCheck = Callable[[], Awaitable[None]]
 
 
-async def fenced(driver: Any) -> None:
+async def fenced(driver: object) -> None:
     """Call a driver's fence check, if it has one, right before it changes the world:
     a replica whose lease ended must not register a mapping or start a migration."""
     check: FenceCheck | None = getattr(driver, "fence", None)
     if check is not None:
         await check()
+
+
+def set_fence(driver: object, check: FenceCheck) -> None:
+    """Give a driver the check :func:`fenced` calls (the protocols leave ``fence`` out:
+    a driver that never changes the world needs none)."""
+    setattr(driver, "fence", check)  # noqa: B010
 
 
 class DriverError(RuntimeError):
@@ -77,6 +83,3 @@ class HypervisorDriver(Protocol):
     async def resume(self, vm: str) -> None: ...
 
     async def close(self) -> None: ...
-
-
-DriverFactory = Any  # a class called as factory(config, **options)

@@ -26,6 +26,8 @@ import logging
 import time
 from typing import Any
 
+from pacao.clock import Clock
+from pacao.controller.config import ControllerConfig
 from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus, fenced
 
 log = logging.getLogger("pacao.controller.drivers.libvirt")
@@ -48,8 +50,8 @@ class LibvirtHypervisor:
 
     def __init__(
         self,
-        config: Any = None,
-        clock: Any = None,
+        config: ControllerConfig | None = None,
+        clock: Clock | None = None,
         uris: dict[str, str] | None = None,
         migrate_uris: dict[str, str] | None = None,
         persist: bool = True,

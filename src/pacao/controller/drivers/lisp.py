@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from pacao.clock import Clock
+from pacao.controller.config import ControllerConfig
 from pacao.controller.drivers.base import DriverError, fenced
 
 log = logging.getLogger("pacao.controller.drivers.lisp")
@@ -51,8 +53,8 @@ class LispMapping:
 
     def __init__(
         self,
-        config: Any = None,
-        clock: Any = None,
+        config: ControllerConfig | None = None,
+        clock: Clock | None = None,
         endpoints: dict[str, str] | None = None,
         method: str | None = None,
         timeout_s: float = 5.0,

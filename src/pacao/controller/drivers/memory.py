@@ -20,7 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pacao.clock import Clock
+from pacao.controller.config import ControllerConfig
 from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus, fenced
+from pacao.controller.priorities import in_order
 
 
 @contextmanager
@@ -49,7 +52,10 @@ class MemoryMapping:
     _FIELDS = ("priorities", "calls")
 
     def __init__(
-        self, config: Any = None, clock: Any = None, world_file: str | None = None
+        self,
+        config: ControllerConfig | None = None,
+        clock: Clock | None = None,
+        world_file: str | None = None,
     ) -> None:
         if world_file is not None and not isinstance(world_file, str):
             raise TypeError(f"world_file must be a path, not {world_file!r}")
@@ -63,7 +69,7 @@ class MemoryMapping:
                 rank = [r for r in host.rlocs] + [
                     r for d in config.dcs if d.name != host.name for r in d.rlocs
                 ]
-                self.priorities[vm.eid] = {r: i + 1 for i, r in enumerate(rank)}
+                self.priorities[vm.eid] = in_order(rank)
 
     @staticmethod
     def encode(field: str, value: Any) -> Any:
@@ -99,8 +105,8 @@ class MemoryHypervisor:
 
     def __init__(
         self,
-        config: Any = None,
-        clock: Any = None,
+        config: ControllerConfig | None = None,
+        clock: Clock | None = None,
         seconds_per_gib: float = 0.0,
         world_file: str | None = None,
     ) -> None:

@@ -43,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from pacao.clock import Clock
+from pacao.controller.config import ControllerConfig
 from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus, fenced
 
 log = logging.getLogger("pacao.controller.drivers.qmp")
@@ -427,8 +429,8 @@ class QemuQmpDriver:
 
     def __init__(
         self,
-        config: Any = None,
-        clock: Any = None,
+        config: ControllerConfig | None = None,
+        clock: Clock | None = None,
         vms: dict[str, Any] | None = None,
         connect_timeout_s: float = 5.0,
         launch_timeout_s: float = 30.0,

@@ -11,12 +11,15 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from pacao.controller.web.view import LiveView, View, diff
+
+if TYPE_CHECKING:
+    from pacao.controller.service import Controller
 
 ASSETS = {
     "index.html": "text/html; charset=utf-8",
@@ -114,6 +117,6 @@ def web_routes(view: View, guarded: list[Any], approvals: Any = None) -> APIRout
     return r
 
 
-def web_router(ctl: Any, guarded: list[Any]) -> APIRouter:
+def web_router(ctl: "Controller", guarded: list[Any]) -> APIRouter:
     """The web view of a running controller (approvals go through /plans/{id}/approve)."""
     return web_routes(LiveView(ctl), guarded)

@@ -12,16 +12,15 @@ import csv
 import math
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pacao.controller.lifecycle import ActionState
+
+if TYPE_CHECKING:
+    from pacao.controller.service import Controller
 
 #: SLA state codes in ``users.sla``.
 SLA_OK, SLA_VIOLATED, SLA_UNKNOWN = 0, 1, -1
-PLAN_GROUPS = {
-    "pending": ("recommended", "approved"),
-    "running": ("ongoing",),
-    "done": ("succeeded",),
-    "failed": ("failed",),
-}
 
 
 class View(Protocol):
@@ -126,7 +125,7 @@ class LiveView:
 
     mode = "live"
 
-    def __init__(self, ctl: Any, plan_limit: int = 60) -> None:
+    def __init__(self, ctl: Controller, plan_limit: int = 60) -> None:
         self.ctl = ctl
         self.plan_limit = plan_limit
         cfg = ctl.cfg
@@ -159,10 +158,10 @@ class LiveView:
         idx = {d: i for i, d in enumerate(self.dcs)}
         entry, host, sla = [], [], []
         for n in self.names:
-            st = ctl.state.get(n) or {}
-            entry.append(idx.get(self.owner.get(st.get("entry", ""), ""), -1))
-            host.append(idx.get(st.get("host", ""), -1))
-            s = ctl.sla_now.get(n)
+            st = ctl.state.get(n)
+            entry.append(-1 if st is None else idx.get(self.owner.get(st.entry, ""), -1))
+            host.append(-1 if st is None else idx.get(st.host, -1))
+            s = ctl.planner.sla_now.get(n)
             sla.append(SLA_UNKNOWN if s is None else (SLA_OK if s else SLA_VIOLATED))
         rows = ctl.store.plans(limit=self.plan_limit)
         plans = [_plan_doc(p) for p in rows]
@@ -176,7 +175,7 @@ class LiveView:
             }
             for p in plans
             for a in p["actions"]
-            if a["state"] == "reverted"
+            if a["state"] == ActionState.REVERTED
         ]
         return {
             "now": ctl.clock.now(),
@@ -184,7 +183,7 @@ class LiveView:
             "plans": plans,
             "counts": ctl.store.plan_counts(),
             "reverts": reverts,
-            "step2_due": {k: round(v, 3) for k, v in ctl.step2_due.items()},
+            "step2_due": {k: round(v, 3) for k, v in ctl.planner.step2_due.items()},
         }
 
     def user_detail(self, name: str, frame: int | None = None) -> dict[str, Any] | None:
@@ -209,28 +208,28 @@ class LiveView:
         prio, prio_at = None, None
         for p in ctl.store.plans(user=name, limit=50):
             for a in p["actions"]:
-                if a["kind"] == "EntrySwitch" and a["state"] == "succeeded":
+                if a["kind"] == "EntrySwitch" and a["state"] == ActionState.SUCCEEDED:
                     prio, prio_at = a["params"]["priorities"], a["finished"]
                     break
             if prio is not None:
                 break
-        st = ctl.state.get(name) or {}
-        last_windows = [s.end for s in ctl.last_stats]
+        st = ctl.state.get(name)
+        last_windows = [s.end for s in ctl.planner.last_stats]
         return {
             "name": name,
             "vm": user.vm,
             "eid": user.eid,
             "rloc": user.rloc,
             "sla": {k: v.model_dump() for k, v in user.sla.items()},
-            "state": st,
-            "entry_dc": self.owner.get(st.get("entry", "")),
-            "sla_met": ctl.sla_now.get(name),
+            "state": {} if st is None else st.to_json(),
+            "entry_dc": self.owner.get("" if st is None else st.entry),
+            "sla_met": ctl.planner.sla_now.get(name),
             "rloc_dc": dict(self.owner),
             "windows": series,
             "priorities": prio,
             "priorities_set_at": prio_at,
             "timers": ctl.cfg.timers.model_dump(),
             "last_window_end": max(last_windows) if last_windows else None,
-            "step2_due": ctl.step2_due.get(name),
+            "step2_due": ctl.planner.step2_due.get(name),
             "now": ctl.clock.now(),
         }
