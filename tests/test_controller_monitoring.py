@@ -99,7 +99,7 @@ class Agent:
         assert isinstance(req, MapRequest) and req.probe
         if rtt_ms is None:
             self.clock.advance(self.xtr.config.probe_timeout)
-            self.xtr.timeouts(self.clock.now())
+            self.xtr.timeouts(self.clock.monotonic())
         else:
             self.clock.advance(rtt_ms / 1000)
             self.xtr.datagram_received(MapReply(req.nonce, (), probe=True).to_bytes(), addr)

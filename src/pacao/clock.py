@@ -14,7 +14,12 @@ from typing import Protocol
 
 class Clock(Protocol):
     def now(self) -> float:
-        """Seconds (Unix time for the real clock)."""
+        """Seconds (Unix time for the real clock): timestamps."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds that never step back: intervals (an RTT, a timeout), which a wall-clock
+        step would otherwise distort."""
         ...
 
     async def sleep(self, seconds: float) -> None: ...
@@ -23,6 +28,9 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> float:
         return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
@@ -36,6 +44,9 @@ class ManualClock:
         self._waiters: list[tuple[float, asyncio.Future[None]]] = []
 
     def now(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
         return self._now
 
     async def sleep(self, seconds: float) -> None:

@@ -482,7 +482,8 @@ class MapCache:
 @dataclass
 class _Pending:
     kind: str  # "request", "probe", "register", "change"
-    sent: float
+    sent: float  # Unix time (the sample's timestamp)
+    started: float  # the clock's monotonic time: RTTs and timeouts
     eid: EidPrefix | None = None
     locator: LocatorState | None = None
     entry: CacheEntry | None = None
@@ -629,7 +630,11 @@ class Xtr:
         for ms in self.config.map_servers:
             nonce = self.register_nonce()
             self.pending[nonce] = _Pending(
-                "register", self.clock.now(), target=f"{ms.address[0]}:{ms.address[1]}", smr=smr
+                "register",
+                self.clock.now(),
+                self.clock.monotonic(),
+                target=f"{ms.address[0]}:{ms.address[1]}",
+                smr=smr,
             )
             self.send(self.map_register(ms, nonce), ms.address)
             self.stats["map_register_sent"] += 1
@@ -650,7 +655,7 @@ class Xtr:
             return
         if pend is not None and pend.kind == "register":
             del self.pending[msg.nonce]
-            rtt = self.clock.now() - pend.sent
+            rtt = self.clock.monotonic() - pend.started
             self.registered[pend.target] = self.clock.now()
             self.stats["map_notify"] += 1
             self.emit(RegistrationAcked(pend.target, msg.nonce, rtt))
@@ -770,7 +775,9 @@ class Xtr:
             rec = MappingRecord.for_prefix(prefix, ttl=new.ttl, locators=locs, authoritative=True)
             msg = auth.sign(ChangePriority(nonce=nonce, records=(rec,)), key, auth.ALG_HMAC_SHA256)
             data = msg.to_bytes()
-            self.pending[nonce] = _Pending("change", self.clock.now(), target=str(prefix))
+            self.pending[nonce] = _Pending(
+                "change", self.clock.now(), self.clock.monotonic(), target=str(prefix)
+            )
             for itr in itrs:
                 self.send(data, itr)
             self.stats["change_priority_sent"] += len(itrs)
@@ -802,7 +809,11 @@ class Xtr:
                 self.stats["unknown_nonce"] += 1
                 return
             self.stats["change_priority_acked"] += 1
-            self.emit(ChangeAcked(f"{peer[0]}:{peer[1]}", msg.nonce, self.clock.now() - pend.sent))
+            self.emit(
+                ChangeAcked(
+                    f"{peer[0]}:{peer[1]}", msg.nonce, self.clock.monotonic() - pend.started
+                )
+            )
             return
         self.stats["change_priority_received"] += 1
         now = self.clock.now()
@@ -867,7 +878,9 @@ class Xtr:
             src = IPv6Address("::1") if dst.version == 6 else IPv4Address("127.0.0.1")
         ecm = EncapsulatedControlMessage.wrap(req, src, dst, self.local[1])
         resolver = self.config.map_resolvers[(tries - 1) % len(self.config.map_resolvers)]
-        self.pending[nonce] = _Pending("request", self.clock.now(), eid=eid, tries=tries)
+        self.pending[nonce] = _Pending(
+            "request", self.clock.now(), self.clock.monotonic(), eid=eid, tries=tries
+        )
         self.resolving[eid] = nonce
         self.send(ecm.to_bytes(), resolver)
         self.stats["map_request_sent"] += 1
@@ -899,7 +912,7 @@ class Xtr:
                 self.pending[msg.nonce] = pend  # not from the probed RLOC: keep waiting
                 self.stats["probe_wrong_source"] += 1
                 return
-            self.on_probe_reply(pend, self.clock.now() - pend.sent)
+            self.on_probe_reply(pend, self.clock.monotonic() - pend.started)
             return
         if pend.kind != "request":
             self.stats["unexpected_reply"] += 1
@@ -943,7 +956,9 @@ class Xtr:
                 probe=True,
             ).to_bytes()
         t = entry.probe_template
-        self.pending[nonce] = _Pending("probe", self.clock.now(), locator=loc, entry=entry)
+        self.pending[nonce] = _Pending(
+            "probe", self.clock.now(), self.clock.monotonic(), locator=loc, entry=entry
+        )
         loc.probes += 1
         data = t[:4] + nonce.to_bytes(8, "big") + t[12:]
         self.send(data, (str(loc.locator.address), self.config.control_port))
@@ -963,13 +978,14 @@ class Xtr:
             self.emit(LocatorUp(entry.prefix, name, rtt))
         self.emit(ProbeResult(entry.prefix, name, rtt, loc.jitter))
 
-    def timeouts(self, now: float) -> None:
-        """Expire unanswered probes, requests and registrations."""
+    def timeouts(self, mono: float) -> None:
+        """Expire unanswered probes, requests and registrations (``mono``: the clock's
+        monotonic time)."""
         for nonce, pend in list(self.pending.items()):
             limit = (
                 self.config.probe_timeout if pend.kind == "probe" else self.config.request_timeout
             )
-            if now - pend.sent < limit:
+            if mono - pend.started < limit:
                 continue
             del self.pending[nonce]
             if pend.kind == "probe" and pend.locator is not None and pend.entry is not None:
@@ -1047,7 +1063,7 @@ class Xtr:
                             self.resolve(eid)
                     next_watch = now + 0.5
                 self.probe_due(now)
-                self.timeouts(now)
+                self.timeouts(self.clock.monotonic())
                 for gone in self.cache.expired(now):
                     self.emit(MappingRemoved(gone.prefix, "expired"))
                 if now >= next_stats:
