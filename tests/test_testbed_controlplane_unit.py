@@ -17,8 +17,8 @@ from pacao.testbed.controlplane import (
     TestbedControlPlane,
     migration_estimate,
 )
-from pacao.testbed.runner import State
-from pacao.testbed.topology import load_topology
+from pacao.testbed.net import State
+from pacao.testbed.topo.topology import load_topology
 from testbed_support import TWO_DC
 
 GBIT = 1e9

@@ -9,7 +9,7 @@ What runs where (docs/testbed.md, "Control plane"):
   generated from the topology;
 * in each xTR namespace the ``pacao.lisp.xtr`` agent (control plane, UDP 4342 on the
   RLOC, so RLOC probes cross the emulated links and their RTT includes the injected
-  delays; HTTP on its management address) hosted by ``pacao.testbed.agent``, which
+  delays; HTTP on its management address) hosted by ``pacao.testbed.daemons.agent``, which
   pushes every map-cache change into the xTR's data plane: the data plane forwards
   with the agent's map-cache, so a priority change moves real traffic.
 
@@ -31,8 +31,10 @@ from typing import Any, Literal
 
 from pacao.errors import InputError
 from pacao.optimize.io import dump_yaml
-from pacao.testbed import runner
-from pacao.testbed.migration import (
+from pacao.testbed import net
+from pacao.testbed.net import State, TestbedError
+from pacao.testbed.topo.topology import MappingSpec, Topology, site_xtr
+from pacao.testbed.vm.migration import (
     MigrationModel,
     MigrationResult,
     migrate_vm,
@@ -41,8 +43,6 @@ from pacao.testbed.migration import (
     stored_model,
     vm_location,
 )
-from pacao.testbed.runner import State, TestbedError
-from pacao.testbed.topology import MappingSpec, Topology, site_xtr
 
 __all__ = [
     "ControllerSettings",
@@ -140,9 +140,11 @@ class TestbedControlPlane:
         if CTL_NODE in topology.nodes:
             raise InputError(f"nodes.{CTL_NODE}", CTL_NODE, "reserved for the management netns")
         nets = [m.prefix for m in topology.mappings] + [x.a_addr.network for x in topology.links]
-        for net in nets:
-            if net.overlaps(MGMT_POOL):
-                raise InputError("topology", str(net), f"must not overlap {MGMT_POOL} (management)")
+        for prefix in nets:
+            if prefix.overlaps(MGMT_POOL):
+                raise InputError(
+                    "topology", str(prefix), f"must not overlap {MGMT_POOL} (management)"
+                )
         if settings.vm_backend == "qemu" and topology.fabric != "vxlan":
             raise InputError("vm_backend", "qemu", "needs a topology with fabric: vxlan")
         self.state, self.topo, self.settings = state, topology, settings
@@ -332,7 +334,7 @@ class TestbedControlPlane:
 
     # ------------------------------------------------------------------ lifecycle
     def _spawn(self, name: str, cmd: list[str], ns: str | None) -> Popen[bytes]:
-        proc = runner.spawn(self.state, name, cmd, ns=ns)
+        proc = net.spawn(self.state, name, cmd, ns=ns)
         self.procs.append(name)
         return proc
 
@@ -354,7 +356,7 @@ class TestbedControlPlane:
             raise TestbedError(f"{[p[0] for p in pending]} not ready after {timeout} s")
 
     def _mgmt_network(self) -> None:
-        st, sh = self.state, runner.sh
+        st, sh = self.state, net.sh
         st.netns.append(self.ns)
         st.save()
         sh("ip", "netns", "add", self.ns)
@@ -397,13 +399,13 @@ class TestbedControlPlane:
         ms = self._spawn("map-server", ms_cmd, self.ns)
         # The data planes forget the topology's seed: from now on the agents fill them.
         for x in self.xtrs:
-            for e in runner.xtr_control(st, x, {"op": "show"})["map_cache"]:
-                runner.xtr_control(st, x, {"op": "remove", "prefix": e["prefix"]})
+            for e in net.xtr_control(st, x, {"op": "show"})["map_cache"]:
+                net.xtr_control(st, x, {"op": "remove", "prefix": e["prefix"]})
         waits = [("map-server", ms, b"listening on")]
         for x in self.xtrs:
             cfg = self.workdir / f"agent-{x}.yaml"
             cfg.write_text(dump_yaml(self.agent_config(x)))
-            cmd = [py, "-m", "pacao.testbed.agent", "--config", str(cfg), "--node", x,
+            cmd = [py, "-m", "pacao.testbed.daemons.agent", "--config", str(cfg), "--node", x,
                    "--dataplane", str(st.rundir / f"xtr-{x}.sock"),
                    "--events", str(st.rundir / "events.jsonl")]  # fmt: skip
             egress = self._egress(x)
@@ -418,7 +420,7 @@ class TestbedControlPlane:
             for vm in vms:  # the guest boots while the agents resolve (TCG: a few s)
                 sock = st.rundir / f"vmd-{vm}.sock"
                 mem = str(max(64, model.memory_mib))
-                cmd = [py, "-m", "pacao.testbed.vmd", "--state", str(st.path), "--vm", vm,
+                cmd = [py, "-m", "pacao.testbed.daemons.vmd", "--state", str(st.path), "--vm", vm,
                        "--socket", str(sock), "--memory", mem]  # fmt: skip
                 waits.append((f"vmd-{vm}", self._spawn(f"vmd-{vm}", cmd, None), b"ready"))
         self._wait(waits, max(timeout, 180.0 if self.settings.vm_backend == "qemu" else 0))
@@ -437,7 +439,7 @@ class TestbedControlPlane:
         while time.monotonic() < deadline:
             missing = {}
             for x in self.xtrs:
-                cache = runner.xtr_control(self.state, x, {"op": "show"})["map_cache"]
+                cache = net.xtr_control(self.state, x, {"op": "show"})["map_cache"]
                 lack = set(self.watched(x)) - {e["prefix"] for e in cache}
                 if lack:
                     missing[x] = lack
@@ -454,18 +456,18 @@ class TestbedControlPlane:
         st = self.state
         for name in reversed(self.procs):
             for p in [p for p in st.procs if p["name"] == name]:
-                runner._kill(p)
+                net._kill(p)
                 st.procs.remove(p)
         self.procs = []
         st.save()
         if self.ns in st.netns:
-            runner.sh("ip", "netns", "del", self.ns, check=False)
+            net.sh("ip", "netns", "del", self.ns, check=False)
             st.netns.remove(self.ns)
             st.save()
         for x in self.xtrs:
             eg = self._egress(x)
             for prefix in (eg or {}).get("remote_prefixes", []):
-                runner.sh("ip", "route", "replace", prefix, "dev", f"{st.prefix}t",
+                net.sh("ip", "route", "replace", prefix, "dev", f"{st.prefix}t",
                           ns=st.ns(x), check=False)  # fmt: skip
 
     # ------------------------------------------------------------------ operations
@@ -487,7 +489,7 @@ class TestbedControlPlane:
         for lo in m.locators:
             url = self.agent_url(lo.node).removeprefix("http://")
             cmd = [sys.executable, "-m", "pacao.cli", "lisp", "set-priority", prefix, *args]
-            done = runner.sh(*cmd, "--xtr", url, ns=self.ns)
+            done = net.sh(*cmd, "--xtr", url, ns=self.ns)
             replies.append(json.loads(done.stdout))
         return replies
 
@@ -501,7 +503,7 @@ class TestbedControlPlane:
 
     def dataplane(self, node: str) -> dict[str, Any]:
         """The xTR data plane's map-cache (what it forwards with)."""
-        return runner.xtr_control(self.state, node, {"op": "show"})
+        return net.xtr_control(self.state, node, {"op": "show"})
 
     def plans(self, settle_s: float = 10.0) -> list[dict[str, Any]]:
         """The controller's stored plans, oldest first (state, actions, transitions).

@@ -25,7 +25,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "memory": "pacao.controller.drivers.memory:MemoryHypervisor",
         "libvirt": "pacao.controller.drivers.libvirt:LibvirtHypervisor",
         "qemu": "pacao.controller.drivers.qmp:QemuQmpDriver",
-        "testbed": "pacao.testbed.hypervisor:TestbedHypervisor",
+        "testbed": "pacao.testbed.vm.hypervisor:TestbedHypervisor",
     },
 }
 

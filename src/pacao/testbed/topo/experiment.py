@@ -20,9 +20,9 @@ import yaml
 
 from pacao.errors import InputError
 from pacao.optimize.io import parse_yaml
-from pacao.testbed.scenario import Scenario, scenario_from_dict
-from pacao.testbed.tcpprofile import DEFAULT_PROFILE, check_profile
-from pacao.testbed.topology import (
+from pacao.testbed.topo.scenario import Scenario, scenario_from_dict
+from pacao.testbed.topo.tcpprofile import DEFAULT_PROFILE, check_profile
+from pacao.testbed.topo.topology import (
     Topology,
     default_topology_path,
     load_topology,
@@ -84,7 +84,7 @@ class Experiment:
     paper: dict[str, Any] = field(default_factory=dict)
     controller: dict[str, Any] = field(default_factory=dict)
     migration: dict[str, Any] = field(default_factory=dict)
-    #: TCP host profile of the user and the VM (pacao.testbed.tcpprofile)
+    #: TCP host profile of the user and the VM (pacao.testbed.topo.tcpprofile)
     tcp_profile: str = "paper"
     #: the topology document when the experiment overrides its mappings (written to a
     #: file in the run folder: the runner and the migration code read topology files)

@@ -24,7 +24,7 @@ import yaml
 
 from pacao.errors import InputError
 from pacao.optimize.io import parse_yaml
-from pacao.testbed.topology import Topology, parse_rate
+from pacao.testbed.topo.topology import Topology, parse_rate
 
 LINK_KEYS = {"at", "link", "delay", "jitter", "loss", "rate", "direction"}
 XTR_KEYS = {"at", "xtr", "prefix", "rloc", "priority", "weight"}

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pacao.errors import InputError
-from pacao.testbed.control import request as impair_control
-from pacao.testbed.topology import Link, Topology, dc_of_xtr, vtep
+from pacao.testbed.daemons.control import request as impair_control
+from pacao.testbed.topo.topology import Link, Topology, dc_of_xtr, vtep
 
 
 def state_dir() -> Path:
@@ -347,7 +347,7 @@ def _start_delay_line(state: State, topo: Topology) -> None:
     cfg = state.rundir / "impair.json"
     cfg.write_text(json.dumps(ends))
     sock = state.rundir / "impair.sock"
-    proc = spawn(state, "impair", [sys.executable, "-m", "pacao.testbed.impair",
+    proc = spawn(state, "impair", [sys.executable, "-m", "pacao.testbed.daemons.impair",
                                    "--config", str(cfg), "--control", str(sock)])  # fmt: skip
     wait_ready(state, proc, "impair")
 
@@ -369,7 +369,7 @@ def _start_xtrs(state: State, topo: Topology) -> None:
         cfg = state.rundir / f"xtr-{node.name}.json"
         cfg.write_text(json.dumps(cache))
         sock = state.rundir / f"xtr-{node.name}.sock"
-        cmd = [sys.executable, "-m", "pacao.testbed.dataplane", "--tun", f"{state.prefix}t",
+        cmd = [sys.executable, "-m", "pacao.testbed.daemons.dataplane", "--tun", f"{state.prefix}t",
                "--rloc", str(node.rloc), "--control", str(sock),
                "--map-cache", str(cfg)]  # fmt: skip
         proc = spawn(state, f"xtr-{node.name}", cmd, ns=state.ns(node.name))

@@ -25,11 +25,11 @@ import numpy as np
 
 from pacao import __version__
 from pacao.report.html import CSS
-from pacao.testbed.experiment import ARM_LABELS
+from pacao.testbed.topo.experiment import ARM_LABELS
 
 if TYPE_CHECKING:
-    from pacao.testbed.experiment import Experiment
-    from pacao.testbed.run import RunOptions
+    from pacao.testbed.topo.experiment import Experiment
+    from pacao.testbed.trials import RunOptions
 
 ARM_STYLE = {"legacy": ("tab:gray", "-"), "pacao1": ("tab:blue", "--"), "pacao2": ("tab:red", "-")}
 PAPER_FIGS = {

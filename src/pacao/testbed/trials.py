@@ -30,14 +30,16 @@ from typing import Any
 
 from pacao.errors import InputError
 from pacao.optimize.io import dump_yaml
-from pacao.testbed import runner, tcpprofile, traffic
+from pacao.testbed import net
 from pacao.testbed.controlplane import ControllerSettings, MigrationModel, TestbedControlPlane
-from pacao.testbed.experiment import ARMS, Experiment, Variant, load_experiment, resolve
-from pacao.testbed.guest import STREAM_PATH
-from pacao.testbed.migration import migrate_vm
-from pacao.testbed.scenario import Event, play
-from pacao.testbed.tcpprofile import check_profile
-from pacao.testbed.topology import site_xtr
+from pacao.testbed.daemons import traffic
+from pacao.testbed.topo import tcpprofile
+from pacao.testbed.topo.experiment import ARMS, Experiment, Variant, load_experiment, resolve
+from pacao.testbed.topo.scenario import Event, play
+from pacao.testbed.topo.tcpprofile import check_profile
+from pacao.testbed.topo.topology import site_xtr
+from pacao.testbed.vm.guest import STREAM_PATH
+from pacao.testbed.vm.migration import migrate_vm
 
 #: The one place of the quick (compressed) settings: `make test`, `reproduce --quick`.
 #: 0.05 = 20x: Table I's 450 s take 22.5 s of traffic, Table II's 300 s take 15 s.
@@ -50,7 +52,7 @@ LEAD_S = 0.5
 #: S''' (agents' probe interval, controller poll) in scenario seconds.
 PROBE_S = 1.0
 IPERF_MIN_INTERVAL = 0.1
-#: `--vm qemu`: the guest's busybox httpd (pacao.testbed.guest) serves the download
+#: `--vm qemu`: the guest's busybox httpd (pacao.testbed.vm.guest) serves the download
 GUEST_HTTP_PORT = 80
 
 
@@ -70,7 +72,7 @@ class RunOptions:
     variants: tuple[str, ...] | None = None
     parallel: int = 1
     probe_s: float = PROBE_S
-    #: overrides the experiment's tcp_profile (pacao.testbed.tcpprofile)
+    #: overrides the experiment's tcp_profile (pacao.testbed.topo.tcpprofile)
     tcp_profile: str | None = None
 
     def validate(self) -> None:
@@ -130,7 +132,7 @@ def interval_s(time_scale: float) -> float:
 
 
 def start_control_plane(
-    exp: Experiment, state: runner.State, arm: str, opts: RunOptions, workdir: Path
+    exp: Experiment, state: net.State, arm: str, opts: RunOptions, workdir: Path
 ) -> TestbedControlPlane:
     """Map-server and xTR agents for every arm, plus the controller for the PACAO arms."""
     settings = ControllerSettings(
@@ -161,7 +163,7 @@ def _wait_proc(proc: Any, timeout: float, stop: threading.Event) -> None:
         if stop.is_set():
             raise Interrupted("stopped")
         if time.monotonic() > deadline:
-            raise runner.TestbedError(f"traffic client still running after {timeout:.0f} s")
+            raise net.TestbedError(f"traffic client still running after {timeout:.0f} s")
         time.sleep(0.05)
 
 
@@ -209,18 +211,18 @@ def run_trial(
             (str(m.prefix) for m in topo.mappings if vm_eid.ip in m.prefix), str(vm_eid.network)
         ),
     }
-    runner.check_system()
-    from pacao.testbed.results import loadavg
+    net.check_system()
+    from pacao.testbed.analysis import loadavg
 
     record["loadavg_start"] = loadavg()
-    state = runner.new_state(exp.topology_path)
+    state = net.new_state(exp.topology_path)
     record["run_id"] = state.runid
     plane: TestbedControlPlane | None = None
     phases: dict[str, float] = {}
     record["phases_s"] = phases
     mark = time.monotonic()
     try:
-        runner.up(topo, exp.topology_path, state)
+        net.up(topo, exp.topology_path, state)
         # the guest of --vm qemu keeps its own kernel's defaults: only the user's side then
         hosts = [user] if opts.vm == "qemu" else [user, vm]
         record["tcp_sysctls"] = tcpprofile.apply(state, hosts, exp.tcp_profile)
@@ -247,7 +249,7 @@ def run_trial(
                                "--path", f"{STREAM_PATH}?{exp.download_bytes}"]  # fmt: skip
                 record["server"] = f"guest httpd :{GUEST_HTTP_PORT}{STREAM_PATH}"
             else:
-                srv = runner.spawn(
+                srv = net.spawn(
                     state,
                     "srv-download",
                     [
@@ -259,13 +261,13 @@ def run_trial(
                     ],
                     ns=state.ns(vm),
                 )
-                runner.wait_ready(state, srv, "srv-download")
+                net.wait_ready(state, srv, "srv-download")
                 record["server"] = f"VM namespace :{traffic.DOWNLOAD_PORT}"
         else:
             if opts.vm == "qemu":  # the guest's iperf3 -s (-i 0.1) runs from its /init
                 record["server"] = f"guest iperf3 :{traffic.IPERF_PORT}"
             else:
-                srv = runner.spawn(
+                srv = net.spawn(
                     state, "srv-iperf3", traffic.iperf3_server_cmd(interval=ival), ns=state.ns(vm)
                 )
                 _wait_listen(state, vm, traffic.IPERF_PORT, srv)
@@ -280,7 +282,7 @@ def run_trial(
                 congestion=cc,
             )
         launched = time.time()
-        client = runner.spawn(state, "client", client_cmd, ns=state.ns(user))
+        client = net.spawn(state, "client", client_cmd, ns=state.ns(user))
         sleep = _sleeper(stop)
         sleep(LEAD_S)
         t0 = time.time()
@@ -296,7 +298,7 @@ def run_trial(
                 applied.append({"t": (res.started - t0) / scale, "at": event.at,
                                 "migrate": event.target, "dc": event.args["dc"],
                                 "scripted": True, "modelled": res.modelled})  # fmt: skip
-            except (runner.TestbedError, InputError) as exc:
+            except (net.TestbedError, InputError) as exc:
                 failures.append(f"scripted migration at {event.at:g} s: {exc}")
 
         def apply(event: Event) -> None:
@@ -306,8 +308,8 @@ def run_trial(
                 scripted.append(th)
                 return
             if event.kind != "link":
-                raise runner.TestbedError(f"unexpected {event.kind} event in an experiment")
-            runner.set_link(state, topo, event.target, **event.args)
+                raise net.TestbedError(f"unexpected {event.kind} event in an experiment")
+            net.set_link(state, topo, event.target, **event.args)
             applied.append({"t": (time.time() - t0) / scale, "at": event.at,
                             "link": event.target, **event.args})  # fmt: skip
 
@@ -323,7 +325,7 @@ def run_trial(
         for th in scripted:
             th.join(timeout=900.0)
         if failures:
-            raise runner.TestbedError("; ".join(failures))
+            raise net.TestbedError("; ".join(failures))
         record["events_applied"] = applied
         log = (state.rundir / "client.log").read_text(errors="replace")
         if trial.traffic == "download":
@@ -344,7 +346,7 @@ def run_trial(
             try:
                 meas = traffic.parse_iperf3(json.loads(log), interval=ival)
             except ValueError as exc:
-                raise runner.TestbedError(f"iperf3 client: {exc}: {log[-300:]}") from None
+                raise net.TestbedError(f"iperf3 client: {exc}: {log[-300:]}") from None
             for row in meas["intervals"]:
                 row["t"] = (launched + row.pop("start") - t0) / scale
         # volume inside the scenario's [0, duration] only (the lead is set-up time)
@@ -352,7 +354,7 @@ def run_trial(
             sum(r["bytes"] for r in meas["intervals"] if 0 <= r["t"] < exp.duration)
         )
         if meas.get("error"):
-            raise runner.TestbedError(f"{trial.traffic} client: {meas['error']}")
+            raise net.TestbedError(f"{trial.traffic} client: {meas['error']}")
         record["measure"] = meas
         record["loadavg_end"] = loadavg()
         record["agent_counters"] = _agent_counters(plane)
@@ -361,7 +363,7 @@ def run_trial(
             {**e, "t_scenario": (float(e["t"]) - t0) / scale} for e in plane.events()
         ]
         phases["traffic"] = time.monotonic() - mark
-    except runner.TestbedError:
+    except net.TestbedError:
         if logs is not None and state.rundir.is_dir():  # keep the daemons' logs to diagnose
             logs.mkdir(parents=True, exist_ok=True)
             for f in state.rundir.glob("*.log"):
@@ -372,7 +374,7 @@ def run_trial(
         if plane is not None:
             with contextlib.suppress(Exception):
                 plane.stop()
-        runner.down(state)
+        net.down(state)
         phases["down"] = time.monotonic() - mark
     return record
 
@@ -397,7 +399,7 @@ class _TcpSampler(threading.Thread):
     """Reads ``ss -tin`` in the user's and the VM's namespaces every second during a
     TCP trial: the windows the kernel actually used (the profile's check)."""
 
-    def __init__(self, state: runner.State, user: str, vm: str | None, kind: str) -> None:
+    def __init__(self, state: net.State, user: str, vm: str | None, kind: str) -> None:
         super().__init__(daemon=True)
         self.state, self.user, self.vm, self.kind = state, user, vm, kind
         self.stop = threading.Event()
@@ -413,7 +415,7 @@ class _TcpSampler(threading.Thread):
             for role, node in (("user", self.user), ("vm", self.vm)):
                 if node is None:
                     continue
-                with contextlib.suppress(runner.TestbedError, OSError):
+                with contextlib.suppress(net.TestbedError, OSError):
                     for c in tcpprofile.ss_tcp(self.state, node, port):
                         if c.get("bytes_acked", 0) + c.get("bytes_received", 0) < 1_000_000:
                             continue  # iperf3's control connection
@@ -429,19 +431,17 @@ class _TcpSampler(threading.Thread):
         return {"samples": self.samples, "cc": self.cc, **dict(sorted(self.peak.items()))}
 
 
-def _wait_listen(
-    state: runner.State, node: str, port: int, proc: Any, timeout: float = 10.0
-) -> None:
+def _wait_listen(state: net.State, node: str, port: int, proc: Any, timeout: float = 10.0) -> None:
     """Wait until a TCP server listens on ``port`` in the node's namespace."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done = runner.sh("ss", "-Hltn", f"sport = :{port}", ns=state.ns(node), check=False)
+        done = net.sh("ss", "-Hltn", f"sport = :{port}", ns=state.ns(node), check=False)
         if done.stdout.strip():
             return
         if proc.poll() is not None:
-            raise runner.TestbedError(f"server on port {port} exited")
+            raise net.TestbedError(f"server on port {port} exited")
         time.sleep(0.05)
-    raise runner.TestbedError(f"no server on port {port} after {timeout} s")
+    raise net.TestbedError(f"no server on port {port} after {timeout} s")
 
 
 def check_vm_backend(exp: Experiment, opts: RunOptions) -> None:
@@ -482,7 +482,7 @@ def run_experiment(
     opts: RunOptions, log: Callable[[str], None] = print, stop: threading.Event | None = None
 ) -> dict[str, Any]:
     """Run every trial (``parallel`` at a time), write raw records and the report."""
-    from pacao.testbed.results import write_results
+    from pacao.testbed.analysis import write_results
 
     opts.validate()
     exp = load_experiment(resolve(opts.scenario), opts.topology)
@@ -490,7 +490,7 @@ def run_experiment(
         exp = dataclasses.replace(exp, tcp_profile=opts.tcp_profile)
     check_vm_backend(exp, opts)
     todo = trials(exp, opts)
-    runner.check_system()
+    net.check_system()
     stop = stop or threading.Event()
     raw = opts.out / "raw" / exp.name
     if raw.is_dir():  # a new run of this experiment replaces its previous results
@@ -510,7 +510,7 @@ def run_experiment(
         name = f"{trial.variant.name}-{trial.traffic}-{trial.arm}-r{trial.rep}"
         try:
             rec = run_trial(exp, trial, opts, stop, logs=raw / "logs" / name)
-        except runner.TestbedError as exc:
+        except net.TestbedError as exc:
             # one failed trial (e.g. a traffic tool aborting) is reported, not fatal
             rec = {"experiment": exp.name, "variant": trial.variant.name,
                    "traffic": trial.traffic, "arm": trial.arm, "rep": trial.rep,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pacao.errors import InputError
-from pacao.testbed import runner
+from pacao.testbed import net
 
 PAPER_WINDOW_BYTES = 163_840
 PROFILES = ("paper", "linux")
@@ -51,7 +51,7 @@ def check_profile(where: str, value: Any) -> str:
     return str(value)
 
 
-def apply(state: runner.State, nodes: list[str], profile: str) -> dict[str, dict[str, str]]:
+def apply(state: net.State, nodes: list[str], profile: str) -> dict[str, dict[str, str]]:
     """Set the profile's sysctls in each node's namespace; returns what the kernel
     reads back per node (a namespace starts with the host's defaults)."""
     check_profile("tcp_profile", profile)
@@ -60,9 +60,9 @@ def apply(state: runner.State, nodes: list[str], profile: str) -> dict[str, dict
     for node in nodes:
         ns = state.ns(node)
         for key, value in values.items():
-            runner.sh("sysctl", "-qw", f"{key}={value}", ns=ns)
+            net.sh("sysctl", "-qw", f"{key}={value}", ns=ns)
         seen[node] = {
-            key: " ".join(runner.sh("sysctl", "-n", key, ns=ns).stdout.split())
+            key: " ".join(net.sh("sysctl", "-n", key, ns=ns).stdout.split())
             for key in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem", "net.ipv4.tcp_congestion_control")
         }
     return seen
@@ -108,11 +108,11 @@ def parse_ss(text: str) -> list[dict[str, Any]]:
     return conns
 
 
-def ss_tcp(state: runner.State, node: str, port: int | None = None) -> list[dict[str, Any]]:
+def ss_tcp(state: net.State, node: str, port: int | None = None) -> list[dict[str, Any]]:
     """The established TCP connections of a node's namespace as the kernel reports
     them (optionally only those with local or remote ``port``)."""
     args = ["ss", "-Htin", "state", "established"]
-    done = runner.sh(*args, ns=state.ns(node), check=False)
+    done = net.sh(*args, ns=state.ns(node), check=False)
     # -H drops the header; ss prints the state column only without a state filter
     text = "\n".join(
         ("ESTAB " + ln) if ln and not ln[0].isspace() else ln for ln in done.stdout.splitlines()

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from pacao.errors import InputError
-from pacao.testbed import control
-from pacao.testbed.runner import INNER_MTU, State, TestbedError, gateway_mac, vm_mac
-from pacao.testbed.topology import (
+from pacao.testbed.daemons import control
+from pacao.testbed.net import INNER_MTU, State, TestbedError, gateway_mac, vm_mac
+from pacao.testbed.topo.topology import (
     Topology,
     dc_of_xtr,
     load_topology,
@@ -420,7 +420,7 @@ def migrate_vm(
 def _migrate_qemu(
     state: State, topo: Topology, vm: str, dst_dc: str, model: MigrationModel, sock: str
 ) -> MigrationResult:
-    """A real live migration by the VM daemon (``pacao.testbed.vmd``): QEMU's figures."""
+    """A real live migration by the VM daemon (``pacao.testbed.daemons.vmd``): QEMU's figures."""
     src = vm_location(state, vm, topo)
     bw = model.bandwidth_bps(topo, src, dst_dc)
     started = time.time()
