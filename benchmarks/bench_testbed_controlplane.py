@@ -94,9 +94,9 @@ def main() -> int:
     f = tmp / "topo.yaml"
     f.write_text(yaml.safe_dump(TOPO))
     topo = load_topology(f)
-    state = net.new_state(f)
+    state = net.Testbed.new(f)
     try:
-        net.up(topo, f, state)
+        state.up(topo)
         for method in ("both", "smr", "change-priority"):
             settings = ControllerSettings("legacy", 2, 1, 0.5, switch_method=method)  # type: ignore[arg-type]
             cp = TestbedControlPlane(state, topo, settings, tmp / f"cp-{method}")
@@ -122,7 +122,7 @@ def main() -> int:
                 f"/ {res.downtime_s:.3f} s"
             )
     finally:
-        net.down(state)
+        state.down()
     return 0
 
 

@@ -17,7 +17,7 @@ from pacao.testbed.controlplane import (
     TestbedControlPlane,
     migration_estimate,
 )
-from pacao.testbed.net import State
+from pacao.testbed.net import Testbed
 from pacao.testbed.topo.topology import load_topology
 from testbed_support import TWO_DC
 
@@ -67,13 +67,12 @@ def test_generated_configs_validate(tmp_path: Path) -> None:
     f = tmp_path / "t.yaml"
     f.write_text(yaml.safe_dump(TWO_DC))
     topo = load_topology(f)
-    state = State("abcd", tmp_path / "testbed-abcd.json", {"file": str(f)})
+    state = Testbed("abcd", tmp_path / "testbed-abcd.json", {"file": str(f)})
     state.rundir.mkdir()
     state.save()
     s = ControllerSettings("pacao1", s1=10, s2=5, s3=1, rtt_max_ms=45)
     cp = TestbedControlPlane(state, topo, s, tmp_path / "cp", MigrationModel(memory_mib=512))
-    doc = cp.controller_config()
-    cfg = config_from_dict(doc)
+    cfg = config_from_dict(cp.controller_document())
     assert [d.name for d in cfg.dcs] == ["adc", "bdc"]
     assert cfg.dcs[0].rlocs == ["172.16.0.2"] and cfg.dcs[1].rlocs == ["172.16.0.3"]
     assert cfg.vms[0].eid == "10.2.0.0/24" and cfg.vms[0].host == "adc"
@@ -126,7 +125,7 @@ def test_plans_are_read_once_none_is_in_flight(tmp_path: Path) -> None:
 
     f = tmp_path / "t.yaml"
     f.write_text(yaml.safe_dump(TWO_DC))
-    state = State("abce", tmp_path / "testbed-abce.json", {"file": str(f)})
+    state = Testbed("abce", tmp_path / "testbed-abce.json", {"file": str(f)})
     s = ControllerSettings("pacao1", s1=10, s2=5, s3=1)
     cp = TestbedControlPlane(state, load_topology(f), s, tmp_path / "cp")
     cp.workdir.mkdir(parents=True)

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from pacao.cli import app
 from pacao.errors import InputError
+from pacao.report.testbed import write as write_report
 from pacao.testbed import net
 from pacao.testbed.analysis import summarize
 from pacao.testbed.daemons.traffic import parse_iperf3
@@ -134,7 +135,7 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _check_outputs(out: Path, name: str, figs: list[str]) -> dict[str, Any]:
     summary = json.loads((out / "summary.json").read_text())
-    report = (out / "report.html").read_text()
+    report = write_report(out).read_text()  # what `pacao testbed run` does after the run
     for f in figs:
         path = out / f"{name}_{f}.png"
         assert matplotlib.image.imread(path).shape[0] > 100

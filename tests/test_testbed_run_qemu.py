@@ -174,7 +174,7 @@ def test_unfinished_migrations_are_reported() -> None:
     assert m["measured_by"] == "qemu" and m["downtime_s"] == 0.05 and m["t_s"] == 4.0
 
 
-def streaming(state: net.State, dc: str) -> bool:
+def streaming(state: net.Testbed, dc: str) -> bool:
     """A TCP connection established in the dc's namespace: the incoming QEMU's migration
     stream (the guest's own traffic goes through its TAP, not this stack)."""
     out = subprocess.run(
@@ -197,11 +197,11 @@ def test_teardown_mid_migration_kills_both_qemus(
     f = tmp_path / "twodc-vxlan.yaml"
     f.write_text(yaml.safe_dump(topo_doc))
     topo = load_topology(f)
-    state = net.new_state(f)
+    state = net.Testbed.new(f)
     pids: list[dict[str, Any]] = []
     try:
-        net.up(topo, f, state)
-        net.set_link(state, topo, "ab", rate_bps=1_000_000)  # ~100 MB take minutes
+        state.up(topo)
+        state.set_link(topo, "ab", rate_bps=1_000_000)  # ~100 MB take minutes
         cp = TestbedControlPlane(
             state, topo, ControllerSettings("legacy", s1=2, s2=1, s3=0.5, vm_backend="qemu"),
             tmp_path / "cp", MigrationModel(memory_mib=128, default_bandwidth_mbps=400),
@@ -227,7 +227,7 @@ def test_teardown_mid_migration_kills_both_qemus(
             time.sleep(0.2)
         assert all(net.proc_start_time(p["pid"]) == p["start"] for p in pids)
     finally:
-        net.down(state)
+        state.down()
     for p in pids:  # both killed by PID with the run
         assert net.proc_start_time(p["pid"]) != p["start"], p
     assert net.leftovers(state.runid) == []

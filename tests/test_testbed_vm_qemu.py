@@ -40,10 +40,10 @@ def test_qemu_guest_serves_and_migrates_live_over_the_fabric(
     f = tmp_path / "twodc-vxlan.yaml"
     f.write_text(yaml.safe_dump(doc))
     topo = load_topology(f)
-    state = net.new_state(f)
+    state = net.Testbed.new(f)
     qemu_pids: list[dict[str, int]] = []
     try:
-        net.up(topo, f, state)
+        state.up(topo)
         settings = ControllerSettings("legacy", s1=2, s2=1, s3=0.5, vm_backend="qemu")
         model = MigrationModel(memory_mib=128, default_bandwidth_mbps=400, max_downtime_ms=300)
         cp = TestbedControlPlane(state, topo, settings, tmp_path / "cp", model)
@@ -95,7 +95,7 @@ def test_qemu_guest_serves_and_migrates_live_over_the_fabric(
         )  # fmt: skip
         assert again.returncode == 0, again.stdout
     finally:
-        net.down(state)
+        state.down()
         assert net.leftovers(state.runid) == []
         for p in qemu_pids:  # QEMU was killed by PID with the run
             assert net.proc_start_time(p["pid"]) != p["start"]

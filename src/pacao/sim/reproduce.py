@@ -531,6 +531,7 @@ def testbed_stage(out: Path, quick: bool, console: Console) -> dict[str, Any]:
             "`sudo pacao reproduce` or `pacao testbed run`, or pass --no-testbed"
         )
         return {"skipped": "not root"}
+    from pacao.report.testbed import write as write_testbed_report
     from pacao.testbed.trials import full_options, quick_options, run_experiment
 
     tb = out / "testbed"
@@ -539,6 +540,7 @@ def testbed_stage(out: Path, quick: bool, console: Console) -> dict[str, Any]:
         opts = quick_options(scenario, tb) if quick else full_options(scenario, tb)
         console.print(f"testbed: {scenario} (time scale {opts.time_scale:g})")
         summary = run_experiment(opts, log=console.print)
+        write_testbed_report(tb)
     return summary
 
 

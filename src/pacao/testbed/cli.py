@@ -73,9 +73,9 @@ def up(
         if control_plane is not None and control_plane not in ("legacy", "pacao1", "pacao2"):
             raise InputError("--control-plane", control_plane, "legacy, pacao1 or pacao2")
         net.check_system()
-        state = net.new_state(file)
+        state = net.Testbed.new(file)
         try:
-            net.up(topo, file, state)
+            state.up(topo)
             if control_plane is not None:
                 from pacao.testbed.controlplane import (
                     ControllerSettings,
@@ -93,7 +93,7 @@ def up(
                 model = MigrationModel(memory_mib=vm_memory)
                 TestbedControlPlane(state, topo, settings, state.rundir / "cp", model).start()
         except BaseException:
-            net.down(state)
+            state.down()
             raise
     except (InputError, net.TestbedError) as exc:
         raise _fail(str(exc)) from None
@@ -107,7 +107,7 @@ def down(run: RunOpt = None) -> None:
 
     try:
         net.check_system()
-        removed = net.down(net.find_run(run))
+        removed = net.find_run(run).down()
     except (InputError, net.TestbedError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"removed {len(removed)} objects")
@@ -157,8 +157,7 @@ def set_link(
     try:
         state = net.find_run(run)
         topo = load_topology(Path(state.topology["file"]))
-        net.set_link(
-            state,
+        state.set_link(
             topo,
             link,
             delay_ms=delay,
@@ -185,7 +184,7 @@ def xtr(
     except ValueError:
         raise _fail(f"request: {request!r} is not JSON") from None
     try:
-        reply = net.xtr_control(net.find_run(run), node, req)
+        reply = net.find_run(run).xtr_control(node, req)
     except (InputError, net.TestbedError, OSError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(reply, indent=1))
@@ -227,15 +226,15 @@ def play(
 
         def apply(event: Event) -> None:
             if event.kind == "link":
-                net.set_link(state, topo, event.target, **event.args)
+                state.set_link(topo, event.target, **event.args)
             elif event.kind == "migrate":  # runs while the timeline goes on
                 t = threading.Thread(target=move, args=(event.target, event.args["dc"]))
                 t.start()
                 moves.append(t)
             elif event.kind == "egress":
-                net.set_egress(state, topo, event.target, **event.args)
+                state.set_egress(topo, event.target, **event.args)
             else:
-                reply = net.xtr_control(state, event.target, event.args)
+                reply = state.xtr_control(event.target, event.args)
                 if not reply.get("ok"):
                     raise net.TestbedError(f"{event.target}: {reply.get('error')}")
 
@@ -368,8 +367,9 @@ def run(
     import signal
     import threading
 
+    from pacao.report.testbed import write as write_report
     from pacao.testbed import net
-    from pacao.testbed.trials import Interrupted, RunOptions, run_experiment
+    from pacao.testbed.trials import RunOptions, run_experiment
 
     opts = RunOptions(
         scenario=scenario,
@@ -393,7 +393,8 @@ def run(
         summary = run_experiment(opts, log=typer.echo, stop=stop)
     except (InputError, net.TestbedError) as exc:
         raise _fail(str(exc), 2 if isinstance(exc, InputError) else 1) from None
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, net.Interrupted):
         raise _fail("interrupted; every testbed of the run was taken down", 130) from None
+    report = write_report(out)
     typer.echo(json.dumps(summary, indent=1))
-    typer.echo(f"report: {(out / 'report.html').resolve()}")
+    typer.echo(f"report: {report.resolve()}")

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pacao.testbed.daemons import control
-from pacao.testbed.net import State, proc_start_time, sh
+from pacao.testbed.net import Testbed, proc_start_time, sh
 from pacao.testbed.topo.topology import Topology, vtep
 from pacao.testbed.vm.migration import _locked, _read, _write, run_topology, vm_location
 
@@ -44,7 +44,7 @@ MIGRATION_PORT = 4444
 class Vmd:
     """One guest, where it runs, and the migrations asked through the socket."""
 
-    def __init__(self, state: State, topo: Topology, vm: str, memory_mib: int, blob_mib: int,
+    def __init__(self, state: Testbed, topo: Topology, vm: str, memory_mib: int, blob_mib: int,
                  accel: str | None) -> None:  # fmt: skip
         # pacao.testbed.vm.qemuvm comes from the `qemu` branch (imported at run time)
         qemu_guest = importlib.import_module("pacao.testbed.vm.qemuvm").QemuGuest
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blob", type=int, default=8, help="/blob size (guest memory), MiB")
     parser.add_argument("--accel", default=None, help="kvm or tcg (default $PACAO_QEMU_ACCEL)")
     args = parser.parse_args(argv)
-    state = State.load(Path(args.state))
+    state = Testbed.load(Path(args.state))
     topo = run_topology(state)
     if topo.fabric != "vxlan":
         print("the qemu VM needs a topology with fabric: vxlan", file=sys.stderr)

@@ -19,7 +19,7 @@ from typing import Any
 
 from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus
 from pacao.errors import InputError
-from pacao.testbed.net import State, TestbedError
+from pacao.testbed.net import Testbed, TestbedError
 from pacao.testbed.vm.migration import (
     migrate_vm,
     migration_estimate,
@@ -35,7 +35,7 @@ class TestbedHypervisor:
     def __init__(self, config: Any = None, clock: Any = None, state_file: str = "") -> None:
         if not state_file or not Path(state_file).is_file():
             raise TypeError(f"state_file must name a running testbed's state, not {state_file!r}")
-        self.state = State.load(Path(state_file))
+        self.state = Testbed.load(Path(state_file))
         self.jobs: dict[str, dict[str, Any]] = {}
 
     async def status(self, vm: str) -> VmStatus:
