@@ -26,6 +26,7 @@ from pacao.testbed.topo.topology import (
     Topology,
     default_topology_path,
     load_topology,
+    number,
     parse_rate,
     topology_from_dict,
 )
@@ -107,12 +108,6 @@ def resolve(name_or_file: str) -> Path:
     return path
 
 
-def _num(where: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InputError(where, value, f"a number in [{low}, {high}]")
-    return float(value)
-
-
 def _expand(ev: Any, where: str, topo: Topology) -> Any:
     """`add_rtt: X` -> one-way delay = base + X/2; `reset: true` -> the topology's values."""
     if not isinstance(ev, dict) or "link" not in ev:
@@ -128,7 +123,7 @@ def _expand(ev: Any, where: str, topo: Topology) -> Any:
             if link.rate_bps:
                 ev.setdefault("rate", f"{link.rate_bps}bit")
         if "add_rtt" in ev:
-            add = _num(f"{where}.add_rtt", ev.pop("add_rtt"), 0, 120_000)
+            add = number(f"{where}.add_rtt", ev.pop("add_rtt"), 0, 120_000)
             ev["delay"] = base.delay_ms + add / 2.0
     return ev
 
@@ -159,15 +154,15 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
         topology_doc = parse_yaml(topology.read_text())
         topology_doc["mappings"] = doc["mappings"]
         topo = topology_from_dict(topology_doc, source=f"{path.name} mappings")
-    duration = _num("duration", doc.get("duration"), 1, 86_400)
+    duration = number("duration", doc.get("duration"), 1, 86_400)
     arms = doc.get("arms", list(ARMS))
     if not isinstance(arms, list) or not arms or any(a not in ARMS for a in arms):
         raise InputError("arms", arms, f"a list of {', '.join(ARMS)}")
     timers = doc.get("timers", {})
     if not isinstance(timers, dict) or set(timers) - {"s1", "s2"}:
         raise InputError("timers", timers, "a mapping with s1 (S') and s2 (S'') in seconds")
-    s1 = _num("timers.s1", timers.get("s1", 10), 0.1, 86_400)
-    s2 = _num("timers.s2", timers.get("s2", 5), 0.1, 86_400)
+    s1 = number("timers.s1", timers.get("s1", 10), 0.1, 86_400)
+    s2 = number("timers.s2", timers.get("s2", 5), 0.1, 86_400)
     traffic = doc.get("traffic", ["download"])
     if not isinstance(traffic, list) or not traffic or any(t not in TRAFFIC for t in traffic):
         raise InputError("traffic", traffic, f"a list of {', '.join(TRAFFIC)}")
@@ -175,8 +170,8 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
     if not isinstance(udp, dict) or set(udp) - {"rate", "length"}:
         raise InputError("udp", udp, "a mapping with rate (e.g. 1mbit) and length (bytes)")
     udp_rate = parse_rate("udp.rate", udp.get("rate", "1mbit")) or 1_000_000
-    udp_length = int(_num("udp.length", udp.get("length", 1000), 16, 1300))
-    download_mb = _num("download_mb", doc.get("download_mb", 300), 0.001, 100_000)
+    udp_length = int(number("udp.length", udp.get("length", 1000), 16, 1300))
+    download_mb = number("download_mb", doc.get("download_mb", 300), 0.001, 100_000)
     windows: dict[str, tuple[float, float]] = {}
     wdoc = doc.get("windows", {})
     if not isinstance(wdoc, dict):
@@ -184,8 +179,8 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
     for wname, span in wdoc.items():
         if not (isinstance(span, list) and len(span) == 2):
             raise InputError(f"windows.{wname}", span, "[from, to] in seconds")
-        lo = _num(f"windows.{wname}[0]", span[0], 0, duration)
-        hi = _num(f"windows.{wname}[1]", span[1], lo, duration)
+        lo = number(f"windows.{wname}[0]", span[0], 0, duration)
+        hi = number(f"windows.{wname}[1]", span[1], lo, duration)
         windows[str(wname)] = (lo, hi)
     vdoc = doc.get("variants")
     if not isinstance(vdoc, list) or not vdoc:
@@ -220,7 +215,7 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
     if not isinstance(controller, dict) or set(controller) - CONTROLLER_KEYS:
         raise InputError("controller", controller, f"a mapping of {sorted(CONTROLLER_KEYS)}")
     if "rtt_max_ms" in controller:
-        _num("controller.rtt_max_ms", controller["rtt_max_ms"], 0.1, 100_000)
+        number("controller.rtt_max_ms", controller["rtt_max_ms"], 0.1, 100_000)
     if "policy_overrides" in controller:
         po = controller["policy_overrides"]
         if not isinstance(po, dict):
@@ -239,9 +234,9 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
                     e not in topo.nodes or topo.nodes[e].role != "dc" for e in ends
                 ):
                     raise InputError(f"migration.{key}", pair, "'dcA,dcB': two dc nodes")
-                _num(f"migration.{key}.{pair}", mbps, 0.001, 1e9)
+                number(f"migration.{key}.{pair}", mbps, 0.001, 1e9)
             continue
-        _num(f"migration.{key}", value, 0, 1e9)
+        number(f"migration.{key}", value, 0, 1e9)
     paper = doc.get("paper", {})
     if not isinstance(paper, dict):
         raise InputError("paper", paper, "a mapping of reference figures")

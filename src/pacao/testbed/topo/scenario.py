@@ -24,7 +24,7 @@ import yaml
 
 from pacao.errors import InputError
 from pacao.optimize.io import parse_yaml
-from pacao.testbed.topo.topology import Topology, parse_rate
+from pacao.testbed.topo.topology import Topology, number, parse_rate
 
 LINK_KEYS = {"at", "link", "delay", "jitter", "loss", "rate", "direction"}
 XTR_KEYS = {"at", "xtr", "prefix", "rloc", "priority", "weight"}
@@ -47,12 +47,6 @@ class Scenario:
     events: tuple[Event, ...]
 
 
-def _num(where: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InputError(where, value, f"a number in [{low}, {high}]")
-    return float(value)
-
-
 def scenario_from_dict(doc: Any, topo: Topology) -> Scenario:
     """Validate a timeline against the topology it will run on."""
     if not isinstance(doc, dict):
@@ -60,7 +54,7 @@ def scenario_from_dict(doc: Any, topo: Topology) -> Scenario:
     for key in doc:
         if key not in ("name", "duration", "events"):
             raise InputError(f"scenario.{key}", doc[key], "allowed keys: name, duration, events")
-    duration = _num("duration", doc.get("duration"), 0, 86_400)
+    duration = number("duration", doc.get("duration"), 0, 86_400)
     events: list[Event] = []
     if not isinstance(doc.get("events"), list):
         raise InputError("events", doc.get("events"), "a list of events")
@@ -68,7 +62,7 @@ def scenario_from_dict(doc: Any, topo: Topology) -> Scenario:
         where = f"events[{i}]"
         if not isinstance(ev, dict) or "at" not in ev:
             raise InputError(where, ev, "a mapping with 'at' and 'link' or 'xtr'")
-        at = _num(f"{where}.at", ev["at"], 0, duration)
+        at = number(f"{where}.at", ev["at"], 0, duration)
         if "link" in ev:
             for key in ev:
                 if key not in LINK_KEYS:
@@ -81,7 +75,7 @@ def scenario_from_dict(doc: Any, topo: Topology) -> Scenario:
                 ("loss", "loss_pct", 100),
             ):
                 if key in ev:
-                    args[name] = _num(f"{where}.{key}", ev[key], 0, high)
+                    args[name] = number(f"{where}.{key}", ev[key], 0, high)
             if "rate" in ev:
                 args["rate_bps"] = parse_rate(f"{where}.rate", ev["rate"])
             if "direction" in ev:
@@ -103,9 +97,9 @@ def scenario_from_dict(doc: Any, topo: Topology) -> Scenario:
                     raise InputError(f"{where}.{key}", None, "required for an xtr event")
             req: dict[str, Any] = {"op": "priority", "prefix": str(ev["prefix"])}
             req["rloc"] = str(ev["rloc"])
-            req["priority"] = int(_num(f"{where}.priority", ev["priority"], 0, 255))
+            req["priority"] = int(number(f"{where}.priority", ev["priority"], 0, 255))
             if "weight" in ev:
-                req["weight"] = int(_num(f"{where}.weight", ev["weight"], 0, 255))
+                req["weight"] = int(number(f"{where}.weight", ev["weight"], 0, 255))
             events.append(Event(at, "xtr", node.name, req))
         elif "egress" in ev:
             for key in ev:

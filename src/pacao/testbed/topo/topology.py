@@ -58,7 +58,8 @@ def parse_rate(field_name: str, value: Any) -> int | None:
     return int(bits)
 
 
-def _number(field_name: str, value: Any, low: float, high: float) -> float:
+def number(field_name: str, value: Any, low: float, high: float) -> float:
+    """The one range check of the testbed's files: a number (not a bool) in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise InputError(field_name, value, f"a number in [{low}, {high}]")
     return float(value)
@@ -178,12 +179,12 @@ def _impairment(
         km = great_circle_km(a_site.location, b_site.location)
         delay_ms = rtt_ms_from_km(km) / 2.0
     else:
-        delay_ms = _number(f"{where}.delay", delay, 0, 10_000)
+        delay_ms = number(f"{where}.delay", delay, 0, 10_000)
     return (
         Impairment(
             delay_ms=delay_ms,
-            jitter_ms=_number(f"{where}.jitter", doc.get("jitter", 0), 0, 10_000),
-            loss_pct=_number(f"{where}.loss", doc.get("loss", 0), 0, 100),
+            jitter_ms=number(f"{where}.jitter", doc.get("jitter", 0), 0, 10_000),
+            loss_pct=number(f"{where}.loss", doc.get("loss", 0), 0, 100),
         ),
         km,
     )
@@ -227,8 +228,8 @@ def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
             if not isinstance(loc, list) or len(loc) != 2:
                 raise InputError(f"{where}.location", loc, "[latitude, longitude] in degrees")
             location = (
-                _number(f"{where}.location[0]", loc[0], -90, 90),
-                _number(f"{where}.location[1]", loc[1], -180, 180),
+                number(f"{where}.location[0]", loc[0], -90, 90),
+                number(f"{where}.location[1]", loc[1], -180, 180),
             )
         sites[sname] = Site(sname, str(s.get("label", sname)), location)
 
@@ -343,8 +344,8 @@ def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
             locs.append(
                 LocatorSpec(
                     lod["node"],
-                    int(_number(f"{lw}.priority", lod.get("priority", 1), 0, 255)),
-                    int(_number(f"{lw}.weight", lod.get("weight", 100), 0, 255)),
+                    int(number(f"{lw}.priority", lod.get("priority", 1), 0, 255)),
+                    int(number(f"{lw}.weight", lod.get("weight", 100), 0, 255)),
                 )
             )
         mappings.append(MappingSpec(prefix, tuple(locs)))
