@@ -18,18 +18,61 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import yaml
 
 from pacao.errors import InputError
 from pacao.optimize.io import parse_yaml
-from pacao.testbed.topo.topology import Topology, number, parse_rate
+from pacao.testbed.topo.schema import Doc, in_range, keys, number
+from pacao.testbed.topo.topology import Topology, parse_rate
 
-LINK_KEYS = {"at", "link", "delay", "jitter", "loss", "rate", "direction"}
-XTR_KEYS = {"at", "xtr", "prefix", "rloc", "priority", "weight"}
-EGRESS_KEYS = {"at", "egress", "prefix", "via"}
-MIGRATE_KEYS = {"at", "migrate", "dc"}
+
+class _ScenarioDoc(Doc):
+    unknown_key: ClassVar[str] = "allowed keys: name, duration, events"
+    not_mapping: ClassVar[str] = "a mapping with name, duration, events"
+
+    name: Any = None
+    duration: Any = None
+    events: Any = None
+
+
+class _EventDoc(Doc):
+    unknown_key: ClassVar[str] = "allowed: {allowed}"
+
+    at: Any
+
+
+class _LinkEvent(_EventDoc):
+    link: Any
+    delay: Annotated[float, in_range(0, 60_000)] = 0.0
+    jitter: Annotated[float, in_range(0, 60_000)] = 0.0
+    loss: Annotated[float, in_range(0, 100)] = 0.0
+    rate: Any = None
+    direction: Any = None
+
+
+class _XtrEvent(_EventDoc):
+    missing: ClassVar[str] = "required for an xtr event"
+
+    xtr: Any
+    prefix: Any
+    rloc: Any
+    priority: Annotated[float, in_range(0, 255)]
+    weight: Annotated[float, in_range(0, 255)] = 100
+
+
+class _EgressEvent(_EventDoc):
+    missing: ClassVar[str] = "required for an egress event"
+
+    egress: Any
+    prefix: Any
+    via: Any = None
+
+
+class _MigrateEvent(_EventDoc):
+    migrate: Any
+    dc: Any = None
 
 
 @dataclass(frozen=True)
@@ -49,85 +92,69 @@ class Scenario:
 
 def scenario_from_dict(doc: Any, topo: Topology) -> Scenario:
     """Validate a timeline against the topology it will run on."""
-    if not isinstance(doc, dict):
-        raise InputError("scenario", doc, "a mapping with name, duration, events")
-    for key in doc:
-        if key not in ("name", "duration", "events"):
-            raise InputError(f"scenario.{key}", doc[key], "allowed keys: name, duration, events")
-    duration = number("duration", doc.get("duration"), 0, 86_400)
+    top = keys(_ScenarioDoc, "scenario", doc)
+    duration = number("duration", top.get("duration"), 0, 86_400)
     events: list[Event] = []
-    if not isinstance(doc.get("events"), list):
-        raise InputError("events", doc.get("events"), "a list of events")
-    for i, ev in enumerate(doc["events"]):
+    if not isinstance(top.get("events"), list):
+        raise InputError("events", top.get("events"), "a list of events")
+    for i, ev in enumerate(top["events"]):
         where = f"events[{i}]"
         if not isinstance(ev, dict) or "at" not in ev:
             raise InputError(where, ev, "a mapping with 'at' and 'link' or 'xtr'")
         at = number(f"{where}.at", ev["at"], 0, duration)
         if "link" in ev:
-            for key in ev:
-                if key not in LINK_KEYS:
-                    raise InputError(f"{where}.{key}", ev[key], f"allowed: {sorted(LINK_KEYS)}")
-            topo.link(str(ev["link"]))
-            args: dict[str, Any] = {}
-            for key, name, high in (
-                ("delay", "delay_ms", 60_000),
-                ("jitter", "jitter_ms", 60_000),
-                ("loss", "loss_pct", 100),
-            ):
-                if key in ev:
-                    args[name] = number(f"{where}.{key}", ev[key], 0, high)
-            if "rate" in ev:
-                args["rate_bps"] = parse_rate(f"{where}.rate", ev["rate"])
-            if "direction" in ev:
-                if ev["direction"] not in ("both", "a2b", "b2a"):
-                    raise InputError(f"{where}.direction", ev["direction"], "both, a2b or b2a")
-                args["direction"] = ev["direction"]
+            e = keys(_LinkEvent, where, ev)
+            topo.link(str(e["link"]))
+            args: dict[str, Any] = {
+                name: e[key]
+                for key, name in (
+                    ("delay", "delay_ms"),
+                    ("jitter", "jitter_ms"),
+                    ("loss", "loss_pct"),
+                )
+                if key in e
+            }
+            if "rate" in e:
+                args["rate_bps"] = parse_rate(f"{where}.rate", e["rate"])
+            if "direction" in e:
+                if e["direction"] not in ("both", "a2b", "b2a"):
+                    raise InputError(f"{where}.direction", e["direction"], "both, a2b or b2a")
+                args["direction"] = e["direction"]
             if not args:
                 raise InputError(where, ev, "set at least one of delay, jitter, loss, rate")
-            events.append(Event(at, "link", str(ev["link"]), args))
+            events.append(Event(at, "link", str(e["link"]), args))
         elif "xtr" in ev:
-            for key in ev:
-                if key not in XTR_KEYS:
-                    raise InputError(f"{where}.{key}", ev[key], f"allowed: {sorted(XTR_KEYS)}")
-            node = topo.nodes.get(str(ev["xtr"]))
+            e = keys(_XtrEvent, where, ev)
+            node = topo.nodes.get(str(e["xtr"]))
             if node is None or node.role != "xtr":
-                raise InputError(f"{where}.xtr", ev["xtr"], "an xtr node of the topology")
-            for key in ("prefix", "rloc", "priority"):
-                if key not in ev:
-                    raise InputError(f"{where}.{key}", None, "required for an xtr event")
-            req: dict[str, Any] = {"op": "priority", "prefix": str(ev["prefix"])}
-            req["rloc"] = str(ev["rloc"])
-            req["priority"] = int(number(f"{where}.priority", ev["priority"], 0, 255))
-            if "weight" in ev:
-                req["weight"] = int(number(f"{where}.weight", ev["weight"], 0, 255))
+                raise InputError(f"{where}.xtr", e["xtr"], "an xtr node of the topology")
+            req: dict[str, Any] = {"op": "priority", "prefix": str(e["prefix"])}
+            req["rloc"] = str(e["rloc"])
+            req["priority"] = int(e["priority"])
+            if "weight" in e:
+                req["weight"] = int(e["weight"])
             events.append(Event(at, "xtr", node.name, req))
         elif "egress" in ev:
-            for key in ev:
-                if key not in EGRESS_KEYS:
-                    raise InputError(f"{where}.{key}", ev[key], f"allowed: {sorted(EGRESS_KEYS)}")
+            e = keys(_EgressEvent, where, ev)
             for key in ("egress", "via"):
-                node = topo.nodes.get(str(ev.get(key)))
+                node = topo.nodes.get(str(e.get(key)))
                 if node is None or node.role != "xtr":
-                    raise InputError(f"{where}.{key}", ev.get(key), "an xtr node of the topology")
-            if "prefix" not in ev:
-                raise InputError(f"{where}.prefix", None, "required for an egress event")
-            args = {"prefix": str(ev["prefix"]), "via": str(ev["via"])}
-            events.append(Event(at, "egress", str(ev["egress"]), args))
+                    raise InputError(f"{where}.{key}", e.get(key), "an xtr node of the topology")
+            args = {"prefix": str(e["prefix"]), "via": str(e["via"])}
+            events.append(Event(at, "egress", str(e["egress"]), args))
         elif "migrate" in ev:
-            for key in ev:
-                if key not in MIGRATE_KEYS:
-                    raise InputError(f"{where}.{key}", ev[key], f"allowed: {sorted(MIGRATE_KEYS)}")
-            vm = topo.nodes.get(str(ev["migrate"]))
+            e = keys(_MigrateEvent, where, ev)
+            vm = topo.nodes.get(str(e["migrate"]))
             if vm is None or vm.role != "vm":
-                raise InputError(f"{where}.migrate", ev["migrate"], "a vm node of the topology")
-            dc = topo.nodes.get(str(ev.get("dc")))
+                raise InputError(f"{where}.migrate", e["migrate"], "a vm node of the topology")
+            dc = topo.nodes.get(str(e.get("dc")))
             if dc is None or dc.role != "dc":
-                raise InputError(f"{where}.dc", ev.get("dc"), "a dc node of the topology")
+                raise InputError(f"{where}.dc", e.get("dc"), "a dc node of the topology")
             events.append(Event(at, "migrate", vm.name, {"dc": dc.name}))
         else:
             raise InputError(where, ev, "an event needs 'link', 'xtr', 'egress' or 'migrate'")
     events.sort(key=lambda e: e.at)
-    return Scenario(str(doc.get("name", "scenario")), duration, tuple(events))
+    return Scenario(str(top.get("name", "scenario")), duration, tuple(events))
 
 
 def load_scenario(path: Path, topo: Topology) -> Scenario:
