@@ -44,7 +44,7 @@ lint: venv
 
 # The testbed's KVM guest: Debian's kernel + a busybox initramfs (no-op when up to date).
 guest: venv debs
-	$(BIN)/python -m pacao.testbed.guest --out build/guest
+	$(BIN)/python -m pacao.testbed.vm.guest --out build/guest
 
 test: venv debs lint guest
 	$(BIN)/pytest

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from pacao.testbed import runner
-from pacao.testbed.topology import load_topology
+from pacao.testbed import net
+from pacao.testbed.topo.topology import load_topology
 
 TOPO = {
     "name": "bench",
@@ -41,18 +41,18 @@ TOPO = {
 }
 
 
-def ns_run(state: runner.State, node: str, *cmd: str) -> str:
+def ns_run(state: net.Testbed, node: str, *cmd: str) -> str:
     return subprocess.run(
         ["ip", "netns", "exec", state.ns(node), *cmd], capture_output=True, text=True, check=True
     ).stdout
 
 
-def rtts(state: runner.State, src: str, dst: str, count: int = 30, *extra: str) -> list[float]:
+def rtts(state: net.Testbed, src: str, dst: str, count: int = 30, *extra: str) -> list[float]:
     out = ns_run(state, src, "ping", "-c", str(count), "-i", "0.02", *extra, dst)
     return sorted(float(x) for x in re.findall(r"time=([\d.]+) ms", out))
 
 
-def iperf(state: runner.State, *args: str) -> dict[str, float]:
+def iperf(state: net.Testbed, *args: str) -> dict[str, float]:
     server = subprocess.Popen(
         ["ip", "netns", "exec", state.ns("vm"), "iperf3", "-s", "-1", "-p", "5301"],
         stdout=subprocess.DEVNULL,
@@ -77,21 +77,21 @@ def iperf(state: runner.State, *args: str) -> dict[str, float]:
 
 
 def main() -> int:
-    runner.check_system()
+    net.check_system()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PACAO_TESTBED_STATE"] = tmp
         path = Path(tmp) / "bench.yaml"
         path.write_text(yaml.safe_dump(TOPO))
         topo = load_topology(path)
-        state = runner.new_state(path)
+        state = net.Testbed.new(path)
         try:
-            runner.up(topo, path, state)
+            state.up(topo)
             rtts(state, "user", "10.2.0.10", 5)  # warm ARP
             base = rtts(state, "user", "10.2.0.10")
             print(f"user->vm RTT through 2 user-space xTRs, no delay: median {base[15]:.3f} ms")
             kernel = rtts(state, "ux", "172.16.0.2", 30, "-I", "172.16.0.1")
             for delay in (5.0, 20.0):
-                runner.set_link(state, topo, "wan", delay_ms=delay)
+                state.set_link(topo, "wan", delay_ms=delay)
                 got = rtts(state, "ux", "172.16.0.2", 30, "-I", "172.16.0.1")
                 err = [g - k - 2 * delay for g, k in zip(got, kernel, strict=True)]
                 print(
@@ -99,22 +99,22 @@ def main() -> int:
                     f"{2 * delay:g} ms asked (+{got[15] - kernel[15] - 2 * delay:.3f} ms over "
                     f"kernel RTT), p90 error {sorted(err)[26]:.3f} ms"
                 )
-            runner.set_link(state, topo, "wan", delay_ms=0)
+            state.set_link(topo, "wan", delay_ms=0)
             tcp = iperf(state, "-t", "4")
             print(f"LISP data plane, TCP user->vm (iperf3, 4 s): {tcp['mbps']:.1f} Mbit/s")
-            runner.set_link(state, topo, "wan", delay_ms=0.5)
+            state.set_link(topo, "wan", delay_ms=0.5)
             tcpd = iperf(state, "-t", "4")
             print(f"  + delay line on the WAN (0.5 ms each way): {tcpd['mbps']:.1f} Mbit/s")
-            runner.set_link(state, topo, "wan", delay_ms=0)
+            state.set_link(topo, "wan", delay_ms=0)
             udp = iperf(state, "-u", "-b", "200M", "-l", "64", "-t", "3")
             print(
                 f"LISP data plane, UDP 64-byte payloads offered at 200 Mbit/s: "
                 f"{udp['pps']:.0f} packets/s delivered ({udp['lost_pct']:.1f} % lost)"
             )
-            stats = runner.xtr_control(state, "ux", {"op": "stats"})
+            stats = state.xtr_control("ux", {"op": "stats"})
             print(f"ux counters: {json.dumps(stats)}")
         finally:
-            runner.down(state)
+            state.down()
     return 0
 
 

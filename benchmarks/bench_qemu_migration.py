@@ -1,12 +1,12 @@
 """Live migration of the testbed's small guest between two QEMU processes on loopback.
 
-The guest is pacao.testbed.guest (Debian cloud kernel, busybox initramfs) with
+The guest is pacao.testbed.vm.guest (Debian cloud kernel, busybox initramfs) with
 ``--mem`` MiB of RAM of which ``blob`` MiB are random bytes (its /www/blob). For
 each (blob, bandwidth cap) it boots a source QEMU, starts a destination with
 ``-incoming tcp:127.0.0.1:PORT`` and migrates through the QMP client of
 pacao.controller.drivers.qmp with a 300 ms max downtime, printing the boot time
 and QEMU's figures: total time, downtime, bytes transferred. Accelerator as in
-pacao.testbed.qemuvm (TCG here: see there why).
+pacao.testbed.vm.qemuvm (TCG here: see there why).
 
     python benchmarks/bench_qemu_migration.py [--mem 128] [--quick]
 """
@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from pacao.controller.drivers.qmp import QmpClient, start_outgoing, wait_migration
-from pacao.testbed.guest import READY, artefacts
-from pacao.testbed.qemuvm import default_accel, kill_pid, qemu_argv, wait_qmp, wait_serial
+from pacao.testbed.vm.guest import READY, artefacts
+from pacao.testbed.vm.qemuvm import default_accel, kill_pid, qemu_argv, wait_qmp, wait_serial
 
 
 def free_port() -> int:

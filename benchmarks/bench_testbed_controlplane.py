@@ -24,14 +24,14 @@ from pathlib import Path
 
 import yaml
 
-from pacao.testbed import runner
+from pacao.testbed import net
 from pacao.testbed.controlplane import (
     ControllerSettings,
     MigrationModel,
     TestbedControlPlane,
     migrate_vm,
 )
-from pacao.testbed.topology import load_topology
+from pacao.testbed.topo.topology import load_topology
 
 TOPO = yaml.safe_load(
     """
@@ -64,7 +64,7 @@ mappings:
 
 FLIPS = r"""
 import json, sys, time, http.client
-from pacao.testbed.control import request
+from pacao.testbed.daemons.control import request
 urls, sock, n = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 def best():
     e = next(e for e in request(sock, {"op": "show"})["map_cache"] if e["prefix"] == "10.2.0.0/24")
@@ -88,15 +88,15 @@ print(json.dumps(out))
 
 
 def main() -> int:
-    runner.check_system()
+    net.check_system()
     tmp = Path(tempfile.mkdtemp(prefix="pacao-bench-cp-"))
     os.environ["PACAO_TESTBED_STATE"] = str(tmp / "state")
     f = tmp / "topo.yaml"
     f.write_text(yaml.safe_dump(TOPO))
     topo = load_topology(f)
-    state = runner.new_state(f)
+    state = net.Testbed.new(f)
     try:
-        runner.up(topo, f, state)
+        state.up(topo)
         for method in ("both", "smr", "change-priority"):
             settings = ControllerSettings("legacy", 2, 1, 0.5, switch_method=method)  # type: ignore[arg-type]
             cp = TestbedControlPlane(state, topo, settings, tmp / f"cp-{method}")
@@ -106,7 +106,7 @@ def main() -> int:
             time.sleep(2)  # the agents learn who caches their prefix (probes)
             urls = [cp.agent_url(x).removeprefix("http://") for x in ("ax", "bx")]
             sock = str(state.rundir / "xtr-ux.sock")
-            done = runner.sh(sys.executable, "-c", FLIPS, json.dumps(urls), sock, "12", ns=cp.ns)
+            done = net.sh(sys.executable, "-c", FLIPS, json.dumps(urls), sock, "12", ns=cp.ns)
             ms = sorted(json.loads(done.stdout))
             print(
                 f"switch method {method:16} start {started:5.1f} s  user ITR switched after "
@@ -122,7 +122,7 @@ def main() -> int:
                 f"/ {res.downtime_s:.3f} s"
             )
     finally:
-        runner.down(state)
+        state.down()
     return 0
 
 

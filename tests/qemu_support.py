@@ -2,7 +2,7 @@
 
 The tests FAIL (never skip) when qemu-system-x86_64 or the guest's Debian packages are
 missing (`make debs guest` installs and builds them), and when /dev/kvm is missing if
-the accelerator is KVM. The default accelerator is TCG: see pacao.testbed.qemuvm for
+the accelerator is KVM. The default accelerator is TCG: see pacao.testbed.vm.qemuvm for
 why this machine's /dev/kvm (kvm_pvm) cannot run Debian's kernel at speed.
 """
 
@@ -13,8 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pacao.testbed.guest import Guest, artefacts
-from pacao.testbed.qemuvm import default_accel, kill_pid
+from pacao.testbed.vm.guest import Guest, artefacts
+from pacao.testbed.vm.qemuvm import default_accel, kill_pid
 
 
 def need_qemu() -> Guest:

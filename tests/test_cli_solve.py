@@ -148,8 +148,8 @@ def _loaders() -> list[tuple[str, str, str, str, Callable[[Path], Any]]]:
     from pacao.lisp.xtr import load_xtr_config
     from pacao.optimize import load_problem
     from pacao.optimize.assign import load_assign_problem
-    from pacao.testbed.scenario import load_scenario
-    from pacao.testbed.topology import load_topology
+    from pacao.testbed.topo.scenario import load_scenario
+    from pacao.testbed.topo.topology import load_topology
 
     data = ROOT / "src/pacao/data"
     fig5 = load_topology(data / "testbed-fig5.yaml")

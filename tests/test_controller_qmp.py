@@ -28,8 +28,8 @@ from pacao.controller.drivers.qmp import (
 )
 from pacao.controller.plans import Context, VmMigration
 from pacao.errors import InputError
-from pacao.testbed.guest import READY, TICK
-from pacao.testbed.qemuvm import qemu_argv, wait_serial
+from pacao.testbed.vm.guest import READY, TICK
+from pacao.testbed.vm.qemuvm import qemu_argv, wait_serial
 from qemu_support import Procs, need_qemu
 
 BLOB_MIB = 24  # random bytes in guest RAM: what a migration must really copy

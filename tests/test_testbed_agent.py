@@ -26,8 +26,8 @@ from pacao.lisp.xtr import (
     MappingRemoved,
     PrioritiesChanged,
 )
-from pacao.testbed import control
-from pacao.testbed.agent import Hook
+from pacao.testbed.daemons import control
+from pacao.testbed.daemons.agent import Hook
 
 
 @dataclass

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from pacao.controller.storage import Store
-from pacao.testbed import runner
+from pacao.testbed import net
 from pacao.testbed.controlplane import (
     ControllerSettings,
     MigrationModel,
@@ -32,7 +32,7 @@ from pacao.testbed.controlplane import (
     migrate_vm,
     vm_location,
 )
-from pacao.testbed.topology import Topology, load_topology
+from pacao.testbed.topo.topology import Topology, load_topology
 from testbed_support import TWO_DC
 
 PREFIX = "10.2.0.0/24"
@@ -61,13 +61,13 @@ def topo_file(state_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def legacy(topo_file: Path) -> Iterator[tuple[runner.State, Topology, TestbedControlPlane]]:
+def legacy(topo_file: Path) -> Iterator[tuple[net.Testbed, Topology, TestbedControlPlane]]:
     """The legacy arm: map-server and agents, no controller."""
-    runner.check_system()
+    net.check_system()
     topo = load_topology(topo_file)
-    state = runner.new_state(topo_file)
+    state = net.Testbed.new(topo_file)
     try:
-        runner.up(topo, topo_file, state)
+        state.up(topo)
         cp = TestbedControlPlane(
             state, topo, ControllerSettings("legacy", s1=2, s2=1, s3=0.1), state.rundir / "cp"
         )
@@ -75,11 +75,11 @@ def legacy(topo_file: Path) -> Iterator[tuple[runner.State, Topology, TestbedCon
         yield state, topo, cp
         cp.stop()
     finally:
-        runner.down(state)
-        assert runner.leftovers(state.runid) == []
+        state.down()
+        assert net.leftovers(state.runid) == []
 
 
-def in_ns(state: runner.State, node: str, *cmd: str, timeout: float = 60) -> str:
+def in_ns(state: net.Testbed, node: str, *cmd: str, timeout: float = 60) -> str:
     done = subprocess.run(
         ["ip", "netns", "exec", state.ns(node), *cmd], capture_output=True, text=True,
         timeout=timeout,
@@ -88,7 +88,7 @@ def in_ns(state: runner.State, node: str, *cmd: str, timeout: float = 60) -> str
     return done.stdout
 
 
-def median_rtt(state: runner.State, count: int = 7) -> float:
+def median_rtt(state: net.Testbed, count: int = 7) -> float:
     out = in_ns(state, "user", "ping", "-c", str(count), "-i", "0.05", "10.2.0.10")
     times = sorted(float(x) for x in re.findall(r"time=([\d.]+) ms", out))
     assert len(times) == count, out
@@ -126,7 +126,7 @@ class PingLog:
     """``ping -D`` from the user to the VM, its replies (wall time, icmp_seq) read as they
     come, so that a test waits for replies rather than for a fixed time."""
 
-    def __init__(self, state: runner.State, interval: float) -> None:
+    def __init__(self, state: net.Testbed, interval: float) -> None:
         self.replies: list[tuple[float, int]] = []
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", state.ns("user"), "ping", "-D", "-n", "-i", str(interval),
@@ -170,7 +170,7 @@ def priorities(cp: TestbedControlPlane, node: str) -> dict[str, int]:
 
 
 def test_data_plane_map_cache_comes_from_the_map_server(
-    legacy: tuple[runner.State, Topology, TestbedControlPlane],
+    legacy: tuple[net.Testbed, Topology, TestbedControlPlane],
 ) -> None:
     state, _topo, cp = legacy
     # start() emptied the seeded caches; the agents resolved them through the map-server
@@ -188,7 +188,7 @@ def test_data_plane_map_cache_comes_from_the_map_server(
 
 
 def test_set_priority_moves_real_traffic(
-    legacy: tuple[runner.State, Topology, TestbedControlPlane],
+    legacy: tuple[net.Testbed, Topology, TestbedControlPlane],
 ) -> None:
     state, _topo, cp = legacy
     before = sent_per_locator(cp)
@@ -222,12 +222,12 @@ def probed_rtt(cp: TestbedControlPlane, rloc: str) -> float:
 
 
 def test_probed_rtt_follows_an_impairment(
-    legacy: tuple[runner.State, Topology, TestbedControlPlane],
+    legacy: tuple[net.Testbed, Topology, TestbedControlPlane],
 ) -> None:
     state, topo, cp = legacy
     base = probed_rtt(cp, AX)
     assert base > 9.9, base  # 2 x 5 ms emulated: a floor no load lowers
-    runner.set_link(state, topo, "ua", delay_ms=40)
+    state.set_link(topo, "ua", delay_ms=40)
     try:
         # until the probes see the new 2 x 40 ms (S''' = 0.1 s; the wait is the state)
         raised = wait_until("the probed RTT to follow", lambda: (r := probed_rtt(cp, AX)) > 79.9
@@ -235,11 +235,11 @@ def test_probed_rtt_follows_an_impairment(
         # the other path (ux-bx, 2 x 10 ms) did not get the +80 ms: it is now the faster one
         assert probed_rtt(cp, BX) < raised, raised
     finally:
-        runner.set_link(state, topo, "ua", delay_ms=5)
+        state.set_link(topo, "ua", delay_ms=5)
 
 
 def test_namespace_migration_downtime_matches_the_model(
-    legacy: tuple[runner.State, Topology, TestbedControlPlane],
+    legacy: tuple[net.Testbed, Topology, TestbedControlPlane],
 ) -> None:
     state, _topo, cp = legacy
     # 64 MiB over the 1 Gbit/s default: 0.54 s pre-copy; 0.5 s stop-and-copy
@@ -288,7 +288,7 @@ def cli(*args: str) -> str:
 
 
 def test_cli_set_priority_and_migrate(
-    legacy: tuple[runner.State, Topology, TestbedControlPlane],
+    legacy: tuple[net.Testbed, Topology, TestbedControlPlane],
 ) -> None:
     state, _topo, cp = legacy
     run = ("--run", state.runid)
@@ -312,11 +312,11 @@ def test_cli_set_priority_and_migrate(
 
 def test_controller_switches_the_entry_then_migrates_the_vm(topo_file: Path) -> None:
     """PACAO-2 under an injected delay, time-compressed: S' = 1 s, S'' = 0.5 s."""
-    runner.check_system()
+    net.check_system()
     topo = load_topology(topo_file)
-    state = runner.new_state(topo_file)
+    state = net.Testbed.new(topo_file)
     try:
-        runner.up(topo, topo_file, state)
+        state.up(topo)
         settings = ControllerSettings("pacao2", s1=1.0, s2=0.5, s3=0.1, rtt_max_ms=30)
         model = MigrationModel(memory_mib=128, switchover_ms=300)
         cp = TestbedControlPlane(state, topo, settings, state.rundir / "cp", model)
@@ -325,7 +325,7 @@ def test_controller_switches_the_entry_then_migrates_the_vm(topo_file: Path) -> 
         wait_until("two S' windows decided", lambda: windows_decided(cp, 1.0) >= 3, 60)
         assert cp.plans() == []
         stressed = time.time()
-        runner.set_link(state, topo, "ua", delay_ms=50)  # user<->ax RTT about 100 ms
+        state.set_link(topo, "ua", delay_ms=50)  # user<->ax RTT about 100 ms
         deadline = time.monotonic() + 60  # a timeout: the asserts below fail without plans
         while time.monotonic() < deadline:
             plans = cp.plans()
@@ -367,8 +367,8 @@ def test_controller_switches_the_entry_then_migrates_the_vm(topo_file: Path) -> 
         now = sent_per_locator(cp)
         assert now[BX] - sent[BX] >= 7 and now[AX] == sent[AX], (sent, now)
     finally:
-        runner.down(state)
-        assert runner.leftovers(state.runid) == []
+        state.down()
+        assert net.leftovers(state.runid) == []
 
 
 DAEMON = """
@@ -376,13 +376,13 @@ import sys, time
 from pathlib import Path
 from typing import Any
 from pacao.controller.storage import Store
-from pacao.testbed import runner
+from pacao.testbed import net
 from pacao.testbed.controlplane import ControllerSettings, TestbedControlPlane
-from pacao.testbed.topology import load_topology
+from pacao.testbed.topo.topology import load_topology
 f = Path(sys.argv[1])
 topo = load_topology(f)
-state = runner.new_state(f)
-runner.up(topo, f, state)
+state = net.Testbed.new(f)
+state.up(topo)
 s = ControllerSettings("pacao1", s1=2, s2=1, s3=0.5)
 TestbedControlPlane(state, topo, s, state.rundir / "cp").start()
 print(state.runid, flush=True)
@@ -393,7 +393,7 @@ time.sleep(600)
 def test_cleanup_after_a_killed_run_removes_agents_controller_namespaces(
     topo_file: Path, state_dir: Path
 ) -> None:
-    runner.check_system()
+    net.check_system()
     proc = subprocess.Popen(
         [sys.executable, "-c", DAEMON, str(topo_file)], stdout=subprocess.PIPE, text=True
     )
@@ -407,18 +407,18 @@ def test_cleanup_after_a_killed_run_removes_agents_controller_namespaces(
     names = {p["name"] for p in doc["procs"]}
     assert {"map-server", "controller", "agent-ux", "agent-ax", "agent-bx"} <= names
     assert f"pc{runid}-ctl" in doc["netns"]
-    alive = [p for p in doc["procs"] if runner.proc_start_time(p["pid"]) == p["start"]]
+    alive = [p for p in doc["procs"] if net.proc_start_time(p["pid"]) == p["start"]]
     assert len(alive) == len(doc["procs"])  # the daemons outlive their parent
     done = subprocess.run(
         [sys.executable, "-m", "pacao.cli", "testbed", "cleanup"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert runner.leftovers(runid) == []
-    assert all(runner.proc_start_time(p["pid"]) != p["start"] for p in doc["procs"])
+    assert net.leftovers(runid) == []
+    assert all(net.proc_start_time(p["pid"]) != p["start"] for p in doc["procs"])
     assert not (state_dir / f"testbed-{runid}.json").exists()
 
 
-def vxlan_packets(state: runner.State, node: str) -> tuple[int, int]:
+def vxlan_packets(state: net.Testbed, node: str) -> tuple[int, int]:
     """(tx, rx) packets of a dc node's VXLAN port."""
     out = in_ns(state, node, "ip", "-s", "-j", "link", "show", f"{state.prefix}vx")
     stats = json.loads(out)[0]["stats64"]
@@ -428,15 +428,15 @@ def vxlan_packets(state: runner.State, node: str) -> tuple[int, int]:
 def test_vxlan_fabric_carries_the_vm_across_a_migration(state_dir: Path) -> None:
     """fabric: vxlan. The VM keeps its EID and subnet at DC b; the entry stays ax, whose
     dc reaches the VM over VXLAN across the ax-bx link (real encapsulated packets)."""
-    runner.check_system()
+    net.check_system()
     doc = yaml.safe_load(yaml.safe_dump(TWO_DC))
     doc["fabric"] = "vxlan"
     f = state_dir / "twodc-vxlan.yaml"
     f.write_text(yaml.safe_dump(doc))
     topo = load_topology(f)
-    state = runner.new_state(f)
+    state = net.Testbed.new(f)
     try:
-        runner.up(topo, f, state)
+        state.up(topo)
         first = vxlan_packets(state, "adc")
         assert median_rtt(state) > 9.9  # ux - ax - adc - vm, no tunnel yet:
         before = vxlan_packets(state, "adc"), vxlan_packets(state, "bdc")
@@ -473,5 +473,5 @@ def test_vxlan_fabric_carries_the_vm_across_a_migration(state_dir: Path) -> None
         ).stdout  # fmt: skip
         assert "10.2.0.10" in out  # inner destination of a VXLAN packet on the link
     finally:
-        runner.down(state)
-        assert runner.leftovers(state.runid) == []
+        state.down()
+        assert net.leftovers(state.runid) == []

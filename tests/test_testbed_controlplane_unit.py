@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pacao.controller.config import config_from_dict
-from pacao.controller.drivers import available
+from pacao.controller.drivers import BUILTIN, available
 from pacao.errors import InputError
 from pacao.lisp.xtr import xtr_config_from_dict
 from pacao.testbed.controlplane import (
@@ -17,8 +17,8 @@ from pacao.testbed.controlplane import (
     TestbedControlPlane,
     migration_estimate,
 )
-from pacao.testbed.runner import State
-from pacao.testbed.topology import load_topology
+from pacao.testbed.net import Testbed
+from pacao.testbed.topo.topology import load_topology
 from testbed_support import TWO_DC
 
 GBIT = 1e9
@@ -67,13 +67,12 @@ def test_generated_configs_validate(tmp_path: Path) -> None:
     f = tmp_path / "t.yaml"
     f.write_text(yaml.safe_dump(TWO_DC))
     topo = load_topology(f)
-    state = State("abcd", tmp_path / "testbed-abcd.json", {"file": str(f)})
+    state = Testbed("abcd", tmp_path / "testbed-abcd.json", {"file": str(f)})
     state.rundir.mkdir()
     state.save()
     s = ControllerSettings("pacao1", s1=10, s2=5, s3=1, rtt_max_ms=45)
     cp = TestbedControlPlane(state, topo, s, tmp_path / "cp", MigrationModel(memory_mib=512))
-    doc = cp.controller_config()
-    cfg = config_from_dict(doc)
+    cfg = config_from_dict(cp.controller_document())
     assert [d.name for d in cfg.dcs] == ["adc", "bdc"]
     assert cfg.dcs[0].rlocs == ["172.16.0.2"] and cfg.dcs[1].rlocs == ["172.16.0.3"]
     assert cfg.vms[0].eid == "10.2.0.0/24" and cfg.vms[0].host == "adc"
@@ -82,6 +81,8 @@ def test_generated_configs_validate(tmp_path: Path) -> None:
     assert cfg.policy.min_gain_ratio == 0.5 and cfg.policy.min_dwell_s == 20
     assert cfg.users[0].rloc == "172.16.0.1" and cfg.users[0].sla["rtt"].max == 45
     assert cfg.drivers.hypervisor.name == "testbed" and "testbed" in available("hypervisor")
+    # a plugin the testbed registers (entry point), not a built-in of the controller
+    assert "testbed" not in BUILTIN["hypervisor"]
     link = cfg.policy.links[0]
     assert (link.a, link.b) == ("adc", "bdc") and link.rtt_ms == pytest.approx(11.76, abs=0.1)
     ux = xtr_config_from_dict(cp.agent_config("ux"))
@@ -126,7 +127,7 @@ def test_plans_are_read_once_none_is_in_flight(tmp_path: Path) -> None:
 
     f = tmp_path / "t.yaml"
     f.write_text(yaml.safe_dump(TWO_DC))
-    state = State("abce", tmp_path / "testbed-abce.json", {"file": str(f)})
+    state = Testbed("abce", tmp_path / "testbed-abce.json", {"file": str(f)})
     s = ControllerSettings("pacao1", s1=10, s2=5, s3=1)
     cp = TestbedControlPlane(state, load_topology(f), s, tmp_path / "cp")
     cp.workdir.mkdir(parents=True)

@@ -6,7 +6,7 @@ import ipaddress
 import struct
 from collections import Counter
 
-from pacao.testbed.dataplane import (
+from pacao.testbed.daemons.dataplane import (
     FLAG_L,
     FLAG_N,
     Locator,

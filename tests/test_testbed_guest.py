@@ -9,7 +9,7 @@ import gzip
 import json
 from pathlib import Path
 
-from pacao.testbed import guest as g
+from pacao.testbed.vm import guest as g
 
 
 def cpio_entries(data: bytes) -> dict[str, tuple[int, bytes]]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pacao.testbed import runner
-from pacao.testbed.topology import Topology, load_topology
+from pacao.testbed import net
+from pacao.testbed.topo.topology import Topology, load_topology
 from testbed_support import SMALL
 
 
@@ -48,16 +48,16 @@ def topo_file(state_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bed(topo_file: Path) -> Iterator[tuple[runner.State, Topology]]:
-    runner.check_system()  # fails (not skips) without root or tools
+def bed(topo_file: Path) -> Iterator[tuple[net.Testbed, Topology]]:
+    net.check_system()  # fails (not skips) without root or tools
     topo = load_topology(topo_file)
-    state = runner.new_state(topo_file)
+    state = net.Testbed.new(topo_file)
     try:
-        runner.up(topo, topo_file, state)
+        state.up(topo)
         yield state, topo
     finally:
-        runner.down(state)
-        assert runner.leftovers(state.runid) == []
+        state.down()
+        assert net.leftovers(state.runid) == []
         assert not state.path.exists()
 
 
@@ -74,7 +74,7 @@ s.close()
 """
 
 
-def in_ns(state: runner.State, node: str, *cmd: str, timeout: float = 30) -> str:
+def in_ns(state: net.Testbed, node: str, *cmd: str, timeout: float = 30) -> str:
     done = subprocess.run(
         ["ip", "netns", "exec", state.ns(node), *cmd],
         capture_output=True,
@@ -85,7 +85,7 @@ def in_ns(state: runner.State, node: str, *cmd: str, timeout: float = 30) -> str
     return done.stdout
 
 
-def avg_rtt(state: runner.State, count: int = 7) -> float:
+def avg_rtt(state: net.Testbed, count: int = 7) -> float:
     """Median ping RTT user -> VM (the median ignores a first ping slowed by ARP)."""
     out = in_ns(state, "user", "ping", "-c", str(count), "-i", "0.05", "10.2.0.10")
     times = sorted(float(x) for x in re.findall(r"time=([\d.]+) ms", out))
@@ -93,13 +93,13 @@ def avg_rtt(state: runner.State, count: int = 7) -> float:
     return times[count // 2]
 
 
-def locator_packets(state: runner.State) -> dict[str, int]:
-    reply = runner.xtr_control(state, "ux", {"op": "show"})
+def locator_packets(state: net.Testbed) -> dict[str, int]:
+    reply = state.xtr_control("ux", {"op": "show"})
     entry = next(e for e in reply["map_cache"] if e["prefix"] == "10.2.0.0/24")
     return {lo["rloc"]: lo["packets"] for lo in entry["locators"]}
 
 
-def test_ping_tcp_delay_and_priority_switch(bed: tuple[runner.State, Topology]) -> None:
+def test_ping_tcp_delay_and_priority_switch(bed: tuple[net.Testbed, Topology]) -> None:
     state, topo = bed
     # path user -> ux -(ua 5 ms)-> ax -> adc -> vm, back the same way: RTT about 10 ms
     base = avg_rtt(state)
@@ -121,15 +121,14 @@ def test_ping_tcp_delay_and_priority_switch(bed: tuple[runner.State, Topology]) 
     assert out.strip() == hashlib.sha256(bytes(range(256)) * 2000).hexdigest()
 
     # +40 ms one-way on the user<->ax link, both directions: RTT +80 ms
-    runner.set_link(state, topo, "ua", delay_ms=45)
+    state.set_link(topo, "ua", delay_ms=45)
     slow = avg_rtt(state)
     assert 76 < slow - base < 92, (base, slow)
-    runner.set_link(state, topo, "ua", delay_ms=5)
+    state.set_link(topo, "ua", delay_ms=5)
 
     # priority change at the user's xTR: traffic enters at bx (ub 10 ms), VM still behind ax
     before = locator_packets(state)
-    reply = runner.xtr_control(
-        state,
+    reply = state.xtr_control(
         "ux",
         {"op": "priority", "prefix": "10.2.0.0/24", "rloc": "172.16.0.2", "priority": 9},
     )
@@ -141,17 +140,17 @@ def test_ping_tcp_delay_and_priority_switch(bed: tuple[runner.State, Topology]) 
     # forward ux->bx 10 ms + bx->ax fabric (Paris-Lyon, ~5.9 ms), back via ua 5 ms: +10.9 ms
     assert 8 < switched - base < 20, (base, switched)
     # the VM's replies leave through bx too: RTT = 2 x (10 + 5.9) ms over kernel speed
-    runner.set_egress(state, topo, "ax", "10.1.0.0/24", "bx")
+    state.set_egress(topo, "ax", "10.1.0.0/24", "bx")
     both = avg_rtt(state)
     assert 8 < both - switched < 20, (switched, both)
-    runner.set_egress(state, topo, "ax", "10.1.0.0/24", "ax")
-    bad = runner.xtr_control(
-        state, "ux", {"op": "priority", "prefix": "10.2.0.0/24", "rloc": "1.2.3.4", "priority": 1}
+    state.set_egress(topo, "ax", "10.1.0.0/24", "ax")
+    bad = state.xtr_control(
+        "ux", {"op": "priority", "prefix": "10.2.0.0/24", "rloc": "1.2.3.4", "priority": 1}
     )
     assert not bad["ok"]
 
 
-def test_tshark_decodes_lisp_data(bed: tuple[runner.State, Topology]) -> None:
+def test_tshark_decodes_lisp_data(bed: tuple[net.Testbed, Topology]) -> None:
     state, topo = bed
     link = topo.link("ua")
     dev = state.ifname(link.index, "b")
@@ -181,7 +180,7 @@ def test_tshark_decodes_lisp_data(bed: tuple[runner.State, Topology]) -> None:
 
 
 def test_killed_up_then_cleanup_leaves_nothing(state_dir: Path, topo_file: Path) -> None:
-    runner.check_system()
+    net.check_system()
     own = state_dir / "crash"
     own.mkdir()
     env = {**os.environ, "PACAO_TESTBED_STATE": str(own)}
@@ -208,9 +207,9 @@ def test_killed_up_then_cleanup_leaves_nothing(state_dir: Path, topo_file: Path)
         assert runid is not None
         doc = json.loads((own / f"testbed-{runid}.json").read_text())
         assert not doc["ready"]
-        assert runner.leftovers(runid), "the kill should have left namespaces behind"
+        assert net.leftovers(runid), "the kill should have left namespaces behind"
         pids = [(p["pid"], p["start"]) for p in doc["procs"]]
-        assert any(runner.proc_start_time(pid) == start for pid, start in pids)
+        assert any(net.proc_start_time(pid) == start for pid, start in pids)
     finally:
         done = subprocess.run(
             [sys.executable, "-m", "pacao.cli", "testbed", "cleanup"],
@@ -218,17 +217,15 @@ def test_killed_up_then_cleanup_leaves_nothing(state_dir: Path, topo_file: Path)
         )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert runid is not None
-    assert runner.leftovers(runid) == []
-    assert all(runner.proc_start_time(pid) != start for pid, start in pids)
+    assert net.leftovers(runid) == []
+    assert all(net.proc_start_time(pid) != start for pid, start in pids)
     assert list(own.iterdir()) == []
 
 
-def test_cli_play_changes_a_link_on_time(
-    bed: tuple[runner.State, Topology], tmp_path: Path
-) -> None:
+def test_cli_play_changes_a_link_on_time(bed: tuple[net.Testbed, Topology], tmp_path: Path) -> None:
     state, topo = bed
     req = {"op": "priority", "prefix": "10.2.0.0/24", "rloc": "172.16.0.2", "priority": 9}
-    assert runner.xtr_control(state, "ux", req)["ok"]  # enter at bx; the scenario switches back
+    assert state.xtr_control("ux", req)["ok"]  # enter at bx; the scenario switches back
     plan = tmp_path / "plan.yaml"
     plan.write_text(
         "name: p\nduration: 1\nevents:\n"
@@ -249,7 +246,7 @@ def test_cli_play_changes_a_link_on_time(
     # twice would put it; the first (at 0) well before the second's time.
     assert offsets[0] < 0.5 and 0.95 < offsets[1] < 2.0, offsets
     slow = avg_rtt(state)
-    runner.set_link(state, topo, "ua", delay_ms=5)
+    state.set_link(topo, "ua", delay_ms=5)
     base = avg_rtt(state)
     # ua carries both directions again (priority back to 1 for ax): +40 ms RTT
     assert 36 < slow - base < 52, (base, slow)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pacao.controller.drivers.base import DriverError
-from pacao.testbed.qemuvm import QemuGuest
+from pacao.testbed.vm.qemuvm import QemuGuest
 from qemu_support import need_qemu
 
 PID = os.getpid()

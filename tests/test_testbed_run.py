@@ -16,11 +16,12 @@ from typer.testing import CliRunner
 
 from pacao.cli import app
 from pacao.errors import InputError
-from pacao.testbed import runner
-from pacao.testbed.experiment import load_experiment, resolve
-from pacao.testbed.results import summarize
-from pacao.testbed.run import PROBE_S, QUICK_TIME_SCALE, quick_options, run_experiment
-from pacao.testbed.traffic import parse_iperf3
+from pacao.report.testbed import write as write_report
+from pacao.testbed import net
+from pacao.testbed.analysis import summarize
+from pacao.testbed.daemons.traffic import parse_iperf3
+from pacao.testbed.topo.experiment import load_experiment, resolve
+from pacao.testbed.trials import PROBE_S, QUICK_TIME_SCALE, quick_options, run_experiment
 
 
 def test_shipped_experiments() -> None:
@@ -134,7 +135,7 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _check_outputs(out: Path, name: str, figs: list[str]) -> dict[str, Any]:
     summary = json.loads((out / "summary.json").read_text())
-    report = (out / "report.html").read_text()
+    report = write_report(out).read_text()  # what `pacao testbed run` does after the run
     for f in figs:
         path = out / f"{name}_{f}.png"
         assert matplotlib.image.imread(path).shape[0] > 100
@@ -148,7 +149,7 @@ def _check_outputs(out: Path, name: str, figs: list[str]) -> dict[str, Any]:
 def _no_leftovers(out: Path, name: str, state: Path) -> None:
     for p in (out / "raw" / name).glob("*-r0.json"):
         rec = json.loads(p.read_text())
-        assert runner.leftovers(rec["run_id"]) == []
+        assert net.leftovers(rec["run_id"]) == []
     assert not list(state.glob("testbed-*.json"))
 
 
@@ -330,7 +331,7 @@ def test_sigterm_takes_every_testbed_down(tmp_path: Path, state_dir: Path) -> No
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     for runid in seen:
-        assert runner.leftovers(runid) == []
+        assert net.leftovers(runid) == []
     assert not list(state_dir.glob("testbed-*.json"))
 
 

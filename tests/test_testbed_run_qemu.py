@@ -21,16 +21,17 @@ from typer.testing import CliRunner
 
 from pacao.cli import app
 from pacao.errors import InputError
-from pacao.testbed import runner, traffic
+from pacao.testbed import net
+from pacao.testbed.analysis import migration_summary, unfinished_migrations
 from pacao.testbed.controlplane import (
     ControllerSettings,
     MigrationModel,
     TestbedControlPlane,
     migrate_vm,
 )
-from pacao.testbed.results import migration_summary, unfinished_migrations
-from pacao.testbed.run import RunOptions, run_experiment
-from pacao.testbed.topology import load_topology
+from pacao.testbed.daemons import traffic
+from pacao.testbed.topo.topology import load_topology
+from pacao.testbed.trials import RunOptions, run_experiment
 from qemu_support import need_qemu
 from testbed_support import TWO_DC
 
@@ -123,7 +124,7 @@ def test_qemu_trials_cross_a_live_migration(
     assert sorted(m["downtime_s"] for m in sm) == pytest.approx(qemu)  # real s, not rescaled
     assert all(m["qemu_downtime_ms"] == pytest.approx(m["downtime_s"] * 1000) for m in sm)
     for rec in recs.values():
-        assert runner.leftovers(rec["run_id"]) == []
+        assert net.leftovers(rec["run_id"]) == []
     assert not list((tmp_path / "state").glob("testbed-*.json"))
 
 
@@ -173,7 +174,7 @@ def test_unfinished_migrations_are_reported() -> None:
     assert m["measured_by"] == "qemu" and m["downtime_s"] == 0.05 and m["t_s"] == 4.0
 
 
-def streaming(state: runner.State, dc: str) -> bool:
+def streaming(state: net.Testbed, dc: str) -> bool:
     """A TCP connection established in the dc's namespace: the incoming QEMU's migration
     stream (the guest's own traffic goes through its TAP, not this stack)."""
     out = subprocess.run(
@@ -196,11 +197,11 @@ def test_teardown_mid_migration_kills_both_qemus(
     f = tmp_path / "twodc-vxlan.yaml"
     f.write_text(yaml.safe_dump(topo_doc))
     topo = load_topology(f)
-    state = runner.new_state(f)
+    state = net.Testbed.new(f)
     pids: list[dict[str, Any]] = []
     try:
-        runner.up(topo, f, state)
-        runner.set_link(state, topo, "ab", rate_bps=1_000_000)  # ~100 MB take minutes
+        state.up(topo)
+        state.set_link(topo, "ab", rate_bps=1_000_000)  # ~100 MB take minutes
         cp = TestbedControlPlane(
             state, topo, ControllerSettings("legacy", s1=2, s2=1, s3=0.5, vm_backend="qemu"),
             tmp_path / "cp", MigrationModel(memory_mib=128, default_bandwidth_mbps=400),
@@ -224,9 +225,9 @@ def test_teardown_mid_migration_kills_both_qemus(
         while not streaming(state, "bdc"):
             assert time.monotonic() < deadline, "no migration stream to bdc"
             time.sleep(0.2)
-        assert all(runner.proc_start_time(p["pid"]) == p["start"] for p in pids)
+        assert all(net.proc_start_time(p["pid"]) == p["start"] for p in pids)
     finally:
-        runner.down(state)
+        state.down()
     for p in pids:  # both killed by PID with the run
-        assert runner.proc_start_time(p["pid"]) != p["start"], p
-    assert runner.leftovers(state.runid) == []
+        assert net.proc_start_time(p["pid"]) != p["start"], p
+    assert net.leftovers(state.runid) == []

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from pacao.errors import InputError
-from pacao.testbed.scenario import Event, load_scenario, play, scenario_from_dict
-from pacao.testbed.topology import default_topology_path, load_topology, topology_from_dict
+from pacao.testbed.topo.scenario import Event, load_scenario, play, scenario_from_dict
+from pacao.testbed.topo.topology import default_topology_path, load_topology, topology_from_dict
 from testbed_support import SMALL
 
 

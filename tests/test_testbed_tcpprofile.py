@@ -17,8 +17,10 @@ import pytest
 import yaml
 
 from pacao.errors import InputError
-from pacao.testbed import runner, tcpprofile, traffic
-from pacao.testbed.topology import Topology, load_topology
+from pacao.testbed import net
+from pacao.testbed.daemons import traffic
+from pacao.testbed.topo import tcpprofile
+from pacao.testbed.topo.topology import Topology, load_topology
 from testbed_support import SMALL
 
 SS_SAMPLE = """\
@@ -43,7 +45,7 @@ def test_unknown_profile_is_a_clear_error() -> None:
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[runner.State, Topology]]:
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[net.Testbed, Topology]]:
     assert os.geteuid() == 0, "the testbed tests need root (make test runs as root)"
     tmp_path = tmp_path_factory.mktemp("tcpprofile")
     old = os.environ.get("PACAO_TESTBED_STATE")
@@ -54,39 +56,39 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[runner.State
             link["delay"] = 25  # 50 ms RTT: room for autotuning beyond 160 KB
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(doc))
-    runner.check_system()
+    net.check_system()
     topo = load_topology(path)
-    state = runner.new_state(path)
+    state = net.Testbed.new(path)
     try:
-        runner.up(topo, path, state)
+        state.up(topo)
         yield state, topo
     finally:
-        runner.down(state)
+        state.down()
         if old is None:
             del os.environ["PACAO_TESTBED_STATE"]
         else:
             os.environ["PACAO_TESTBED_STATE"] = old
-        assert runner.leftovers(state.runid) == []
+        assert net.leftovers(state.runid) == []
 
 
-def _download(state: runner.State, profile: str, seconds: float) -> dict[str, Any]:
+def _download(state: net.Testbed, profile: str, seconds: float) -> dict[str, Any]:
     """A download VM -> user on a fresh server; the peak of what ``ss`` reports on both."""
-    sysctls = tcpprofile.apply(state, ["user", "vm"], profile)
+    sysctls = state.apply_tcp_profile(["user", "vm"], profile)
     cc = tcpprofile.CONGESTION[profile]
     port = traffic.DOWNLOAD_PORT + (1 if profile == "linux" else 0)
-    srv = runner.spawn(state, f"srv-{profile}",
+    srv = state.spawn(f"srv-{profile}",
                        [*traffic.python_cmd(), "serve", "--port", str(port),
                         *(["--congestion", cc] if cc else [])], ns=state.ns("vm"))  # fmt: skip
-    runner.wait_ready(state, srv, f"srv-{profile}")
+    state.wait_ready(srv, f"srv-{profile}")
     out = state.rundir / f"fetch-{profile}.json"
-    cli = runner.spawn(state, f"fetch-{profile}",
+    cli = state.spawn(f"fetch-{profile}",
                        [*traffic.python_cmd(), "fetch", "--host", "10.2.0.10", "--port",
                         str(port), "--duration", str(seconds), "--out", str(out),
                         *(["--congestion", cc] if cc else [])], ns=state.ns("user"))  # fmt: skip
     peak: dict[str, Any] = {"snd_wnd": 0, "cc": set(), "samples": 0}
     deadline = time.monotonic() + seconds + 30
     while cli.poll() is None and time.monotonic() < deadline:
-        for c in tcpprofile.ss_tcp(state, "vm", port):
+        for c in state.ss_tcp("vm", port):
             if c.get("bytes_acked", 0) > 100_000:
                 peak["snd_wnd"] = max(peak["snd_wnd"], c.get("snd_wnd", 0))
                 peak["cc"].add(c.get("cc"))
@@ -99,7 +101,7 @@ def _download(state: runner.State, profile: str, seconds: float) -> dict[str, An
 
 
 def test_paper_and_linux_profiles_as_the_kernel_reports_them(
-    bed: tuple[runner.State, Topology],
+    bed: tuple[net.Testbed, Topology],
 ) -> None:
     state, _ = bed
     paper = _download(state, "paper", 4.0)
@@ -116,7 +118,7 @@ def test_paper_and_linux_profiles_as_the_kernel_reports_them(
 
 
 def test_steady_paper_profile_flow_has_no_periodic_dips(
-    bed: tuple[runner.State, Topology],
+    bed: tuple[net.Testbed, Topology],
 ) -> None:
     """The dip every ~10 s that PACAO-1 showed after its switch was the host's BBR (the
     `linux` profile here): with a standing queue at the 8 Mbit/s bottleneck BBR never
@@ -132,20 +134,20 @@ def test_steady_paper_profile_flow_has_no_periodic_dips(
     assert dips == [], f"intervals below 85 % of the median {med:.2f} Mbit/s: {rates}"
 
 
-def steady_rates(state: runner.State, topo: Topology, profile: str, seconds: int) -> list[float]:
+def steady_rates(state: net.Testbed, topo: Topology, profile: str, seconds: int) -> list[float]:
     """Mbit/s per second of a download through an 8 Mbit/s bottleneck (the first 3 s and
     the last one left out: TCP's start, a partial interval)."""
-    runner.set_link(state, topo, "lan", rate_bps=8_000_000)
-    tcpprofile.apply(state, ["user", "vm"], profile)
+    state.set_link(topo, "lan", rate_bps=8_000_000)
+    state.apply_tcp_profile(["user", "vm"], profile)
     cc = tcpprofile.CONGESTION[profile]
     opt = ["--congestion", cc] if cc else []
     port = str(8090 + PROFILES_PORT[profile])
-    srv = runner.spawn(state, f"srv-steady-{profile}",
+    srv = state.spawn(f"srv-steady-{profile}",
                        [*traffic.python_cmd(), "serve", "--port", port, *opt],
                        ns=state.ns("vm"))  # fmt: skip
-    runner.wait_ready(state, srv, f"srv-steady-{profile}")
+    state.wait_ready(srv, f"srv-steady-{profile}")
     out = state.rundir / f"fetch-steady-{profile}.json"
-    cli = runner.spawn(state, f"fetch-steady-{profile}",
+    cli = state.spawn(f"fetch-steady-{profile}",
                        [*traffic.python_cmd(), "fetch", "--host", "10.2.0.10", "--port", port,
                         "--duration", str(seconds), "--interval", "1", "--out", str(out), *opt],
                        ns=state.ns("user"))  # fmt: skip

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pacao.errors import InputError
-from pacao.testbed.topology import (
+from pacao.testbed.topo.topology import (
     default_topology_path,
     great_circle_km,
     load_topology,

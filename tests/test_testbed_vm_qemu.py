@@ -1,4 +1,4 @@
-"""`--vm qemu`: a real small guest (pacao.testbed.qemuvm, branch `qemu`) in place of the
+"""`--vm qemu`: a real small guest (pacao.testbed.vm.qemuvm, branch `qemu`) in place of the
 namespace VM, live-migrated with QMP over the emulated inter-DC link of the VXLAN fabric.
 
 FAILS (never skips) without root, QEMU, the guest image (`make guest`) or the qemu
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pacao.testbed import runner
+from pacao.testbed import net
 from pacao.testbed.controlplane import (
     ControllerSettings,
     MigrationModel,
@@ -26,30 +26,30 @@ from pacao.testbed.controlplane import (
     migrate_vm,
     vm_location,
 )
-from pacao.testbed.topology import load_topology
+from pacao.testbed.topo.topology import load_topology
 from testbed_support import TWO_DC
 
 
 def test_qemu_guest_serves_and_migrates_live_over_the_fabric(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner.check_system()
+    net.check_system()
     monkeypatch.setenv("PACAO_TESTBED_STATE", str(tmp_path / "state"))
     doc = yaml.safe_load(yaml.safe_dump(TWO_DC))
     doc["fabric"] = "vxlan"
     f = tmp_path / "twodc-vxlan.yaml"
     f.write_text(yaml.safe_dump(doc))
     topo = load_topology(f)
-    state = runner.new_state(f)
+    state = net.Testbed.new(f)
     qemu_pids: list[dict[str, int]] = []
     try:
-        runner.up(topo, f, state)
+        state.up(topo)
         settings = ControllerSettings("legacy", s1=2, s2=1, s3=0.5, vm_backend="qemu")
         model = MigrationModel(memory_mib=128, default_bandwidth_mbps=400, max_downtime_ms=300)
         cp = TestbedControlPlane(state, topo, settings, tmp_path / "cp", model)
         cp.start()
         qemu_pids = json.loads((state.rundir / "procs-vmd.json").read_text())
-        assert len(qemu_pids) == 1 and runner.proc_start_time(qemu_pids[0]["pid"])
+        assert len(qemu_pids) == 1 and net.proc_start_time(qemu_pids[0]["pid"])
         # the guest's httpd answers through the LISP data plane (its /blob is 8 MiB)
         fetch = (
             "import urllib.request as u;"
@@ -95,7 +95,7 @@ def test_qemu_guest_serves_and_migrates_live_over_the_fabric(
         )  # fmt: skip
         assert again.returncode == 0, again.stdout
     finally:
-        runner.down(state)
-        assert runner.leftovers(state.runid) == []
+        state.down()
+        assert net.leftovers(state.runid) == []
         for p in qemu_pids:  # QEMU was killed by PID with the run
-            assert runner.proc_start_time(p["pid"]) != p["start"]
+            assert net.proc_start_time(p["pid"]) != p["start"]

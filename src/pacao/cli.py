@@ -188,7 +188,7 @@ def reproduce(
     """Reproduce the paper's Sections IV (testbed, as root) and V: figures, report, summary."""
     require_extra("pacao reproduce", "sim")
     from pacao.sim.reproduce import run_cli
-    from pacao.testbed.runner import TestbedError
+    from pacao.testbed.net import TestbedError
 
     try:
         run_cli(

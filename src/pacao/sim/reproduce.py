@@ -531,7 +531,8 @@ def testbed_stage(out: Path, quick: bool, console: Console) -> dict[str, Any]:
             "`sudo pacao reproduce` or `pacao testbed run`, or pass --no-testbed"
         )
         return {"skipped": "not root"}
-    from pacao.testbed.run import full_options, quick_options, run_experiment
+    from pacao.report.testbed import write as write_testbed_report
+    from pacao.testbed.trials import full_options, quick_options, run_experiment
 
     tb = out / "testbed"
     summary: dict[str, Any] = {}
@@ -539,6 +540,7 @@ def testbed_stage(out: Path, quick: bool, console: Console) -> dict[str, Any]:
         opts = quick_options(scenario, tb) if quick else full_options(scenario, tb)
         console.print(f"testbed: {scenario} (time scale {opts.time_scale:g})")
         summary = run_experiment(opts, log=console.print)
+        write_testbed_report(tb)
     return summary
 
 
@@ -632,7 +634,7 @@ def run_cli(
     console = Console()
     console.print(headline_table(summary))
     if testbed:
-        from pacao.testbed.runner import TestbedError
+        from pacao.testbed.net import TestbedError
 
         try:
             tb = testbed_stage(opts.out, quick, Console(stderr=True))

@@ -19,7 +19,7 @@ RunOpt = Annotated[str | None, typer.Option("--run", help="Run id (needed if sev
 
 
 def _topology(path: Path | None) -> tuple[Path, object]:
-    from pacao.testbed.topology import default_topology_path, load_topology
+    from pacao.testbed.topo.topology import default_topology_path, load_topology
 
     file = path or default_topology_path()
     return file, load_topology(file)
@@ -30,7 +30,7 @@ def validate(
     topology: Annotated[Path | None, typer.Option(help="Topology YAML (default: Fig. 5).")] = None,
 ) -> None:
     """Check a topology file and print its links with derived delays."""
-    from pacao.testbed.topology import Topology
+    from pacao.testbed.topo.topology import Topology
 
     try:
         _, topo = _topology(topology)
@@ -64,18 +64,18 @@ def up(
 
     With --control-plane: map-server, xTR agents driving the data planes and (pacao1,
     pacao2) the controller, in the run's namespaces (docs/testbed.md)."""
-    from pacao.testbed import runner
-    from pacao.testbed.topology import Topology
+    from pacao.testbed import net
+    from pacao.testbed.topo.topology import Topology
 
     try:
         file, topo = _topology(topology)
         assert isinstance(topo, Topology)
         if control_plane is not None and control_plane not in ("legacy", "pacao1", "pacao2"):
             raise InputError("--control-plane", control_plane, "legacy, pacao1 or pacao2")
-        runner.check_system()
-        state = runner.new_state(file)
+        net.check_system()
+        state = net.Testbed.new(file)
         try:
-            runner.up(topo, file, state)
+            state.up(topo)
             if control_plane is not None:
                 from pacao.testbed.controlplane import (
                     ControllerSettings,
@@ -93,9 +93,9 @@ def up(
                 model = MigrationModel(memory_mib=vm_memory)
                 TestbedControlPlane(state, topo, settings, state.rundir / "cp", model).start()
         except BaseException:
-            runner.down(state)
+            state.down()
             raise
-    except (InputError, runner.TestbedError) as exc:
+    except (InputError, net.TestbedError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(state.runid)
 
@@ -103,12 +103,12 @@ def up(
 @app.command()
 def down(run: RunOpt = None) -> None:
     """Stop a run's processes and remove its namespaces and links."""
-    from pacao.testbed import runner
+    from pacao.testbed import net
 
     try:
-        runner.check_system()
-        removed = runner.down(runner.find_run(run))
-    except (InputError, runner.TestbedError) as exc:
+        net.check_system()
+        removed = net.find_run(run).down()
+    except (InputError, net.TestbedError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"removed {len(removed)} objects")
 
@@ -116,11 +116,11 @@ def down(run: RunOpt = None) -> None:
 @app.command()
 def cleanup() -> None:
     """Remove everything any recorded run left behind (after a crash)."""
-    from pacao.testbed import runner
+    from pacao.testbed import net
 
     try:
-        removed = runner.cleanup()
-    except runner.TestbedError as exc:
+        removed = net.cleanup()
+    except net.TestbedError as exc:
         raise _fail(str(exc)) from None
     for item in removed:
         typer.echo(f"removed {item}")
@@ -130,10 +130,10 @@ def cleanup() -> None:
 @app.command()
 def status() -> None:
     """List recorded runs, their processes and whether they are alive."""
-    from pacao.testbed import runner
+    from pacao.testbed import net
 
-    for state in runner.runs():
-        alive = [p for p in state.procs if runner.proc_start_time(p["pid"]) == p.get("start")]
+    for state in net.runs():
+        alive = [p for p in state.procs if net.proc_start_time(p["pid"]) == p.get("start")]
         typer.echo(
             f"{state.runid}  {state.topology.get('name', '?')}  ready={state.ready}  "
             f"namespaces={len(state.netns)}  processes={len(alive)}/{len(state.procs)} alive"
@@ -151,14 +151,13 @@ def set_link(
     run: RunOpt = None,
 ) -> None:
     """Change a link's delay/jitter/loss (user space) or rate (tbf) while the testbed runs."""
-    from pacao.testbed import runner
-    from pacao.testbed.topology import load_topology, parse_rate
+    from pacao.testbed import net
+    from pacao.testbed.topo.topology import load_topology, parse_rate
 
     try:
-        state = runner.find_run(run)
+        state = net.find_run(run)
         topo = load_topology(Path(state.topology["file"]))
-        runner.set_link(
-            state,
+        state.set_link(
             topo,
             link,
             delay_ms=delay,
@@ -167,7 +166,7 @@ def set_link(
             rate_bps=parse_rate("rate", rate),
             direction=direction,
         )
-    except (InputError, runner.TestbedError) as exc:
+    except (InputError, net.TestbedError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -178,15 +177,15 @@ def xtr(
     run: RunOpt = None,
 ) -> None:
     """Send one JSON request to an xTR data plane: show, stats, set, priority, up, down, remove."""
-    from pacao.testbed import runner
+    from pacao.testbed import net
 
     try:
         req = json.loads(request)
     except ValueError:
         raise _fail(f"request: {request!r} is not JSON") from None
     try:
-        reply = runner.xtr_control(runner.find_run(run), node, req)
-    except (InputError, runner.TestbedError, OSError) as exc:
+        reply = net.find_run(run).xtr_control(node, req)
+    except (InputError, net.TestbedError, OSError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(reply, indent=1))
     if not reply.get("ok"):
@@ -202,13 +201,13 @@ def play(
     run: RunOpt = None,
 ) -> None:
     """Play a timeline of link impairments and xTR priority changes on a running testbed."""
-    from pacao.testbed import runner
-    from pacao.testbed.scenario import Event, load_scenario
-    from pacao.testbed.scenario import play as play_events
-    from pacao.testbed.topology import load_topology
+    from pacao.testbed import net
+    from pacao.testbed.topo.scenario import Event, load_scenario
+    from pacao.testbed.topo.scenario import play as play_events
+    from pacao.testbed.topo.topology import load_topology
 
     try:
-        state = runner.find_run(run)
+        state = net.find_run(run)
         topo = load_topology(Path(state.topology["file"]))
         plan = load_scenario(scenario, topo)
 
@@ -216,36 +215,36 @@ def play(
         failures: list[str] = []
 
         def move(vm: str, dc: str) -> None:
-            from pacao.testbed.migration import migrate_vm
+            from pacao.testbed.vm.migration import migrate_vm
 
             try:
                 res = migrate_vm(state, vm, dc)
                 typer.echo(f"migrated {vm} to {dc}: {res.duration_s:.3f} s, "
                            f"downtime {res.downtime_s:.3f} s")  # fmt: skip
-            except (InputError, runner.TestbedError) as exc:
+            except (InputError, net.TestbedError) as exc:
                 failures.append(str(exc))
 
         def apply(event: Event) -> None:
             if event.kind == "link":
-                runner.set_link(state, topo, event.target, **event.args)
+                state.set_link(topo, event.target, **event.args)
             elif event.kind == "migrate":  # runs while the timeline goes on
                 t = threading.Thread(target=move, args=(event.target, event.args["dc"]))
                 t.start()
                 moves.append(t)
             elif event.kind == "egress":
-                runner.set_egress(state, topo, event.target, **event.args)
+                state.set_egress(topo, event.target, **event.args)
             else:
-                reply = runner.xtr_control(state, event.target, event.args)
+                reply = state.xtr_control(event.target, event.args)
                 if not reply.get("ok"):
-                    raise runner.TestbedError(f"{event.target}: {reply.get('error')}")
+                    raise net.TestbedError(f"{event.target}: {reply.get('error')}")
 
         for offset, event in play_events(plan, apply, time_scale):
             typer.echo(f"{offset:8.3f} s  {event.kind} {event.target} {json.dumps(event.args)}")
         for t in moves:
             t.join()
         if failures:
-            raise runner.TestbedError("; ".join(failures))
-    except (InputError, runner.TestbedError) as exc:
+            raise net.TestbedError("; ".join(failures))
+    except (InputError, net.TestbedError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -267,12 +266,12 @@ def migrate(
     """Migrate the namespace VM to another DC site (pre-copy model, real downtime); JSON out."""
     from dataclasses import asdict, replace
 
-    from pacao.testbed import runner
-    from pacao.testbed.migration import migrate_vm, stored_model
+    from pacao.testbed import net
+    from pacao.testbed.vm.migration import migrate_vm, stored_model
 
     try:
-        runner.check_system()
-        state = runner.find_run(run)
+        net.check_system()
+        state = net.find_run(run)
         model = stored_model(state)
         changes: dict[str, Any] = {
             k: v
@@ -286,7 +285,7 @@ def migrate(
             if v is not None
         }
         res = migrate_vm(state, vm, dc, replace(model, **changes))
-    except (InputError, runner.TestbedError) as exc:
+    except (InputError, net.TestbedError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(asdict(res), indent=1))
 
@@ -301,12 +300,12 @@ def set_priority(
 ) -> None:
     """Re-register a prefix with new priorities through its xTR agents (needs the control
     plane: `up --control-plane`); the user's ITR switches at once."""
-    from pacao.testbed import runner
+    from pacao.testbed import net
     from pacao.testbed.controlplane import ControllerSettings, TestbedControlPlane
-    from pacao.testbed.topology import load_topology
+    from pacao.testbed.topo.topology import load_topology
 
     try:
-        state = runner.find_run(run)
+        state = net.find_run(run)
         topo = load_topology(Path(state.topology["file"]))
         cp = TestbedControlPlane(
             state, topo, ControllerSettings("legacy", 1, 0.5, 0.1), state.rundir / "cp"
@@ -320,7 +319,7 @@ def set_priority(
                 raise InputError("PRIORITIES", item, "NODE=PRIORITY")
             prio[node] = int(value)
         replies = cp.set_priority(prefix, prio)
-    except (InputError, runner.TestbedError) as exc:
+    except (InputError, net.TestbedError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(replies, indent=1))
 
@@ -368,8 +367,9 @@ def run(
     import signal
     import threading
 
-    from pacao.testbed import runner
-    from pacao.testbed.run import Interrupted, RunOptions, run_experiment
+    from pacao.report.testbed import write as write_report
+    from pacao.testbed import net
+    from pacao.testbed.trials import RunOptions, run_experiment
 
     opts = RunOptions(
         scenario=scenario,
@@ -391,9 +391,10 @@ def run(
     signal.signal(signal.SIGTERM, on_term)
     try:
         summary = run_experiment(opts, log=typer.echo, stop=stop)
-    except (InputError, runner.TestbedError) as exc:
+    except (InputError, net.TestbedError) as exc:
         raise _fail(str(exc), 2 if isinstance(exc, InputError) else 1) from None
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, net.Interrupted):
         raise _fail("interrupted; every testbed of the run was taken down", 130) from None
+    report = write_report(out)
     typer.echo(json.dumps(summary, indent=1))
-    typer.echo(f"report: {(out / 'report.html').resolve()}")
+    typer.echo(f"report: {report.resolve()}")

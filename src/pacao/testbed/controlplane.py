@@ -9,7 +9,7 @@ What runs where (docs/testbed.md, "Control plane"):
   generated from the topology;
 * in each xTR namespace the ``pacao.lisp.xtr`` agent (control plane, UDP 4342 on the
   RLOC, so RLOC probes cross the emulated links and their RTT includes the injected
-  delays; HTTP on its management address) hosted by ``pacao.testbed.agent``, which
+  delays; HTTP on its management address) hosted by ``pacao.testbed.daemons.agent``, which
   pushes every map-cache change into the xTR's data plane: the data plane forwards
   with the agent's map-cache, so a priority change moves real traffic.
 
@@ -29,10 +29,32 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
+from pacao.controller.config import (
+    Api,
+    Capacity,
+    ControllerConfig,
+    Criterion,
+    DataCenter,
+    DriverRef,
+    Drivers,
+    Link,
+    Location,
+    Storage,
+    Timers,
+    User,
+    VirtualMachine,
+    Xtr,
+    check_references,
+)
+from pacao.controller.config import Policy as PolicyConfig
 from pacao.errors import InputError
 from pacao.optimize.io import dump_yaml
-from pacao.testbed import runner
-from pacao.testbed.migration import (
+from pacao.testbed import net
+from pacao.testbed.net import Testbed, TestbedError
+from pacao.testbed.topo.topology import MappingSpec, Topology, site_xtr
+from pacao.testbed.vm.migration import (
     MigrationModel,
     MigrationResult,
     migrate_vm,
@@ -41,8 +63,6 @@ from pacao.testbed.migration import (
     stored_model,
     vm_location,
 )
-from pacao.testbed.runner import State, TestbedError
-from pacao.testbed.topology import MappingSpec, Topology, site_xtr
 
 __all__ = [
     "ControllerSettings",
@@ -128,7 +148,7 @@ class TestbedControlPlane:
 
     def __init__(
         self,
-        state: State,
+        state: Testbed,
         topology: Topology,
         settings: ControllerSettings,
         workdir: Path,
@@ -140,9 +160,11 @@ class TestbedControlPlane:
         if CTL_NODE in topology.nodes:
             raise InputError(f"nodes.{CTL_NODE}", CTL_NODE, "reserved for the management netns")
         nets = [m.prefix for m in topology.mappings] + [x.a_addr.network for x in topology.links]
-        for net in nets:
-            if net.overlaps(MGMT_POOL):
-                raise InputError("topology", str(net), f"must not overlap {MGMT_POOL} (management)")
+        for prefix in nets:
+            if prefix.overlaps(MGMT_POOL):
+                raise InputError(
+                    "topology", str(prefix), f"must not overlap {MGMT_POOL} (management)"
+                )
         if settings.vm_backend == "qemu" and topology.fabric != "vxlan":
             raise InputError("vm_backend", "qemu", "needs a topology with fabric: vxlan")
         self.state, self.topo, self.settings = state, topology, settings
@@ -235,13 +257,14 @@ class TestbedControlPlane:
             "sites": sites,
         }
 
-    def controller_config(self) -> dict[str, Any]:
+    def controller_config(self) -> ControllerConfig:
         """The `pacao controller run` config generated from the topology (docs/testbed.md).
 
         DCs are the dc nodes whose xTR is a locator of the VM's prefix (name = the dc
         node, RLOC = its xTR's, stats from that xTR's agent); the VM's EID is its mapping
         prefix (what the agents register); one user with an RTT-only SLA; inter-DC links
         with their rate and RTT; mapping driver ``lisp``, hypervisor driver ``testbed``.
+        Built as the controller's own typed config, so a bad field fails here, named.
         """
         topo, s = self.topo, self.settings
         vms = [n for n in topo.nodes.values() if n.role == "vm"]
@@ -258,7 +281,7 @@ class TestbedControlPlane:
         vm = vms[0]
         vm_map = mapping_of(vm.eid)
         owners = {lo.node for lo in vm_map.locators}
-        dcs: list[dict[str, Any]] = []
+        dcs: list[DataCenter] = []
         dc_x: dict[str, str] = {}
         for n in topo.nodes.values():
             x = site_xtr(topo, n.name) if n.role == "dc" else None
@@ -268,16 +291,16 @@ class TestbedControlPlane:
             lat, lon = site.location if site and site.location else (0.0, 0.0)
             dc_x[n.name] = x
             dcs.append(
-                {
-                    "name": n.name,
-                    "location": {"lat": lat, "lon": lon},
-                    "rlocs": [self.rloc[x]],
-                    "capacity": {"ram_mib": 1 << 20, "cpu": 1024},
-                    "xtr": {"stats_url": self.agent_url(x) + "/"},
-                }
+                DataCenter(
+                    name=n.name,
+                    location=Location(lat=lat, lon=lon),
+                    rlocs=[self.rloc[x]],
+                    capacity=Capacity(ram_mib=1 << 20, cpu=1024),
+                    xtr=Xtr(stats_url=self.agent_url(x) + "/"),
+                )
             )
         model = self.migration or stored_model(self.state)
-        links = []
+        links: list[Link] = []
         for a in sorted(dc_x):
             for b in sorted(dc_x):
                 direct = [x for x in topo.links if {x.a, x.b} == {dc_x[a], dc_x[b]}]
@@ -285,7 +308,7 @@ class TestbedControlPlane:
                     link = direct[0]
                     bw = model.bandwidth_bps(topo, a, b) / 1e6
                     rtt = 2 * link.impairment.delay_ms
-                    links.append({"a": a, "b": b, "bandwidth_mbps": bw, "rtt_ms": rtt})
+                    links.append(Link(a=a, b=b, bandwidth_mbps=bw, rtt_ms=rtt))
         user = users[0]
         ux = site_xtr(topo, user.name)
         if ux is None:
@@ -299,62 +322,60 @@ class TestbedControlPlane:
             "links": links,
         }
         policy.update(dict(s.policy_overrides))
-        vm_doc = {
-            "name": vm.name,
-            "eid": str(vm_map.prefix),
-            "memory_mib": model.memory_mib,
-            "vcpus": 1,
-            "host": vm_location(self.state, vm.name, topo),
-            "hypervisor_uri": f"testbed://{self.state.runid}",
-            "pinned": s.policy == "pacao1",
-        }
-        user_doc = {
-            "name": user.name,
-            "eid": str(mapping_of(user.eid).prefix),
-            "rloc": self.rloc[ux],
-            "vm": vm.name,
-            "sla": {"rtt": {"weight": 1.0, "max": s.rtt_max_ms}},
-        }
-        drivers = {
-            "mapping": {"name": "lisp", "options": {"method": s.switch_method}},
-            "hypervisor": {"name": "testbed", "options": {"state_file": str(self.state.path)}},
-        }
-        return {
-            "dcs": dcs,
-            "vms": [vm_doc],
-            "users": [user_doc],
-            "timers": {"s1": s.s1, "s2": s.s2, "s3": s.s3},
-            "policy": policy,
-            "drivers": drivers,
-            "storage": {"url": f"sqlite:///{self.db}"},
-            "api": {"listen": f"127.0.0.1:{CONTROLLER_API_PORT}", "token": self.token},
-        }
+        try:
+            checked_policy = PolicyConfig(**policy)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in ("policy", *err["loc"]))
+            raise InputError(where, err.get("input"), err["msg"]) from None
+        cfg = ControllerConfig(
+            dcs=dcs,
+            vms=[
+                VirtualMachine(
+                    name=vm.name,
+                    eid=str(vm_map.prefix),
+                    memory_mib=model.memory_mib,
+                    vcpus=1,
+                    host=vm_location(self.state, vm.name, topo),
+                    hypervisor_uri=f"testbed://{self.state.runid}",
+                    pinned=s.policy == "pacao1",
+                )
+            ],
+            users=[
+                User(
+                    name=user.name,
+                    eid=str(mapping_of(user.eid).prefix),
+                    rloc=self.rloc[ux],
+                    vm=vm.name,
+                    sla={"rtt": Criterion(weight=1.0, max=s.rtt_max_ms)},
+                )
+            ],
+            timers=Timers(s1=s.s1, s2=s.s2, s3=s.s3),
+            policy=checked_policy,
+            drivers=Drivers(
+                mapping=DriverRef(name="lisp", options={"method": s.switch_method}),
+                hypervisor=DriverRef(name="testbed", options={"state_file": str(self.state.path)}),
+            ),
+            storage=Storage(url=f"sqlite:///{self.db}"),
+            api=Api(listen=f"127.0.0.1:{CONTROLLER_API_PORT}", token=self.token),
+        )
+        check_references(cfg)
+        return cfg
+
+    def controller_document(self) -> dict[str, Any]:
+        """controller_config() as the YAML document `pacao controller run` reads (only the
+        keys set here: the controller's defaults stay its own)."""
+        doc: dict[str, Any] = self.controller_config().model_dump(mode="json", exclude_unset=True)
+        return doc
 
     # ------------------------------------------------------------------ lifecycle
     def _spawn(self, name: str, cmd: list[str], ns: str | None) -> Popen[bytes]:
-        proc = runner.spawn(self.state, name, cmd, ns=ns)
+        proc = self.state.spawn(name, cmd, ns=ns)
         self.procs.append(name)
         return proc
 
-    def _wait(self, waits: list[tuple[str, Popen[bytes], bytes]], timeout: float) -> None:
-        """Until each (name, process, marker) printed its marker; an exit is an error."""
-        deadline = time.monotonic() + timeout
-        pending = list(waits)
-        while pending and time.monotonic() < deadline:
-            for item in list(pending):
-                name, proc, marker = item
-                log = self.state.rundir / f"{name}.log"
-                if log.exists() and marker in log.read_bytes():
-                    pending.remove(item)
-                elif proc.poll() is not None:
-                    text = log.read_text(errors="replace").strip()[-800:]
-                    raise TestbedError(f"{name} exited: {text}")
-            time.sleep(0.02)
-        if pending:
-            raise TestbedError(f"{[p[0] for p in pending]} not ready after {timeout} s")
-
     def _mgmt_network(self) -> None:
-        st, sh = self.state, runner.sh
+        st, sh = self.state, net.sh
         st.netns.append(self.ns)
         st.save()
         sh("ip", "netns", "add", self.ns)
@@ -397,13 +418,13 @@ class TestbedControlPlane:
         ms = self._spawn("map-server", ms_cmd, self.ns)
         # The data planes forget the topology's seed: from now on the agents fill them.
         for x in self.xtrs:
-            for e in runner.xtr_control(st, x, {"op": "show"})["map_cache"]:
-                runner.xtr_control(st, x, {"op": "remove", "prefix": e["prefix"]})
+            for e in st.xtr_control(x, {"op": "show"})["map_cache"]:
+                st.xtr_control(x, {"op": "remove", "prefix": e["prefix"]})
         waits = [("map-server", ms, b"listening on")]
         for x in self.xtrs:
             cfg = self.workdir / f"agent-{x}.yaml"
             cfg.write_text(dump_yaml(self.agent_config(x)))
-            cmd = [py, "-m", "pacao.testbed.agent", "--config", str(cfg), "--node", x,
+            cmd = [py, "-m", "pacao.testbed.daemons.agent", "--config", str(cfg), "--node", x,
                    "--dataplane", str(st.rundir / f"xtr-{x}.sock"),
                    "--events", str(st.rundir / "events.jsonl")]  # fmt: skip
             egress = self._egress(x)
@@ -418,17 +439,17 @@ class TestbedControlPlane:
             for vm in vms:  # the guest boots while the agents resolve (TCG: a few s)
                 sock = st.rundir / f"vmd-{vm}.sock"
                 mem = str(max(64, model.memory_mib))
-                cmd = [py, "-m", "pacao.testbed.vmd", "--state", str(st.path), "--vm", vm,
+                cmd = [py, "-m", "pacao.testbed.daemons.vmd", "--state", str(st.path), "--vm", vm,
                        "--socket", str(sock), "--memory", mem]  # fmt: skip
                 waits.append((f"vmd-{vm}", self._spawn(f"vmd-{vm}", cmd, None), b"ready"))
-        self._wait(waits, max(timeout, 180.0 if self.settings.vm_backend == "qemu" else 0))
+        st.wait_logs(waits, max(timeout, 180.0 if self.settings.vm_backend == "qemu" else 0))
         self.wait_resolved(timeout)
         if self.settings.policy != "legacy":
             cfg = self.workdir / "controller.yaml"
-            cfg.write_text(dump_yaml(self.controller_config()))
+            cfg.write_text(dump_yaml(self.controller_document()))
             cmd = [py, "-m", "pacao.cli", "controller", "run", "--config", str(cfg)]
             proc = self._spawn("controller", cmd, self.ns)
-            self._wait([("controller", proc, b"controller started")], timeout)
+            st.wait_logs([("controller", proc, b"controller started")], timeout)
 
     def wait_resolved(self, timeout: float) -> None:
         """Until every data plane holds every prefix its agent watches."""
@@ -437,7 +458,7 @@ class TestbedControlPlane:
         while time.monotonic() < deadline:
             missing = {}
             for x in self.xtrs:
-                cache = runner.xtr_control(self.state, x, {"op": "show"})["map_cache"]
+                cache = self.state.xtr_control(x, {"op": "show"})["map_cache"]
                 lack = set(self.watched(x)) - {e["prefix"] for e in cache}
                 if lack:
                     missing[x] = lack
@@ -450,22 +471,19 @@ class TestbedControlPlane:
         """Stop the controller, agents, map-server and remove the management namespace.
 
         The data planes keep their last map-cache; egress routes are put back to local
-        encapsulation (the runner's default). The VM stays where it is."""
+        encapsulation (the testbed's default). The VM stays where it is."""
         st = self.state
         for name in reversed(self.procs):
-            for p in [p for p in st.procs if p["name"] == name]:
-                runner._kill(p)
-                st.procs.remove(p)
+            st.kill(name)
         self.procs = []
-        st.save()
         if self.ns in st.netns:
-            runner.sh("ip", "netns", "del", self.ns, check=False)
+            net.sh("ip", "netns", "del", self.ns, check=False)
             st.netns.remove(self.ns)
             st.save()
         for x in self.xtrs:
             eg = self._egress(x)
             for prefix in (eg or {}).get("remote_prefixes", []):
-                runner.sh("ip", "route", "replace", prefix, "dev", f"{st.prefix}t",
+                net.sh("ip", "route", "replace", prefix, "dev", f"{st.prefix}t",
                           ns=st.ns(x), check=False)  # fmt: skip
 
     # ------------------------------------------------------------------ operations
@@ -487,7 +505,7 @@ class TestbedControlPlane:
         for lo in m.locators:
             url = self.agent_url(lo.node).removeprefix("http://")
             cmd = [sys.executable, "-m", "pacao.cli", "lisp", "set-priority", prefix, *args]
-            done = runner.sh(*cmd, "--xtr", url, ns=self.ns)
+            done = net.sh(*cmd, "--xtr", url, ns=self.ns)
             replies.append(json.loads(done.stdout))
         return replies
 
@@ -501,7 +519,7 @@ class TestbedControlPlane:
 
     def dataplane(self, node: str) -> dict[str, Any]:
         """The xTR data plane's map-cache (what it forwards with)."""
-        return runner.xtr_control(self.state, node, {"op": "show"})
+        return self.state.xtr_control(node, {"op": "show"})
 
     def plans(self, settle_s: float = 10.0) -> list[dict[str, Any]]:
         """The controller's stored plans, oldest first (state, actions, transitions).

@@ -1,8 +1,10 @@
-"""Driver registry: Python entry points, with the built-in drivers as a fallback.
+"""Driver registry: the controller's built-in drivers plus plugins from Python entry points.
 
 Groups ``pacao.drivers.mapping`` and ``pacao.drivers.hypervisor``; an entry
-point names a class called as ``cls(config, clock=clock, **options)``. A
-third-party package registers its own in its pyproject (docs/controller.md).
+point names a class called as ``cls(config, clock=clock, **options)``. Plugins
+register their own in their pyproject (docs/controller.md): the emulated
+testbed's ``testbed`` hypervisor is one (pacao.testbed.vm.hypervisor), so the
+controller names nothing of the testbed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pacao.errors import InputError
 
 GROUPS = {"mapping": "pacao.drivers.mapping", "hypervisor": "pacao.drivers.hypervisor"}
 
-#: Built-ins, used when the package metadata is not (yet) installed with its entry points.
+#: The controller's own drivers, available even when the package metadata (and so its
+#: entry points) is not installed.
 BUILTIN: dict[str, dict[str, str]] = {
     "mapping": {
         "memory": "pacao.controller.drivers.memory:MemoryMapping",
@@ -25,7 +28,6 @@ BUILTIN: dict[str, dict[str, str]] = {
         "memory": "pacao.controller.drivers.memory:MemoryHypervisor",
         "libvirt": "pacao.controller.drivers.libvirt:LibvirtHypervisor",
         "qemu": "pacao.controller.drivers.qmp:QemuQmpDriver",
-        "testbed": "pacao.testbed.hypervisor:TestbedHypervisor",
     },
 }
 

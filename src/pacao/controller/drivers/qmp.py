@@ -272,7 +272,7 @@ class QmpClient:
         await self._drop()
 
 
-# -- migration steps, shared by the driver and pacao.testbed.qemuvm ------------------
+# -- migration steps, shared by the driver and pacao.testbed.vm.qemuvm ------------------
 
 
 @dataclass(frozen=True)

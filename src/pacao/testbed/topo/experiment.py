@@ -14,15 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import yaml
 
 from pacao.errors import InputError
 from pacao.optimize.io import parse_yaml
-from pacao.testbed.scenario import Scenario, scenario_from_dict
-from pacao.testbed.tcpprofile import DEFAULT_PROFILE, check_profile
-from pacao.testbed.topology import (
+from pacao.testbed.topo.scenario import Scenario, scenario_from_dict
+from pacao.testbed.topo.schema import Doc, in_range, number, parse
+from pacao.testbed.topo.tcpprofile import DEFAULT_PROFILE, check_profile
+from pacao.testbed.topo.topology import (
     Topology,
     default_topology_path,
     load_topology,
@@ -43,16 +44,75 @@ SHIPPED = {
     "table2-overload": "testbed-run-table2-overload.yaml",
     "parallel": "testbed-run-parallel.yaml",
 }
-TOP_KEYS = {
-    "name", "title", "topology", "duration", "arms", "timers", "traffic", "udp",
-    "download_mb", "windows", "variants", "paper", "controller", "migration", "mappings",
-    "tcp_profile",
-}  # fmt: skip
-CONTROLLER_KEYS = {"rtt_max_ms", "switch_method", "policy_overrides"}
-MIGRATION_KEYS = {
-    "memory_mib", "dirty_rate_mbps", "max_downtime_ms", "max_rounds", "switchover_ms",
-    "default_bandwidth_mbps", "bandwidth_mbps", "path_bandwidth_mbps",
-}  # fmt: skip
+
+
+class _ExperimentDoc(Doc):
+    unknown_key: ClassVar[str] = "allowed keys: {allowed}"
+
+    name: Any = None
+    title: Any = None
+    topology: Any = None
+    duration: Any = None
+    arms: Any = None
+    timers: Any = None
+    traffic: Any = None
+    udp: Any = None
+    download_mb: Any = None
+    windows: Any = None
+    variants: Any = None
+    paper: Any = None
+    controller: Any = None
+    migration: Any = None
+    mappings: Any = None
+    tcp_profile: Any = None
+
+
+class _TimersDoc(Doc):
+    whole: ClassVar[bool] = True
+    not_mapping: ClassVar[str] = "a mapping with s1 (S') and s2 (S'') in seconds"
+
+    s1: Annotated[float, in_range(0.1, 86_400)] = 10.0
+    s2: Annotated[float, in_range(0.1, 86_400)] = 5.0
+
+
+class _UdpDoc(Doc):
+    whole: ClassVar[bool] = True
+    not_mapping: ClassVar[str] = "a mapping with rate (e.g. 1mbit) and length (bytes)"
+
+    rate: Any = "1mbit"
+    length: Annotated[float, in_range(16, 1300)] = 1000
+
+
+class _VariantDoc(Doc):
+    whole: ClassVar[bool] = True
+    not_mapping: ClassVar[str] = "a mapping with name, label, events"
+
+    name: Any
+    label: Any = None
+    events: Any = None
+
+
+class _ControllerDoc(Doc):
+    whole: ClassVar[bool] = True
+    not_mapping: ClassVar[str] = "a mapping of {allowed}"
+
+    rtt_max_ms: Annotated[float, in_range(0.1, 100_000)] = 60.0
+    switch_method: Any = None
+    policy_overrides: Any = None
+
+
+class _MigrationDoc(Doc):
+    whole: ClassVar[bool] = True
+    not_mapping: ClassVar[str] = "a mapping of {allowed}"
+
+    memory_mib: Annotated[float, in_range(0, 1e9)] = 0
+    dirty_rate_mbps: Annotated[float, in_range(0, 1e9)] = 0
+    max_downtime_ms: Annotated[float, in_range(0, 1e9)] = 0
+    max_rounds: Annotated[float, in_range(0, 1e9)] = 0
+    switchover_ms: Annotated[float, in_range(0, 1e9)] = 0
+    default_bandwidth_mbps: Annotated[float, in_range(0, 1e9)] = 0
+    bandwidth_mbps: Annotated[float, in_range(0, 1e9)] = 0
+    path_bandwidth_mbps: Any = None
 
 
 @dataclass(frozen=True)
@@ -84,10 +144,10 @@ class Experiment:
     paper: dict[str, Any] = field(default_factory=dict)
     controller: dict[str, Any] = field(default_factory=dict)
     migration: dict[str, Any] = field(default_factory=dict)
-    #: TCP host profile of the user and the VM (pacao.testbed.tcpprofile)
+    #: TCP host profile of the user and the VM (pacao.testbed.topo.tcpprofile)
     tcp_profile: str = "paper"
     #: the topology document when the experiment overrides its mappings (written to a
-    #: file in the run folder: the runner and the migration code read topology files)
+    #: file in the run folder: the testbed and the migration code read topology files)
     topology_doc: dict[str, Any] | None = None
 
 
@@ -107,12 +167,6 @@ def resolve(name_or_file: str) -> Path:
     return path
 
 
-def _num(where: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InputError(where, value, f"a number in [{low}, {high}]")
-    return float(value)
-
-
 def _expand(ev: Any, where: str, topo: Topology) -> Any:
     """`add_rtt: X` -> one-way delay = base + X/2; `reset: true` -> the topology's values."""
     if not isinstance(ev, dict) or "link" not in ev:
@@ -128,7 +182,7 @@ def _expand(ev: Any, where: str, topo: Topology) -> Any:
             if link.rate_bps:
                 ev.setdefault("rate", f"{link.rate_bps}bit")
         if "add_rtt" in ev:
-            add = _num(f"{where}.add_rtt", ev.pop("add_rtt"), 0, 120_000)
+            add = number(f"{where}.add_rtt", ev.pop("add_rtt"), 0, 120_000)
             ev["delay"] = base.delay_ms + add / 2.0
     return ev
 
@@ -141,9 +195,7 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
         raise InputError("scenario", str(path), f"a readable YAML file ({exc})") from None
     if not isinstance(doc, dict):
         raise InputError("scenario", str(path), "a mapping (docs/testbed.md)")
-    for key in doc:
-        if key not in TOP_KEYS:
-            raise InputError(f"scenario.{key}", doc[key], f"allowed keys: {sorted(TOP_KEYS)}")
+    parse(_ExperimentDoc, "scenario", doc)
     if topology is None:
         named = doc.get("topology")
         if named is None:
@@ -159,24 +211,18 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
         topology_doc = parse_yaml(topology.read_text())
         topology_doc["mappings"] = doc["mappings"]
         topo = topology_from_dict(topology_doc, source=f"{path.name} mappings")
-    duration = _num("duration", doc.get("duration"), 1, 86_400)
+    duration = number("duration", doc.get("duration"), 1, 86_400)
     arms = doc.get("arms", list(ARMS))
     if not isinstance(arms, list) or not arms or any(a not in ARMS for a in arms):
         raise InputError("arms", arms, f"a list of {', '.join(ARMS)}")
-    timers = doc.get("timers", {})
-    if not isinstance(timers, dict) or set(timers) - {"s1", "s2"}:
-        raise InputError("timers", timers, "a mapping with s1 (S') and s2 (S'') in seconds")
-    s1 = _num("timers.s1", timers.get("s1", 10), 0.1, 86_400)
-    s2 = _num("timers.s2", timers.get("s2", 5), 0.1, 86_400)
+    timers = parse(_TimersDoc, "timers", doc.get("timers", {}))
     traffic = doc.get("traffic", ["download"])
     if not isinstance(traffic, list) or not traffic or any(t not in TRAFFIC for t in traffic):
         raise InputError("traffic", traffic, f"a list of {', '.join(TRAFFIC)}")
-    udp = doc.get("udp", {})
-    if not isinstance(udp, dict) or set(udp) - {"rate", "length"}:
-        raise InputError("udp", udp, "a mapping with rate (e.g. 1mbit) and length (bytes)")
-    udp_rate = parse_rate("udp.rate", udp.get("rate", "1mbit")) or 1_000_000
-    udp_length = int(_num("udp.length", udp.get("length", 1000), 16, 1300))
-    download_mb = _num("download_mb", doc.get("download_mb", 300), 0.001, 100_000)
+    udp = parse(_UdpDoc, "udp", doc.get("udp", {}))
+    udp_rate = parse_rate("udp.rate", udp.rate) or 1_000_000
+    udp_length = int(udp.length)
+    download_mb = number("download_mb", doc.get("download_mb", 300), 0.001, 100_000)
     windows: dict[str, tuple[float, float]] = {}
     wdoc = doc.get("windows", {})
     if not isinstance(wdoc, dict):
@@ -184,8 +230,8 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
     for wname, span in wdoc.items():
         if not (isinstance(span, list) and len(span) == 2):
             raise InputError(f"windows.{wname}", span, "[from, to] in seconds")
-        lo = _num(f"windows.{wname}[0]", span[0], 0, duration)
-        hi = _num(f"windows.{wname}[1]", span[1], lo, duration)
+        lo = number(f"windows.{wname}[0]", span[0], 0, duration)
+        hi = number(f"windows.{wname}[1]", span[1], lo, duration)
         windows[str(wname)] = (lo, hi)
     vdoc = doc.get("variants")
     if not isinstance(vdoc, list) or not vdoc:
@@ -194,8 +240,7 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
     seen: set[str] = set()
     for i, v in enumerate(vdoc):
         where = f"variants[{i}]"
-        if not isinstance(v, dict) or set(v) - {"name", "label", "events"} or "name" not in v:
-            raise InputError(where, v, "a mapping with name, label, events")
+        parse(_VariantDoc, where, v)
         vname = str(v["name"])
         if vname in seen or not vname.replace("-", "").replace("+", "").isalnum():
             raise InputError(f"{where}.name", vname, "a unique name of letters, digits, '-', '+'")
@@ -217,31 +262,25 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
         )  # fmt: skip
         variants.append(Variant(vname, str(v.get("label", vname)), sc))
     controller = doc.get("controller", {})
-    if not isinstance(controller, dict) or set(controller) - CONTROLLER_KEYS:
-        raise InputError("controller", controller, f"a mapping of {sorted(CONTROLLER_KEYS)}")
-    if "rtt_max_ms" in controller:
-        _num("controller.rtt_max_ms", controller["rtt_max_ms"], 0.1, 100_000)
+    parse(_ControllerDoc, "controller", controller)  # the values given are kept as given
     if "policy_overrides" in controller:
         po = controller["policy_overrides"]
         if not isinstance(po, dict):
             raise InputError("controller.policy_overrides", po, "a mapping (docs/controller.md)")
         controller = {**controller, "policy_overrides": tuple(sorted(po.items()))}
     migration = doc.get("migration", {})
-    if not isinstance(migration, dict) or set(migration) - MIGRATION_KEYS:
-        raise InputError("migration", migration, f"a mapping of {sorted(MIGRATION_KEYS)}")
-    for key, value in migration.items():
-        if key == "path_bandwidth_mbps":
-            if not isinstance(value, dict):
-                raise InputError(f"migration.{key}", value, "a mapping 'dcA,dcB': Mbit/s")
-            for pair, mbps in value.items():
-                ends = str(pair).split(",")
-                if len(ends) != 2 or any(
-                    e not in topo.nodes or topo.nodes[e].role != "dc" for e in ends
-                ):
-                    raise InputError(f"migration.{key}", pair, "'dcA,dcB': two dc nodes")
-                _num(f"migration.{key}.{pair}", mbps, 0.001, 1e9)
-            continue
-        _num(f"migration.{key}", value, 0, 1e9)
+    paths = parse(_MigrationDoc, "migration", migration).path_bandwidth_mbps  # values kept
+    if paths is not None:
+        key = "path_bandwidth_mbps"
+        if not isinstance(paths, dict):
+            raise InputError(f"migration.{key}", paths, "a mapping 'dcA,dcB': Mbit/s")
+        for pair, mbps in paths.items():
+            ends = str(pair).split(",")
+            if len(ends) != 2 or any(
+                e not in topo.nodes or topo.nodes[e].role != "dc" for e in ends
+            ):
+                raise InputError(f"migration.{key}", pair, "'dcA,dcB': two dc nodes")
+            number(f"migration.{key}.{pair}", mbps, 0.001, 1e9)
     paper = doc.get("paper", {})
     if not isinstance(paper, dict):
         raise InputError("paper", paper, "a mapping of reference figures")
@@ -254,8 +293,8 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
         topology=topo,
         duration=duration,
         arms=tuple(arms),
-        s1=s1,
-        s2=s2,
+        s1=timers.s1,
+        s2=timers.s2,
         traffic=tuple(traffic),
         udp_rate_bps=udp_rate,
         udp_length=udp_length,

@@ -1,7 +1,7 @@
-"""`pacao testbed run`: the Section IV experiments end to end, with real packets.
+"""The trials of `pacao testbed run`: the Section IV experiments end to end, with real packets.
 
 For each repetition, variant (e.g. Table I's injected delay), traffic kind and
-arm, one *trial*: bring the topology up (runner), start the LISP control plane
+arm, one *trial*: bring the topology up (pacao.testbed.net), start the LISP control plane
 and, for the PACAO arms, the controller (pacao.testbed.controlplane), start the
 servers in the VM's namespace (``--vm qemu``: the guest's own httpd and iperf3
 serve, nothing runs in the namespace) and the client in the user's, play the variant's
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as _dt
 import json
 import shutil
 import threading
@@ -30,14 +31,17 @@ from typing import Any
 
 from pacao.errors import InputError
 from pacao.optimize.io import dump_yaml
-from pacao.testbed import runner, tcpprofile, traffic
+from pacao.testbed import analysis, net
 from pacao.testbed.controlplane import ControllerSettings, MigrationModel, TestbedControlPlane
-from pacao.testbed.experiment import ARMS, Experiment, Variant, load_experiment, resolve
-from pacao.testbed.guest import STREAM_PATH
-from pacao.testbed.migration import migrate_vm
-from pacao.testbed.scenario import Event, play
-from pacao.testbed.tcpprofile import check_profile
-from pacao.testbed.topology import site_xtr
+from pacao.testbed.daemons import traffic
+from pacao.testbed.net import Interrupted, Testbed, TestbedError
+from pacao.testbed.topo import tcpprofile
+from pacao.testbed.topo.experiment import ARMS, Experiment, Variant, load_experiment, resolve
+from pacao.testbed.topo.scenario import Event, play
+from pacao.testbed.topo.tcpprofile import check_profile
+from pacao.testbed.topo.topology import site_xtr
+from pacao.testbed.vm.guest import STREAM_PATH
+from pacao.testbed.vm.migration import migrate_vm
 
 #: The one place of the quick (compressed) settings: `make test`, `reproduce --quick`.
 #: 0.05 = 20x: Table I's 450 s take 22.5 s of traffic, Table II's 300 s take 15 s.
@@ -50,12 +54,8 @@ LEAD_S = 0.5
 #: S''' (agents' probe interval, controller poll) in scenario seconds.
 PROBE_S = 1.0
 IPERF_MIN_INTERVAL = 0.1
-#: `--vm qemu`: the guest's busybox httpd (pacao.testbed.guest) serves the download
+#: `--vm qemu`: the guest's busybox httpd (pacao.testbed.vm.guest) serves the download
 GUEST_HTTP_PORT = 80
-
-
-class Interrupted(Exception):
-    """The run was stopped (Ctrl-C, SIGTERM or another trial failed)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class RunOptions:
     variants: tuple[str, ...] | None = None
     parallel: int = 1
     probe_s: float = PROBE_S
-    #: overrides the experiment's tcp_profile (pacao.testbed.tcpprofile)
+    #: overrides the experiment's tcp_profile (pacao.testbed.topo.tcpprofile)
     tcp_profile: str | None = None
 
     def validate(self) -> None:
@@ -130,7 +130,7 @@ def interval_s(time_scale: float) -> float:
 
 
 def start_control_plane(
-    exp: Experiment, state: runner.State, arm: str, opts: RunOptions, workdir: Path
+    exp: Experiment, state: Testbed, arm: str, opts: RunOptions, workdir: Path
 ) -> TestbedControlPlane:
     """Map-server and xTR agents for every arm, plus the controller for the PACAO arms."""
     settings = ControllerSettings(
@@ -153,16 +153,6 @@ def _sleeper(stop: threading.Event) -> Callable[[float], None]:
             raise Interrupted("stopped")
 
     return sleep
-
-
-def _wait_proc(proc: Any, timeout: float, stop: threading.Event) -> None:
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if stop.is_set():
-            raise Interrupted("stopped")
-        if time.monotonic() > deadline:
-            raise runner.TestbedError(f"traffic client still running after {timeout:.0f} s")
-        time.sleep(0.05)
 
 
 def _vm_node(exp: Experiment) -> str:
@@ -209,21 +199,19 @@ def run_trial(
             (str(m.prefix) for m in topo.mappings if vm_eid.ip in m.prefix), str(vm_eid.network)
         ),
     }
-    runner.check_system()
-    from pacao.testbed.results import loadavg
-
+    net.check_system()
     record["loadavg_start"] = loadavg()
-    state = runner.new_state(exp.topology_path)
+    state = Testbed.new(exp.topology_path)
     record["run_id"] = state.runid
     plane: TestbedControlPlane | None = None
     phases: dict[str, float] = {}
     record["phases_s"] = phases
     mark = time.monotonic()
     try:
-        runner.up(topo, exp.topology_path, state)
+        state.up(topo)
         # the guest of --vm qemu keeps its own kernel's defaults: only the user's side then
         hosts = [user] if opts.vm == "qemu" else [user, vm]
-        record["tcp_sysctls"] = tcpprofile.apply(state, hosts, exp.tcp_profile)
+        record["tcp_sysctls"] = state.apply_tcp_profile(hosts, exp.tcp_profile)
         phases["up"] = time.monotonic() - mark
         if stop.is_set():
             raise Interrupted("stopped")
@@ -247,8 +235,7 @@ def run_trial(
                                "--path", f"{STREAM_PATH}?{exp.download_bytes}"]  # fmt: skip
                 record["server"] = f"guest httpd :{GUEST_HTTP_PORT}{STREAM_PATH}"
             else:
-                srv = runner.spawn(
-                    state,
+                srv = state.spawn(
                     "srv-download",
                     [
                         *traffic.python_cmd(),
@@ -259,16 +246,16 @@ def run_trial(
                     ],
                     ns=state.ns(vm),
                 )
-                runner.wait_ready(state, srv, "srv-download")
+                state.wait_ready(srv, "srv-download")
                 record["server"] = f"VM namespace :{traffic.DOWNLOAD_PORT}"
         else:
             if opts.vm == "qemu":  # the guest's iperf3 -s (-i 0.1) runs from its /init
                 record["server"] = f"guest iperf3 :{traffic.IPERF_PORT}"
             else:
-                srv = runner.spawn(
-                    state, "srv-iperf3", traffic.iperf3_server_cmd(interval=ival), ns=state.ns(vm)
+                srv = state.spawn(
+                    "srv-iperf3", traffic.iperf3_server_cmd(interval=ival), ns=state.ns(vm)
                 )
-                _wait_listen(state, vm, traffic.IPERF_PORT, srv)
+                state.wait_listen(vm, traffic.IPERF_PORT, srv)
                 record["server"] = f"VM namespace iperf3 :{traffic.IPERF_PORT}"
             client_cmd = traffic.iperf3_cmd(
                 host,
@@ -280,7 +267,7 @@ def run_trial(
                 congestion=cc,
             )
         launched = time.time()
-        client = runner.spawn(state, "client", client_cmd, ns=state.ns(user))
+        client = state.spawn("client", client_cmd, ns=state.ns(user))
         sleep = _sleeper(stop)
         sleep(LEAD_S)
         t0 = time.time()
@@ -296,7 +283,7 @@ def run_trial(
                 applied.append({"t": (res.started - t0) / scale, "at": event.at,
                                 "migrate": event.target, "dc": event.args["dc"],
                                 "scripted": True, "modelled": res.modelled})  # fmt: skip
-            except (runner.TestbedError, InputError) as exc:
+            except (TestbedError, InputError) as exc:
                 failures.append(f"scripted migration at {event.at:g} s: {exc}")
 
         def apply(event: Event) -> None:
@@ -306,8 +293,8 @@ def run_trial(
                 scripted.append(th)
                 return
             if event.kind != "link":
-                raise runner.TestbedError(f"unexpected {event.kind} event in an experiment")
-            runner.set_link(state, topo, event.target, **event.args)
+                raise TestbedError(f"unexpected {event.kind} event in an experiment")
+            state.set_link(topo, event.target, **event.args)
             applied.append({"t": (time.time() - t0) / scale, "at": event.at,
                             "link": event.target, **event.args})  # fmt: skip
 
@@ -319,11 +306,11 @@ def run_trial(
             sampler.stop.set()
             sampler.join(timeout=10.0)
         record["tcp_kernel"] = sampler.summary()
-        _wait_proc(client, timeout=30.0 + 3 * LEAD_S, stop=stop)
+        state.wait_exit(client, 30.0 + 3 * LEAD_S, stop, "traffic client")
         for th in scripted:
             th.join(timeout=900.0)
         if failures:
-            raise runner.TestbedError("; ".join(failures))
+            raise TestbedError("; ".join(failures))
         record["events_applied"] = applied
         log = (state.rundir / "client.log").read_text(errors="replace")
         if trial.traffic == "download":
@@ -344,7 +331,7 @@ def run_trial(
             try:
                 meas = traffic.parse_iperf3(json.loads(log), interval=ival)
             except ValueError as exc:
-                raise runner.TestbedError(f"iperf3 client: {exc}: {log[-300:]}") from None
+                raise TestbedError(f"iperf3 client: {exc}: {log[-300:]}") from None
             for row in meas["intervals"]:
                 row["t"] = (launched + row.pop("start") - t0) / scale
         # volume inside the scenario's [0, duration] only (the lead is set-up time)
@@ -352,7 +339,7 @@ def run_trial(
             sum(r["bytes"] for r in meas["intervals"] if 0 <= r["t"] < exp.duration)
         )
         if meas.get("error"):
-            raise runner.TestbedError(f"{trial.traffic} client: {meas['error']}")
+            raise TestbedError(f"{trial.traffic} client: {meas['error']}")
         record["measure"] = meas
         record["loadavg_end"] = loadavg()
         record["agent_counters"] = _agent_counters(plane)
@@ -361,7 +348,7 @@ def run_trial(
             {**e, "t_scenario": (float(e["t"]) - t0) / scale} for e in plane.events()
         ]
         phases["traffic"] = time.monotonic() - mark
-    except runner.TestbedError:
+    except TestbedError:
         if logs is not None and state.rundir.is_dir():  # keep the daemons' logs to diagnose
             logs.mkdir(parents=True, exist_ok=True)
             for f in state.rundir.glob("*.log"):
@@ -372,7 +359,7 @@ def run_trial(
         if plane is not None:
             with contextlib.suppress(Exception):
                 plane.stop()
-        runner.down(state)
+        state.down()
         phases["down"] = time.monotonic() - mark
     return record
 
@@ -397,7 +384,7 @@ class _TcpSampler(threading.Thread):
     """Reads ``ss -tin`` in the user's and the VM's namespaces every second during a
     TCP trial: the windows the kernel actually used (the profile's check)."""
 
-    def __init__(self, state: runner.State, user: str, vm: str | None, kind: str) -> None:
+    def __init__(self, state: Testbed, user: str, vm: str | None, kind: str) -> None:
         super().__init__(daemon=True)
         self.state, self.user, self.vm, self.kind = state, user, vm, kind
         self.stop = threading.Event()
@@ -413,8 +400,8 @@ class _TcpSampler(threading.Thread):
             for role, node in (("user", self.user), ("vm", self.vm)):
                 if node is None:
                     continue
-                with contextlib.suppress(runner.TestbedError, OSError):
-                    for c in tcpprofile.ss_tcp(self.state, node, port):
+                with contextlib.suppress(TestbedError, OSError):
+                    for c in self.state.ss_tcp(node, port):
                         if c.get("bytes_acked", 0) + c.get("bytes_received", 0) < 1_000_000:
                             continue  # iperf3's control connection
                         if "cc" in c:
@@ -427,21 +414,6 @@ class _TcpSampler(threading.Thread):
 
     def summary(self) -> dict[str, Any]:
         return {"samples": self.samples, "cc": self.cc, **dict(sorted(self.peak.items()))}
-
-
-def _wait_listen(
-    state: runner.State, node: str, port: int, proc: Any, timeout: float = 10.0
-) -> None:
-    """Wait until a TCP server listens on ``port`` in the node's namespace."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = runner.sh("ss", "-Hltn", f"sport = :{port}", ns=state.ns(node), check=False)
-        if done.stdout.strip():
-            return
-        if proc.poll() is not None:
-            raise runner.TestbedError(f"server on port {port} exited")
-        time.sleep(0.05)
-    raise runner.TestbedError(f"no server on port {port} after {timeout} s")
 
 
 def check_vm_backend(exp: Experiment, opts: RunOptions) -> None:
@@ -481,16 +453,15 @@ def _pool(n: int) -> Iterator[ThreadPoolExecutor]:
 def run_experiment(
     opts: RunOptions, log: Callable[[str], None] = print, stop: threading.Event | None = None
 ) -> dict[str, Any]:
-    """Run every trial (``parallel`` at a time), write raw records and the report."""
-    from pacao.testbed.results import write_results
-
+    """Run every trial (``parallel`` at a time), write the raw records and summary.json
+    (the CLI then draws the report: pacao.report.testbed)."""
     opts.validate()
     exp = load_experiment(resolve(opts.scenario), opts.topology)
     if opts.tcp_profile is not None:
         exp = dataclasses.replace(exp, tcp_profile=opts.tcp_profile)
     check_vm_backend(exp, opts)
     todo = trials(exp, opts)
-    runner.check_system()
+    net.check_system()
     stop = stop or threading.Event()
     raw = opts.out / "raw" / exp.name
     if raw.is_dir():  # a new run of this experiment replaces its previous results
@@ -510,7 +481,7 @@ def run_experiment(
         name = f"{trial.variant.name}-{trial.traffic}-{trial.arm}-r{trial.rep}"
         try:
             rec = run_trial(exp, trial, opts, stop, logs=raw / "logs" / name)
-        except runner.TestbedError as exc:
+        except TestbedError as exc:
             # one failed trial (e.g. a traffic tool aborting) is reported, not fatal
             rec = {"experiment": exp.name, "variant": trial.variant.name,
                    "traffic": trial.traffic, "arm": trial.arm, "rep": trial.rep,
@@ -548,3 +519,47 @@ def _collect(
             raise f.exception()  # type: ignore[misc]
     wait(futures)
     records.extend(f.result() for f in futures)
+
+
+def loadavg() -> str:
+    """The machine's load average (1, 5, 15 min): measurements under load differ."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def experiment_meta(exp: Experiment, opts: RunOptions, wall_s: float) -> dict[str, Any]:
+    """What the summary needs to know about the run (raw/<experiment>/experiment.json)."""
+    return {
+        "name": exp.name,
+        "title": exp.title,
+        "file": str(exp.path),
+        "topology": str(exp.topology_path),
+        "duration_s": exp.duration,
+        "s1": exp.s1,
+        "s2": exp.s2,
+        "probe_s": opts.probe_s,
+        "time_scale": opts.time_scale,
+        "repeat": opts.repeat,
+        "vm": opts.vm,
+        "tcp_profile": exp.tcp_profile,
+        "parallel": opts.parallel,
+        "loadavg_end": loadavg(),
+        "windows": {k: list(v) for k, v in exp.windows.items()},
+        "variant_order": [v.name for v in exp.variants],
+        "paper": exp.paper,
+        "wall_s": wall_s,
+        "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_results(
+    exp: Experiment, opts: RunOptions, records: list[dict[str, Any]], wall_s: float
+) -> dict[str, Any]:
+    """Store this experiment's metadata, then re-summarise every experiment of the folder
+    (summary.json, intervals CSVs; the report is pacao.report.testbed's)."""
+    raw = opts.out / "raw" / exp.name
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "experiment.json").write_text(json.dumps(experiment_meta(exp, opts, wall_s), indent=1))
+    return analysis.rebuild(opts.out)

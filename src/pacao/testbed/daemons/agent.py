@@ -43,10 +43,10 @@ from pacao.lisp.xtr import (
     load_xtr_config,
     open_xtr,
 )
-from pacao.testbed import control as control_channel
-from pacao.testbed.control import append_event
+from pacao.testbed.daemons import control as control_channel
+from pacao.testbed.daemons.control import append_event
 
-log = logging.getLogger("pacao.testbed.agent")
+log = logging.getLogger("pacao.testbed.daemons.agent")
 
 
 def best_locator(locators: list[dict[str, Any]]) -> str | None:

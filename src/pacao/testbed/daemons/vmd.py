@@ -1,15 +1,15 @@
 """The testbed's real VM (``--vm qemu``): a daemon that owns one QEMU guest and migrates it.
 
-``python -m pacao.testbed.vmd --state STATE --vm VM --socket SOCK`` replaces the
+``python -m pacao.testbed.daemons.vmd --state STATE --vm VM --socket SOCK`` replaces the
 namespace VM of a running testbed (VXLAN fabric only) by a small KVM/TCG guest
-(:class:`pacao.testbed.qemuvm.QemuGuest`, branch ``qemu``: Debian's kernel and a
+(:class:`pacao.testbed.vm.qemuvm.QemuGuest`, branch ``qemu``: Debian's kernel and a
 busybox initramfs serving ``httpd`` on port 80 with ``/blob`` and a TCP echo on 7)
 with the same EID and gateway, its TAP a port of the hosting dc's bridge. The VM
 namespace loses its link (nothing answers there any more).
 
 Because the scenario process and the controller's ``testbed`` hypervisor driver (in
 another process) both migrate the VM, one process owns the guest and serves a JSON-
-lines control socket (``pacao.testbed.control``): ``{"op": "migrate", "dc": DC,
+lines control socket (``pacao.testbed.daemons.control``): ``{"op": "migrate", "dc": DC,
 "bandwidth_mbps": B, "max_downtime_ms": D}`` live-migrates it with QMP to a new QEMU
 in the destination dc's namespace listening on that dc's VTEP address, so the
 migration stream crosses the emulated inter-DC links (their delay, rate and the
@@ -33,10 +33,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pacao.testbed import control
-from pacao.testbed.migration import _locked, _read, _write, run_topology, vm_location
-from pacao.testbed.runner import State, proc_start_time, sh
-from pacao.testbed.topology import Topology, vtep
+from pacao.testbed.daemons import control
+from pacao.testbed.net import Testbed, proc_start_time, sh
+from pacao.testbed.topo.topology import Topology, vtep
+from pacao.testbed.vm.migration import _locked, _read, _write, run_topology, vm_location
 
 MIGRATION_PORT = 4444
 
@@ -44,10 +44,10 @@ MIGRATION_PORT = 4444
 class Vmd:
     """One guest, where it runs, and the migrations asked through the socket."""
 
-    def __init__(self, state: State, topo: Topology, vm: str, memory_mib: int, blob_mib: int,
+    def __init__(self, state: Testbed, topo: Topology, vm: str, memory_mib: int, blob_mib: int,
                  accel: str | None) -> None:  # fmt: skip
-        # pacao.testbed.qemuvm comes from the `qemu` branch (imported at run time)
-        qemu_guest = importlib.import_module("pacao.testbed.qemuvm").QemuGuest
+        # pacao.testbed.vm.qemuvm comes from the `qemu` branch (imported at run time)
+        qemu_guest = importlib.import_module("pacao.testbed.vm.qemuvm").QemuGuest
         self.state, self.topo, self.vm = state, topo, vm
         node = topo.nodes[vm]
         assert node.eid is not None
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blob", type=int, default=8, help="/blob size (guest memory), MiB")
     parser.add_argument("--accel", default=None, help="kvm or tcg (default $PACAO_QEMU_ACCEL)")
     args = parser.parse_args(argv)
-    state = State.load(Path(args.state))
+    state = Testbed.load(Path(args.state))
     topo = run_topology(state)
     if topo.fabric != "vxlan":
         print("the qemu VM needs a topology with fabric: vxlan", file=sys.stderr)

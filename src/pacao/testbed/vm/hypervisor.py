@@ -3,7 +3,7 @@
 Registered as entry point ``testbed`` of ``pacao.drivers.hypervisor``. Options:
 ``state_file`` (the run's ``/run/pacao/testbed-<id>.json``). The controller's VM and
 DC names are the topology's vm and dc node names (``TestbedControlPlane`` generates
-that config). A migration runs ``pacao.testbed.migration.migrate_vm`` in a thread;
+that config). A migration runs ``pacao.testbed.vm.migration.migrate_vm`` in a thread;
 ``job`` reports it; ``abort`` cancels it during the pre-copy only (after that the
 stop-and-copy completes, as a real hypervisor's would); ``resume`` has nothing to do
 (a failed namespace migration never leaves the VM paused).
@@ -19,14 +19,14 @@ from typing import Any
 
 from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus
 from pacao.errors import InputError
-from pacao.testbed.migration import (
+from pacao.testbed.net import Testbed, TestbedError
+from pacao.testbed.vm.migration import (
     migrate_vm,
     migration_estimate,
     run_topology,
     stored_model,
     vm_location,
 )
-from pacao.testbed.runner import State, TestbedError
 
 
 class TestbedHypervisor:
@@ -35,7 +35,7 @@ class TestbedHypervisor:
     def __init__(self, config: Any = None, clock: Any = None, state_file: str = "") -> None:
         if not state_file or not Path(state_file).is_file():
             raise TypeError(f"state_file must name a running testbed's state, not {state_file!r}")
-        self.state = State.load(Path(state_file))
+        self.state = Testbed.load(Path(state_file))
         self.jobs: dict[str, dict[str, Any]] = {}
 
     async def status(self, vm: str) -> VmStatus:

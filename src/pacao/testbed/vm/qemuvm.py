@@ -2,7 +2,7 @@
 
 API (all a caller needs)::
 
-    from pacao.testbed.qemuvm import QemuGuest
+    from pacao.testbed.vm.qemuvm import QemuGuest
 
     g = QemuGuest("vm1", ns="dc-a", tap="vm1-a", eid="10.2.0.10/24", gateway="10.2.0.1",
                   bridge="br-a")              # optional: enslave the TAP to this bridge
@@ -24,7 +24,7 @@ quits the source QEMU and deletes its TAP (if ``QemuGuest`` created it).
 routes between sites is the caller's job; QEMU announces the guest's MAC
 (RARP) on the destination TAP right after the switch-over.
 
-The guest is :mod:`pacao.testbed.guest` (Debian's cloud kernel and a busybox
+The guest is :mod:`pacao.testbed.vm.guest` (Debian's cloud kernel and a busybox
 initramfs): ``httpd`` on port 80 (``/blob`` of ``blob_mib`` MiB random bytes,
 which is also guest memory the migration must copy), a TCP echo on port 7, and
 a ``pacao-tick N`` counter on the serial console (``serial_log``).
@@ -63,7 +63,7 @@ from pacao.controller.drivers.qmp import (
     start_outgoing,
     wait_migration,
 )
-from pacao.testbed.guest import READY, TICK, Guest, artefacts
+from pacao.testbed.vm.guest import READY, TICK, Guest, artefacts
 
 
 def default_accel() -> str:
@@ -220,7 +220,7 @@ class QemuGuest:
         #: the destination QEMU while a migration runs (killed by stop() too)
         self.incoming: subprocess.Popen[bytes] | None = None
         #: called when a QEMU process starts, so an owner can record its PID at once
-        #: (pacao.testbed.vmd: a teardown mid-migration must find the destination too)
+        #: (pacao.testbed.daemons.vmd: a teardown mid-migration must find the destination too)
         self.on_spawn: Callable[[], None] | None = None
         self.serial_log = self.workdir / "serial-0.log"
         self.qmp_path = self.workdir / "qmp-0.sock"

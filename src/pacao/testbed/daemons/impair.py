@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pacao.testbed import control as control_channel
-from pacao.testbed.nfqueue import Queue
+from pacao.testbed.daemons import control as control_channel
+from pacao.testbed.daemons.nfqueue import Queue
 
 EARLY = 50e-6  # release packets due within 50 us now rather than sleep again
 

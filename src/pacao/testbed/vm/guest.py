@@ -1,6 +1,6 @@
 """The small KVM guest of the testbed: Debian's kernel and a busybox initramfs, built here.
 
-No image is downloaded: ``make guest`` (``python -m pacao.testbed.guest``) takes the
+No image is downloaded: ``make guest`` (``python -m pacao.testbed.vm.guest``) takes the
 kernel of the Debian package ``linux-image-cloud-amd64`` (made for VMs, it boots in
 well under a second) and ``busybox-static``, and writes under ``build/guest/``:
 
@@ -119,7 +119,7 @@ def default_dir() -> Path:
     env = os.environ.get("PACAO_GUEST_DIR")
     if env:
         return Path(env)
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[4]
     if (root / "pyproject.toml").exists():
         return root / "build" / "guest"
     return Path.cwd() / "build" / "guest"
@@ -334,7 +334,7 @@ def artefacts(out: Path | None = None) -> Guest:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pacao.testbed.guest", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m pacao.testbed.vm.guest", description=__doc__)
     ap.add_argument("--out", type=Path, default=None, help="output directory (build/guest)")
     ap.add_argument("--force", action="store_true", help="rebuild even when up to date")
     args = ap.parse_args(argv)

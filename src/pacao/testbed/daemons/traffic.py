@@ -10,8 +10,8 @@ iperf3 runs as Debian ships it; `iperf3_cmd` builds the reverse-mode client
 (server in the VM sends, user receives, like the paper's downloads) and
 `parse_iperf3` turns its --json output into the same interval records.
 
-    python -m pacao.testbed.traffic serve --port 8080 --size 300000000
-    python -m pacao.testbed.traffic fetch --host 10.2.0.10 --port 8080 \
+    python -m pacao.testbed.daemons.traffic serve --port 8080 --size 300000000
+    python -m pacao.testbed.daemons.traffic fetch --host 10.2.0.10 --port 8080 \
         --duration 22.5 --interval 0.1 --out fetch.json [--path /cgi-bin/stream?300000000]
 """
 
@@ -148,7 +148,7 @@ def fetch(
 
 def python_cmd() -> list[str]:
     """How to run this module's serve/fetch in a namespace (same interpreter, same path)."""
-    return [sys.executable, "-m", "pacao.testbed.traffic"]
+    return [sys.executable, "-m", "pacao.testbed.daemons.traffic"]
 
 
 def iperf3_server_cmd(port: int = IPERF_PORT, interval: float = 1.0) -> list[str]:
@@ -255,7 +255,7 @@ def parse_iperf3(doc: dict[str, Any], interval: float | None = None) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pacao.testbed.traffic")
+    ap = argparse.ArgumentParser(prog="python -m pacao.testbed.daemons.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, default=DOWNLOAD_PORT)

@@ -13,8 +13,8 @@ CUBIC (``CONGESTION``).
 ``linux``: today's host settings: autotuning (buffers up to megabytes) and this host's
 default congestion control (BBR here), which keeps several Mbit/s through +1000 ms.
 
-``ss_tcp`` reads what the kernel reports (``ss -tin``), so tests and trial records
-check the window actually in use, not the configuration written.
+``Testbed.ss_tcp`` (pacao.testbed.net) reads what the kernel reports (``ss -tin``), so
+tests and trial records check the window actually in use, not the configuration written.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from pacao.errors import InputError
-from pacao.testbed import runner
 
 PAPER_WINDOW_BYTES = 163_840
 PROFILES = ("paper", "linux")
@@ -49,23 +48,6 @@ def check_profile(where: str, value: Any) -> str:
     if value not in PROFILES:
         raise InputError(where, value, f"one of {', '.join(PROFILES)}")
     return str(value)
-
-
-def apply(state: runner.State, nodes: list[str], profile: str) -> dict[str, dict[str, str]]:
-    """Set the profile's sysctls in each node's namespace; returns what the kernel
-    reads back per node (a namespace starts with the host's defaults)."""
-    check_profile("tcp_profile", profile)
-    values = SYSCTLS[profile] or host_sysctls()
-    seen: dict[str, dict[str, str]] = {}
-    for node in nodes:
-        ns = state.ns(node)
-        for key, value in values.items():
-            runner.sh("sysctl", "-qw", f"{key}={value}", ns=ns)
-        seen[node] = {
-            key: " ".join(runner.sh("sysctl", "-n", key, ns=ns).stdout.split())
-            for key in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem", "net.ipv4.tcp_congestion_control")
-        }
-    return seen
 
 
 def host_sysctls() -> dict[str, str]:
@@ -105,20 +87,4 @@ def parse_ss(text: str) -> list[dict[str, Any]]:
         m = re.search(r"(?<![\w_])rtt:([\d.]+)/", line)
         if m:
             cur["rtt_ms"] = float(m.group(1))
-    return conns
-
-
-def ss_tcp(state: runner.State, node: str, port: int | None = None) -> list[dict[str, Any]]:
-    """The established TCP connections of a node's namespace as the kernel reports
-    them (optionally only those with local or remote ``port``)."""
-    args = ["ss", "-Htin", "state", "established"]
-    done = runner.sh(*args, ns=state.ns(node), check=False)
-    # -H drops the header; ss prints the state column only without a state filter
-    text = "\n".join(
-        ("ESTAB " + ln) if ln and not ln[0].isspace() else ln for ln in done.stdout.splitlines()
-    )
-    conns = parse_ss(text)
-    if port is not None:
-        tail = f":{port}"
-        conns = [c for c in conns if c["local"].endswith(tail) or c["peer"].endswith(tail)]
     return conns

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pacao.testbed import control as control_channel
+from pacao.testbed.daemons import control as control_channel
 
 LISP_DATA_PORT = 4341
 HEADER_LEN = 8

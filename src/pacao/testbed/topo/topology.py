@@ -3,7 +3,7 @@
 A topology file (YAML, docs/testbed.md) lists sites, nodes (one network namespace each,
 with a role), point-to-point links with rate/delay/jitter/loss, and the EID-to-RLOC
 mappings the xTRs start with. Keeping it data lets the same description drive the
-namespace runner, the scenario player and tests, as Mininet does.
+running testbed (pacao.testbed.net), the scenario player and tests, as Mininet does.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
 from pacao.errors import InputError
 from pacao.optimize.io import parse_yaml
+from pacao.testbed.topo.schema import Doc, in_range, keys, number
 
 ROLES = ("user", "xtr", "dc", "vm", "router")
 FABRICS = ("routed", "vxlan")
@@ -56,12 +57,6 @@ def parse_rate(field_name: str, value: Any) -> int | None:
     if bits < 8_000:
         raise InputError(field_name, value, "rate must be at least 8kbit")
     return int(bits)
-
-
-def _number(field_name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InputError(field_name, value, f"a number in [{low}, {high}]")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -178,27 +173,15 @@ def _impairment(
         km = great_circle_km(a_site.location, b_site.location)
         delay_ms = rtt_ms_from_km(km) / 2.0
     else:
-        delay_ms = _number(f"{where}.delay", delay, 0, 10_000)
+        delay_ms = number(f"{where}.delay", delay, 0, 10_000)
     return (
         Impairment(
             delay_ms=delay_ms,
-            jitter_ms=_number(f"{where}.jitter", doc.get("jitter", 0), 0, 10_000),
-            loss_pct=_number(f"{where}.loss", doc.get("loss", 0), 0, 100),
+            jitter_ms=number(f"{where}.jitter", doc.get("jitter", 0), 0, 10_000),
+            loss_pct=number(f"{where}.loss", doc.get("loss", 0), 0, 100),
         ),
         km,
     )
-
-
-def _keys(where: str, doc: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
-    if not isinstance(doc, dict):
-        raise InputError(where, doc, "a mapping")
-    for key in doc:
-        if key not in allowed:
-            raise InputError(f"{where}.{key}", doc[key], f"unknown key; allowed: {sorted(allowed)}")
-    for key in sorted(required):
-        if key not in doc:
-            raise InputError(f"{where}.{key}", None, "required")
-    return doc
 
 
 def _name(where: str, value: Any) -> str:
@@ -207,28 +190,69 @@ def _name(where: str, value: Any) -> str:
     return value
 
 
+class _TopologyDoc(Doc):
+    name: Any
+    description: Any = None
+    sites: Any = None
+    nodes: Any
+    links: Any
+    mappings: Any = None
+    transit: Any = None
+    fabric: Any = None
+
+
+class _SiteDoc(Doc):
+    label: Any = None
+    location: Any = None
+
+
+class _NodeDoc(Doc):
+    role: Any
+    site: Any = None
+    rloc: Any = None
+    eid: Any = None
+
+
+class _LinkDoc(Doc):
+    name: Any = None
+    a: Any
+    b: Any
+    rate: Any = None
+    delay: Any = None
+    jitter: Any = None
+    loss: Any = None
+    a_addr: Any = None
+    b_addr: Any = None
+
+
+class _MappingDoc(Doc):
+    prefix: Any
+    locators: Any
+
+
+class _LocatorDoc(Doc):
+    node: Any
+    priority: Annotated[float, in_range(0, 255)] = 1
+    weight: Annotated[float, in_range(0, 255)] = 100
+
+
 def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
     """Validate a parsed topology document; every problem is one InputError line."""
-    top = _keys(
-        source,
-        doc,
-        {"name", "description", "sites", "nodes", "links", "mappings", "transit", "fabric"},
-        {"name", "nodes", "links"},
-    )
+    top = keys(_TopologyDoc, source, doc)
     name = _name(f"{source}.name", top["name"])
     sites: dict[str, Site] = {}
     for sname, sdoc in (top.get("sites") or {}).items():
         where = f"sites.{sname}"
         _name(where, sname)
-        s = _keys(where, sdoc or {}, {"label", "location"}, set())
+        s = keys(_SiteDoc, where, sdoc or {})
         loc = s.get("location")
         location: tuple[float, float] | None = None
         if loc is not None:
             if not isinstance(loc, list) or len(loc) != 2:
                 raise InputError(f"{where}.location", loc, "[latitude, longitude] in degrees")
             location = (
-                _number(f"{where}.location[0]", loc[0], -90, 90),
-                _number(f"{where}.location[1]", loc[1], -180, 180),
+                number(f"{where}.location[0]", loc[0], -90, 90),
+                number(f"{where}.location[1]", loc[1], -180, 180),
             )
         sites[sname] = Site(sname, str(s.get("label", sname)), location)
 
@@ -239,7 +263,7 @@ def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
     for nname, ndoc in top["nodes"].items():
         where = f"nodes.{nname}"
         _name(where, nname)
-        n = _keys(where, ndoc, {"role", "site", "rloc", "eid"}, {"role"})
+        n = keys(_NodeDoc, where, ndoc)
         role = n["role"]
         if role not in ROLES:
             raise InputError(f"{where}.role", role, f"one of {list(ROLES)}")
@@ -273,12 +297,7 @@ def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
     seen: set[str] = set()
     for i, ldoc in enumerate(top["links"]):
         where = f"links[{i}]"
-        ld = _keys(
-            where,
-            ldoc,
-            {"name", "a", "b", "rate", "delay", "jitter", "loss", "a_addr", "b_addr"},
-            {"a", "b"},
-        )
+        ld = keys(_LinkDoc, where, ldoc)
         for side in ("a", "b"):
             if ld[side] not in nodes:
                 raise InputError(f"{where}.{side}", ld[side], f"one of {sorted(nodes)}")
@@ -326,14 +345,14 @@ def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
     mappings: list[MappingSpec] = []
     for i, mdoc in enumerate(top.get("mappings") or []):
         where = f"mappings[{i}]"
-        md = _keys(where, mdoc, {"prefix", "locators"}, {"prefix", "locators"})
+        md = keys(_MappingDoc, where, mdoc)
         prefix = _net(f"{where}.prefix", md["prefix"])
         locs: list[LocatorSpec] = []
         if not isinstance(md["locators"], list) or not md["locators"]:
             raise InputError(f"{where}.locators", md["locators"], "a non-empty list")
         for j, lo in enumerate(md["locators"]):
             lw = f"{where}.locators[{j}]"
-            lod = _keys(lw, lo, {"node", "priority", "weight"}, {"node"})
+            lod = keys(_LocatorDoc, lw, lo)
             if lod["node"] not in nodes or nodes[lod["node"]].role != "xtr":
                 raise InputError(
                     f"{lw}.node",
@@ -343,8 +362,8 @@ def topology_from_dict(doc: Any, source: str = "topology") -> Topology:
             locs.append(
                 LocatorSpec(
                     lod["node"],
-                    int(_number(f"{lw}.priority", lod.get("priority", 1), 0, 255)),
-                    int(_number(f"{lw}.weight", lod.get("weight", 100), 0, 255)),
+                    int(lod.get("priority", 1)),
+                    int(lod.get("weight", 100)),
                 )
             )
         mappings.append(MappingSpec(prefix, tuple(locs)))

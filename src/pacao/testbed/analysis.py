@@ -1,8 +1,9 @@
-"""Results of `pacao testbed run`: raw records -> CSV, figures, summary.json, report.html.
+"""Results of `pacao testbed run` as data: the raw trial records under ``raw/``, read
+back and summarised (summary.json, per-interval CSVs, the paper's claims checked).
 
 Every scenario run into the same --out folder keeps its raw records under
-``raw/<experiment>/``; the summary and the report cover all of them, so
-`run --scenario table1` then `--scenario table2` gives one report (Figs. 6-11).
+``raw/<experiment>/``; the summary covers all of them, so `run --scenario table1`
+then `--scenario table2` gives one summary (and one report: pacao.report.testbed).
 All numbers are computed from the records (nothing is copied from the paper
 except the reference figures the experiment files state under ``paper``).
 """
@@ -10,32 +11,12 @@ except the reference figures the experiment files state under ``paper``).
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
-
-from pacao import __version__
-from pacao.report.html import CSS
-from pacao.testbed.experiment import ARM_LABELS
-
-if TYPE_CHECKING:
-    from pacao.testbed.experiment import Experiment
-    from pacao.testbed.run import RunOptions
-
-ARM_STYLE = {"legacy": ("tab:gray", "-"), "pacao1": ("tab:blue", "--"), "pacao2": ("tab:red", "-")}
-PAPER_FIGS = {
-    "table1": {"bandwidth": 6, "volume": 7},
-    "table2": {"bandwidth": 8, "volume": 9, "loss": 10, "jitter": 11},
-}
 
 
 def _median(xs: list[float]) -> float | None:
@@ -255,158 +236,6 @@ def write_csv(path: Path, recs: list[dict[str, Any]]) -> None:
                 ])  # fmt: skip
 
 
-def _save(fig: Any, path: Path) -> str:
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path.name
-
-
-def _fig_title(exp: str, kind: str, text: str) -> str:
-    n = PAPER_FIGS.get(exp, {}).get(kind)
-    return f"Fig. {n}: {text}" if n else text
-
-
-def _mean_series(recs: list[dict[str, Any]], duration: float) -> tuple[np.ndarray, np.ndarray]:
-    """Average Mbit/s over repetitions on a common grid (the first record's intervals)."""
-    step = max(recs[0]["measure"]["intervals"][0]["seconds"] / recs[0]["time_scale"], 1e-3)
-    grid = np.arange(0.0, duration, step)
-    ys = []
-    for r in recs:
-        t, m = mbps_series(r)
-        ys.append(np.interp(grid, t + step / 2, m, left=np.nan, right=np.nan))
-    stack = np.vstack(ys)
-    counts = np.sum(~np.isnan(stack), axis=0)
-    sums = np.nansum(stack, axis=0)
-    mean = np.divide(sums, counts, out=np.full(len(grid), np.nan), where=counts > 0)
-    return grid + step / 2, mean
-
-
-def fig_bandwidth(path: Path, meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
-    bulk = [r for r in recs if r["traffic"] in ("download", "tcp")]
-    variants = list(dict.fromkeys(r["variant"] for r in bulk))
-    n = len(variants)
-    cols = 2 if n > 1 else 1
-    rows_n = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows_n, cols, figsize=(7 * cols, 3.6 * rows_n), squeeze=False)
-    for k, v in enumerate(variants):
-        ax = axes[k // cols, k % cols]
-        vr = [r for r in bulk if r["variant"] == v]
-        for arm in dict.fromkeys(r["arm"] for r in vr):
-            mine = [r for r in vr if r["arm"] == arm]
-            t, y = _mean_series(mine, meta["duration_s"])
-            color, ls = ARM_STYLE.get(arm, ("k", "-"))
-            ax.plot(t, y, color=color, ls=ls, label=ARM_LABELS.get(arm, arm))
-            for r in mine:
-                for e in entry_switches(r):
-                    ax.axvline(e["t_scenario"], color=color, ls=":", lw=0.8)
-                for lo, hi in migration_spans(r):
-                    ax.axvspan(lo, hi, color=color, alpha=0.08)
-        for ev in vr[0].get("events_applied", []):
-            if ev["at"] > 0:
-                ax.axvline(ev["at"], color="k", lw=0.6, alpha=0.5)
-        ax.set_title(vr[0]["variant_label"])
-        ax.set_xlabel("time (s, scenario)")
-        ax.set_ylabel("Mbit/s (mean over runs)")
-        ax.set_xlim(0, meta["duration_s"])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for k in range(n, rows_n * cols):
-        axes[k // cols, k % cols].set_visible(False)
-    fig.suptitle(
-        _fig_title(meta["name"], "bandwidth", f"{meta['title']}: bandwidth over time")
-        + f" (time scale {meta['time_scale']:g}; dotted: entry switches, shaded: migrations)",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def fig_volume(path: Path, meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
-    bulk = [r for r in recs if r["traffic"] in ("download", "tcp")]
-    variants = list(dict.fromkeys(r["variant"] for r in bulk))
-    arms = list(dict.fromkeys(r["arm"] for r in bulk))
-    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(variants) * len(arms) / 2), 4))
-    width = 0.8 / len(arms)
-    for j, arm in enumerate(arms):
-        data = [
-            [r["measure"]["volume_bytes"] / 1e6 for r in bulk if (r["variant"], r["arm"]) == va]
-            for va in ((v, arm) for v in variants)
-        ]
-        pos = [i + (j - (len(arms) - 1) / 2) * width for i in range(len(variants))]
-        keep = [(p, d) for p, d in zip(pos, data, strict=True) if d]
-        bp = ax.boxplot([d for _, d in keep], positions=[p for p, _ in keep], widths=width * 0.9,
-                        patch_artist=True)  # fmt: skip
-        for box in bp["boxes"]:
-            box.set_facecolor(ARM_STYLE.get(arm, ("w", "-"))[0])
-            box.set_alpha(0.6)
-        ax.plot([], [], color=ARM_STYLE.get(arm, ("k", "-"))[0], lw=6, label=ARM_LABELS.get(arm))
-    labels = [next(r["variant_label"] for r in bulk if r["variant"] == v) for v in variants]
-    ax.set_xticks(range(len(variants)), labels, fontsize=8)
-    ax.set_ylabel("MB received in the run")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7)
-    real = meta["duration_s"] * meta["time_scale"]
-    ax.set_title(
-        _fig_title(meta["name"], "volume", f"data downloaded in {meta['duration_s']:g} s")
-        + f"\n(scenario time; {real:g} s of real traffic at time scale {meta['time_scale']:g})",
-        fontsize=9,
-    )
-    return _save(fig, path)
-
-
-def fig_loss(path: Path, meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
-    udp = [r for r in recs if r["traffic"] == "udp"]
-    arms = list(dict.fromkeys(r["arm"] for r in udp))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    data = [[udp_loss(r) or 0.0 for r in udp if r["arm"] == a] for a in arms]
-    short = {"legacy": "legacy", "pacao1": "PACAO-1", "pacao2": "PACAO-2"}
-    ax.boxplot(data, tick_labels=[short.get(a, a) for a in arms])
-    for i, a in enumerate(arms):
-        during = [udp_loss(r, migration_spans(r)) for r in udp if r["arm"] == a and migrations(r)]
-        d = [x for x in during if x is not None]
-        if d:
-            ax.scatter([i + 1] * len(d), d, marker="x", color="tab:red",
-                       label="during migration" if i == len(arms) - 1 else None)  # fmt: skip
-    ax.set_ylabel("lost packets (%)")
-    ax.tick_params(axis="x", labelsize=7)
-    ax.grid(alpha=0.3, axis="y")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    ax.set_title(_fig_title(meta["name"], "loss", "UDP packet loss (iperf3)"), fontsize=10)
-    return _save(fig, path)
-
-
-def fig_jitter(path: Path, meta: dict[str, Any], recs: list[dict[str, Any]]) -> str:
-    udp = [r for r in recs if r["traffic"] == "udp"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in dict.fromkeys(r["arm"] for r in udp):
-        mine = [r for r in udp if r["arm"] == arm]
-        j = np.sort([i["jitter_ms"] for r in mine for i in r["measure"]["intervals"]])
-        if len(j):
-            color, ls = ARM_STYLE.get(arm, ("k", "-"))
-            ax.plot(j, np.arange(1, len(j) + 1) / len(j), color=color, ls=ls,
-                    label=ARM_LABELS.get(arm, arm))  # fmt: skip
-    ax.set_xlabel("jitter per interval (ms, iperf3 RFC 1889 estimate)")
-    ax.set_ylabel("CDF")
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(_fig_title(meta["name"], "jitter", "CDF of the jitter (UDP)"), fontsize=10)
-    return _save(fig, path)
-
-
-def figures(out: Path, meta: dict[str, Any], recs: list[dict[str, Any]]) -> dict[str, str]:
-    name = meta["name"]
-    figs: dict[str, str] = {}
-    if any(r["traffic"] in ("download", "tcp") for r in recs):
-        figs["bandwidth"] = fig_bandwidth(out / f"{name}_bandwidth.png", meta, recs)
-        figs["volume"] = fig_volume(out / f"{name}_volume.png", meta, recs)
-    if any(r["traffic"] == "udp" for r in recs):
-        figs["loss"] = fig_loss(out / f"{name}_udp_loss.png", meta, recs)
-        figs["jitter"] = fig_jitter(out / f"{name}_jitter_cdf.png", meta, recs)
-    return figs
-
-
 def load_all(out: Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Every experiment's metadata and records under out/raw/."""
     found: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
@@ -422,53 +251,10 @@ def load_all(out: Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]
     return found
 
 
-def loadavg() -> str:
-    """The machine's load average (1, 5, 15 min): measurements under load differ."""
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-def experiment_meta(exp: Experiment, opts: RunOptions, wall_s: float) -> dict[str, Any]:
-    return {
-        "name": exp.name,
-        "title": exp.title,
-        "file": str(exp.path),
-        "topology": str(exp.topology_path),
-        "duration_s": exp.duration,
-        "s1": exp.s1,
-        "s2": exp.s2,
-        "probe_s": opts.probe_s,
-        "time_scale": opts.time_scale,
-        "repeat": opts.repeat,
-        "vm": opts.vm,
-        "tcp_profile": exp.tcp_profile,
-        "parallel": opts.parallel,
-        "loadavg_end": loadavg(),
-        "windows": {k: list(v) for k, v in exp.windows.items()},
-        "variant_order": [v.name for v in exp.variants],
-        "paper": exp.paper,
-        "wall_s": wall_s,
-        "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-
-
-def write_results(
-    exp: Experiment, opts: RunOptions, records: list[dict[str, Any]], wall_s: float
-) -> dict[str, Any]:
-    """Store this experiment's metadata, then rebuild CSV, figures, summary and report."""
-    raw = opts.out / "raw" / exp.name
-    raw.mkdir(parents=True, exist_ok=True)
-    (raw / "experiment.json").write_text(json.dumps(experiment_meta(exp, opts, wall_s), indent=1))
-    return rebuild(opts.out)
-
-
 def rebuild(out: Path) -> dict[str, Any]:
-    """summary.json, intervals CSVs, figures and report.html from out/raw/."""
+    """summary.json and the intervals CSVs from out/raw/ (also on stored records alone)."""
     everything = load_all(out)
     summary: dict[str, Any] = {}
-    figs: dict[str, dict[str, str]] = {}
     for name, (meta, all_recs) in everything.items():
         recs = [r for r in all_recs if "error" not in r]
         failed = [
@@ -483,159 +269,20 @@ def rebuild(out: Path) -> dict[str, Any]:
         summary[name]["claims"] = claims(meta, recs, summary[name])
         summary[name]["failed_trials"] = failed
         write_csv(out / f"{name}_intervals.csv", recs)
-        figs[name] = figures(out, meta, recs)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_report(out, everything, summary, figs)
     return summary
 
 
-def _e(x: object) -> str:
-    return html.escape(str(x))
-
-
-def _fmt(x: Any, kind: str = "") -> str:
+def fmt(x: Any, kind: str = "") -> str:
+    """A number as the summary's claims and the report show it (n/a for None/NaN; other
+    values HTML-escaped)."""
     if x is None or (isinstance(x, float) and not np.isfinite(x)):
         return "n/a"
     if kind == "pct":
         return f"{100 * x:+.0f} %"
     if kind == "list":
         return ", ".join(f"{v:.1f}" for v in x)
-    return f"{x:.2f}" if isinstance(x, float) else _e(x)
-
-
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    th = "".join(f"<th>{_e(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
-
-
-def write_report(
-    out: Path,
-    everything: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]],
-    summary: dict[str, Any],
-    figs: dict[str, dict[str, str]],
-) -> Path:
-    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    parts = [
-        f"<h1>PACAO, Section IV testbed reproduced</h1><p class=note>pacao {__version__}, "
-        f"{now}. Emulated Fig. 5 testbed in network namespaces, real packets through the "
-        "user-space LISP data plane; the PACAO arms' switches and migrations come from the "
-        "controller running in the testbed (docs/testbed.md).</p>"
-    ]
-    for name, (meta, recs) in everything.items():
-        recs = [r for r in recs if "error" not in r]
-        if name not in summary or not recs:
-            continue
-        s = summary[name]
-        parts.append(f"<h2>{_e(meta['title'])}</h2>")
-        parts.append(
-            f"<p class=note>{len(recs)} trials, {meta['repeat']} repetition(s), time scale "
-            f"{meta['time_scale']:g} ({meta['duration_s'] * meta['time_scale']:g} s of traffic "
-            f"per {meta['duration_s']:g}-s trial; controller timers scaled, link delays not), "
-            f"S' = {meta['s1']:g} s, S'' = {meta['s2']:g} s, probes every {meta['probe_s']:g} s "
-            f"(scenario time), VM backend {_e(meta['vm'])}, TCP host profile "
-            f"{_e(meta.get('tcp_profile', 'linux'))}, {_e(meta.get('parallel', '?'))} trial(s) "
-            f"side by side, load average at the end {_e(meta.get('loadavg_end', '?'))} "
-            f"(measurements under load are not comparable), wall time {meta['wall_s']:.0f} s."
-            "</p>"
-        )
-        comparable = meta["time_scale"] == 1
-        if not comparable:
-            parts.append(
-                "<p class=note><b>Compressed run: not comparable with the paper.</b> The "
-                "controller's timers are scaled, the link delays are not, so TCP and the "
-                "controller see a different experiment; the paper's figures are not shown "
-                "beside these.</p>"
-            )
-        arms = list(dict.fromkeys(r["arm"] for r in recs))
-        paper = meta.get("paper", {})
-        rows = []
-        for v, row in s["variants"].items():
-            cells = [_e(v)]
-            for arm in arms:
-                cells.append(_fmt(row.get(f"{arm}_median_volume_mb")))
-            for arm in arms[1:]:
-                cells.append(_fmt(row.get(f"{arm}_volume_gain"), "pct"))
-            ref = paper.get("volume_gain", paper.get("volume_gain_max"))
-            if comparable:
-                cells.append(_fmt(ref, "pct") if ref is not None else "")
-            rows.append(cells)
-        head = ["variant", *[f"{a} median MB" for a in arms], *[f"{a} gain" for a in arms[1:]],
-                *(["paper gain"] if comparable else [])]  # fmt: skip
-        parts.append(_table(head, rows))
-        trows = []
-        for v, row in s["variants"].items():
-            for arm in arms:
-                w = [_fmt(row.get(f"{arm}_mbps_{k}")) for k in meta.get("windows", {})]
-                sw = row.get(f"{arm}_entry_switch_times_s")
-                mig = row.get(f"{arm}_migrations", [])
-                mtxt = "; ".join(
-                    f"{m['t_s']:.1f} s to {_e(m['dst'])} ({m['duration_s']:.1f} s, "
-                    f"down {m['downtime_s']:.3f} s"
-                    f"{', QEMU, real s' if m.get('measured_by') == 'qemu' else ''})"
-                    for m in mig
-                )
-                done = row.get(f"{arm}_median_completion_s")
-                rate = row.get(f"{arm}_download_rate_gain")
-                dtxt = (
-                    "-"
-                    if done is None
-                    else f"{done:.0f} s"
-                    + (f" ({_fmt(rate, 'pct')} rate)" if rate is not None else "")
-                )
-                trows.append(
-                    [_e(v), _e(arm), *w, dtxt, _fmt(sw, "list") if sw else "-", mtxt or "-"]
-                )
-        whead = ["variant", "arm", *[f"Mbit/s {k} {tuple(x)}" for k, x in
-                                     meta.get("windows", {}).items()],
-                 "download complete at", "entry switches (s)", "migrations"]  # fmt: skip
-        parts.append(_table(whead, trows))
-        if paper.get("timeline"):
-            parts.append(
-                "<p>Paper's timeline: "
-                + "; ".join(f"{t['at']} s: {_e(t['what'])}" for t in paper["timeline"])
-                + ".</p>"
-            )
-        udp_rows = []
-        for v, row in s["variants"].items():
-            for arm in arms:
-                if f"{arm}_udp_loss_pct_median" in row:
-                    udp_rows.append([
-                        _e(v), _e(arm), _fmt(row.get(f"{arm}_udp_loss_pct_median")),
-                        _fmt(row.get(f"{arm}_udp_loss_during_migration_pct_median")),
-                        _fmt(row.get(f"{arm}_udp_jitter_ms_median")),
-                    ])  # fmt: skip
-        if udp_rows:
-            uhead = ["variant", "arm", "UDP loss % (median)", "loss % during migration",
-                     "jitter ms (median)"]  # fmt: skip
-            parts.append(_table(uhead, udp_rows))
-            if "udp_loss_median_pct" in paper and comparable:
-                parts.append(
-                    f"<p class=note>Paper: median {paper['udp_loss_median_pct']} % loss "
-                    "during migration (Fig. 10).</p>"
-                )
-        if s.get("claims"):
-            parts.append("<h3>The paper's claims, checked on this run</h3>")
-            parts.append(_table(
-                ["claim", "paper", "ours", "holds"],
-                [[_e(c["claim"]), _e(c["paper"]), _e(c["ours"]),
-                  "holds" if c["holds"] else "<b>fails</b>"] for c in s["claims"]],
-            ))  # fmt: skip
-        for fail in s.get("failed_trials", []):
-            parts.append(f"<p><b>failed trial</b> {_e(fail['trial'])}: {_e(fail['error'])}</p>")
-        for f in figs.get(name, {}).values():
-            parts.append(f'<p><img src="{_e(f)}" alt="{_e(f)}"></p>')
-        parts.append(
-            f'<p class=note>Raw: <a href="raw/{_e(name)}/">raw/{_e(name)}/</a> (one JSON per '
-            f"trial with intervals, applied events, controller plans and events), "
-            f'<a href="{_e(name)}_intervals.csv">{_e(name)}_intervals.csv</a>.</p>'
-        )
-    path = out / "report.html"
-    path.write_text(
-        f"<!doctype html><html><head><meta charset=utf-8><title>PACAO testbed</title>"
-        f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
-    )
-    return path
+    return f"{x:.2f}" if isinstance(x, float) else html.escape(str(x))
 
 
 # ---------------------------------------------------------------------------------------
@@ -772,8 +419,8 @@ def claims(
                     f"table1_restore_{v}",
                     "the bandwidth is quickly restored: the switch takes S' plus half an RTT",
                     f"switch {s1 + rtt_half:.1f} s after the stress (S' = {s1:g} s + RTT/2)",
-                    f"switch at the user's xTR {_fmt(sw_med)} s after the stress, rate back to "
-                    f"{RECOVERED_SHARE:.0%} of its pre-stress mean after {_fmt(rec_med)} s "
+                    f"switch at the user's xTR {fmt(sw_med)} s after the stress, rate back to "
+                    f"{RECOVERED_SHARE:.0%} of its pre-stress mean after {fmt(rec_med)} s "
                     f"(medians of {len(firsts)}/{len(rec_ok)} of {len(p1)} trials)",
                     sw_med is not None
                     and rec_med is not None
@@ -812,7 +459,7 @@ def claims(
                 f"table2_pacao1_affected_{v}",
                 "PACAO-1 is heavily affected by the overloaded inter-DC links",
                 "PACAO-1 well below PACAO-2 after the switch (Fig. 8)",
-                f"{wname} window: PACAO-1 {_fmt(p1)}, PACAO-2 {_fmt(p2)}, legacy {_fmt(lg)} "
+                f"{wname} window: PACAO-1 {fmt(p1)}, PACAO-2 {fmt(p2)}, legacy {fmt(lg)} "
                 "Mbit/s (medians)",
                 p1 is not None and p2 is not None and p1 <= AFFECTED_SHARE * p2,
             )
@@ -838,9 +485,9 @@ def claims(
                     f"table2_lapse_{v}",
                     "the lapse between the PACAO-1 and PACAO-2 recoveries is the migration time",
                     "a few seconds: the migration's duration (16 s to LIP6, Table II)",
-                    f"back to {LAPSE_SHARE:.0%} of the pre-stress rate at {_fmt(rec['pacao1'])}"
-                    f" s (PACAO-1) and {_fmt(rec['pacao2'])} s (PACAO-2): lapse {_fmt(lapse)} s;"
-                    f" first migration {_fmt(mig)} s",
+                    f"back to {LAPSE_SHARE:.0%} of the pre-stress rate at {fmt(rec['pacao1'])}"
+                    f" s (PACAO-1) and {fmt(rec['pacao2'])} s (PACAO-2): lapse {fmt(lapse)} s;"
+                    f" first migration {fmt(mig)} s",
                     lapse is not None
                     and mig is not None
                     and abs(lapse - mig) <= max(5.0, 0.3 * mig),
@@ -852,7 +499,7 @@ def claims(
                 "median UDP loss of about 4 % with PACAO-2",
                 f"median {paper.get('udp_loss_median_pct', 4)} % (Fig. 10; our reading: "
                 "inside the migrations)",
-                f"PACAO-2: {_fmt(loss_in)} % inside migrations, {_fmt(loss_all)} % over the "
+                f"PACAO-2: {fmt(loss_in)} % inside migrations, {fmt(loss_all)} % over the "
                 "whole trial (medians)",
                 loss_in is not None and LOSS_RANGE[0] <= loss_in <= LOSS_RANGE[1],
             )
@@ -866,7 +513,7 @@ def claims(
                 "PACAO arms are less dispersed in jitter than legacy",
                 "lower dispersion around the median for PACAO-1 and PACAO-2 (Fig. 11)",
                 "IQR of the per-interval jitter: "
-                + ", ".join(f"{a} {_fmt(x)} ms" for a, x in iqr.items()),
+                + ", ".join(f"{a} {fmt(x)} ms" for a, x in iqr.items()),
                 _less(iqr["pacao1"], iqr["legacy"]) and _less(iqr["pacao2"], iqr["legacy"]),
             )
     return out

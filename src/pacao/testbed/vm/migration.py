@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from pacao.errors import InputError
-from pacao.testbed import control
-from pacao.testbed.runner import INNER_MTU, State, TestbedError, gateway_mac, vm_mac
-from pacao.testbed.topology import (
+from pacao.testbed.daemons import control
+from pacao.testbed.net import INNER_MTU, Testbed, TestbedError, gateway_mac, vm_mac
+from pacao.testbed.topo.topology import (
     Topology,
     dc_of_xtr,
     load_topology,
@@ -160,12 +160,12 @@ def migration_estimate(
 # ------------------------------------------------------------------------ run-wide VM file
 
 
-def _vms_path(state: State) -> Path:
+def _vms_path(state: Testbed) -> Path:
     return state.rundir / "vms.json"
 
 
 @contextlib.contextmanager
-def _locked(state: State) -> Iterator[None]:
+def _locked(state: Testbed) -> Iterator[None]:
     lock = state.rundir / "vms.lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -176,7 +176,7 @@ def _locked(state: State) -> Iterator[None]:
         os.close(fd)
 
 
-def _read(state: State) -> dict[str, Any]:
+def _read(state: Testbed) -> dict[str, Any]:
     try:
         doc: dict[str, Any] = json.loads(_vms_path(state).read_text())
         return doc
@@ -184,7 +184,7 @@ def _read(state: State) -> dict[str, Any]:
         return {"vms": {}, "model": None, "count": 0}
 
 
-def _write(state: State, doc: dict[str, Any]) -> None:
+def _write(state: Testbed, doc: dict[str, Any]) -> None:
     tmp = _vms_path(state).with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, _vms_path(state))
@@ -194,11 +194,11 @@ def _names(topo: Topology, role: str) -> list[str]:
     return [n.name for n in topo.nodes.values() if n.role == role]
 
 
-def run_topology(state: State) -> Topology:
+def run_topology(state: Testbed) -> Topology:
     return load_topology(Path(state.topology["file"]))
 
 
-def set_vm_model(state: State, model: MigrationModel) -> None:
+def set_vm_model(state: Testbed, model: MigrationModel) -> None:
     """Store the migration model every later migration of this run uses by default."""
     model.check()
     with _locked(state):
@@ -207,12 +207,12 @@ def set_vm_model(state: State, model: MigrationModel) -> None:
         _write(state, doc)
 
 
-def stored_model(state: State) -> MigrationModel:
+def stored_model(state: Testbed) -> MigrationModel:
     doc = _read(state)
     return MigrationModel(**doc["model"]) if doc.get("model") else MigrationModel()
 
 
-def vm_location(state: State, vm: str, topo: Topology | None = None) -> str:
+def vm_location(state: Testbed, vm: str, topo: Topology | None = None) -> str:
     """The dc node the VM currently runs on."""
     topo = topo or run_topology(state)
     node = topo.nodes.get(vm)
@@ -231,7 +231,7 @@ def link_bandwidth_bps(topo: Topology, src_dc: str, dst_dc: str, default_bps: fl
     return default_bps
 
 
-def append_event(state: State, event: dict[str, Any]) -> None:
+def append_event(state: Testbed, event: dict[str, Any]) -> None:
     control.append_event(state.rundir / "events.jsonl", event)
 
 
@@ -250,7 +250,7 @@ def _ip_batch(ns: str, lines: list[str]) -> None:
         raise TestbedError(f"ip -n {ns} -batch: {done.stderr.strip()}")
 
 
-def _macs(state: State, vm: str) -> tuple[str, str]:
+def _macs(state: Testbed, vm: str) -> tuple[str, str]:
     """Stable locally administered MACs of the VM's interface and of its gateway."""
     h = hashlib.sha256(f"{state.runid}/{vm}".encode()).digest()
     base = "02:" + ":".join(f"{b:02x}" for b in h[:4])
@@ -279,7 +279,7 @@ def _ip_batches(
         raise TestbedError("; ".join(errors))
 
 
-def _current_vm_dev(state: State, topo: Topology, vm: str, doc: dict[str, Any]) -> str:
+def _current_vm_dev(state: Testbed, topo: Topology, vm: str, doc: dict[str, Any]) -> str:
     info = doc["vms"].get(vm)
     if info and info.get("dev"):
         return str(info["dev"])
@@ -288,7 +288,7 @@ def _current_vm_dev(state: State, topo: Topology, vm: str, doc: dict[str, Any]) 
 
 
 def migrate_vm(
-    state: State,
+    state: Testbed,
     vm: str,
     dst_dc: str,
     model: MigrationModel | None = None,
@@ -418,9 +418,9 @@ def migrate_vm(
 
 
 def _migrate_qemu(
-    state: State, topo: Topology, vm: str, dst_dc: str, model: MigrationModel, sock: str
+    state: Testbed, topo: Topology, vm: str, dst_dc: str, model: MigrationModel, sock: str
 ) -> MigrationResult:
-    """A real live migration by the VM daemon (``pacao.testbed.vmd``): QEMU's figures."""
+    """A real live migration by the VM daemon (``pacao.testbed.daemons.vmd``): QEMU's figures."""
     src = vm_location(state, vm, topo)
     bw = model.bandwidth_bps(topo, src, dst_dc)
     started = time.time()

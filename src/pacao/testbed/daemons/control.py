@@ -2,7 +2,7 @@
 connection, newline-terminated, over a UNIX socket in the run directory.
 
 The user-space xTR and the delay line both serve it from their select loops,
-and the runner and CLI are its clients.
+and the running testbed (pacao.testbed.net) and the CLI are its clients.
 """
 
 from __future__ import annotations
