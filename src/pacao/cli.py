@@ -113,9 +113,9 @@ def demo() -> None:
 
     from rich.console import Console
 
+    from pacao.io import load_document
     from pacao.optimize import problem_from_dict
     from pacao.optimize import solve as run
-    from pacao.optimize.io import load_document
     from pacao.report.tables import decision_table
 
     console = Console()

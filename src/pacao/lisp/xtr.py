@@ -360,7 +360,7 @@ def xtr_config_from_dict(doc: Any, base: Path | None = None) -> XtrConfig:
 
 
 def load_xtr_config(path: Path) -> XtrConfig:
-    from pacao.optimize.io import load_document
+    from pacao.io import load_document
 
     return xtr_config_from_dict(load_document(path), path.parent)
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from pacao.errors import InputError
-from pacao.optimize.io import parse_yaml
+from pacao.io import parse_yaml
 from pacao.testbed.scenario import Scenario, scenario_from_dict
 from pacao.testbed.tcpprofile import DEFAULT_PROFILE, check_profile
 from pacao.testbed.topology import (

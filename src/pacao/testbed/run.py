@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pacao.errors import InputError
-from pacao.optimize.io import dump_yaml
+from pacao.io import dump_yaml
 from pacao.testbed import runner, tcpprofile, traffic
 from pacao.testbed.controlplane import ControllerSettings, MigrationModel, TestbedControlPlane
 from pacao.testbed.experiment import ARMS, Experiment, Variant, load_experiment, resolve

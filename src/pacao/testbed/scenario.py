@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from pacao.errors import InputError
-from pacao.optimize.io import parse_yaml
+from pacao.io import parse_yaml
 from pacao.testbed.topology import Topology, parse_rate
 
 LINK_KEYS = {"at", "link", "delay", "jitter", "loss", "rate", "direction"}

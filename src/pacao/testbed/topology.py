@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from pacao.errors import InputError
-from pacao.optimize.io import parse_yaml
+from pacao.io import parse_yaml
 
 ROLES = ("user", "xtr", "dc", "vm", "router")
 FABRICS = ("routed", "vxlan")

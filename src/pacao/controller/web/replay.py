@@ -12,7 +12,6 @@ so a user's path is the same as in the full run.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pandas as pd
 
 from pacao.controller.web.view import SLA_OK, SLA_VIOLATED, box, geography
 from pacao.errors import InputError
+from pacao.validate import in_range, positive
 
 MAX_USERS = 20_000
 
@@ -80,10 +80,8 @@ class Replay:
         s2 = float(opts.s2 if opts.s2 is not None else h["s2_fraction_of_s1"])
         bound = float(opts.bound_ms if opts.bound_ms is not None else h["bound_ms"])
         for name, v in (("--s1", s1), ("--s2", s2)):
-            if not (math.isfinite(v) and 0 < v <= 1):
-                raise InputError(name, v, "a fraction in (0, 1]")
-        if not (math.isfinite(bound) and bound > 0):
-            raise InputError("--bound-ms", bound, "milliseconds > 0")
+            in_range(name, v, "a fraction in (0, 1]", low=0.0, high=1.0, low_open=True)
+        positive("--bound-ms", bound, "milliseconds > 0")
         ids = np.sort(traces["user_id"].unique())
         n_all = len(ids)
         if opts.users < n_all:
