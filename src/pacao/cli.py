@@ -187,7 +187,7 @@ def reproduce(
 ) -> None:
     """Reproduce the paper's Sections IV (testbed, as root) and V: figures, report, summary."""
     require_extra("pacao reproduce", "sim")
-    from pacao.sim.reproduce import run_cli
+    from pacao.reproduce.pipeline import run_cli
     from pacao.testbed.runner import TestbedError
 
     try:

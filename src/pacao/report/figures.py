@@ -19,9 +19,9 @@ from numpy.typing import NDArray
 from pacao.sim.network import BOUND_QUANTILES, throughput_mbps
 
 if TYPE_CHECKING:
+    from pacao.report.results import Headline, Inputs
     from pacao.sim.congestion import CongestionRun
     from pacao.sim.engine import Trajectories
-    from pacao.sim.reproduce import Headline, Inputs
     from pacao.sim.sweep import Deployment
 
 TITLES = {"france_isp": "France/ISP", "europe_ott": "Europe/OTT"}

@@ -697,7 +697,7 @@ def build_shared(
     lac_seed: int = 0,
 ) -> Shared:
     """Scan the dataset, then the tables of every deployment of ``dcs`` (use_case, n_dcs,
-    lat, lon; in the order of pacao.sim.reproduce)."""
+    lat, lon; in the order of pacao.reproduce.pipeline)."""
     sc = scan(client, ds, lac_seed)
     deps = []
     for (uc, n), g in dcs.groupby(["use_case", "n_dcs"], sort=False):
@@ -713,7 +713,7 @@ def build_shared(
 def synthetic_dcs(
     seed: int, dc_counts: Sequence[int], europe: str = "abutting", lac_seed: int = 0
 ) -> pd.DataFrame:
-    """DC sites of every deployment as pacao.sim.reproduce draws them (use_case, n_dcs,
+    """DC sites of every deployment as pacao.reproduce.pipeline draws them (use_case, n_dcs,
     name, lat, lon), without generating traces."""
     from pacao.sim.geography import dc_sites
 
