@@ -256,11 +256,12 @@ def draw_all(
     inputs: Inputs,
     tr: Trajectories,
     deps: list[Deployment],
-    sweep: pd.DataFrame,
     heads: dict[str, Headline],
     advance: Callable[[], None] = lambda: None,
 ) -> dict[str, str]:
-    """Every figure of the run folder; returns {figure: file name}."""
+    """Figs. 12-16 of the run folder (the sweep's from results/sweep.parquet); returns
+    {figure: file name}."""
+    sweep = pd.read_parquet(out / "results" / "sweep.parquet")
     figs = {"fig12": fig12_map(out / "fig12_map.png", inputs.lacs, inputs.traces, inputs.dcs)}
     advance()
     figs["fig13"] = fig13_rtt_cdfs(out / "fig13_rtt_cdf.png", tr, deps)

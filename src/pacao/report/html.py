@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -299,17 +300,27 @@ def write_report(
     opts: RunSettings,
     tr: Trajectories,
     deps: list[Deployment],
-    sweep: pd.DataFrame,
     heads: dict[str, Headline],
-    summary: dict[str, dict[str, Any]],
     figures: dict[str, str],
     congestion: list[CongestionRun] | None = None,
-    claims: list[dict[str, Any]] | None = None,
-    sensitivity: pd.DataFrame | None = None,
     stage_seconds: dict[str, float],
     total_seconds: float,
 ) -> Path:
-    """Write report.html in ``out`` and return its path."""
+    """Write report.html in ``out`` and return its path.
+
+    The headline numbers, the claims, the sensitivity rows and the sweep are read from
+    the run folder's files (summary.json, results/*.parquet), so the report states what
+    the run wrote; the per-sample headline arrays and the deployments come in memory.
+    """
+    doc = json.loads((out / "summary.json").read_text())
+    summary: dict[str, dict[str, Any]] = {uc: doc[uc] for uc in TITLES if uc in doc}
+    claims: list[dict[str, Any]] | None = doc.get("claims")
+    sensitivity = (
+        None
+        if doc.get("sensitivity") is None
+        else pd.read_parquet(out / "results" / "sensitivity.parquet")
+    )
+    sweep = pd.read_parquet(out / "results" / "sweep.parquet")
     parts: list[str] = []
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts.append(

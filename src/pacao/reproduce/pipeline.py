@@ -399,7 +399,7 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
         }
         (out / "results" / "headline.json").write_text(json.dumps(settings, indent=2) + "\n")
         with stages.stage("figures and report", 8) as adv:
-            figs = draw_all(out, inputs, tr, deps, sweep, heads, adv)
+            figs = draw_all(out, inputs, tr, deps, heads, adv)
             figs.update(draw_congestion(out, runs, inputs.dcs, adv))
             if sens is not None:
                 figs["sensitivity"] = fig_sensitivity(out / "fig_sensitivity.png", sens)
@@ -409,12 +409,8 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
                 opts=opts,
                 tr=tr,
                 deps=deps,
-                sweep=sweep,
                 heads=heads,
-                summary=summary,
                 congestion=runs,
-                claims=claims,
-                sensitivity=sens,
                 figures=figs,
                 stage_seconds=stages.seconds,
                 total_seconds=time.perf_counter() - t_start,
