@@ -1,104 +1,76 @@
-"""Read a single-user problem from YAML or JSON (format in docs/input-formats.md)."""
+"""Read a single-user problem from YAML or JSON (format in docs/input-formats.md): a
+pydantic schema (pacao.validate.parse_model) turned into the model's Problem."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from pacao.errors import InputError
 from pacao.io import load_document
 from pacao.optimize.model import Candidate, Criterion, Mode, Problem
+from pacao.validate import parse_model
 
-_TOP_KEYS = {"mode", "criteria", "candidates", "demand"}
-_CRITERION_KEYS = {"weight", "max"}
 _CANDIDATE_FIXED = {"name", "available", "residual"}
 
 
-def _mapping(field: str, value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InputError(field, value, "expected a mapping")
-    for key in value:
-        if not isinstance(key, str):
-            raise InputError(field, key, "keys must be strings")
-    return value
+def _int_name(value: object) -> object:
+    """Candidate names may be written as integers (``name: 7``)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def _number(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(field, value, "expected a number")
-    return float(value)
+class CriterionDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    weight: Annotated[float, Field(description="a number in [0, 1]")]
+    max: float | None = None
+
+
+class CandidateDoc(BaseModel):
+    """Besides name, available and residual, one number per criterion (its metric)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    __pydantic_extra__: dict[str, float] = Field(init=False)
+
+    name: Annotated[str, BeforeValidator(_int_name), Field(description="a string")]
+    available: bool = True
+    residual: dict[str, float] = {}
+
+
+class ProblemDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    mode: Annotated[Literal["rloc", "vm"], Field(description="'rloc' or 'vm'")]
+    criteria: Annotated[
+        dict[str, CriterionDoc],
+        Field(description="a mapping of criterion name to {weight, max}"),
+    ]
+    demand: dict[str, float] = {}
+    candidates: Annotated[list[CandidateDoc], Field(description="a non-empty list")]
 
 
 def problem_from_dict(doc: Any) -> Problem:
-    doc = _mapping("<document>", doc)
-    unknown = sorted(set(doc) - _TOP_KEYS)
-    if unknown:
-        raise InputError(unknown[0], doc[unknown[0]], f"unknown key; allowed: {sorted(_TOP_KEYS)}")
-    if "mode" not in doc:
-        raise InputError("mode", None, "required: 'rloc' or 'vm'")
-    try:
-        mode = Mode(doc["mode"])
-    except ValueError:
-        raise InputError("mode", doc["mode"], "allowed: 'rloc' or 'vm'") from None
-    if "criteria" not in doc:
-        raise InputError("criteria", None, "required: a mapping of criterion name to {weight, max}")
-    criteria: list[Criterion] = []
-    for name, spec in _mapping("criteria", doc["criteria"]).items():
-        spec = _mapping(f"criteria.{name}", spec)
-        bad = sorted(set(spec) - _CRITERION_KEYS)
-        if bad:
-            raise InputError(
-                f"criteria.{name}.{bad[0]}", spec[bad[0]], "unknown key; allowed: weight, max"
-            )
-        if "weight" not in spec:
-            raise InputError(f"criteria.{name}.weight", None, "required: a number in [0, 1]")
-        bound = spec.get("max")
-        criteria.append(
-            Criterion(
-                name=name,
-                weight=_number(f"criteria.{name}.weight", spec["weight"]),
-                bound=None if bound is None else _number(f"criteria.{name}.max", bound),
-            )
-        )
-    demand: dict[str, float] = {}
-    if "demand" in doc:
-        for k, v in _mapping("demand", doc["demand"]).items():
-            demand[k] = _number(f"demand.{k}", v)
-    if "candidates" not in doc:
-        raise InputError("candidates", None, "required: a non-empty list")
-    raw = doc["candidates"]
-    if not isinstance(raw, list):
-        raise InputError("candidates", raw, "expected a list")
-    crit_names = {c.name for c in criteria}
+    d = parse_model(ProblemDoc, doc)
+    criteria = [Criterion(name=n, weight=c.weight, bound=c.max) for n, c in d.criteria.items()]
+    allowed = sorted(_CANDIDATE_FIXED | set(d.criteria))
     candidates: list[Candidate] = []
-    for i, item in enumerate(raw):
-        where = f"candidates[{i}]"
-        item = _mapping(where, item)
-        if "name" not in item:
-            raise InputError(f"{where}.name", None, "required")
-        name = item["name"]
-        if not isinstance(name, str | int) or isinstance(name, bool):
-            raise InputError(f"{where}.name", name, "expected a string")
-        available = item.get("available", True)
-        if not isinstance(available, bool):
-            raise InputError(f"{where}.available", available, "expected true or false")
-        metrics: dict[str, float] = {}
-        for key, value in item.items():
-            if key in _CANDIDATE_FIXED:
-                continue
-            if key not in crit_names:
-                allowed = sorted(_CANDIDATE_FIXED | crit_names)
-                raise InputError(f"{where}.{key}", value, f"unknown key; allowed: {allowed}")
-            metrics[key] = _number(f"{where}.{key}", value)
-        residual: dict[str, float] = {}
-        if "residual" in item:
-            for k, v in _mapping(f"{where}.residual", item["residual"]).items():
-                residual[k] = _number(f"{where}.residual.{k}", v)
+    for i, c in enumerate(d.candidates):
+        metrics = dict(c.model_extra or {})
+        unknown = next((k for k in metrics if k not in d.criteria), None)
+        if unknown is not None:
+            raise InputError(
+                f"candidates[{i}].{unknown}", metrics[unknown], f"unknown key; allowed: {allowed}"
+            )
         candidates.append(
-            Candidate(name=str(name), metrics=metrics, residual=residual, available=available)
+            Candidate(
+                name=c.name, metrics=metrics, residual=dict(c.residual), available=c.available
+            )
         )
-    return Problem(mode=mode, criteria=criteria, candidates=candidates, demand=demand)
+    return Problem(
+        mode=Mode(d.mode), criteria=criteria, candidates=candidates, demand=dict(d.demand)
+    )
 
 
 def load_problem(path: Path) -> Problem:
