@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from numbers import Real
+from numbers import Integral, Real
 from typing import TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
@@ -61,17 +61,16 @@ def non_negative(field: str, value: object, allowed: str = "a finite number >= 0
 def integer_in(
     field: str, value: object, low: int, high: int | None = None, allowed: str | None = None
 ) -> int:
-    """An int (not a bool) in low..high (no upper end when ``high`` is None)."""
+    """An integer (Python or numpy, not a bool) in low..high (no upper end when ``high``
+    is None)."""
     if allowed is None:
         allowed = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < low
-        or (high is not None and value > high)
-    ):
+    if isinstance(value, bool) or not isinstance(value, Integral):
         raise InputError(field, value, allowed)
-    return value
+    v = int(value)
+    if v < low or (high is not None and v > high):
+        raise InputError(field, value, allowed)
+    return v
 
 
 def parse_model(model: type[M], doc: object) -> M:

@@ -43,6 +43,7 @@ from pacao.sim.sweep import (
     deployment_tables,
     result_row,
 )
+from pacao.validate import positive
 
 I64 = NDArray[np.int64]
 F64 = NDArray[np.float64]
@@ -294,8 +295,7 @@ def scan(client: Any, ds: Dataset, lac_seed: int) -> Scan:
         .sum()
     )
     step = _median_int(gaps.index.to_numpy(np.int64), gaps.to_numpy(np.int64)) if len(gaps) else 360
-    if step <= 0:
-        raise InputError("step_s", step, "a sampling step > 0 s")
+    positive("step_s", step, "a sampling step > 0 s")
     return Scan(
         pos_lat=pos.index.get_level_values(0).to_numpy(np.float64),
         pos_lon=pos.index.get_level_values(1).to_numpy(np.float64),

@@ -29,6 +29,7 @@ from pacao.testbed.topology import (
     parse_rate,
     topology_from_dict,
 )
+from pacao.validate import in_range
 
 ARMS = ("legacy", "pacao1", "pacao2")
 ARM_LABELS = {
@@ -108,9 +109,7 @@ def resolve(name_or_file: str) -> Path:
 
 
 def _num(where: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InputError(where, value, f"a number in [{low}, {high}]")
-    return float(value)
+    return in_range(where, value, f"a number in [{low}, {high}]", low=low, high=high)
 
 
 def _expand(ev: Any, where: str, topo: Topology) -> Any:

@@ -25,6 +25,7 @@ import yaml
 from pacao.errors import InputError
 from pacao.io import parse_yaml
 from pacao.testbed.topology import Topology, parse_rate
+from pacao.validate import in_range
 
 LINK_KEYS = {"at", "link", "delay", "jitter", "loss", "rate", "direction"}
 XTR_KEYS = {"at", "xtr", "prefix", "rloc", "priority", "weight"}
@@ -48,9 +49,7 @@ class Scenario:
 
 
 def _num(where: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InputError(where, value, f"a number in [{low}, {high}]")
-    return float(value)
+    return in_range(where, value, f"a number in [{low}, {high}]", low=low, high=high)
 
 
 def scenario_from_dict(doc: Any, topo: Topology) -> Scenario:

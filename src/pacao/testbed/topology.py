@@ -20,6 +20,7 @@ import yaml
 
 from pacao.errors import InputError
 from pacao.io import parse_yaml
+from pacao.validate import in_range
 
 ROLES = ("user", "xtr", "dc", "vm", "router")
 FABRICS = ("routed", "vxlan")
@@ -59,9 +60,7 @@ def parse_rate(field_name: str, value: Any) -> int | None:
 
 
 def _number(field_name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InputError(field_name, value, f"a number in [{low}, {high}]")
-    return float(value)
+    return in_range(field_name, value, f"a number in [{low}, {high}]", low=low, high=high)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from pacao.controller.web.view import SLA_OK, SLA_VIOLATED, box, geography
 from pacao.errors import InputError
-from pacao.validate import in_range, positive
+from pacao.validate import in_range, integer_in, positive
 
 MAX_USERS = 20_000
 
@@ -72,10 +72,8 @@ class Replay:
         if mine.empty:
             have = sorted(set(dcs[dcs.use_case == uc].n_dcs.tolist()))
             raise InputError("--n-dcs", n_dcs, f"one of the run's deployments: {have}")
-        if not 1 <= opts.users <= MAX_USERS:
-            raise InputError("--users", opts.users, f"1..{MAX_USERS}")
-        if not 2 <= opts.frames <= 5000:
-            raise InputError("--frames", opts.frames, "2..5000")
+        integer_in("--users", opts.users, 1, MAX_USERS, f"1..{MAX_USERS}")
+        integer_in("--frames", opts.frames, 2, 5000, "2..5000")
         s1 = float(opts.s1 if opts.s1 is not None else h["s1_fraction_of_residence"])
         s2 = float(opts.s2 if opts.s2 is not None else h["s2_fraction_of_s1"])
         bound = float(opts.bound_ms if opts.bound_ms is not None else h["bound_ms"])
