@@ -61,7 +61,9 @@ def problem_from_dict(doc: Any) -> Problem:
         unknown = next((k for k in metrics if k not in d.criteria), None)
         if unknown is not None:
             raise InputError(
-                f"candidates[{i}].{unknown}", metrics[unknown], f"unknown key; allowed: {allowed}"
+                f"candidates[{i}].{unknown}",
+                doc["candidates"][i][unknown],
+                f"unknown key; allowed: {allowed}",
             )
         candidates.append(
             Candidate(
