@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,6 @@ def testbed_stage(out: Path, quick: bool, console: Console) -> dict[str, Any]:
     Returns the testbed summary (or why it did not run); the results go to
     ``out/testbed/`` with their own report.html, linked from the main report.
     """
-    import os
-
     if os.geteuid() != 0:
         console.print(
             "testbed stage (Sec. IV) skipped: it needs root (network namespaces); run "
