@@ -21,7 +21,7 @@ from pathlib import Path
 import dask
 from distributed import Client, LocalCluster
 
-from pacao.sim.reproduce import DC_COUNTS, FULL_GRID, QUICK_GRID
+from pacao.reproduce.pipeline import DC_COUNTS, FULL_GRID, QUICK_GRID
 from pacao.sim.scale import (
     build_shared,
     generate_dataset,

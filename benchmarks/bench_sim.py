@@ -22,9 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from pacao.reproduce.pipeline import (
+    FULL_GRID,
+    HEADLINE_DCS,
+    Options,
+    _deployments,
+    synthetic_inputs,
+)
 from pacao.sim.engine import legacy, prepare, schedule, simulate
 from pacao.sim.policy import UNKNOWN, Policy, Timing
-from pacao.sim.reproduce import FULL_GRID, HEADLINE_DCS, Options, _deployments, synthetic_inputs
 from pacao.sim.sweep import SweepData, dask_client, grid, run_point, run_sweep
 
 

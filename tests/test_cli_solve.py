@@ -172,7 +172,7 @@ def _loaders() -> list[tuple[str, str, str, str, Callable[[Path], Any]]]:
 
 def test_exponent_numbers_are_numbers_in_every_yaml_loader(tmp_path: Path) -> None:
     """`1e3`, `1.0e3`, `5E-1` load as the same number as `1000`, `0.5` in every config."""
-    from pacao.optimize.io import parse_yaml
+    from pacao.io import parse_yaml
 
     assert parse_yaml("[1e3, 1.0e3, -2E-3, .5e1, '1e3', 1e, 0x1e3]") == [
         1000.0, 1000.0, -0.002, 5.0, "1e3", "1e", 0x1E3
@@ -188,7 +188,7 @@ def test_exponent_numbers_are_numbers_in_every_yaml_loader(tmp_path: Path) -> No
 
 def test_strings_that_read_as_numbers_survive_a_yaml_round_trip() -> None:
     """A generated secret like `8302702503810e98` is written quoted, so it is read back a string."""
-    from pacao.optimize.io import dump_yaml, parse_yaml
+    from pacao.io import dump_yaml, parse_yaml
 
     doc = {"key": "8302702503810e98", "token": "1E5", "n": 1e3, "other": "83027e", "x": "1.5e-3"}
     text = dump_yaml(doc)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from pacao.errors import InputError
+from pacao.reproduce.pipeline import unique_names
 from pacao.sim.activity import active_samples
 from pacao.sim.legacy import drawn_dc, reading
-from pacao.sim.reproduce import unique_names
 from sim_oracle import drawn_dc as oracle_draw
 
 

@@ -282,7 +282,7 @@ def test_reproduce_links_testbed_or_says_why_not(
 ) -> None:
     from rich.console import Console
 
-    from pacao.sim.reproduce import link_testbed, testbed_stage
+    from pacao.reproduce.testbed_stage import link_testbed, testbed_stage
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     console = Console(record=True, width=200)

@@ -113,9 +113,9 @@ def demo() -> None:
 
     from rich.console import Console
 
+    from pacao.io import load_document
     from pacao.optimize import problem_from_dict
     from pacao.optimize import solve as run
-    from pacao.optimize.io import load_document
     from pacao.report.tables import decision_table
 
     console = Console()
@@ -187,7 +187,7 @@ def reproduce(
 ) -> None:
     """Reproduce the paper's Sections IV (testbed, as root) and V: figures, report, summary."""
     require_extra("pacao reproduce", "sim")
-    from pacao.sim.reproduce import run_cli
+    from pacao.reproduce.pipeline import run_cli
     from pacao.testbed.net import TestbedError
 
     try:

@@ -13,6 +13,7 @@ import typer
 from pacao.cliutil import fail as _fail
 from pacao.cliutil import sub_app
 from pacao.errors import InputError
+from pacao.validate import in_range
 
 app = sub_app(None, "The PACAO controller service.")
 
@@ -201,10 +202,8 @@ def relay(
     from pacao.controller.relay import parse_pair, serve_relay
 
     try:
-        if not 0 <= delay_ms <= 60_000:
-            raise InputError("--delay-ms", delay_ms, "0..60000")
-        if not 0 <= loss <= 1:
-            raise InputError("--loss", loss, "0..1")
+        in_range("--delay-ms", delay_ms, "0..60000", low=0, high=60_000)
+        in_range("--loss", loss, "0..1", low=0, high=1)
         pairs = [parse_pair(p) for p in pair]
     except InputError as exc:
         raise _fail(str(exc)) from None

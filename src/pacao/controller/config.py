@@ -15,14 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import make_url
 
 from pacao.controller.storage import sqlite_file
 from pacao.errors import InputError
+from pacao.io import load_document
 from pacao.optimize.assign.model import LatencyFunction
-from pacao.optimize.io import load_document
 from pacao.optimize.model import WEIGHT_SUM_TOLERANCE
+from pacao.validate import parse_model
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -289,44 +290,12 @@ class ControllerConfig(_Model):
         return host.strip("[]"), int(port)
 
 
-def _path(loc: Sequence[int | str]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "<document>"
-
-
-def _lookup(doc: Any, loc: Sequence[int | str]) -> Any:
-    cur = doc
-    for part in loc:
-        try:
-            cur = cur[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return cur
-
-
 def config_from_dict(doc: Any, base: Path | None = None) -> ControllerConfig:
     """Validate a parsed document; raise InputError naming the first bad key.
 
     Relative file names are resolved against ``base`` (the config's folder).
     """
-    if not isinstance(doc, dict):
-        raise InputError("<document>", doc, "expected a mapping at the top level")
-    try:
-        cfg = ControllerConfig.model_validate(doc)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        if loc and loc[-1] == "[key]":  # a bad key of a mapping: name the key itself
-            loc = loc[:-1]
-        # Literal-keyed dicts report the bad key as "[key]"; keep the path readable.
-        value = err.get("input") if err["type"] != "missing" else None
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise InputError(_path(loc), value, msg) from None
+    cfg = parse_model(ControllerConfig, doc)
     if base is not None:
         cfg = _resolve_files(cfg, base)
     check_references(cfg)

@@ -1,4 +1,5 @@
-"""Map-server configuration (YAML), validated into typed objects with one-line errors."""
+"""Map-server configuration (YAML): a pydantic schema (pacao.validate.parse_model, one-line
+errors naming the key) turned into the typed objects the map server runs on."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from pacao.errors import InputError
+from pacao.io import load_document
 from pacao.lisp.address import EidPrefix
 from pacao.lisp.messages import LISP_CONTROL_PORT
+from pacao.validate import parse_model
 
 
 @dataclass(frozen=True)
@@ -42,29 +47,52 @@ class MapServerConfig:
     stats_file: Path | None = None
 
 
-_TOP = {
-    "listen",
-    "sites",
-    "state_file",
-    "stats_file",
-    "registration_timeout",
-    "negative_ttl",
-    "unregistered_site_ttl",
-    "map_request_rate",
-    "map_request_burst",
-    "map_request_sources",
-}
-_SITE = {
-    "name",
-    "key",
-    "key_id",
-    "eid_prefixes",
-    "accept_more_specifics",
-    "replay_protection",
-    "max_records",
-    "max_locators",
-    "max_prefixes",
-}
+class _Doc(BaseModel):
+    """The file's schema (strict: "no" is not a boolean, 5.0 is not an integer)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _number(low: float, high: float) -> Any:
+    return Field(ge=low, le=high, allow_inf_nan=False, description=f"a number in [{low}, {high}]")
+
+
+def _integer(low: int, high: int) -> Any:
+    return Field(ge=low, le=high, description=f"an integer in {low}..{high}")
+
+
+class SiteDoc(_Doc):
+    name: Annotated[str, Field(min_length=1, description="a non-empty string")]
+    key: Annotated[str, Field(min_length=1, description="the site's shared secret (non-empty)")]
+    key_id: Annotated[int, _integer(0, 255)] = 0
+    #: each entry parsed by `_prefixes`
+    eid_prefixes: Annotated[
+        list[Any],
+        Field(min_length=1, description="a non-empty list of prefixes like 10.1.0.0/16"),
+    ]
+    accept_more_specifics: bool = False
+    replay_protection: bool = True
+    max_records: Annotated[int, _integer(1, 255)] = 64  # the Record Count field is 8 bits
+    max_locators: Annotated[int, _integer(1, 255)] = 16  # the Locator Count field is 8 bits
+    max_prefixes: Annotated[int, _integer(1, 10_000_000)] = 10000
+
+
+_FILE = "a file path or null"
+
+
+class MapServerDoc(_Doc):
+    listen: Annotated[str, Field(description="'HOST:PORT', e.g. 127.0.0.1:4342")] = (
+        f"127.0.0.1:{LISP_CONTROL_PORT}"
+    )
+    sites: Annotated[list[SiteDoc], Field(min_length=1, description="a non-empty list of sites")]
+    state_file: Annotated[str | None, Field(min_length=1, description=_FILE)] = None
+    stats_file: Annotated[str | None, Field(min_length=1, description=_FILE)] = None
+    registration_timeout: Annotated[float, _number(1, 86400)] = 180.0
+    negative_ttl: Annotated[float, _number(0, 10080)] = 15
+    unregistered_site_ttl: Annotated[float, _number(0, 10080)] = 1
+    map_request_rate: Annotated[float, _number(0.001, 1e7)] = 1000.0
+    map_request_burst: Annotated[float, _number(1, 1e8)] = 2000
+    map_request_sources: Annotated[float, _number(1, 1e7)] = 10000
 
 
 def parse_hostport(field: str, text: Any, default_port: int = LISP_CONTROL_PORT) -> tuple[str, int]:
@@ -90,14 +118,6 @@ def parse_hostport(field: str, text: Any, default_port: int = LISP_CONTROL_PORT)
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise InputError(field, text, "the port must be an integer in 0..65535")
     return host, int(port_text)
-
-
-def _number(field: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(field, value, f"expected a number in [{low}, {high}]")
-    if not low <= value <= high:
-        raise InputError(field, value, f"expected a number in [{low}, {high}]")
-    return float(value)
 
 
 def _prefixes(field: str, value: Any) -> tuple[EidPrefix, ...]:
@@ -127,61 +147,26 @@ def _prefixes(field: str, value: Any) -> tuple[EidPrefix, ...]:
     return tuple(out)
 
 
-def _site(i: int, doc: Any) -> Site:
-    field = f"sites[{i}]"
-    if not isinstance(doc, Mapping):
-        raise InputError(field, doc, "expected a mapping with name, key, eid_prefixes")
-    unknown = sorted(set(doc) - _SITE)
-    if unknown:
-        bad = unknown[0]
-        raise InputError(f"{field}.{bad}", doc[bad], f"unknown key; allowed: {sorted(_SITE)}")
-    name = doc.get("name")
-    if not isinstance(name, str) or not name:
-        raise InputError(f"{field}.name", name, "required: a non-empty string")
-    key = doc.get("key")
-    if not isinstance(key, str) or not key:
-        raise InputError(f"{field}.key", key, "required: the site's shared secret (non-empty)")
-    key_id = doc.get("key_id", 0)
-    if isinstance(key_id, bool) or not isinstance(key_id, int) or not 0 <= key_id <= 255:
-        raise InputError(f"{field}.key_id", key_id, "expected an integer in 0..255")
-    more = doc.get("accept_more_specifics", False)
-    if not isinstance(more, bool):
-        raise InputError(f"{field}.accept_more_specifics", more, "expected true or false")
-    replay = doc.get("replay_protection", True)
-    if not isinstance(replay, bool):
-        raise InputError(f"{field}.replay_protection", replay, "expected true or false")
-    limits = [
-        _integer(f"{field}.{name}", doc.get(name, default), 1, high)
-        for name, default, high in (
-            ("max_records", 64, 255),  # the Record Count field is 8 bits
-            ("max_locators", 16, 255),  # the Locator Count field is 8 bits
-            ("max_prefixes", 10000, 10_000_000),
-        )
-    ]
-    if "eid_prefixes" not in doc:
-        raise InputError(f"{field}.eid_prefixes", None, "required: a list of EID prefixes")
-    prefixes = _prefixes(f"{field}.eid_prefixes", doc["eid_prefixes"])
-    return Site(name, key, prefixes, more, key_id, replay, *limits)
-
-
-def _integer(field: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InputError(field, value, f"expected an integer in {low}..{high}")
-    return value
+def _site(i: int, doc: SiteDoc) -> Site:
+    prefixes = _prefixes(f"sites[{i}].eid_prefixes", doc.eid_prefixes)
+    return Site(
+        doc.name,
+        doc.key,
+        prefixes,
+        doc.accept_more_specifics,
+        doc.key_id,
+        doc.replay_protection,
+        doc.max_records,
+        doc.max_locators,
+        doc.max_prefixes,
+    )
 
 
 def config_from_dict(doc: Any, base: Path | None = None) -> MapServerConfig:
     """Validate a parsed YAML document; relative paths are taken from `base`."""
-    if not isinstance(doc, Mapping):
-        raise InputError("<document>", doc, "expected a mapping with listen and sites")
-    unknown = sorted(set(doc) - _TOP)
-    if unknown:
-        raise InputError(unknown[0], doc[unknown[0]], f"unknown key; allowed: {sorted(_TOP)}")
-    listen = parse_hostport("listen", doc.get("listen", f"127.0.0.1:{LISP_CONTROL_PORT}"))
-    sites_doc = doc.get("sites")
-    if not isinstance(sites_doc, list) or not sites_doc:
-        raise InputError("sites", sites_doc, "required: a non-empty list of sites")
-    sites = tuple(_site(i, s) for i, s in enumerate(sites_doc))
+    d = parse_model(MapServerDoc, doc)
+    listen = parse_hostport("listen", d.listen)
+    sites = tuple(_site(i, s) for i, s in enumerate(d.sites))
     names = [s.name for s in sites]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
@@ -194,38 +179,25 @@ def config_from_dict(doc: Any, base: Path | None = None) -> MapServerConfig:
                 raise InputError(where, str(p), f"already owned by site {seen[p]}")
             seen[p] = s.name
 
-    def path(key: str, default: Path | None) -> Path | None:
-        if key not in doc:
-            return default
-        value = doc[key]
+    def path(value: str | None) -> Path | None:
         if value is None:
             return None
-        if not isinstance(value, str) or not value:
-            raise InputError(key, value, "expected a file path or null")
         p = Path(value)
         return p if p.is_absolute() or base is None else base / p
 
-    timeout = _number("registration_timeout", doc.get("registration_timeout", 180), 1, 86400)
-    neg = _number("negative_ttl", doc.get("negative_ttl", 15), 0, 10080)
-    unreg = _number("unregistered_site_ttl", doc.get("unregistered_site_ttl", 1), 0, 10080)
-    rate = _number("map_request_rate", doc.get("map_request_rate", 1000), 0.001, 1e7)
-    burst = _number("map_request_burst", doc.get("map_request_burst", 2000), 1, 1e8)
-    sources = _number("map_request_sources", doc.get("map_request_sources", 10000), 1, 1e7)
     return MapServerConfig(
         listen=listen,
         sites=sites,
-        state_file=path("state_file", None),
-        stats_file=path("stats_file", None),
-        registration_timeout=timeout,
-        negative_ttl=int(neg),
-        unregistered_site_ttl=int(unreg),
-        map_request_rate=rate,
-        map_request_burst=int(burst),
-        map_request_sources=int(sources),
+        state_file=path(d.state_file),
+        stats_file=path(d.stats_file),
+        registration_timeout=d.registration_timeout,
+        negative_ttl=int(d.negative_ttl),
+        unregistered_site_ttl=int(d.unregistered_site_ttl),
+        map_request_rate=d.map_request_rate,
+        map_request_burst=int(d.map_request_burst),
+        map_request_sources=int(d.map_request_sources),
     )
 
 
 def load_config(path: Path) -> MapServerConfig:
-    from pacao.optimize.io import load_document
-
     return config_from_dict(load_document(path), path.parent)

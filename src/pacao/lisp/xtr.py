@@ -70,6 +70,7 @@ from pacao.lisp.show import to_jsonable
 from pacao.lisp.udp import UdpEndpoint, open_udp
 from pacao.lisp.wire import LispDecodeError
 from pacao.measurement import Cursor, SampleBuffer, encode
+from pacao.validate import in_range
 
 log = logging.getLogger("pacao.lisp.xtr")
 IP = IPv4Address | IPv6Address
@@ -214,10 +215,9 @@ class XtrConfig:
 
 
 def _num(doc: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
-    value = doc.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InputError(key, value, f"expected a number in [{low}, {high}]")
-    return float(value)
+    return in_range(
+        key, doc.get(key, default), f"expected a number in [{low}, {high}]", low=low, high=high
+    )
 
 
 def _locator(field: str, doc: Any) -> Locator:
@@ -372,7 +372,7 @@ def xtr_config_from_dict(doc: Any, base: Path | None = None) -> XtrConfig:
 
 
 def load_xtr_config(path: Path) -> XtrConfig:
-    from pacao.optimize.io import load_document
+    from pacao.io import load_document
 
     return xtr_config_from_dict(load_document(path), path.parent)
 

@@ -1,170 +1,78 @@
-"""Read a single-user problem from YAML or JSON (format in docs/input-formats.md)."""
+"""Read a single-user problem from YAML or JSON (format in docs/input-formats.md): a
+pydantic schema (pacao.validate.parse_model) turned into the model's Problem."""
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from pacao.errors import InputError
+from pacao.io import load_document
 from pacao.optimize.model import Candidate, Criterion, Mode, Problem
+from pacao.validate import parse_model
 
-_TOP_KEYS = {"mode", "criteria", "candidates", "demand"}
-_CRITERION_KEYS = {"weight", "max"}
 _CANDIDATE_FIXED = {"name", "available", "residual"}
 
 
-class YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, also reading exponent floats as YAML 1.2 does.
-
-    PyYAML resolves floats by YAML 1.1, which wants a dot and a signed exponent
-    (``1.0e+3``): ``1e3``, ``1.0e3`` and ``2E-3`` stay strings and fail every
-    number check. The YAML 1.2 core schema, and JSON, read them as numbers.
-    """
+def _int_name(value: object) -> object:
+    """Candidate names may be written as integers (``name: 7``)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+class CriterionDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    weight: Annotated[float, Field(description="a number in [0, 1]")]
+    max: float | None = None
 
 
-class YamlDumper(yaml.SafeDumper):
-    """PyYAML's safe dumper, quoting every string that `YamlLoader` would read as a number.
+class CandidateDoc(BaseModel):
+    """Besides name, available and residual, one number per criterion (its metric)."""
 
-    Without it a generated secret such as ``8302702503810e98`` is written bare (PyYAML's
-    YAML 1.1 resolver does not take it for a float) and read back as ``8.3e+98``.
-    """
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    __pydantic_extra__: dict[str, float] = Field(init=False)
 
-
-YamlDumper.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+    name: Annotated[str, BeforeValidator(_int_name), Field(description="a string")]
+    available: bool = True
+    residual: dict[str, float] = {}
 
 
-def dump_yaml(doc: Any, *, sort_keys: bool = True) -> str:
-    """Write a document that `parse_yaml` reads back unchanged: every YAML pacao writes."""
-    return yaml.dump(doc, Dumper=YamlDumper, sort_keys=sort_keys)
+class ProblemDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-
-def parse_yaml(text: str) -> Any:
-    """Parse one YAML document: every YAML input of pacao goes through here."""
-    return yaml.load(text, Loader=YamlLoader)
-
-
-def load_document(path: Path) -> Any:
-    """Parse YAML or JSON (by extension; YAML otherwise, which also reads JSON)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("FILE", str(path), "the file does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError("FILE", str(path), f"cannot be read ({exc})") from None
-    try:
-        if path.suffix.lower() == ".json":
-            return json.loads(text)
-        return parse_yaml(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            "FILE", str(path), f"is not valid JSON (line {exc.lineno}: {exc.msg})"
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise InputError("FILE", str(path), f"is not valid YAML{where}") from None
-
-
-def _mapping(field: str, value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InputError(field, value, "expected a mapping")
-    for key in value:
-        if not isinstance(key, str):
-            raise InputError(field, key, "keys must be strings")
-    return value
-
-
-def _number(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(field, value, "expected a number")
-    return float(value)
+    mode: Annotated[Literal["rloc", "vm"], Field(description="'rloc' or 'vm'")]
+    criteria: Annotated[
+        dict[str, CriterionDoc],
+        Field(description="a mapping of criterion name to {weight, max}"),
+    ]
+    demand: dict[str, float] = {}
+    candidates: Annotated[list[CandidateDoc], Field(description="a non-empty list")]
 
 
 def problem_from_dict(doc: Any) -> Problem:
-    doc = _mapping("<document>", doc)
-    unknown = sorted(set(doc) - _TOP_KEYS)
-    if unknown:
-        raise InputError(unknown[0], doc[unknown[0]], f"unknown key; allowed: {sorted(_TOP_KEYS)}")
-    if "mode" not in doc:
-        raise InputError("mode", None, "required: 'rloc' or 'vm'")
-    try:
-        mode = Mode(doc["mode"])
-    except ValueError:
-        raise InputError("mode", doc["mode"], "allowed: 'rloc' or 'vm'") from None
-    if "criteria" not in doc:
-        raise InputError("criteria", None, "required: a mapping of criterion name to {weight, max}")
-    criteria: list[Criterion] = []
-    for name, spec in _mapping("criteria", doc["criteria"]).items():
-        spec = _mapping(f"criteria.{name}", spec)
-        bad = sorted(set(spec) - _CRITERION_KEYS)
-        if bad:
-            raise InputError(
-                f"criteria.{name}.{bad[0]}", spec[bad[0]], "unknown key; allowed: weight, max"
-            )
-        if "weight" not in spec:
-            raise InputError(f"criteria.{name}.weight", None, "required: a number in [0, 1]")
-        bound = spec.get("max")
-        criteria.append(
-            Criterion(
-                name=name,
-                weight=_number(f"criteria.{name}.weight", spec["weight"]),
-                bound=None if bound is None else _number(f"criteria.{name}.max", bound),
-            )
-        )
-    demand: dict[str, float] = {}
-    if "demand" in doc:
-        for k, v in _mapping("demand", doc["demand"]).items():
-            demand[k] = _number(f"demand.{k}", v)
-    if "candidates" not in doc:
-        raise InputError("candidates", None, "required: a non-empty list")
-    raw = doc["candidates"]
-    if not isinstance(raw, list):
-        raise InputError("candidates", raw, "expected a list")
-    crit_names = {c.name for c in criteria}
+    d = parse_model(ProblemDoc, doc)
+    criteria = [Criterion(name=n, weight=c.weight, bound=c.max) for n, c in d.criteria.items()]
+    allowed = sorted(_CANDIDATE_FIXED | set(d.criteria))
     candidates: list[Candidate] = []
-    for i, item in enumerate(raw):
-        where = f"candidates[{i}]"
-        item = _mapping(where, item)
-        if "name" not in item:
-            raise InputError(f"{where}.name", None, "required")
-        name = item["name"]
-        if not isinstance(name, str | int) or isinstance(name, bool):
-            raise InputError(f"{where}.name", name, "expected a string")
-        available = item.get("available", True)
-        if not isinstance(available, bool):
-            raise InputError(f"{where}.available", available, "expected true or false")
-        metrics: dict[str, float] = {}
-        for key, value in item.items():
-            if key in _CANDIDATE_FIXED:
-                continue
-            if key not in crit_names:
-                allowed = sorted(_CANDIDATE_FIXED | crit_names)
-                raise InputError(f"{where}.{key}", value, f"unknown key; allowed: {allowed}")
-            metrics[key] = _number(f"{where}.{key}", value)
-        residual: dict[str, float] = {}
-        if "residual" in item:
-            for k, v in _mapping(f"{where}.residual", item["residual"]).items():
-                residual[k] = _number(f"{where}.residual.{k}", v)
+    for i, c in enumerate(d.candidates):
+        metrics = dict(c.model_extra or {})
+        unknown = next((k for k in metrics if k not in d.criteria), None)
+        if unknown is not None:
+            raise InputError(
+                f"candidates[{i}].{unknown}",
+                doc["candidates"][i][unknown],
+                f"unknown key; allowed: {allowed}",
+            )
         candidates.append(
-            Candidate(name=str(name), metrics=metrics, residual=residual, available=available)
+            Candidate(
+                name=c.name, metrics=metrics, residual=dict(c.residual), available=c.available
+            )
         )
-    return Problem(mode=mode, criteria=criteria, candidates=candidates, demand=demand)
+    return Problem(
+        mode=Mode(d.mode), criteria=criteria, candidates=candidates, demand=dict(d.demand)
+    )
 
 
 def load_problem(path: Path) -> Problem:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pacao.errors import InputError
+from pacao.validate import non_negative
 
 WEIGHT_SUM_TOLERANCE = 1e-9
 #: LISP priority meaning "do not use this locator" (RFC 9300 section 5.4).
@@ -104,13 +105,7 @@ class Decision:
         }
 
 
-def _finite_nonneg(fieldname: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(fieldname, value, "expected a number")
-    v = float(value)
-    if not math.isfinite(v) or v < 0:
-        raise InputError(fieldname, value, "expected a finite number >= 0")
-    return v
+_NONNEG = "expected a finite number >= 0"
 
 
 def validate_problem(p: Problem) -> None:
@@ -121,11 +116,11 @@ def validate_problem(p: Problem) -> None:
     if len(set(names)) != len(names):
         raise InputError("criteria", names, "criterion names must be unique")
     for c in p.criteria:
-        w = _finite_nonneg(f"criteria.{c.name}.weight", c.weight)
+        w = non_negative(f"criteria.{c.name}.weight", c.weight, _NONNEG)
         if w > 1:
             raise InputError(f"criteria.{c.name}.weight", c.weight, "weights lie in [0, 1]")
         if c.bound is not None:
-            b = _finite_nonneg(f"criteria.{c.name}.max", c.bound)
+            b = non_negative(f"criteria.{c.name}.max", c.bound, _NONNEG)
             if b <= 0:
                 raise InputError(f"criteria.{c.name}.max", c.bound, "a bound must be > 0")
     total = math.fsum(c.weight for c in p.criteria)
@@ -151,7 +146,7 @@ def validate_problem(p: Problem) -> None:
             if k not in capacity:
                 allowed = sorted(capacity) or "none (give capacity criteria without 'max')"
                 raise InputError(f"demand.{k}", v, f"must name a capacity criterion: {allowed}")
-            _finite_nonneg(f"demand.{k}", v)
+            non_negative(f"demand.{k}", v, _NONNEG)
     if not p.candidates:
         raise InputError("candidates", [], "at least one candidate is required")
     seen: set[str] = set()
@@ -170,7 +165,7 @@ def validate_problem(p: Problem) -> None:
                         f"{where}.{k}", None, f"candidate {cand.name!r} needs a value for {k!r}"
                     )
                 continue
-            _finite_nonneg(f"{where}.{k}", cand.metrics[k])
+            non_negative(f"{where}.{k}", cand.metrics[k], _NONNEG)
         for k in cand.metrics:
             if k not in metric_names:
                 raise InputError(
@@ -181,7 +176,7 @@ def validate_problem(p: Problem) -> None:
                 raise InputError(
                     f"{where}.residual.{k}", v, f"not a capacity criterion: {sorted(capacity)}"
                 )
-            _finite_nonneg(f"{where}.residual.{k}", v)
+            non_negative(f"{where}.residual.{k}", v, _NONNEG)
         if p.mode is Mode.VM and cand.available:
             for k in sorted(capacity):
                 if k not in cand.residual:

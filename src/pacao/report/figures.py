@@ -19,9 +19,9 @@ from numpy.typing import NDArray
 from pacao.sim.network import BOUND_QUANTILES, throughput_mbps
 
 if TYPE_CHECKING:
+    from pacao.report.results import Headline, Inputs
     from pacao.sim.congestion import CongestionRun
     from pacao.sim.engine import Trajectories
-    from pacao.sim.reproduce import Headline, Inputs
     from pacao.sim.sweep import Deployment
 
 TITLES = {"france_isp": "France/ISP", "europe_ott": "Europe/OTT"}
@@ -256,11 +256,12 @@ def draw_all(
     inputs: Inputs,
     tr: Trajectories,
     deps: list[Deployment],
-    sweep: pd.DataFrame,
     heads: dict[str, Headline],
     advance: Callable[[], None] = lambda: None,
 ) -> dict[str, str]:
-    """Every figure of the run folder; returns {figure: file name}."""
+    """Figs. 12-16 of the run folder (the sweep's from results/sweep.parquet); returns
+    {figure: file name}."""
+    sweep = pd.read_parquet(out / "results" / "sweep.parquet")
     figs = {"fig12": fig12_map(out / "fig12_map.png", inputs.lacs, inputs.traces, inputs.dcs)}
     advance()
     figs["fig13"] = fig13_rtt_cdfs(out / "fig13_rtt_cdf.png", tr, deps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,13 +16,20 @@ from pacao import __version__
 from pacao.sim.network import PAPER_BUFFERBLOAT_MS, throughput_mbps
 
 if TYPE_CHECKING:
+    from pacao.report.results import Headline, Inputs, RunSettings
     from pacao.sim.congestion import CongestionRun
     from pacao.sim.engine import Trajectories
-    from pacao.sim.reproduce import Headline, Inputs, Options
     from pacao.sim.sweep import Deployment
 
 TITLES = {"france_isp": "France/ISP", "europe_ott": "Europe/OTT"}
 PAPER_GAIN = {"france_isp": 0.40, "europe_ott": 0.30}
+#: The sensitivity stage's row groups (results/sensitivity.parquet ``group``), as titled.
+SENSITIVITY_GROUPS = {
+    "readings": "legacy reading x entry metric",
+    "frozen": "users frozen at their first position",
+    "geography": "Europe/OTT site rule",
+    "active": "positions only during active sessions",
+}
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
@@ -88,13 +96,11 @@ def _claims_section(claims: list[dict[str, Any]]) -> str:
 
 
 def _sensitivity_section(sens: pd.DataFrame, figures: dict[str, str]) -> str:
-    from pacao.sim.sensitivity import GROUPS
-
     rows = []
     for r in sens.itertuples():
         rows.append(
             [
-                _e(GROUPS.get(str(r.group), r.group)),
+                _e(SENSITIVITY_GROUPS.get(str(r.group), r.group)),
                 _e(r.variant) + (" <b>(this run)</b>" if bool(r.run) else ""),
                 TITLES[str(r.use_case)],
                 str(r.n_dcs),
@@ -154,7 +160,7 @@ def _why(
     h: Headline,
     s: dict[str, Any],
     tr: Trajectories,
-    opts: Options,
+    opts: RunSettings,
     sens: pd.DataFrame | None,
     claims: list[dict[str, Any]] | None,
 ) -> str:
@@ -291,20 +297,30 @@ def write_report(
     out: Path,
     *,
     inputs: Inputs,
-    opts: Options,
+    opts: RunSettings,
     tr: Trajectories,
     deps: list[Deployment],
-    sweep: pd.DataFrame,
     heads: dict[str, Headline],
-    summary: dict[str, dict[str, Any]],
     figures: dict[str, str],
     congestion: list[CongestionRun] | None = None,
-    claims: list[dict[str, Any]] | None = None,
-    sensitivity: pd.DataFrame | None = None,
     stage_seconds: dict[str, float],
     total_seconds: float,
 ) -> Path:
-    """Write report.html in ``out`` and return its path."""
+    """Write report.html in ``out`` and return its path.
+
+    The headline numbers, the claims, the sensitivity rows and the sweep are read from
+    the run folder's files (summary.json, results/*.parquet), so the report states what
+    the run wrote; the per-sample headline arrays and the deployments come in memory.
+    """
+    doc = json.loads((out / "summary.json").read_text())
+    summary: dict[str, dict[str, Any]] = {uc: doc[uc] for uc in TITLES if uc in doc}
+    claims: list[dict[str, Any]] | None = doc.get("claims")
+    sensitivity = (
+        None
+        if doc.get("sensitivity") is None
+        else pd.read_parquet(out / "results" / "sensitivity.parquet")
+    )
+    sweep = pd.read_parquet(out / "results" / "sweep.parquet")
     parts: list[str] = []
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts.append(

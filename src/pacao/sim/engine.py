@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from pacao.errors import InputError
 from pacao.sim.network import Network
 from pacao.sim.policy import Decisions, Policy, Timing
+from pacao.validate import positive
 
 I64 = NDArray[np.int64]
 I32 = NDArray[np.int32]
@@ -105,8 +106,7 @@ def prepare(traces: pd.DataFrame, step_s: int | None = None) -> Trajectories:
     gaps = np.diff(t)[~new_user[1:]]
     if step_s is None:
         step_s = int(np.median(gaps)) if gaps.size else 360
-    if step_s <= 0:
-        raise InputError("step_s", step_s, "a sampling step > 0 s")
+    positive("step_s", step_s, "a sampling step > 0 s")
     t0_s = int(t.min())
     t_ms = (t - t0_s) * 1000
     end_ms = np.empty_like(t_ms)

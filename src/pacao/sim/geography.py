@@ -22,6 +22,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from pacao.errors import InputError
+from pacao.validate import integer_in
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -270,8 +271,7 @@ def dc_sites(
         raise InputError("use_case", use_case, f"one of {', '.join(USE_CASES)}")
     if europe not in EUROPE_RULES:
         raise InputError("europe", europe, f"one of {', '.join(EUROPE_RULES)}")
-    if isinstance(n_dcs, bool) or not isinstance(n_dcs, int | np.integer) or n_dcs < 1:
-        raise InputError("n_dcs", n_dcs, "a positive integer (the paper uses 1..64)")
+    integer_in("n_dcs", n_dcs, 1, allowed="a positive integer (the paper uses 1..64)")
     rng = np.random.default_rng([int(seed), USE_CASES.index(use_case)])
     if use_case == "france_isp":
         for col in ("lac", "lat", "lon", "population", "name"):

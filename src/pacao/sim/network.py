@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from pacao.errors import InputError
 from pacao.sim.geography import haversine_km
+from pacao.validate import non_negative
 
 FloatArray = NDArray[np.float64]
 
@@ -56,9 +57,7 @@ class PathModel:
 
     def __post_init__(self) -> None:
         for name in ("stretch", "dc_stretch", "bufferbloat_ms"):
-            v = getattr(self, name)
-            if not np.isfinite(v) or v < 0:
-                raise InputError(name, v, "expected a finite number >= 0")
+            non_negative(name, getattr(self, name), "expected a finite number >= 0")
 
 
 @dataclass(frozen=True)

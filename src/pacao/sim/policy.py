@@ -25,7 +25,6 @@ strictly before it).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -43,6 +42,7 @@ from pacao.decision import (
 )
 from pacao.errors import InputError
 from pacao.sim.network import Network
+from pacao.validate import in_range, non_negative, positive
 
 IntArray = NDArray[np.int64]
 #: Largest (position, entry, VM) table: 2^26 states, 256 MiB for both int16 tables.
@@ -94,11 +94,8 @@ class Timing:
 
     def __post_init__(self) -> None:
         for name in ("s1", "s2", "migration_s"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise InputError(name, v, "expected a finite number")
-        if self.migration_s < 0:
-            raise InputError("migration_s", self.migration_s, "expected seconds >= 0")
+            in_range(name, getattr(self, name), "expected a finite number")
+        non_negative("migration_s", self.migration_s, "expected seconds >= 0")
         if self.relative:
             if not 0 < self.s1 < 1:
                 raise InputError("s1", self.s1, "relative S' is a fraction in (0, 1)")
@@ -260,8 +257,7 @@ def check_tabulable(params: Params) -> None:
             raise InputError(
                 f"policy.{name}", getattr(params, name), f">= {UNCAPPED} (no cap) in the simulator"
             )
-    if not (math.isfinite(params.min_gain) and params.min_gain >= 0):
-        raise InputError("policy.min_gain", params.min_gain, "a finite number >= 0")
+    non_negative("policy.min_gain", params.min_gain)
 
 
 def _sla(n: int, bound_ms: float) -> Sla:
@@ -274,8 +270,7 @@ def decision_tables(net: Network, bound_ms: float, params: Params = PAPER_PARAMS
     ``entry`` (decide_entry's choice for every position and VM DC) is decided
     now: step 2 compares the placements through these entries.
     """
-    if not math.isfinite(bound_ms) or bound_ms <= 0:
-        raise InputError("bound_ms", bound_ms, "a latency bound > 0 ms")
+    positive("bound_ms", bound_ms, "a latency bound > 0 ms")
     check_tabulable(params)
     n_pos, n_dc = net.user_dc.shape
     if n_pos * n_dc * n_dc > MAX_TABLE:

@@ -43,6 +43,7 @@ from pacao.sim.sweep import (
     deployment_tables,
     result_row,
 )
+from pacao.validate import positive
 
 I64 = NDArray[np.int64]
 F64 = NDArray[np.float64]
@@ -294,8 +295,7 @@ def scan(client: Any, ds: Dataset, lac_seed: int) -> Scan:
         .sum()
     )
     step = _median_int(gaps.index.to_numpy(np.int64), gaps.to_numpy(np.int64)) if len(gaps) else 360
-    if step <= 0:
-        raise InputError("step_s", step, "a sampling step > 0 s")
+    positive("step_s", step, "a sampling step > 0 s")
     return Scan(
         pos_lat=pos.index.get_level_values(0).to_numpy(np.float64),
         pos_lon=pos.index.get_level_values(1).to_numpy(np.float64),
@@ -697,7 +697,7 @@ def build_shared(
     lac_seed: int = 0,
 ) -> Shared:
     """Scan the dataset, then the tables of every deployment of ``dcs`` (use_case, n_dcs,
-    lat, lon; in the order of pacao.sim.reproduce)."""
+    lat, lon; in the order of pacao.reproduce.pipeline)."""
     sc = scan(client, ds, lac_seed)
     deps = []
     for (uc, n), g in dcs.groupby(["use_case", "n_dcs"], sort=False):
@@ -713,7 +713,7 @@ def build_shared(
 def synthetic_dcs(
     seed: int, dc_counts: Sequence[int], europe: str = "abutting", lac_seed: int = 0
 ) -> pd.DataFrame:
-    """DC sites of every deployment as pacao.sim.reproduce draws them (use_case, n_dcs,
+    """DC sites of every deployment as pacao.reproduce.pipeline draws them (use_case, n_dcs,
     name, lat, lon), without generating traces."""
     from pacao.sim.geography import dc_sites
 

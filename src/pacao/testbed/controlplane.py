@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
 import secrets
 import sys
 import time
@@ -50,7 +49,7 @@ from pacao.controller.config import (
 )
 from pacao.controller.config import Policy as PolicyConfig
 from pacao.errors import InputError
-from pacao.optimize.io import dump_yaml
+from pacao.io import dump_yaml
 from pacao.testbed import net
 from pacao.testbed.net import Testbed, TestbedError
 from pacao.testbed.topo.topology import MappingSpec, Topology, site_xtr
@@ -63,6 +62,7 @@ from pacao.testbed.vm.migration import (
     stored_model,
     vm_location,
 )
+from pacao.validate import positive
 
 __all__ = [
     "ControllerSettings",
@@ -125,9 +125,7 @@ class ControllerSettings:
         if self.vm_backend not in ("namespace", "qemu"):
             raise InputError("vm_backend", self.vm_backend, "namespace or qemu")
         for name in ("s1", "s2", "s3", "rtt_max_ms", "probe_timeout_s"):
-            v = getattr(self, name)
-            if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
-                raise InputError(name, v, "a finite number > 0")
+            positive(name, getattr(self, name))
         if not self.s3 <= self.s2 < self.s1:
             raise InputError("s2", self.s2, f"need S'''={self.s3:g} <= S'' < S'={self.s1:g}")
 

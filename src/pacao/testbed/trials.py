@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pacao.errors import InputError
-from pacao.optimize.io import dump_yaml
+from pacao.io import dump_yaml
 from pacao.testbed import analysis, net
 from pacao.testbed.controlplane import ControllerSettings, MigrationModel, TestbedControlPlane
 from pacao.testbed.daemons import traffic
@@ -42,6 +42,7 @@ from pacao.testbed.topo.tcpprofile import check_profile
 from pacao.testbed.topo.topology import site_xtr
 from pacao.testbed.vm.guest import STREAM_PATH
 from pacao.testbed.vm.migration import migrate_vm
+from pacao.validate import in_range, integer_in
 
 #: The one place of the quick (compressed) settings: `make test`, `reproduce --quick`.
 #: 0.05 = 20x: Table I's 450 s take 22.5 s of traffic, Table II's 300 s take 15 s.
@@ -74,16 +75,15 @@ class RunOptions:
     tcp_profile: str | None = None
 
     def validate(self) -> None:
-        if isinstance(self.repeat, bool) or self.repeat < 1:
-            raise InputError("--repeat", self.repeat, "a number of repetitions >= 1")
-        if not 0 < self.time_scale <= 10:
-            raise InputError("--time-scale", self.time_scale, "a factor in (0, 10]")
+        integer_in("--repeat", self.repeat, 1, allowed="a number of repetitions >= 1")
+        in_range(
+            "--time-scale", self.time_scale, "a factor in (0, 10]", low=0, high=10, low_open=True
+        )
         if self.vm not in ("namespace", "qemu"):
             raise InputError("--vm", self.vm, "namespace or qemu")
         if self.arms is not None and (not self.arms or any(a not in ARMS for a in self.arms)):
             raise InputError("--arms", ",".join(self.arms), f"a list of {', '.join(ARMS)}")
-        if self.parallel < 1:
-            raise InputError("--parallel", self.parallel, "a number of concurrent trials >= 1")
+        integer_in("--parallel", self.parallel, 1, allowed="a number of concurrent trials >= 1")
         if self.tcp_profile is not None:
             check_profile("--tcp-profile", self.tcp_profile)
         if self.out.exists() and not self.out.is_dir():

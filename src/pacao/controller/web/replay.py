@@ -12,7 +12,6 @@ so a user's path is the same as in the full run.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pandas as pd
 
 from pacao.controller.web.view import SLA_OK, SLA_VIOLATED, box, geography
 from pacao.errors import InputError
+from pacao.validate import in_range, integer_in, positive
 
 MAX_USERS = 20_000
 
@@ -72,18 +72,14 @@ class Replay:
         if mine.empty:
             have = sorted(set(dcs[dcs.use_case == uc].n_dcs.tolist()))
             raise InputError("--n-dcs", n_dcs, f"one of the run's deployments: {have}")
-        if not 1 <= opts.users <= MAX_USERS:
-            raise InputError("--users", opts.users, f"1..{MAX_USERS}")
-        if not 2 <= opts.frames <= 5000:
-            raise InputError("--frames", opts.frames, "2..5000")
+        integer_in("--users", opts.users, 1, MAX_USERS, f"1..{MAX_USERS}")
+        integer_in("--frames", opts.frames, 2, 5000, "2..5000")
         s1 = float(opts.s1 if opts.s1 is not None else h["s1_fraction_of_residence"])
         s2 = float(opts.s2 if opts.s2 is not None else h["s2_fraction_of_s1"])
         bound = float(opts.bound_ms if opts.bound_ms is not None else h["bound_ms"])
         for name, v in (("--s1", s1), ("--s2", s2)):
-            if not (math.isfinite(v) and 0 < v <= 1):
-                raise InputError(name, v, "a fraction in (0, 1]")
-        if not (math.isfinite(bound) and bound > 0):
-            raise InputError("--bound-ms", bound, "milliseconds > 0")
+            in_range(name, v, "a fraction in (0, 1]", low=0.0, high=1.0, low_open=True)
+        positive("--bound-ms", bound, "milliseconds > 0")
         ids = np.sort(traces["user_id"].unique())
         n_all = len(ids)
         if opts.users < n_all:

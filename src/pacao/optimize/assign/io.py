@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from pacao.errors import InputError
+from pacao.io import load_document
 from pacao.optimize.assign.model import AssignProblem, LatencyFunction
-from pacao.optimize.io import load_document
 
 _TOP = {"dcs", "users", "latency_function", "integer_penalty"}
 _DC = {"name", "capacity", "existing", "latency_function"}

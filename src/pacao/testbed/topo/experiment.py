@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar
 import yaml
 
 from pacao.errors import InputError
-from pacao.optimize.io import parse_yaml
+from pacao.io import parse_yaml
 from pacao.testbed.topo.scenario import Scenario, scenario_from_dict
 from pacao.testbed.topo.schema import Doc, in_range, number, parse
 from pacao.testbed.topo.tcpprofile import DEFAULT_PROFILE, check_profile

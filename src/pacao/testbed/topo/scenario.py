@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar
 import yaml
 
 from pacao.errors import InputError
-from pacao.optimize.io import parse_yaml
+from pacao.io import parse_yaml
 from pacao.testbed.topo.schema import Doc, in_range, keys, number
 from pacao.testbed.topo.topology import Topology, parse_rate
 

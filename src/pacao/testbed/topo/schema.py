@@ -15,14 +15,13 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
+from pacao import validate
 from pacao.errors import InputError
 
 
 def number(field_name: str, value: Any, low: float, high: float) -> float:
     """The one range check of the testbed's files: a number (not a bool) in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InputError(field_name, value, f"a number in [{low}, {high}]")
-    return float(value)
+    return validate.in_range(field_name, value, f"a number in [{low}, {high}]", low=low, high=high)
 
 
 def _rule(check: Callable[[Any], Any]) -> Callable[[Any], Any]:

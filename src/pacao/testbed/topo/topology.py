@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import yaml
 
 from pacao.errors import InputError
-from pacao.optimize.io import parse_yaml
+from pacao.io import parse_yaml
 from pacao.testbed.topo.schema import Doc, in_range, keys, number
 
 ROLES = ("user", "xtr", "dc", "vm", "router")

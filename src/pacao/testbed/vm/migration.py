@@ -25,7 +25,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import os
 import subprocess
 import threading
@@ -47,6 +46,7 @@ from pacao.testbed.topo.topology import (
     vm_routes,
     vtep,
 )
+from pacao.validate import integer_in, non_negative, positive
 
 MIB = 1 << 20
 
@@ -89,28 +89,21 @@ class MigrationModel:
     def check(self) -> None:
         """One InputError line for a bad field."""
         for name, low in (("memory_mib", 1), ("max_rounds", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise InputError(name, v, f"an integer >= {low}")
+            integer_in(name, getattr(self, name), low)
         for name in ("dirty_rate_mbps", "max_downtime_ms", "switchover_ms"):
-            v = getattr(self, name)
-            if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-                raise InputError(name, v, "a finite number >= 0")
+            non_negative(name, getattr(self, name))
         for name in ("default_bandwidth_mbps", "time_scale", "bandwidth_mbps"):
             v = getattr(self, name)
             if v is None and name == "bandwidth_mbps":
                 continue
-            if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
-                raise InputError(name, v, "a finite number > 0")
+            positive(name, v)
         if not isinstance(self.path_bandwidth_mbps, dict):
             raise InputError("path_bandwidth_mbps", self.path_bandwidth_mbps,
                              "a mapping 'dcA,dcB': Mbit/s")  # fmt: skip
         for key, v in self.path_bandwidth_mbps.items():
             if not isinstance(key, str) or len(key.split(",")) != 2:
                 raise InputError("path_bandwidth_mbps", key, "keys 'dcA,dcB' (two dc nodes)")
-            if (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
-                    or v <= 0):  # fmt: skip
-                raise InputError(f"path_bandwidth_mbps.{key}", v, "a finite number > 0")
+            positive(f"path_bandwidth_mbps.{key}", v)
 
 
 @dataclass(frozen=True)

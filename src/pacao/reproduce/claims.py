@@ -17,9 +17,9 @@ import pandas as pd
 from pacao.sim.network import throughput_mbps
 
 if TYPE_CHECKING:
+    from pacao.report.results import Headline
     from pacao.sim.congestion import CongestionRun
     from pacao.sim.engine import Trajectories
-    from pacao.sim.reproduce import Headline
     from pacao.sim.sweep import Deployment
 
 TITLES = {"france_isp": "France/ISP", "europe_ott": "Europe/OTT"}

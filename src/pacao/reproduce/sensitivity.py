@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pacao.decision import ENTRY_METRICS
+from pacao.report.results import Headline, Inputs
 from pacao.sim.engine import Trajectories, legacy, prepare, schedule, simulate
 from pacao.sim.legacy import LEGACY_READINGS, legacy_start
 from pacao.sim.network import throughput_mbps
@@ -25,15 +26,7 @@ from pacao.sim.policy import Policy
 from pacao.sim.sweep import Deployment, deployment
 
 if TYPE_CHECKING:
-    from pacao.sim.reproduce import Headline, Inputs, Options
-
-TITLES = {"france_isp": "France/ISP", "europe_ott": "Europe/OTT"}
-GROUPS = {
-    "readings": "legacy reading x entry metric",
-    "frozen": "users frozen at their first position",
-    "geography": "Europe/OTT site rule",
-    "active": "positions only during active sessions",
-}
+    from pacao.reproduce.pipeline import Options
 
 
 def _gains(tr: Trajectories, dep: Deployment, head: Headline) -> dict[str, float]:

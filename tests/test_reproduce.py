@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pacao.sim.reproduce import HEADLINE_DCS, SUMMARY_KEYS, Options, reproduce
+from pacao.reproduce.pipeline import HEADLINE_DCS, SUMMARY_KEYS, Options, reproduce
 from sim_oracle import World, drawn_dc, km, simulate_user
 
 FILES = [
@@ -349,7 +349,7 @@ def test_own_traces_give_the_same_results_as_the_same_synthetic_run(
     run: Path, tmp_path: Path
 ) -> None:
     """traces.parquet written by a run, fed back as a user's CSV, reproduces its summary."""
-    from pacao.sim.reproduce import trace_inputs
+    from pacao.reproduce.pipeline import trace_inputs
 
     own = tmp_path / "own.csv"
     pd.read_parquet(run / "traces.parquet")[["user_id", "t", "lat", "lon"]].to_csv(own, index=False)

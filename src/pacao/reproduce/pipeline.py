@@ -9,13 +9,11 @@ Everything goes to one run folder (docs/simulation.md lists the files).
 from __future__ import annotations
 
 import contextlib
-import html
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,12 @@ from rich.table import Table
 
 from pacao.decision import ENTRY_METRICS, Params
 from pacao.errors import InputError
-from pacao.sim.claims import compute_claims
+from pacao.report.figures import draw_all, draw_congestion, fig_sensitivity
+from pacao.report.html import write_report
+from pacao.report.results import Headline, Inputs
+from pacao.reproduce.claims import compute_claims
+from pacao.reproduce.sensitivity import run_sensitivity
+from pacao.reproduce.testbed_stage import link_testbed, testbed_stage
 from pacao.sim.congestion import CongestionRun, dcs_table, users_table
 from pacao.sim.congestion import run_all as run_congestion
 from pacao.sim.engine import Outcome, Trajectories, legacy, prepare, schedule, simulate
@@ -43,7 +46,6 @@ from pacao.sim.legacy import placement_table, reading
 from pacao.sim.network import throughput_mbps
 from pacao.sim.policy import PAPER_PARAMS, Policy, Timing
 from pacao.sim.scale import PARTITION_USERS
-from pacao.sim.sensitivity import run_sensitivity
 from pacao.sim.sweep import (
     Deployment,
     GridPoint,
@@ -53,6 +55,8 @@ from pacao.sim.sweep import (
     grid,
     run_sweep,
 )
+from pacao.testbed.net import TestbedError
+from pacao.validate import integer_in, non_negative, positive
 
 USE_CASES = ("france_isp", "europe_ott")
 USE_CASE_TITLES = {"france_isp": "France/ISP", "europe_ott": "Europe/OTT"}
@@ -74,20 +78,6 @@ SUMMARY_KEYS = (
     "pacao1_median_throughput_gain",
     "pacao2_median_throughput_gain",
 )
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """Traces (user_id, t, lat, lon, lac), the LAC table and DC sites per deployment.
-
-    ``dcs`` has columns use_case, n_dcs, name, lat, lon.
-    """
-
-    traces: pd.DataFrame
-    lacs: pd.DataFrame
-    dcs: pd.DataFrame
-    source: str
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def synthetic_inputs(
@@ -204,10 +194,9 @@ class Options:
         return QUICK_GRID if self.quick else FULL_GRID
 
     def validate(self) -> None:
-        if self.users is not None and (isinstance(self.users, bool) or self.users < 1):
-            raise InputError("--users", self.users, "a number of users >= 1")
-        if not math.isfinite(self.migration_s) or self.migration_s < 0:
-            raise InputError("migration time", self.migration_s, "seconds >= 0")
+        if self.users is not None:
+            integer_in("--users", self.users, 1, allowed="a number of users >= 1")
+        non_negative("migration time", self.migration_s, "seconds >= 0")
         if self.out.exists() and not self.out.is_dir():
             raise InputError("--out", str(self.out), "a directory (it is a file)")
         reading(self.legacy)
@@ -217,32 +206,6 @@ class Options:
             )
         if self.europe not in EUROPE_RULES:
             raise InputError("--europe", self.europe, f"one of {', '.join(EUROPE_RULES)}")
-
-
-@dataclass
-class Headline:
-    """The per-sample results of one use case's headline configuration."""
-
-    use_case: str
-    dep: Deployment
-    point: GridPoint
-    rtt: dict[str, np.ndarray]
-    ideal: np.ndarray
-    paper_setting: dict[str, float]
-    switches: dict[str, int]
-    migrations: dict[str, int]
-
-    def summary(self) -> dict[str, float | int]:
-        med = {p: float(np.median(r)) for p, r in self.rtt.items()}
-        thr = {p: float(np.median(throughput_mbps(r))) for p, r in self.rtt.items()}
-        return {
-            "n_dcs": self.dep.n_dcs,
-            "legacy_median_rtt_ms": med["legacy"],
-            "pacao1_median_rtt_ms": med["pacao1"],
-            "pacao2_median_rtt_ms": med["pacao2"],
-            "pacao1_median_throughput_gain": thr["pacao1"] / thr["legacy"] - 1.0,
-            "pacao2_median_throughput_gain": thr["pacao2"] / thr["legacy"] - 1.0,
-        }
 
 
 class Stages:
@@ -350,9 +313,6 @@ def _write_headline(path: Path, traces: pd.DataFrame, h: Headline) -> None:
 
 def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = None) -> Path:
     """Run everything; returns the path of report.html."""
-    from pacao.report.figures import draw_all, draw_congestion, fig_sensitivity
-    from pacao.report.html import write_report
-
     opts.validate()
     console = console or Console(stderr=True)
     out = opts.out
@@ -439,7 +399,7 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
         }
         (out / "results" / "headline.json").write_text(json.dumps(settings, indent=2) + "\n")
         with stages.stage("figures and report", 8) as adv:
-            figs = draw_all(out, inputs, tr, deps, sweep, heads, adv)
+            figs = draw_all(out, inputs, tr, deps, heads, adv)
             figs.update(draw_congestion(out, runs, inputs.dcs, adv))
             if sens is not None:
                 figs["sensitivity"] = fig_sensitivity(out / "fig_sensitivity.png", sens)
@@ -449,12 +409,8 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
                 opts=opts,
                 tr=tr,
                 deps=deps,
-                sweep=sweep,
                 heads=heads,
-                summary=summary,
                 congestion=runs,
-                claims=claims,
-                sensitivity=sens,
                 figures=figs,
                 stage_seconds=stages.seconds,
                 total_seconds=time.perf_counter() - t_start,
@@ -507,76 +463,9 @@ def headline_table(summary: dict[str, dict[str, float | int]]) -> Table:
 
 def migration_seconds(vm_memory_gb: float, dc_gbps: float) -> float:
     """Time to copy the VM's memory between DCs: GB x 8 / (Gbit/s); 0 GB = the paper."""
-    if not math.isfinite(vm_memory_gb) or vm_memory_gb < 0:
-        raise InputError("--vm-memory-gb", vm_memory_gb, "a memory size in GB >= 0")
-    if not math.isfinite(dc_gbps) or dc_gbps <= 0:
-        raise InputError("--dc-gbps", dc_gbps, "an inter-DC bandwidth in Gbit/s > 0")
+    non_negative("--vm-memory-gb", vm_memory_gb, "a memory size in GB >= 0")
+    positive("--dc-gbps", dc_gbps, "an inter-DC bandwidth in Gbit/s > 0")
     return vm_memory_gb * 8.0 / dc_gbps
-
-
-TESTBED_SCENARIOS = ("table1", "table2")
-
-
-def testbed_stage(out: Path, quick: bool, console: Console) -> dict[str, Any]:
-    """Section IV on the emulated testbed (root only): compressed with --quick.
-
-    Returns the testbed summary (or why it did not run); the results go to
-    ``out/testbed/`` with their own report.html, linked from the main report.
-    """
-    import os
-
-    if os.geteuid() != 0:
-        console.print(
-            "testbed stage (Sec. IV) skipped: it needs root (network namespaces); run "
-            "`sudo pacao reproduce` or `pacao testbed run`, or pass --no-testbed"
-        )
-        return {"skipped": "not root"}
-    from pacao.report.testbed import write as write_testbed_report
-    from pacao.testbed.trials import full_options, quick_options, run_experiment
-
-    tb = out / "testbed"
-    summary: dict[str, Any] = {}
-    for scenario in TESTBED_SCENARIOS:
-        opts = quick_options(scenario, tb) if quick else full_options(scenario, tb)
-        console.print(f"testbed: {scenario} (time scale {opts.time_scale:g})")
-        summary = run_experiment(opts, log=console.print)
-        write_testbed_report(tb)
-    return summary
-
-
-def link_testbed(out: Path, testbed: dict[str, Any]) -> None:
-    """Add the testbed's results to summary.json and a section to report.html."""
-    path = out / "summary.json"
-    doc = json.loads(path.read_text())
-    doc["testbed"] = testbed
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    if "skipped" in testbed or "error" in testbed:
-        why = testbed.get("skipped") or testbed.get("error")
-        body = f"<p>Not run: {html.escape(str(why))}.</p>"
-    else:
-        rows = []
-        for name, s in testbed.items():
-            for v, row in s.get("variants", {}).items():
-                gains = ", ".join(
-                    f"{k.removesuffix('_volume_gain')} {row[k]:+.0%}"
-                    for k in sorted(row)
-                    if k.endswith("_volume_gain") and row[k] is not None
-                )
-                paper = s.get("paper", {})
-                ref = paper.get("volume_gain", paper.get("volume_gain_max"))
-                ref_txt = f" (paper {ref:+.0%})" if ref is not None else ""
-                if s.get("time_scale", 1) != 1:  # timers scaled, link delays not
-                    ref_txt = " (compressed run: not comparable with the paper)"
-                rows.append(f"<li>{html.escape(name)} {html.escape(v)}: {gains}{ref_txt}</li>")
-        body = (
-            '<p>Emulated Fig. 5 testbed, real packets: <a href="testbed/report.html">'
-            "testbed/report.html</a> (figures 6-11, raw data). Median downloaded-volume "
-            "gains over legacy:</p><ul>" + "".join(rows) + "</ul>"
-        )
-    report = out / "report.html"
-    text = report.read_text()
-    section = f"<h2>Section IV: testbed</h2>{body}"
-    report.write_text(text.replace("</body>", section + "</body>", 1))
 
 
 def run_cli(
@@ -634,8 +523,6 @@ def run_cli(
     console = Console()
     console.print(headline_table(summary))
     if testbed:
-        from pacao.testbed.net import TestbedError
-
         try:
             tb = testbed_stage(opts.out, quick, Console(stderr=True))
         except TestbedError as exc:
@@ -690,8 +577,7 @@ def reproduce_partitioned(
     )
 
     opts.validate()
-    if isinstance(partition_users, bool) or partition_users < 1:
-        raise InputError("--partition-users", partition_users, "a number of users >= 1")
+    integer_in("--partition-users", partition_users, 1, allowed="a number of users >= 1")
     console = console or Console(stderr=True)
     out = opts.out
     (out / "results").mkdir(parents=True, exist_ok=True)
