@@ -122,7 +122,7 @@ def test_the_agents_probes_reach_the_window_as_measured(
     every new reply), taken once however often the monitor polls."""
     agent = Agent()
     store = Store(f"sqlite:///{tmp_path / 'm.db'}")
-    mon = Monitor(cfg, store, [AgentSource("marilyn", agent)])
+    mon = Monitor(cfg, store, [AgentSource("marilyn", agent)], clock=agent.clock)
     events = Events(mon)
     agent.probe(1000.0, USER_EID, 30.0)
     agent.probe(1001.0, USER_EID, 34.0)
@@ -163,6 +163,26 @@ def test_the_agents_probes_reach_the_window_as_measured(
     assert [(e.stat.subject, e.stat.availability, e.stat.count) for e in down] == [
         ("nss-user", 0.0, 2)
     ]
+
+
+def test_a_sample_read_after_its_window_closed_counts_in_the_next_one(
+    cfg: ControllerConfig, tmp_path: Path
+) -> None:
+    """Windows are cut on when the controller took a sample, not on the probe's send time:
+    a probe sent just before a window's end is answered and read after it, and must land in
+    the next window rather than in none (with short compressed windows, most of a slow
+    path's probes would otherwise vanish)."""
+    agent = Agent()
+    mon = Monitor(cfg, Store(f"sqlite:///{tmp_path / 'm.db'}"), [AgentSource("marilyn", agent)],
+                  clock=agent.clock)  # fmt: skip
+    agent.probe(1009.9, USER_EID, 300.0)  # answered at 1010.2, read then
+    assert asyncio.run(mon.poll()) == 1
+    assert [s.path for s in mon.window(1000.0, 1010.0)] == []
+    stats = mon.window(1010.0, 1020.0)
+    assert [(s.path, s.rtt_ms, s.count) for s in stats] == [("user-xtr", 300.0, 1)]
+    # the stored sample keeps the probe's own send time
+    rows = mon.store.measurements(kind="sample")
+    assert [r["ts"] for r in rows] == [pytest.approx(1009.9)]
 
 
 def test_bad_documents_are_source_errors_naming_the_field(
@@ -369,7 +389,7 @@ def test_sources_are_polled_at_once_and_the_last_aggregate_is_carried(
             return self.doc(cursor)
 
     srcs = [Slow("telcocenter", "192.0.2.1"), Slow("marilyn", "192.0.2.2")]
-    mon = Monitor(cfg, Store(f"sqlite:///{tmp_path / 'p.db'}"), srcs)
+    mon = Monitor(cfg, Store(f"sqlite:///{tmp_path / 'p.db'}"), srcs, clock=ManualClock(6.0))
     all_started: list[asyncio.Event] = []
 
     async def go() -> int:

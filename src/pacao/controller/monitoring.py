@@ -18,7 +18,7 @@ import json
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -26,6 +26,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from pacao.clock import Clock, SystemClock
 from pacao.controller.config import ControllerConfig
 from pacao.controller.storage import Store
 from pacao.errors import InputError
@@ -47,6 +48,22 @@ class Sample:
     rtt_ms: float | None
     peer: str = ""  # the probed locator ("" for a direct probe of the VM's EID)
     jitter_ms: float | None = None  # the agent's own jitter estimate, when it gives one
+    # When the controller took it (its clock). Windows are cut on this, as the probe's own
+    # ``ts`` (its send time) is older by the RTT, the timeout and the poll period: a sample
+    # read after its probe's window closed counts in the next window instead of none.
+    seen: float | None = None
+
+    @property
+    def at(self) -> float:
+        return self.ts if self.seen is None else self.seen
+
+    def within(self, start: float, end: float) -> bool:
+        """In the window [start, end) by its probe time, or, once taken by the controller,
+        (start, end] by when it was taken: a poll at the very moment a window closes feeds
+        that window."""
+        if self.seen is None:
+            return start <= self.ts < end
+        return start < self.seen <= end
 
 
 @dataclass(frozen=True)
@@ -226,7 +243,7 @@ def aggregate(samples: Iterable[Sample], start: float, end: float) -> list[Windo
     = answered / sent."""
     groups: dict[tuple[str, str, str, str, str], list[Sample]] = {}
     for s in samples:
-        if start <= s.ts < end:
+        if s.within(start, end):
             groups.setdefault((s.path, s.xtr, s.rloc, s.subject, s.peer), []).append(s)
     out = []
     for (path, xtr, rloc, subject, peer), ss in sorted(groups.items()):
@@ -257,8 +274,10 @@ class Monitor:
         store: Store,
         sources: Sequence[Source],
         keep_s: float | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.cfg, self.store, self.sources = cfg, store, list(sources)
+        self.clock: Clock = clock or SystemClock()
         self.matcher = Matcher(cfg)
         self.keep_s = keep_s if keep_s is not None else 3 * cfg.timers.s1
         self.recent: deque[Sample] = deque()
@@ -309,7 +328,10 @@ class Monitor:
         if measuring is None:
             self.emit(SourceError(source, f"rloc {batch.rloc} is no configured RLOC"))
             return 0
-        fresh = [s for s in (self.matcher.sample(*measuring, r) for r in records) if s]
+        now = self.clock.now()
+        fresh = [
+            replace(s, seen=now) for s in (self.matcher.sample(*measuring, r) for r in records) if s
+        ]
         if not fresh:
             return 0
         fresh.sort(key=lambda s: s.ts)
@@ -374,7 +396,7 @@ class Monitor:
                     for w in stats
                 ]
             )
-        while self.recent and self.recent[0].ts < end - self.keep_s:
+        while self.recent and self.recent[0].at < end - self.keep_s:
             self.recent.popleft()
         self.emit(WindowClosed(start, end, tuple(stats)))
         for w in stats:

@@ -70,7 +70,7 @@ class Controller:
         self.cfg, self.store, self.clock = cfg, store, clock
         self.dry_run, self.manual = dry_run, manual
         self.metrics = metrics or Metrics()
-        self.monitor = Monitor(cfg, store, sources)
+        self.monitor = Monitor(cfg, store, sources, clock=clock)
         self.monitor.register(self)
         self.mapping, self.hypervisor = mapping, hypervisor
         self.executor = Executor(
