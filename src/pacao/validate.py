@@ -153,7 +153,8 @@ def _words(model: type[BaseModel]) -> type[Schema]:
 
 
 def _say(message: str | None, model: type[BaseModel]) -> str:
-    return (message or "").format(allowed=sorted(model.model_fields))
+    """``message`` with ``{allowed}`` replaced (other braces are kept: ``{key: SECRET}``)."""
+    return (message or "").replace("{allowed}", str(sorted(model.model_fields)))
 
 
 def _keys_first(err: ErrorDetails) -> tuple[int, str]:
