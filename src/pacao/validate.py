@@ -115,9 +115,8 @@ def parse_model(model: type[M], doc: object, where: str = "") -> M:
     every config file fails alike (one line, exit status 2)."""
     words = _words(model)
     if not isinstance(doc, dict):
-        if words.not_mapping is None:
-            raise InputError(where or "<document>", doc, "expected a mapping at the top level")
-        raise InputError(where or "<document>", doc, _say(words.not_mapping, model))
+        top = words.not_mapping or "expected a mapping at the top level"
+        raise InputError(where or "<document>", doc, _say(top, model))
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
@@ -128,19 +127,17 @@ def parse_model(model: type[M], doc: object, where: str = "") -> M:
         loc = loc[:-1]
     kind = err["type"]
     value = err.get("input") if kind != "missing" else None
-    owner = _model_at(model, loc[:-1])
-    owner_words = _words(owner)
+    owner, inner = _model_at(model, loc[:-1]), _model_at(model, loc)
+    owner_words, inner_words = _words(owner), _words(inner)
     if kind in ("extra_forbidden", "missing") and owner_words.whole:
-        raise InputError(
-            _path(where, loc[:-1]), _value_at(doc, loc[:-1]), _say(owner_words.not_mapping, owner)
-        )
+        whole = owner_words.not_mapping or "expected a mapping of {allowed}"
+        raise InputError(_path(where, loc[:-1]), _value_at(doc, loc[:-1]), _say(whole, owner))
     if kind == "extra_forbidden":
         msg = _say(owner_words.unknown_key, owner)
     elif kind == "missing" and owner_words.missing is not None:
         msg = owner_words.missing
-    elif kind == "model_type" and _words(_model_at(model, loc)).not_mapping is not None:
-        inner = _model_at(model, loc)
-        msg = _say(_words(inner).not_mapping, inner)
+    elif kind == "model_type" and inner_words.not_mapping is not None:
+        msg = _say(inner_words.not_mapping, inner)
     else:
         field = owner.model_fields.get(str(loc[-1])) if loc else None
         allowed = field.description if field is not None else None
@@ -152,9 +149,9 @@ def _words(model: type[BaseModel]) -> type[Schema]:
     return model if issubclass(model, Schema) else Schema
 
 
-def _say(message: str | None, model: type[BaseModel]) -> str:
+def _say(message: str, model: type[BaseModel]) -> str:
     """``message`` with ``{allowed}`` replaced (other braces are kept: ``{key: SECRET}``)."""
-    return (message or "").replace("{allowed}", str(sorted(model.model_fields)))
+    return message.replace("{allowed}", str(sorted(model.model_fields)))
 
 
 def _keys_first(err: ErrorDetails) -> tuple[int, str]:
