@@ -318,7 +318,7 @@ def test_rloc_probe_reply_sets_p_bit() -> None:
             {"database": [{"prefix": "10.0.0.0/8", "locators": [{"address": "x"}]}]},
             "database[0].locators[0].address",
         ),
-        ({"probe": {"interval": 0}}, "interval"),
+        ({"probe": {"interval": 0}}, "probe.interval"),
         (
             {"map_servers": [{"address": "127.0.0.1:1", "key": "k", "alg": "md5"}]},
             "map_servers[0].alg",
@@ -329,6 +329,39 @@ def test_xtr_config_errors(over: dict[str, Any], field: str) -> None:
     with pytest.raises(InputError) as err:
         xtr_config_from_dict(xtr_doc(("127.0.0.1", 1), 0, "127.0.0.1", **over))
     assert err.value.field == field
+
+
+_MS_WORDS = "expected {address: HOST:PORT, key: SECRET, alg: sha1|sha256}"
+
+
+@pytest.mark.parametrize(
+    ("over", "field", "value", "allowed"),
+    [
+        ({"bogus": 1, "listen": 5}, "bogus", 1, "unknown key; allowed: ["),  # keys first
+        ({"map_servers": [{"address": "127.0.0.1:1"}]}, "map_servers[0]",
+         {"address": "127.0.0.1:1"}, _MS_WORDS),
+        ({"map_servers": [5]}, "map_servers[0]", 5, _MS_WORDS),
+        ({"map_resolvers": ["x"]}, "map_resolvers[0]", "x", "the host must be an IPv4 or"),
+        ({"database": [{"prefix": "10.0.0.0/8"}]}, "database[0].locators", None,
+         "expected a non-empty list"),
+        ({"database": [{"prefix": "10.0.0.0/8", "locators": [{"address": "1.2.3.4", "x": 1}]}]},
+         "database[0].locators[0].x", 1, "allowed: address, priority, weight"),
+        ({"probe": 3}, "probe", 3, "expected a mapping"),
+        ({"map_request": {"burst": 0}}, "map_request.burst", 0, "expected a number in [1, "),
+        ({"change_priority": {"key": "k", "x": 1}}, "change_priority", {"key": "k", "x": 1},
+         "expected {key: SECRET, method: ...}"),
+        ({"change_priority": {"method": "both"}}, "change_priority.key", None,
+         "required for method both"),
+        ({"xtr_id": "00"}, "xtr_id", "00", "expected 32 hexadecimal digits (128 bits)"),
+    ],
+)  # fmt: skip
+def test_xtr_config_errors_name_the_key_path_value_and_allowed(
+    over: dict[str, Any], field: str, value: object, allowed: str
+) -> None:
+    with pytest.raises(InputError) as err:
+        xtr_config_from_dict(xtr_doc(("127.0.0.1", 1), 0, "127.0.0.1", **over))
+    assert (err.value.field, err.value.value) == (field, value)
+    assert err.value.allowed.startswith(allowed)
 
 
 def test_etr_answers_forwarded_requests_without_proxy_reply() -> None:

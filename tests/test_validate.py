@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from pacao.errors import InputError
-from pacao.validate import in_range, integer_in, non_negative, parse_model, positive
+from pacao.validate import (
+    Schema,
+    in_range,
+    integer_in,
+    non_negative,
+    parse_model,
+    positive,
+    rule,
+)
 
 
 @pytest.mark.parametrize("value", [True, "1", None, math.nan, math.inf, -math.inf, 10**400])
@@ -68,3 +76,39 @@ def test_parse_model_names_the_key_path_value_and_allowed() -> None:
     with pytest.raises(InputError) as err:
         parse_model(_Outer, [1])
     assert err.value.field == "<document>"
+
+
+class _Pair(Schema):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    whole: ClassVar[bool] = True
+    not_mapping: ClassVar[str | None] = "a mapping of {allowed}"
+    a: int = 0
+    b: int = 0
+
+
+class _Words(Schema):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    keys_first: ClassVar[bool] = True
+    missing: ClassVar[str | None] = "required here"
+    size: Annotated[int, rule(lambda v: integer_in("", v, 1, 9, "one digit"))] = 1
+    name: str
+    pair: _Pair | None = None
+
+
+def test_parse_model_where_and_the_schemas_own_words() -> None:
+    assert parse_model(_Words, {"name": "x", "size": 3}, "top").size == 3
+    cases: list[tuple[object, str, object, str]] = [
+        ({"name": "x", "size": 0}, "top.size", 0, "one digit"),  # a rule's words
+        ({"size": 0, "zz": 1}, "top.zz", 1, "unknown key; allowed: ['name', 'pair', 'size']"),
+        ({"size": 0}, "top.name", None, "required here"),  # missing before a wrong value
+        ({"name": "x", "pair": 5}, "top.pair", 5, "a mapping of ['a', 'b']"),
+        ({"name": "x", "pair": {"c": 1}}, "top.pair", {"c": 1}, "a mapping of ['a', 'b']"),
+        ([], "top", [], "expected a mapping at the top level"),
+    ]
+    for doc, field, value, allowed in cases:
+        with pytest.raises(InputError) as err:
+            parse_model(_Words, doc, "top")
+        assert (err.value.field, err.value.value, err.value.allowed) == (field, value, allowed)
+    with pytest.raises(InputError) as err:
+        parse_model(_Pair, "no", "pair")
+    assert (err.value.field, err.value.allowed) == ("pair", "a mapping of ['a', 'b']")

@@ -9,11 +9,12 @@ site states ``allowed`` in its own words) and the pydantic config-file validatio
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral, Real
-from typing import TypeVar, get_args
+from typing import ClassVar, TypeVar, get_args
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from pacao.errors import InputError
 
@@ -73,28 +74,107 @@ def integer_in(
     return v
 
 
-def parse_model(model: type[M], doc: object) -> M:
+class Schema(BaseModel):
+    """A config mapping that words some of its errors itself (the testbed's files, the
+    xTR's sub-mappings); a plain BaseModel gets the defaults below. A ``{allowed}`` in a
+    message is replaced by the sorted keys of the mapping."""
+
+    #: what an unknown key is told
+    unknown_key: ClassVar[str] = "unknown key; allowed: {allowed}"
+    #: what a missing key is told (None: pydantic's words and the field's description)
+    missing: ClassVar[str | None] = None
+    #: what a value that is not a mapping is told (None: "expected a mapping at the top
+    #: level" for the document, pydantic's words below it)
+    not_mapping: ClassVar[str | None] = None
+    #: report an unknown or missing key as the whole mapping being wrong (``not_mapping``)
+    whole: ClassVar[bool] = False
+    #: report unknown keys (in document order), then missing keys (sorted), then values,
+    #: instead of pydantic's field order; read from the document's schema only
+    keys_first: ClassVar[bool] = False
+
+
+def rule(check: Callable[[object], object]) -> BeforeValidator:
+    """``Annotated[T, rule(check)]``: a field checked (and converted) by one of the hand
+    checks that raise InputError; its ``allowed`` becomes the error's words, the field and
+    value come from where pydantic found it (so the check's own field name is not used)."""
+
+    def run(value: object) -> object:
+        try:
+            return check(value)
+        except InputError as exc:
+            raise PydanticCustomError("pacao", "{allowed}", {"allowed": exc.allowed}) from None
+
+    return BeforeValidator(run)
+
+
+def parse_model(model: type[M], doc: object, where: str = "") -> M:
     """Validate a parsed config document with its pydantic schema; the first error
-    becomes one InputError naming the key path (``sites[0].key``), the value and what
-    is allowed (pydantic's words, then the field's ``description`` when it has one), so
+    becomes one InputError naming the key path (``sites[0].key``, after ``where.`` when
+    the document is part of a file), the value and what is allowed (pydantic's words,
+    then the field's ``description`` when it has one, or the :class:`Schema`'s own), so
     every config file fails alike (one line, exit status 2)."""
+    words = _words(model)
     if not isinstance(doc, dict):
-        raise InputError("<document>", doc, "expected a mapping at the top level")
+        top = words.not_mapping or "expected a mapping at the top level"
+        raise InputError(where or "<document>", doc, _say(top, model))
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+    err = sorted(errors, key=_keys_first)[0] if words.keys_first else errors[0]
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     if loc and loc[-1] == "[key]":  # a bad key of a Literal-keyed mapping: name the key itself
         loc = loc[:-1]
-    value = err.get("input") if err["type"] != "missing" else None
-    if err["type"] == "extra_forbidden":
-        msg = f"unknown key; allowed: {sorted(_model_at(model, loc[:-1]).model_fields)}"
+    kind = err["type"]
+    value = err.get("input") if kind != "missing" else None
+    owner, inner = _model_at(model, loc[:-1]), _model_at(model, loc)
+    owner_words, inner_words = _words(owner), _words(inner)
+    if kind in ("extra_forbidden", "missing") and owner_words.whole:
+        whole = owner_words.not_mapping or "expected a mapping of {allowed}"
+        raise InputError(_path(where, loc[:-1]), _value_at(doc, loc[:-1]), _say(whole, owner))
+    if kind == "extra_forbidden":
+        msg = _say(owner_words.unknown_key, owner)
+    elif kind == "missing" and owner_words.missing is not None:
+        msg = owner_words.missing
+    elif kind == "model_type" and inner_words.not_mapping is not None:
+        msg = _say(inner_words.not_mapping, inner)
     else:
-        field = _model_at(model, loc[:-1]).model_fields.get(str(loc[-1])) if loc else None
+        field = owner.model_fields.get(str(loc[-1])) if loc else None
         allowed = field.description if field is not None else None
         msg = f"{err['msg']}; allowed: {allowed}" if allowed else err["msg"]
-    raise InputError(key_path(loc), value, msg)
+    raise InputError(_path(where, loc), value, msg)
+
+
+def _words(model: type[BaseModel]) -> type[Schema]:
+    return model if issubclass(model, Schema) else Schema
+
+
+def _say(message: str, model: type[BaseModel]) -> str:
+    """``message`` with ``{allowed}`` replaced (other braces are kept: ``{key: SECRET}``)."""
+    return message.replace("{allowed}", str(sorted(model.model_fields)))
+
+
+def _keys_first(err: ErrorDetails) -> tuple[int, str]:
+    kind = {"extra_forbidden": 0, "missing": 1}.get(err["type"], 2)
+    return kind, str(err["loc"][-1]) if kind == 1 else ""
+
+
+def _path(where: str, loc: Sequence[int | str]) -> str:
+    if not where:
+        return key_path(loc)
+    return f"{where}.{key_path(loc)}" if loc else where
+
+
+def _value_at(doc: object, loc: Sequence[int | str]) -> object:
+    """The part of the document at ``loc`` (the mapping a whole-mapping error shows)."""
+    for part in loc:
+        if isinstance(doc, dict):
+            doc = doc.get(part)
+        elif isinstance(doc, list) and isinstance(part, int) and 0 <= part < len(doc):
+            doc = doc[part]
+        else:
+            return None
+    return doc
 
 
 def key_path(loc: Sequence[int | str]) -> str:

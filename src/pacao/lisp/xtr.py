@@ -41,8 +41,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import parse_qs, urlsplit
+
+from pydantic import BeforeValidator, ConfigDict, Field
 
 from pacao.clock import Clock, SystemClock
 from pacao.errors import InputError
@@ -70,7 +72,7 @@ from pacao.lisp.show import to_jsonable
 from pacao.lisp.udp import UdpEndpoint, open_udp
 from pacao.lisp.wire import LispDecodeError
 from pacao.measurement import Cursor, SampleBuffer, encode
-from pacao.validate import in_range
+from pacao.validate import Schema, in_range, integer_in, parse_model, rule
 
 log = logging.getLogger("pacao.lisp.xtr")
 IP = IPv4Address | IPv6Address
@@ -214,160 +216,246 @@ class XtrConfig:
     xtr_id: bytes | None = None  # None: derived from the bound address and the RLOC
 
 
-def _num(doc: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
-    return in_range(
-        key, doc.get(key, default), f"expected a number in [{low}, {high}]", low=low, high=high
+class _Part(Schema):
+    """One mapping of the xTR file (docs/lisp.md); the hand checks below give each value's
+    words, so a wrong value reads as it did before the file had a schema."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, arbitrary_types_allowed=True
     )
 
 
-def _locator(field: str, doc: Any) -> Locator:
-    if not isinstance(doc, Mapping) or "address" not in doc:
-        raise InputError(field, doc, "expected {address, priority, weight}")
-    unknown = sorted(set(doc) - {"address", "priority", "weight"})
-    if unknown:
-        raise InputError(
-            f"{field}.{unknown[0]}", doc[unknown[0]], "allowed: address, priority, weight"
-        )
+def _number(low: float, high: float) -> BeforeValidator:
+    """A number in [low, high]; the integer settings are truncated after parsing."""
+    allowed = f"expected a number in [{low}, {high}]"
+    return rule(lambda v: in_range("", v, allowed, low=low, high=high))
+
+
+_BYTE = rule(lambda v: integer_in("", v, 0, 255, "expected an integer in 0..255"))
+
+
+def _ip(value: object) -> IP:
     try:
-        addr = ip_address(str(doc["address"]))
+        return ip_address(str(value))
     except ValueError:
-        raise InputError(f"{field}.address", doc["address"], "expected an IP address") from None
-    pw = []
-    for key, default in (("priority", 1), ("weight", 100)):
-        v = doc.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 255:
-            raise InputError(f"{field}.{key}", v, "expected an integer in 0..255")
-        pw.append(v)
-    return Locator(addr, pw[0], pw[1])
+        raise InputError("", value, "expected an IP address") from None
 
 
-def _path(value: Any, base: Path | None) -> Path | None:
+def _hostport(default_port: int) -> BeforeValidator:
+    return rule(lambda v: parse_hostport("", v, default_port))
+
+
+def _one_of(*choices: str) -> BeforeValidator:
+    def check(value: object) -> object:
+        if value not in choices:
+            raise InputError("", value, f"allowed: {', '.join(choices)}")
+        return value
+
+    return rule(check)
+
+
+def _prefix(what: str) -> BeforeValidator:
+    def check(value: object) -> EidPrefix:
+        try:
+            return EidPrefix.parse(str(value))
+        except ValueError as exc:
+            raise InputError("", value, f"not an {what} ({exc})") from None
+
+    return rule(check)
+
+
+def _secret(value: object) -> object:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise InputError("", value, "expected a non-empty string")
+    return value
+
+
+def _non_empty_list(value: object) -> object:
+    if not isinstance(value, list) or not value:
+        raise InputError("", value, "expected a non-empty list")
+    return value
+
+
+def _true_or_false(value: object) -> object:
+    if not isinstance(value, bool):
+        raise InputError("", value, "expected true or false")
+    return value
+
+
+def _xtr_id(value: object) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        xtr_id = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        xtr_id = b""
+    if len(xtr_id) != 16:
+        raise InputError("", value, "expected 32 hexadecimal digits (128 bits)")
+    return xtr_id
+
+
+def _checked_when_absent() -> Any:
+    """A required key whose absence its check words (validated from its None default)."""
+    return Field(None, validate_default=True)
+
+
+class _LocatorDoc(_Part):
+    unknown_key: ClassVar[str] = "allowed: address, priority, weight"
+    missing: ClassVar[str | None] = "expected {address, priority, weight}"
+    not_mapping: ClassVar[str | None] = "expected {address, priority, weight}"
+
+    address: Annotated[IP, rule(_ip)]
+    priority: Annotated[int, _BYTE] = 1
+    weight: Annotated[int, _BYTE] = 100
+
+
+class _DatabaseDoc(_Part):
+    whole: ClassVar[bool] = True
+    not_mapping: ClassVar[str | None] = "expected {prefix, locators, ttl}"
+
+    prefix: Annotated[EidPrefix, _prefix("EID prefix")]
+    locators: Annotated[list[_LocatorDoc], rule(_non_empty_list)] = _checked_when_absent()
+    ttl: Annotated[float, _number(0, 2**32 - 1)] = 1440.0
+
+
+class _MapServerDoc(_Part):
+    whole: ClassVar[bool] = True
+    not_mapping: ClassVar[str | None] = (
+        "expected {address: HOST:PORT, key: SECRET, alg: sha1|sha256}"
+    )
+
+    key: Annotated[str, rule(_secret)]
+    alg: Annotated[Literal["sha1", "sha256"], _one_of("sha1", "sha256")] = "sha256"
+    key_id: Annotated[int, _BYTE] = 0
+    address: Annotated[tuple[str, int], _hostport(LISP_CONTROL_PORT)] = _checked_when_absent()
+
+
+class _SubDoc(_Part):
+    not_mapping: ClassVar[str | None] = "expected a mapping"
+
+
+class _MapCacheDoc(_SubDoc):
+    max_entries: Annotated[float, _number(1, 10_000_000)] = 10000.0
+
+
+class _MapRequestDoc(_SubDoc):
+    rate: Annotated[float, _number(0.001, 1e6)] = 10.0
+    burst: Annotated[float, _number(1, 1e6)] = 20.0
+    timeout: Annotated[float, _number(0.001, 60)] = 1.0
+    retries: Annotated[float, _number(0, 100)] = 3.0
+
+
+class _ProbeDoc(_SubDoc):
+    interval: Annotated[float, _number(0.01, 86400)] = 10.0
+    timeout: Annotated[float, _number(0.001, 3600)] = 2.0
+    down_after: Annotated[float, _number(1, 1000)] = 3.0
+    samples_kept: Annotated[float, _number(1, 10_000_000)] = 10000.0
+
+
+class _ChangePriorityDoc(_Part):
+    whole: ClassVar[bool] = True
+    not_mapping: ClassVar[str | None] = "expected {key: SECRET, method: ...}"
+
+    key: Annotated[str | None, rule(_secret)] = None
+    #: None: "both" with a key, else "smr"
+    method: Annotated[
+        Literal["smr", "change-priority", "both"] | None,
+        _one_of("smr", "change-priority", "both"),
+    ] = None
+
+
+_FILE = Field(min_length=1, description="a file path or null")
+
+
+class XtrDoc(_Part):
+    """The xTR file's schema (docs/lisp.md): unknown keys are reported first."""
+
+    not_mapping: ClassVar[str | None] = "expected a mapping"
+    keys_first: ClassVar[bool] = True
+
+    listen: Annotated[tuple[str, int], _hostport(LISP_CONTROL_PORT)] = (
+        "127.0.0.1",
+        LISP_CONTROL_PORT,
+    )
+    #: None: the listen address
+    rloc: Annotated[IP | None, rule(_ip)] = None
+    map_servers: list[_MapServerDoc] | None = None
+    map_resolvers: list[Annotated[tuple[str, int], _hostport(LISP_CONTROL_PORT)]] | None = None
+    database: list[_DatabaseDoc] | None = None
+    watch: list[Annotated[EidPrefix, _prefix("EID or prefix")]] | None = None
+    map_cache: _MapCacheDoc | None = None
+    map_request: _MapRequestDoc | None = None
+    probe: _ProbeDoc | None = None
+    stats_file: Annotated[str | None, _FILE] = None
+    samples_file: Annotated[str | None, _FILE] = None
+    http: Annotated[
+        tuple[str, int] | None, rule(lambda v: parse_hostport("", v, 0) if v else None)
+    ] = None
+    change_priority: _ChangePriorityDoc | None = None
+    proxy_reply: Annotated[bool, rule(_true_or_false)] = True
+    xtr_id: Annotated[bytes | None, rule(_xtr_id)] = None
+    register_interval: Annotated[float, _number(0.01, 86400)] = 60.0
+    control_port: Annotated[float, _number(1, 65535)] = float(LISP_CONTROL_PORT)
+
+
+def _path(value: str | None, base: Path | None) -> Path | None:
     """A file name of the config, relative to the config's directory."""
     if value is None:
         return None
-    path = Path(str(value))
+    path = Path(value)
     return base / path if base is not None and not path.is_absolute() else path
 
 
 def xtr_config_from_dict(doc: Any, base: Path | None = None) -> XtrConfig:
-    """Validate the xTR YAML document (docs/lisp.md)."""
-    allowed = {
-        "listen", "rloc", "map_servers", "map_resolvers", "database", "watch",
-        "register_interval", "proxy_reply", "control_port", "map_cache", "map_request",
-        "probe", "stats_file", "samples_file", "http", "change_priority", "xtr_id",
-    }  # fmt: skip
-    if not isinstance(doc, Mapping):
-        raise InputError("<document>", doc, "expected a mapping")
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise InputError(unknown[0], doc[unknown[0]], f"unknown key; allowed: {sorted(allowed)}")
-    listen = parse_hostport("listen", doc.get("listen", f"127.0.0.1:{LISP_CONTROL_PORT}"))
-    try:
-        rloc = ip_address(str(doc.get("rloc", listen[0])))
-    except ValueError:
-        raise InputError("rloc", doc.get("rloc"), "expected an IP address") from None
-    servers = []
-    for i, ms in enumerate(doc.get("map_servers") or []):
-        f = f"map_servers[{i}]"
-        if not isinstance(ms, Mapping) or not isinstance(ms.get("key"), str) or not ms["key"]:
-            raise InputError(f, ms, "expected {address: HOST:PORT, key: SECRET, alg: sha1|sha256}")
-        alg = ms.get("alg", "sha256")
-        if alg not in ("sha1", "sha256"):
-            raise InputError(f"{f}.alg", alg, "allowed: sha1, sha256")
-        key_id = ms.get("key_id", 0)
-        if isinstance(key_id, bool) or not isinstance(key_id, int) or not 0 <= key_id <= 255:
-            raise InputError(f"{f}.key_id", key_id, "expected an integer in 0..255")
-        servers.append(
-            MapServerRef(parse_hostport(f"{f}.address", ms.get("address")), ms["key"],
-                         auth.ALG_NAMES[alg], key_id)
-        )  # fmt: skip
-    resolvers = tuple(
-        parse_hostport(f"map_resolvers[{i}]", r)
-        for i, r in enumerate(doc.get("map_resolvers") or [])
-    )
-    database = []
-    for i, entry in enumerate(doc.get("database") or []):
-        f = f"database[{i}]"
-        if not isinstance(entry, Mapping) or "prefix" not in entry:
-            raise InputError(f, entry, "expected {prefix, locators, ttl}")
-        try:
-            prefix = EidPrefix.parse(str(entry["prefix"]))
-        except ValueError as exc:
-            raise InputError(f"{f}.prefix", entry["prefix"], f"not an EID prefix ({exc})") from None
-        locs = entry.get("locators")
-        if not isinstance(locs, list) or not locs:
-            raise InputError(f"{f}.locators", locs, "expected a non-empty list")
-        ttl = int(_num(entry, "ttl", 1440, 0, 2**32 - 1))
-        database.append(
-            DatabaseEntry(
-                prefix, tuple(_locator(f"{f}.locators[{j}]", x) for j, x in enumerate(locs)), ttl
-            )
-        )
-    watch = []
-    for i, w in enumerate(doc.get("watch") or []):
-        try:
-            p = EidPrefix.parse(str(w))
-        except ValueError as exc:
-            raise InputError(f"watch[{i}]", w, f"not an EID or prefix ({exc})") from None
-        watch.append(p)
+    """Validate the xTR YAML document (docs/lisp.md): the schema, then the checks that
+    span keys."""
+    d = parse_model(XtrDoc, doc)
+    resolvers = tuple(d.map_resolvers or ())
+    watch = tuple(d.watch or ())
     if watch and not resolvers:
         raise InputError("map_resolvers", None, "required when `watch` lists EIDs")
-    cache = doc.get("map_cache") or {}
-    req = doc.get("map_request") or {}
-    probe = doc.get("probe") or {}
-    for name, sub in (("map_cache", cache), ("map_request", req), ("probe", probe)):
-        if not isinstance(sub, Mapping):
-            raise InputError(name, sub, "expected a mapping")
-    stats_path, samples_path = (_path(doc.get(key), base) for key in ("stats_file", "samples_file"))
-    http = parse_hostport("http", doc["http"], 0) if doc.get("http") else None
-    change = doc.get("change_priority") or {}
-    if not isinstance(change, Mapping) or set(change) - {"key", "method"}:
-        raise InputError("change_priority", change, "expected {key: SECRET, method: ...}")
-    change_key = change.get("key")
-    if change_key is not None and (not isinstance(change_key, str) or not change_key):
-        raise InputError("change_priority.key", change_key, "expected a non-empty string")
-    method = change.get("method", "both" if change_key else "smr")
-    if method not in ("smr", "change-priority", "both"):
-        raise InputError("change_priority.method", method, "allowed: smr, change-priority, both")
-    if method != "smr" and change_key is None:
+    change = d.change_priority or _ChangePriorityDoc()
+    method = change.method or ("both" if change.key else "smr")
+    if method != "smr" and change.key is None:
         raise InputError("change_priority.key", None, f"required for method {method}")
-    proxy = doc.get("proxy_reply", True)
-    if not isinstance(proxy, bool):
-        raise InputError("proxy_reply", proxy, "expected true or false")
-    xtr_id = None
-    if doc.get("xtr_id") is not None:
-        text = doc["xtr_id"]
-        try:
-            xtr_id = bytes.fromhex(text) if isinstance(text, str) else b""
-        except ValueError:
-            xtr_id = b""
-        if len(xtr_id) != 16:
-            raise InputError("xtr_id", text, "expected 32 hexadecimal digits (128 bits)")
+    cache = d.map_cache or _MapCacheDoc()
+    req = d.map_request or _MapRequestDoc()
+    probe = d.probe or _ProbeDoc()
     return XtrConfig(
-        listen=listen,
-        rloc=rloc,
-        map_servers=tuple(servers),
+        listen=d.listen,
+        rloc=d.rloc or ip_address(d.listen[0]),
+        map_servers=tuple(
+            MapServerRef(ms.address, ms.key, auth.ALG_NAMES[ms.alg], ms.key_id)
+            for ms in d.map_servers or ()
+        ),
         map_resolvers=resolvers,
-        database=tuple(database),
-        watch=tuple(watch),
-        register_interval=_num(doc, "register_interval", 60, 0.01, 86400),
-        proxy_reply=proxy,
-        control_port=int(_num(doc, "control_port", LISP_CONTROL_PORT, 1, 65535)),
-        cache_size=int(_num(cache, "max_entries", 10000, 1, 10_000_000)),
-        request_rate=_num(req, "rate", 10, 0.001, 1e6),
-        request_burst=int(_num(req, "burst", 20, 1, 1e6)),
-        request_timeout=_num(req, "timeout", 1.0, 0.001, 60),
-        request_retries=int(_num(req, "retries", 3, 0, 100)),
-        probe_interval=_num(probe, "interval", 10, 0.01, 86400),
-        probe_timeout=_num(probe, "timeout", 2, 0.001, 3600),
-        down_after=int(_num(probe, "down_after", 3, 1, 1000)),
-        stats_file=stats_path,
-        samples_file=samples_path,
-        samples_kept=int(_num(probe, "samples_kept", 10000, 1, 10_000_000)),
-        http=http,
-        change_key=change_key,
-        switch_method=str(method),
-        xtr_id=xtr_id,
+        database=tuple(
+            DatabaseEntry(
+                e.prefix,
+                tuple(Locator(lo.address, lo.priority, lo.weight) for lo in e.locators),
+                int(e.ttl),
+            )
+            for e in d.database or ()
+        ),
+        watch=watch,
+        register_interval=d.register_interval,
+        proxy_reply=d.proxy_reply,
+        control_port=int(d.control_port),
+        cache_size=int(cache.max_entries),
+        request_rate=req.rate,
+        request_burst=int(req.burst),
+        request_timeout=req.timeout,
+        request_retries=int(req.retries),
+        probe_interval=probe.interval,
+        probe_timeout=probe.timeout,
+        down_after=int(probe.down_after),
+        stats_file=_path(d.stats_file, base),
+        samples_file=_path(d.samples_file, base),
+        samples_kept=int(probe.samples_kept),
+        http=d.http,
+        change_key=change.key,
+        switch_method=method,
+        xtr_id=d.xtr_id,
     )
 
 

@@ -21,7 +21,7 @@ import yaml
 from pacao.errors import InputError
 from pacao.io import parse_yaml
 from pacao.testbed.topo.scenario import Scenario, scenario_from_dict
-from pacao.testbed.topo.schema import Doc, in_range, number, parse
+from pacao.testbed.topo.schema import Doc, in_range, number
 from pacao.testbed.topo.tcpprofile import DEFAULT_PROFILE, check_profile
 from pacao.testbed.topo.topology import (
     Topology,
@@ -30,6 +30,7 @@ from pacao.testbed.topo.topology import (
     parse_rate,
     topology_from_dict,
 )
+from pacao.validate import parse_model
 
 ARMS = ("legacy", "pacao1", "pacao2")
 ARM_LABELS = {
@@ -195,7 +196,7 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
         raise InputError("scenario", str(path), f"a readable YAML file ({exc})") from None
     if not isinstance(doc, dict):
         raise InputError("scenario", str(path), "a mapping (docs/testbed.md)")
-    parse(_ExperimentDoc, "scenario", doc)
+    parse_model(_ExperimentDoc, doc, "scenario")
     if topology is None:
         named = doc.get("topology")
         if named is None:
@@ -215,11 +216,11 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
     arms = doc.get("arms", list(ARMS))
     if not isinstance(arms, list) or not arms or any(a not in ARMS for a in arms):
         raise InputError("arms", arms, f"a list of {', '.join(ARMS)}")
-    timers = parse(_TimersDoc, "timers", doc.get("timers", {}))
+    timers = parse_model(_TimersDoc, doc.get("timers", {}), "timers")
     traffic = doc.get("traffic", ["download"])
     if not isinstance(traffic, list) or not traffic or any(t not in TRAFFIC for t in traffic):
         raise InputError("traffic", traffic, f"a list of {', '.join(TRAFFIC)}")
-    udp = parse(_UdpDoc, "udp", doc.get("udp", {}))
+    udp = parse_model(_UdpDoc, doc.get("udp", {}), "udp")
     udp_rate = parse_rate("udp.rate", udp.rate) or 1_000_000
     udp_length = int(udp.length)
     download_mb = number("download_mb", doc.get("download_mb", 300), 0.001, 100_000)
@@ -240,7 +241,7 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
     seen: set[str] = set()
     for i, v in enumerate(vdoc):
         where = f"variants[{i}]"
-        parse(_VariantDoc, where, v)
+        parse_model(_VariantDoc, v, where)
         vname = str(v["name"])
         if vname in seen or not vname.replace("-", "").replace("+", "").isalnum():
             raise InputError(f"{where}.name", vname, "a unique name of letters, digits, '-', '+'")
@@ -262,14 +263,14 @@ def load_experiment(path: Path, topology: Path | None = None) -> Experiment:
         )  # fmt: skip
         variants.append(Variant(vname, str(v.get("label", vname)), sc))
     controller = doc.get("controller", {})
-    parse(_ControllerDoc, "controller", controller)  # the values given are kept as given
+    parse_model(_ControllerDoc, controller, "controller")  # the values given are kept as given
     if "policy_overrides" in controller:
         po = controller["policy_overrides"]
         if not isinstance(po, dict):
             raise InputError("controller.policy_overrides", po, "a mapping (docs/controller.md)")
         controller = {**controller, "policy_overrides": tuple(sorted(po.items()))}
     migration = doc.get("migration", {})
-    paths = parse(_MigrationDoc, "migration", migration).path_bandwidth_mbps  # values kept
+    paths = parse_model(_MigrationDoc, migration, "migration").path_bandwidth_mbps  # values kept
     if paths is not None:
         key = "path_bandwidth_mbps"
         if not isinstance(paths, dict):
