@@ -222,6 +222,12 @@ def test_info_reply_lcaf_decode_paths() -> None:
     assert err.field.startswith("NAT-Traversal.ms_port") and err.offset == 32
     raw = decode_message(INFO_HEAD + bytes.fromhex("4003" "00" "00" "09" "07" "0000"))  # fmt: skip
     assert raw.address == LcafAddress(lcaf_type=9, payload=b"", rsvd2=7)  # type: ignore[attr-defined]
+    # A plain address is not taken for an LCAF, whatever its bytes (third octet 7 here).
+    back = decode_message(INFO_HEAD + b"\x00\x01" + bytes([10, 0, 7, 1]) + b"zz")
+    assert isinstance(back, InfoMessage)
+    assert (back.address, back.trailer) == (IPv4Address("10.0.7.1"), b"zz")
+    err = decode_error(INFO_HEAD + b"\x00\x63" + bytes(8))
+    assert (err.field, err.offset) == ("Info.address.afi", 24)
     # Each RLOC's errors name it.
     body = bytes.fromhex(NAT_BODY)
     head = INFO_HEAD + bytes.fromhex("4003" "00" "00" "07" "00" "002e")  # fmt: skip
