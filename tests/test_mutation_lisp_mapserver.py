@@ -9,6 +9,7 @@ No socket: the server's transport is a list, its clock a fixed number.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from typing import Any
@@ -87,11 +88,11 @@ def registered(ms: MapServer) -> list[str]:
 
 def test_a_register_needs_records_that_all_belong_to_one_configured_site() -> None:
     ms, t = server(site(), site("dc2", ("10.2.0.0/16",), key="k2"))
-    ms.handle_register(MapRegister(1, ()), b"", PEER)  # no records
     register(ms, (MappingRecord(None, 0),), 2)  # a record that is no IP prefix
     register(ms, (rec("10.9.0.0/16"),), 3)  # no site
     register(ms, (rec("10.1.0.0/16"), rec("10.2.0.0/16")), 4)  # two sites
     register(ms, (rec("10.1.0.0/16"), rec("10.9.0.0/16")), 5)  # the second in no site
+    ms.handle_register(MapRegister(1, ()), b"", PEER)  # no records
     assert ms.stats["register_rejected"] == 5 and registered(ms) == []
     assert ms.stats["bad_auth"] == 0 and t.out == []
     register(ms, (rec("10.1.0.0/16"),), 6)
@@ -292,3 +293,81 @@ def test_want_map_notify_is_answered_signed_like_the_register(
     t.out.clear()
     register(ms, records, 0x56, alg=alg, key_id=7)  # no M bit: no Map-Notify
     assert t.out == [] and ms.stats["map_notify_sent"] == 1 and ms.stats["registered"] == 2
+    register(ms, records, 0x57, alg=alg, key_id=7, want_map_notify=True)
+    assert len(t.out) == 1 and ms.stats["map_notify_sent"] == 2
+
+
+# --- what the operator reads ------------------------------------------------------------------
+
+NONCE_HINT = (
+    " (nonces must increase; replay_protection: false accepts peers that send 0 or repeat"
+    " their nonce)"
+)
+WHO = f"Map-Register from {PEER}"
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    got = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "pacao.lisp.mapserver"]
+    caplog.clear()
+    return got
+
+
+def test_each_refusal_is_logged_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pacao.lisp.mapserver")
+    # Each case on a new server: the first event of a kind is always logged.
+    limited = site(max_records=2, max_locators=3, max_prefixes=3, accept_more_specifics=True)
+    p = [f"10.1.{i}.0/24" for i in range(1, 5)]
+    cases: list[tuple[Site, list[tuple[tuple[MappingRecord, ...], int, str]], tuple[int, str]]] = [
+        (
+            site(),
+            [((rec("10.9.0.0/16"),), 1, KEY)],
+            (logging.INFO, f"{WHO} for unconfigured prefixes {[EidPrefix.parse('10.9.0.0/16')]}"),
+        ),
+        (
+            site(),
+            [((rec("10.1.0.0/16"),), 1, "other")],
+            (logging.INFO, f"{WHO} for site dc1 fails authentication"),
+        ),
+        (
+            site(),
+            [((rec("10.1.0.0/16"),), 0, KEY)],
+            (
+                logging.WARNING,
+                f"{WHO} for site dc1 dropped as a replay: nonce 0x0000000000000000, last accepted"
+                " none" + NONCE_HINT,
+            ),
+        ),
+        (
+            site(),
+            [((rec("10.1.0.0/16"),), 10, KEY), ((rec("10.1.0.0/16"),), 10, KEY)],
+            (
+                logging.WARNING,
+                f"{WHO} for site dc1 dropped as a replay: nonce 0x000000000000000a, last accepted"
+                " 0x000000000000000a" + NONCE_HINT,
+            ),
+        ),
+        (
+            limited,
+            [((rec(p[0]), rec(p[1]), rec(p[2])), 1, KEY)],
+            (logging.WARNING, f"{WHO} for site dc1 refused: 3 records, the site allows 2"
+                              " (max_records)"),
+        ),
+        (
+            limited,
+            [((rec(p[0], locs=4),), 1, KEY)],
+            (logging.WARNING, f"{WHO} for site dc1 refused: 4 locators in one record, the site"
+                              " allows 3 (max_locators)"),
+        ),
+        (
+            limited,
+            [((rec(p[0]), rec(p[1])), 1, KEY), ((rec(p[2]), rec(p[3])), 2, KEY)],
+            (logging.WARNING, f"{WHO} for site dc1 refused: 4 registered prefixes, the site"
+                              " allows 3 (max_prefixes)"),
+        ),
+    ]  # fmt: skip
+    for s, registers, want in cases:
+        ms, _ = server(s)
+        for records, nonce, key in registers:
+            register(ms, records, nonce, key=key)
+        assert logged(caplog) == [want]
+        assert ms.stats["handler_errors"] == 0

@@ -1,0 +1,110 @@
+"""The MILP of eq. (4)-(9) with a flat latency function (written against mutmut's survivors in
+optimize/assign/milp.py).
+
+A flat f_d makes L_d a constant, so the congestion rows are skipped and what decides the
+optimum is the capacity row (6), the bounds on L_d and T_u and the penalty rows (9) in all
+their regimes: M_ud <= 0 (the row is dropped, the DC is within the user's bound), 0 < M_ud
+<= 1 and M_ud > 1. Every optimum is checked against the enumeration of all assignments, the
+Hall-infeasible instance against the solver's own infeasibility verdict, and `subproblem`
+field by field.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from pacao.optimize.assign import InfeasibleError, problem_from_dict
+from pacao.optimize.assign.milp import solve_milp, subproblem
+from pacao.optimize.assign.model import AssignProblem, evaluate
+
+FLAT = {"breakpoints": [[0, 5], [1, 5]]}
+
+
+def doc(caps: list[int], existing: list[int], lat: list[list[float | None]]) -> dict[str, object]:
+    return {
+        "latency_function": FLAT,
+        "dcs": [
+            {"name": f"d{j}", "capacity": c, "existing": e}
+            for j, (c, e) in enumerate(zip(caps, existing, strict=True))
+        ],
+        "users": [
+            {
+                "id": f"u{i}",
+                "bound_ms": 40,
+                "latency_ms": {f"d{j}": v for j, v in enumerate(row) if v is not None},
+            }
+            for i, row in enumerate(lat)
+        ],
+    }
+
+
+def enumerated(p: AssignProblem) -> float:
+    room = p.room.tolist()
+    best = np.inf
+    for c in itertools.product(range(p.n_dcs), repeat=p.n_users):
+        if any(c.count(d) > room[d] for d in range(p.n_dcs)):
+            continue
+        if not all(np.isfinite(p.latency[u, d]) for u, d in enumerate(c)):
+            continue
+        best = min(best, evaluate(p, np.array(c)).objective)
+    return float(best)
+
+
+# (5 + l) / 40 per pair: 30 -> 0.875 (M < 0), 50 -> 1.375 and 70 -> 1.875 (0 < M <= 1 with
+# L_max = 5: M = (5 + l) / 40 - 1), 110 -> 2.875 (M > 1); the rooms (1, 2, 1) keep the
+# preferred DC of most users from taking them all.
+CASES = [
+    ([2, 3, 1], [1, 1, 0], [[30, 50, 110], [30, 70, 50], [50, 30, 110], [110, 50, 30]]),
+    ([1, 2, 2], [0, 0, 1], [[70, 30, None], [30, 110, 50], [50, 50, 70], [None, 30, 50]]),
+]
+
+
+@pytest.mark.parametrize("integer", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_flat_function_optimum_matches_enumeration(
+    case: tuple[list[int], list[int], list[list[float | None]]], integer: bool
+) -> None:
+    p = problem_from_dict(doc(*case), integer_penalty=integer)
+    res = solve_milp(p)
+    best = enumerated(p)
+    assert res.objective == pytest.approx(best, rel=1e-9)
+    assert res.lower_bound == pytest.approx(best, rel=1e-9)
+    assert res.optimal and res.notes["highs_status"] == "Optimal"
+    assert isinstance(res.notes["nodes"], int) and res.notes["nodes"] >= 0
+    load = np.bincount(res.choice, minlength=p.n_dcs)
+    assert (load <= p.room).all()
+    assert np.isfinite(p.latency[np.arange(p.n_users), res.choice]).all()
+
+
+def test_a_dc_at_its_room_sends_the_next_user_past_its_bound() -> None:
+    # Two users at 30 ms from d0 (T = 0.875 -> 1), 110 ms from d1 (T = 2.875); d0 has room
+    # for exactly one more, so one of them pays 2.875.
+    p = problem_from_dict(doc([3, 5], [2, 0], [[30, 110], [30, 110]]))
+    res = solve_milp(p)
+    assert sorted(res.choice.tolist()) == [0, 1]
+    assert res.objective == pytest.approx(1 + 115 / 40)
+    assert res.evaluation.penalties.tolist() in ([1.0, 115 / 40], [115 / 40, 1.0])
+
+
+def test_users_restricted_to_one_full_dc_are_infeasible_for_the_solver() -> None:
+    # Each user alone has room (d0 takes one), and the total room (1 + 1) covers both users,
+    # so only the solver sees that d0 cannot take both.
+    p = problem_from_dict(doc([1, 1], [0, 0], [[30, None], [40, None]]))
+    with pytest.raises(InfeasibleError) as err:
+        solve_milp(p)
+    assert "the allowed DCs cannot take every user within capacity" in str(err.value)
+    assert err.value.field == "users" and err.value.value == 2
+
+
+def test_subproblem_keeps_the_dcs_and_takes_the_users_in_order() -> None:
+    p = problem_from_dict(doc(*CASES[0]), integer_penalty=True)
+    sub = subproblem(p, np.array([3, 1]), np.array([2, 0, 1]))
+    assert sub.dc_names == p.dc_names and sub.functions == p.functions
+    assert sub.capacity is p.capacity and sub.integer_penalty
+    assert sub.existing.dtype == np.float64 and sub.existing.tolist() == [2.0, 0.0, 1.0]
+    assert sub.user_ids == ("u3", "u1")
+    assert sub.bound.tolist() == [40.0, 40.0]
+    np.testing.assert_array_equal(sub.latency, p.latency[[3, 1]])
