@@ -49,3 +49,11 @@ def test_the_length_field_is_sixteen_bits() -> None:
     zeroed = bytes(raw[:16]) + bytes(20) + bytes(raw[36:])
     raw[16:36] = hmac.new(b"k", zeroed, hashlib.sha1).digest()
     assert auth.verify(bytes(raw), "k")
+
+
+def test_a_digest_that_ends_the_message_is_checked() -> None:
+    # No records and no trailer: the authentication data is the message's last bytes.
+    raw = auth.sign(MapRegister(7, ()), "k", auth.ALG_HMAC_SHA256).to_bytes()
+    assert len(raw) == 16 + 32
+    assert auth.verify(raw, "k") and not auth.verify(raw, "K")
+    assert not auth.verify(raw[:-1], "k")

@@ -358,6 +358,8 @@ def test_ecm_wrap_and_header_flags() -> None:
     ecm = EncapsulatedControlMessage.wrap(REQ, V4, IPv4Address("10.1.0.1"), 40000)
     assert ecm.ip == IPv4Header(V4, IPv4Address("10.1.0.1"), ttl=64)
     assert ecm.udp == UDPHeader(40000, 4342) and ecm.message == REQ
+    four = EncapsulatedControlMessage.wrap(REQ, V4, IPv4Address("10.1.0.1"), 5, ttl=3)
+    assert four.ip == IPv4Header(V4, IPv4Address("10.1.0.1"), ttl=3)
     six = EncapsulatedControlMessage.wrap(REQ, V6, IPv6Address("2001:db8::9"), 5, ttl=3)
     assert six.ip == IPv6Header(V6, IPv6Address("2001:db8::9"), hop_limit=3)
     for src, dst in [(V4, V6), (V6, V4)]:
