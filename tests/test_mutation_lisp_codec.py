@@ -404,6 +404,11 @@ def test_ecm_decoding_checks_the_inner_headers() -> None:
     v6[10] = 6
     err = decode_error(bytes(v6))
     assert (err.offset, err.field, err.reason) == (10, "IPv6.next_header", "6 is not UDP")
+    err = decode_error(bytes([0x80, 0, 0, 0]))  # an ECM header and nothing inside
+    assert (err.offset, err.field) == (4, "ECM.ip.version")
+    for cut, field in [(4 + 14, "IPv4.source"), (4 + 18, "IPv4.destination")]:
+        err = decode_error(ecm_bytes(inner)[:cut])
+        assert (err.offset, err.field) == (cut - 2, field)
     v5 = bytearray(ecm_bytes(inner))
     v5[4] = 0x55
     err = decode_error(bytes(v5))
