@@ -108,3 +108,50 @@ def test_subproblem_keeps_the_dcs_and_takes_the_users_in_order() -> None:
     assert sub.user_ids == ("u3", "u1")
     assert sub.bound.tolist() == [40.0, 40.0]
     np.testing.assert_array_equal(sub.latency, p.latency[[3, 1]])
+
+
+class FakeClock:
+    """`milp.time` for the batched heuristic: a solve takes 10 s, nothing else takes time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("time_limit", "n_users", "shares"),
+    [
+        # 3 batches: the first gets a third of 100 s, the next half of the 90 left, the
+        # last the 80 left.
+        (100.0, 5, [100 / 3, 45.0, 80.0]),
+        # Never less than 0.5 s, even when the time is up.
+        (1.2, 3, [0.6, 0.5]),
+        (None, 5, [None, None, None]),
+    ],
+)
+def test_batches_share_the_time_left_evenly(
+    monkeypatch: pytest.MonkeyPatch, time_limit: float | None, n_users: int, shares: list[float]
+) -> None:
+    from pacao.optimize.assign import milp
+
+    clock = FakeClock()
+    real = milp.solve_milp
+    seen: list[float | None] = []
+
+    def solve(sub: AssignProblem, limit: float | None = None) -> object:
+        seen.append(limit)
+        clock.now += 10.0
+        return real(sub)  # no limit for HiGHS: the instance is tiny, the verdict exact
+
+    monkeypatch.setattr(milp, "time", clock)
+    monkeypatch.setattr(milp, "solve_milp", solve)
+    lat = [[30, 50, 110], [30, 70, 50], [50, 30, 110], [110, 50, 30], [30, 30, 30]][:n_users]
+    p = problem_from_dict(doc([9, 9, 9], [0, 0, 0], lat))
+    res = milp.solve_batched(p, 2, time_limit)
+    if time_limit is None:
+        assert seen == shares
+    else:
+        assert seen == pytest.approx(shares, rel=1e-12)
+    assert res.notes["batches"] == len(shares)
