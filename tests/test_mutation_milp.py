@@ -89,6 +89,43 @@ def test_a_dc_at_its_room_sends_the_next_user_past_its_bound() -> None:
     assert res.evaluation.penalties.tolist() in ([1.0, 115 / 40], [115 / 40, 1.0])
 
 
+@pytest.mark.parametrize(
+    ("fn", "caps", "lat", "best"),
+    [
+        # No congestion: T = 1 at 0.2 ms, 4 at 2 ms; d0 takes one user, the other pays 4.
+        ({"breakpoints": [[0, 0], [1, 0]]}, [1, 5], [[0.2, 2.0], [0.2, 2.0]], 5.0),
+        # f(x) = x ms on one DC: both users there see 1 ms, T = 1.2 / 0.5 = 2.4 each, more
+        # than the one-user cut (0.7 / 0.5 = 1.4): the penalty rows (M = 1.4) decide.
+        ({"breakpoints": [[0, 0], [1, 1]]}, [2], [[0.2], [0.2]], 4.8),
+    ],
+)
+def test_sub_millisecond_bounds_keep_the_penalty_rows_exact(
+    fn: object, caps: list[int], lat: list[list[float | None]], best: float
+) -> None:
+    d = doc(caps, [0] * len(caps), lat)
+    d["latency_function"] = fn
+    for user in d["users"]:  # type: ignore[attr-defined]
+        user["bound_ms"] = 0.5  # LT below 1 ms: M_ud and T's upper bound divide by it
+    p = problem_from_dict(d)
+    res = solve_milp(p)
+    assert res.objective == pytest.approx(best) and res.lower_bound == pytest.approx(best)
+
+
+def test_a_dc_without_room_keeps_its_congestion_bounds() -> None:
+    # d0 (2 of 2.5 used) has no room under a rising function: no new user can come, so
+    # both bounds of its L_d are f(0.8) = 19.6 ms, the level with 0 new users (one more
+    # user would be past full load).
+    rising = {"breakpoints": [[0, 0], [0.5, 4], [1, 30]]}
+    d = doc([2, 3], [2, 0], [[10, 20], [10, 25]])
+    d["dcs"][0]["capacity"] = 2.5  # type: ignore[index]
+    d["latency_function"] = rising
+    p = problem_from_dict(d)
+    assert p.room.tolist() == [0, 2]
+    res = solve_milp(p)
+    assert res.choice.tolist() == [1, 1]
+    assert res.objective == pytest.approx(enumerated(p)) and res.optimal
+
+
 def test_users_restricted_to_one_full_dc_are_infeasible_for_the_solver() -> None:
     # Each user alone has room (d0 takes one), and the total room (1 + 1) covers both users,
     # so only the solver sees that d0 cannot take both.
@@ -155,3 +192,4 @@ def test_batches_share_the_time_left_evenly(
     else:
         assert seen == pytest.approx(shares, rel=1e-12)
     assert res.notes["batches"] == len(shares)
+    assert res.seconds == 10.0 * len(shares)
