@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pacao.optimize.assign import InfeasibleError, problem_from_dict
-from pacao.optimize.assign.milp import solve_milp, subproblem
+from pacao.optimize.assign.milp import SolverLimitError, solve_milp, subproblem
 from pacao.optimize.assign.model import AssignProblem, evaluate
 
 FLAT = {"breakpoints": [[0, 5], [1, 5]]}
@@ -132,8 +132,31 @@ def test_users_restricted_to_one_full_dc_are_infeasible_for_the_solver() -> None
     p = problem_from_dict(doc([1, 1], [0, 0], [[30, None], [40, None]]))
     with pytest.raises(InfeasibleError) as err:
         solve_milp(p)
-    assert "the allowed DCs cannot take every user within capacity" in str(err.value)
+    assert err.value.allowed == "infeasible: the allowed DCs cannot take every user within capacity"
     assert err.value.field == "users" and err.value.value == 2
+
+
+def test_a_zero_time_limit_reaches_highs() -> None:
+    p = problem_from_dict(doc(*CASES[0]))
+    with pytest.raises(SolverLimitError) as err:
+        solve_milp(p, time_limit=0.0)
+    assert str(err.value) == "HiGHS found no assignment (Time limit reached)"
+
+
+def test_a_congestion_piece_of_slope_one_per_user_is_kept() -> None:
+    # f = max(0, 4x - 2) ms on capacity 4: the first piece (flat, 0) is redundant and
+    # skipped, the second has coefficient a / C = 1 per user (L_d >= n_d - 2). Three users
+    # on d0 (L = 1 ms, T = 1) and one on d1 (2.2 ms, T = 1.1) is the optimum, 4.1; all four
+    # on d0 would cost 4 x 1.5 = 6 once the congestion is counted.
+    d = doc([4, 4], [0, 0], [[1, 2.2]] * 4)
+    d["latency_function"] = {"breakpoints": [[0, 0], [0.5, 0], [1, 2]]}
+    for user in d["users"]:  # type: ignore[attr-defined]
+        user["bound_ms"] = 2
+    p = problem_from_dict(d)
+    res = solve_milp(p)
+    assert sorted(res.choice.tolist()) == [0, 0, 0, 1]
+    assert res.objective == pytest.approx(4.1) == enumerated(p)
+    assert res.lower_bound == pytest.approx(4.1)
 
 
 def test_subproblem_keeps_the_dcs_and_takes_the_users_in_order() -> None:
