@@ -216,3 +216,16 @@ def test_batches_share_the_time_left_evenly(
         assert seen == pytest.approx(shares, rel=1e-12)
     assert res.notes["batches"] == len(shares)
     assert res.seconds == 10.0 * len(shares)
+
+
+def test_the_reported_time_is_the_solve_s_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pacao.optimize.assign import milp
+
+    class Ticking(FakeClock):
+        def perf_counter(self) -> float:
+            self.now += 1.0
+            return self.now
+
+    monkeypatch.setattr(milp, "time", Ticking())
+    res = milp.solve_milp(problem_from_dict(doc(*CASES[0])))
+    assert res.seconds == 1.0  # read at the start and at the end: one tick apart
