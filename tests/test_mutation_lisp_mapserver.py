@@ -88,10 +88,10 @@ def registered(ms: MapServer) -> list[str]:
 
 def test_a_register_needs_records_that_all_belong_to_one_configured_site() -> None:
     ms, t = server(site(), site("dc2", ("10.2.0.0/16",), key="k2"))
-    register(ms, (MappingRecord(None, 0),), 2)  # a record that is no IP prefix
     register(ms, (rec("10.9.0.0/16"),), 3)  # no site
     register(ms, (rec("10.1.0.0/16"), rec("10.2.0.0/16")), 4)  # two sites
     register(ms, (rec("10.1.0.0/16"), rec("10.9.0.0/16")), 5)  # the second in no site
+    register(ms, (MappingRecord(None, 0),), 2)  # a record that is no IP prefix
     ms.handle_register(MapRegister(1, ()), b"", PEER)  # no records
     assert ms.stats["register_rejected"] == 5 and registered(ms) == []
     assert ms.stats["bad_auth"] == 0 and t.out == []
