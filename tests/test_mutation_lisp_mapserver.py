@@ -4,7 +4,7 @@ HMAC and replay checks (RFC 9301 section 5.6), the per-site limits at their thre
 registration stores (lifetime, T bit, source, xTR-ID), when the state is marked for saving,
 the expiry heap on refreshes, and the signed Map-Notify (RFC 9301 section 5.7).
 
-No socket: the server's transport is a list, its clock a fixed number.
+No socket: the server's transport is a list, its clock a ManualClock that stays put.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pacao.clock import ManualClock
 from pacao.lisp import auth
 from pacao.lisp.address import EidPrefix
 from pacao.lisp.config import MapServerConfig, Site
@@ -52,8 +53,7 @@ def site(name: str = "dc1", prefixes: tuple[str, ...] = ("10.1.0.0/16",), **kw: 
 
 def server(*sites: Site, timeout: float = 180.0) -> tuple[MapServer, Sent]:
     cfg = MapServerConfig(("127.0.0.1", 0), sites or (site(),), None, registration_timeout=timeout)
-    ms = MapServer(cfg)
-    ms.clock = lambda: NOW
+    ms = MapServer(cfg, clock=ManualClock(NOW))
     t = Sent()
     ms.connection_made(t)  # type: ignore[arg-type]
     return ms, t

@@ -563,10 +563,6 @@ class MapServer:
             self.dirty = True
         return dead
 
-    def state_doc(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.state_writer()())
-        return doc
-
     def state_writer(self) -> Callable[[], str]:
         """Snapshot the state in the loop (cheap: each registration's JSON is kept
         ready since it was stored); the returned function builds the file's text,
