@@ -19,26 +19,15 @@ import pytest
 from pacao.optimize.assign import InfeasibleError, problem_from_dict
 from pacao.optimize.assign.milp import SolverLimitError, solve_milp, subproblem
 from pacao.optimize.assign.model import AssignProblem, evaluate
+from test_mutation_assign import doc as assign_doc
 
 FLAT = {"breakpoints": [[0, 5], [1, 5]]}
 
 
 def doc(caps: list[int], existing: list[int], lat: list[list[float | None]]) -> dict[str, object]:
-    return {
-        "latency_function": FLAT,
-        "dcs": [
-            {"name": f"d{j}", "capacity": c, "existing": e}
-            for j, (c, e) in enumerate(zip(caps, existing, strict=True))
-        ],
-        "users": [
-            {
-                "id": f"u{i}",
-                "bound_ms": 40,
-                "latency_ms": {f"d{j}": v for j, v in enumerate(row) if v is not None},
-            }
-            for i, row in enumerate(lat)
-        ],
-    }
+    """test_mutation_assign's instance with the flat latency function."""
+    out: dict[str, object] = assign_doc(caps, existing, lat, FLAT)
+    return out
 
 
 def enumerated(p: AssignProblem) -> float:

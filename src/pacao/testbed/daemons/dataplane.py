@@ -21,7 +21,6 @@ import json
 import os
 import random
 import selectors
-import signal
 import socket
 import struct
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pacao.testbed.daemons import control as control_channel
+from pacao.testbed.daemons import serve
 
 LISP_DATA_PORT = 4341
 HEADER_LEN = 8
@@ -338,14 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bad map-cache entry {item}: {reply['error']}", file=sys.stderr)
                 return 2
 
-    def stop(_sig: int, _frame: Any) -> None:
-        dp.running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print("ready", flush=True)
-    dp.run()
-    return 0
+    return serve(dp)
 
 
 if __name__ == "__main__":

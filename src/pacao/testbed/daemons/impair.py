@@ -18,7 +18,6 @@ import argparse
 import json
 import random
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pacao.testbed.daemons import control as control_channel
+from pacao.testbed.daemons import serve
 from pacao.testbed.daemons.nfqueue import Queue
 
 EARLY = 50e-6  # release packets due within 50 us now rather than sleep again
@@ -186,14 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ends = [End(**e) for e in json.loads(Path(args.config).read_text())]
     line = DelayLine(ends, Path(args.control), args.seed)
 
-    def stop(_sig: int, _frame: Any) -> None:
-        line.running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print("ready", flush=True)
-    line.run()
-    return 0
+    return serve(line)
 
 
 if __name__ == "__main__":

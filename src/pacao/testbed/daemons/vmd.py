@@ -28,12 +28,11 @@ import importlib
 import json
 import os
 import select
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from pacao.testbed.daemons import control
+from pacao.testbed.daemons import control, stop_on_signals
 from pacao.testbed.net import Testbed, proc_start_time, sh
 from pacao.testbed.topo.topology import Topology, vtep
 from pacao.testbed.vm.migration import _locked, _read, _write, run_topology, vm_location
@@ -160,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     vmd = Vmd(state, topo, args.vm, args.memory, args.blob, args.accel)
 
-    def stop(_sig: int, _frame: Any) -> None:
-        vmd.running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(vmd)
     ctl = control.listen(Path(args.socket))
     try:
         vmd.start()
