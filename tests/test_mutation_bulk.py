@@ -1,6 +1,7 @@
-"""The bulk kernel's promises that the first round of mutation tests left open: without
-``finite`` it is :func:`choose` itself (NaN included: finiteness is then the caller's
-test), and the objective comes back in the dtype of the metrics.
+"""The ranking kernel's promises that the first round of mutation tests left open: without
+``finite`` the bulk kernel is :func:`choose` itself (NaN included: finiteness is then the
+caller's test), the objective comes back in the dtype of the metrics, and :func:`choose`
+ranks any leading shape of users.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pacao.optimize.bulk import choose_parallel
-from pacao.optimize.penalty import choose
+from pacao.optimize.penalty import choose, objective_and_secondary
 
 
 def test_without_finite_a_nan_metric_is_ranked_as_choose_ranks_it() -> None:
@@ -35,3 +36,25 @@ def test_the_objective_has_the_dtype_of_the_metrics() -> None:
         idx, obj = choose_parallel(metrics, w, usable, bounds=bounds, exact=exact, workers=1)
         assert obj.dtype == np.float32, exact
         assert idx.tolist() == [0, 1] and obj.tolist() == [1.0, 1.0]
+
+
+def test_choose_keeps_float32_and_ranks_any_leading_shape() -> None:
+    # (candidates, criteria) for one user, and (2, 2, candidates, criteria) for a grid of
+    # users: the same decisions as row by row on (users, candidates, criteria).
+    rng = np.random.default_rng(3)
+    ratios = np.round(rng.uniform(0, 3, size=(4, 5, 2)), 1)
+    w = np.array([0.75, 0.25])
+    usable = rng.random((4, 5)) > 0.2
+    usable[:, 0] = True
+    want_idx, want_obj = choose(ratios.copy(), w, usable)
+    idx, obj = choose(ratios.reshape(2, 2, 5, 2).copy(), w, usable.reshape(2, 2, 5))
+    assert idx.reshape(-1).tolist() == want_idx.tolist()
+    assert obj.reshape(-1).tolist() == want_obj.tolist()
+    for u in range(4):
+        i, o = choose(ratios[u].copy(), w, usable[u])
+        assert (int(i), float(o)) == (want_idx[u], want_obj[u])
+    _, o32 = choose(ratios.astype(np.float32), w, usable)
+    assert o32.dtype == np.float32
+    # The secondary key stays in the ratios' dtype (the penalties are float64 integers).
+    _, sec_c, _ = objective_and_secondary(ratios.astype(np.float32), w)
+    assert sec_c.dtype == np.float32
