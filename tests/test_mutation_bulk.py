@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pacao.optimize.bulk import choose_parallel
-from pacao.optimize.penalty import choose, objective_and_secondary
+from pacao.optimize.penalty import choose, objective_and_secondary, penalties_from_ratios
 
 
 def test_without_finite_a_nan_metric_is_ranked_as_choose_ranks_it() -> None:
@@ -58,3 +58,11 @@ def test_choose_keeps_float32_and_ranks_any_leading_shape() -> None:
     # The secondary key stays in the ratios' dtype (the penalties are float64 integers).
     _, sec_c, _ = objective_and_secondary(ratios.astype(np.float32), w)
     assert sec_c.dtype == np.float32
+
+
+def test_penalties_of_whole_and_float32_ratios_are_float64() -> None:
+    # Integers are their own penalty; a float32 ratio of 1 (bound met exactly) costs 1.
+    pen = penalties_from_ratios(np.array([0, 1, 2, 3]))
+    assert pen.dtype == np.float64 and pen.tolist() == [0.0, 1.0, 2.0, 3.0]
+    pen32 = penalties_from_ratios(np.array([1.0, 2.0, 0.5], dtype=np.float32))
+    assert pen32.dtype == np.float64 and pen32.tolist() == [1.0, 2.0, 1.0]
