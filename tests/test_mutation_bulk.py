@@ -10,6 +10,13 @@ import numpy as np
 
 from pacao.optimize.bulk import choose_parallel
 from pacao.optimize.penalty import choose, objective_and_secondary, penalties_from_ratios
+from pacao.optimize.ties import (
+    OBJECTIVE_TIE,
+    SECONDARY_TIE,
+    first_in_order,
+    rank_order,
+    ranks_before,
+)
 
 
 def test_without_finite_a_nan_metric_is_ranked_as_choose_ranks_it() -> None:
@@ -66,3 +73,27 @@ def test_penalties_of_whole_and_float32_ratios_are_float64() -> None:
     assert pen.dtype == np.float64 and pen.tolist() == [0.0, 1.0, 2.0, 3.0]
     pen32 = penalties_from_ratios(np.array([1.0, 2.0, 0.5], dtype=np.float32))
     assert pen32.dtype == np.float64 and pen32.tolist() == [1.0, 2.0, 1.0]
+
+
+def test_objectives_exactly_one_tolerance_apart_are_tied_in_both_rankings() -> None:
+    # Candidate 0 costs exactly OBJECTIVE_TIE more than candidate 1 and has the lower
+    # secondary key: tied, it ranks first, in the kernel as in the full LISP ranking.
+    c0 = 1.0 + OBJECTIVE_TIE
+    cost = np.array([[c0, 1.0]])
+    assert first_in_order(cost, np.array([[0.1, 0.5]])).tolist() == [0]
+    assert rank_order({0: c0, 1: 1.0}, {0: 0.1, 1: 0.5}, ["a", "b"]) == [0, 1]
+    # Just past the tolerance it is not tied any more.
+    c2 = 1.0 + 2 * OBJECTIVE_TIE
+    assert first_in_order(np.array([[c2, 1.0]]), np.array([[0.1, 0.5]])).tolist() == [1]
+
+
+def test_ranks_before_at_the_tie_boundaries() -> None:
+    t, s = OBJECTIVE_TIE, SECONDARY_TIE
+    cur = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    gain = np.array([t, t, -t, -1.0, 0.0, 0.0])
+    best = np.array([0.5, 1.0, 0.5, 0.5, 1.0 * (1.0 - s), 0.9])
+    got = ranks_before(gain, cur, best).tolist()
+    # A gain of exactly the tolerance is a tie: only a lower secondary key ranks first;
+    # so is a loss of exactly it; a real loss never ranks first; the secondary key must be
+    # lower by more than the relative tolerance.
+    assert got == [True, False, True, False, False, True]
