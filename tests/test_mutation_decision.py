@@ -443,3 +443,30 @@ def test_placement_with_a_one_rloc_dc_and_a_two_rloc_dc() -> None:
     assert use.tolist() == [[True, True], [False, True]]
     assert entry[0].tolist() == [2, 1] and entry[1, 1] == 1 and entry[1, 0] == -1
     assert values[0, :, 0].tolist() == [20.0, 70.0] and values[1, 1, 0] == 70.0
+
+
+def test_an_unmeasured_criterion_on_one_users_path_leaves_the_others_alone() -> None:
+    # Two criteria; user 0's current path lacks its second one, user 1's meets the SLA.
+    n = 2
+    sla = Sla(np.tile([0.5, 0.5], (n, 1)), np.tile([60.0, 10.0], (n, 1)))
+    d = migration_step(
+        now=NOW,
+        params=FREE,
+        current_values=np.array([[30.0, np.nan], [30.0, 5.0]]),
+        current_usable=np.ones(n, bool),
+        place_values=np.tile([[30.0, 5.0], [20.0, 2.0]], (n, 1, 1)),
+        place_usable=np.ones((n, 2), bool),
+        host=np.zeros(n, np.int64),
+        sla=sla,
+        demand=np.tile([1024.0, 1.0], (n, 1)),
+        residual=np.tile([1e6, 1e3], (2, 1)),
+        pinned=np.zeros(n, bool),
+        last_migration=np.full(n, -np.inf),
+        expected_stay_s=np.full(n, 3600.0),
+        migration_s=np.array([[0.0, 40.0]] * n),
+        ongoing_per_dc=np.zeros(2, np.int64),
+        ongoing_total=0,
+    )
+    assert d.sla_met.tolist() == [False, True]
+    assert d.current_objective.tolist() == [np.inf, 1.0]
+    assert reasons(d)[1] == Reason.SLA_MET
