@@ -9,6 +9,7 @@ No socket: the server's transport is a list, its clock a ManualClock that stays 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
@@ -207,7 +208,7 @@ def test_a_registration_records_its_source_lifetime_and_ids() -> None:
     assert reg is not None and reg.expires_at == NOW + 180.0 and not reg.proxy_reply
     assert reg.xtr_id is None and ms.stats["registered"] == 2
     # The state file holds each registration as stored (its JSON kept ready by store()).
-    assert ms.state_doc()["registrations"] == [reg.to_json()]
+    assert json.loads(ms.state_writer()())["registrations"] == [reg.to_json()]
 
 
 def test_the_proxy_reply_record_is_encoded_once_with_the_a_bit_clear() -> None:
