@@ -20,12 +20,12 @@ import pytest
 from sqlalchemy import insert, update
 
 from pacao.clock import ManualClock
-from pacao.controller.drivers.base import DriverError, MigrationJob, VmStatus
+from pacao.controller.drivers.base import MigrationJob, VmStatus
 from pacao.controller.drivers.memory import MemoryHypervisor, MemoryMapping
 from pacao.controller.plans import Context, Executor, VmMigration
 from pacao.controller.storage import Store, plans
 from test_controller_plans import EID, drive, migration_plan, world
-from test_mutation_plans import migration, states, store_at, switch
+from test_mutation_plans import migration, registers_once, states, store_at, switch
 
 ORIGINAL = {"192.0.2.1": 1, "192.0.2.2": 2}
 NEW = {"192.0.2.2": 1, "192.0.2.1": 2}
@@ -400,17 +400,7 @@ def test_failures_are_logged_with_the_plan_action_and_phase(
         "alice", "x", "t", {}, {}, [switch("192.0.2.2", NEW), migration(src="dc7", dst="dc8")]
     )
     store.approve(pid, by="t")
-    real = m.set_priorities
-    calls = 0
-
-    async def once(eid: str, prio: dict[str, int], notify: list[str]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls > 1:
-            raise DriverError("mapping system down")
-        await real(eid, prio, notify)
-
-    m.set_priorities = once  # type: ignore[method-assign]
+    registers_once(m)
     assert asyncio.run(ex.run_plan(pid)) == "failed"
     p = store.plan(pid)
     assert p is not None

@@ -308,13 +308,8 @@ def test_entry_switch_revert_without_stored_priorities_touches_nothing() -> None
     assert m.calls == [(EID, {"192.0.2.1": 1}, ["203.0.113.5"])]
 
 
-def test_a_revert_that_fails_leaves_the_action_in_its_state(tmp_path: Path) -> None:
-    clock = ManualClock(0.0)
-    store = store_at(tmp_path, clock)
-    m, h = world(clock)
-    first = switch("192.0.2.2", {"192.0.2.2": 1, "192.0.2.1": 2})
-    pid = store.create_plan("alice", "x", "t", {}, {}, [first, migration(src="dc7", dst="dc8")])
-    store.approve(pid, by="t")
+def registers_once(m: MemoryMapping) -> None:
+    """The mapping system accepts one registration, then is down (a revert's fails)."""
     real = m.set_priorities
     calls = 0
 
@@ -326,6 +321,16 @@ def test_a_revert_that_fails_leaves_the_action_in_its_state(tmp_path: Path) -> N
         await real(eid, prio, notify)
 
     m.set_priorities = once  # type: ignore[method-assign]
+
+
+def test_a_revert_that_fails_leaves_the_action_in_its_state(tmp_path: Path) -> None:
+    clock = ManualClock(0.0)
+    store = store_at(tmp_path, clock)
+    m, h = world(clock)
+    first = switch("192.0.2.2", {"192.0.2.2": 1, "192.0.2.1": 2})
+    pid = store.create_plan("alice", "x", "t", {}, {}, [first, migration(src="dc7", dst="dc8")])
+    store.approve(pid, by="t")
+    registers_once(m)
     assert asyncio.run(Executor(store, Context(m, h, clock)).run_plan(pid)) == "failed"
     # The switch succeeded, its revert failed: it stays succeeded (the world says so).
     assert states(store, pid) == ("failed", ["succeeded", "skipped"])
