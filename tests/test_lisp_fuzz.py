@@ -18,7 +18,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def test_atheris_finds_nothing(tmp_path: Path) -> None:
-    seconds = int(os.environ.get("PACAO_FUZZ_SECONDS", "25"))
+    seconds = int(os.environ.get("PACAO_FUZZ_SECONDS", "10"))
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     corpus = tmp_path / "corpus"
     subprocess.run([sys.executable, str(HARNESS), "--seed", str(corpus)], env=env, check=True)

@@ -207,7 +207,7 @@ def problems(draw: st.DrawFn) -> Problem:
     return Problem(Mode.RLOC, crit, cands)
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems())
 def test_enumeration_and_milp_agree(p: Problem) -> None:
     exact = solve(p, "exact")
