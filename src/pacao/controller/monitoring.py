@@ -18,7 +18,7 @@ import json
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -222,7 +222,9 @@ class Matcher:
     def vm(self, eid: str) -> str | None:
         return self._within(eid, self.vm_nets)
 
-    def sample(self, xtr: str, rloc: str, rec: ProbeRecord) -> Sample | None:
+    def sample(
+        self, xtr: str, rloc: str, rec: ProbeRecord, seen: float | None = None
+    ) -> Sample | None:
         """The sample of a managed path (None for a mapping the controller does not manage):
         a VM's EID measures xTR<->VM (through the probed locator, the host DC's choice is
         made when the window is used), a user's EID or RLOC user<->xTR."""
@@ -234,7 +236,9 @@ class Matcher:
             if user is None:
                 return None
             subject, path = user, USER_XTR
-        return Sample(rec.ts, path, xtr, rloc, subject, rec.rtt_ms, rec.locator, rec.jitter_ms)
+        return Sample(
+            rec.ts, path, xtr, rloc, subject, rec.rtt_ms, rec.locator, rec.jitter_ms, seen
+        )
 
 
 def aggregate(samples: Iterable[Sample], start: float, end: float) -> list[WindowStat]:
@@ -330,7 +334,7 @@ class Monitor:
             return 0
         now = self.clock.now()
         fresh = [
-            replace(s, seen=now) for s in (self.matcher.sample(*measuring, r) for r in records) if s
+            s for s in (self.matcher.sample(*measuring, r, now) for r in records) if s is not None
         ]
         if not fresh:
             return 0
