@@ -1,10 +1,16 @@
-"""The paper's Figs. 12-16 from a reproduce run, as PNG files (matplotlib, Agg)."""
+"""The paper's Figs. 12-19 from a reproduce run folder, as PNG files (matplotlib, Agg).
+
+Every figure reads the run's files (pacao.report.results), so a partitioned run's reduced
+files (positions with sample counts, binned RTT counts) give the same figures, binned
+where they say so.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -16,13 +22,20 @@ import pandas as pd
 from matplotlib.collections import LineCollection
 from numpy.typing import NDArray
 
-from pacao.sim.network import BOUND_QUANTILES, throughput_mbps
-
-if TYPE_CHECKING:
-    from pacao.report.results import Headline, Inputs
-    from pacao.sim.congestion import CongestionRun
-    from pacao.sim.engine import Trajectories
-    from pacao.sim.sweep import Deployment
+from pacao.report.results import (
+    BINNED_NOTE,
+    CongestionUsers,
+    HeadlineRun,
+    deployments,
+    network,
+    read_congestion_users,
+    read_dcs,
+    read_headlines,
+    read_lacs,
+    read_positions,
+    results,
+)
+from pacao.sim.network import BOUND_QUANTILES
 
 TITLES = {"france_isp": "France/ISP", "europe_ott": "Europe/OTT"}
 POLICY_STYLE = {
@@ -30,7 +43,6 @@ POLICY_STYLE = {
     "pacao1": ("PACAO-1 (entry switching)", "tab:blue", "--"),
     "pacao2": ("PACAO-2 (switching + VM migration)", "tab:red", "-"),
 }
-LEVELS = np.linspace(0.0, 1.0, 401)
 MAP_USERS = 250
 
 
@@ -50,24 +62,45 @@ def _weighted_cdf(
 
 
 def fig12_map(
-    path: Path, lacs: pd.DataFrame, traces: pd.DataFrame, dcs: pd.DataFrame, seed: int = 0
+    path: Path,
+    lacs: pd.DataFrame,
+    dcs: pd.DataFrame,
+    traces: pd.DataFrame | None,
+    positions: pd.DataFrame,
+    seed: int = 0,
 ) -> str:
-    """DC sites of both use cases over the LAC centres and a sample of trajectories."""
-    users = traces["user_id"].to_numpy()
-    uniq = np.unique(users)
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(uniq, size=min(MAP_USERS, len(uniq)), replace=False)
-    sub = traces[np.isin(users, pick)]
-    segs = [g[["lon", "lat"]].to_numpy() for _, g in sub.groupby("user_id", sort=False)]
+    """DC sites of both use cases over the LAC centres and a sample of trajectories, or,
+    without per-sample traces (a partitioned run), the visited positions sized by their
+    sample counts."""
+    segs: list[NDArray[np.float64]] = []
+    if traces is not None:
+        users = traces["user_id"].to_numpy()
+        uniq = np.unique(users)
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(uniq, size=min(MAP_USERS, len(uniq)), replace=False)
+        sub = traces[np.isin(users, pick)]
+        segs = [g[["lon", "lat"]].to_numpy() for _, g in sub.groupby("user_id", sort=False)]
     fig, axes = plt.subplots(1, 2, figsize=(15, 7))
     for ax, uc in zip(axes, ("france_isp", "europe_ott"), strict=True):
         n = int(dcs[dcs.use_case == uc].n_dcs.max())
         d = dcs[(dcs.use_case == uc) & (dcs.n_dcs == n)]
         ax.scatter(lacs["lon"], lacs["lat"], s=2, c="0.8", label="LAC centres", zorder=1)
-        ax.add_collection(
-            LineCollection(segs, colors="tab:blue", linewidths=0.5, alpha=0.35, zorder=2)
-        )
-        ax.plot([], [], color="tab:blue", lw=0.8, label=f"trajectories ({len(segs)} users)")
+        if traces is not None:
+            ax.add_collection(
+                LineCollection(segs, colors="tab:blue", linewidths=0.5, alpha=0.35, zorder=2)
+            )
+            ax.plot([], [], color="tab:blue", lw=0.8, label=f"trajectories ({len(segs)} users)")
+        else:
+            w = positions["samples"].to_numpy(np.float64)
+            ax.scatter(
+                positions["lon"],
+                positions["lat"],
+                s=2 + 60 * np.sqrt(w / w.max()),
+                c="tab:blue",
+                alpha=0.4,
+                zorder=2,
+                label=f"positions ({len(w):,}; area ~ samples, {int(w.sum()):,} in all)",
+            )
         ax.scatter(
             d["lon"],
             d["lat"],
@@ -80,7 +113,8 @@ def fig12_map(
         )
         lat0 = float(np.mean(np.r_[lacs["lat"].to_numpy(), d["lat"].to_numpy()]))
         ax.set_aspect(1.0 / np.cos(np.radians(lat0)))
-        ax.set_title(f"{TITLES[uc]}: {n} DCs and user trajectories")
+        what = "user trajectories" if traces is not None else "visited positions"
+        ax.set_title(f"{TITLES[uc]}: {n} DCs and {what}")
         ax.set_xlabel("longitude")
         ax.set_ylabel("latitude")
         ax.legend(loc="lower left", fontsize=8)
@@ -89,31 +123,37 @@ def fig12_map(
     return _save(fig, path)
 
 
-def fig13_rtt_cdfs(path: Path, tr: Trajectories, deps: list[Deployment]) -> str:
-    """User<->DC RTT over all (sample, DC) pairs and DC<->DC RTT, per use case."""
+def fig13_rtt_cdfs(
+    path: Path, positions: pd.DataFrame, dcs: pd.DataFrame, sweep: pd.DataFrame
+) -> str:
+    """User<->DC RTT over all (sample, DC) pairs and DC<->DC RTT, per use case: exact from
+    the positions' sample counts; bounds from the sweep rows."""
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     cmap = plt.get_cmap("viridis")
+    weight = positions["samples"].to_numpy(np.int64)
     for col, uc in enumerate(("france_isp", "europe_ott")):
-        mine = sorted((d for d in deps if d.use_case == uc), key=lambda d: d.n_dcs)
-        for i, dep in enumerate(mine):
+        mine = sorted(((n, g) for u, n, g in deployments(dcs) if u == uc), key=lambda x: x[0])
+        for i, (n, g) in enumerate(mine):
             color = cmap(i / max(1, len(mine) - 1))
-            w = np.repeat(tr.pos_weight, dep.n_dcs)
-            v, c = _weighted_cdf(dep.net.user_dc.ravel(), w)
-            axes[0, col].plot(v, c, color=color, label=f"{dep.n_dcs} DCs")
-            if dep.n_dcs > 1:
-                iu = np.triu_indices(dep.n_dcs, k=1)
-                dd = np.sort(dep.net.dc_dc[iu])
+            net = network(positions, g)
+            v, c = _weighted_cdf(net.user_dc.ravel(), np.repeat(weight, n))
+            axes[0, col].plot(v, c, color=color, label=f"{n} DCs")
+            if n > 1:
+                iu = np.triu_indices(n, k=1)
+                dd = np.sort(net.dc_dc[iu])
                 axes[1, col].plot(
-                    dd, np.arange(1, len(dd) + 1) / len(dd), color=color, label=f"{dep.n_dcs} DCs"
+                    dd, np.arange(1, len(dd) + 1) / len(dd), color=color, label=f"{n} DCs"
                 )
-        head = next((d for d in mine if d.n_dcs == max(x.n_dcs for x in mine)), None)
-        if head is not None:
-            for name, ms in head.bounds.items():
+        if mine:
+            top = mine[-1][0]
+            rows = sweep[(sweep.use_case == uc) & (sweep.n_dcs == top)]
+            for name in BOUND_QUANTILES:
+                ms = float(rows[rows.bound == name].bound_ms.iloc[0])
                 axes[0, col].axvline(ms, color="k", ls=":", lw=0.8)
                 axes[0, col].text(
                     ms,
                     0.02 + 0.1 * list(BOUND_QUANTILES).index(name),
-                    f" {name}\n ({head.n_dcs} DCs)",
+                    f" {name}\n ({top} DCs)",
                     fontsize=7,
                 )
         axes[0, col].set_title(f"{TITLES[uc]}: user-DC RTT (all sample x DC pairs)")
@@ -230,68 +270,47 @@ def fig_sensitivity(path: Path, sens: pd.DataFrame) -> str:
     return _save(fig, path)
 
 
-def fig16_throughput(path: Path, heads: dict[str, Headline]) -> str:
+def fig16_throughput(path: Path, heads: dict[str, HeadlineRun], sweep: pd.DataFrame) -> str:
     """CDF of the per-sample maximum TCP throughput, legacy / PACAO-1 / PACAO-2."""
     fig, axes = plt.subplots(1, len(heads), figsize=(7 * len(heads), 5), squeeze=False)
+    binned = False
     for ax, (uc, h) in zip(axes[0], heads.items(), strict=True):
-        for pol, rtt in h.rtt.items():
+        for pol, c in h.throughput(sweep).items():
             label, color, ls = POLICY_STYLE[pol]
-            q = np.quantile(throughput_mbps(rtt), LEVELS)
-            ax.plot(q, LEVELS, color=color, ls=ls, label=f"{label}, median {np.median(q):.1f}")
+            ax.plot(c.x, c.y, color=color, ls=ls, label=f"{label}, median {c.median:.1f}")
+            binned |= c.binned
         ax.set_title(
-            f"{TITLES[uc]}, {h.dep.n_dcs} DCs, strict bound, S'={h.point.s1:.0%}, "
-            f"S''={h.point.s2:.0%} of S'"
+            f"{TITLES[uc]}, {h.n_dcs} DCs, strict bound, S'={h.s1:.0%}, S''={h.s2:.0%} of S'"
         )
         ax.set_xlabel("maximum TCP throughput (Mbit/s), 163,840 B window / RTT")
         ax.set_ylabel("CDF over user samples")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
-    fig.suptitle("Fig. 16: maximum estimated throughput")
+    fig.suptitle("Fig. 16: maximum estimated throughput" + (f" ({BINNED_NOTE})" if binned else ""))
     fig.tight_layout()
     return _save(fig, path)
-
-
-def draw_all(
-    out: Path,
-    inputs: Inputs,
-    tr: Trajectories,
-    deps: list[Deployment],
-    heads: dict[str, Headline],
-    advance: Callable[[], None] = lambda: None,
-) -> dict[str, str]:
-    """Figs. 12-16 of the run folder (the sweep's from results/sweep.parquet); returns
-    {figure: file name}."""
-    sweep = pd.read_parquet(out / "results" / "sweep.parquet")
-    figs = {"fig12": fig12_map(out / "fig12_map.png", inputs.lacs, inputs.traces, inputs.dcs)}
-    advance()
-    figs["fig13"] = fig13_rtt_cdfs(out / "fig13_rtt_cdf.png", tr, deps)
-    advance()
-    figs["fig14"] = fig_heatmaps(out / "fig14_france_isp_heatmaps.png", sweep, "france_isp", 14)
-    advance()
-    figs["fig15"] = fig_heatmaps(out / "fig15_europe_ott_heatmaps.png", sweep, "europe_ott", 15)
-    advance()
-    figs["fig16"] = fig16_throughput(out / "fig16_throughput_cdf.png", heads)
-    return figs
 
 
 #: Fig. 19's deployments: the paper's headline DC count per use case.
 FIG19 = (("france_isp", 64), ("europe_ott", 4))
 
 
-def fig18_congestion_cdf(path: Path, runs: list[CongestionRun]) -> str:
+def fig18_congestion_cdf(path: Path, users: CongestionUsers) -> str:
     """CDF of user RTT (l_ud + f_d at the DC's load) under congestion-aware assignment."""
-    ucs = [uc for uc in TITLES if any(r.use_case == uc for r in runs)]
+    ucs = [uc for uc in TITLES if any(k[0] == uc for k in users.curves)]
     fig, axes = plt.subplots(1, len(ucs), figsize=(7 * len(ucs), 5), squeeze=False)
     cmap = plt.get_cmap("viridis")
+    binned = False
     for ax, uc in zip(axes[0], ucs, strict=True):
-        mine = sorted((r for r in runs if r.use_case == uc), key=lambda r: r.n_dcs)
-        for i, r in enumerate(mine):
-            v = np.sort(r.rtt_aware_ms)
+        mine = sorted(k[1] for k in users.curves if k[0] == uc)
+        for i, n in enumerate(mine):
+            c = users.curves[(uc, n)]
+            binned |= c.binned
             ax.plot(
-                v,
-                np.arange(1, len(v) + 1) / len(v),
+                c.x,
+                c.y,
                 color=cmap(i / max(1, len(mine) - 1)),
-                label=f"{r.n_dcs} DCs, median {np.median(v):.1f} ms",
+                label=f"{n} DCs, median {c.median:.1f} ms",
             )
         ax.axvline(75.0, color="k", ls=":", lw=0.8)
         ax.set_title(f"{TITLES[uc]}: congestion-aware assignment (lagrange)")
@@ -299,42 +318,106 @@ def fig18_congestion_cdf(path: Path, runs: list[CongestionRun]) -> str:
         ax.set_ylabel("CDF over users (snapshot 12 h after the first sample)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("Fig. 18: RTT with congestion-aware assignment, per DC count")
+    fig.suptitle(
+        "Fig. 18: RTT with congestion-aware assignment, per DC count"
+        + (f" ({BINNED_NOTE})" if binned else "")
+    )
     fig.tight_layout()
     return _save(fig, path)
 
 
-def fig19_users_per_dc(path: Path, runs: list[CongestionRun], dcs: pd.DataFrame) -> str:
-    """Users per DC with and without congestion awareness; DCs west to east."""
-    pick = [r for uc, n in FIG19 for r in runs if r.use_case == uc and r.n_dcs == n]
+def fig19_users_per_dc(path: Path, per_dc: pd.DataFrame) -> str:
+    """Users per DC with and without congestion awareness (results/congestion_dcs.parquet);
+    DCs west to east."""
+    pick = [
+        per_dc[(per_dc.use_case == uc) & (per_dc.n_dcs == n)].sort_values("dc")
+        for uc, n in FIG19
+        if ((per_dc.use_case == uc) & (per_dc.n_dcs == n)).any()
+    ]
     fig, axes = plt.subplots(len(pick), 1, figsize=(13, 4.2 * len(pick)), squeeze=False)
-    for ax, r in zip(axes[:, 0], pick, strict=True):
-        d = dcs[(dcs.use_case == r.use_case) & (dcs.n_dcs == r.n_dcs)].reset_index(drop=True)
+    for ax, d in zip(axes[:, 0], pick, strict=True):
+        n = len(d)
+        capacity = float(d["capacity"].iloc[0])
         order = np.argsort(d["lon"].to_numpy(), kind="stable")
-        x = np.arange(r.n_dcs)
-        ax.bar(x - 0.2, r.load_unaware[order], 0.4, color="tab:gray", label="nearest DC (unaware)")
-        ax.bar(x + 0.2, r.load_aware[order], 0.4, color="tab:red", label="congestion-aware")
-        ax.axhline(r.capacity, color="k", ls="--", lw=0.8, label=f"capacity {r.capacity:.0f}")
+        x = np.arange(n)
+        aware, unaware = d["users_aware"].to_numpy(), d["users_unaware"].to_numpy()
+        ax.bar(x - 0.2, unaware[order], 0.4, color="tab:gray", label="nearest DC (unaware)")
+        ax.bar(x + 0.2, aware[order], 0.4, color="tab:red", label="congestion-aware")
+        ax.axhline(capacity, color="k", ls="--", lw=0.8, label=f"capacity {capacity:.0f}")
         names = d["name"].astype(str).to_numpy()[order]
         ax.set_xticks(x)
-        ax.set_xticklabels(names, rotation=90, fontsize=6 if r.n_dcs > 16 else 9)
+        ax.set_xticklabels(names, rotation=90, fontsize=6 if n > 16 else 9)
         ax.set_ylabel("users")
-        ax.set_title(f"{TITLES[r.use_case]}, {r.n_dcs} DCs (west to east)")
+        ax.set_title(f"{TITLES[str(d.use_case.iloc[0])]}, {n} DCs (west to east)")
         ax.legend(fontsize=8)
     fig.suptitle("Fig. 19: users per DC with and without congestion awareness")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def draw_congestion(
-    out: Path,
-    runs: list[CongestionRun],
-    dcs: pd.DataFrame,
-    advance: Callable[[], None] = lambda: None,
+def figure_plan(out: Path) -> list[tuple[str, Callable[[], str]]]:
+    """The figures the run folder's files allow, in report order, each as (key, draw);
+    a pipeline counts them for its progress line."""
+    res = results(out)
+    summary = json.loads((out / "summary.json").read_text())
+    partitioned = "partitioned" in summary
+    sweep = pd.read_parquet(res / "sweep.parquet")
+    dcs = read_dcs(out)
+    positions = read_positions(out)
+
+    def fig12() -> str:
+        traces = None if partitioned else pd.read_parquet(out / "traces.parquet")
+        return fig12_map(out / "fig12_map.png", read_lacs(out), dcs, traces, positions)
+
+    plan: list[tuple[str, Callable[[], str]]] = [
+        ("fig12", fig12),
+        ("fig13", lambda: fig13_rtt_cdfs(out / "fig13_rtt_cdf.png", positions, dcs, sweep)),
+        (
+            "fig14",
+            lambda: fig_heatmaps(out / "fig14_france_isp_heatmaps.png", sweep, "france_isp", 14),
+        ),
+        (
+            "fig15",
+            lambda: fig_heatmaps(out / "fig15_europe_ott_heatmaps.png", sweep, "europe_ott", 15),
+        ),
+        (
+            "fig16",
+            lambda: fig16_throughput(
+                out / "fig16_throughput_cdf.png", read_headlines(out, partitioned), sweep
+            ),
+        ),
+    ]
+    per_dc = res / "congestion_dcs.parquet"
+    if per_dc.is_file():
+        users = read_congestion_users(out, partitioned)
+        if users is not None:
+            plan.append(
+                ("fig18", lambda: fig18_congestion_cdf(out / "fig18_congestion_rtt_cdf.png", users))
+            )
+        plan.append(
+            (
+                "fig19",
+                lambda: fig19_users_per_dc(out / "fig19_users_per_dc.png", pd.read_parquet(per_dc)),
+            )
+        )
+    if summary.get("sensitivity") is not None:
+        plan.append(
+            (
+                "sensitivity",
+                lambda: fig_sensitivity(
+                    out / "fig_sensitivity.png", pd.read_parquet(res / "sensitivity.parquet")
+                ),
+            )
+        )
+    return plan
+
+
+def draw_all(
+    plan: list[tuple[str, Callable[[], str]]], advance: Callable[[], None] = lambda: None
 ) -> dict[str, str]:
-    """Figs. 18-19 of the congestion stage."""
-    figs = {"fig18": fig18_congestion_cdf(out / "fig18_congestion_rtt_cdf.png", runs)}
-    advance()
-    figs["fig19"] = fig19_users_per_dc(out / "fig19_users_per_dc.png", runs, dcs)
-    advance()
+    """Draw every figure of ``plan``; returns {figure: file name}."""
+    figs = {}
+    for key, draw in plan:
+        figs[key] = draw()
+        advance()
     return figs

@@ -6,20 +6,29 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pacao import __version__
+from pacao.report.results import (
+    BINNED_NOTE,
+    CongestionUsers,
+    HeadlineRun,
+    RunSettings,
+    deployments,
+    ideal_medians,
+    read_congestion_users,
+    read_dcs,
+    read_headlines,
+    read_inputs,
+    read_positions,
+    results,
+)
 from pacao.sim.network import PAPER_BUFFERBLOAT_MS, throughput_mbps
-
-if TYPE_CHECKING:
-    from pacao.report.results import Headline, Inputs, RunSettings
-    from pacao.sim.congestion import CongestionRun
-    from pacao.sim.engine import Trajectories
-    from pacao.sim.sweep import Deployment
 
 TITLES = {"france_isp": "France/ISP", "europe_ott": "Europe/OTT"}
 PAPER_GAIN = {"france_isp": 0.40, "europe_ott": 0.30}
@@ -140,9 +149,40 @@ def _sensitivity_section(sens: pd.DataFrame, figures: dict[str, str]) -> str:
     )
 
 
-def _gain(a: np.ndarray, b: np.ndarray) -> float:
-    """Median-throughput gain of RTT sample set a over b."""
-    return float(np.median(throughput_mbps(a)) / np.median(throughput_mbps(b)) - 1.0)
+@dataclass(frozen=True)
+class Headline:
+    """What the report states of one headline configuration, from the run's files."""
+
+    run: HeadlineRun
+    legacy_mbps: float  # median throughput of legacy
+    ideal_ms: float  # median RTT, entry and VM at the nearest DC at every instant
+    ideal_mbps: float
+    vm_near: float | None  # share of users whose drawn VM DC is their entry DC
+
+    @property
+    def ideal_gain(self) -> float:
+        return float(self.ideal_mbps / self.legacy_mbps - 1.0)
+
+
+def _headlines(
+    out: Path, sweep: pd.DataFrame, dcs: pd.DataFrame, partitioned: bool
+) -> dict[str, Headline]:
+    positions = read_positions(out)
+    place = None if partitioned else pd.read_parquet(out / "legacy_placement.parquet")
+    heads = {}
+    for uc, h in read_headlines(out, partitioned).items():
+        rows = next(g for u, n, g in deployments(dcs) if (u, n) == (uc, h.n_dcs))
+        ideal_ms, ideal_mbps = ideal_medians(positions, rows)
+        if h.rtt is not None:
+            legacy_mbps = float(np.median(throughput_mbps(h.rtt["legacy"])))
+        else:
+            legacy_mbps = h.median_throughput(sweep)["legacy"]
+        vm_near = None
+        if place is not None:
+            p = place[(place.use_case == uc) & (place.n_dcs == h.n_dcs)]
+            vm_near = float(np.mean((p.vm_dc == p.entry_dc).to_numpy()))
+        heads[uc] = Headline(h, legacy_mbps, ideal_ms, ideal_mbps, vm_near)
+    return heads
 
 
 def _sens(sens: pd.DataFrame | None, uc: str, group: str, **match: str) -> float | None:
@@ -157,34 +197,36 @@ def _sens(sens: pd.DataFrame | None, uc: str, group: str, **match: str) -> float
 
 def _why(
     uc: str,
-    h: Headline,
+    head: Headline,
     s: dict[str, Any],
-    tr: Trajectories,
     opts: RunSettings,
     sens: pd.DataFrame | None,
     claims: list[dict[str, Any]] | None,
 ) -> str:
     """The differences with the paper, each with its cause, from this run's figures."""
-    leg, p1, p2 = h.rtt["legacy"], h.rtt["pacao1"], h.rtt["pacao2"]
+    h = head.run
     need = PAPER_GAIN[uc]
     ours = float(s["pacao2_median_throughput_gain"])
-    ideal_gain = _gain(h.ideal, leg)
-    med_ideal = float(np.median(h.ideal))
-    vm_near = float(np.mean(h.dep.start.vm == h.dep.start.entry))
+    ideal_gain = head.ideal_gain
+    med_ideal = head.ideal_ms
     floor = PAPER_BUFFERBLOAT_MS
+    placed = (
+        "."
+        if head.vm_near is None
+        else f". The drawn VM DC is the user's entry DC for {head.vm_near:.1%} of users "
+        f"(1 in {h.n_dcs} by construction); the others reach their VM through a DC-DC leg "
+        f"from the entry at the first position."
+    )
     verdict = "within" if abs(ours - need) <= need / 3 else "outside"
     items = [
         f"PACAO-2 median throughput gain <b>{ours:+.1%}</b> against the paper's about "
         f"{need:+.0%} ({100 * (ours - need):+.1f} points, {verdict} the +/- {need / 3:.0%} "
         'we accept as "roughly").',
-        f"Legacy ({_e(opts.legacy)}): median RTT {s['legacy_median_rtt_ms']:.2f} ms. "
-        f"The drawn VM DC is the user's entry DC for {vm_near:.1%} of users "
-        f"(1 in {h.dep.n_dcs} by construction); the others reach their VM through a DC-DC leg "
-        f"from the entry at the first position.",
+        f"Legacy ({_e(opts.legacy)}): median RTT {s['legacy_median_rtt_ms']:.2f} ms{placed}",
         f"Ceiling: entry and VM at the DC nearest to the user at every instant give a median "
         f"of {med_ideal:.2f} ms, a gain of {ideal_gain:+.1%}; PACAO-2 reaches "
-        f"{float(np.median(p2)):.2f} ms ({ours / ideal_gain:.0%} of that gain, the rest is its "
-        "reaction delay S' + S''). Every user-DC RTT is at least the paper's "
+        f"{s['pacao2_median_rtt_ms']:.2f} ms ({ours / ideal_gain:.0%} of that gain, the rest "
+        "is its reaction delay S' + S''). Every user-DC RTT is at least the paper's "
         f"{floor:.0f} ms bufferbloat term, so a median gain g needs a legacy median of at least "
         f"{med_ideal:.1f} x (1 + g) ms: {med_ideal * (1 + need):.1f} ms for the paper's "
         f"{need:.0%}; ours is {s['legacy_median_rtt_ms']:.1f} ms. The gap to the paper is how far "
@@ -223,12 +265,17 @@ def _why(
             f"would) gives {g_active:+.1%}, {100 * (g_active - ours):+.1f} points from the "
             "headline."
         )
-    share1 = float(np.mean(p1 < leg - 1e-9))
-    worse1 = float(np.mean(p1 > leg + 1e-9))
+    if h.rtt is not None:
+        leg, p1 = h.rtt["legacy"], h.rtt["pacao1"]
+        share1 = float(np.mean(p1 < leg - 1e-9))
+        worse1 = float(np.mean(p1 > leg + 1e-9))
+        faster = f"{share1:.1%} of samples faster than legacy, {worse1:.1%} slower, "
+    else:
+        faster = ""
     items.append(
         f"PACAO-1 ({h.switches['pacao1']:,} entry switches, entry metric "
-        f"{_e(opts.entry_metric)}): {share1:.1%} of samples faster than legacy, {worse1:.1%} "
-        f"slower, median gain {float(s['pacao1_median_throughput_gain']):+.1%}. Switching to "
+        f"{_e(opts.entry_metric)}): {faster}"
+        f"median gain {float(s['pacao1_median_throughput_gain']):+.1%}. Switching to "
         "the entry nearest to the user while the VM stays adds the DC-DC leg, so under one "
         "stretch for every leg (the paper's model) it helps only where the old entry was off the "
         'way to the VM; the paper\'s "limited gain to some users" matches that qualitatively.'
@@ -296,31 +343,31 @@ def _other_failures(claims: list[dict[str, Any]]) -> str:
 def write_report(
     out: Path,
     *,
-    inputs: Inputs,
     opts: RunSettings,
-    tr: Trajectories,
-    deps: list[Deployment],
-    heads: dict[str, Headline],
     figures: dict[str, str],
-    congestion: list[CongestionRun] | None = None,
     stage_seconds: dict[str, float],
     total_seconds: float,
 ) -> Path:
     """Write report.html in ``out`` and return its path.
 
-    The headline numbers, the claims, the sensitivity rows and the sweep are read from
-    the run folder's files (summary.json, results/*.parquet), so the report states what
-    the run wrote; the per-sample headline arrays and the deployments come in memory.
+    Everything is read from the run folder's files (summary.json, results/, dcs.csv, and
+    for a single-file run traces.parquet and legacy_placement.parquet), so the report
+    states what the run wrote, and a partitioned run's reduced files go through the same
+    code; only the run's settings and timings come from the caller.
     """
     doc = json.loads((out / "summary.json").read_text())
+    partitioned: dict[str, Any] | None = doc.get("partitioned")
     summary: dict[str, dict[str, Any]] = {uc: doc[uc] for uc in TITLES if uc in doc}
     claims: list[dict[str, Any]] | None = doc.get("claims")
     sensitivity = (
         None
         if doc.get("sensitivity") is None
-        else pd.read_parquet(out / "results" / "sensitivity.parquet")
+        else pd.read_parquet(results(out) / "sensitivity.parquet")
     )
-    sweep = pd.read_parquet(out / "results" / "sweep.parquet")
+    sweep = pd.read_parquet(results(out) / "sweep.parquet")
+    dcs = read_dcs(out)
+    info = read_inputs(out)
+    heads = _headlines(out, sweep, dcs, partitioned is not None)
     parts: list[str] = []
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts.append(
@@ -330,9 +377,9 @@ def write_report(
     )
     grid = opts.grid_values
     run_rows = [
-        ["traces", _e(inputs.source)],
-        ["users / samples", f"{tr.n_users:,} / {tr.n_samples:,}"],
-        ["DC counts", ", ".join(str(d.n_dcs) for d in deps if d.use_case == "france_isp")],
+        ["traces", _e(info["source"])],
+        ["users / samples", f"{info['users']:,} / {info['samples']:,}"],
+        ["DC counts", ", ".join(str(n) for uc, n, _ in deployments(dcs) if uc == "france_isp")],
         ["S' grid (fraction of LAC residence time)", ", ".join(f"{x:.0%}" for x in grid)],
         ["S'' grid (fraction of S')", ", ".join(f"{x:.0%}" for x in grid)],
         [
@@ -356,15 +403,17 @@ def write_report(
         ],
     ]
     parts.append("<h2>Run</h2>" + _table(["", "value"], run_rows, left=2))
+    if partitioned is not None:
+        parts.append(_partitioned_section(partitioned))
 
     head_rows = []
     for uc, s in summary.items():
-        h = heads[uc]
+        h = heads[uc].run
         head_rows.append(
             [
                 TITLES[uc],
                 str(s["n_dcs"]),
-                f"{h.point.s1:.0%} / {h.point.s2:.0%}",
+                f"{h.s1:.0%} / {h.s2:.0%}",
                 f"{s['legacy_median_rtt_ms']:.2f}",
                 f"{s['pacao1_median_rtt_ms']:.2f}",
                 f"{s['pacao2_median_rtt_ms']:.2f}",
@@ -372,7 +421,7 @@ def write_report(
                 f"{s['pacao2_median_throughput_gain']:+.2%}",
                 f"~{PAPER_GAIN[uc]:+.0%}",
                 f"{100 * (s['pacao2_median_throughput_gain'] - PAPER_GAIN[uc]):+.1f} pts",
-                f"{_gain(h.ideal, h.rtt['legacy']):+.2%}",
+                f"{heads[uc].ideal_gain:+.2%}",
             ]
         )
     parts.append(
@@ -402,29 +451,31 @@ def write_report(
     paper_rows = [
         [
             TITLES[uc],
-            f"{h.paper_setting['pacao1']:.2f}",
-            f"{h.paper_setting['pacao2']:.2f}",
-            f"{float(np.median(h.rtt['legacy'])):.2f}",
+            f"{h.run.paper_setting['pacao1']:.2f}",
+            f"{h.run.paper_setting['pacao2']:.2f}",
+            f"{float(summary[uc]['legacy_median_rtt_ms']):.2f}",
         ]
         for uc, h in heads.items()
+        if h.run.paper_setting is not None
     ]
-    parts.append(
-        "<p>The paper's best setting is written 6', 36''. Read as absolute times (S' = 6 min, "
-        "S'' = 36 s), it gives these medians (ms) on the same deployments:</p>"
-        + _table(["use case", "PACAO-1", "PACAO-2", "legacy"], paper_rows)
-    )
+    if paper_rows:
+        parts.append(
+            "<p>The paper's best setting is written 6', 36''. Read as absolute times (S' = 6 "
+            "min, S'' = 36 s), it gives these medians (ms) on the same deployments:</p>"
+            + _table(["use case", "PACAO-1", "PACAO-2", "legacy"], paper_rows)
+        )
     if claims:
         parts.append(_claims_section(claims))
     parts.append("<h2>Where we differ from the paper, and why</h2>")
     for uc, s in summary.items():
         parts.append(
             f"<h3>{TITLES[uc]}, {s['n_dcs']} DCs</h3>"
-            + _why(uc, heads[uc], s, tr, opts, sensitivity, claims)
+            + _why(uc, heads[uc], s, opts, sensitivity, claims)
         )
     if claims:
         parts.append(_other_failures(claims))
-    if inputs.stats:
-        st = inputs.stats
+    st = info.get("trace_stats")
+    if st:
 
         def q(key: str) -> str:
             v = st.get(key, {})
@@ -471,10 +522,20 @@ def write_report(
         "fig18": "Fig. 18: RTT (user-DC + congestion latency) under congestion-aware assignment.",
         "fig19": "Fig. 19: users per DC with and without congestion awareness.",
     }
+    if partitioned is not None:
+        cap["fig12"] = (
+            "Fig. 12: DC sites (largest deployment per use case), the visited positions (area "
+            "grows with their sample counts; a partitioned run keeps no trajectories)."
+        )
+        cap["fig16"] += f" CDF from the merged RTT histograms ({BINNED_NOTE}); medians exact."
     if sensitivity is not None and len(sensitivity):
         parts.append(_sensitivity_section(sensitivity, figures))
-    if congestion:
-        parts.append(_congestion_section(congestion, figures, inputs.dcs))
+    per_dc = results(out) / "congestion_dcs.parquet"
+    users = read_congestion_users(out, partitioned is not None)
+    if "congestion" in doc and per_dc.is_file() and users is not None:
+        parts.append(
+            _congestion_section(doc["congestion"], figures, pd.read_parquet(per_dc), users)
+        )
     parts.append("<h2>Figures</h2>")
     for k, f in figures.items():
         if k in ("fig18", "fig19", "sensitivity"):
@@ -529,19 +590,7 @@ def write_report(
             left=3,
         )
     )
-    parts.append(
-        "<h2>Files</h2><ul><li><code>traces.parquet</code>: user_id, t, lat, lon, lac</li>"
-        "<li><code>dcs.csv</code>: use_case, n_dcs, name, lat, lon</li>"
-        "<li><code>legacy_placement.parquet</code>: use_case, n_dcs, user_id, entry_dc, vm_dc "
-        "(every user's legacy entry and VM DC, names as in dcs.csv)</li>"
-        "<li><code>results/sensitivity.parquet</code>: the sensitivity rows</li>"
-        "<li><code>results/sweep.parquet</code>: one row per configuration</li>"
-        "<li><code>results/headline_*.parquet</code>: per-sample RTT and throughput of legacy, "
-        "PACAO-1, PACAO-2 in the headline configuration; <code>results/headline.json</code>: "
-        "its settings</li><li><code>results/congestion_users.parquet</code>, "
-        "<code>results/congestion_dcs.parquet</code>: Sec. V-C per user and per DC</li>"
-        "<li><code>summary.json</code></li></ul>"
-    )
+    parts.append(PARTITIONED_FILES if partitioned is not None else FILES)
     doc = (
         "<!doctype html><html><head><meta charset=utf-8><title>pacao reproduce</title>"
         f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n"
@@ -551,33 +600,79 @@ def write_report(
     return path
 
 
+FILES = (
+    "<h2>Files</h2><ul><li><code>traces.parquet</code>: user_id, t, lat, lon, lac</li>"
+    "<li><code>dcs.csv</code>: use_case, n_dcs, name, lat, lon</li>"
+    "<li><code>legacy_placement.parquet</code>: use_case, n_dcs, user_id, entry_dc, vm_dc "
+    "(every user's legacy entry and VM DC, names as in dcs.csv)</li>"
+    "<li><code>results/sensitivity.parquet</code>: the sensitivity rows</li>"
+    "<li><code>results/sweep.parquet</code>: one row per configuration</li>"
+    "<li><code>results/headline_*.parquet</code>: per-sample RTT and throughput of legacy, "
+    "PACAO-1, PACAO-2 in the headline configuration; <code>results/headline.json</code>: "
+    "its settings</li><li><code>results/congestion_users.parquet</code>, "
+    "<code>results/congestion_dcs.parquet</code>: Sec. V-C per user and per DC</li>"
+    "<li><code>summary.json</code></li></ul>"
+)
+PARTITIONED_FILES = (
+    "<h2>Files</h2><ul><li><code>traces/</code> (when generated): the dataset, one Parquet "
+    "file per partition of users</li>"
+    "<li><code>dcs.csv</code>: use_case, n_dcs, name, lat, lon</li>"
+    "<li><code>results/sweep.parquet</code>: one row per configuration (exact reduction)</li>"
+    "<li><code>results/headline.json</code>: the headline settings; "
+    "<code>results/rtt_hist_*.parquet</code>: their binned RTT counts per policy</li>"
+    "<li><code>results/positions.parquet</code>: the distinct positions and their sample "
+    "counts; <code>results/lacs.parquet</code>, <code>results/inputs.json</code></li>"
+    "<li><code>results/congestion_users/</code>, <code>results/congestion_dcs.parquet</code> "
+    "(when the Sec. V-C stage ran): per user and per DC</li>"
+    "<li><code>summary.json</code></li></ul>"
+)
+
+
+def _partitioned_section(info: dict[str, Any]) -> str:
+    """What a partitioned run did and what it did not run, with the reasons."""
+    rows = [[_e(k), _e(v)] for k, v in info.get("not_run", {}).items()]
+    return (
+        "<h2>Partitioned run</h2>"
+        f"<p>{info['users']:,} users, {info['samples']:,} samples in {info['partitions']:,} "
+        "partitions, simulated partition by partition and reduced exactly (docs/simulation.md, "
+        '"At operator scale"). Figures come from the reduced files: Figs. 14-15 and every '
+        "median are exact; Fig. 13 is exact from the positions' sample counts; Fig. 16 (and "
+        "Fig. 18 from a folder of parts) is drawn from merged histograms. Not run here:</p>"
+        + _table(["what", "why"], rows, left=2)
+    )
+
+
 def _congestion_section(
-    runs: list[CongestionRun], figures: dict[str, str], dcs: pd.DataFrame
+    cong: dict[str, dict[str, dict[str, Any]]],
+    figures: dict[str, str],
+    per_dc: pd.DataFrame,
+    users: CongestionUsers,
 ) -> str:
-    """Sec. V-C: the table, Figs. 18-19 and the paper's observations next to ours."""
+    """Sec. V-C: the table (summary.json ``congestion``), Figs. 18-19 and the paper's
+    observations next to ours."""
     from pacao.optimize.assign.instances import PAPER_BREAKPOINTS
     from pacao.sim.congestion import SNAPSHOT_S
 
     rows = []
-    for r in sorted(runs, key=lambda r: (list(TITLES).index(r.use_case), r.n_dcs)):
-        s = r.summary()
-        gap = "-" if r.gap is None else f"{100 * r.gap:.3f} %"
-        lb = "-" if r.lower_bound is None else f"{r.lower_bound:,.1f}"
+    runs = [(uc, int(n), s) for uc in TITLES for n, s in cong.get(uc, {}).items()]
+    for uc, n, s in sorted(runs, key=lambda r: (list(TITLES).index(r[0]), r[1])):
+        gap = "-" if s["gap"] is None else f"{100 * s['gap']:.3f} %"
+        lb = "-" if s["lower_bound"] is None else f"{s['lower_bound']:,.1f}"
         rows.append(
             [
-                TITLES[r.use_case],
-                str(r.n_dcs),
-                f"{r.capacity:,.1f}",
-                f"{r.bound_ms:.2f}",
+                TITLES[uc],
+                str(n),
+                f"{s['capacity_per_dc']:,.1f}",
+                f"{s['bound_ms']:.2f}",
                 f"{s['median_rtt_ms']:.2f}",
                 f"{s['share_over_75ms']:.1%}",
                 f"{s['max_load_fraction']:.2f}",
                 f"{s['unaware_median_rtt_ms']:.2f}",
                 str(s["unaware_dcs_over_capacity"]),
-                f"{r.objective:,.1f}",
+                f"{s['objective']:,.1f}",
                 lb,
                 gap,
-                f"{r.seconds:.2f}",
+                f"{s['seconds']:.2f}",
             ]
         )
     bp = ", ".join(f"({x:g}, {y:g} ms)" for x, y in PAPER_BREAKPOINTS)
@@ -618,26 +713,30 @@ def _congestion_section(
         if k in figures:
             out.append(f'<figure><img src="{_e(figures[k])}" alt="{_e(k)}"></figure>')
     out.append(
-        "<h3>The paper's observations next to ours</h3><ul>" + _observations(runs, dcs) + "</ul>"
+        "<h3>The paper's observations next to ours</h3><ul>"
+        + _observations(cong, per_dc, users)
+        + "</ul>"
     )
     return "".join(out)
 
 
-def _observations(runs: list[CongestionRun], dcs: pd.DataFrame) -> str:
+def _observations(
+    cong: dict[str, dict[str, dict[str, Any]]], per_dc: pd.DataFrame, users: CongestionUsers
+) -> str:
     items = []
     for uc in TITLES:
-        mine = sorted((r for r in runs if r.use_case == uc), key=lambda r: r.n_dcs)
+        mine = sorted((int(n), s) for n, s in cong.get(uc, {}).items())
         if not mine:
             continue
-        meds = ", ".join(f"{r.n_dcs}: {np.median(r.rtt_aware_ms):.1f}" for r in mine)
-        top = mine[-1]
-        over = float(np.mean(top.rtt_aware_ms > 75.0))
-        fmax = max(float(np.max(r.congestion_aware_ms)) for r in mine)
-        xmax = max(float(r.load_aware.max() / r.capacity) for r in mine)
+        meds = ", ".join(f"{n}: {s['median_rtt_ms']:.1f}" for n, s in mine)
+        top_n, top = mine[-1]
+        over = float(top["share_over_75ms"])
+        fmax = max(users.max_congestion_ms[(uc, n)] for n, _ in mine)
+        xmax = max(float(s["max_load_fraction"]) for _, s in mine)
         items.append(
             f"<li><b>{TITLES[uc]}, Fig. 18.</b> Paper: the CDFs overlap across DC counts except "
             "64 DCs, where 50 % of users exceed 75 ms. Ours: median RTT (ms) per DC count "
-            f"{meds}; at {top.n_dcs} DCs {over:.1%} of users exceed 75 ms "
+            f"{meds}; at {top_n} DCs {over:.1%} of users exceed 75 ms "
             f"({'close to' if abs(over - 0.5) < 0.1 else 'unlike'} the paper). With C_d = "
             f"2 |U| / |D| there is room for twice the users, and the solver keeps every DC at "
             f"a load fraction of at most {xmax:.2f}, where the congestion latency is at most "
@@ -647,35 +746,36 @@ def _observations(runs: list[CongestionRun], dcs: pd.DataFrame) -> str:
             "traced further.</li>"
         )
     for uc, n in (("france_isp", 64), ("europe_ott", 4)):
-        r = next((x for x in runs if x.use_case == uc and x.n_dcs == n), None)
-        if r is None:
+        d = per_dc[(per_dc.use_case == uc) & (per_dc.n_dcs == n)].sort_values("dc")
+        if d.empty:
             continue
-        cv_a = float(np.std(r.load_aware) / np.mean(r.load_aware))
-        cv_u = float(np.std(r.load_unaware) / np.mean(r.load_unaware))
+        d = d.reset_index(drop=True)
+        aware, unaware = d["users_aware"].to_numpy(), d["users_unaware"].to_numpy()
+        capacity = float(d["capacity"].iloc[0])
+        cv_a = float(np.std(aware) / np.mean(aware))
+        cv_u = float(np.std(unaware) / np.mean(unaware))
         items.append(
             f"<li><b>{TITLES[uc]}, {n} DCs, Fig. 19.</b> Paper: load better balanced under "
-            f"congestion awareness. Ours: users per DC {int(r.load_unaware.min())}-"
-            f"{int(r.load_unaware.max())} unaware ({int(np.sum(r.load_unaware > r.capacity))} "
-            f"DCs over capacity {r.capacity:.0f}), {int(r.load_aware.min())}-"
-            f"{int(r.load_aware.max())} aware (none over); coefficient of variation "
+            f"congestion awareness. Ours: users per DC {int(unaware.min())}-"
+            f"{int(unaware.max())} unaware ({int(np.sum(unaware > capacity))} "
+            f"DCs over capacity {capacity:.0f}), {int(aware.min())}-"
+            f"{int(aware.max())} aware (none over); coefficient of variation "
             f"{cv_u:.2f} unaware, {cv_a:.2f} aware.</li>"
         )
         if uc != "europe_ott":
             continue
-        d = dcs[(dcs.use_case == uc) & (dcs.n_dcs == n)].reset_index(drop=True)
         order = np.argsort(d["lon"].to_numpy(), kind="stable")
         east = order[n // 2 :]
-        per_dc = ", ".join(
-            f"{_e(d['name'][i])} ({float(d['lon'][i]):.1f} E): {int(r.load_unaware[i])} -> "
-            f"{int(r.load_aware[i])}"
+        per = ", ".join(
+            f"{_e(d['name'][i])} ({float(d['lon'][i]):.1f} E): {int(unaware[i])} -> {int(aware[i])}"
             for i in order
         )
-        sh_u = float(r.load_unaware[east].sum() / r.load_unaware.sum())
-        sh_a = float(r.load_aware[east].sum() / r.load_aware.sum())
+        sh_u = float(unaware[east].sum() / unaware.sum())
+        sh_a = float(aware[east].sum() / aware.sum())
         verdict = "as in the paper" if sh_a > 0.5 else "unlike the paper"
         items.append(
             f"<li><b>Europe/OTT, {n} DCs, Fig. 19.</b> Paper: higher load on the eastern DCs. "
-            f"Ours, west to east, users unaware -> aware: {per_dc}. The eastern half of the DCs "
+            f"Ours, west to east, users unaware -> aware: {per}. The eastern half of the DCs "
             f"holds {sh_u:.1%} of the users unaware and {sh_a:.1%} aware ({verdict} if more "
             "than half means higher load; where our users live follows our synthetic traces, "
             "not the paper's).</li>"

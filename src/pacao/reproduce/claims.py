@@ -1,30 +1,26 @@
 """The paper's qualitative claims of Sec. V, checked against a reproduce run.
 
-Every value is computed from the run (sweep, headline samples, legacy placement,
-Sec. V-C assignment); nothing here is a number to match. "Roughly x" holds when
-ours lies within x +/- x/3 (the rule is stated in each claim). A claim whose
-inputs the run does not have (a deployment left out) is reported as not
-computed, with ``holds`` False.
+Every value is computed from the run folder's files (the sweep rows, the headline
+settings and per-sample results, the Sec. V-C summary and per-DC table); nothing
+here is a number to match. "Roughly x" holds when ours lies within x +/- x/3 (the
+rule is stated in each claim). A claim whose inputs the run does not have (a
+deployment left out, or per-sample results a partitioned run does not collect) is
+reported as not computed, with ``holds`` False (:func:`not_computed` lists them).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pacao.sim.network import throughput_mbps
 
-if TYPE_CHECKING:
-    from pacao.report.results import Headline
-    from pacao.sim.congestion import CongestionRun
-    from pacao.sim.engine import Trajectories
-    from pacao.sim.sweep import Deployment
-
 TITLES = {"france_isp": "France/ISP", "europe_ott": "Europe/OTT"}
-#: Sec. V-C's threshold (Fig. 18).
-RTT_75 = 75.0
 #: CDFs "overlap": medians of the DC counts other than 64 within this relative spread.
 OVERLAP = 0.10
 #: A user "improves" when its mean throughput rises by more than this fraction.
@@ -40,8 +36,25 @@ def _claim(cid: str, claim: str, paper: str, ours: str, holds: bool) -> dict[str
     return {"id": cid, "claim": claim, "paper": paper, "ours": ours, "holds": bool(holds)}
 
 
+NOT_COMPUTED = "not computed: "
+#: Why a partitioned run computes no per-sample claim.
+PER_SAMPLE = (
+    "needs the per-sample headline results (results/headline_<use case>.parquet), which a "
+    "partitioned run does not collect in one process"
+)
+
+
 def _missing(cid: str, claim: str, paper: str, what: str) -> dict[str, Any]:
-    return _claim(cid, claim, paper, f"not computed: {what}", False)
+    return _claim(cid, claim, paper, NOT_COMPUTED + what, False)
+
+
+def not_computed(claims: list[dict[str, Any]]) -> dict[str, str]:
+    """{claim id: why} of the claims the run could not compute."""
+    return {
+        c["id"]: c["ours"].removeprefix(NOT_COMPUTED)
+        for c in claims
+        if c["ours"].startswith(NOT_COMPUTED)
+    }
 
 
 def per_dc_gains(sweep: pd.DataFrame, use_case: str, bound: str) -> pd.DataFrame:
@@ -67,27 +80,61 @@ def per_dc_gains(sweep: pd.DataFrame, use_case: str, bound: str) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def user_improvement(tr: Trajectories, base: np.ndarray, new: np.ndarray) -> tuple[float, float]:
-    """(share of users whose mean throughput improves, their median relative improvement)."""
-    w = np.bincount(tr.user, minlength=tr.n_users).astype(np.float64)
-    mb = np.bincount(tr.user, weights=throughput_mbps(base), minlength=tr.n_users) / w
-    mn = np.bincount(tr.user, weights=throughput_mbps(new), minlength=tr.n_users) / w
+def user_improvement(user: np.ndarray, base: np.ndarray, new: np.ndarray) -> tuple[float, float]:
+    """(share of users whose mean throughput improves, their median relative improvement);
+    ``user`` is each sample's user index (0, 1, ... in user-id order)."""
+    n_users = int(user.max()) + 1
+    w = np.bincount(user, minlength=n_users).astype(np.float64)
+    mb = np.bincount(user, weights=throughput_mbps(base), minlength=n_users) / w
+    mn = np.bincount(user, weights=throughput_mbps(new), minlength=n_users) / w
     rel = mn / mb - 1.0
     up = rel > IMPROVES
     return float(up.mean()), float(np.median(rel[up])) if up.any() else 0.0
 
 
+@dataclass(frozen=True)
+class _Head:
+    """A headline configuration's settings and, when the run has them, per-sample RTTs."""
+
+    n_dcs: int
+    bound_ms: float
+    user: np.ndarray | None
+    rtt: dict[str, np.ndarray] | None
+
+
+def _heads(out: Path, per_sample: bool) -> dict[str, _Head]:
+    res = out / "results"
+    settings = json.loads((res / "headline.json").read_text())
+    heads = {}
+    for uc, s in settings.items():
+        user = rtt = None
+        if per_sample:
+            df = pd.read_parquet(
+                res / f"headline_{uc}.parquet",
+                columns=["user_id", "legacy_rtt_ms", "pacao1_rtt_ms"],
+            )
+            user = np.unique(df["user_id"].to_numpy(np.int64), return_inverse=True)[1]
+            rtt = {p: df[f"{p}_rtt_ms"].to_numpy(np.float64) for p in ("legacy", "pacao1")}
+        heads[uc] = _Head(int(s["n_dcs"]), float(s["bound_ms"]), user, rtt)
+    return heads
+
+
 def compute_claims(
-    tr: Trajectories,
-    heads: dict[str, Headline],
+    run: Path,
     summary: dict[str, dict[str, Any]],
-    sweep: pd.DataFrame,
-    deps: list[Deployment],
-    runs: list[CongestionRun] | None,
-    dcs: pd.DataFrame,
+    congestion: dict[str, dict[str, dict[str, Any]]] | None,
     n_users_note: str,
+    per_sample: bool = True,
 ) -> list[dict[str, Any]]:
-    """The claims table: list of {"id", "claim", "paper", "ours", "holds"}."""
+    """The claims table from the run folder: list of {"id", "claim", "paper", "ours",
+    "holds"}. ``summary`` is summary.json's headline part, ``congestion`` its Sec. V-C
+    part (None: the stage did not run); ``per_sample`` False for a run without the
+    per-sample headline files (partitioned): the claims that need them are not computed."""
+    sweep = pd.read_parquet(run / "results" / "sweep.parquet")
+    heads = _heads(run, per_sample)
+    per_dc = (
+        None if congestion is None else pd.read_parquet(run / "results" / "congestion_dcs.parquet")
+    )
     out: list[dict[str, Any]] = []
     paper_gain = {"france_isp": 0.40, "europe_ott": 0.30}
     head_dcs = {"france_isp": 64, "europe_ott": 4}
@@ -115,8 +162,11 @@ def compute_claims(
             out.append(_missing(cid, claim, words, "headline deployment not in this run"))
             continue
         h, s = heads[uc], summary[uc]
-        share, by = user_improvement(tr, h.rtt["legacy"], h.rtt["pacao1"])
-        worse, _ = user_improvement(tr, h.rtt["pacao1"], h.rtt["legacy"])
+        if h.rtt is None or h.user is None:
+            out.append(_missing(cid, claim, words, PER_SAMPLE))
+            continue
+        share, by = user_improvement(h.user, h.rtt["legacy"], h.rtt["pacao1"])
+        worse, _ = user_improvement(h.user, h.rtt["pacao1"], h.rtt["legacy"])
         g1 = float(s["pacao1_median_throughput_gain"])
         g2 = float(s["pacao2_median_throughput_gain"])
         holds = 0.01 <= share <= 0.5 and g1 < g2 / 2
@@ -156,25 +206,25 @@ def compute_claims(
         "strict bound (holds within 90 % +/- 30 %)"
     )
     words = "90% of the customers (Fig. 13b) have a user-DC latency greater than the strict bound"
-    dep = next((d for d in deps if d.use_case == "france_isp" and d.n_dcs == 64), None)
-    if dep is None or "france_isp" not in heads:
+    fr = heads.get("france_isp")
+    if fr is None or fr.n_dcs != 64:
         out.append(_missing(cid, claim, words, "France/ISP 64 DCs not in this run"))
+    elif fr.rtt is None:
+        out.append(_missing(cid, claim, words, PER_SAMPLE))
     else:
-        leg = heads["france_isp"].rtt["legacy"]
-        share = float(np.mean(leg > dep.bounds["strict"]))
+        share = float(np.mean(fr.rtt["legacy"] > fr.bound_ms))
         other = ""
-        if "europe_ott" in heads:
-            ed = heads["europe_ott"].dep
+        eu = heads.get("europe_ott")
+        if eu is not None and eu.rtt is not None:
             other = (
-                f"; Europe/OTT {ed.n_dcs} DCs: "
-                f"{float(np.mean(heads['europe_ott'].rtt['legacy'] > ed.bounds['strict'])):.1%}"
+                f"; Europe/OTT {eu.n_dcs} DCs: {float(np.mean(eu.rtt['legacy'] > eu.bound_ms)):.1%}"
             )
         out.append(
             _claim(
                 cid,
                 claim,
                 words,
-                f"{share:.1%} of legacy samples above {dep.bounds['strict']:.1f} ms{other}",
+                f"{share:.1%} of legacy samples above {fr.bound_ms:.1f} ms{other}",
                 roughly(share, 0.9),
             )
         )
@@ -261,16 +311,26 @@ def compute_claims(
                 float(spread.max()) < 0.01,
             )
         )
-    out += _vc_claims(runs, dcs, n_users_note)
+    out += _vc_claims(congestion, per_dc, n_users_note)
     return out
 
 
+def _loads(per_dc: pd.DataFrame | None, uc: str, n: int) -> pd.DataFrame | None:
+    """One deployment's rows of results/congestion_dcs.parquet in DC order, or None."""
+    if per_dc is None:
+        return None
+    d = per_dc[(per_dc.use_case == uc) & (per_dc.n_dcs == n)]
+    return None if d.empty else d.sort_values("dc").reset_index(drop=True)
+
+
 def _vc_claims(
-    runs: list[CongestionRun] | None, dcs: pd.DataFrame, n_users_note: str
+    congestion: dict[str, dict[str, dict[str, Any]]] | None,
+    per_dc: pd.DataFrame | None,
+    n_users_note: str,
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for uc in TITLES:
-        mine = sorted((r for r in runs or [] if r.use_case == uc), key=lambda r: r.n_dcs)
+        mine = sorted((int(n), s) for n, s in (congestion or {}).get(uc, {}).items())
         cid = f"vc_overlap_{uc}"
         claim = (
             f"Sec. V-C, {TITLES[uc]}: with congestion awareness the RTT CDFs of the DC counts "
@@ -278,13 +338,13 @@ def _vc_claims(
             "other)"
         )
         words = "the CDFs overlap for almost all the cases except with 64 DCs"
-        rest = [r for r in mine if r.n_dcs != 64]
+        rest = [(n, s) for n, s in mine if n != 64]
         if len(rest) < 2:
             out.append(_missing(cid, claim, words, "the V-C stage has fewer than 2 such counts"))
         else:
-            meds = [float(np.median(r.rtt_aware_ms)) for r in rest]
+            meds = [float(s["median_rtt_ms"]) for _, s in rest]
             spread = max(meds) / min(meds) - 1.0
-            txt = ", ".join(f"{r.n_dcs}: {m:.1f}" for r, m in zip(rest, meds, strict=True))
+            txt = ", ".join(f"{n}: {m:.1f}" for (n, _), m in zip(rest, meds, strict=True))
             out.append(
                 _claim(
                     cid,
@@ -300,11 +360,11 @@ def _vc_claims(
             "50 % +/- 17 %)"
         )
         words = "with 64 DCs, where 50% of the users have a RTT that is greater than 75 ms"
-        r64 = next((r for r in mine if r.n_dcs == 64), None)
+        r64 = next((s for n, s in mine if n == 64), None)
         if r64 is None:
             out.append(_missing(cid, claim, words, "no 64-DC deployment in the V-C stage"))
         else:
-            share = float(np.mean(r64.rtt_aware_ms > RTT_75))
+            share = float(r64["share_over_75ms"])
             out.append(
                 _claim(cid, claim, words, f"{share:.1%} ({n_users_note})", roughly(share, 0.5))
             )
@@ -315,12 +375,13 @@ def _vc_claims(
             "(holds when the coefficient of variation of users per DC is lower)"
         )
         words = "The load is better balanced over all the available DCs under congestion awareness"
-        r = next((x for x in runs or [] if x.use_case == uc and x.n_dcs == n), None)
-        if r is None:
+        d = _loads(per_dc, uc, n)
+        if d is None:
             out.append(_missing(cid, claim, words, f"{n}-DC deployment not in the V-C stage"))
             continue
-        cv_a = float(np.std(r.load_aware) / np.mean(r.load_aware))
-        cv_u = float(np.std(r.load_unaware) / np.mean(r.load_unaware))
+        aware, unaware = d["users_aware"].to_numpy(), d["users_unaware"].to_numpy()
+        cv_a = float(np.std(aware) / np.mean(aware))
+        cv_u = float(np.std(unaware) / np.mean(unaware))
         out.append(
             _claim(
                 cid,
@@ -336,15 +397,15 @@ def _vc_claims(
         "when the eastern half's share of users is higher aware than unaware)"
     )
     words = "In the Europe/OTT case, this leads to higher load on the eastern DCs"
-    r = next((x for x in runs or [] if x.use_case == "europe_ott" and x.n_dcs == 4), None)
-    if r is None:
+    d = _loads(per_dc, "europe_ott", 4)
+    if d is None:
         out.append(_missing(cid, claim, words, "4-DC Europe/OTT not in the V-C stage"))
     else:
-        d = dcs[(dcs.use_case == "europe_ott") & (dcs.n_dcs == 4)].reset_index(drop=True)
+        aware, unaware = d["users_aware"].to_numpy(), d["users_unaware"].to_numpy()
         order = np.argsort(d["lon"].to_numpy(), kind="stable")
         east = order[2:]
-        sh_u = float(r.load_unaware[east].sum() / r.load_unaware.sum())
-        sh_a = float(r.load_aware[east].sum() / r.load_aware.sum())
+        sh_u = float(unaware[east].sum() / unaware.sum())
+        sh_a = float(aware[east].sum() / aware.sum())
         names = ", ".join(str(d["name"][i]) for i in east)
         out.append(
             _claim(

@@ -32,10 +32,10 @@ from rich.table import Table
 
 from pacao.decision import ENTRY_METRICS, Params
 from pacao.errors import InputError
-from pacao.report.figures import draw_all, draw_congestion, fig_sensitivity
+from pacao.report.figures import draw_all, figure_plan
 from pacao.report.html import write_report
-from pacao.report.results import Headline, Inputs
 from pacao.reproduce.claims import compute_claims
+from pacao.reproduce.results import Headline, Inputs
 from pacao.reproduce.sensitivity import run_sensitivity
 from pacao.reproduce.testbed_stage import link_testbed, testbed_stage
 from pacao.sim.congestion import CongestionRun, dcs_table, users_table
@@ -289,7 +289,6 @@ def _headline(
         dep=dep,
         point=point,
         rtt={k: o.rtt_ms for k, o in outs.items()},
-        ideal=dep.net.user_dc.min(axis=1)[tr.pos],
         paper_setting=paper_setting,
         switches={k: o.switches for k, o in outs.items()},
         migrations={k: o.migrations for k, o in outs.items()},
@@ -338,6 +337,10 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
             tr = prepare(traces)
             deps = _deployments(tr, inputs.dcs, opts)
             write_placement(out / "legacy_placement.parquet", tr, deps, inputs.dcs)
+            write_inputs(out, inputs.lacs, inputs.source, tr.n_users, tr.n_samples, inputs.stats)
+            pd.DataFrame(
+                {"lat": tr.pos_lat, "lon": tr.pos_lon, "samples": tr.pos_weight}
+            ).to_parquet(out / "results" / "positions.parquet", index=False)
         data = SweepData(tr, deps)
         with stages.stage(
             f"sweep: {len(points)} (S', S'') points x {len(deps)} deployments x 3 bounds",
@@ -353,6 +356,23 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
                 heads[uc] = _headline(tr, dep, s1, s2, opts.migration_s)
                 _write_headline(out / "results" / f"headline_{uc}.parquet", traces, heads[uc])
                 adv()
+            settings = {
+                uc: {
+                    "n_dcs": h.dep.n_dcs,
+                    "bound": "strict",
+                    "bound_ms": h.dep.bounds["strict"],
+                    "s1_fraction_of_residence": h.point.s1,
+                    "s2_fraction_of_s1": h.point.s2,
+                    "migration_s": opts.migration_s,
+                    "switches": h.switches,
+                    "migrations": h.migrations,
+                    **opts.settings(),
+                }
+                for uc, h in heads.items()
+            }
+            (out / "results" / "headline.json").write_text(json.dumps(settings, indent=2) + "\n")
+            paper = {uc: h.paper_setting for uc, h in heads.items()}
+            (out / "results" / "paper_setting.json").write_text(json.dumps(paper, indent=2) + "\n")
         with stages.stage("congestion-aware assignment (Sec. V-C)", len(deps)) as adv:
             runs = run_congestion(tr, deps, adv)
             users_table(tr, runs).to_parquet(out / "results" / "congestion_users.parquet")
@@ -369,13 +389,9 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
         full_summary["settings"] = opts.settings()
         full_summary["congestion"] = congestion_summary(runs)
         claims = compute_claims(
-            tr,
-            heads,
+            out,
             summary,
-            sweep,
-            deps,
-            runs,
-            inputs.dcs,
+            full_summary["congestion"],
             f"{tr.n_users:,} users" + (", --quick" if opts.quick else ""),
         )
         full_summary["claims"] = claims
@@ -383,40 +399,40 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
             None if sens is None else json.loads(sens.to_json(orient="records"))
         )
         (out / "summary.json").write_text(json.dumps(full_summary, indent=2) + "\n")
-        settings = {
-            uc: {
-                "n_dcs": h.dep.n_dcs,
-                "bound": "strict",
-                "bound_ms": h.dep.bounds["strict"],
-                "s1_fraction_of_residence": h.point.s1,
-                "s2_fraction_of_s1": h.point.s2,
-                "migration_s": opts.migration_s,
-                "switches": h.switches,
-                "migrations": h.migrations,
-                **opts.settings(),
-            }
-            for uc, h in heads.items()
-        }
-        (out / "results" / "headline.json").write_text(json.dumps(settings, indent=2) + "\n")
-        with stages.stage("figures and report", 8) as adv:
-            figs = draw_all(out, inputs, tr, deps, heads, adv)
-            figs.update(draw_congestion(out, runs, inputs.dcs, adv))
-            if sens is not None:
-                figs["sensitivity"] = fig_sensitivity(out / "fig_sensitivity.png", sens)
-            report = write_report(
-                out,
-                inputs=inputs,
-                opts=opts,
-                tr=tr,
-                deps=deps,
-                heads=heads,
-                congestion=runs,
-                figures=figs,
-                stage_seconds=stages.seconds,
-                total_seconds=time.perf_counter() - t_start,
-            )
-            adv()
+        report = _figures_and_report(out, opts, stages, t_start)
     return report
+
+
+def _figures_and_report(out: Path, opts: Options, stages: Stages, t_start: float) -> Path:
+    """Every figure the run folder's files allow, then report.html: drawn from the files
+    alone, so a single-file and a partitioned run share this step; one task per figure."""
+    plan = figure_plan(out)
+    with stages.stage("figures and report", len(plan) + 1) as adv:
+        figs = draw_all(plan, adv)
+        report = write_report(
+            out,
+            opts=opts,
+            figures=figs,
+            stage_seconds=stages.seconds,
+            total_seconds=time.perf_counter() - t_start,
+        )
+        adv()
+    return report
+
+
+def write_inputs(
+    out: Path,
+    lacs: pd.DataFrame,
+    source: str,
+    users: int,
+    samples: int,
+    stats: dict[str, Any],
+) -> None:
+    """results/lacs.parquet (the LAC centres: lac, lat, lon) and results/inputs.json
+    (where the traces came from, users, samples, trace statistics) for the report."""
+    lacs[["lac", "lat", "lon"]].to_parquet(out / "results" / "lacs.parquet", index=False)
+    doc = {"source": source, "users": users, "samples": samples, "trace_stats": stats}
+    (out / "results" / "inputs.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def write_placement(

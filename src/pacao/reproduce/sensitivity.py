@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pacao.decision import ENTRY_METRICS
-from pacao.report.results import Headline, Inputs
+from pacao.reproduce.results import Headline, Inputs
 from pacao.sim.engine import Trajectories, legacy, prepare, schedule, simulate
 from pacao.sim.legacy import LEGACY_READINGS, legacy_start
 from pacao.sim.network import throughput_mbps

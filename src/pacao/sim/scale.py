@@ -436,6 +436,34 @@ class ExactSum:
         return float(f / n)
 
 
+#: Histogram bins per octave of the float64 values (mantissa bits kept: 52 - BIN_SHIFT).
+BINS_PER_OCTAVE = 1 << (52 - BIN_SHIFT)
+
+
+def bin_counts(values: F64, weights: I64 | None = None) -> tuple[I64, I64]:
+    """A histogram over the monotone bit-pattern bins: (bin keys ascending, counts)."""
+    uk, inv = np.unique(order_key(values) >> BIN_SHIFT, return_inverse=True)
+    cnt = np.bincount(inv, weights=weights, minlength=len(uk)).astype(np.int64)
+    return uk, cnt
+
+
+def merge_counts(a: tuple[I64, I64], b: tuple[I64, I64]) -> tuple[I64, I64]:
+    """Two histograms of bin_counts as one (exact: integer counts)."""
+    uk, inv = np.unique(np.r_[a[0], b[0]], return_inverse=True)
+    cnt = np.bincount(inv, weights=np.r_[a[1], b[1]], minlength=len(uk)).astype(np.int64)
+    return uk, cnt
+
+
+def bin_edges(keys: I64) -> tuple[F64, F64]:
+    """The value range [lo, hi) of each bin key."""
+
+    def value(k: I64) -> F64:  # order_key is its own inverse on the bit pattern
+        out: F64 = order_key((k << BIN_SHIFT).view(np.float64)).view(np.float64)
+        return out
+
+    return value(keys), value(keys + 1)
+
+
 @dataclass
 class Partial:
     """One configuration's statistics over some users (mergeable)."""
@@ -449,9 +477,7 @@ class Partial:
 
     @staticmethod
     def of(out: Outcome) -> Partial:
-        keys = order_key(out.values) >> BIN_SHIFT
-        uk, inv = np.unique(keys, return_inverse=True)
-        cnt = np.bincount(inv, weights=out.counts, minlength=len(uk)).astype(np.int64)
+        uk, cnt = bin_counts(out.values, out.counts)
         return Partial(
             int(out.counts.sum()),
             ExactSum.of(out.values, out.counts),
@@ -462,12 +488,7 @@ class Partial:
         )
 
     def merge(self, o: Partial) -> None:
-        keys = np.r_[self.keys, o.keys]
-        uk, inv = np.unique(keys, return_inverse=True)
-        self.counts = np.bincount(
-            inv, weights=np.r_[self.counts, o.counts], minlength=len(uk)
-        ).astype(np.int64)
-        self.keys = uk
+        self.keys, self.counts = merge_counts((self.keys, self.counts), (o.keys, o.counts))
         self.n += o.n
         self.total = self.total + o.total
         self.switches += o.switches
