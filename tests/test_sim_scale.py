@@ -116,3 +116,211 @@ def test_dataset_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "_dataset.json").write_text('{"format": "other"}')
     with pytest.raises(InputError, match="pacao-traces-dataset"):
         open_dataset(tmp_path)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@pytest.fixture(scope="module")
+def part_run(client: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A partitioned `pacao reproduce` (2 partitions of 80 users, quick grid, DC counts 4
+    and 64 to keep it short) through the test's cluster; records the size of every array
+    a task hands back to this process."""
+    import distributed
+
+    from pacao.reproduce import pipeline
+
+    root = tmp_path_factory.mktemp("part")
+    ds = generate_dataset(client, root / "ds", 160, SEED, partition_users=80)
+    returned: list[int] = []
+
+    def sizes(obj: Any) -> None:
+        if isinstance(obj, np.ndarray):
+            returned.append(obj.size)
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                sizes(k)
+                sizes(v)
+        elif isinstance(obj, list | tuple):
+            for v in obj:
+                sizes(v)
+        elif hasattr(obj, "__dataclass_fields__"):
+            for name in obj.__dataclass_fields__:
+                sizes(getattr(obj, name))
+
+    result, gather = distributed.Future.result, distributed.Client.gather
+
+    def recorded_result(self: Any, *a: Any, **kw: Any) -> Any:
+        out = result(self, *a, **kw)
+        sizes(out)
+        return out
+
+    def recorded_gather(self: Any, *a: Any, **kw: Any) -> Any:
+        out = gather(self, *a, **kw)
+        sizes(out)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "DC_COUNTS", (4, 64))
+        mp.setattr(distributed.Future, "result", recorded_result)
+        mp.setattr(distributed.Client, "gather", recorded_gather)
+        opts = pipeline.Options(
+            out=root / "run", quick=True, seed=SEED, scheduler=client.scheduler.address
+        )
+        report = pipeline.reproduce_partitioned(ds.root, opts, 80)
+    return {"out": root / "run", "ds": ds, "report": report, "returned": returned}
+
+
+def test_partitioned_report_draws_the_figures_from_reduced_files(part_run: dict[str, Any]) -> None:
+    out: Path = part_run["out"]
+    html = part_run["report"].read_text()
+    assert part_run["report"] == out / "report.html"
+    for fig in ("fig12_map", "fig13_rtt_cdf", "fig14_france_isp_heatmaps",
+                "fig15_europe_ott_heatmaps", "fig16_throughput_cdf"):  # fmt: skip
+        assert (out / f"{fig}.png").stat().st_size > 0
+        assert f'src="{fig}.png"' in html
+    assert "Partitioned run" in html and "binned" in html
+    assert not (out / "results" / "headline_france_isp.parquet").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    not_run = summary["partitioned"]["not_run"]
+    assert "sensitivity" in not_run and "claim strict_bound_90pct" in not_run
+    assert "claim vc_balanced_france_isp" in not_run  # no Sec. V-C stage in this run
+    ids = {c["id"] for c in summary["claims"]}
+    assert {"gain_france_isp", "largest_gain_dcs_europe_ott", "loose_bound_flat"} <= ids
+    assert not any(c["ours"].startswith("not computed") for c in summary["claims"])
+    assert ids.isdisjoint(k.removeprefix("claim ") for k in not_run)
+
+
+def test_partitioned_reduced_files_match_an_independent_computation(
+    part_run: dict[str, Any],
+) -> None:
+    """The map's positions count every sample; each headline histogram equals
+    np.histogram of the per-sample RTTs of the same configuration simulated in memory on
+    all users at once."""
+    from pacao.sim.engine import legacy, schedule, simulate
+    from pacao.sim.policy import Policy
+    from pacao.sim.sweep import GridPoint
+
+    out, ds = part_run["out"], part_run["ds"]
+    traces = pd.concat([read_partition(ds, i, 0) for i in range(2)], ignore_index=True)
+    pos = pd.read_parquet(out / "results" / "positions.parquet")
+    assert int(pos.samples.sum()) == len(traces) == ds.meta["samples"]
+    want = traces.groupby(["lat", "lon"]).size()
+    assert (pos.set_index(["lat", "lon"]).samples.sort_index() == want.sort_index()).all()
+
+    tr = prepare(traces)
+    dcs = pd.read_csv(out / "dcs.csv")
+    head = json.loads((out / "results" / "headline.json").read_text())
+    for uc, h in head.items():
+        d = dcs[(dcs.use_case == uc) & (dcs.n_dcs == h["n_dcs"])]
+        dep = deployment(tr, uc, d.lat.to_numpy(), d.lon.to_numpy(), seed=SEED)
+        assert dep.bounds["strict"] == h["bound_ms"]
+        sched = schedule(
+            tr, GridPoint(h["s1_fraction_of_residence"], h["s2_fraction_of_s1"]).timing()
+        )
+        dec = dep.decisions["strict"]
+        rtt = {
+            "legacy": legacy(tr, dep.net, dep.start).rtt_ms,
+            "pacao1": simulate(tr, sched, dep.net, dec, Policy.PACAO1, dep.start).rtt_ms,
+            "pacao2": simulate(tr, sched, dep.net, dec, Policy.PACAO2, dep.start).rtt_ms,
+        }
+        hist = pd.read_parquet(out / "results" / f"rtt_hist_{uc}.parquet")
+        for pol, r in rtt.items():
+            hp = hist[hist.policy == pol].sort_values("lo_ms")
+            edges = np.unique(np.r_[hp.lo_ms, hp.hi_ms])
+            counts, _ = np.histogram(r, bins=edges)
+            at = np.searchsorted(edges, hp.lo_ms)
+            assert (counts[at] == hp.samples.to_numpy()).all(), (uc, pol)
+            assert int(hp.samples.sum()) == len(r) == len(traces)
+            assert (hp.hi_ms.to_numpy() / hp.lo_ms.to_numpy() - 1 <= 1 / 256).all()
+
+
+def test_no_partitioned_step_hands_per_sample_arrays_to_the_client(
+    part_run: dict[str, Any],
+) -> None:
+    """By design every task returns counts per position or per histogram bin (at most a
+    few thousand values), never one value per sample: the largest array any task handed
+    back is far smaller than one partition's samples."""
+    per_part = part_run["ds"].meta["samples"] // 2
+    assert part_run["returned"] and max(part_run["returned"]) < per_part / 8
+
+
+def test_congestion_figures_from_a_folder_of_parts_or_one_file(
+    part_run: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Figs. 18-19 and the Sec. V-C section from files written here: the per-user table as
+    part files (a partitioned run) read column-limited and binned, as one file exactly."""
+    import shutil
+
+    from pacao.report.figures import figure_plan
+    from pacao.report.html import write_report
+    from pacao.report.results import CONGESTION_COLUMNS, read_congestion_users
+    from pacao.reproduce.pipeline import Options
+
+    out = tmp_path / "run"
+    shutil.copytree(part_run["out"], out)
+    rng = np.random.default_rng(SEED)
+    users, summ, per_dc = [], {}, []
+    for uc, n in (("france_isp", 64), ("europe_ott", 4), ("europe_ott", 64)):
+        dc = rng.integers(0, n, 150)
+        cong = rng.uniform(0, 8, n)
+        lat = rng.uniform(40, 90, 150)
+        users.append(pd.DataFrame({
+            "use_case": uc, "n_dcs": n, "user_id": np.arange(150), "dc_aware": dc,
+            "latency_aware_ms": lat, "congestion_aware_ms": cong[dc],
+            "rtt_aware_ms": lat + cong[dc], "dc_unaware": dc, "rtt_unaware_ms": lat,
+        }))  # fmt: skip
+        load = np.bincount(dc, minlength=n)
+        per_dc.append(pd.DataFrame({
+            "use_case": uc, "n_dcs": n, "dc": np.arange(n), "name": [f"dc{i}" for i in range(n)],
+            "lat": 45.0, "lon": rng.uniform(-5, 25, n), "capacity": 300 / n,
+            "users_aware": load, "users_unaware": load, "congestion_aware_ms": cong,
+            "congestion_unaware_ms": cong,
+        }))  # fmt: skip
+        rtt = lat + cong[dc]
+        summ.setdefault(uc, {})[str(n)] = {
+            "users": 150, "capacity_per_dc": 300 / n, "bound_ms": 50.0,
+            "median_rtt_ms": float(np.median(rtt)), "unaware_median_rtt_ms": 60.0,
+            "share_over_75ms": float(np.mean(rtt > 75)), "max_load_fraction": 0.5,
+            "unaware_dcs_over_capacity": 0, "objective": 1.0, "lower_bound": None, "gap": None,
+            "seconds": 0.1,
+        }  # fmt: skip
+    table = pd.concat(users, ignore_index=True)
+    pd.concat(per_dc, ignore_index=True).to_parquet(out / "results" / "congestion_dcs.parquet")
+    parts = out / "results" / "congestion_users"
+    parts.mkdir()
+    for i, part in enumerate((table.iloc[::2], table.iloc[1::2])):  # users split in two
+        part.to_parquet(parts / f"part-{i:05d}.parquet")
+    doc = json.loads((out / "summary.json").read_text())
+    doc["congestion"] = summ
+    (out / "summary.json").write_text(json.dumps(doc))
+
+    read = pd.read_parquet
+    columns: list[Any] = []
+
+    def spy(path: Any, *a: Any, **kw: Any) -> pd.DataFrame:
+        if "congestion_users" in str(path):
+            columns.append(kw.get("columns"))
+        return read(path, *a, **kw)
+
+    monkeypatch.setattr(pd, "read_parquet", spy)
+    binned = read_congestion_users(out, partitioned=True)
+    assert binned is not None and columns == [CONGESTION_COLUMNS] * 2
+    table.to_parquet(out / "results" / "congestion_users.parquet")
+    exact = read_congestion_users(out, partitioned=False)
+    assert exact is not None and set(binned.curves) == set(exact.curves)
+    for key, c in binned.curves.items():
+        v = table[(table.use_case == key[0]) & (table.n_dcs == key[1])].rtt_aware_ms.to_numpy()
+        assert c.binned and not exact.curves[key].binned
+        # The binned CDF is exact at its bin edges: the share of users below each edge.
+        np.testing.assert_allclose(c.y[1:], [np.mean(v < x) for x in c.x[1:]])
+        assert binned.max_congestion_ms[key] == exact.max_congestion_ms[key]
+
+    plan = figure_plan(out)
+    assert [k for k, _ in plan][-2:] == ["fig18", "fig19"]
+    figs = {k: draw() for k, draw in plan if k in ("fig18", "fig19")}
+    report = write_report(
+        out, opts=Options(out=out, quick=True), figures=figs, stage_seconds={}, total_seconds=0
+    ).read_text()
+    assert "Section V-C" in report and 'src="fig18_congestion_rtt_cdf.png"' in report
+    assert (out / "fig19_users_per_dc.png").stat().st_size > 0

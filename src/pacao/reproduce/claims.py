@@ -329,6 +329,7 @@ def _vc_claims(
     n_users_note: str,
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    absent = "" if congestion is not None else "the congestion-aware stage (Sec. V-C) did not run"
     for uc in TITLES:
         mine = sorted((int(n), s) for n, s in (congestion or {}).get(uc, {}).items())
         cid = f"vc_overlap_{uc}"
@@ -340,7 +341,9 @@ def _vc_claims(
         words = "the CDFs overlap for almost all the cases except with 64 DCs"
         rest = [(n, s) for n, s in mine if n != 64]
         if len(rest) < 2:
-            out.append(_missing(cid, claim, words, "the V-C stage has fewer than 2 such counts"))
+            out.append(
+                _missing(cid, claim, words, absent or "the V-C stage has fewer than 2 such counts")
+            )
         else:
             meds = [float(s["median_rtt_ms"]) for _, s in rest]
             spread = max(meds) / min(meds) - 1.0
@@ -362,7 +365,9 @@ def _vc_claims(
         words = "with 64 DCs, where 50% of the users have a RTT that is greater than 75 ms"
         r64 = next((s for n, s in mine if n == 64), None)
         if r64 is None:
-            out.append(_missing(cid, claim, words, "no 64-DC deployment in the V-C stage"))
+            out.append(
+                _missing(cid, claim, words, absent or "no 64-DC deployment in the V-C stage")
+            )
         else:
             share = float(r64["share_over_75ms"])
             out.append(
@@ -377,7 +382,9 @@ def _vc_claims(
         words = "The load is better balanced over all the available DCs under congestion awareness"
         d = _loads(per_dc, uc, n)
         if d is None:
-            out.append(_missing(cid, claim, words, f"{n}-DC deployment not in the V-C stage"))
+            out.append(
+                _missing(cid, claim, words, absent or f"{n}-DC deployment not in the V-C stage")
+            )
             continue
         aware, unaware = d["users_aware"].to_numpy(), d["users_unaware"].to_numpy()
         cv_a = float(np.std(aware) / np.mean(aware))
@@ -399,7 +406,7 @@ def _vc_claims(
     words = "In the Europe/OTT case, this leads to higher load on the eastern DCs"
     d = _loads(per_dc, "europe_ott", 4)
     if d is None:
-        out.append(_missing(cid, claim, words, "4-DC Europe/OTT not in the V-C stage"))
+        out.append(_missing(cid, claim, words, absent or "4-DC Europe/OTT not in the V-C stage"))
     else:
         aware, unaware = d["users_aware"].to_numpy(), d["users_unaware"].to_numpy()
         order = np.argsort(d["lon"].to_numpy(), kind="stable")

@@ -34,7 +34,7 @@ from pacao.decision import ENTRY_METRICS, Params
 from pacao.errors import InputError
 from pacao.report.figures import draw_all, figure_plan
 from pacao.report.html import write_report
-from pacao.reproduce.claims import compute_claims
+from pacao.reproduce.claims import compute_claims, not_computed
 from pacao.reproduce.results import Headline, Inputs
 from pacao.reproduce.sensitivity import run_sensitivity
 from pacao.reproduce.testbed_stage import link_testbed, testbed_stage
@@ -45,7 +45,7 @@ from pacao.sim.geography import EUROPE_RULES
 from pacao.sim.legacy import placement_table, reading
 from pacao.sim.network import throughput_mbps
 from pacao.sim.policy import PAPER_PARAMS, Policy, Timing
-from pacao.sim.scale import PARTITION_USERS
+from pacao.sim.scale import PARTITION_USERS, Config, Shared
 from pacao.sim.sweep import (
     Deployment,
     GridPoint,
@@ -528,10 +528,12 @@ def run_cli(
     if partition_users is not None or (traces is not None and traces.is_dir()):
         if lac_table is not None:
             raise InputError("--lac-table", str(lac_table), "not supported with a dataset")
-        path = reproduce_partitioned(
+        report = reproduce_partitioned(
             traces, opts, partition_users or PARTITION_USERS, Console(stderr=True)
         )
-        Console().print(f"summary: {path.resolve()}")
+        summary = json.loads((opts.out / "summary.json").read_text())
+        Console().print(headline_table(summary))
+        Console().print(f"report: {report.resolve()}")
         return
     inputs = None if traces is None else trace_inputs(traces, lac_table, seed, europe=europe)
     report = reproduce(inputs, opts, Console(stderr=True))
@@ -579,15 +581,17 @@ def partitioned_summary(
 def reproduce_partitioned(
     dataset: Path | None, opts: Options, partition_users: int, console: Console | None = None
 ) -> Path:
-    """Section V's sweep and headline on a user-partitioned dataset (pacao.sim.scale):
-    the given one, or synthetic users generated into ``out/traces/`` by Dask tasks.
-    Writes results/sweep.parquet and summary.json (the figures, congestion, claims and
-    sensitivity stages need every sample in one process and are not run); returns the
-    path of summary.json."""
+    """Section V on a user-partitioned dataset (pacao.sim.scale): the given one, or
+    synthetic users generated into ``out/traces/`` by Dask tasks. Writes the reduced
+    result files (sweep rows, positions, headline histograms), the claims that need only
+    them, summary.json (``partitioned.not_run``: what needs every sample in one process,
+    and why), the figures and report.html through the single-file run's report code;
+    returns the path of report.html. No step gathers per-sample arrays in this process."""
     from pacao.sim.scale import (
         build_shared,
         generate_dataset,
         open_dataset,
+        positions_table,
         run_scaled,
         synthetic_dcs,
     )
@@ -600,6 +604,7 @@ def reproduce_partitioned(
     stages = Stages(console)
     points = grid(opts.grid_values, opts.grid_values, True, opts.migration_s)
     n_parts = -(-opts.n_users // partition_users)
+    t_start = time.perf_counter()
     with stages.progress, contextlib.ExitStack() as stack:
         with stages.stage("Dask: " + (opts.scheduler or "starting a LocalCluster")):
             client = stack.enter_context(dask_client(opts.scheduler, opts.workers))
@@ -621,20 +626,116 @@ def reproduce_partitioned(
             sh = build_shared(
                 client, ds, dcs, params=opts.params, legacy=opts.legacy, seed=opts.seed
             )
+        # Report inputs from the scan (small): positions with their sample counts, LACs.
+        from pacao.sim.geography import build_lacs
+
+        positions_table(sh.scan).to_parquet(out / "results" / "positions.parquet", index=False)
+        source = (
+            f"dataset {ds.root} ({sh.scan.users:,} users in {len(ds.files):,} partitions"
+            + (", synthetic: pacao.sim.mobility" if ds.lac_level else ", at LAC centres")
+            + ")"
+        )
+        write_inputs(out, build_lacs(sh.lac_seed), source, sh.scan.users, sh.scan.samples, {})
         n_tasks = 2 * len(ds.files) * (len(points) + 1)
+        hists: dict[Config, tuple[np.ndarray, np.ndarray]] = {}
         with stages.stage(
             f"sweep: {len(ds.files)} partitions x {len(points) + 1} jobs x 2 passes", n_tasks
         ) as adv:
-            sweep = run_scaled(client, sh, points, adv, window=max(2, opts.workers or 2))
+            sweep = run_scaled(
+                client, sh, points, adv, window=max(2, opts.workers or 2), histograms=hists
+            )
             sweep.to_parquet(out / "results" / "sweep.parquet", index=False)
-    summary: dict[str, Any] = dict(partitioned_summary(sweep, HEADLINE_DCS))
-    summary["settings"] = opts.settings()
-    summary["partitioned"] = {
-        "users": sh.scan.users,
-        "samples": sh.scan.samples,
-        "partitions": len(ds.files),
-        "not_run": ["figures", "report", "congestion", "claims", "sensitivity"],
-    }
-    path = out / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    return path
+        summary: dict[str, Any] = dict(partitioned_summary(sweep, HEADLINE_DCS))
+        with stages.stage("headline histograms (Fig. 16)", len(USE_CASES)) as adv:
+            write_headline_histograms(out, sh, points, hists, summary, opts, adv)
+        # Claims and summary.json, from the reduced files (and the Sec. V-C part of
+        # summary.json, summary["congestion"], when a congestion stage wrote it).
+        with stages.stage("claims from the reduced results"):
+            claims = compute_claims(
+                out,
+                summary,
+                summary.get("congestion"),
+                f"{sh.scan.users:,} users, partitioned",
+                per_sample=False,
+            )
+        summary["settings"] = opts.settings()
+        summary["claims"] = [c for c in claims if c["id"] not in not_computed(claims)]
+        summary["sensitivity"] = None
+        summary["partitioned"] = {
+            "users": sh.scan.users,
+            "samples": sh.scan.samples,
+            "partitions": len(ds.files),
+            "not_run": {
+                **{
+                    k: v
+                    for k, v in PARTITIONED_NOT_RUN.items()
+                    if k != CONGESTION or "congestion" not in summary
+                },
+                **{f"claim {k}": v for k, v in not_computed(claims).items()},
+            },
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        report = _figures_and_report(out, opts, stages, t_start)
+    return report
+
+
+CONGESTION = "congestion-aware assignment (Sec. V-C, Figs. 18-19)"
+#: What a partitioned run does not run, and why (summary.json ``partitioned.not_run``).
+PARTITIONED_NOT_RUN = {
+    "per-sample headline files (results/headline_<use case>.parquet), traces.parquet, "
+    "legacy_placement.parquet": "one row per sample or user in one file; the dataset folder "
+    "holds the traces, results/rtt_hist_<use case>.parquet the headline RTTs (binned)",
+    "the paper's absolute setting (S' = 6 min, S'' = 36 s)": "not a point of the partitioned "
+    "sweep's grid",
+    CONGESTION: "assigns every user of a snapshot at once; not partitioned",
+    "sensitivity": "re-simulates the headline deployments under other readings and inputs "
+    "with every sample in one process; not partitioned",
+    "trace statistics": "need each user's samples in one process; per-partition statistics "
+    "are not merged",
+}
+
+
+def write_headline_histograms(
+    out: Path,
+    sh: Shared,
+    points: list[GridPoint],
+    hists: dict[Config, tuple[np.ndarray, np.ndarray]],
+    summary: dict[str, dict[str, Any]],
+    opts: Options,
+    advance: Callable[[], None],
+) -> None:
+    """results/rtt_hist_<uc>.parquet (the merged pass-1 histograms of the headline
+    configurations, which the client holds anyway) and results/headline.json (from the
+    reduced rows)."""
+    from pacao.sim.scale import headline_histogram
+
+    settings = {}
+    sweep = pd.read_parquet(out / "results" / "sweep.parquet")
+    for uc, s in summary.items():
+        n, s1, s2 = (
+            int(s["n_dcs"]),
+            float(s["s1_fraction_of_residence"]),
+            float(s["s2_fraction_of_s1"]),
+        )
+        headline_histogram(sh, points, hists, uc, n, s1, s2).to_parquet(
+            out / "results" / f"rtt_hist_{uc}.parquet", index=False
+        )
+        rows = sweep[(sweep.use_case == uc) & (sweep.n_dcs == n) & (sweep.bound == "strict")]
+        pick = {
+            "legacy": rows[rows.policy == "legacy"],
+            "pacao1": rows[(rows.policy == "pacao1") & (rows.s1 == s1)],
+            "pacao2": rows[(rows.policy == "pacao2") & (rows.s1 == s1) & (rows.s2 == s2)],
+        }
+        settings[uc] = {
+            "n_dcs": n,
+            "bound": "strict",
+            "bound_ms": float(rows.bound_ms.iloc[0]),
+            "s1_fraction_of_residence": s1,
+            "s2_fraction_of_s1": s2,
+            "migration_s": opts.migration_s,
+            "switches": {p: int(r.switches.iloc[0]) for p, r in pick.items()},
+            "migrations": {p: int(r.migrations.iloc[0]) for p, r in pick.items()},
+            **opts.settings(),
+        }
+        advance()
+    (out / "results" / "headline.json").write_text(json.dumps(settings, indent=2) + "\n")

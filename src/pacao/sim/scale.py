@@ -609,9 +609,12 @@ def run_scaled(
     points: Sequence[GridPoint],
     advance: Callable[[], None] = lambda: None,
     window: int = 2,
+    histograms: dict[Config, tuple[I64, I64]] | None = None,
 ) -> pd.DataFrame:
     """The sweep of pacao.sim.sweep.run_sweep over every partition, rows identical in
-    form; ``advance`` is called once per finished task (2 passes x partitions x (points+1))."""
+    form; ``advance`` is called once per finished task (2 passes x partitions x (points+1)).
+    ``histograms``, when given, receives every configuration's merged pass-1 histogram
+    (bin_counts form), which the client holds anyway."""
     shared = client.scatter(sh, broadcast=True)
     n_parts = len(sh.ds.files)
     jobs = [*range(len(points)), -1]
@@ -633,6 +636,8 @@ def run_scaled(
         advance,
         window,
     )
+    if histograms is not None:
+        histograms.update({c: (p.keys, p.counts) for c, p in acc.items()})
     where = {c: bins_for(p) for c, p in acc.items()}
     want_all = {c: sorted({b for b, _ in w.values()}) for c, w in where.items()}
     want = client.scatter(want_all, broadcast=True)
@@ -705,6 +710,38 @@ def _row(
         switches=p.switches,
         migrations=p.migrations,
     )
+
+
+def headline_histogram(
+    sh: Shared,
+    points: Sequence[GridPoint],
+    histograms: dict[Config, tuple[I64, I64]],
+    use_case: str,
+    n_dcs: int,
+    s1: float,
+    s2: float,
+) -> pd.DataFrame:
+    """The strict-bound RTT histograms of legacy, PACAO-1 at S' and PACAO-2 at (S', S'')
+    on one deployment: policy, bin, lo_ms, hi_ms (the bin's range [lo, hi)), samples."""
+    d = next(i for i, x in enumerate(sh.deployments) if (x.use_case, x.n_dcs) == (use_case, n_dcs))
+    k1 = next(k for k, p in enumerate(points) if p.s1 == s1 and p.with_pacao1)
+    k2 = next(k for k, p in enumerate(points) if p.s1 == s1 and p.s2 == s2)
+    frames = []
+    for pol, k in ((Policy.LEGACY, -1), (Policy.PACAO1, k1), (Policy.PACAO2, k2)):
+        keys, counts = histograms[(d, "strict", pol.value, k)]
+        lo, hi = bin_edges(keys)
+        frames.append(
+            pd.DataFrame(
+                {"policy": pol.value, "bin": keys, "lo_ms": lo, "hi_ms": hi, "samples": counts}
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def positions_table(sc: Scan) -> pd.DataFrame:
+    """results/positions.parquet of a partitioned run: the scan's distinct positions and
+    their sample counts, in the order of the shared RTT tables."""
+    return pd.DataFrame({"lat": sc.pos_lat, "lon": sc.pos_lon, "samples": sc.pos_weight})
 
 
 def build_shared(
