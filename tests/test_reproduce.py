@@ -34,6 +34,10 @@ FILES = [
     "results/congestion_users.parquet",
     "results/congestion_dcs.parquet",
     "results/sensitivity.parquet",
+    "results/positions.parquet",
+    "results/lacs.parquet",
+    "results/inputs.json",
+    "results/paper_setting.json",
     "legacy_placement.parquet",
     "fig_sensitivity.png",
 ]
@@ -69,6 +73,13 @@ def test_outputs_have_the_documented_columns(run: Path) -> None:
     # 14 deployments x 3 bounds x (legacy + 3 PACAO-1 + 9 PACAO-2) on the quick 3x3 grid.
     assert len(sweep) == 14 * 3 * (1 + 3 + 9)
     assert set(sweep.policy) == {"legacy", "pacao1", "pacao2"}
+    # The report's inputs: every sample at one of the positions, counted once.
+    pos = pd.read_parquet(run / "results" / "positions.parquet")
+    assert list(pos.columns) == ["lat", "lon", "samples"]
+    want = traces.groupby(["lat", "lon"]).size()
+    assert (pos.set_index(["lat", "lon"]).samples.sort_index() == want.sort_index()).all()
+    info = json.loads((run / "results" / "inputs.json").read_text())
+    assert (info["users"], info["samples"]) == (120, len(traces))
 
 
 def test_summary_has_exactly_the_issue_keys(run: Path) -> None:

@@ -150,7 +150,7 @@ def _sensitivity_section(sens: pd.DataFrame, figures: dict[str, str]) -> str:
 
 
 @dataclass(frozen=True)
-class Headline:
+class HeadlineFacts:
     """What the report states of one headline configuration, from the run's files."""
 
     run: HeadlineRun
@@ -166,7 +166,7 @@ class Headline:
 
 def _headlines(
     out: Path, sweep: pd.DataFrame, dcs: pd.DataFrame, partitioned: bool
-) -> dict[str, Headline]:
+) -> dict[str, HeadlineFacts]:
     positions = read_positions(out)
     place = None if partitioned else pd.read_parquet(out / "legacy_placement.parquet")
     heads = {}
@@ -181,7 +181,7 @@ def _headlines(
         if place is not None:
             p = place[(place.use_case == uc) & (place.n_dcs == h.n_dcs)]
             vm_near = float(np.mean((p.vm_dc == p.entry_dc).to_numpy()))
-        heads[uc] = Headline(h, legacy_mbps, ideal_ms, ideal_mbps, vm_near)
+        heads[uc] = HeadlineFacts(h, legacy_mbps, ideal_ms, ideal_mbps, vm_near)
     return heads
 
 
@@ -197,7 +197,7 @@ def _sens(sens: pd.DataFrame | None, uc: str, group: str, **match: str) -> float
 
 def _why(
     uc: str,
-    head: Headline,
+    head: HeadlineFacts,
     s: dict[str, Any],
     opts: RunSettings,
     sens: pd.DataFrame | None,
@@ -532,13 +532,15 @@ def write_report(
         parts.append(_sensitivity_section(sensitivity, figures))
     per_dc = results(out) / "congestion_dcs.parquet"
     users = read_congestion_users(out, partitioned is not None)
+    shown = {"sensitivity"}
     if "congestion" in doc and per_dc.is_file() and users is not None:
         parts.append(
             _congestion_section(doc["congestion"], figures, pd.read_parquet(per_dc), users)
         )
+        shown |= {"fig18", "fig19"}
     parts.append("<h2>Figures</h2>")
     for k, f in figures.items():
-        if k in ("fig18", "fig19", "sensitivity"):
+        if k in shown:
             continue
         parts.append(
             f'<figure><img src="{_e(f)}" alt="{_e(k)}">'
