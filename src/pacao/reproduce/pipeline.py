@@ -587,6 +587,7 @@ def reproduce_partitioned(
     them, summary.json (``partitioned.not_run``: what needs every sample in one process,
     and why), the figures and report.html through the single-file run's report code;
     returns the path of report.html. No step gathers per-sample arrays in this process."""
+    from pacao.sim.geography import build_lacs
     from pacao.sim.scale import (
         build_shared,
         generate_dataset,
@@ -627,8 +628,6 @@ def reproduce_partitioned(
                 client, ds, dcs, params=opts.params, legacy=opts.legacy, seed=opts.seed
             )
         # Report inputs from the scan (small): positions with their sample counts, LACs.
-        from pacao.sim.geography import build_lacs
-
         positions_table(sh.scan).to_parquet(out / "results" / "positions.parquet", index=False)
         source = (
             f"dataset {ds.root} ({sh.scan.users:,} users in {len(ds.files):,} partitions"
