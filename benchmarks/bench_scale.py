@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import resource
 import tempfile
 import time
@@ -63,7 +64,8 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
         t = time.perf_counter()
         sh = build_shared(client, ds, synthetic_dcs(args.seed, args.dcs), seed=args.seed)
         print(f"scan + tables of {len(sh.deployments)} deployments: "
-              f"{time.perf_counter() - t:.1f} s")  # fmt: skip
+              f"{time.perf_counter() - t:.1f} s; scattered to every worker: "
+              f"{len(pickle.dumps(sh)) / 1e6:,.0f} MB")  # fmt: skip
         values = QUICK_GRID if args.quick else FULL_GRID
         points = grid(values, values)
         done = [0]
