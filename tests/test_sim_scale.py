@@ -116,3 +116,16 @@ def test_dataset_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "_dataset.json").write_text('{"format": "other"}')
     with pytest.raises(InputError, match="pacao-traces-dataset"):
         open_dataset(tmp_path)
+
+
+def test_dc_counts_option_keeps_the_headline_deployments() -> None:
+    from pacao.reproduce.pipeline import Options, parse_dc_counts
+
+    assert parse_dc_counts(" 64,4,4") == (4, 64)
+    assert parse_dc_counts("1,2,4,8,16,32,64") == (1, 2, 4, 8, 16, 32, 64)
+    for text, value in (("4,x", "'x'"), ("4,64,3", "3"), ("1,4", "'1,4'"), ("4,,64", "'4,,64'")):
+        with pytest.raises(InputError, match=f"--dc-counts: {value} is invalid") as err:
+            parse_dc_counts(text)
+        assert "with 4 and 64" in str(err.value) or "integers" in str(err.value)
+    with pytest.raises(InputError, match="--workers: 2 is invalid; only without --scheduler"):
+        Options(out=Path("o"), workers=2, scheduler="tcp://127.0.0.1:8786").validate()
