@@ -129,3 +129,25 @@ def test_dc_counts_option_keeps_the_headline_deployments() -> None:
         assert "with 4 and 64" in str(err.value) or "integers" in str(err.value)
     with pytest.raises(InputError, match="--workers: 2 is invalid; only without --scheduler"):
         Options(out=Path("o"), workers=2, scheduler="tcp://127.0.0.1:8786").validate()
+
+
+def test_the_client_holds_a_value_seen_in_many_partitions_once() -> None:
+    from pacao.sim.scale import COMPACT_EVERY, hold, merge_counts
+
+    rng = np.random.default_rng(SEED)
+    table = rng.uniform(1, 500, 40)  # values every partition shares, as tabulated RTTs
+    parts = []
+    for _ in range(5 * COMPACT_EVERY):
+        v = np.unique(np.r_[rng.choice(table, 30), rng.uniform(1, 500, 2)])
+        parts.append((v, rng.integers(1, 9, len(v))))
+    held: list[tuple[np.ndarray, np.ndarray]] = []
+    for p in parts:
+        hold(held, p)
+        assert len(held) < COMPACT_EVERY
+    values, counts = merge_counts(held)
+    everything = np.concatenate([v for v, _ in parts])
+    assert np.array_equal(values, np.unique(everything))
+    assert counts.sum() == sum(int(c.sum()) for _, c in parts)
+    want = pd.Series(np.concatenate([c for _, c in parts])).groupby(everything).sum()
+    assert np.array_equal(counts, want.to_numpy())
+    assert sum(len(v) for v, _ in held) <= len(table) + 2 * len(parts) + 32 * COMPACT_EVERY

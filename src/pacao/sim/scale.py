@@ -480,6 +480,15 @@ def merge_counts(parts: Sequence[tuple[NDArray[K], I64]]) -> tuple[NDArray[K], I
     return uv, np.bincount(inv, weights=weights, minlength=len(uv)).astype(np.int64)
 
 
+def hold(held: list[tuple[F64, I64]], part: tuple[F64, I64]) -> None:
+    """Add one partition's (values, counts) of a bin to ``held``, merged into one array of
+    distinct values every COMPACT_EVERY partitions: a value seen in many partitions (a
+    tabulated RTT) is then held once, not once per partition."""
+    held.append(part)
+    if len(held) >= COMPACT_EVERY:
+        held[:] = [merge_counts(held)]
+
+
 def needed_ranks(n: int) -> list[int]:
     """Ranks of every order statistic the row needs: the RTT quantiles and the median
     throughput (whose order statistics are the RTT's mirrored ranks)."""
@@ -626,10 +635,7 @@ def run_scaled(
     def take2(res: dict[Config, dict[int, tuple[F64, I64]]]) -> None:
         for c, per_bin in res.items():
             for b, vc in per_bin.items():
-                held = found[c].setdefault(b, [])
-                held.append(vc)
-                if len(held) >= COMPACT_EVERY:  # a value seen in many partitions is kept once
-                    held[:] = [merge_counts(held)]
+                hold(found[c].setdefault(b, []), vc)
 
     _windowed(
         client,
