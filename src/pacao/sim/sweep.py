@@ -261,7 +261,7 @@ def dask_client(scheduler: str | None, workers: int | None = None) -> Iterator[o
         except (OSError, TimeoutError, ValueError) as exc:
             why = str(exc) or f"no Dask handshake within {HANDSHAKE_TIMEOUT_S} s"
             raise InputError(
-                "scheduler", scheduler, f"a reachable Dask scheduler address ({why})"
+                "--scheduler", scheduler, f"a reachable Dask scheduler address ({why})"
             ) from None
         with client:
             yield client
