@@ -4,7 +4,8 @@ For each user count: generate the user-partitioned Parquet dataset (Dask tasks),
 it, build the deployments' tables and run the (S', S'') grid as (partition x grid
 point) tasks with the exact two-pass reduction, on a LocalCluster of this machine.
 Prints the wall time of every step, the number of tasks, and the peak resident memory
-of each worker process (ru_maxrss, read on the workers). Nothing is asserted.
+of each worker process (ru_maxrss, read on the workers) and of the client. Nothing is
+asserted.
 
     python benchmarks/bench_scale.py [--users 36450 364500 1000000] [--quick]
         [--workers 2] [--memory-limit 6GB] [--partition-users 10000] [--dcs 1 2 4 ...]
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -61,7 +64,8 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
         t = time.perf_counter()
         sh = build_shared(client, ds, synthetic_dcs(args.seed, args.dcs), seed=args.seed)
         print(f"scan + tables of {len(sh.deployments)} deployments: "
-              f"{time.perf_counter() - t:.1f} s")  # fmt: skip
+              f"{time.perf_counter() - t:.1f} s; scattered to every worker: "
+              f"{len(pickle.dumps(sh)) / 1e6:,.0f} MB")  # fmt: skip
         values = QUICK_GRID if args.quick else FULL_GRID
         points = grid(values, values)
         done = [0]
@@ -77,6 +81,8 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
               f"{len(rows)} configurations, {done[0]} tasks, {took:.1f} s; {load()}")  # fmt: skip
         for w, mb in sorted(peaks.items()):
             print(f"peak memory of worker {w}: {mb:,.0f} MB")
+        client_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak memory of the client (this process, so far): {client_mb:,.0f} MB")
 
 
 def main() -> None:

@@ -161,11 +161,14 @@ def part_run(client: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         return out
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "DC_COUNTS", (4, 64))
         mp.setattr(distributed.Future, "result", recorded_result)
         mp.setattr(distributed.Client, "gather", recorded_gather)
         opts = pipeline.Options(
-            out=root / "run", quick=True, seed=SEED, scheduler=client.scheduler.address
+            out=root / "run",
+            quick=True,
+            seed=SEED,
+            scheduler=client.scheduler.address,
+            dc_counts=(4, 64),
         )
         report = pipeline.reproduce_partitioned(ds.root, opts, 80)
     return {"out": root / "run", "ds": ds, "report": report, "returned": returned}
@@ -324,3 +327,38 @@ def test_congestion_figures_from_a_folder_of_parts_or_one_file(
     ).read_text()
     assert "Section V-C" in report and 'src="fig18_congestion_rtt_cdf.png"' in report
     assert (out / "fig19_users_per_dc.png").stat().st_size > 0
+
+
+def test_dc_counts_option_keeps_the_headline_deployments() -> None:
+    from pacao.reproduce.pipeline import Options, parse_dc_counts
+
+    assert parse_dc_counts(" 64,4,4") == (4, 64)
+    assert parse_dc_counts("1,2,4,8,16,32,64") == (1, 2, 4, 8, 16, 32, 64)
+    for text, value in (("4,x", "'x'"), ("4,64,3", "3"), ("1,4", "'1,4'"), ("4,,64", "'4,,64'")):
+        with pytest.raises(InputError, match=f"--dc-counts: {value} is invalid") as err:
+            parse_dc_counts(text)
+        assert "with 4 and 64" in str(err.value) or "integers" in str(err.value)
+    with pytest.raises(InputError, match="--workers: 2 is invalid; only without --scheduler"):
+        Options(out=Path("o"), workers=2, scheduler="tcp://127.0.0.1:8786").validate()
+
+
+def test_the_client_holds_a_value_seen_in_many_partitions_once() -> None:
+    from pacao.sim.scale import COMPACT_EVERY, hold, merge_counts
+
+    rng = np.random.default_rng(SEED)
+    table = rng.uniform(1, 500, 40)  # values every partition shares, as tabulated RTTs
+    parts = []
+    for _ in range(5 * COMPACT_EVERY):
+        v = np.unique(np.r_[rng.choice(table, 30), rng.uniform(1, 500, 2)])
+        parts.append((v, rng.integers(1, 9, len(v))))
+    held: list[tuple[np.ndarray, np.ndarray]] = []
+    for p in parts:
+        hold(held, p)
+        assert len(held) < COMPACT_EVERY
+    values, counts = merge_counts(held)
+    everything = np.concatenate([v for v, _ in parts])
+    assert np.array_equal(values, np.unique(everything))
+    assert counts.sum() == sum(int(c.sum()) for _, c in parts)
+    want = pd.Series(np.concatenate([c for _, c in parts])).groupby(everything).sum()
+    assert np.array_equal(counts, want.to_numpy())
+    assert sum(len(v) for v, _ in held) <= len(table) + 2 * len(parts) + 32 * COMPACT_EVERY

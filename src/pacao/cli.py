@@ -184,17 +184,29 @@ def reproduce(
         int | None,
         typer.Option(help="Partitioned run: users per partition of the generated dataset."),
     ] = None,
+    dc_counts: Annotated[
+        str | None,
+        typer.Option(
+            help="DC counts to run, e.g. 4,64 (default all of 1,2,4,8,16,32,64; 4 and 64 needed)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="LocalCluster worker processes (default: one per core)."),
+    ] = None,
 ) -> None:
     """Reproduce the paper's Sections IV (testbed, as root) and V: figures, report, summary."""
     require_extra("pacao reproduce", "sim")
-    from pacao.reproduce.pipeline import run_cli
+    from pacao.reproduce.pipeline import DC_COUNTS, parse_dc_counts, run_cli
     from pacao.testbed.net import TestbedError
 
     try:
+        counts = DC_COUNTS if dc_counts is None else parse_dc_counts(dc_counts)
         run_cli(
             quick, users, out, scheduler, seed, vm_memory_gb, dc_gbps, traces, lac_table,
             testbed=not no_testbed, legacy=legacy, entry_metric=entry_metric,
             europe=europe, sensitivity=not no_sensitivity, partition_users=partition_users,
+            dc_counts=counts, workers=workers,
         )  # fmt: skip
     except InputError as exc:
         raise fail(str(exc)) from None

@@ -257,7 +257,7 @@ def read_congestion_users(out: Path, partitioned: bool) -> CongestionUsers | Non
         for (uc, n), g in part.groupby(["use_case", "n_dcs"], sort=False):
             key = (str(uc), int(n))
             kc = bin_counts(g["rtt_aware_ms"].to_numpy(np.float64))
-            hist[key] = merge_counts(hist[key], kc) if key in hist else kc
+            hist[key] = merge_counts([hist[key], kc]) if key in hist else kc
             c = float(np.max(g["congestion_aware_ms"].to_numpy(np.float64)))
             peak[key] = max(peak.get(key, c), c)
     curves = {}

@@ -173,6 +173,7 @@ class Options:
     entry_metric: str = "user-rloc"
     europe: str = "abutting"
     sensitivity: bool = True
+    dc_counts: tuple[int, ...] = DC_COUNTS
 
     def settings(self) -> dict[str, str]:
         """The readings of this run, recorded in summary.json and the report."""
@@ -196,6 +197,12 @@ class Options:
     def validate(self) -> None:
         if self.users is not None:
             integer_in("--users", self.users, 1, allowed="a number of users >= 1")
+        if self.workers is not None:
+            integer_in("--workers", self.workers, 1, allowed="a number of worker processes >= 1")
+            if self.scheduler:
+                raise InputError(
+                    "--workers", self.workers, "only without --scheduler (a LocalCluster's size)"
+                )
         non_negative("migration time", self.migration_s, "seconds >= 0")
         if self.out.exists() and not self.out.is_dir():
             raise InputError("--out", str(self.out), "a directory (it is a file)")
@@ -206,6 +213,36 @@ class Options:
             )
         if self.europe not in EUROPE_RULES:
             raise InputError("--europe", self.europe, f"one of {', '.join(EUROPE_RULES)}")
+        check_dc_counts(self.dc_counts)
+
+
+def check_dc_counts(counts: tuple[int, ...]) -> None:
+    """The paper's DC counts, at least the headline deployments (their summary keys)."""
+    allowed = (
+        f"a comma-separated subset of {','.join(map(str, DC_COUNTS))} with "
+        f"{HEADLINE_DCS['europe_ott']} and {HEADLINE_DCS['france_isp']} (the headline "
+        "deployments: Europe/OTT 4 DCs, France/ISP 64 DCs)"
+    )
+    for n in counts:
+        if n not in DC_COUNTS:
+            raise InputError("--dc-counts", n, allowed)
+    if not set(HEADLINE_DCS.values()) <= set(counts):
+        raise InputError("--dc-counts", ",".join(map(str, counts)), allowed)
+
+
+def parse_dc_counts(text: str) -> tuple[int, ...]:
+    """``--dc-counts 1,4,64``: the DC counts, in the paper's order, without repeats."""
+    counts = set()
+    for word in text.split(","):
+        try:
+            counts.add(int(word.strip()))
+        except ValueError:
+            raise InputError(
+                "--dc-counts", word.strip() or text, "comma-separated integers, e.g. 4,64"
+            ) from None
+    out = tuple(sorted(counts))
+    check_dc_counts(out)
+    return out
 
 
 class Stages:
@@ -324,7 +361,9 @@ def reproduce(inputs: Inputs | None, opts: Options, console: Console | None = No
             client = stack.enter_context(dask_client(opts.scheduler, opts.workers))
         with stages.stage("traces and DC sites"):
             if inputs is None:
-                inputs = synthetic_inputs(opts.n_users, opts.seed, europe=opts.europe)
+                inputs = synthetic_inputs(
+                    opts.n_users, opts.seed, opts.dc_counts, europe=opts.europe
+                )
             traces = inputs.traces[["user_id", "t", "lat", "lon", "lac"]]
             traces.to_parquet(out / "traces.parquet", index=False)
             inputs.dcs[["use_case", "n_dcs", "name", "lat", "lon"]].to_csv(
@@ -500,6 +539,8 @@ def run_cli(
     europe: str = "abutting",
     sensitivity: bool = True,
     partition_users: int | None = None,
+    dc_counts: tuple[int, ...] = DC_COUNTS,
+    workers: int | None = None,
 ) -> None:
     """`pacao reproduce`: run, then print the headline table and the report's path.
 
@@ -523,6 +564,8 @@ def run_cli(
         entry_metric=entry_metric,
         europe=europe,
         sensitivity=sensitivity,
+        dc_counts=dc_counts,
+        workers=workers,
     )
     opts.validate()
     if partition_users is not None or (traces is not None and traces.is_dir()):
@@ -535,7 +578,11 @@ def run_cli(
         Console().print(headline_table(summary))
         Console().print(f"report: {report.resolve()}")
         return
-    inputs = None if traces is None else trace_inputs(traces, lac_table, seed, europe=europe)
+    inputs = (
+        None
+        if traces is None
+        else trace_inputs(traces, lac_table, seed, opts.dc_counts, europe=europe)
+    )
     report = reproduce(inputs, opts, Console(stderr=True))
     summary = json.loads((opts.out / "summary.json").read_text())
     console = Console()
@@ -621,7 +668,7 @@ def reproduce_partitioned(
                 )
         else:
             ds = open_dataset(dataset)
-        dcs = synthetic_dcs(opts.seed, DC_COUNTS, opts.europe)
+        dcs = synthetic_dcs(opts.seed, opts.dc_counts, opts.europe)
         dcs.to_csv(out / "dcs.csv", index=False)
         with stages.stage("scan, RTT tables, bounds, decisions"):
             sh = build_shared(

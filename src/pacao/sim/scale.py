@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,7 @@ from pacao.validate import positive
 
 I64 = NDArray[np.int64]
 F64 = NDArray[np.float64]
+K = TypeVar("K", np.int64, np.float64)
 
 #: The dataset's description file, next to the part-NNNNN.parquet files.
 META = "_dataset.json"
@@ -56,6 +57,9 @@ PARTITION_USERS = 10_000
 #: Histogram bins are the top 20 bits of the (order-preserving) float64 bit pattern:
 #: sign, exponent and 8 mantissa bits, i.e. 256 bins per octave (0.4 % wide).
 BIN_SHIFT = 44
+#: Pass-2 results per (configuration, bin) the client keeps before merging them into one
+#: array of distinct values: bounded duplication, at little sorting.
+COMPACT_EVERY = 16
 
 
 # --------------------------------------------------------------------------- dataset
@@ -447,13 +451,6 @@ def bin_counts(values: F64, weights: I64 | None = None) -> tuple[I64, I64]:
     return uk, cnt
 
 
-def merge_counts(a: tuple[I64, I64], b: tuple[I64, I64]) -> tuple[I64, I64]:
-    """Two histograms of bin_counts as one (exact: integer counts)."""
-    uk, inv = np.unique(np.r_[a[0], b[0]], return_inverse=True)
-    cnt = np.bincount(inv, weights=np.r_[a[1], b[1]], minlength=len(uk)).astype(np.int64)
-    return uk, cnt
-
-
 def bin_edges(keys: I64) -> tuple[F64, F64]:
     """The value range [lo, hi) of each bin key."""
 
@@ -488,11 +485,27 @@ class Partial:
         )
 
     def merge(self, o: Partial) -> None:
-        self.keys, self.counts = merge_counts((self.keys, self.counts), (o.keys, o.counts))
+        self.keys, self.counts = merge_counts([(self.keys, self.counts), (o.keys, o.counts)])
         self.n += o.n
         self.total = self.total + o.total
         self.switches += o.switches
         self.migrations += o.migrations
+
+
+def merge_counts(parts: Sequence[tuple[NDArray[K], I64]]) -> tuple[NDArray[K], I64]:
+    """(distinct sorted values, summed counts) of several (values, counts) pairs."""
+    uv, inv = np.unique(np.concatenate([v for v, _ in parts]), return_inverse=True)
+    weights = np.concatenate([c for _, c in parts])
+    return uv, np.bincount(inv, weights=weights, minlength=len(uv)).astype(np.int64)
+
+
+def hold(held: list[tuple[F64, I64]], part: tuple[F64, I64]) -> None:
+    """Add one partition's (values, counts) of a bin to ``held``, merged into one array of
+    distinct values every COMPACT_EVERY partitions: a value seen in many partitions (a
+    tabulated RTT) is then held once, not once per partition."""
+    held.append(part)
+    if len(held) >= COMPACT_EVERY:
+        held[:] = [merge_counts(held)]
 
 
 def needed_ranks(n: int) -> list[int]:
@@ -646,7 +659,7 @@ def run_scaled(
     def take2(res: dict[Config, dict[int, tuple[F64, I64]]]) -> None:
         for c, per_bin in res.items():
             for b, vc in per_bin.items():
-                found[c].setdefault(b, []).append(vc)
+                hold(found[c].setdefault(b, []), vc)
 
     _windowed(
         client,
@@ -661,11 +674,8 @@ def run_scaled(
     for c, p in acc.items():
         value = {}
         for r, (b, inner) in where[c].items():
-            v = np.concatenate([x[0] for x in found[c][b]])
-            n = np.concatenate([x[1] for x in found[c][b]])
-            order = np.argsort(v, kind="stable")
-            cc = np.cumsum(n[order])
-            value[r] = float(v[order][np.searchsorted(cc, inner, side="right")])
+            v, n = merge_counts(found[c][b])
+            value[r] = float(v[np.searchsorted(np.cumsum(n), inner, side="right")])
         rows.append(_row(sh, points, c, p, value))
     df = pd.DataFrame(rows)
     return df.sort_values(["use_case", "n_dcs", "bound", "policy", "s1", "s2"]).reset_index(

@@ -29,6 +29,8 @@ from pacao.sim.policy import PAPER_PARAMS, Decisions, Policy, Timing, decision_t
 
 #: Seconds to wait for a remote Dask scheduler before giving up.
 CONNECT_TIMEOUT_S = 5
+#: Seconds for the whole probe of a remote scheduler: connection and handshake.
+HANDSHAKE_TIMEOUT_S = 1 + CONNECT_TIMEOUT_S
 #: Statistics kept for every configuration.
 QUANTILES = (0.1, 0.5, 0.9)
 #: TCP window x 8 bits / 1e6: throughput in Mbit/s = this / RTT in ms x 1000.
@@ -228,6 +230,24 @@ def worker_environ() -> dict[str, str]:
     }
 
 
+def _probe(address: str) -> None:
+    """Connect and handshake under one deadline. Client(address, timeout=...) bounds the
+    TCP connection but not the handshake read after it, so a listener that never
+    answers (not a scheduler, or a stuck one) would hang it for ever."""
+    import asyncio
+
+    from distributed.comm.core import connect
+
+    async def probe() -> None:
+        comm = await asyncio.wait_for(
+            connect(address, timeout=CONNECT_TIMEOUT_S),  # type: ignore[no-untyped-call]
+            HANDSHAKE_TIMEOUT_S,
+        )
+        await comm.close()
+
+    asyncio.run(probe())
+
+
 @contextmanager
 def dask_client(scheduler: str | None, workers: int | None = None) -> Iterator[object]:
     """A client on the given scheduler, or on a LocalCluster closed afterwards."""
@@ -236,10 +256,12 @@ def dask_client(scheduler: str | None, workers: int | None = None) -> Iterator[o
 
     if scheduler:
         try:
+            _probe(scheduler)
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)  # type: ignore[no-untyped-call]
         except (OSError, TimeoutError, ValueError) as exc:
+            why = str(exc) or f"no Dask handshake within {HANDSHAKE_TIMEOUT_S} s"
             raise InputError(
-                "scheduler", scheduler, f"a reachable Dask scheduler address ({exc})"
+                "--scheduler", scheduler, f"a reachable Dask scheduler address ({why})"
             ) from None
         with client:
             yield client
