@@ -12,6 +12,15 @@ before. ``pytest`` alone still runs the whole suite serially.
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
+
+# No hypothesis deadline (its default fails an example that takes over 200 ms of wall
+# time): a time limit is not what these tests check, and on a loaded host, or beside
+# the other xdist worker, one example once took 418 ms (test_lisp_codec::test_round_trip,
+# 0.06 ms when replayed). Loaded here, before the test modules, so that every @settings
+# inherits it.
+settings.register_profile("pacao", deadline=None)
+settings.load_profile("pacao")
 
 PARALLEL_SAFE = frozenset(
     {
