@@ -46,8 +46,15 @@ lint: venv
 guest: venv debs
 	$(BIN)/python -m pacao.testbed.vm.guest --out build/guest
 
+# Every test, in two pytest runs (docs/testing.md, "How `make test` runs"): first the files
+# tests/conftest.py marks parallel_safe (computation on in-memory inputs and tmp_path only)
+# on two xdist workers, a file per worker (--dist loadfile: a module's fixtures built once),
+# then all the others serially. Both always run; either failing fails the target.
 test: venv debs lint guest
-	$(BIN)/pytest
+	status=0; \
+	$(BIN)/pytest -m parallel_safe -n 2 --dist loadfile || status=$$?; \
+	$(BIN)/pytest -m "not parallel_safe" || status=$$?; \
+	exit $$status
 
 bench: venv debs
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
