@@ -199,7 +199,7 @@ def test_forward_to_etr_without_proxy_reply() -> None:
         await etr.recv()
         ecm = ecm_request("10.1.3.9/32", 0x33, itr.port)
         itr.send(ecm, ms)
-        data, src = await asyncio.wait_for(etr.queue.get(), 2)
+        data, src = await asyncio.wait_for(etr.queue.get(), 10)
         assert data == ecm and src == ms  # the ECM is forwarded untouched
         assert await itr.nothing(ms)
 
