@@ -81,11 +81,14 @@ class Peer(asyncio.DatagramProtocol):
         data, addr = await asyncio.wait_for(self.queue.get(), timeout)
         return decode_message(data), addr
 
-    async def nothing(self, wait: float = 0.2) -> bool:
-        """No datagram within ``wait``: a check that something does NOT happen needs a
-        quiet period by nature (the only fixed waits the suite keeps)."""
-        await asyncio.sleep(wait)
-        return self.queue.empty()
+    async def nothing(self, ms: tuple[str, int]) -> bool:
+        """Nothing came for what was sent before: the map-server takes datagrams in order
+        and sends a message's answers before it takes the next, so the answer to a
+        Map-Request sent now comes after any such datagram (an event, not a quiet period)."""
+        nonce = next(_SENTINELS)
+        self.send(ecm_request(NOBODYS_EID, nonce, self.port), ms)
+        msg, _ = await self.recv()
+        return isinstance(msg, MapReply) and msg.nonce == nonce and not msg.records[0].locators
 
 
 async def peer(host: str = "127.0.0.1") -> Peer:
@@ -116,6 +119,8 @@ def run(
 
 
 _NONCES = itertools.count(1 << 32)  # increasing by default, as the replay check wants
+_SENTINELS = itertools.count(0x5E47_0000_0000)
+NOBODYS_EID = "192.0.2.1/32"  # in no site: a negative Map-Reply
 
 
 def register(
@@ -159,7 +164,7 @@ def test_register_with_notify_then_proxy_reply(alg: int) -> None:
         (rec,) = reply.records
         assert rec.prefix == EidPrefix.parse("10.1.1.0/24")
         assert rec.locators == LOCS and not rec.authoritative and rec.action == 0
-        assert await etr.nothing(0.05)
+        assert await etr.nothing(ms)
 
     server = run(cfg(), body)
     assert server.stats["registered"] == 1 and server.stats["proxy_reply"] == 1
@@ -179,7 +184,7 @@ def test_bad_registrations_are_dropped_and_counted() -> None:
         etr.send(register("10.9.0.0/16", key="other", nonce=9), ms)  # valid for dc2
         notify, _ = await etr.recv()
         assert isinstance(notify, MapNotify) and notify.nonce == 9
-        assert await etr.nothing()
+        assert await etr.nothing(ms)
         assert len(server.registrations) == 1
 
     server = run(cfg(), body)
@@ -194,9 +199,9 @@ def test_forward_to_etr_without_proxy_reply() -> None:
         await etr.recv()
         ecm = ecm_request("10.1.3.9/32", 0x33, itr.port)
         itr.send(ecm, ms)
-        data, src = await asyncio.wait_for(etr.queue.get(), 2)
+        data, src = await asyncio.wait_for(etr.queue.get(), 10)
         assert data == ecm and src == ms  # the ECM is forwarded untouched
-        assert await itr.nothing()
+        assert await itr.nothing(ms)
 
     assert run(cfg(), body).stats["forwarded"] == 1
 
@@ -484,7 +489,7 @@ def test_replayed_capture_is_dropped_unless_the_site_opts_out(protect: bool) -> 
         notify, _ = await etr.recv()
         assert isinstance(notify, MapNotify) and notify.nonce == 0x1111000000000001
         if protect:
-            assert await etr.nothing()
+            assert await etr.nothing(ms)
         else:
             for _ in range(2):
                 assert isinstance((await etr.recv())[0], MapNotify)
@@ -516,7 +521,7 @@ def test_replay_cannot_revert_a_priority_switch(tmp_path: Path) -> None:
             await etr.recv()
         assert await served(ms, itr) == (2, 1)
         etr.send(first, ms)
-        assert await etr.nothing()  # no Map-Notify for a replay
+        assert await etr.nothing(ms)  # no Map-Notify for a replay
         assert await served(ms, itr) == (2, 1)
         server.save_state()
 
@@ -525,7 +530,7 @@ def test_replay_cannot_revert_a_priority_switch(tmp_path: Path) -> None:
     async def after_restart(server: MapServer, ms: tuple[str, int]) -> None:
         etr, itr = await peer(), await peer()
         etr.send(first, ms)  # the last nonce was persisted with the registrations
-        assert await etr.nothing()
+        assert await etr.nothing(ms)
         assert await served(ms, itr) == (2, 1)
 
     assert run(config, after_restart).stats["replayed"] == 1
@@ -561,7 +566,7 @@ def test_nonces_are_tracked_per_xtr_id_and_zero_is_refused() -> None:
                 notify, _ = await etr.recv()
                 assert notify.nonce == nonce
             else:
-                assert await etr.nothing(0.05), (hex(nonce), xtr)
+                assert await etr.nothing(ms), (hex(nonce), xtr)
 
     assert run(cfg(), body).stats["replayed"] == 4
 
@@ -634,14 +639,14 @@ def test_oversized_registrations_are_refused_and_counted() -> None:
         ]
         for data in refused:
             etr.send(data, ms)
-            assert await etr.nothing(0.05)
+            assert await etr.nothing(ms)
         for chunk in (["10.1.1.0/24", "10.1.2.0/24", "10.1.3.0/24"], ["10.1.4.0/24"]):
             etr.send(reg(chunk), ms)
             await etr.recv()
         etr.send(reg(["10.1.1.0/24", "10.1.5.0/24"]), ms)  # 5 held: a refresh + 1 new fits
         await etr.recv()
         etr.send(reg(["10.1.6.0/24"]), ms)  # a 6th prefix does not
-        assert await etr.nothing(0.05)
+        assert await etr.nothing(ms)
         assert len(server.registrations) == 5
 
     server = run(config_from_dict(doc), body)

@@ -299,7 +299,7 @@ def test_rloc_probe_reply_sets_p_bit() -> None:
             tr.sendto(req.to_bytes(), etr.local)
             from pacao.lisp.messages import decode_message
 
-            reply = decode_message(await asyncio.wait_for(got, 2))
+            reply = decode_message(await asyncio.wait_for(got, 10))
             assert isinstance(reply, MapReply) and reply.probe and reply.nonce == 77
             (rec,) = reply.records
             assert rec.authoritative and rec.locators[0].probed and rec.locators[0].local

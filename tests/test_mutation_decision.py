@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from decision_support import entry_step, migration_step
+from pacao.controller.config import MultiUser
 from pacao.decision import (
     DcCapacity,
     MigrationTime,
@@ -30,6 +31,7 @@ from pacao.decision import (
 )
 from pacao.decision.kernel import choose as kernel_choose
 from pacao.decision.kernel import current_keys
+from pacao.errors import InputError
 from pacao.optimize.assign.model import LatencyFunction
 from pacao.optimize.penalty import choose as choose_ratios
 from pacao.optimize.ties import OBJECTIVE_TIE
@@ -291,6 +293,29 @@ def test_multi_user_batch_size_reaches_the_batched_solver() -> None:
     dcs = no_congestion([1.0, 5.0])
     assert decide_multi_user(users, dcs, solver="batched").dc.tolist() == [1, 0]
     assert decide_multi_user(users, dcs, solver="batched", batch_size=1).dc.tolist() == [0, 1]
+
+
+def test_multi_user_batches_default_to_the_controllers_batch_size() -> None:
+    # A caller that leaves batch_size out gets the controller's default batch. DC 0 holds one
+    # user: user 0 barely prefers it, the last user of the instance needs it, the users
+    # between may only go to DC 1. In one batch the last user gets DC 0; behind a batch
+    # boundary, user 0 has taken it already.
+    size = MultiUser().batch_size
+
+    def batched(n: int) -> list[int]:
+        rtt = [[10.0, 11.0]] + [[np.nan, 10.0]] * (n - 2) + [[10.0, 100.0]]
+        got = decide_multi_user(multi_inputs(rtt, 10.0), no_congestion([1.0, n]), solver="batched")
+        return [int(got.dc[0]), int(got.dc[-1])]
+
+    assert batched(size) == [1, 0]  # one batch
+    assert batched(size + 1) == [0, 1]  # the last user in a second batch
+
+
+def test_multi_user_time_limit_reaches_the_solver() -> None:
+    # The limit is the solver's: one it cannot use is refused with the option's name.
+    users = multi_inputs([[10.0, 11.0]], 10.0)
+    with pytest.raises(InputError, match="--time-limit"):
+        decide_multi_user(users, no_congestion([1.0, 1.0]), solver="milp", time_limit=0.0)
 
 
 # -- Step 1 --------------------------------------------------------------------------------

@@ -12,12 +12,19 @@ field by field.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
 
 from pacao.optimize.assign import InfeasibleError, problem_from_dict
-from pacao.optimize.assign.milp import SolverLimitError, solve_milp, subproblem
+from pacao.optimize.assign.milp import (
+    BOUND_TOL,
+    SolverLimitError,
+    proven_bound,
+    solve_milp,
+    subproblem,
+)
 from pacao.optimize.assign.model import AssignProblem, evaluate
 from test_mutation_assign import doc as assign_doc
 
@@ -98,6 +105,68 @@ def test_sub_millisecond_bounds_keep_the_penalty_rows_exact(
     p = problem_from_dict(d)
     res = solve_milp(p)
     assert res.objective == pytest.approx(best) and res.lower_bound == pytest.approx(best)
+
+
+# Instances from a random search (rising functions of three pieces; the numbers as drawn:
+# rounded, HiGHS takes other paths and proves them anyway). At its default relative gap
+# (1e-4) HiGHS stops the first with its bound 8e-5 below the optimum; at its default
+# feasibility tolerance (1e-6), the second 1.8e-7 below it. In the third, u3's latency to
+# d0 is set so that the two best assignments are 5e-7 apart: at the default absolute gap
+# (1e-6) HiGHS returns the worse one.
+SEARCHED = [
+    (
+        [[0, 0], [0.18329952812884379, 11.77], [0.3824085852724197, 25.295],
+         [1.0, 70.37883748530206]],
+        [5, 3, 4],
+        [1, 0, 3],
+        [[17.322, None, 40.184], [17.868, 19.198, 12.343], [None, 33.871, 34.107],
+         [50.789, 53.687, 40.559], [5.443, 32.515, 11.271]],
+    ),
+    (
+        [[0, 0], [0.21564854972274328, 8.85], [0.6026917318285873, 28.053],
+         [1.0, 92.06094461897712]],
+        [4, 5, 5],
+        [0, 2, 0],
+        [[39.193, 24.899, 29.319], [43.549, 22.878, 9.944], [20.083, 17.707, 25.771],
+         [43.791, 19.901, 32.925], [54.178, 14.088, 5.083]],
+    ),
+    (
+        [[0, 0], [0.4364969583739745, 10.464], [0.6572719966416742, 25.147],
+         [1.0, 74.09187941776891]],
+        [5, 6],
+        [3, 3],
+        [[22.503, None], [None, 7.231], [57.631, 5.8], [28.913271806979097, 9.872]],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", SEARCHED)
+def test_the_optimum_is_proven_to_its_last_digits(
+    case: tuple[list[list[float]], list[int], list[int], list[list[float | None]]],
+) -> None:
+    breakpoints, caps, existing, lat = case
+    p = problem_from_dict(assign_doc(caps, existing, lat, {"breakpoints": breakpoints}))
+    res = solve_milp(p)
+    best = enumerated(p)
+    assert res.optimal
+    assert res.objective == pytest.approx(best, rel=1e-9)
+    assert res.lower_bound == pytest.approx(best, rel=1e-9)
+
+
+def test_a_bound_above_the_objective_is_noise_up_to_the_tolerance_then_an_error() -> None:
+    # HiGHS's dual bound may exceed the objective by float noise (1e-15 relative on the
+    # instances above); up to BOUND_TOL (relative, plus as much absolute) it is the
+    # objective, beyond it the solver is wrong and says so.
+    obj = 10.0
+    edge = obj * (1 + BOUND_TOL) + BOUND_TOL
+    assert proven_bound(9.5, obj) == 9.5
+    assert proven_bound(-math.inf, obj) == -math.inf  # stopped at a limit without a bound
+    assert proven_bound(obj + 1e-12, obj) == obj
+    assert proven_bound(edge, obj) == obj
+    with pytest.raises(AssertionError, match=r"HiGHS bound .* above objective 10\.0"):
+        proven_bound(math.nextafter(edge, math.inf), obj)
+    with pytest.raises(AssertionError, match="above objective"):
+        proven_bound(obj * 1.5, obj)
 
 
 def test_a_dc_without_room_keeps_its_congestion_bounds() -> None:

@@ -262,10 +262,10 @@ class Executor:
     def recoverable(self, auto: bool) -> list[str]:
         """The plans a restart takes up, oldest first: ongoing ones, approved ones and, in
         auto mode, recommended ones whose approval the crash interrupted (approved here)."""
-        ids = [p["id"] for p in reversed(self.store.plans(state=P.ONGOING, limit=100000))]
-        ids += [p["id"] for p in reversed(self.store.plans(state=P.APPROVED, limit=100000))]
+        ids = [p["id"] for p in reversed(self.store.plans(state=P.ONGOING, limit=None))]
+        ids += [p["id"] for p in reversed(self.store.plans(state=P.APPROVED, limit=None))]
         if auto:
-            for p in reversed(self.store.plans(state=P.RECOMMENDED, limit=100000)):
+            for p in reversed(self.store.plans(state=P.RECOMMENDED, limit=None)):
                 if p["dry_run"]:
                     continue
                 try:

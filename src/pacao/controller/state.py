@@ -148,7 +148,7 @@ def busy_users(store: Store) -> set[str]:
     change, so no new plan for them until it ends (two plans of one user would race
     on the same mapping, and each window would add one while a slow action runs)."""
     out: set[str] = set()
-    for p in store.plans(state=IN_FLIGHT, limit=100000):
+    for p in store.plans(state=IN_FLIGHT, limit=None):
         if p["user"] == MULTI_USER:
             out.update(str(a["params"].get("user")) for a in p["actions"])
         else:

@@ -768,8 +768,10 @@ class Store:
         self,
         state: str | Sequence[str] | None = None,
         user: str | None = None,
-        limit: int = 1000,
+        limit: int | None = 1000,
     ) -> list[dict[str, Any]]:
+        """Newest first; ``limit=None`` returns every matching plan (a restart must see
+        them all)."""
         q = select(plans).order_by(plans.c.created.desc(), plans.c.id).limit(limit)
         if isinstance(state, str):
             if state not in state_names(PlanState):

@@ -534,7 +534,7 @@ class TestbedControlPlane:
             deadline = time.monotonic() + settle_s
             while store.plans(state=("approved", "ongoing")) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            rows = store.plans(limit=100000)
+            rows = store.plans(limit=None)
             for r in rows:
                 r["transitions"] = store.transitions(r["id"])
         finally:
