@@ -28,6 +28,7 @@ from pacao.reproduce.pipeline import DC_COUNTS, FULL_GRID, QUICK_GRID
 from pacao.sim.scale import (
     build_shared,
     generate_dataset,
+    open_dataset,
     run_scaled,
     synthetic_dcs,
     worker_peak_mb,
@@ -56,10 +57,17 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
         print(f"--- {users:,} users, {args.workers} workers, memory limit {args.memory_limit} "
               f"each, {load()}")  # fmt: skip
         t = time.perf_counter()
-        ds = generate_dataset(
-            client, tmp / f"u{users}", users, args.seed, partition_users=args.partition_users
-        )
-        print(f"dataset: {len(ds.files)} partitions, {ds.meta['samples']:,} samples, "
+        if args.dataset is not None:  # one generated before (same seed), e.g. by a stopped run
+            ds = open_dataset(args.dataset)
+            if ds.meta["users"] != users:
+                raise SystemExit(f"--dataset {args.dataset} holds {ds.meta['users']:,} users")
+            what = "opened"
+        else:
+            ds = generate_dataset(
+                client, tmp / f"u{users}", users, args.seed, partition_users=args.partition_users
+            )
+            what = "generated"
+        print(f"dataset {what}: {len(ds.files)} partitions, {ds.meta['samples']:,} samples, "
               f"{time.perf_counter() - t:.1f} s")  # fmt: skip
         t = time.perf_counter()
         sh = build_shared(client, ds, synthetic_dcs(args.seed, args.dcs), seed=args.seed)
@@ -94,6 +102,7 @@ def main() -> None:
     ap.add_argument("--partition-users", type=int, default=10_000)
     ap.add_argument("--dcs", type=int, nargs="+", default=list(DC_COUNTS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dataset", type=Path, help="an existing dataset folder (one --users)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for users in args.users:
