@@ -368,9 +368,11 @@ def maximise(
     fun: Callable[[FloatArray, float], tuple[float, FloatArray]],
     n_dcs: int,
     deadline: float = math.inf,
+    max_evaluations: int = 15000,
 ) -> FloatArray:
     """Prices maximising a smoothed dual ``fun(pi, mu)`` (value, gradient), with
-    L-BFGS at each temperature of TEMPERATURES in turn (80 iterations at most each)."""
+    L-BFGS at each temperature of TEMPERATURES in turn (80 iterations and
+    ``max_evaluations`` of ``fun`` at most each)."""
 
     def neg(pi: FloatArray, mu: float) -> tuple[float, FloatArray]:
         v, g = fun(pi, mu)
@@ -386,7 +388,13 @@ def maximise(
             args=(mu,),
             jac=True,
             method="L-BFGS-B",
-            options={"maxiter": 80, "gtol": 1e-6, "ftol": 1e-12, "maxcor": 20},
+            options={
+                "maxiter": 80,
+                "maxfun": max_evaluations,
+                "gtol": 1e-6,
+                "ftol": 1e-12,
+                "maxcor": 20,
+            },
             callback=_stop_at(deadline),
         )
         pi = np.asarray(res.x, dtype=np.float64)

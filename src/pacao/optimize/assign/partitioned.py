@@ -48,6 +48,8 @@ R = TypeVar("R")
 WINDOW = 128
 #: Improvement rounds (each: propose per partition, check the union, commit).
 ROUNDS = 8
+#: Evaluations of the smoothed dual per temperature (each one task per partition).
+EVALUATIONS = 120
 #: Move passes a partition makes per round.
 LOCAL_PASSES = 20
 
@@ -380,7 +382,7 @@ def solve_partitioned(
         v2, g2 = tables.soft_terms(pi, beta, mu)
         return v1 - v2, g1 - g2
 
-    pi = maximise(fun, nd)
+    pi = maximise(fun, nd, max_evaluations=EVALUATIONS)
     duals = parts.map(part_dual, every(parts, pi))
     did(n_parts)
     bound = max(
