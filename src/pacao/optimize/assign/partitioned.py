@@ -45,9 +45,9 @@ M = TypeVar("M")
 R = TypeVar("R")
 
 #: Net load change per DC and improvement round, shared by the partitions by size.
-WINDOW = 128
+WINDOW = 1024
 #: Improvement rounds (each: propose per partition, check the union, commit).
-ROUNDS = 8
+ROUNDS = 20
 #: Evaluations of the smoothed dual per temperature (each one task per partition).
 EVALUATIONS = 120
 #: Move passes a partition makes per round.
