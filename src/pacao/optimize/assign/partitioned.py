@@ -114,8 +114,9 @@ def make_part(
         latency=np.asarray(latency, dtype=np.float64),
         integer_penalty=inst.integer_penalty,
     )
-    data = _prepare(problem, inst.tables)
-    return Part(inst, problem, data.lat)
+    lat = _prepare(problem, inst.tables).lat
+    # One users x DCs array: the problem's latencies are the solve's (+inf = not allowed).
+    return Part(inst, replace(problem, latency=lat), lat)
 
 
 class Partitions(Protocol):
