@@ -92,6 +92,19 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
             congestion(client, sh, tmp / f"u{users}-results", dcs)
 
 
+def worker_cpu_s(client: Client) -> dict[str, float]:
+    """CPU seconds (user + system) of every worker process so far."""
+
+    def cpu() -> float:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    out: dict[str, float] = client.run(cpu)
+    return out
+
+
 def congestion(client: Client, sh: Shared, results: Path, dcs: pd.DataFrame) -> None:
     """The congestion-aware stage (Sec. V-C) of a partitioned run, after the sweep."""
     done = [0]
@@ -101,12 +114,16 @@ def congestion(client: Client, sh: Shared, results: Path, dcs: pd.DataFrame) -> 
 
     results.mkdir(parents=True, exist_ok=True)
     print(f"congestion-aware stage: start, {load()}")
+    cpu0, wcpu0 = time.process_time(), worker_cpu_s(client)
     t = time.perf_counter()
     summary = run_congestion_scaled(client, sh, dcs, results, advance)
     took = time.perf_counter() - t
+    cpu = time.process_time() - cpu0
+    wcpu = {w: c - wcpu0.get(w, 0.0) for w, c in worker_cpu_s(client).items()}
     peaks = worker_peak_mb(client)
     print(f"congestion-aware stage: {len(sh.deployments)} deployments, {done[0]} partition "
-          f"tasks, {took:.1f} s; {load()}")  # fmt: skip
+          f"tasks, {took:.1f} s wall; CPU: client and scheduler {cpu:.1f} s, workers "
+          f"{', '.join(f'{c:.1f}' for c in wcpu.values())} s; {load()}")  # fmt: skip
     for uc, per in summary.items():
         for n, s in per.items():
             print(f"  {uc} {n:>2} DCs: objective {s['objective']:.2f}, bound "
