@@ -11,6 +11,7 @@ C_d = 2 |U| / |D| (at least 1), no existing load, and the convex latency
 function :data:`pacao.optimize.assign.instances.PAPER_BREAKPOINTS` (700 ms at
 full load). The congestion-unaware reference puts every user on its nearest DC
 (PACAO without (4)-(9)); its DCs may exceed capacity, where f stays at 700 ms.
+A partitioned run does the same per partition (:mod:`pacao.sim.congestion_scale`).
 """
 
 from __future__ import annotations

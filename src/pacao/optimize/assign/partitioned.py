@@ -213,12 +213,15 @@ def _window_levels(part: Part, load: IntArray, width: int) -> tuple[IntArray, np
     return np.where(ok, n, 0), ok
 
 
-def part_window(part: Part, msg: tuple[IntArray, int]) -> tuple[Part, FloatArray]:
-    """Per DC, the cost of this partition's users on it at every load of the window."""
-    load, width = msg
+def part_window(part: Part, msg: tuple[IntArray, int, bool]) -> tuple[Part, FloatArray]:
+    """Per DC, the cost of this partition's users on it at every load of the window
+    (zeros when it is the only partition: nobody else's cost to tell apart)."""
+    load, width, alone = msg
     choice = part.assigned()
     n, ok = _window_levels(part, load, width)
     own = np.zeros(n.shape)
+    if alone:
+        return replace(part, own=own), own
     levels = part.inst.tables.levels
     for j in range(part.inst.n_dcs):
         members = np.flatnonzero(choice == j)
@@ -422,7 +425,7 @@ def solve_partitioned(
     width = max(widths)
     accepted = 0
     for _ in range(rounds):
-        own = parts.update(part_window, every(parts, (load, width)))
+        own = parts.update(part_window, every(parts, (load, width, n_parts == 1)))
         did(n_parts)
         total = np.sum(own, axis=0)
         quota = split(tables.room - load, sizes)
