@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from pacao.optimize.assign import AssignProblem, evaluate, problem_from_dict
+from pacao.optimize.assign import AssignProblem, InfeasibleError, evaluate, problem_from_dict
 from pacao.optimize.assign.instances import random_instance
 from pacao.optimize.assign.lagrange import solve_lagrange
 from pacao.optimize.assign.milp import solve_milp
@@ -98,3 +100,10 @@ def test_shares_sum_to_the_total() -> None:
     np.testing.assert_array_equal(shares.sum(axis=0), total)
     assert np.all(shares >= 0)
     assert np.all(np.abs(shares - total[None, :] * np.array([3, 3, 1, 10])[:, None] / 17) < 1)
+
+
+def test_too_little_room_is_infeasible() -> None:
+    p = random_instance(40, 4, SEED)
+    p = replace(p, capacity=np.full(4, 9.0))  # room for 36 of the 40 users
+    with pytest.raises(InfeasibleError, match="infeasible"):
+        solve_split(p, 2)
