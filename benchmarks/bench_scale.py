@@ -9,6 +9,11 @@ asserted.
 
     python benchmarks/bench_scale.py [--users 36450 364500 1000000] [--quick]
         [--workers 2] [--memory-limit 6GB] [--partition-users 10000] [--dcs 1 2 4 ...]
+        [--congestion] [--no-sweep]
+
+--congestion runs the congestion-aware stage (pacao.sim.congestion_scale) after the
+sweep and prints its wall time, tasks, per-deployment objective/bound/gap and the
+workers' peak memory; --no-sweep skips the sweep (to time the stage alone).
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ import time
 from pathlib import Path
 
 import dask
+import pandas as pd
 from distributed import Client, LocalCluster
 
 from pacao.reproduce.pipeline import DC_COUNTS, FULL_GRID, QUICK_GRID
+from pacao.sim.congestion_scale import run_congestion_scaled
 from pacao.sim.scale import (
+    Shared,
     build_shared,
     generate_dataset,
     open_dataset,
@@ -70,7 +78,8 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
         print(f"dataset {what}: {len(ds.files)} partitions, {ds.meta['samples']:,} samples, "
               f"{time.perf_counter() - t:.1f} s")  # fmt: skip
         t = time.perf_counter()
-        sh = build_shared(client, ds, synthetic_dcs(args.seed, args.dcs), seed=args.seed)
+        dcs = synthetic_dcs(args.seed, args.dcs)
+        sh = build_shared(client, ds, dcs, seed=args.seed)
         print(f"scan + tables of {len(sh.deployments)} deployments: "
               f"{time.perf_counter() - t:.1f} s; scattered to every worker: "
               f"{len(pickle.dumps(sh)) / 1e6:,.0f} MB")  # fmt: skip
@@ -81,16 +90,61 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
         def advance() -> None:
             done[0] += 1
 
-        t = time.perf_counter()
-        rows = run_scaled(client, sh, points, advance, window=args.workers)
-        took = time.perf_counter() - t
-        peaks = worker_peak_mb(client)
-        print(f"sweep ({'quick' if args.quick else 'full'} grid, {len(points)} points): "
-              f"{len(rows)} configurations, {done[0]} tasks, {took:.1f} s; {load()}")  # fmt: skip
-        for w, mb in sorted(peaks.items()):
-            print(f"peak memory of worker {w}: {mb:,.0f} MB")
-        client_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"peak memory of the client (this process, so far): {client_mb:,.0f} MB")
+        if not args.no_sweep:
+            t = time.perf_counter()
+            rows = run_scaled(client, sh, points, advance, window=args.workers)
+            took = time.perf_counter() - t
+            peaks = worker_peak_mb(client)
+            kind = "quick" if args.quick else "full"
+            print(f"sweep ({kind} grid, {len(points)} points): {len(rows)} configurations, "
+                  f"{done[0]} tasks, {took:.1f} s; {load()}")  # fmt: skip
+            for w, mb in sorted(peaks.items()):
+                print(f"peak memory of worker {w}: {mb:,.0f} MB")
+            client_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"peak memory of the client (this process, so far): {client_mb:,.0f} MB")
+        if args.congestion:
+            congestion(client, sh, tmp / f"u{users}-results", dcs)
+
+
+def worker_cpu_s(client: Client) -> dict[str, float]:
+    """CPU seconds (user + system) of every worker process so far."""
+
+    def cpu() -> float:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    out: dict[str, float] = client.run(cpu)
+    return out
+
+
+def congestion(client: Client, sh: Shared, results: Path, dcs: pd.DataFrame) -> None:
+    """The congestion-aware stage (Sec. V-C) of a partitioned run, after the sweep."""
+    done = [0]
+
+    def advance() -> None:
+        done[0] += 1
+
+    results.mkdir(parents=True, exist_ok=True)
+    print(f"congestion-aware stage: start, {load()}")
+    cpu0, wcpu0 = time.process_time(), worker_cpu_s(client)
+    t = time.perf_counter()
+    summary = run_congestion_scaled(client, sh, dcs, results, advance)
+    took = time.perf_counter() - t
+    cpu = time.process_time() - cpu0
+    wcpu = {w: c - wcpu0.get(w, 0.0) for w, c in worker_cpu_s(client).items()}
+    peaks = worker_peak_mb(client)
+    print(f"congestion-aware stage: {len(sh.deployments)} deployments, {done[0]} partition "
+          f"tasks, {took:.1f} s wall; CPU: client and scheduler {cpu:.1f} s, workers "
+          f"{', '.join(f'{c:.1f}' for c in wcpu.values())} s; {load()}")  # fmt: skip
+    for uc, per in summary.items():
+        for n, s in per.items():
+            print(f"  {uc} {n:>2} DCs: objective {s['objective']:.2f}, bound "
+                  f"{s['lower_bound']:.2f}, gap {100 * s['gap']:.3f} %, {s['seconds']:.1f} s, "
+                  f"median RTT {s['median_rtt_ms']:.2f} ms")  # fmt: skip
+    for w, mb in sorted(peaks.items()):
+        print(f"peak memory of worker {w} (so far, the whole run): {mb:,.0f} MB")
 
 
 def main() -> None:
@@ -103,6 +157,10 @@ def main() -> None:
     ap.add_argument("--dcs", type=int, nargs="+", default=list(DC_COUNTS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dataset", type=Path, help="an existing dataset folder (one --users)")
+    ap.add_argument(
+        "--congestion", action="store_true", help="then the congestion-aware stage (Sec. V-C)"
+    )
+    ap.add_argument("--no-sweep", action="store_true", help="skip the (S', S'') sweep")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for users in args.users:

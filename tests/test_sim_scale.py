@@ -187,7 +187,11 @@ def test_partitioned_report_draws_the_figures_from_reduced_files(part_run: dict[
     summary = json.loads((out / "summary.json").read_text())
     not_run = summary["partitioned"]["not_run"]
     assert "sensitivity" in not_run and "claim strict_bound_90pct" in not_run
-    assert "claim vc_balanced_france_isp" in not_run  # no Sec. V-C stage in this run
+    # The Sec. V-C stage ran (pacao.sim.congestion_scale): its figures and summary entry.
+    assert set(summary["congestion"]) == {"france_isp", "europe_ott"}
+    assert not any("Sec. V-C" in k and "claim" not in k for k in not_run)
+    for fig in ("fig18_congestion_rtt_cdf", "fig19_users_per_dc"):
+        assert f'src="{fig}.png"' in html
     ids = {c["id"] for c in summary["claims"]}
     assert {"gain_france_isp", "largest_gain_dcs_europe_ott", "loose_bound_flat"} <= ids
     assert not any(c["ours"].startswith("not computed") for c in summary["claims"])

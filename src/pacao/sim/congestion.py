@@ -11,12 +11,14 @@ C_d = 2 |U| / |D| (at least 1), no existing load, and the convex latency
 function :data:`pacao.optimize.assign.instances.PAPER_BREAKPOINTS` (700 ms at
 full load). The congestion-unaware reference puts every user on its nearest DC
 (PACAO without (4)-(9)); its DCs may exceed capacity, where f stays at 700 ms.
+A partitioned run does the same per partition (:mod:`pacao.sim.congestion_scale`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -62,20 +64,70 @@ class CongestionRun:
 
     def summary(self) -> dict[str, float | int | None]:
         aware = self.rtt_aware_ms
-        return {
-            "users": int(aware.shape[0]),
-            "capacity_per_dc": self.capacity,
-            "bound_ms": self.bound_ms,
-            "median_rtt_ms": float(np.median(aware)),
-            "unaware_median_rtt_ms": float(np.median(self.rtt_unaware_ms)),
-            "share_over_75ms": float(np.mean(aware > RTT_THRESHOLD_MS)),
-            "max_load_fraction": float(self.load_aware.max() / self.capacity),
-            "unaware_dcs_over_capacity": int(np.sum(self.load_unaware > self.capacity)),
-            "objective": self.objective,
-            "lower_bound": self.lower_bound,
-            "gap": self.gap,
-            "seconds": self.seconds,
-        }
+        return summary_of(
+            self,
+            users=int(aware.shape[0]),
+            median_rtt_ms=float(np.median(aware)),
+            unaware_median_rtt_ms=float(np.median(self.rtt_unaware_ms)),
+            share_over_75ms=float(np.mean(aware > RTT_THRESHOLD_MS)),
+        )
+
+
+class DcLoads(Protocol):
+    """One deployment's solve as the per-DC table and the summary need it."""
+
+    @property
+    def use_case(self) -> str: ...
+    @property
+    def n_dcs(self) -> int: ...
+    @property
+    def capacity(self) -> float: ...
+    @property
+    def bound_ms(self) -> float: ...
+    @property
+    def objective(self) -> float: ...
+    @property
+    def lower_bound(self) -> float | None: ...
+    @property
+    def gap(self) -> float | None: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def load_aware(self) -> np.ndarray: ...
+    @property
+    def load_unaware(self) -> np.ndarray: ...
+
+
+class UserIds(Protocol):
+    """Whatever names the users of the runs, in their order (trajectories, a snapshot)."""
+
+    @property
+    def user_ids(self) -> np.ndarray: ...
+
+
+def summary_of(
+    r: DcLoads,
+    *,
+    users: int,
+    median_rtt_ms: float,
+    unaware_median_rtt_ms: float,
+    share_over_75ms: float,
+) -> dict[str, float | int | None]:
+    """summary.json's entry of one deployment, from its figures over every user."""
+    return {
+        "users": users,
+        "capacity_per_dc": r.capacity,
+        "bound_ms": r.bound_ms,
+        "median_rtt_ms": median_rtt_ms,
+        "unaware_median_rtt_ms": unaware_median_rtt_ms,
+        "share_over_75ms": share_over_75ms,
+        "max_load_fraction": float(r.load_aware.max() / r.capacity),
+        "unaware_dcs_over_capacity": int(np.sum(r.load_unaware > r.capacity)),
+        "objective": r.objective,
+        "lower_bound": r.lower_bound,
+        "gap": r.gap,
+        "seconds": r.seconds,
+    }
 
 
 def latency_function() -> LatencyFunction:
@@ -134,7 +186,7 @@ def run_deployment(tr: Trajectories, dep: Deployment, pos: np.ndarray) -> Conges
     )
 
 
-def users_table(tr: Trajectories, runs: list[CongestionRun]) -> pd.DataFrame:
+def users_table(tr: UserIds, runs: Sequence[CongestionRun]) -> pd.DataFrame:
     """Per user and deployment: the DCs and RTTs (results/congestion_users.parquet)."""
     frames = [
         pd.DataFrame(
@@ -155,7 +207,7 @@ def users_table(tr: Trajectories, runs: list[CongestionRun]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def dcs_table(runs: list[CongestionRun], dcs: pd.DataFrame) -> pd.DataFrame:
+def dcs_table(runs: Sequence[DcLoads], dcs: pd.DataFrame) -> pd.DataFrame:
     """Per deployment and DC: users with and without awareness (results/congestion_dcs.parquet)."""
     f = latency_function()
     frames = []

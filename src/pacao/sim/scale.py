@@ -352,22 +352,26 @@ class Shared:
     lac_seed: int
 
 
-def load_part(sh: Shared, i: int) -> tuple[Trajectories, list[Deployment]]:
-    """One partition's trajectories on the global position index, and its users' starts."""
-    df = read_partition(sh.ds, i, sh.lac_seed)
-    tr = prepare(df, step_s=sh.scan.step_s)
-    sc = sh.scan
+def part_trajectories(ds: Dataset, sc: Scan, i: int, lac_seed: int) -> Trajectories:
+    """One partition's trajectories on the global position index."""
+    df = read_partition(ds, i, lac_seed)
+    tr = prepare(df, step_s=sc.step_s)
     key = pd.MultiIndex.from_arrays([sc.pos_lat, sc.pos_lon])
     gidx = key.get_indexer(pd.MultiIndex.from_arrays([tr.pos_lat, tr.pos_lon]))
     if np.any(gidx < 0):
-        raise InputError("traces", str(sh.ds.path(i)), "the same partition as when scanned")
-    tr = replace(
+        raise InputError("traces", str(ds.path(i)), "the same partition as when scanned")
+    return replace(
         tr,
         pos=gidx[tr.pos].astype(np.int32),
         pos_lat=sc.pos_lat,
         pos_lon=sc.pos_lon,
         pos_weight=sc.pos_weight,
     )
+
+
+def load_part(sh: Shared, i: int) -> tuple[Trajectories, list[Deployment]]:
+    """One partition's trajectories on the global position index, and its users' starts."""
+    tr = part_trajectories(sh.ds, sh.scan, i, sh.lac_seed)
     deps = [
         Deployment(
             d.use_case,

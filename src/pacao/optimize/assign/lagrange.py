@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.optimize import minimize
@@ -53,37 +55,97 @@ MAX_STEPS = 48
 MOVE_TOL = 1e-9
 
 
+class DcTables:
+    """What the solve needs of the DCs alone: room, congestion levels and the dual's DC term.
+
+    Its size is the DCs' total room (at most |U| per DC), never users x DCs, so one
+    copy serves every partition of a partitioned solve.
+    """
+
+    def __init__(self, room: IntArray, levels: list[FloatArray]) -> None:
+        self.room = room
+        self.levels = levels
+        self.l1: FloatArray = np.array([lv[min(1, lv.size - 1)] for lv in levels])
+        self.lhi: FloatArray = np.array([lv[-1] for lv in levels])
+
+    @classmethod
+    def of(cls, p: AssignProblem) -> DcTables:
+        return cls(p.room, p.levels())
+
+    @cached_property
+    def n_grid(self) -> FloatArray:
+        return np.arange(int(self.room.max()) + 1, dtype=np.float64)
+
+    @cached_property
+    def padded(self) -> FloatArray:
+        """(D, max room + 1): n L_d(n), 0 beyond room_d."""
+        out = np.zeros((len(self.levels), self.n_grid.size))
+        for d, lv in enumerate(self.levels):
+            out[d, : lv.size] = self.n_grid[: lv.size] * lv
+        return out
+
+    @cached_property
+    def valid_n(self) -> np.ndarray:
+        out = np.zeros((len(self.levels), self.n_grid.size), dtype=bool)
+        for d, lv in enumerate(self.levels):
+            out[d, : lv.size] = True
+        return out
+
+    def terms(self, pi: FloatArray, beta: FloatArray) -> FloatArray:
+        """max over 0 <= n <= room_d of n (pi_d - beta_d L_d(n)), per DC."""
+        per_dc = self.n_grid[None, :] * pi[:, None] - beta[:, None] * self.padded
+        out: FloatArray = np.where(self.valid_n, per_dc, -np.inf).max(axis=1)
+        return out
+
+    def soft_terms(self, pi: FloatArray, beta: FloatArray, mu: float) -> tuple[float, FloatArray]:
+        """Soft-max (temperature mu) of the DC terms, summed, and its gradient in pi."""
+        ng = self.n_grid[None, :]
+        w = np.where(self.valid_n, ng * pi[:, None] - beta[:, None] * self.padded, -np.inf)
+        wm = w.max(axis=1, keepdims=True)
+        q = np.exp((w - wm) / mu)
+        qs = q.sum(axis=1, keepdims=True)
+        value = float(np.sum(wm[:, 0] + mu * np.log(qs[:, 0])))
+        return value, (q / qs * ng).sum(axis=1)
+
+    def caps(self, pi: FloatArray, beta: FloatArray, n_users: int) -> IntArray:
+        """The load the prices pick per DC, argmax_n n pi_d - beta_d n L_d(n), raised
+        towards room_d when these loads cannot hold ``n_users``."""
+        w = np.where(
+            self.valid_n, self.n_grid[None, :] * pi[:, None] - beta[:, None] * self.padded, -np.inf
+        )
+        cap: IntArray = w.argmax(axis=1).astype(np.int64)
+        short = n_users - int(cap.sum())
+        if short > 0:
+            spare = self.room - cap
+            add = np.floor(spare * short / max(1, int(spare.sum())) + 1).astype(np.int64)
+            cap = np.minimum(self.room, cap + add)
+        return cap
+
+
 @dataclass
 class _Data:
     p: AssignProblem
     lat: FloatArray  # (U, D), +inf where not allowed (or the DC has no room)
-    room: IntArray
-    levels: list[FloatArray]
-    l1: FloatArray  # f_d with one new user
-    lhi: FloatArray  # f_d at capacity
-    padded: FloatArray  # (D, max room + 1): n L_d(n), 0 beyond room_d
-    n_grid: FloatArray  # (max room + 1,)
-    valid_n: np.ndarray  # (D, max room + 1) bool
+    dcs: DcTables
+
+    @property
+    def room(self) -> IntArray:
+        return self.dcs.room
+
+    @property
+    def levels(self) -> list[FloatArray]:
+        return self.dcs.levels
 
 
-def _prepare(p: AssignProblem) -> _Data:
-    room = p.room
-    levels = p.levels()
+def _prepare(p: AssignProblem, dcs: DcTables | None = None) -> _Data:
+    """The users' latencies against ``dcs`` (default: the problem's own DC tables)."""
+    dcs = dcs or DcTables.of(p)
     lat = np.where(p.allowed, p.latency, np.inf)
-    lat[:, room < 1] = np.inf
+    lat[:, dcs.room < 1] = np.inf
     if np.any(np.all(np.isinf(lat), axis=1)):
         u = int(np.flatnonzero(np.all(np.isinf(lat), axis=1))[0])
         raise InfeasibleError(f"users[{u}]", p.user_ids[u], "infeasible: no allowed DC has room")
-    l1 = np.array([lv[min(1, lv.size - 1)] for lv in levels])
-    lhi = np.array([lv[-1] for lv in levels])
-    m = int(room.max()) + 1
-    n_grid = np.arange(m, dtype=np.float64)
-    padded = np.zeros((p.n_dcs, m))
-    valid = np.zeros((p.n_dcs, m), dtype=bool)
-    for d, lv in enumerate(levels):
-        padded[d, : lv.size] = n_grid[: lv.size] * lv
-        valid[d, : lv.size] = True
-    return _Data(p, lat, room, levels, l1, lhi, padded, n_grid, valid)
+    return _Data(p, lat, dcs)
 
 
 def alphas(
@@ -142,82 +204,130 @@ def alphas(
 
 def _dense_alphas(data: _Data, beta: FloatArray) -> tuple[FloatArray, FloatArray]:
     """alpha_ud and its minimising L for every pair (inf where not allowed)."""
-    p = data.p
+    p, dcs = data.p, data.dcs
     a, lstar = alphas(
-        p, data.lat, p.bound[:, None], data.l1[None, :], data.lhi[None, :], beta[None, :]
+        p, data.lat, p.bound[:, None], dcs.l1[None, :], dcs.lhi[None, :], beta[None, :]
     )
     return np.where(np.isfinite(data.lat), a, np.inf), lstar
 
 
+def user_terms(alpha: FloatArray, pi: FloatArray) -> float:
+    """sum_u min_d (alpha_ud + pi_d): the users' part of D(pi, beta), in float64."""
+    return math.fsum((alpha + pi[None, :]).min(axis=1).tolist())
+
+
 def _dual_value(data: _Data, alpha: FloatArray, pi: FloatArray, beta: FloatArray) -> float:
     """D(pi, beta) over every allowed pair: the proven lower bound."""
-    users = math.fsum((alpha + pi[None, :]).min(axis=1).tolist())
-    return users - math.fsum(_dc_terms(data, pi, beta).tolist())
+    return user_terms(alpha, pi) - math.fsum(data.dcs.terms(pi, beta).tolist())
 
 
-def _dc_terms(data: _Data, pi: FloatArray, beta: FloatArray) -> FloatArray:
-    """max over 0 <= n <= room_d of n (pi_d - beta_d L_d(n)), per DC."""
-    per_dc = data.n_grid[None, :] * pi[:, None] - beta[:, None] * data.padded
-    out: FloatArray = np.where(data.valid_n, per_dc, -np.inf).max(axis=1)
-    return out
+class SoftUsers:
+    """The users' part of the smoothed dual: sum_u soft-min_d (alpha_ud + pi_d).
+
+    Work is in float32 with DCs as rows, so reductions run over contiguous memory.
+    """
+
+    def __init__(self, alpha: FloatArray) -> None:
+        self.at = np.ascontiguousarray(alpha.T, dtype=np.float32)
+        self.at[~np.isfinite(self.at)] = np.float32(1e30)
+        self.buf = np.empty_like(self.at)
+
+    def __call__(self, pi: FloatArray, mu: float) -> tuple[float, FloatArray]:
+        """Value and gradient in pi at temperature mu."""
+        buf = self.buf
+        np.add(self.at, pi.astype(np.float32)[:, None], out=buf)
+        vmin = buf.min(axis=0)
+        np.subtract(vmin[None, :], buf, out=buf)
+        np.multiply(buf, np.float32(1.0 / mu), out=buf)
+        np.exp(buf, out=buf)
+        s = buf.sum(axis=0, dtype=np.float32).astype(np.float64)
+        value = float(np.sum(vmin.astype(np.float64) - mu * np.log(s)))
+        np.multiply(buf, (1.0 / s).astype(np.float32)[None, :], out=buf)
+        return value, buf.sum(axis=1, dtype=np.float64)
 
 
 class _Moves:
-    """Exact single-user moves: delta = insertion cost at d' - removal saving at d."""
+    """Exact single-user moves: delta = insertion cost at d' - removal saving at d.
 
-    def __init__(self, data: _Data, choice: IntArray, cand: IntArray) -> None:
+    ``load`` is every DC's load (default: this assignment's); a partition of a larger
+    instance passes the global loads, the loads it may reach (``lo`` .. ``hi``) and
+    ``others``, the cost of the other users on each DC at loads ``lo`` .. ``hi``
+    (their assignment fixed), so its deltas stay exact for the whole instance.
+    """
+
+    def __init__(
+        self,
+        data: _Data,
+        choice: IntArray,
+        cand: IntArray,
+        *,
+        load: IntArray | None = None,
+        lo: IntArray | None = None,
+        hi: IntArray | None = None,
+        others: FloatArray | None = None,
+    ) -> None:
         self.d = data
         self.cand = cand
         self.p = data.p
         self.choice = choice.copy()
-        self.load = np.bincount(choice, minlength=self.p.n_dcs)
         nd = self.p.n_dcs
+        own = np.bincount(choice, minlength=nd)
+        self.load = own.copy() if load is None else load.copy()
+        self.lo = np.zeros(nd, dtype=np.int64) if lo is None else lo
+        self.hi = data.room.copy() if hi is None else np.minimum(hi, data.room)
+        self.others = others
+        self.gain = 0.0  # sum of the applied deltas
         self.add = np.zeros(nd)  # A_d: extra cost of the others when one user joins
         self.rem = np.zeros(nd)  # B_d: saving of all members when one leaves
         for j in range(nd):
             self._refresh(j)
 
     def _lv(self, j: int, n: int) -> float:
-        lv = self.d.levels[j]
-        return float(lv[n]) if 0 <= n < lv.size else math.inf
+        return float(self.d.levels[j][n]) if self.lo[j] <= n <= self.hi[j] else math.inf
+
+    def _other(self, j: int, n: int) -> float:
+        if self.others is None:
+            return 0.0
+        return float(self.others[j, n - self.lo[j]])
 
     def _refresh(self, j: int) -> None:
         members = np.flatnonzero(self.choice == j)
         n = int(self.load[j])
-        if n == 0:
-            self.add[j] = 0.0
-            self.rem[j] = 0.0
-            return
         lat = self.d.lat[members, j]
-        now = self.p.cost(lat, members, np.float64(self._lv(j, n)))
-        down = self.p.cost(lat, members, np.float64(self._lv(j, n - 1)))
-        self.rem[j] = math.fsum((now - down).tolist())
-        up_l = self._lv(j, n + 1)
-        self.add[j] = (
-            math.inf
-            if math.isinf(up_l)
-            else math.fsum((self.p.cost(lat, members, np.float64(up_l)) - now).tolist())
-        )
+        now_l, down_l, up_l = self._lv(j, n), self._lv(j, n - 1), self._lv(j, n + 1)
+        now = self.p.cost(lat, members, np.float64(now_l))
+        if members.size == 0 or math.isinf(down_l):
+            self.rem[j] = math.inf if members.size and math.isinf(down_l) else 0.0
+        else:
+            down = self.p.cost(lat, members, np.float64(down_l))
+            self.rem[j] = math.fsum((now - down).tolist())
+            self.rem[j] += self._other(j, n) - self._other(j, n - 1)
+        if math.isinf(up_l):
+            self.add[j] = math.inf
+        else:
+            up = math.fsum((self.p.cost(lat, members, np.float64(up_l)) - now).tolist())
+            self.add[j] = up + self._other(j, n + 1) - self._other(j, n)
 
     def delta(self, u: int, dst: int) -> float:
         src = int(self.choice[u])
         up = self._lv(dst, int(self.load[dst]) + 1)
-        if math.isinf(up) or not math.isfinite(self.d.lat[u, dst]):
+        down = self._lv(src, int(self.load[src]) - 1)
+        if math.isinf(up) or math.isinf(down) or not math.isfinite(self.d.lat[u, dst]):
             return math.inf
         ins = float(self.p.cost(self.d.lat[u, dst], u, np.float64(up))) + self.add[dst]
-        down = self._lv(src, int(self.load[src]) - 1)
         out = float(self.p.cost(self.d.lat[u, src], u, np.float64(down))) + self.rem[src]
         return float(ins - out)
 
-    def apply(self, u: int, dst: int) -> None:
+    def apply(self, u: int, dst: int, delta: float) -> None:
         src = int(self.choice[u])
         self.choice[u] = dst
         self.load[src] -= 1
         self.load[dst] += 1
+        self.gain += delta
         self._refresh(src)
         self._refresh(dst)
 
-    def round(self, deadline: float) -> int:
+    def round(self, deadline: float = math.inf) -> int:
         """One pass: best move per user (vectorised), applied in order if still improving."""
         p, data = self.p, self.d
         users = np.arange(p.n_users)
@@ -225,15 +335,19 @@ class _Moves:
         nxt = np.array(
             [self._lv(j, int(self.load[j]) + 1) for j in range(p.n_dcs)], dtype=np.float64
         )
-        ins = p.cost(np.take_along_axis(data.lat, top, 1), users[:, None], nxt[top])
+        with np.errstate(invalid="ignore"):
+            ins = p.cost(np.take_along_axis(data.lat, top, 1), users[:, None], nxt[top])
         ins = ins + self.add[top]
         ins[top == self.choice[:, None]] = np.inf
         prev = np.array(
             [self._lv(j, int(self.load[j]) - 1) for j in range(p.n_dcs)], dtype=np.float64
         )
-        out = p.cost(data.lat[users, self.choice], users, prev[self.choice]) + self.rem[self.choice]
         with np.errstate(invalid="ignore"):
+            out = p.cost(data.lat[users, self.choice], users, prev[self.choice])
+            out = out + self.rem[self.choice]
+            out[np.isinf(prev[self.choice])] = -np.inf  # this DC may not lose a user
             gain = ins - out[:, None]
+        gain[np.isnan(gain)] = np.inf
         best = np.argmin(gain, axis=1)
         bgain = gain[users, best]
         order = np.flatnonzero(bgain < -MOVE_TOL)
@@ -243,64 +357,68 @@ class _Moves:
             if i % 256 == 0 and time.perf_counter() > deadline:
                 break
             dst = int(top[u, best[u]])
-            if self.delta(u, dst) < -MOVE_TOL:
-                self.apply(u, dst)
+            delta = self.delta(u, dst)
+            if delta < -MOVE_TOL:
+                self.apply(u, dst, delta)
                 applied += 1
         return applied
 
 
-def _smoothed_prices(
-    data: _Data, alpha: FloatArray, beta: FloatArray, deadline: float
+def maximise(
+    fun: Callable[[FloatArray, float], tuple[float, FloatArray]],
+    n_dcs: int,
+    deadline: float = math.inf,
+    max_evaluations: int = 15000,
 ) -> FloatArray:
-    """Prices maximising D(pi, beta) with min/max replaced by soft-min/soft-max (L-BFGS).
+    """Prices maximising a smoothed dual ``fun(pi, mu)`` (value, gradient), with
+    L-BFGS at each temperature of TEMPERATURES in turn (80 iterations and
+    ``max_evaluations`` of ``fun`` at most each)."""
 
-    The smoothed D is below the exact one; only the prices are kept. Work is
-    in float32 with DCs as rows, so reductions run over contiguous memory.
-    """
-    nd = data.p.n_dcs
-    at = np.ascontiguousarray(alpha.T, dtype=np.float32)
-    at[~np.isfinite(at)] = np.float32(1e30)
-    buf = np.empty_like(at)
-    h = beta[:, None] * data.padded
-    ng = data.n_grid[None, :]
+    def neg(pi: FloatArray, mu: float) -> tuple[float, FloatArray]:
+        v, g = fun(pi, mu)
+        return -v, -g
 
-    def fun(pi: FloatArray, mu: float) -> tuple[float, FloatArray]:
-        np.add(at, pi.astype(np.float32)[:, None], out=buf)
-        vmin = buf.min(axis=0)
-        np.subtract(vmin[None, :], buf, out=buf)
-        np.multiply(buf, np.float32(1.0 / mu), out=buf)
-        np.exp(buf, out=buf)
-        s = buf.sum(axis=0, dtype=np.float32).astype(np.float64)
-        s1 = float(np.sum(vmin.astype(np.float64) - mu * np.log(s)))
-        np.multiply(buf, (1.0 / s).astype(np.float32)[None, :], out=buf)
-        grad = buf.sum(axis=1, dtype=np.float64)
-        w = np.where(data.valid_n, ng * pi[:, None] - h, -np.inf)
-        wm = w.max(axis=1, keepdims=True)
-        q = np.exp((w - wm) / mu)
-        qs = q.sum(axis=1, keepdims=True)
-        s2 = float(np.sum(wm[:, 0] + mu * np.log(qs[:, 0])))
-        grad -= (q / qs * ng).sum(axis=1)
-        return -(s1 - s2), -grad
-
-    pi = np.zeros(nd)
+    pi = np.zeros(n_dcs)
     for mu in TEMPERATURES:
-        left = deadline - time.perf_counter()
-        if left <= 0:
+        if time.perf_counter() > deadline:
             break
         res = minimize(
-            fun,
+            neg,
             pi,
             args=(mu,),
             jac=True,
             method="L-BFGS-B",
-            options={"maxiter": 80, "gtol": 1e-6, "ftol": 1e-12, "maxcor": 20},
+            options={
+                "maxiter": 80,
+                "maxfun": max_evaluations,
+                "gtol": 1e-6,
+                "ftol": 1e-12,
+                "maxcor": 20,
+            },
             callback=_stop_at(deadline),
         )
         pi = np.asarray(res.x, dtype=np.float64)
     return pi
 
 
-def _stop_at(deadline: float) -> object:
+def _smoothed_prices(
+    data: _Data, alpha: FloatArray, beta: FloatArray, deadline: float
+) -> FloatArray:
+    """Prices maximising D(pi, beta) with min/max replaced by soft-min/soft-max.
+
+    The smoothed D is below the exact one; only the prices are kept.
+    """
+    soft = SoftUsers(alpha)
+
+    def fun(pi: FloatArray, mu: float) -> tuple[float, FloatArray]:
+        v1, g1 = soft(pi, mu)
+        v2, g2 = data.dcs.soft_terms(pi, beta, mu)
+        return v1 - v2, g1 - g2
+
+    return maximise(fun, data.p.n_dcs, deadline)
+
+
+def _stop_at(deadline: float) -> Callable[..., None]:
     def cb(*_: object) -> None:
         if time.perf_counter() > deadline:
             raise StopIteration
@@ -308,37 +426,31 @@ def _stop_at(deadline: float) -> object:
     return cb
 
 
-def _primal(
-    data: _Data, alpha: FloatArray, pi: FloatArray, beta: FloatArray
-) -> tuple[IntArray, IntArray]:
-    """Round the prices: DC loads as the dual picks them, users by decreasing regret.
-
-    Each DC takes at most its load at the prices, argmax_n n pi_d - beta_d n
-    L_d(n) (raised towards its room if those loads cannot hold every user);
-    users whose second choice is much worse than their first choose first.
-    """
-    p = data.p
-    red = alpha + pi[None, :]
-    k = min(TOP_K, p.n_dcs)
-    if k < p.n_dcs:
+def candidates(red: FloatArray) -> tuple[IntArray, FloatArray]:
+    """Each user's TOP_K cheapest DCs at reduced costs ``red`` (ascending) and their costs."""
+    n_dcs = red.shape[1]
+    k = min(TOP_K, n_dcs)
+    if k < n_dcs:
         cand = np.argpartition(red, k - 1, axis=1)[:, :k]
     else:
-        cand = np.broadcast_to(np.arange(p.n_dcs), red.shape).copy()
+        cand = np.broadcast_to(np.arange(n_dcs), red.shape).copy()
     rc = np.take_along_axis(red, cand, 1)
     order = np.argsort(rc, axis=1)
-    cand = np.take_along_axis(cand, order, 1)
-    rc = np.take_along_axis(rc, order, 1)
-    w = np.where(
-        data.valid_n, data.n_grid[None, :] * pi[:, None] - beta[:, None] * data.padded, -np.inf
-    )
-    cap = w.argmax(axis=1).astype(np.int64)
-    short = p.n_users - int(cap.sum())
-    if short > 0:
-        spare = data.room - cap
-        add = np.floor(spare * short / max(1, int(spare.sum())) + 1).astype(np.int64)
-        cap = np.minimum(data.room, cap + add)
-    regret = rc[:, 1] - rc[:, 0] if k > 1 else np.zeros(p.n_users)
-    choice = np.full(p.n_users, -1, dtype=np.int64)
+    return np.take_along_axis(cand, order, 1), np.take_along_axis(rc, order, 1)
+
+
+def round_prices(
+    red: FloatArray, cap: IntArray, room: IntArray, *, strict: bool = True
+) -> tuple[IntArray, IntArray]:
+    """Round the prices: users by decreasing regret (second-cheapest minus cheapest
+    reduced cost) take their cheapest DC with ``cap`` left; the rest take their
+    cheapest DC with ``room`` left. Unplaced users raise InfeasibleError, or with
+    ``strict=False`` keep -1. Returns (choice, the users' candidate DCs)."""
+    n_users = red.shape[0]
+    cand, rc = candidates(red)
+    k = cand.shape[1]
+    regret = rc[:, 1] - rc[:, 0] if k > 1 else np.zeros(n_users)
+    choice = np.full(n_users, -1, dtype=np.int64)
     left = cap.copy()
     finite = np.isfinite(rc)
     for u in np.argsort(-regret, kind="stable").tolist():
@@ -350,19 +462,31 @@ def _primal(
                 choice[u] = d
                 left[d] -= 1
                 break
-    room_left = data.room - np.bincount(choice[choice >= 0], minlength=p.n_dcs)
+    room_left = room - np.bincount(choice[choice >= 0], minlength=red.shape[1])
+    fill_room(red, choice, room_left, strict=strict)
+    return choice, cand
+
+
+def fill_room(red: FloatArray, choice: IntArray, room_left: IntArray, *, strict: bool) -> None:
+    """Unplaced users (choice -1), in order, take their cheapest DC with room left."""
     for u in np.flatnonzero(choice < 0).tolist():
         ok = np.isfinite(red[u]) & (room_left > 0)
         if not ok.any():
+            if not strict:
+                continue
             raise InfeasibleError(
                 "users",
-                p.n_users,
+                red.shape[0],
                 "infeasible: the allowed DCs cannot take every user within capacity",
             )
         d = int(np.flatnonzero(ok)[np.argmin(red[u, ok])])
         choice[u] = d
         room_left[d] -= 1
-    return choice, cand
+
+
+def default_beta(bound: FloatArray, n_dcs: int) -> FloatArray:
+    """beta_d = 1 / median(LT): the slope of a user beyond its bound."""
+    return np.full(n_dcs, 1.0 / float(np.median(bound)))
 
 
 def solve_lagrange(p: AssignProblem, time_limit: float | None = None) -> AssignResult:
@@ -371,7 +495,7 @@ def solve_lagrange(p: AssignProblem, time_limit: float | None = None) -> AssignR
     p.check_feasible()
     data = _prepare(p)
     nd = p.n_dcs
-    beta = np.full(nd, 1.0 / float(np.median(p.bound)))
+    beta = default_beta(p.bound, nd)
     alpha, _ = _dense_alphas(data, beta)
     pi = _smoothed_prices(data, alpha, beta, start + 0.6 * (deadline - start))
     bound = _dual_value(data, alpha, pi, beta)
@@ -379,7 +503,8 @@ def solve_lagrange(p: AssignProblem, time_limit: float | None = None) -> AssignR
     alpha0, _ = _dense_alphas(data, np.zeros(nd))
     bound = max(bound, _dual_value(data, alpha0, np.zeros(nd), np.zeros(nd)))
     t_bound = time.perf_counter() - start
-    choice, cand = _primal(data, alpha, pi, beta)
+    cap = data.dcs.caps(pi, beta, p.n_users)
+    choice, cand = round_prices(alpha + pi[None, :], cap, data.room)
     first = evaluate(p, choice).objective
     moves = _Moves(data, choice, cand)
     rounds = 0

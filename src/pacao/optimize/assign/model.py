@@ -134,8 +134,7 @@ class AssignProblem:
         at |U| + 1 entries whatever the capacity: 1e12, 1e300 or unlimited.
         It is taken in floating point before the cast, so no capacity overflows int64.
         """
-        free = np.floor(self.capacity - self.existing + 1e-9)
-        return np.minimum(free, float(self.n_users)).astype(np.int64)
+        return dc_room(self.capacity, self.existing, self.n_users)
 
     def level(self, d: int, n: IntArray | int) -> FloatArray:
         """Congestion latency f_d((n + e_d) / C_d) of DC d with n new users."""
@@ -146,8 +145,7 @@ class AssignProblem:
         """Per DC, the congestion latency for n = 0 .. room_d new users (cached)."""
         cached = self._cache.get("levels")
         if cached is None:
-            room = self.room
-            cached = [self.level(d, np.arange(int(room[d]) + 1)) for d in range(self.n_dcs)]
+            cached = dc_levels(self.functions, self.capacity, self.existing, self.room)
             self._cache["levels"] = cached
         assert isinstance(cached, list)
         return cached
@@ -183,6 +181,26 @@ class AssignProblem:
         """T_u for users ``user_idx`` with total latency l_ud + congestion (arrays broadcast)."""
         ratio = np.asarray((lat + congestion) / self.bound[user_idx], dtype=np.float64)
         return penalty(ratio, self.integer_penalty)
+
+
+def dc_room(capacity: FloatArray, existing: FloatArray, n_users: int) -> IntArray:
+    """min(floor(C_d - e_d), |U|) per DC, in floating point before the cast (1e-9 slack)."""
+    free = np.floor(capacity - existing + 1e-9)
+    out: IntArray = np.minimum(free, float(n_users)).astype(np.int64)
+    return out
+
+
+def dc_levels(
+    functions: Sequence[LatencyFunction],
+    capacity: FloatArray,
+    existing: FloatArray,
+    room: IntArray,
+) -> list[FloatArray]:
+    """Per DC, f_d((n + e_d) / C_d) for n = 0 .. room_d new users."""
+    return [
+        functions[d]((np.arange(int(room[d]) + 1, dtype=np.float64) + existing[d]) / capacity[d])
+        for d in range(len(functions))
+    ]
 
 
 def penalty(ratio: FloatArray, integer: bool) -> FloatArray:

@@ -1,0 +1,328 @@
+"""The congestion-aware stage (Sec. V-C) of a partitioned run: the experiment of
+:mod:`pacao.sim.congestion` on a user-partitioned dataset, as Dask tasks.
+
+Each partition's users stay on a worker: one task per partition takes every user's
+snapshot position (the rule of :func:`pacao.sim.congestion.snapshot_positions`, 12 h
+after the dataset's first sample), and per deployment one task builds the partition's
+rows l_ud and alpha_ud of the solve. The coordinator, here, runs the partitioned
+``lagrange`` solve (:func:`pacao.optimize.assign.partitioned.solve_partitioned`),
+broadcasting the prices and loads and receiving only per-partition sums. The tasks
+write the per-user table themselves, one file per partition; the client receives per
+partition only counts over (position, DC) pairs, which give the exact medians.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+
+from pacao.optimize.assign.partitioned import (
+    ROUNDS,
+    Instance,
+    Part,
+    make_part,
+    median_of_counts,
+    part_choice,
+    solve_partitioned,
+)
+from pacao.sim.congestion import (
+    RTT_THRESHOLD_MS,
+    SNAPSHOT_S,
+    CongestionRun,
+    dcs_table,
+    latency_function,
+    snapshot_positions,
+    summary_of,
+    users_table,
+)
+from pacao.sim.scale import Dataset, Scan, Shared, part_trajectories
+
+M = TypeVar("M")
+R = TypeVar("R")
+
+#: The per-user table of a partitioned run: one file per partition in this folder.
+USERS_DIR = "congestion_users"
+
+
+class DaskPartitions:
+    """The solve's partitions as futures on a Dask cluster (pacao.optimize.assign's
+    Partitions): each call is one task per partition, run where the partition is."""
+
+    def __init__(self, client: Any, futures: list[Any]) -> None:
+        self.client = client
+        self.futures = futures
+
+    def __len__(self) -> int:
+        return len(self.futures)
+
+    def map(self, fn: Callable[[Part, M], R], msgs: Mapping[int, M]) -> list[R]:
+        futs = [self.client.submit(fn, self.futures[i], m, pure=False) for i, m in msgs.items()]
+        out: list[R] = self.client.gather(futs)
+        return out
+
+    def update(self, fn: Callable[[Part, M], tuple[Part, R]], msgs: Mapping[int, M]) -> list[R]:
+        c = self.client
+        both = {i: c.submit(fn, self.futures[i], m, pure=False) for i, m in msgs.items()}
+        for i, f in both.items():
+            self.futures[i] = c.submit(operator.getitem, f, 0, pure=False)
+        got = [c.submit(operator.getitem, f, 1, pure=False) for f in both.values()]
+        out: list[R] = c.gather(got)
+        return out
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a task needs to read its partition (scattered once)."""
+
+    ds: Dataset
+    scan: Scan
+    lac_seed: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One partition's users (ids in file order) and their snapshot positions (global index)."""
+
+    user_ids: np.ndarray
+    pos: np.ndarray
+
+
+def snapshot_part(src: Source, i: int) -> Snapshot:
+    tr = part_trajectories(src.ds, src.scan, i, src.lac_seed)
+    # SNAPSHOT_S after the dataset's first sample, on this partition's clock.
+    return Snapshot(tr.user_ids, snapshot_positions(tr, SNAPSHOT_S + src.scan.t0_s - tr.t0_s))
+
+
+@dataclass(frozen=True)
+class StageDeployment:
+    """What the stage needs of a deployment: RTT per (position, DC) and the strict bound."""
+
+    use_case: str
+    n_dcs: int
+    user_dc: np.ndarray
+    bound_ms: float
+
+
+def build_part(inst: Instance, dep: StageDeployment, snap: Snapshot) -> Part:
+    latency = dep.user_dc[snap.pos]
+    ids = [str(u) for u in snap.user_ids.tolist()]
+    return make_part(inst, ids, np.full(len(ids), dep.bound_ms), latency)
+
+
+@dataclass(frozen=True)
+class PairCounts:
+    """Users per (position, DC) pair, aware and unaware, and the unaware loads."""
+
+    aware: tuple[np.ndarray, np.ndarray]
+    unaware: tuple[np.ndarray, np.ndarray]
+    load_unaware: np.ndarray
+
+
+def _pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    k, c = np.unique(keys, return_counts=True)
+    return k, c.astype(np.int64)
+
+
+def pair_counts(dep: StageDeployment, snap: Snapshot, choice: np.ndarray) -> PairCounts:
+    near = np.argmin(dep.user_dc[snap.pos], axis=1)
+    pos = snap.pos.astype(np.int64)
+    return PairCounts(
+        _pairs(pos * dep.n_dcs + choice),
+        _pairs(pos * dep.n_dcs + near),
+        np.bincount(near, minlength=dep.n_dcs).astype(np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class ScaledRun:
+    """One deployment's partitioned solve: the figures of CongestionRun over every user."""
+
+    use_case: str
+    n_dcs: int
+    capacity: float
+    bound_ms: float
+    objective: float
+    lower_bound: float | None
+    gap: float | None
+    seconds: float
+    load_aware: np.ndarray
+    load_unaware: np.ndarray
+    congestion_aware: np.ndarray  # f_d per DC at its aware load
+    congestion_unaware: np.ndarray
+    stats: dict[str, float | int | None]
+    notes: dict[str, float | int]
+
+    def summary(self) -> dict[str, float | int | None]:
+        return self.stats
+
+
+def _merged(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    k, inv = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
+    c = np.bincount(inv, weights=np.concatenate([p[1] for p in parts]), minlength=len(k))
+    return k, c.astype(np.int64)
+
+
+def _rtt(dep: StageDeployment, keys: np.ndarray, cong: np.ndarray) -> np.ndarray:
+    """l_ud + f_d of each (position, DC) pair key."""
+    pos, dc = keys // dep.n_dcs, keys % dep.n_dcs
+    out: np.ndarray = dep.user_dc[pos, dc] + cong[dc]
+    return out
+
+
+def write_users(
+    snap: Snapshot,
+    deps: list[StageDeployment],
+    runs: list[ScaledRun],
+    choices: list[np.ndarray],
+    path: Path,
+) -> int:
+    """This partition's rows of the per-user table (results/congestion_users.parquet's
+    columns), every deployment in order, written by the task itself."""
+    users = np.arange(len(snap.pos))
+    per = []
+    for dep, r, ch in zip(deps, runs, choices, strict=True):
+        lat = dep.user_dc[snap.pos]
+        near = np.argmin(lat, axis=1)
+        per.append(
+            CongestionRun(
+                use_case=r.use_case,
+                n_dcs=r.n_dcs,
+                capacity=r.capacity,
+                bound_ms=r.bound_ms,
+                objective=r.objective,
+                lower_bound=r.lower_bound,
+                gap=r.gap,
+                seconds=r.seconds,
+                dc_aware=ch,
+                dc_unaware=near.astype(np.int64),
+                latency_aware_ms=lat[users, ch],
+                congestion_aware_ms=r.congestion_aware[ch],
+                rtt_unaware_ms=lat[users, near] + r.congestion_unaware[near],
+                load_aware=r.load_aware,
+                load_unaware=r.load_unaware,
+            )
+        )
+    users_table(snap, per).to_parquet(path, index=False)
+    return len(users)
+
+
+def stage_tasks(n_parts: int, n_deps: int) -> int:
+    """About how many partition tasks the stage runs (the progress bar's length): the
+    dual's evaluations vary, about 150-250 per deployment."""
+    return n_parts * (2 + n_deps * (200 + 4 * ROUNDS + 8))
+
+
+def run_congestion_scaled(
+    client: Any,
+    sh: Shared,
+    dcs: pd.DataFrame,
+    results: Path,
+    advance: Callable[[], None] = lambda: None,
+) -> dict[str, dict[str, Any]]:
+    """Sec. V-C on a partitioned dataset: writes ``results``/congestion_dcs.parquet and
+    ``results``/congestion_users/part-NNNNN.parquet; returns summary.json's
+    "congestion" entry (the keys of the single-file run's)."""
+    from distributed import wait
+
+    def did(k: int) -> None:
+        for _ in range(k):
+            advance()
+
+    src = client.scatter(Source(sh.ds, sh.scan, sh.lac_seed), broadcast=True)
+    n_parts = len(sh.ds.files)
+    snaps = [client.submit(snapshot_part, src, i, pure=False) for i in range(n_parts)]
+    wait(snaps)  # type: ignore[no-untyped-call]
+    did(n_parts)
+    f = latency_function()
+    n_users = sh.scan.users
+    deps = [
+        StageDeployment(d.use_case, d.n_dcs, d.net.user_dc, float(d.bounds["strict"]))
+        for d in sh.deployments
+    ]
+    runs: list[ScaledRun] = []
+    choices: list[list[Any]] = []
+    for dep in deps:
+        start = time.perf_counter()
+        capacity = max(2.0 * n_users / dep.n_dcs, 1.0)
+        inst = Instance(
+            dc_names=tuple(f"dc{j}" for j in range(dep.n_dcs)),
+            capacity=np.full(dep.n_dcs, capacity),
+            existing=np.zeros(dep.n_dcs),
+            functions=(f,) * dep.n_dcs,
+            n_users=n_users,
+        )
+        inst_f, dep_f = client.scatter([inst, dep], broadcast=True)
+        parts = DaskPartitions(
+            client, [client.submit(build_part, inst_f, dep_f, s, pure=False) for s in snaps]
+        )
+        res = solve_partitioned(inst, parts, advance=did)
+        chosen = [client.submit(part_choice, p, None, pure=False) for p in parts.futures]
+        counted = [
+            client.submit(pair_counts, dep_f, s, c, pure=False)
+            for s, c in zip(snaps, chosen, strict=True)
+        ]
+        counts: list[PairCounts] = client.gather(counted)
+        del parts  # the partitions' rows: only the chosen DCs stay on the workers
+        did(2 * n_parts)
+        load_unaware = np.sum([c.load_unaware for c in counts], axis=0).astype(np.int64)
+        cong_near = f(load_unaware / capacity)  # holds 700 ms beyond full load, as run_deployment
+        aware = _merged([c.aware for c in counts])
+        unaware = _merged([c.unaware for c in counts])
+        rtt_aware = _rtt(dep, aware[0], res.congestion_ms)
+        rtt_unaware = _rtt(dep, unaware[0], cong_near)
+        seconds = time.perf_counter() - start
+        run = ScaledRun(
+            use_case=dep.use_case,
+            n_dcs=dep.n_dcs,
+            capacity=capacity,
+            bound_ms=dep.bound_ms,
+            objective=res.objective,
+            lower_bound=res.lower_bound,
+            gap=res.gap,
+            seconds=seconds,
+            load_aware=res.load,
+            load_unaware=load_unaware,
+            congestion_aware=res.congestion_ms,
+            congestion_unaware=cong_near,
+            stats={},
+            notes=res.notes,
+        )
+        stats = summary_of(
+            run,
+            users=n_users,
+            median_rtt_ms=median_of_counts([rtt_aware], [aware[1]]),
+            unaware_median_rtt_ms=median_of_counts([rtt_unaware], [unaware[1]]),
+            share_over_75ms=float(aware[1][rtt_aware > RTT_THRESHOLD_MS].sum() / n_users),
+        )
+        runs.append(replace(run, stats=stats))
+        choices.append(chosen)
+    folder = results / USERS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("part-*.parquet"):
+        old.unlink()
+    written = [
+        client.submit(
+            write_users,
+            snaps[i],
+            deps,
+            runs,
+            [c[i] for c in choices],
+            folder / f"part-{i:05d}.parquet",
+            pure=False,
+        )
+        for i in range(n_parts)
+    ]
+    client.gather(written)
+    did(n_parts)
+    dcs_table(runs, dcs).to_parquet(results / "congestion_dcs.parquet")
+    out: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        out.setdefault(r.use_case, {})[str(r.n_dcs)] = r.summary()
+    return out
