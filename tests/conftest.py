@@ -27,6 +27,7 @@ PARALLEL_SAFE = frozenset(
         "test_architecture.py",
         "test_assign.py",
         "test_assign_capacity.py",
+        "test_assign_partitioned.py",
         "test_cli_solve.py",
         "test_decision_policy.py",
         "test_lisp_auth_rules.py",
