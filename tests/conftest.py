@@ -11,6 +11,9 @@ before. ``pytest`` alone still runs the whole suite serially.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from hypothesis import settings
 
@@ -73,3 +76,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if item.path.name in PARALLEL_SAFE:
             item.add_marker(pytest.mark.parallel_safe)
     items.sort(key=lambda item: item.path.name != FIRST)  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """An in-process Dask cluster (one worker, two threads) for the partitioned-run tests."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as c,  # type: ignore[no-untyped-call]
+    ):
+        yield c

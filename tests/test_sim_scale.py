@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -26,19 +25,6 @@ from pacao.sim.sweep import SweepData, deployment, grid, run_sweep
 
 #: A seed no other test or shipped run uses.
 SEED = 23
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as c,  # type: ignore[no-untyped-call]
-    ):
-        yield c
 
 
 def dc_table(seed: int) -> pd.DataFrame:

@@ -4,7 +4,6 @@ and equal to the single-file stage; the solve's figures deterministic per partit
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,6 @@ from pacao.sim.sweep import deployment
 
 #: A seed no other test or shipped run uses.
 SEED = 29
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as c,  # type: ignore[no-untyped-call]
-    ):
-        yield c
 
 
 def dc_table() -> pd.DataFrame:
