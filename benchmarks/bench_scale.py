@@ -19,10 +19,12 @@ workers' peak memory; --no-sweep skips the sweep (to time the stage alone).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pickle
 import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -92,18 +94,50 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
 
         if not args.no_sweep:
             t = time.perf_counter()
-            rows = run_scaled(client, sh, points, advance, window=args.workers)
+            stats: dict[str, int] = {}
+            spill = tmp / f"u{users}-spill"
+            with SpillSize(spill) as size:
+                rows = run_scaled(
+                    client, sh, points, advance, window=args.workers, spill=spill, stats=stats
+                )
             took = time.perf_counter() - t
             peaks = worker_peak_mb(client)
             kind = "quick" if args.quick else "full"
             print(f"sweep ({kind} grid, {len(points)} points): {len(rows)} configurations, "
                   f"{done[0]} tasks, {took:.1f} s; {load()}")  # fmt: skip
+            print(f"pass 2: {stats['pass2_simulated']} of {stats['pass2_tasks']} tasks "
+                  f"simulated again; kept values on disk <= {size.peak / 1e6:,.0f} MB")  # fmt: skip
             for w, mb in sorted(peaks.items()):
                 print(f"peak memory of worker {w}: {mb:,.0f} MB")
             client_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"peak memory of the client (this process, so far): {client_mb:,.0f} MB")
         if args.congestion:
             congestion(client, sh, tmp / f"u{users}-results", dcs)
+
+
+class SpillSize:
+    """The largest size of the spill folder, sampled every 2 s in a thread."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.peak, self._stop = root, 0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(2.0):
+            if self.root.is_dir():
+                total = 0
+                for p in self.root.iterdir():
+                    with contextlib.suppress(FileNotFoundError):
+                        total += p.stat().st_size
+                self.peak = max(self.peak, total)
+
+    def __enter__(self) -> SpillSize:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def worker_cpu_s(client: Client) -> dict[str, float]:

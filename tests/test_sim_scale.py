@@ -59,7 +59,18 @@ def test_partitioned_sweep_equals_one_task_and_the_in_memory_sweep(
     assert meta["samples"] == sum(len(read_partition(ds, i, 0)) for i in range(3))
     dcs = dc_table(SEED)
     points = grid((0.2, 0.7), (0.3,))
-    parted = run_scaled(client, build_shared(client, ds, dcs, seed=SEED), points)
+    shared = build_shared(client, ds, dcs, seed=SEED)
+    parted = run_scaled(client, shared, points)
+    # Pass 2 answers from pass 1's kept values, or simulates a partition again when a
+    # wanted bin was not kept: the rows do not depend on how much was kept.
+    for keep, again in ((0, True), (4000, False)):
+        stats: dict[str, int] = {}
+        spill = tmp_path / f"spill{keep}"
+        rows = run_scaled(client, shared, points, keep=keep, spill=spill, stats=stats)
+        pd.testing.assert_frame_equal(rows, parted, check_exact=True)
+        assert stats["pass2_tasks"] == 3 * 3  # 3 partitions x (2 S' rows + legacy)
+        assert (stats["pass2_simulated"] > 0) is again, (keep, stats)
+        assert not any(spill.iterdir())
 
     # The same users as one partition: one task per grid point.
     one = tmp_path / "one"
@@ -69,7 +80,15 @@ def test_partitioned_sweep_equals_one_task_and_the_in_memory_sweep(
     meta1 = {"format": "pacao-traces-dataset", "synthetic": True}
     meta1["partitions"] = [{"file": "all.parquet"}]
     (one / "_dataset.json").write_text(json.dumps(meta1))
-    single = run_scaled(client, build_shared(client, open_dataset(one), dcs, seed=SEED), points)
+    stats = {}
+    single = run_scaled(
+        client,
+        build_shared(client, open_dataset(one), dcs, seed=SEED),
+        points,
+        keep=0,
+        stats=stats,
+    )
+    assert stats["pass2_simulated"] == 0  # one partition's own bins are the run's
     pd.testing.assert_frame_equal(parted, single, check_exact=True)
     assert (parted.switches > 0).any() and (parted.migrations > 0).any()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -640,9 +641,11 @@ def reproduce_partitioned(
     from pacao.sim.scale import (
         build_shared,
         generate_dataset,
+        job_groups,
         open_dataset,
         positions_table,
         run_scaled,
+        sweep_tasks,
         synthetic_dcs,
     )
 
@@ -684,14 +687,23 @@ def reproduce_partitioned(
             + ")"
         )
         write_inputs(out, build_lacs(sh.lac_seed), source, sh.scan.users, sh.scan.samples, {})
-        n_tasks = 2 * len(ds.files) * (len(points) + 1)
         hists: dict[Config, tuple[np.ndarray, np.ndarray]] = {}
+        shutil.rmtree(out / "sweep-spill", ignore_errors=True)  # a crashed run's leftovers
         with stages.stage(
-            f"sweep: {len(ds.files)} partitions x {len(points) + 1} jobs x 2 passes", n_tasks
+            f"sweep: {len(ds.files)} partitions x {len(job_groups(points))} S' rows and "
+            "legacy x 2 passes",
+            sweep_tasks(len(ds.files), points),
         ) as adv:
             sweep = run_scaled(
-                client, sh, points, adv, window=max(2, opts.workers or 2), histograms=hists
+                client,
+                sh,
+                points,
+                adv,
+                window=max(2, opts.workers or 2),
+                histograms=hists,
+                spill=out / "sweep-spill",  # beside the results: workers read the run folder
             )
+            shutil.rmtree(out / "sweep-spill", ignore_errors=True)
             sweep.to_parquet(out / "results" / "sweep.parquet", index=False)
         # --- congestion-aware stage (Sec. V-C), partitioned: pacao.sim.congestion_scale ---
         n_deps = len(sh.deployments)

@@ -235,7 +235,7 @@ def run_congestion_scaled(
         for _ in range(k):
             advance()
 
-    src = client.scatter(Source(sh.ds, sh.scan, sh.lac_seed), broadcast=True)
+    src = client.scatter(Source(sh.ds, sh.scan, sh.lac_seed), broadcast=True, hash=False)
     n_parts = len(sh.ds.files)
     snaps = [client.submit(snapshot_part, src, i, pure=False) for i in range(n_parts)]
     wait(snaps)  # type: ignore[no-untyped-call]
@@ -258,7 +258,7 @@ def run_congestion_scaled(
             functions=(f,) * dep.n_dcs,
             n_users=n_users,
         )
-        inst_f, dep_f = client.scatter([inst, dep], broadcast=True)
+        inst_f, dep_f = client.scatter([inst, dep], broadcast=True, hash=False)
         parts = DaskPartitions(
             client, [client.submit(build_part, inst_f, dep_f, s, pure=False) for s in snaps]
         )

@@ -16,8 +16,11 @@ fed through a window, so a worker never holds more than a few partitions.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import pickle
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -465,6 +468,18 @@ def bin_edges(keys: I64) -> tuple[F64, F64]:
     return value(keys), value(keys + 1)
 
 
+def distinct(values: F64, counts: I64) -> tuple[F64, I64]:
+    """(sorted distinct values, summed counts): one sort, from which the histogram, the
+    exact sum and a task's kept values all follow (each on far fewer values than segments)."""
+    order = np.argsort(values)
+    sv = values[order]
+    if len(sv) == 0:
+        return sv, counts[:0]
+    start = np.flatnonzero(np.r_[True, sv[1:] != sv[:-1]])
+    out: I64 = np.add.reduceat(counts[order], start)
+    return sv[start], out
+
+
 @dataclass
 class Partial:
     """One configuration's statistics over some users (mergeable)."""
@@ -478,11 +493,18 @@ class Partial:
 
     @staticmethod
     def of(out: Outcome) -> Partial:
-        uk, cnt = bin_counts(out.values, out.counts)
+        return Partial.of_distinct(*distinct(out.values, out.counts), out)
+
+    @staticmethod
+    def of_distinct(values: F64, counts: I64, out: Outcome) -> Partial:
+        """From ``distinct(out.values, out.counts)``: bins of sorted values are sorted."""
+        keys = order_key(values) >> BIN_SHIFT
+        start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else keys[:0]
+        cnt: I64 = np.add.reduceat(counts, start) if len(keys) else counts[:0]
         return Partial(
-            int(out.counts.sum()),
-            ExactSum.of(out.values, out.counts),
-            uk,
+            int(counts.sum()),
+            ExactSum.of(values, counts),
+            keys[start],
             cnt,
             out.switches,
             out.migrations,
@@ -534,52 +556,139 @@ def bins_for(p: Partial) -> dict[int, tuple[int, int]]:
     return out
 
 
-def in_bins(out: Outcome, bins: Iterable[int]) -> dict[int, tuple[F64, I64]]:
-    """Distinct values and their sample counts inside each requested bin."""
-    keys = order_key(out.values) >> BIN_SHIFT
-    res = {}
-    for b in set(bins):
-        sel = keys == b
-        v, inv = np.unique(out.values[sel], return_inverse=True)
-        res[b] = (v, np.bincount(inv, weights=out.counts[sel], minlength=len(v)).astype(np.int64))
-    return res
+def in_bins(values: F64, counts: I64, bins: Iterable[int]) -> dict[int, tuple[F64, I64]]:
+    """Of sorted distinct values and their counts: those inside each requested bin."""
+    keys = order_key(values) >> BIN_SHIFT
+    return {b: (values[keys == b], counts[keys == b]) for b in set(bins)}
 
 
 # --------------------------------------------------------------------------- tasks
 
 #: A configuration: (deployment index, bound, policy, grid-point index; -1 = legacy).
 Config = tuple[int, str, str, int]
+#: A task's jobs: grid-point indices (-1: legacy) simulated on one loaded partition.
+Group = tuple[int, ...]
+#: Bins kept on each side of a partition's own bin of each needed rank. A partition of
+#: random users has its order statistics within a bin or two of the whole run's, so the
+#: kept values almost always hold pass 2's answer; a miss costs a re-simulation only.
+KEEP_BINS = 2
+
+
+def job_groups(points: Sequence[GridPoint]) -> list[Group]:
+    """One task per S' row (its S'' points; PACAO-1 once) and one legacy task: a task
+    loads and indexes its partition once for all the points of its row."""
+    rows: dict[float, list[int]] = {}
+    for k, p in enumerate(points):
+        rows.setdefault(p.s1, []).append(k)
+    return [tuple(ks) for ks in rows.values()] + [(-1,)]
+
+
+def sweep_tasks(n_parts: int, points: Sequence[GridPoint]) -> int:
+    """Tasks of run_scaled: 2 passes x partitions x job groups."""
+    return 2 * n_parts * len(job_groups(points))
 
 
 def _outcomes(
-    sh: Shared, i: int, points: Sequence[GridPoint], k: int
+    sh: Shared, i: int, points: Sequence[GridPoint], group: Group
 ) -> Iterable[tuple[Config, Outcome]]:
-    """Every configuration of one partition at grid point k (k = -1: legacy), in the
-    order of pacao.sim.sweep.run_point."""
+    """Every configuration of one partition at the grid points of ``group`` (-1: legacy),
+    each point in the order of pacao.sim.sweep.run_point."""
     tr, deps = load_part(sh, i)
-    if k < 0:
+    for k in group:
+        if k < 0:
+            for d, dep in enumerate(deps):
+                out = legacy(tr, dep.net, dep.start)
+                for b in BOUND_QUANTILES:
+                    yield (d, b, Policy.LEGACY.value, -1), out
+            continue
+        point = points[k]
+        sched = schedule(tr, point.timing())
+        pols = [Policy.PACAO1, Policy.PACAO2] if point.with_pacao1 else [Policy.PACAO2]
         for d, dep in enumerate(deps):
-            out = legacy(tr, dep.net, dep.start)
-            for b in BOUND_QUANTILES:
-                yield (d, b, Policy.LEGACY.value, -1), out
-        return
-    point = points[k]
-    sched = schedule(tr, point.timing())
-    for d, dep in enumerate(deps):
-        for bound, dec in dep.decisions.items():
-            pols = [Policy.PACAO1, Policy.PACAO2] if point.with_pacao1 else [Policy.PACAO2]
-            for pol in pols:
-                yield (d, bound, pol.value, k), simulate(tr, sched, dep.net, dec, pol, dep.start)
+            for bound, dec in dep.decisions.items():
+                for pol in pols:
+                    out = simulate(tr, sched, dep.net, dec, pol, dep.start)
+                    yield (d, bound, pol.value, k), out
 
 
-def pass1(sh: Shared, i: int, points: Sequence[GridPoint], k: int) -> dict[Config, Partial]:
-    return {c: Partial.of(o) for c, o in _outcomes(sh, i, points, k)}
+@dataclass(frozen=True)
+class Kept:
+    """What pass 1 keeps of one configuration for pass 2: the partition's non-empty bins,
+    and the distinct values (with counts) of the bins near its own needed ranks."""
+
+    bins: I64
+    kept_bins: I64
+    values: F64
+    counts: I64
+
+
+def spill_path(spill: Path, i: int, g: int) -> Path:
+    return Path(spill) / f"part-{i:05d}-group-{g:03d}.pkl"
+
+
+def pass1(
+    sh: Shared, i: int, points: Sequence[GridPoint], group: Group, spill: Path, g: int, keep: int
+) -> dict[Config, Partial]:
+    """Statistics of every configuration; the values pass 2 will likely ask for are
+    written to ``spill`` (a folder every worker can read) instead of being re-simulated."""
+    res: dict[Config, Partial] = {}
+    kept: dict[Config, Kept] = {}
+    last: tuple[Outcome, F64, I64] | None = None
+    for c, o in _outcomes(sh, i, points, group):
+        if last is None or last[0] is not o:  # legacy: one outcome for the 3 bounds
+            last = (o, *distinct(o.values, o.counts))
+        _, v, n = last
+        p = res[c] = Partial.of_distinct(v, n, o)
+        own = np.array(sorted({b for b, _ in bins_for(p).values()}), np.int64)
+        near = np.unique((own[:, None] + np.arange(-keep, keep + 1)).ravel())
+        sel = np.isin(order_key(v) >> BIN_SHIFT, near)
+        kept[c] = Kept(p.keys, near, v[sel], n[sel])
+    tmp = spill_path(spill, i, g).with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        pickle.dump(kept, f, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(spill_path(spill, i, g))  # a retried task never reads a half-written file
+    return res
 
 
 def pass2(
-    sh: Shared, i: int, points: Sequence[GridPoint], k: int, want: dict[Config, list[int]]
-) -> dict[Config, dict[int, tuple[F64, I64]]]:
-    return {c: in_bins(o, want[c]) for c, o in _outcomes(sh, i, points, k)}
+    sh: Shared,
+    i: int,
+    points: Sequence[GridPoint],
+    group: Group,
+    spill: Path,
+    g: int,
+    want: dict[Config, list[int]],
+) -> tuple[dict[Config, dict[int, tuple[F64, I64]]], bool]:
+    """The distinct values of every wanted bin, from pass 1's kept values; the partition
+    is simulated again only if a wanted bin it has samples in was not kept (or the file
+    is gone). Returns the values and whether it simulated again."""
+    path = spill_path(spill, i, g)
+    out = _from_kept(path, want) if path.is_file() else None
+    simulated = out is None
+    if out is None:
+        out = {
+            c: in_bins(*distinct(o.values, o.counts), want[c])
+            for c, o in _outcomes(sh, i, points, group)
+        }
+    path.unlink(missing_ok=True)
+    return out, simulated
+
+
+def _from_kept(
+    path: Path, want: dict[Config, list[int]]
+) -> dict[Config, dict[int, tuple[F64, I64]]] | None:
+    """The wanted bins from pass 1's kept values; None if a wanted bin the partition has
+    samples in was not kept."""
+    with path.open("rb") as f:
+        kept: dict[Config, Kept] = pickle.load(f)
+    out = {}
+    for c, k in kept.items():
+        bins = np.asarray(want[c], np.int64)
+        wanted = bins[np.isin(bins, k.bins)]  # the bins it has samples in
+        if not np.isin(wanted, k.kept_bins).all():
+            return None
+        out[c] = in_bins(k.values, k.counts, wanted.tolist())
+    return out
 
 
 def _windowed(
@@ -627,14 +736,43 @@ def run_scaled(
     advance: Callable[[], None] = lambda: None,
     window: int = 2,
     histograms: dict[Config, tuple[I64, I64]] | None = None,
+    *,
+    spill: Path | None = None,
+    keep: int = KEEP_BINS,
+    stats: dict[str, int] | None = None,
 ) -> pd.DataFrame:
     """The sweep of pacao.sim.sweep.run_sweep over every partition, rows identical in
-    form; ``advance`` is called once per finished task (2 passes x partitions x (points+1)).
-    ``histograms``, when given, receives every configuration's merged pass-1 histogram
-    (bin_counts form), which the client holds anyway."""
-    shared = client.scatter(sh, broadcast=True)
+    form; ``advance`` is called once per finished task (sweep_tasks). ``spill``: a folder
+    every worker can write and read for pass 1's kept values (default: a temporary folder
+    on this machine, enough for a LocalCluster); it is emptied by pass 2. ``histograms``,
+    when given, receives every configuration's merged pass-1 histogram (bin_counts
+    form), which the client holds anyway; ``stats`` the number of pass-2 tasks and of
+    those that simulated again."""
+    with contextlib.ExitStack() as stack:
+        if spill is None:
+            spill = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pacao-spill-")))
+        Path(spill).mkdir(parents=True, exist_ok=True)
+        return _run_scaled(
+            client, sh, points, advance, window, histograms, Path(spill), keep, stats
+        )
+
+
+def _run_scaled(
+    client: Any,
+    sh: Shared,
+    points: Sequence[GridPoint],
+    advance: Callable[[], None],
+    window: int,
+    histograms: dict[Config, tuple[I64, I64]] | None,
+    spill: Path,
+    keep: int,
+    stats: dict[str, int] | None,
+) -> pd.DataFrame:
+    # Fresh keys (hash=False): the same tables scattered again by a second sweep would
+    # reuse the first one's key while it is being released ("lost dependencies").
+    shared = client.scatter(sh, broadcast=True, hash=False)
     n_parts = len(sh.ds.files)
-    jobs = [*range(len(points)), -1]
+    groups = job_groups(points)
     acc: dict[Config, Partial] = {}
 
     def take1(res: dict[Config, Partial]) -> None:
@@ -647,8 +785,8 @@ def run_scaled(
     _windowed(
         client,
         n_parts,
-        len(jobs),
-        lambda p, j: client.submit(pass1, shared, p, points, jobs[j], pure=False),
+        len(groups),
+        lambda p, j: client.submit(pass1, shared, p, points, groups[j], spill, j, keep, pure=False),
         take1,
         advance,
         window,
@@ -657,23 +795,28 @@ def run_scaled(
         histograms.update({c: (p.keys, p.counts) for c, p in acc.items()})
     where = {c: bins_for(p) for c, p in acc.items()}
     want_all = {c: sorted({b for b, _ in w.values()}) for c, w in where.items()}
-    want = client.scatter(want_all, broadcast=True)
+    want = client.scatter(want_all, broadcast=True, hash=False)
     found: dict[Config, dict[int, list[tuple[F64, I64]]]] = {c: {} for c in acc}
+    again = [0]
 
-    def take2(res: dict[Config, dict[int, tuple[F64, I64]]]) -> None:
-        for c, per_bin in res.items():
+    def take2(res: tuple[dict[Config, dict[int, tuple[F64, I64]]], bool]) -> None:
+        values, missed = res
+        again[0] += missed
+        for c, per_bin in values.items():
             for b, vc in per_bin.items():
                 hold(found[c].setdefault(b, []), vc)
 
     _windowed(
         client,
         n_parts,
-        len(jobs),
-        lambda p, j: client.submit(pass2, shared, p, points, jobs[j], want, pure=False),
+        len(groups),
+        lambda p, j: client.submit(pass2, shared, p, points, groups[j], spill, j, want, pure=False),
         take2,
         advance,
         window,
     )
+    if stats is not None:
+        stats.update(pass2_tasks=n_parts * len(groups), pass2_simulated=again[0])
     rows = []
     for c, p in acc.items():
         value = {}
