@@ -93,7 +93,7 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
             done[0] += 1
 
         if not args.no_sweep:
-            t = time.perf_counter()
+            t, wcpu0 = time.perf_counter(), worker_cpu_s(client)
             stats: dict[str, int] = {}
             spill = tmp / f"u{users}-spill"
             with SpillSize(spill) as size:
@@ -101,12 +101,15 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
                     client, sh, points, advance, window=args.workers, spill=spill, stats=stats
                 )
             took = time.perf_counter() - t
+            cpu = sum(c - wcpu0.get(w, 0.0) for w, c in worker_cpu_s(client).items())
             peaks = worker_peak_mb(client)
             kind = "quick" if args.quick else "full"
             print(f"sweep ({kind} grid, {len(points)} points): {len(rows)} configurations, "
                   f"{done[0]} tasks, {took:.1f} s; {load()}")  # fmt: skip
             print(f"pass 2: {stats['pass2_simulated']} of {stats['pass2_tasks']} tasks "
                   f"simulated again; kept values on disk <= {size.peak / 1e6:,.0f} MB")  # fmt: skip
+            print(f"workers' CPU time in the sweep: {cpu:,.0f} s, "
+                  f"{cpu / (len(ds.files) * len(points)):.2f} s per partition-point")  # fmt: skip
             for w, mb in sorted(peaks.items()):
                 print(f"peak memory of worker {w}: {mb:,.0f} MB")
             client_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
