@@ -40,6 +40,7 @@ from pacao.sim.scale import (
     generate_dataset,
     open_dataset,
     run_scaled,
+    sweep_tasks,
     synthetic_dcs,
     worker_peak_mb,
 )
@@ -88,9 +89,13 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
         values = QUICK_GRID if args.quick else FULL_GRID
         points = grid(values, values)
         done = [0]
+        total, t_sweep = sweep_tasks(len(ds.files), points), time.perf_counter()
 
-        def advance() -> None:
+        def advance() -> None:  # a line per 5 % of the tasks: a long run's partial figures
             done[0] += 1
+            if done[0] % max(1, total // 20) == 0:
+                print(f"  {done[0]:,} of {total:,} sweep tasks, "
+                      f"{time.perf_counter() - t_sweep:.0f} s; {load()}", flush=True)  # fmt: skip
 
         if not args.no_sweep:
             t, wcpu0 = time.perf_counter(), worker_cpu_s(client)
