@@ -111,8 +111,8 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
             kind = "quick" if args.quick else "full"
             print(f"sweep ({kind} grid, {len(points)} points): {len(rows)} configurations, "
                   f"{done[0]} tasks, {took:.1f} s; {load()}")  # fmt: skip
-            print(f"pass 2: {stats['pass2_simulated']} of {stats['pass2_tasks']} tasks "
-                  f"simulated again; kept values on disk <= {size.peak / 1e6:,.0f} MB")  # fmt: skip
+            print(f"pass 2: {stats['pass2_simulated']} of {stats['pass2_jobs']} (partition, "
+                  f"point) jobs simulated again; spill <= {size.peak / 1e6:,.0f} MB")  # fmt: skip
             print(f"workers' CPU time in the sweep: {cpu:,.0f} s, "
                   f"{cpu / (len(ds.files) * len(points)):.2f} s per partition-point")  # fmt: skip
             for w, mb in sorted(peaks.items()):

@@ -63,9 +63,9 @@ def test_partitioned_sweep_equals_one_task_and_the_in_memory_sweep(
     parted = run_scaled(client, shared, points)
     # Pass 2 answers from pass 1's kept values, or simulates a partition again when a
     # wanted bin was not kept: the rows do not depend on how much was kept.
-    for keep, again in ((0, True), (4000, False)):
+    for keep, again in ((0.0, True), (1.0, False)):
         stats: dict[str, int] = {}
-        spill = tmp_path / f"spill{keep}"
+        spill = tmp_path / f"spill{keep:g}"
         rows = run_scaled(client, shared, points, keep=keep, spill=spill, stats=stats)
         pd.testing.assert_frame_equal(rows, parted, check_exact=True)
         assert stats["pass2_tasks"] == 3 * 3  # 3 partitions x (2 S' rows + legacy)
@@ -85,7 +85,7 @@ def test_partitioned_sweep_equals_one_task_and_the_in_memory_sweep(
         client,
         build_shared(client, open_dataset(one), dcs, seed=SEED),
         points,
-        keep=0,
+        keep=0.0,
         stats=stats,
     )
     assert stats["pass2_simulated"] == 0  # one partition's own bins are the run's

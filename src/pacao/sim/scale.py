@@ -568,10 +568,12 @@ def in_bins(values: F64, counts: I64, bins: Iterable[int]) -> dict[int, tuple[F6
 Config = tuple[int, str, str, int]
 #: A task's jobs: grid-point indices (-1: legacy) simulated on one loaded partition.
 Group = tuple[int, ...]
-#: Bins kept on each side of a partition's own bin of each needed rank. A partition of
-#: random users has its order statistics within a bin or two of the whole run's, so the
-#: kept values almost always hold pass 2's answer; a miss costs a re-simulation only.
-KEEP_BINS = 2
+#: Pass 1 keeps, per needed rank, the bins within this fraction of the partition's samples
+#: of its own rank. Where the partition's distribution is within this much of the whole
+#: run's (sup distance of the two CDFs; about 3 x 0.5 / sqrt(users) for a partition of
+#: random users), the bin of the run's order statistic is kept (docs/simulation.md);
+#: elsewhere pass 2 simulates that grid point again, so this sets the time, not the result.
+KEEP_MASS = 0.02
 
 
 def job_groups(points: Sequence[GridPoint]) -> list[Group]:
@@ -622,12 +624,27 @@ class Kept:
     counts: I64
 
 
+def kept_bins(p: Partial, keep: float) -> I64:
+    """The non-empty bins whose ranks [first, last] meet [r - w, r + w] for a needed rank
+    r, w = keep x samples. If the run's order statistic x has L(x-) <= q + keep and
+    L(x) >= q - keep for this partition's CDF L (true when |L - G| <= keep for the run's
+    G), its bin's ranks meet that window, so the bin is kept."""
+    cum = np.cumsum(p.counts)
+    first, last = cum - p.counts, cum - 1
+    w = keep * p.n
+    hit = np.zeros(len(cum), bool)
+    for r in needed_ranks(p.n):
+        hit |= (first <= r + w) & (last >= r - w)
+    out: I64 = p.keys[hit]
+    return out
+
+
 def spill_path(spill: Path, i: int, g: int) -> Path:
     return Path(spill) / f"part-{i:05d}-group-{g:03d}.pkl"
 
 
 def pass1(
-    sh: Shared, i: int, points: Sequence[GridPoint], group: Group, spill: Path, g: int, keep: int
+    sh: Shared, i: int, points: Sequence[GridPoint], group: Group, spill: Path, g: int, keep: float
 ) -> dict[Config, Partial]:
     """Statistics of every configuration; the values pass 2 will likely ask for are
     written to ``spill`` (a folder every worker can read) instead of being re-simulated."""
@@ -639,8 +656,7 @@ def pass1(
             last = (o, *distinct(o.values, o.counts))
         _, v, n = last
         p = res[c] = Partial.of_distinct(v, n, o)
-        own = np.array(sorted({b for b, _ in bins_for(p).values()}), np.int64)
-        near = np.unique((own[:, None] + np.arange(-keep, keep + 1)).ravel())
+        near = kept_bins(p, keep)
         sel = np.isin(order_key(v) >> BIN_SHIFT, near)
         kept[c] = Kept(p.keys, near, v[sel], n[sel])
     tmp = spill_path(spill, i, g).with_suffix(".tmp")
@@ -658,37 +674,32 @@ def pass2(
     spill: Path,
     g: int,
     want: dict[Config, list[int]],
-) -> tuple[dict[Config, dict[int, tuple[F64, I64]]], bool]:
-    """The distinct values of every wanted bin, from pass 1's kept values; the partition
-    is simulated again only if a wanted bin it has samples in was not kept (or the file
-    is gone). Returns the values and whether it simulated again."""
+) -> tuple[dict[Config, dict[int, tuple[F64, I64]]], int]:
+    """The distinct values of every wanted bin, from pass 1's kept values; a grid point
+    is simulated again only if one of its configurations has samples in a wanted bin that
+    was not kept (or the file is gone). Returns the values and how many of the group's
+    points (or legacy) it simulated again."""
     path = spill_path(spill, i, g)
-    out = _from_kept(path, want) if path.is_file() else None
-    simulated = out is None
-    if out is None:
-        out = {
-            c: in_bins(*distinct(o.values, o.counts), want[c])
-            for c, o in _outcomes(sh, i, points, group)
-        }
-    path.unlink(missing_ok=True)
-    return out, simulated
-
-
-def _from_kept(
-    path: Path, want: dict[Config, list[int]]
-) -> dict[Config, dict[int, tuple[F64, I64]]] | None:
-    """The wanted bins from pass 1's kept values; None if a wanted bin the partition has
-    samples in was not kept."""
-    with path.open("rb") as f:
-        kept: dict[Config, Kept] = pickle.load(f)
-    out = {}
+    try:
+        with path.open("rb") as f:
+            kept: dict[Config, Kept] = pickle.load(f)
+    except FileNotFoundError:
+        kept = {}
+    again = set() if kept else set(group)
+    out: dict[Config, dict[int, tuple[F64, I64]]] = {}
     for c, k in kept.items():
         bins = np.asarray(want[c], np.int64)
         wanted = bins[np.isin(bins, k.bins)]  # the bins it has samples in
-        if not np.isin(wanted, k.kept_bins).all():
-            return None
-        out[c] = in_bins(k.values, k.counts, wanted.tolist())
-    return out
+        if np.isin(wanted, k.kept_bins).all():
+            out[c] = in_bins(k.values, k.counts, wanted.tolist())
+        else:
+            again.add(c[3])
+    if again:
+        redo = tuple(k for k in group if k in again)
+        for c, o in _outcomes(sh, i, points, redo):
+            out[c] = in_bins(*distinct(o.values, o.counts), want[c])
+    path.unlink(missing_ok=True)
+    return out, len(again)
 
 
 def _windowed(
@@ -738,7 +749,7 @@ def run_scaled(
     histograms: dict[Config, tuple[I64, I64]] | None = None,
     *,
     spill: Path | None = None,
-    keep: int = KEEP_BINS,
+    keep: float = KEEP_MASS,
     stats: dict[str, int] | None = None,
 ) -> pd.DataFrame:
     """The sweep of pacao.sim.sweep.run_sweep over every partition, rows identical in
@@ -746,8 +757,8 @@ def run_scaled(
     every worker can write and read for pass 1's kept values (default: a temporary folder
     on this machine, enough for a LocalCluster); it is emptied by pass 2. ``histograms``,
     when given, receives every configuration's merged pass-1 histogram (bin_counts
-    form), which the client holds anyway; ``stats`` the number of pass-2 tasks and of
-    those that simulated again."""
+    form), which the client holds anyway; ``stats`` the number of pass-2 tasks, of
+    (partition, grid point or legacy) jobs, and of jobs simulated again."""
     with contextlib.ExitStack() as stack:
         if spill is None:
             spill = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pacao-spill-")))
@@ -765,7 +776,7 @@ def _run_scaled(
     window: int,
     histograms: dict[Config, tuple[I64, I64]] | None,
     spill: Path,
-    keep: int,
+    keep: float,
     stats: dict[str, int] | None,
 ) -> pd.DataFrame:
     # Fresh keys (hash=False): the same tables scattered again by a second sweep would
@@ -799,7 +810,7 @@ def _run_scaled(
     found: dict[Config, dict[int, list[tuple[F64, I64]]]] = {c: {} for c in acc}
     again = [0]
 
-    def take2(res: tuple[dict[Config, dict[int, tuple[F64, I64]]], bool]) -> None:
+    def take2(res: tuple[dict[Config, dict[int, tuple[F64, I64]]], int]) -> None:
         values, missed = res
         again[0] += missed
         for c, per_bin in values.items():
@@ -816,7 +827,8 @@ def _run_scaled(
         window,
     )
     if stats is not None:
-        stats.update(pass2_tasks=n_parts * len(groups), pass2_simulated=again[0])
+        jobs = n_parts * sum(len(g) for g in groups)
+        stats.update(pass2_tasks=n_parts * len(groups), pass2_jobs=jobs, pass2_simulated=again[0])
     rows = []
     for c, p in acc.items():
         value = {}
