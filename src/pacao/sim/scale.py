@@ -1,16 +1,17 @@
 """Simulations larger than one process: traces as a user-partitioned Parquet dataset and the
-sweep as (user partition x grid point) Dask tasks, reduced exactly (docs/simulation.md).
+sweep as (user partition x S' row) Dask tasks, reduced exactly (docs/simulation.md).
 
 Controller steps 1-2 act on one user at a time, so a partition of users can be simulated
 alone once the few things that depend on every user are fixed first: the positions and
 their sample counts (they give the latency bounds, hence the decision tables), the
 sampling step and the earliest time. A scan pass computes those from small per-partition
 summaries; each sweep task then reads its partition from disk, simulates every deployment,
-bound and policy at one (S', S'') point through :func:`pacao.sim.engine.simulate` and
-returns per configuration only counts, an exact sum and a histogram. Order statistics
+bound and policy at the grid points of one S' row through :func:`pacao.sim.engine.simulate`
+and returns per configuration only counts, an exact sum and a histogram. Order statistics
 are exact by two-pass selection: pass 1 merges histograms over monotone bins of the
 float bit pattern and finds the bin and in-bin rank of every needed order statistic; pass
-2 re-simulates and returns only the distinct values inside those bins. Partitions are
+2 returns only the distinct values inside those bins, read from what pass 1 kept on disk
+(a grid point is simulated again only where that missed). Partitions are
 fed through a window, so a worker never holds more than a few partitions.
 """
 
