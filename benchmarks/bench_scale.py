@@ -94,8 +94,11 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
         def advance() -> None:  # a line per 5 % of the tasks: a long run's partial figures
             done[0] += 1
             if done[0] % max(1, total // 20) == 0:
+                mb = max(worker_peak_mb(client).values())
+                own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 print(f"  {done[0]:,} of {total:,} sweep tasks, "
-                      f"{time.perf_counter() - t_sweep:.0f} s; {load()}", flush=True)  # fmt: skip
+                      f"{time.perf_counter() - t_sweep:.0f} s; peak MB so far: worker "
+                      f"{mb:,.0f}, client {own:,.0f}; {load()}", flush=True)  # fmt: skip
 
         if not args.no_sweep:
             t, wcpu0 = time.perf_counter(), worker_cpu_s(client)
