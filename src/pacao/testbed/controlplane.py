@@ -418,7 +418,11 @@ class TestbedControlPlane:
         for x in self.xtrs:
             for e in st.xtr_control(x, {"op": "show"})["map_cache"]:
                 st.xtr_control(x, {"op": "remove", "prefix": e["prefix"]})
-        waits = [("map-server", ms, b"listening on")]
+        # The agents register once at start, then every register_interval (10 s): one sent
+        # before the map-server listens is lost, and the watching xTRs stay unresolved
+        # until the next one. So the map-server listens first.
+        st.wait_logs([("map-server", ms, b"listening on")], timeout)
+        waits: list[tuple[str, Popen[bytes], bytes]] = []
         for x in self.xtrs:
             cfg = self.workdir / f"agent-{x}.yaml"
             cfg.write_text(dump_yaml(self.agent_config(x)))

@@ -64,12 +64,19 @@ def sh(*args: str, ns: str | None = None, check: bool = True) -> subprocess.Comp
 
 
 def proc_start_time(pid: int) -> int | None:
-    """Kernel start time (clock ticks since boot) of a PID, None if it is gone."""
+    """Kernel start time (clock ticks since boot) of a PID, None if it is gone.
+
+    A zombie is gone: it has exited and only waits for its parent to reap it. The
+    daemons of a killed run are orphans, reaped by PID 1 whenever it gets to it (every
+    2 s here): counting them alive made stopping each one wait that long."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
 
 
 class Interrupted(Exception):

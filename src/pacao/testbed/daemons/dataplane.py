@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pacao.testbed.daemons import control as control_channel
-from pacao.testbed.daemons import serve
+from pacao.testbed.daemons import drain, serve
 
 LISP_DATA_PORT = 4341
 HEADER_LEN = 8
@@ -311,15 +311,18 @@ class DataPlane:
     def _control(self) -> None:
         control_channel.answer(self.ctl, self.command)
 
-    def run(self) -> None:
+    def run(self, wake: int) -> None:
+        self.sel.register(wake, selectors.EVENT_READ, "wake")
         while self.running:
             for key, _ in self.sel.select(timeout=1.0):
                 if key.data == "tun":
                     self._from_tun()
                 elif key.data == "rx":
                     self._from_udp()
-                else:
+                elif key.data == "ctl":
                     self._control()
+                else:
+                    drain(wake)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pacao.testbed.daemons import control as control_channel
-from pacao.testbed.daemons import serve
+from pacao.testbed.daemons import drain, serve
 from pacao.testbed.daemons.nfqueue import Queue
 
 EARLY = 50e-6  # release packets due within 50 us now rather than sleep again
@@ -153,11 +153,11 @@ class DelayLine:
                 wait = min(wait, held[0][0] - now)
         return max(wait, 0.0)
 
-    def run(self) -> None:
+    def run(self, wake: int) -> None:
         # select.select takes microseconds; epoll/poll round timeouts up to whole ms,
         # which would add ~0.5 ms to every delayed packet.
         fds = {e.nfq.fileno(): e for e in self.ends.values() if e.nfq is not None}
-        watch = [*fds, self.ctl.fileno()]
+        watch = [*fds, self.ctl.fileno(), wake]
         wait = 0.0
         while self.running:
             try:
@@ -167,6 +167,8 @@ class DelayLine:
             for fd in ready:
                 if fd in fds:
                     self._arrive(fds[fd], time.monotonic())
+                elif fd == wake:
+                    drain(wake)
                 else:
                     self._control()
             wait = self._release(time.monotonic() + EARLY)

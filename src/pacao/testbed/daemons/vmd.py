@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pacao.testbed.daemons import control, stop_on_signals
+from pacao.testbed.daemons import control, drain, stop_on_signals
 from pacao.testbed.net import Testbed, proc_start_time, sh
 from pacao.testbed.topo.topology import Topology, vtep
 from pacao.testbed.vm.migration import _locked, _read, _write, run_topology, vm_location
@@ -159,15 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     vmd = Vmd(state, topo, args.vm, args.memory, args.blob, args.accel)
 
-    stop_on_signals(vmd)
+    wake = stop_on_signals(vmd)
     ctl = control.listen(Path(args.socket))
     try:
         vmd.start()
         print(f"ready: {args.vm} at {vmd.dc}", flush=True)
         while vmd.running:
-            ready, _, _ = select.select([ctl], [], [], 0.5)
-            if ready:
+            ready, _, _ = select.select([ctl.fileno(), wake], [], [], 0.5)
+            if ctl.fileno() in ready:
                 control.answer(ctl, vmd.command)
+            if wake in ready:
+                drain(wake)
     finally:
         vmd.guest.stop()
         ctl.close()
