@@ -14,10 +14,15 @@ import pytest
 from pacao.errors import InputError
 from pacao.sim.engine import prepare
 from pacao.sim.scale import (
+    KEEP_MASS,
     ExactSum,
+    bins_for,
     build_shared,
     generate_dataset,
+    job_groups,
     open_dataset,
+    pass1,
+    pass2,
     read_partition,
     run_scaled,
 )
@@ -71,8 +76,22 @@ def test_partitioned_sweep_equals_one_task_and_the_in_memory_sweep(
         assert stats["pass2_tasks"] == 3 * 3  # 3 partitions x (2 S' rows + legacy)
         assert (stats["pass2_simulated"] > 0) is again, (keep, stats)
         assert not any(spill.iterdir())
+    # A pass-2 task whose kept file is gone (a retried task) simulates its points again,
+    # which gives the same values.
+    group = job_groups(points)[0]
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    own = pass1(shared, 0, points, group, gone, 0, KEEP_MASS)
+    want = {c: sorted({b for b, _ in bins_for(p).values()}) for c, p in own.items()}
+    kept, n_kept = pass2(shared, 0, points, group, gone, 0, want)
+    again, n_again = pass2(shared, 0, points, group, gone, 0, want)  # the file is gone now
+    assert (n_kept, n_again) == (0, len(group)) and kept.keys() == again.keys() == want.keys()
+    for c, bins in kept.items():
+        assert sorted(bins) == want[c]
+        for b, (v, n) in bins.items():
+            assert np.array_equal(v, again[c][b][0]) and np.array_equal(n, again[c][b][1])
 
-    # The same users as one partition: one task per grid point.
+    # The same users as one partition: one task per S' row.
     one = tmp_path / "one"
     one.mkdir()
     traces = pd.concat([read_partition(ds, i, 0) for i in range(3)], ignore_index=True)
@@ -183,6 +202,7 @@ def test_partitioned_report_draws_the_figures_from_reduced_files(part_run: dict[
     out: Path = part_run["out"]
     html = part_run["report"].read_text()
     assert part_run["report"] == out / "report.html"
+    assert not (out / "sweep-spill").exists()  # pass 1's kept values, removed after the sweep
     for fig in ("fig12_map", "fig13_rtt_cdf", "fig14_france_isp_heatmaps",
                 "fig15_europe_ott_heatmaps", "fig16_throughput_cdf"):  # fmt: skip
         assert (out / f"{fig}.png").stat().st_size > 0
