@@ -570,10 +570,10 @@ Config = tuple[int, str, str, int]
 #: A task's jobs: grid-point indices (-1: legacy) simulated on one loaded partition.
 Group = tuple[int, ...]
 #: Pass 1 keeps, per needed rank, the bins within this fraction of the partition's samples
-#: of its own rank. Where the partition's distribution is within this much of the whole
-#: run's (sup distance of the two CDFs; about 3 x 0.5 / sqrt(users) for a partition of
-#: random users), the bin of the run's order statistic is kept (docs/simulation.md);
-#: elsewhere pass 2 simulates that grid point again, so this sets the time, not the result.
+#: of its own rank. Where the partition's CDF is within this much of the whole run's at the
+#: run's order statistic (standard deviation at most 0.5 / sqrt(users) for a partition of
+#: random users), that statistic's bin is kept (docs/simulation.md); elsewhere pass 2
+#: simulates that grid point again, so this sets the time, not the result.
 KEEP_MASS = 0.02
 
 
