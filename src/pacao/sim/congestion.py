@@ -17,8 +17,8 @@ A partitioned run does the same per partition (:mod:`pacao.sim.congestion_scale`
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -38,8 +38,8 @@ SOLVE_LIMIT_S = 30.0
 
 
 @dataclass(frozen=True)
-class CongestionRun:
-    """One deployment's congestion-aware and -unaware assignments of the snapshot users."""
+class Solve:
+    """One deployment's solve as both the single-file and the partitioned stage report it."""
 
     use_case: str
     n_dcs: int
@@ -49,6 +49,16 @@ class CongestionRun:
     lower_bound: float | None
     gap: float | None
     seconds: float
+
+    def solve_fields(self) -> dict[str, Any]:
+        """These fields alone, to build the other kind of run from this one."""
+        return {f.name: getattr(self, f.name) for f in fields(Solve)}
+
+
+@dataclass(frozen=True)
+class CongestionRun(Solve):
+    """One deployment's congestion-aware and -unaware assignments of the snapshot users."""
+
     dc_aware: np.ndarray  # DC index per user
     dc_unaware: np.ndarray
     latency_aware_ms: np.ndarray  # l_ud of the chosen DC

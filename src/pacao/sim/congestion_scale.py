@@ -36,13 +36,14 @@ from pacao.sim.congestion import (
     RTT_THRESHOLD_MS,
     SNAPSHOT_S,
     CongestionRun,
+    Solve,
     dcs_table,
     latency_function,
     snapshot_positions,
     summary_of,
     users_table,
 )
-from pacao.sim.scale import Dataset, Scan, Shared, part_trajectories
+from pacao.sim.scale import Dataset, Scan, Shared, merge_counts, part_trajectories
 
 M = TypeVar("M")
 R = TypeVar("R")
@@ -141,17 +142,9 @@ def pair_counts(dep: StageDeployment, snap: Snapshot, choice: np.ndarray) -> Pai
 
 
 @dataclass(frozen=True)
-class ScaledRun:
+class ScaledRun(Solve):
     """One deployment's partitioned solve: the figures of CongestionRun over every user."""
 
-    use_case: str
-    n_dcs: int
-    capacity: float
-    bound_ms: float
-    objective: float
-    lower_bound: float | None
-    gap: float | None
-    seconds: float
     load_aware: np.ndarray
     load_unaware: np.ndarray
     congestion_aware: np.ndarray  # f_d per DC at its aware load
@@ -161,12 +154,6 @@ class ScaledRun:
 
     def summary(self) -> dict[str, float | int | None]:
         return self.stats
-
-
-def _merged(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    k, inv = np.unique(np.concatenate([p[0] for p in parts]), return_inverse=True)
-    c = np.bincount(inv, weights=np.concatenate([p[1] for p in parts]), minlength=len(k))
-    return k, c.astype(np.int64)
 
 
 def _rtt(dep: StageDeployment, keys: np.ndarray, cong: np.ndarray) -> np.ndarray:
@@ -192,14 +179,7 @@ def write_users(
         near = np.argmin(lat, axis=1)
         per.append(
             CongestionRun(
-                use_case=r.use_case,
-                n_dcs=r.n_dcs,
-                capacity=r.capacity,
-                bound_ms=r.bound_ms,
-                objective=r.objective,
-                lower_bound=r.lower_bound,
-                gap=r.gap,
-                seconds=r.seconds,
+                **r.solve_fields(),
                 dc_aware=ch,
                 dc_unaware=near.astype(np.int64),
                 latency_aware_ms=lat[users, ch],
@@ -273,8 +253,8 @@ def run_congestion_scaled(
         did(2 * n_parts)
         load_unaware = np.sum([c.load_unaware for c in counts], axis=0).astype(np.int64)
         cong_near = f(load_unaware / capacity)  # holds 700 ms beyond full load, as run_deployment
-        aware = _merged([c.aware for c in counts])
-        unaware = _merged([c.unaware for c in counts])
+        aware = merge_counts([c.aware for c in counts])
+        unaware = merge_counts([c.unaware for c in counts])
         rtt_aware = _rtt(dep, aware[0], res.congestion_ms)
         rtt_unaware = _rtt(dep, unaware[0], cong_near)
         seconds = time.perf_counter() - start
