@@ -560,7 +560,8 @@ def bins_for(p: Partial) -> dict[int, tuple[int, int]]:
 def in_bins(values: F64, counts: I64, bins: Iterable[int]) -> dict[int, tuple[F64, I64]]:
     """Of sorted distinct values and their counts: those inside each requested bin."""
     keys = order_key(values) >> BIN_SHIFT
-    return {b: (values[keys == b], counts[keys == b]) for b in set(bins)}
+    at = {b: keys == b for b in set(bins)}
+    return {b: (values[sel], counts[sel]) for b, sel in at.items()}
 
 
 # --------------------------------------------------------------------------- tasks
