@@ -12,7 +12,12 @@ import pandas as pd
 import pytest
 
 from pacao.sim.congestion import run_deployment, snapshot_positions, users_table
-from pacao.sim.congestion_scale import USERS_DIR, run_congestion_scaled
+from pacao.sim.congestion_scale import (
+    USERS_DIR,
+    DaskPartitions,
+    block_ranges,
+    run_congestion_scaled,
+)
 from pacao.sim.engine import prepare
 from pacao.sim.scale import build_shared, generate_dataset, open_dataset, read_partition
 from pacao.sim.sweep import deployment
@@ -32,9 +37,11 @@ def dc_table() -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[["use_case", "n_dcs", "name", "lat", "lon"]]
 
 
-def run_stage(client: Any, root: Path, dcs: pd.DataFrame, out: Path) -> dict[str, Any]:
+def run_stage(
+    client: Any, root: Path, dcs: pd.DataFrame, out: Path, blocks: int | None = None
+) -> dict[str, Any]:
     sh = build_shared(client, open_dataset(root), dcs, seed=SEED)
-    summary = run_congestion_scaled(client, sh, dcs, out)
+    summary = run_congestion_scaled(client, sh, dcs, out, blocks=blocks)
     users = pd.concat(
         [pd.read_parquet(f) for f in sorted((out / USERS_DIR).glob("part-*.parquet"))],
         ignore_index=True,
@@ -71,11 +78,12 @@ def test_partitioned_stage_against_one_partition_and_the_single_file_run(
         )
     )
     dcs = dc_table()
-    three = run_stage(client, tmp_path / "ds", dcs, tmp_path / "r3")
+    three = run_stage(client, tmp_path / "ds", dcs, tmp_path / "r3", blocks=3)
     single = run_stage(client, one, dcs, tmp_path / "r1")
-    again = run_stage(client, tmp_path / "ds", dcs, tmp_path / "r3b")
+    again = run_stage(client, tmp_path / "ds", dcs, tmp_path / "r3b", blocks=2)
 
-    # Deterministic per partitioning: every number again, but the wall time.
+    # Deterministic per partitioning, whatever the partitions per task (one each, then
+    # blocks of 2 and 1): every number again, but the wall time.
     assert without_seconds(again["summary"]) == without_seconds(three["summary"])
     pd.testing.assert_frame_equal(again["dcs"], three["dcs"], check_exact=True)
     pd.testing.assert_frame_equal(again["users"], three["users"], check_exact=True)
@@ -124,3 +132,18 @@ def test_partitioned_stage_against_one_partition_and_the_single_file_run(
     np.testing.assert_array_equal(
         single["users"].latency_aware_ms[same], ref.latency_aware_ms[same]
     )
+
+
+def test_blocks_answer_in_the_order_of_the_messages(client: Any) -> None:
+    assert block_ranges(10, 3) == [range(0, 3), range(3, 6), range(6, 10)]
+    assert block_ranges(2, 8) == [range(0, 1), range(1, 2)]
+    ranges = block_ranges(5, 2)
+    blocks = [client.submit(list, [10 * i for i in r], pure=False) for r in ranges]
+    parts = DaskPartitions(client, blocks, ranges)
+    assert len(parts) == 5
+    msgs = {4: 1, 0: 2, 3: 3}  # not in key order, two blocks, one partition of a block
+    assert parts.map(lambda p, m: (p, m), msgs) == [(40, 1), (0, 2), (30, 3)]
+    # update replaces only the addressed partitions, in their blocks
+    assert parts.update(lambda p, m: (p + m, -p), {3: 5, 1: 7}) == [-30, -10]
+    got = parts.map(lambda p, m: p, dict.fromkeys(range(5)))
+    assert got == [0, 17, 20, 35, 40]

@@ -1,15 +1,15 @@
 """The congestion-aware stage (Sec. V-C) of a partitioned run: the experiment of
 :mod:`pacao.sim.congestion` on a user-partitioned dataset, as Dask tasks.
 
-Each partition's users stay on a worker: one task per partition takes every user's
-snapshot position (the rule of :func:`pacao.sim.congestion.snapshot_positions`, 12 h
-after the dataset's first sample), and per deployment one task builds the partition's
-rows l_ud and alpha_ud of the solve. The coordinator, here, runs the partitioned
-``lagrange`` solve (:func:`pacao.optimize.assign.partitioned.solve_partitioned`),
-broadcasting the prices and loads and receiving only per-partition sums. The tasks
-write the per-user table themselves, one file per partition; the client receives per
-partition only counts over (position, DC) pairs, which give the exact medians.
-"""
+Each partition's users stay on a worker, in blocks of consecutive partitions (one per
+worker thread, :class:`DaskPartitions`): a block's task takes every user's snapshot
+position (the rule of :func:`pacao.sim.congestion.snapshot_positions`, 12 h after the
+dataset's first sample), and per deployment builds its partitions' rows l_ud and
+alpha_ud of the solve. The coordinator, here, runs the partitioned ``lagrange`` solve
+(:func:`pacao.optimize.assign.partitioned.solve_partitioned`), broadcasting the prices
+and loads and receiving only per-partition sums. The tasks write the per-user table
+themselves, one file per partition; the client receives per partition only counts over
+(position, DC) pairs, which give the exact medians."""
 
 from __future__ import annotations
 
@@ -54,28 +54,79 @@ USERS_DIR = "congestion_users"
 
 class DaskPartitions:
     """The solve's partitions as futures on a Dask cluster (pacao.optimize.assign's
-    Partitions): each call is one task per partition, run where the partition is."""
+    Partitions), kept in blocks: each call is one task per block holding a partition it
+    addresses, and the block's task runs the partitions' steps one after another.
 
-    def __init__(self, client: Any, futures: list[Any]) -> None:
+    A call's work per partition is milliseconds, so one task per partition made the
+    scheduler and the round trips the stage's cost; a block per worker thread keeps the
+    partitions (the unit of the solve, hence its numbers) and pays one task per thread.
+    """
+
+    def __init__(self, client: Any, blocks: list[Any], ranges: list[range]) -> None:
         self.client = client
-        self.futures = futures
+        self.blocks = blocks  # futures of list[Part], one per range
+        self.ranges = ranges  # the partitions of each block, consecutive
 
     def __len__(self) -> int:
-        return len(self.futures)
+        return sum(len(r) for r in self.ranges)
+
+    def _by_block(self, msgs: Mapping[int, M]) -> dict[int, list[tuple[int, M]]]:
+        out: dict[int, list[tuple[int, M]]] = {}
+        for b, r in enumerate(self.ranges):
+            mine = [(i - r.start, m) for i, m in msgs.items() if i in r]
+            if mine:
+                out[b] = mine
+        return out
+
+    def _in_key_order(self, msgs: Mapping[int, M], got: dict[int, list[R]]) -> list[R]:
+        by_key = {
+            self.ranges[b].start + j: r
+            for b, mine in self._by_block(msgs).items()
+            for (j, _), r in zip(mine, got[b], strict=True)
+        }
+        return [by_key[i] for i in msgs]
 
     def map(self, fn: Callable[[Part, M], R], msgs: Mapping[int, M]) -> list[R]:
-        futs = [self.client.submit(fn, self.futures[i], m, pure=False) for i, m in msgs.items()]
-        out: list[R] = self.client.gather(futs)
-        return out
+        c = self.client
+        futs = {
+            b: c.submit(block_map, fn, self.blocks[b], mine, pure=False)
+            for b, mine in self._by_block(msgs).items()
+        }
+        got: dict[int, list[R]] = dict(zip(futs, c.gather(list(futs.values())), strict=True))
+        return self._in_key_order(msgs, got)
 
     def update(self, fn: Callable[[Part, M], tuple[Part, R]], msgs: Mapping[int, M]) -> list[R]:
         c = self.client
-        both = {i: c.submit(fn, self.futures[i], m, pure=False) for i, m in msgs.items()}
-        for i, f in both.items():
-            self.futures[i] = c.submit(operator.getitem, f, 0, pure=False)
-        got = [c.submit(operator.getitem, f, 1, pure=False) for f in both.values()]
-        out: list[R] = c.gather(got)
-        return out
+        both = {
+            b: c.submit(block_update, fn, self.blocks[b], mine, pure=False)
+            for b, mine in self._by_block(msgs).items()
+        }
+        for b, f in both.items():
+            self.blocks[b] = c.submit(operator.getitem, f, 0, pure=False)
+        got_f = [c.submit(operator.getitem, f, 1, pure=False) for f in both.values()]
+        got: dict[int, list[R]] = dict(zip(both, c.gather(got_f), strict=True))
+        return self._in_key_order(msgs, got)
+
+
+def block_map(fn: Callable[[Part, M], R], block: list[Part], mine: list[tuple[int, M]]) -> list[R]:
+    return [fn(block[j], m) for j, m in mine]
+
+
+def block_update(
+    fn: Callable[[Part, M], tuple[Part, R]], block: list[Part], mine: list[tuple[int, M]]
+) -> tuple[list[Part], list[R]]:
+    new, out = list(block), []
+    for j, m in mine:
+        new[j], r = fn(block[j], m)
+        out.append(r)
+    return new, out
+
+
+def block_ranges(n_parts: int, blocks: int) -> list[range]:
+    """``n_parts`` partitions in ``blocks`` consecutive runs of sizes differing by at most 1."""
+    k = max(1, min(blocks, n_parts))
+    cuts = [n_parts * b // k for b in range(k + 1)]
+    return [range(cuts[b], cuts[b + 1]) for b in range(k)]
 
 
 @dataclass(frozen=True)
@@ -193,6 +244,38 @@ def write_users(
     return len(users)
 
 
+def snapshot_block(src: Source, r: range) -> list[Snapshot]:
+    return [snapshot_part(src, i) for i in r]
+
+
+def build_block(inst: Instance, dep: StageDeployment, snaps: list[Snapshot]) -> list[Part]:
+    return [build_part(inst, dep, s) for s in snaps]
+
+
+def block_choices(block: list[Part]) -> list[np.ndarray]:
+    return [part_choice(p, None) for p in block]
+
+
+def block_pair_counts(
+    dep: StageDeployment, snaps: list[Snapshot], choices: list[np.ndarray]
+) -> list[PairCounts]:
+    return [pair_counts(dep, s, c) for s, c in zip(snaps, choices, strict=True)]
+
+
+def write_block(
+    snaps: list[Snapshot],
+    deps: list[StageDeployment],
+    runs: list[ScaledRun],
+    choices: list[list[np.ndarray]],  # per deployment, per partition of the block
+    folder: Path,
+    r: range,
+) -> int:
+    return sum(
+        write_users(s, deps, runs, [c[j] for c in choices], folder / f"part-{i:05d}.parquet")
+        for j, (i, s) in enumerate(zip(r, snaps, strict=True))
+    )
+
+
 def stage_tasks(n_parts: int, n_deps: int) -> int:
     """About how many partition tasks the stage runs (the progress bar's length): the
     dual's evaluations vary, about 150-250 per deployment."""
@@ -205,10 +288,14 @@ def run_congestion_scaled(
     dcs: pd.DataFrame,
     results: Path,
     advance: Callable[[], None] = lambda: None,
+    *,
+    blocks: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Sec. V-C on a partitioned dataset: writes ``results``/congestion_dcs.parquet and
     ``results``/congestion_users/part-NNNNN.parquet; returns summary.json's
-    "congestion" entry (the keys of the single-file run's)."""
+    "congestion" entry (the keys of the single-file run's). ``blocks``: tasks per call
+    (:class:`DaskPartitions`), by default the cluster's threads; the numbers do not
+    depend on it."""
     from distributed import wait
 
     def did(k: int) -> None:
@@ -217,7 +304,9 @@ def run_congestion_scaled(
 
     src = client.scatter(Source(sh.ds, sh.scan, sh.lac_seed), broadcast=True, hash=False)
     n_parts = len(sh.ds.files)
-    snaps = [client.submit(snapshot_part, src, i, pure=False) for i in range(n_parts)]
+    threads = sum(client.nthreads().values()) if blocks is None else blocks
+    ranges = block_ranges(n_parts, threads)
+    snaps = [client.submit(snapshot_block, src, r, pure=False) for r in ranges]
     wait(snaps)  # type: ignore[no-untyped-call]
     did(n_parts)
     f = latency_function()
@@ -227,7 +316,7 @@ def run_congestion_scaled(
         for d in sh.deployments
     ]
     runs: list[ScaledRun] = []
-    choices: list[list[Any]] = []
+    choices: list[list[Any]] = []  # per deployment, a future per block
     for dep in deps:
         start = time.perf_counter()
         capacity = max(2.0 * n_users / dep.n_dcs, 1.0)
@@ -239,17 +328,16 @@ def run_congestion_scaled(
             n_users=n_users,
         )
         inst_f, dep_f = client.scatter([inst, dep], broadcast=True, hash=False)
-        parts = DaskPartitions(
-            client, [client.submit(build_part, inst_f, dep_f, s, pure=False) for s in snaps]
-        )
+        built = [client.submit(build_block, inst_f, dep_f, s, pure=False) for s in snaps]
+        parts = DaskPartitions(client, built, ranges)
         res = solve_partitioned(inst, parts, advance=did)
-        chosen = [client.submit(part_choice, p, None, pure=False) for p in parts.futures]
+        chosen = [client.submit(block_choices, b, pure=False) for b in parts.blocks]
         counted = [
-            client.submit(pair_counts, dep_f, s, c, pure=False)
+            client.submit(block_pair_counts, dep_f, s, c, pure=False)
             for s, c in zip(snaps, chosen, strict=True)
         ]
-        counts: list[PairCounts] = client.gather(counted)
-        del parts  # the partitions' rows: only the chosen DCs stay on the workers
+        counts: list[PairCounts] = [c for per in client.gather(counted) for c in per]
+        del parts, built  # the partitions' rows: only the chosen DCs stay on the workers
         did(2 * n_parts)
         load_unaware = np.sum([c.load_unaware for c in counts], axis=0).astype(np.int64)
         cong_near = f(load_unaware / capacity)  # holds 700 ms beyond full load, as run_deployment
@@ -289,15 +377,9 @@ def run_congestion_scaled(
         old.unlink()
     written = [
         client.submit(
-            write_users,
-            snaps[i],
-            deps,
-            runs,
-            [c[i] for c in choices],
-            folder / f"part-{i:05d}.parquet",
-            pure=False,
+            write_block, snaps[b], deps, runs, [c[b] for c in choices], folder, r, pure=False
         )
-        for i in range(n_parts)
+        for b, r in enumerate(ranges)
     ]
     client.gather(written)
     did(n_parts)
