@@ -9,11 +9,12 @@ asserted.
 
     python benchmarks/bench_scale.py [--users 36450 364500 1000000] [--quick]
         [--workers 2] [--memory-limit 6GB] [--partition-users 10000] [--dcs 1 2 4 ...]
-        [--congestion] [--no-sweep]
+        [--congestion] [--no-sweep] [--blocks N]
 
 --congestion runs the congestion-aware stage (pacao.sim.congestion_scale) after the
 sweep and prints its wall time, tasks, per-deployment objective/bound/gap and the
-workers' peak memory; --no-sweep skips the sweep (to time the stage alone).
+workers' peak memory; --no-sweep skips the sweep (to time the stage alone); --blocks
+sets the stage's tasks per call (the number of partitions: one task per partition).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def one(args: argparse.Namespace, users: int, tmp: Path) -> None:
             client_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"peak memory of the client (this process, so far): {client_mb:,.0f} MB")
         if args.congestion:
-            congestion(client, sh, tmp / f"u{users}-results", dcs)
+            congestion(client, sh, tmp / f"u{users}-results", dcs, args.blocks)
 
 
 class SpillSize:
@@ -164,7 +165,9 @@ def worker_cpu_s(client: Client) -> dict[str, float]:
     return out
 
 
-def congestion(client: Client, sh: Shared, results: Path, dcs: pd.DataFrame) -> None:
+def congestion(
+    client: Client, sh: Shared, results: Path, dcs: pd.DataFrame, blocks: int | None
+) -> None:
     """The congestion-aware stage (Sec. V-C) of a partitioned run, after the sweep."""
     done = [0]
 
@@ -172,10 +175,10 @@ def congestion(client: Client, sh: Shared, results: Path, dcs: pd.DataFrame) -> 
         done[0] += 1
 
     results.mkdir(parents=True, exist_ok=True)
-    print(f"congestion-aware stage: start, {load()}")
+    print(f"congestion-aware stage: start, blocks {blocks or '= worker threads'}, {load()}")
     cpu0, wcpu0 = time.process_time(), worker_cpu_s(client)
     t = time.perf_counter()
-    summary = run_congestion_scaled(client, sh, dcs, results, advance)
+    summary = run_congestion_scaled(client, sh, dcs, results, advance, blocks=blocks)
     took = time.perf_counter() - t
     cpu = time.process_time() - cpu0
     wcpu = {w: c - wcpu0.get(w, 0.0) for w, c in worker_cpu_s(client).items()}
@@ -206,7 +209,15 @@ def main() -> None:
         "--congestion", action="store_true", help="then the congestion-aware stage (Sec. V-C)"
     )
     ap.add_argument("--no-sweep", action="store_true", help="skip the (S', S'') sweep")
+    ap.add_argument(
+        "--blocks",
+        type=int,
+        help="the congestion stage's tasks per call (default: the worker threads; "
+        "the partitions' count = one task per partition)",
+    )
     args = ap.parse_args()
+    if args.blocks is not None and args.blocks < 1:
+        ap.error(f"--blocks must be at least 1, got {args.blocks}")
     with tempfile.TemporaryDirectory() as tmp:
         for users in args.users:
             one(args, users, Path(tmp))

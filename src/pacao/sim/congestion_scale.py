@@ -304,6 +304,8 @@ def run_congestion_scaled(
 
     src = client.scatter(Source(sh.ds, sh.scan, sh.lac_seed), broadcast=True, hash=False)
     n_parts = len(sh.ds.files)
+    if blocks is not None and blocks < 1:
+        raise ValueError(f"blocks must be at least 1, got {blocks}")
     threads = sum(client.nthreads().values()) if blocks is None else blocks
     ranges = block_ranges(n_parts, threads)
     snaps = [client.submit(snapshot_block, src, r, pure=False) for r in ranges]
