@@ -78,34 +78,34 @@ class DaskPartitions:
                 out[b] = mine
         return out
 
-    def _in_key_order(self, msgs: Mapping[int, M], got: dict[int, list[R]]) -> list[R]:
+    def _in_key_order(
+        self, msgs: Mapping[int, M], by_block: dict[int, list[tuple[int, M]]], got: list[list[R]]
+    ) -> list[R]:
         by_key = {
             self.ranges[b].start + j: r
-            for b, mine in self._by_block(msgs).items()
-            for (j, _), r in zip(mine, got[b], strict=True)
+            for (b, mine), results in zip(by_block.items(), got, strict=True)
+            for (j, _), r in zip(mine, results, strict=True)
         }
         return [by_key[i] for i in msgs]
 
     def map(self, fn: Callable[[Part, M], R], msgs: Mapping[int, M]) -> list[R]:
-        c = self.client
-        futs = {
-            b: c.submit(block_map, fn, self.blocks[b], mine, pure=False)
-            for b, mine in self._by_block(msgs).items()
-        }
-        got: dict[int, list[R]] = dict(zip(futs, c.gather(list(futs.values())), strict=True))
-        return self._in_key_order(msgs, got)
+        c, by_block = self.client, self._by_block(msgs)
+        futs = [
+            c.submit(block_map, fn, self.blocks[b], mine, pure=False)
+            for b, mine in by_block.items()
+        ]
+        return self._in_key_order(msgs, by_block, c.gather(futs))
 
     def update(self, fn: Callable[[Part, M], tuple[Part, R]], msgs: Mapping[int, M]) -> list[R]:
-        c = self.client
+        c, by_block = self.client, self._by_block(msgs)
         both = {
             b: c.submit(block_update, fn, self.blocks[b], mine, pure=False)
-            for b, mine in self._by_block(msgs).items()
+            for b, mine in by_block.items()
         }
         for b, f in both.items():
             self.blocks[b] = c.submit(operator.getitem, f, 0, pure=False)
-        got_f = [c.submit(operator.getitem, f, 1, pure=False) for f in both.values()]
-        got: dict[int, list[R]] = dict(zip(both, c.gather(got_f), strict=True))
-        return self._in_key_order(msgs, got)
+        got = [c.submit(operator.getitem, f, 1, pure=False) for f in both.values()]
+        return self._in_key_order(msgs, by_block, c.gather(got))
 
 
 def block_map(fn: Callable[[Part, M], R], block: list[Part], mine: list[tuple[int, M]]) -> list[R]:
