@@ -26,6 +26,7 @@ import pandas as pd
 from pacao.optimize.assign.partitioned import (
     ROUNDS,
     Instance,
+    LocalPartitions,
     Part,
     make_part,
     median_of_counts,
@@ -70,21 +71,22 @@ class DaskPartitions:
     def __len__(self) -> int:
         return sum(len(r) for r in self.ranges)
 
-    def _by_block(self, msgs: Mapping[int, M]) -> dict[int, list[tuple[int, M]]]:
-        out: dict[int, list[tuple[int, M]]] = {}
+    def _by_block(self, msgs: Mapping[int, M]) -> dict[int, dict[int, M]]:
+        """Per block holding some of ``msgs``' partitions: their messages, by index in it."""
+        out: dict[int, dict[int, M]] = {}
         for b, r in enumerate(self.ranges):
-            mine = [(i - r.start, m) for i, m in msgs.items() if i in r]
+            mine = {i - r.start: m for i, m in msgs.items() if i in r}
             if mine:
                 out[b] = mine
         return out
 
     def _in_key_order(
-        self, msgs: Mapping[int, M], by_block: dict[int, list[tuple[int, M]]], got: list[list[R]]
+        self, msgs: Mapping[int, M], by_block: dict[int, dict[int, M]], got: list[list[R]]
     ) -> list[R]:
         by_key = {
             self.ranges[b].start + j: r
             for (b, mine), results in zip(by_block.items(), got, strict=True)
-            for (j, _), r in zip(mine, results, strict=True)
+            for j, r in zip(mine, results, strict=True)
         }
         return [by_key[i] for i in msgs]
 
@@ -108,18 +110,19 @@ class DaskPartitions:
         return self._in_key_order(msgs, by_block, c.gather(got))
 
 
-def block_map(fn: Callable[[Part, M], R], block: list[Part], mine: list[tuple[int, M]]) -> list[R]:
-    return [fn(block[j], m) for j, m in mine]
+# A block's task: the in-memory Partitions over its partitions (by index in the block).
+
+
+def block_map(fn: Callable[[Part, M], R], block: list[Part], mine: dict[int, M]) -> list[R]:
+    return LocalPartitions(block).map(fn, mine)
 
 
 def block_update(
-    fn: Callable[[Part, M], tuple[Part, R]], block: list[Part], mine: list[tuple[int, M]]
+    fn: Callable[[Part, M], tuple[Part, R]], block: list[Part], mine: dict[int, M]
 ) -> tuple[list[Part], list[R]]:
-    new, out = list(block), []
-    for j, m in mine:
-        new[j], r = fn(block[j], m)
-        out.append(r)
-    return new, out
+    local = LocalPartitions(block)  # a copy of the list: the block's future stays as it was
+    out = local.update(fn, mine)
+    return local.parts, out
 
 
 def block_ranges(n_parts: int, blocks: int) -> list[range]:
@@ -331,7 +334,8 @@ def run_congestion_scaled(
         )
         inst_f, dep_f = client.scatter([inst, dep], broadcast=True, hash=False)
         built = [client.submit(build_block, inst_f, dep_f, s, pure=False) for s in snaps]
-        parts = DaskPartitions(client, built, ranges)
+        parts = DaskPartitions(client, built, ranges)  # replaces built's items as it updates
+        del built
         res = solve_partitioned(inst, parts, advance=did)
         chosen = [client.submit(block_choices, b, pure=False) for b in parts.blocks]
         counted = [
@@ -339,7 +343,7 @@ def run_congestion_scaled(
             for s, c in zip(snaps, chosen, strict=True)
         ]
         counts: list[PairCounts] = [c for per in client.gather(counted) for c in per]
-        del parts, built  # the partitions' rows: only the chosen DCs stay on the workers
+        del parts  # the partitions' rows: only the chosen DCs stay on the workers
         did(2 * n_parts)
         load_unaware = np.sum([c.load_unaware for c in counts], axis=0).astype(np.int64)
         cong_near = f(load_unaware / capacity)  # holds 700 ms beyond full load, as run_deployment
