@@ -330,6 +330,9 @@ def write_report(
             ))  # fmt: skip
         for fail in s.get("failed_trials", []):
             parts.append(f"<p><b>failed trial</b> {_e(fail['trial'])}: {_e(fail['error'])}</p>")
+        for key in s.get("stopped_clients", []):
+            parts.append(f"<p>trial {_e(key)}: measured to its end; its iperf3 hung after it "
+                         "and was stopped (SIGTERM)</p>")  # fmt: skip
         for f in figs.get(name, {}).values():
             parts.append(f'<p><img src="{_e(f)}" alt="{_e(f)}"></p>')
         parts.append(

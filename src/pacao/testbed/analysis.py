@@ -251,23 +251,26 @@ def load_all(out: Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]
     return found
 
 
+def _trial_key(rec: dict[str, Any]) -> str:
+    """The trial's name in summaries, as trials.Trial.key spells it."""
+    return f"{rec['variant']}/{rec['traffic']}-{rec['arm']}-r{rec['rep']}"
+
+
 def rebuild(out: Path) -> dict[str, Any]:
     """summary.json and the intervals CSVs from out/raw/ (also on stored records alone)."""
     everything = load_all(out)
     summary: dict[str, Any] = {}
     for name, (meta, all_recs) in everything.items():
         recs = [r for r in all_recs if "error" not in r]
-        failed = [
-            {"trial": f"{r['variant']}/{r['traffic']}-{r['arm']}-r{r['rep']}", "error": r["error"]}
-            for r in all_recs
-            if "error" in r
-        ]
+        failed = [{"trial": _trial_key(r), "error": r["error"]} for r in all_recs if "error" in r]
         if not recs:
             summary[name] = {"failed_trials": failed}
             continue
         summary[name] = summarize(meta, recs)
         summary[name]["claims"] = claims(meta, recs, summary[name])
         summary[name]["failed_trials"] = failed
+        # measured to their end, but their iperf3 was stopped after it (trials.run_trial)
+        summary[name]["stopped_clients"] = [_trial_key(r) for r in recs if "client_stopped" in r]
         write_csv(out / f"{name}_intervals.csv", recs)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -306,7 +306,18 @@ def run_trial(
             sampler.stop.set()
             sampler.join(timeout=10.0)
         record["tcp_kernel"] = sampler.summary()
-        state.wait_exit(client, 30.0 + 3 * LEAD_S, stop, "traffic client")
+        grace = 30.0 + 3 * LEAD_S
+        try:
+            state.wait_exit(client, grace, stop, "traffic client")
+        except TestbedError:
+            if trial.traffic != "tcp":
+                raise
+            # iperf3 -R hung after its test (traffic.stopped_tcp_measure says when that
+            # still measured the whole test); SIGTERM makes it write what it received
+            state.kill("client")
+            record["client_stopped"] = (
+                f"iperf3 still running {grace:.0f} s after its test's end: stopped by SIGTERM"
+            )
         for th in scripted:
             th.join(timeout=900.0)
         if failures:
@@ -329,7 +340,13 @@ def run_trial(
             }
         else:
             try:
-                meas = traffic.parse_iperf3(json.loads(log), interval=ival)
+                doc = json.loads(log)
+                if "client_stopped" in record:
+                    meas = traffic.stopped_tcp_measure(
+                        doc, test_s=real_duration + LEAD_S, interval=ival
+                    )
+                else:
+                    meas = traffic.parse_iperf3(doc, interval=ival)
             except ValueError as exc:
                 raise TestbedError(f"iperf3 client: {exc}: {log[-300:]}") from None
             for row in meas["intervals"]:
@@ -349,10 +366,8 @@ def run_trial(
         ]
         phases["traffic"] = time.monotonic() - mark
     except TestbedError:
-        if logs is not None and state.rundir.is_dir():  # keep the daemons' logs to diagnose
-            logs.mkdir(parents=True, exist_ok=True)
-            for f in state.rundir.glob("*.log"):
-                shutil.copy(f, logs / f.name)
+        if logs is not None and state.rundir.is_dir():
+            _keep_diagnostics(state, record, logs)
         raise
     finally:
         mark = time.monotonic()
@@ -362,6 +377,24 @@ def run_trial(
         state.down()
         phases["down"] = time.monotonic() - mark
     return record
+
+
+def _keep_diagnostics(state: Testbed, record: dict[str, Any], logs: Path) -> None:
+    """What a failed trial leaves to diagnose it: the daemons' logs, the migration events,
+    the QEMU guest's console and errors, and the record so far (phases, timeline start).
+
+    The traffic client is stopped first: iperf3 writes its JSON (the intervals it saw)
+    only when it ends, and on SIGTERM it still does, so a client that hung shows how far
+    its data got."""
+    state.kill("client")
+    record["loadavg_failed"] = loadavg()
+    logs.mkdir(parents=True, exist_ok=True)
+    kept = [*state.rundir.glob("*.log"), *state.rundir.glob("events.jsonl")]
+    for f in kept:
+        shutil.copy(f, logs / f.name)
+    for f in [*state.rundir.glob("qemu/serial-*.log"), *state.rundir.glob("qemu/qemu-*.err")]:
+        shutil.copy(f, logs / f"qemu-{f.name}")
+    (logs / "record.json").write_text(json.dumps(record, indent=1, default=str))
 
 
 #: agent counters kept per trial: what touched each data plane and why

@@ -254,6 +254,23 @@ def parse_iperf3(doc: dict[str, Any], interval: float | None = None) -> dict[str
     return out
 
 
+def stopped_tcp_measure(doc: dict[str, Any], *, test_s: float, interval: float) -> dict[str, Any]:
+    """The measure of a reverse-TCP iperf3 client stopped by SIGTERM after its test's end.
+
+    iperf3 3.12 (Debian 12's) can hang in the exchange that follows a reverse test: the
+    client reads the last data block in blocking mode and the server waits for it
+    (esnet/iperf#819). On SIGTERM it still writes the intervals it received: those are the
+    measurement when they reach the test's end; data that stopped earlier is a failure
+    (ValueError), not a hang at the end.
+    """
+    meas = parse_iperf3(doc, interval)
+    reached = max((r["start"] + r["seconds"] for r in meas["intervals"]), default=0.0)
+    if reached < test_s - 1.5 * interval:
+        raise ValueError(f"its data stopped at {reached:.1f} s of its {test_s:.1f} s")
+    meas["error"] = ""  # iperf3's "interrupt - the client has terminated": ours, after the end
+    return meas
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pacao.testbed.daemons.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)

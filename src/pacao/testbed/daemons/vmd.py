@@ -111,6 +111,8 @@ class Vmd:
                     "transferred_bytes": 0, "wall_s": 0.0}  # fmt: skip
         self.count += 1
         src = self.dc
+        # its log says how far a migration got when a trial fails around it
+        print(f"migrating {self.vm}: {src} -> {dst}", flush=True)
         res = self.guest.migrate_to(
             self.state.ns(dst), self._tap(), str(vtep(self.topo, dst)),
             MIGRATION_PORT + self.count,
@@ -119,6 +121,8 @@ class Vmd:
             dest_bridge=self.br,
         )  # fmt: skip
         self.dc = dst
+        print(f"migrated {self.vm} to {dst}: {res.total_time_ms:.0f} ms, downtime "
+              f"{res.downtime_ms:.0f} ms, {res.transferred_bytes} bytes", flush=True)  # fmt: skip
         self._record()
         with _locked(self.state):
             doc = _read(self.state)
@@ -136,6 +140,7 @@ class Vmd:
             try:
                 return self.migrate(req)
             except Exception as exc:  # a failed migration is an answer, not a crash
+                print(f"migration failed: {type(exc).__name__}: {exc}", flush=True)
                 return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if op == "stop":
             self.running = False
