@@ -23,6 +23,9 @@ from pacao.testbed.daemons.traffic import parse_iperf3
 from pacao.testbed.topo.experiment import load_experiment, resolve
 from pacao.testbed.trials import PROBE_S, QUICK_TIME_SCALE, quick_options, run_experiment
 
+#: real seconds for a decided entry switch to reach the user's xTR (control-plane round)
+DELIVER_REAL_S = 3.0
+
 
 def test_shipped_experiments() -> None:
     t1 = load_experiment(resolve("table1"))
@@ -204,8 +207,11 @@ def test_quick_table1_end_to_end(tmp_path: Path, state_dir: Path) -> None:
             assert [t for t in switches if 125 <= t <= end], (
                 f"{v}: no switch to Marilyn within {bound:.0f} s of 125 s: {switches}"
             )
-        # and the user's data plane forwards to Marilyn within the window (+10 s to deliver)
-        probes = [125, end + 10, *(t for t, _ in entries if 125 <= t <= end + 10)]
+        # and the user's data plane forwards to Marilyn within the window, plus the
+        # delivery: Map-Register, SMR, Map-Request and Reply, real time like the probes'
+        # (measured 1.9 s of wall time at load 8 on 2 cores, the compressed 0.5 s before)
+        deliver = DELIVER_REAL_S / QUICK_TIME_SCALE
+        probes = [125, end + deliver, *(t for t, _ in entries if 125 <= t <= end + deliver)]
         assert any(_entry_at(entries, x) == "172.16.0.3" for x in probes), (v, entries)
         assert not [p for p in pacao["plans"] if p["kind"] == "vm_migration"]
         legacy = json.loads((raw / f"{v}-download-legacy-r0.json").read_text())

@@ -91,6 +91,7 @@ def test_qemu_trials_cross_a_live_migration(
                       parallel=3)  # fmt: skip
     summary = run_experiment(opts, log=print)["qemumig"]
     assert summary["failed_trials"] == [], summary["failed_trials"]
+    print("iperf3 clients stopped after their test's end:", summary["stopped_clients"])
     raw = out / "raw" / "qemumig"
     recs = {t: json.loads((raw / f"mig-{t}-legacy-r0.json").read_text())
             for t in ("download", "tcp", "udp")}  # fmt: skip
@@ -112,8 +113,10 @@ def test_qemu_trials_cross_a_live_migration(
     assert before > 3e5 and after > 3e5, (before, after)
     udp = recs["udp"]["measure"]
     assert udp["packets"] > 1000 and udp["lost"] < 0.05 * udp["packets"]
-    # the guest's 0.1 s receiver reports are merged into the run's 0.5 s intervals
-    assert all(r["seconds"] > 0.2 for r in udp["intervals"][1:-1])
+    # the guest's 0.1 s receiver reports are merged into the run's 0.5 s intervals (a
+    # loaded TCG guest's reports come late and uneven: a bucket may hold fewer of them)
+    seconds = sorted(r["seconds"] for r in udp["intervals"])
+    assert seconds[len(seconds) // 2] > 0.4, seconds
     print(f"udp: lost {udp['lost']} of {udp['packets']}; QEMU downtime "
           f"{mig['downtime_s'] * 1000:.0f} ms")  # fmt: skip
     (row,) = summary["variants"].values()
