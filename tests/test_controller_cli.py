@@ -80,6 +80,20 @@ def test_check_config_refuses_what_run_refuses(
     assert err.startswith(f"pacao: error: {path}:") and why in err and err.count("\n") == 1, err
 
 
+def test_postgresql_without_psycopg_says_which_extra_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg is the `postgres` extra: a plain install gets a one-line error, no traceback."""
+    monkeypatch.setenv("PACAO_API_TOKEN", "t")
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    url = "postgresql://pacao@127.0.0.1:1/pacao"
+    f = edit(tmp_path, lambda d: d["storage"].update(url=url))
+    code, out, err = cli("controller", "check-config", str(f))
+    assert code == 2 and out == "", (out, err)
+    assert err.startswith(f"pacao: error: storage.url: {url!r}") and err.count("\n") == 1, err
+    assert "pip install 'pacao[postgres]'" in err, err
+
+
 def test_relative_storage_is_next_to_the_config_and_never_created_by_the_cli(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -250,6 +250,7 @@ def engine_for(url: str, idle_tx_timeout_s: float | None = None) -> Engine:
 
     ``idle_tx_timeout_s`` (PostgreSQL): the server ends a session left idle inside a
     transaction that long, so a stopped replica cannot hold the lease row's lock."""
+    given = url
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     kw: dict[str, Any] = {}
@@ -262,7 +263,12 @@ def engine_for(url: str, idle_tx_timeout_s: float | None = None) -> Engine:
     try:
         engine = create_engine(url, future=True, **kw)
     except (ArgumentError, ValueError) as exc:
-        raise InputError("storage.url", url, f"not a usable database URL ({exc})") from None
+        raise InputError("storage.url", given, f"not a usable database URL ({exc})") from None
+    except ImportError as exc:  # psycopg is an extra: a plain `pip install pacao` lacks it
+        hint = "pip install 'pacao[postgres]'" if url.startswith("postgresql") else str(exc)
+        raise InputError(
+            "storage.url", given, f"its database driver {exc.name or ''} is not installed: {hint}"
+        ) from None
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
