@@ -154,6 +154,12 @@ def test_the_agents_probes_reach_the_window_as_measured(
     vm = stats["xtr-vm"]
     assert (vm.subject, vm.peer, vm.rtt_ms) == ("ftp-server", "192.0.2.1", 0.5)
     assert store.count_measurements() == 7  # the two window rows, stored before use
+    # which locator each probe measured is stored with it (history groups by it too)
+    rows = store.measurements(limit=10)
+    assert {(r["kind"], r["path"], r["peer"]) for r in rows} == {
+        ("sample", "user-xtr", USER_RLOC), ("sample", "xtr-vm", "192.0.2.1"),
+        ("window", "user-xtr", USER_RLOC), ("window", "xtr-vm", "192.0.2.1"),
+    }  # fmt: skip
     assert isinstance(events.seen[-1], WindowClosed)
     agent.probe(1011.0, USER_EID, None)
     agent.probe(1012.0, USER_EID, None)
