@@ -1,6 +1,8 @@
-"""Controller figures: decision cycle for 100,000 users x 64 DCs, measurement ingest rates.
+"""Controller figures: decision cycle for 100,000 users x 64 DCs, measurement ingest rates,
+a controller's start with 10,000 users.
 
-Targets: one Step 1 + Step 2 cycle under 1 s; 50,000 rows/s into SQLite.
+Targets: one Step 1 + Step 2 cycle under 1 s; 50,000 rows/s into SQLite; a start (build and
+the users' stored state) with 10,000 users under 5 s.
 PostgreSQL ingest runs against a throw-away server started like the tests do.
 """
 
@@ -122,10 +124,54 @@ def ingest(store: Store, label: str, n: int = 200_000, batch: int = 10_000) -> N
     print(f"ingest into {label}: {n / dt:,.0f} rows/s ({n:,} rows, batches of {batch:,})")
 
 
+def _config(users: int, dcs: int, folder: Path) -> dict[str, object]:
+    rng = np.random.default_rng(1)
+    return {
+        "dcs": [
+            {"name": f"dc{i}", "location": {"lat": 45.0 + i % 8, "lon": float(i // 8)},
+             "rlocs": [f"10.200.{i}.1"], "capacity": {"ram_mib": 10**7, "cpu": 10**5}}
+            for i in range(dcs)
+        ],
+        "vms": [
+            {"name": f"vm{u}", "eid": f"10.{u // 65536 + 1}.{u // 256 % 256}.{u % 256}/32",
+             "memory_mib": 512, "vcpus": 1, "host": f"dc{int(rng.integers(dcs))}",
+             "hypervisor_uri": "memory://"}
+            for u in range(users)
+        ],
+        "users": [
+            {"name": f"user{u}", "rloc": f"172.{16 + u // 65536}.{u // 256 % 256}.{u % 256}",
+             "vm": f"vm{u}", "sla": {"rtt": {"weight": 1.0, "max": 40}}}
+            for u in range(users)
+        ],
+        "timers": {"s1": 10, "s2": 5, "s3": 1},
+        "drivers": {"mapping": {"name": "memory"}, "hypervisor": {"name": "memory"}},
+        "storage": {"url": f"sqlite:///{folder / 'start.db'}"},
+        "api": {"token": "bench"},
+    }  # fmt: skip
+
+
+def start(users: int = 10_000, dcs: int = 64) -> None:
+    """build() and load_state(): on an empty database (every user's initial state is
+    written), then again on the states the first start stored (a restart)."""
+    from pacao.controller.app import build
+    from pacao.controller.config import config_from_dict
+
+    with tempfile.TemporaryDirectory() as d:
+        cfg = config_from_dict(_config(users, dcs, Path(d)))
+        for label in ("first start, empty database", "restart, stored states"):
+            t0 = time.perf_counter()
+            ctl = build(cfg, sources=[])
+            ctl.load_state()
+            dt = time.perf_counter() - t0
+            ctl.store.close()
+            print(f"controller start with {users:,} users x {dcs} DCs ({label}): {dt:.2f} s")
+
+
 def main() -> None:
     # The machine is shared: report every run and the best (the least disturbed one).
     times = sorted(cycle() for _ in range(3))
     print(f"decision cycle over 3 runs: best {times[0]:.3f} s, median {times[1]:.3f} s")
+    start()
     for batch in (10_000, 1_000):
         with tempfile.TemporaryDirectory() as d:
             s = Store(f"sqlite:///{Path(d) / 'bench.db'}")

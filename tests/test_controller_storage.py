@@ -94,6 +94,21 @@ def test_state_upsert(store: Store) -> None:
     assert store.get_state("user/alice") == {"entry": "192.0.2.2", "last_switch": 9.0}
 
 
+def test_many_states_in_one_read_and_one_upsert(store: Store) -> None:
+    store.put_state("user/u3", {"entry": "old"})
+    values = {f"user/u{i}": {"entry": f"192.0.2.{i % 250}", "i": i} for i in range(1200)}
+    store.put_states(values)  # inserts 1,199 keys and updates user/u3
+    keys = [*values, "user/nobody"]  # more than one query's 500 keys, one absent
+    assert store.get_states(keys) == values
+    assert store.get_state("user/u3") == {"entry": "192.0.2.3", "i": 3}
+    store.put_states({"user/u3": {"entry": "new"}})
+    assert store.get_states(["user/u3", "user/u4"]) == {
+        "user/u3": {"entry": "new"}, "user/u4": values["user/u4"],
+    }  # fmt: skip
+    store.put_states({})
+    assert store.get_states([]) == {}
+
+
 def test_bad_url_is_one_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"storage\.url"):
         Store("nosuchdb://x")

@@ -242,6 +242,11 @@ class ControllerConfig(_Model):
     def vm(self, name: str) -> VirtualMachine:
         return next(v for v in self.vms if v.name == name)
 
+    def vm_index(self) -> dict[str, VirtualMachine]:
+        """VMs by name for callers that look up many: :meth:`vm` scans the list, and a
+        scan per user is quadratic at 10,000 users."""
+        return {v.name: v for v in self.vms}
+
     def user_capacity(self) -> list[int]:
         """C_d per DC (users): ``capacity.users`` or how many of the largest VM fit."""
         mem = max((v.memory_mib for v in self.vms), default=1)

@@ -147,6 +147,7 @@ class Planner:
     def configure(self, cfg: ControllerConfig) -> None:
         """Everything derived from the parts of the config a reload may change."""
         self.cfg = cfg
+        self.vms = cfg.vm_index()
         self.params = params_from_config(cfg)
         self.windows = Windows(cfg)
         self.last_known.max_age_s = cfg.policy.carry_windows * cfg.timers.s1
@@ -235,7 +236,7 @@ class Planner:
         chosen = w.rlocs[best]
         ranking = rank_entries(best, w.rlocs, arr.through[i][:, cols], arr.through_ok[i], crit)
         step = EntrySwitchStep(
-            vm_eid=self.cfg.vm(u.vm).eid,
+            vm_eid=self.vms[u.vm].eid,
             rloc=chosen,
             priorities=priority_table(chosen, w.rlocs, ranking),
             notify=_notify(u),
@@ -295,7 +296,7 @@ class Planner:
         sla = Sla(w.sla.weights[idx], w.sla.bounds[idx])
         pv, pu, entry = placement(arr.sub[idx], arr.sub_ok[idx], w.rloc_dc, n_dc, sla)
         names = [w.users[int(i)].name for i in idx]
-        vms = [self.cfg.vm(w.users[int(i)].vm) for i in idx]
+        vms = [self.vms[w.users[int(i)].vm] for i in idx]
         host = np.array([w.dcs.index(self.state[n].host) for n in names], dtype=np.int64)
         existing = self.state.vms_per_dc(self.cfg, w.dcs, {v.name for v in vms})
         # In a thread with a time limit of half a window by default: the solve is CPU-bound
@@ -431,7 +432,7 @@ class Planner:
         cur_vals = arr.through[idx, safe]
         cur_ok = (cur >= 0) & arr.through_ok[idx, safe]
         pv, pu, entry = placement(arr.sub[idx], arr.sub_ok[idx], w.rloc_dc, n_dc, sla)
-        vms = [self.cfg.vm(w.users[i].vm) for i in idx]
+        vms = [self.vms[w.users[i].vm] for i in idx]
         host = np.array(
             [w.dcs.index(self.state[w.users[i].name].host) for i in idx], dtype=np.int64
         )

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pacao.controller.config import ControllerConfig, User
+from pacao.controller.config import ControllerConfig, VirtualMachine
 from pacao.controller.lifecycle import IN_FLIGHT, ActionState, PlanState
 from pacao.controller.storage import Store
 
@@ -33,10 +33,9 @@ class UserState:
     last_migration: float | None = None
 
     @classmethod
-    def initial(cls, cfg: ControllerConfig, user: User) -> UserState:
-        """Before any plan: the VM at its configured host, entered through that DC's
-        first RLOC."""
-        vm = cfg.vm(user.vm)
+    def initial(cls, cfg: ControllerConfig, vm: VirtualMachine) -> UserState:
+        """Before any plan: the user's VM at its configured host, entered through that
+        DC's first RLOC."""
         return cls(entry=cfg.dc(vm.host).rlocs[0], host=vm.host)
 
     @classmethod
@@ -71,15 +70,19 @@ class UserStates(dict[str, UserState]):
     def load(self, store: Store, cfg: ControllerConfig, write: bool = True) -> None:
         """Per-user state from the store; ``write=False`` (a follower's view) does not
         store the initial state of a user the database does not know yet."""
+        stored = store.get_states([key(u.name) for u in cfg.users])
+        vms = cfg.vm_index()
+        new: dict[str, Any] = {}
         for u in cfg.users:
-            doc = store.get_state(key(u.name))
+            doc = stored.get(key(u.name))
             if doc is None:
-                st = UserState.initial(cfg, u)
-                if write:
-                    store.put_state(key(u.name), st.to_json())
+                st = UserState.initial(cfg, vms[u.vm])
+                new[key(u.name)] = st.to_json()
             else:
                 st = UserState.from_json(doc)
             self[u.name] = st
+        if write:
+            store.put_states(new)
 
     def save(self, store: Store, user: str) -> None:
         store.put_state(key(user), self[user].to_json())
@@ -121,25 +124,30 @@ class UserStates(dict[str, UserState]):
             touched.add(plan["user"])
         return touched
 
-    def host_of(self, cfg: ControllerConfig, vm: str) -> str:
-        """Where a VM runs: its user's state, or the config for a VM no user has."""
-        user = next((u for u in cfg.users if u.vm == vm), None)
-        return self[user.name].host if user is not None else cfg.vm(vm).host
+    def hosts(self, cfg: ControllerConfig, dcs: list[str]) -> dict[str, int]:
+        """The index in ``dcs`` of where each VM runs: its user's state (one user per
+        VM), or the config for a VM no user has."""
+        at = {d: i for i, d in enumerate(dcs)}
+        out = {v.name: at[v.host] for v in cfg.vms}
+        out.update({u.vm: at[self[u.name].host] for u in cfg.users})
+        return out
 
     def residual(self, cfg: ControllerConfig, dcs: list[str]) -> np.ndarray:
         """Each DC's free (RAM MiB, vCPUs) with every VM where it runs now."""
         res = np.array([[d.capacity.ram_mib, d.capacity.cpu] for d in cfg.dcs], dtype=float)
+        where = self.hosts(cfg, dcs)
         for v in cfg.vms:
-            res[dcs.index(self.host_of(cfg, v.name))] -= [v.memory_mib, v.vcpus]
+            res[where[v.name]] -= [v.memory_mib, v.vcpus]
         out: np.ndarray = np.maximum(res, 0.0)
         return out
 
     def vms_per_dc(self, cfg: ControllerConfig, dcs: list[str], besides: set[str]) -> np.ndarray:
         """How many VMs each DC holds, not counting the VMs named in ``besides``."""
         existing = np.zeros(len(dcs))
+        where = self.hosts(cfg, dcs)
         for vm in cfg.vms:
             if vm.name not in besides:
-                existing[dcs.index(self.host_of(cfg, vm.name))] += 1
+                existing[where[vm.name]] += 1
         return existing
 
 

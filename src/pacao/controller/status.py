@@ -50,9 +50,11 @@ def gather(cfg: ControllerConfig, url: str | None = None, timeout_s: float = 2.0
     store = Store(cfg.storage.url)
     try:
         users = []
+        stored = store.get_states([f"user/{u.name}" for u in cfg.users])
+        vms = cfg.vm_index()
         for u in cfg.users:
-            st = store.get_state(f"user/{u.name}") or {}
-            vm = cfg.vm(u.vm)
+            st = stored.get(f"user/{u.name}") or {}
+            vm = vms[u.vm]
             entry = st.get("entry", cfg.dc(vm.host).rlocs[0])
             users.append(
                 {

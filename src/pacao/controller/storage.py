@@ -49,6 +49,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
@@ -817,6 +819,29 @@ class Store:
     def get_state(self, key: str) -> Any:
         with self.engine.connect() as c:
             return c.execute(select(state.c.value).where(state.c.key == key)).scalar_one_or_none()
+
+    def get_states(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The stored values of those ``keys`` that exist: one query per 500 keys, so a
+        controller with 10,000 users starts from 20 reads, not 10,000."""
+        out: dict[str, Any] = {}
+        with self.engine.connect() as c:
+            for i in range(0, len(keys), 500):
+                q = select(state.c.key, state.c.value).where(state.c.key.in_(keys[i : i + 500]))
+                out.update({str(k): v for k, v in c.execute(q)})
+        return out
+
+    def put_states(self, values: Mapping[str, Any]) -> None:
+        """:meth:`put_state` of many keys in one transaction and one statement."""
+        if not values:
+            return
+        now = self._now()
+        ins = (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(state)
+        upsert = ins.on_conflict_do_update(
+            index_elements=[state.c.key],
+            set_={"value": ins.excluded.value, "updated": ins.excluded.updated},
+        )
+        with self.write() as c:
+            c.execute(upsert, [{"key": k, "value": v, "updated": now} for k, v in values.items()])
 
     def put_state(self, key: str, value: Any) -> None:
         now = self._now()
