@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import pickle
 import resource
@@ -34,7 +35,7 @@ import pandas as pd
 from distributed import Client, LocalCluster
 
 from pacao.reproduce.pipeline import DC_COUNTS, FULL_GRID, QUICK_GRID
-from pacao.sim.congestion_scale import run_congestion_scaled
+from pacao.sim.congestion_scale import SOLVER_FILE, run_congestion_scaled
 from pacao.sim.scale import (
     Shared,
     build_shared,
@@ -186,11 +187,15 @@ def congestion(
     print(f"congestion-aware stage: {len(sh.deployments)} deployments, {done[0]} partition "
           f"tasks, {took:.1f} s wall; CPU: client and scheduler {cpu:.1f} s, workers "
           f"{', '.join(f'{c:.1f}' for c in wcpu.values())} s; {load()}")  # fmt: skip
+    solver = json.loads((results / SOLVER_FILE).read_text())
     for uc, per in summary.items():
         for n, s in per.items():
+            v = solver[uc][n]
             print(f"  {uc} {n:>2} DCs: objective {s['objective']:.2f}, bound "
                   f"{s['lower_bound']:.2f}, gap {100 * s['gap']:.3f} %, {s['seconds']:.1f} s, "
-                  f"median RTT {s['median_rtt_ms']:.2f} ms")  # fmt: skip
+                  f"median RTT {s['median_rtt_ms']:.2f} ms; improvement rounds "
+                  f"{v['improvement_rounds']}, dual evaluations {v['dual_evaluations']}, "
+                  f"partition steps {v['tasks']}")  # fmt: skip
     for w, mb in sorted(peaks.items()):
         print(f"peak memory of worker {w} (so far, the whole run): {mb:,.0f} MB")
 

@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pacao.optimize.assign.partitioned import ROUNDS
 from pacao.sim.congestion import run_deployment, snapshot_positions, users_table
 from pacao.sim.congestion_scale import (
+    SOLVER_FILE,
     USERS_DIR,
     DaskPartitions,
     block_ranges,
@@ -49,6 +51,7 @@ def run_stage(
     return {
         "summary": summary,
         "dcs": pd.read_parquet(out / "congestion_dcs.parquet"),
+        "solver": json.loads((out / SOLVER_FILE).read_text()),
         "users": users.sort_values(["use_case", "n_dcs", "user_id"]).reset_index(drop=True),
     }
 
@@ -85,6 +88,16 @@ def test_partitioned_stage_against_one_partition_and_the_single_file_run(
     # Deterministic per partitioning, whatever the partitions per task (one each, then
     # blocks of 2 and 1): every number again, but the wall time.
     assert without_seconds(again["summary"]) == without_seconds(three["summary"])
+    assert again["solver"] == three["solver"]  # the same rounds and evaluations too
+    for run in (three, single):
+        assert run["solver"].keys() == run["summary"].keys()
+        for uc, per in run["solver"].items():
+            assert per.keys() == run["summary"][uc].keys()
+            for v in per.values():
+                assert 0 <= v["improvement_rounds"] <= ROUNDS and v["dual_evaluations"] > 0
+    # 3 partitions: each dual evaluation is one step per partition, and 5 calls more
+    for per in three["solver"].values():
+        assert all(v["tasks"] >= 3 * (v["dual_evaluations"] + 5) for v in per.values())
     pd.testing.assert_frame_equal(again["dcs"], three["dcs"], check_exact=True)
     pd.testing.assert_frame_equal(again["users"], three["users"], check_exact=True)
 

@@ -625,7 +625,8 @@ PARTITIONED_FILES = (
     "<li><code>results/positions.parquet</code>: the distinct positions and their sample "
     "counts; <code>results/lacs.parquet</code>, <code>results/inputs.json</code></li>"
     "<li><code>results/congestion_users/</code>, <code>results/congestion_dcs.parquet</code> "
-    "(when the Sec. V-C stage ran): per user and per DC</li>"
+    "(when the Sec. V-C stage ran): per user and per DC; "
+    "<code>results/congestion_solver.json</code>: the solve's rounds and evaluations</li>"
     "<li><code>summary.json</code></li></ul>"
 )
 
