@@ -367,7 +367,8 @@ def run_trial(
         phases["traffic"] = time.monotonic() - mark
     except TestbedError:
         if logs is not None and state.rundir.is_dir():
-            _keep_diagnostics(state, record, logs)
+            with contextlib.suppress(OSError):  # the trial's own error is the one to report
+                _keep_diagnostics(state, record, logs)
         raise
     finally:
         mark = time.monotonic()
