@@ -18,7 +18,7 @@ from pacao.cli import app
 from pacao.errors import InputError
 from pacao.report.testbed import write as write_report
 from pacao.testbed import net
-from pacao.testbed.analysis import summarize
+from pacao.testbed.analysis import rebuild, summarize
 from pacao.testbed.daemons.traffic import parse_iperf3
 from pacao.testbed.topo.experiment import load_experiment, resolve
 from pacao.testbed.trials import PROBE_S, QUICK_TIME_SCALE, quick_options, run_experiment
@@ -124,6 +124,30 @@ def test_summary_gains_are_median_ratios() -> None:
     assert row["pacao1_volume_gain"] == pytest.approx(0.8)
     assert row["legacy_mbps_all"] == pytest.approx(16.0)  # median run: 2 MB per 1-s interval
     assert row["pacao1_entry_switch_times_s"] == [3.0, 3.0, 3.0]  # the user's xTR only
+
+
+def test_stopped_and_failed_trials_are_listed_apart(tmp_path: Path) -> None:
+    """A trial measured to its end whose iperf3 was stopped after it counts, and says so;
+    a failed one does not count."""
+    raw = tmp_path / "raw" / "x"
+    raw.mkdir(parents=True)
+    meta = {"name": "x", "title": "x", "time_scale": 1.0, "repeat": 3, "duration_s": 10,
+            "windows": {"all": [0, 10]}, "paper": {}, "s1": 10, "s2": 5, "probe_s": 1,
+            "vm": "namespace", "wall_s": 60.0}  # fmt: skip
+    (raw / "experiment.json").write_text(json.dumps(meta))
+    stopped = {**_rec("legacy", 20, 1), "client_stopped": "iperf3 still running 32 s after"}
+    failed = {"experiment": "x", "variant": "v", "traffic": "download", "arm": "pacao1",
+              "rep": 2, "error": "traffic client still running after 32 s"}  # fmt: skip
+    recs = [_rec("legacy", 10, 0), stopped, _rec("pacao1", 30, 0), _rec("pacao1", 36, 1), failed]
+    for r in recs:
+        (raw / f"v-download-{r['arm']}-r{r['rep']}.json").write_text(json.dumps(r))
+    summary = rebuild(tmp_path)["x"]
+    assert summary["stopped_clients"] == ["v/download-legacy-r1"]
+    assert summary["failed_trials"] == [{"trial": "v/download-pacao1-r2", "error": failed["error"]}]
+    assert summary["variants"]["v"]["legacy_median_volume_mb"] == 15  # the stopped one counts
+    report = write_report(tmp_path).read_text()
+    assert "trial v/download-legacy-r1: measured to its end" in report
+    assert "<b>failed trial</b> v/download-pacao1-r2" in report
 
 
 # --------------------------------------------------------------- end to end (root)
