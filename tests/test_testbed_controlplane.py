@@ -32,6 +32,7 @@ from pacao.testbed.controlplane import (
     migrate_vm,
     vm_location,
 )
+from pacao.testbed.daemons.impair import EARLY
 from pacao.testbed.topo.topology import Topology, load_topology
 from testbed_support import TWO_DC
 
@@ -447,7 +448,10 @@ def test_vxlan_fabric_carries_the_vm_across_a_migration(state_dir: Path) -> None
         # the VM's address and gateway did not change; only its port and the FDBs moved
         assert "10.2.0.10/24" in in_ns(state, "vm", "ip", "-o", "addr")
         assert "default via 10.2.0.1" in in_ns(state, "vm", "ip", "route")
-        assert median_rtt(state) > 9.9 + 2 * 5.88  # + the ax-bx fabric link both ways
+        # + the ax-bx fabric link both ways ('distance': 5.87 ms each way); the delay line
+        # releases a packet up to EARLY before it is due, on each of the 4 delayed crossings
+        ab_ms = topo.link("ab").impairment.delay_ms
+        assert median_rtt(state) > 2 * (5 + ab_ms) - 4 * EARLY * 1000
         after = vxlan_packets(state, "adc"), vxlan_packets(state, "bdc")
         assert after[0][0] - before[0][0] >= 7  # adc encapsulated the user's pings
         assert after[1][1] - before[1][1] >= 7  # bdc decapsulated them for the VM
