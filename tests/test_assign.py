@@ -323,6 +323,24 @@ def test_input_error_type_is_shared() -> None:
         problem_from_dict({"dcs": "nope"})
 
 
+def test_milp_optimum_at_huge_capacity_without_presolve() -> None:
+    """The instance hypothesis found below: with HiGHS's presolve, u1 went to d0 (36 ms,
+    over its bound) while d1 (30 ms) costs less, and HiGHS called it optimal."""
+    doc = {
+        "latency_function": {"breakpoints": [[0.0, 0.0], [1.0, 1.0]]},
+        "dcs": [{"name": f"d{i}", "capacity": 1e7, "existing": 0} for i in range(3)],
+        "users": [
+            {"id": "u0", "bound_ms": 35, "latency_ms": {"d1": 77}},
+            {"id": "u1", "bound_ms": 35, "latency_ms": {"d0": 36, "d1": 30}},
+        ],
+    }
+    best = brute_force(doc, False)
+    assert best == pytest.approx(3.2 + 2e-7 / 35, rel=1e-12)  # both on d1
+    milp = solve_assign(problem_from_dict(doc), "milp")
+    assert milp.optimal and milp.objective == pytest.approx(best, rel=1e-9)
+    assert milp.choice.tolist() == [1, 1]
+
+
 # --- huge capacities: memory and time depend on users x DCs only --------------------------
 
 HUGE = [1e7, 1e12, 1e300, 1.7976931348623157e308, math.inf, 10**400]

@@ -77,8 +77,10 @@ def test_batched_reports_its_batches_and_no_bound() -> None:
 
 def test_batches_see_the_earlier_batches_as_existing_load() -> None:
     # Two users both best at d0, which has room for one; batches of one: the first takes
-    # d0, the second must see it full and take d1.
-    p = problem_from_dict(doc([2, 4], [1, 0], [[10, 30], [10, 30]]))
+    # d0, the second must see it full and take d1. d1 is over the 40 ms bound (60 ms), so
+    # d0 is strictly better for the first (at 30 ms both were within it: a tie HiGHS broke
+    # either way).
+    p = problem_from_dict(doc([2, 4], [1, 0], [[10, 60], [10, 60]]))
     res = solve_batched(p, 1)
     assert res.choice.tolist() == [0, 1]
     assert res.notes == {"batches": 2, "batch_size": 1}
