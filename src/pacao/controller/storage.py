@@ -831,7 +831,7 @@ class Store:
         return out
 
     def put_states(self, values: Mapping[str, Any]) -> None:
-        """:meth:`put_state` of many keys in one transaction and one statement."""
+        """Insert or replace many keys in one transaction and one statement."""
         if not values:
             return
         now = self._now()
@@ -844,10 +844,4 @@ class Store:
             c.execute(upsert, [{"key": k, "value": v, "updated": now} for k, v in values.items()])
 
     def put_state(self, key: str, value: Any) -> None:
-        now = self._now()
-        with self.write() as c:
-            res = c.execute(
-                update(state).where(state.c.key == key).values(value=value, updated=now)
-            )
-            if res.rowcount == 0:
-                c.execute(insert(state).values(key=key, value=value, updated=now))
+        self.put_states({key: value})
