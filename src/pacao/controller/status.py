@@ -17,6 +17,7 @@ from rich.table import Table
 
 from pacao.controller.config import ControllerConfig
 from pacao.controller.lifecycle import UNFINISHED
+from pacao.controller.state import key
 from pacao.controller.storage import Store
 from pacao.errors import InputError
 
@@ -50,10 +51,10 @@ def gather(cfg: ControllerConfig, url: str | None = None, timeout_s: float = 2.0
     store = Store(cfg.storage.url)
     try:
         users = []
-        stored = store.get_states([f"user/{u.name}" for u in cfg.users])
+        stored = store.get_states([key(u.name) for u in cfg.users])
         vms = cfg.vm_index()
         for u in cfg.users:
-            st = stored.get(f"user/{u.name}") or {}
+            st = stored.get(key(u.name)) or {}
             vm = vms[u.vm]
             entry = st.get("entry", cfg.dc(vm.host).rlocs[0])
             users.append(
