@@ -260,11 +260,12 @@ def stopped_tcp_measure(doc: dict[str, Any], *, test_s: float, interval: float) 
     iperf3 3.12 (Debian 12's) can hang in the exchange that follows a reverse test: the
     client reads the last data block in blocking mode and the server waits for it
     (esnet/iperf#819). On SIGTERM it still writes the intervals it received: those are the
-    measurement when they reach the test's end; data that stopped earlier is a failure
-    (ValueError), not a hang at the end.
+    measurement when data reached the test's end; data that stopped earlier is a failure
+    (ValueError), not a hang at the end (iperf3 goes on reporting empty intervals).
     """
     meas = parse_iperf3(doc, interval)
-    reached = max((r["start"] + r["seconds"] for r in meas["intervals"]), default=0.0)
+    with_data = [r["start"] + r["seconds"] for r in meas["intervals"] if r["bytes"] > 0]
+    reached = max(with_data, default=0.0)
     if reached < test_s - 1.5 * interval:
         raise ValueError(f"its data stopped at {reached:.1f} s of its {test_s:.1f} s")
     meas["error"] = ""  # iperf3's "interrupt - the client has terminated": ours, after the end
