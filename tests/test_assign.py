@@ -341,6 +341,20 @@ def test_milp_optimum_at_huge_capacity_without_presolve() -> None:
     assert milp.choice.tolist() == [1, 1]
 
 
+def test_milp_is_feasible_where_the_congestion_range_is_tiny() -> None:
+    """CI's hypothesis example: at C = 1e7 the DC's whole congestion range is 1e-7 ms and
+    HiGHS called this one-user instance infeasible (the unscaled L_d column)."""
+    doc = {
+        "latency_function": {"breakpoints": [[0.0, 2.0], [1.0, 3.0]]},
+        "dcs": [{"name": "d0", "capacity": 1e7, "existing": 0}],
+        "users": [{"id": "u0", "bound_ms": 35, "latency_ms": {"d0": 30}}],
+    }
+    milp = solve_assign(problem_from_dict(doc), "milp")
+    assert milp.optimal and milp.choice.tolist() == [0]
+    assert milp.evaluation.congestion_ms.tolist() == [2.0 + 1e-7]
+    assert milp.objective == 1.0  # (30 + 2.0000001) / 35 < 1
+
+
 # --- huge capacities: memory and time depend on users x DCs only --------------------------
 
 HUGE = [1e7, 1e12, 1e300, 1.7976931348623157e308, math.inf, 10**400]

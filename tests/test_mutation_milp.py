@@ -22,6 +22,7 @@ from pacao.optimize.assign.milp import (
     BOUND_TOL,
     SolverLimitError,
     proven_bound,
+    scaled_congestion,
     solve_milp,
     subproblem,
 )
@@ -167,6 +168,30 @@ def test_a_bound_above_the_objective_is_noise_up_to_the_tolerance_then_an_error(
         proven_bound(math.nextafter(edge, math.inf), obj)
     with pytest.raises(AssertionError, match="above objective"):
         proven_bound(obj * 1.5, obj)
+
+
+@pytest.mark.parametrize("cap", [3.5, 40.0, 1e7, 1e12, 1e300, math.inf])
+@pytest.mark.parametrize("share", [0.0, 0.5, "room-3"])
+def test_scaled_rows_give_the_model_level_at_every_load(cap: float, share: object) -> None:
+    # lmin + width * max(0, rows at n) must be f_d((n + e) / C) for every n the DC can
+    # take, to float resolution of the level itself: the MILP prices users by it.
+    existing = 0.0 if cap == math.inf else (cap - 3 if share == "room-3" else cap * share)
+    fn = {"breakpoints": [[0, 1], [0.25, 3], [0.5, 10], [1, 60]]}
+    lat = [[30.0, 40.0]] * 6
+    d = assign_doc([cap, cap], [existing, 0.0], lat, fn)
+    p = problem_from_dict(d)
+    sc = scaled_congestion(p)
+    for dc in range(p.n_dcs):
+        n = np.arange(int(p.room[dc]) + 1)
+        rows = np.zeros(n.size)
+        for c, r in sc.pieces[dc]:
+            rows = np.maximum(rows, c * n + r)
+        assert np.all(rows <= sc.upper[dc])
+        level = p.level(dc, n)
+        tol = 1e-12 * max(1.0, float(level.max()))
+        assert np.allclose(sc.lmin[dc] + sc.width[dc] * rows, level, rtol=0, atol=tol)
+    if math.isfinite(cap) and cap < 1e15:
+        assert sc.width[1] > 0  # the rise is resolved, not flattened
 
 
 def test_a_dc_without_room_keeps_its_congestion_bounds() -> None:

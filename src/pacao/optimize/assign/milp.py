@@ -12,11 +12,20 @@ because the objective pushes L_d down to f_d(x_d) whenever a user pays for it.
 M_ud = (Lmax_d + l_ud) / LT_u - 1 with Lmax_d = f_d at full capacity is the
 smallest constant that leaves the row slack for r_ud = 0 (T_u >= 1 and
 L_d <= Lmax_d); a row with M_ud <= 0 can never bind and is dropped.
+
+L_d is not a column itself: HiGHS sees D_d = (L_d - Lmin_d) / (Lmax_d - Lmin_d)
+in [0, 1] (Lmin_d = f_d with no new user). At a large capacity the whole range
+of L_d is tiny (1e-7 ms at C = 1e7), and a column that narrow with 1e-7
+coefficients is below what HiGHS's tolerances resolve: HiGHS 1.16 called a
+one-user instance infeasible (test_assign:
+test_milp_is_feasible_where_the_congestion_range_is_tiny). Scaled, the piece
+rows have coefficients near 1 / room and the range is 1.
 """
 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import highspy
 import numpy as np
@@ -28,11 +37,13 @@ from pacao.optimize.assign.model import (
     evaluate,
 )
 from pacao.optimize.highs_util import new_highs
-from pacao.optimize.penalty import IntArray
+from pacao.optimize.penalty import FloatArray, IntArray
 
 _INF = highspy.kHighsInf
 #: A HiGHS dual bound above the objective by less than this (relative) is tolerance noise.
 BOUND_TOL = 1e-7
+#: A DC whose congestion rises by at most this (relative to its level) over its room is flat.
+FLAT_REL = 1e-12
 
 
 class SolverLimitError(RuntimeError):
@@ -44,8 +55,9 @@ def _build(p: AssignProblem) -> tuple[highspy.Highs, IntArray, IntArray]:
     pu, pd = np.nonzero(p.allowed)
     npair = pu.size
     room = p.room
-    lmin = np.array([float(p.level(d, 0)) for d in range(nd)])
-    lmax = np.array([float(p.level(d, int(room[d]))) for d in range(nd)])
+    sc = scaled_congestion(p)
+    lmin, width = sc.lmin, sc.width
+    lmax = lmin + width * sc.upper
     lat = p.latency[pu, pd]
     lt = p.bound[pu]
     big_m = (lmax[pd] + lat) / lt - 1.0
@@ -53,20 +65,21 @@ def _build(p: AssignProblem) -> tuple[highspy.Highs, IntArray, IntArray]:
     np.maximum.at(t_ub, pu, (lmax[pd] + lat) / lt)
     if p.integer_penalty:
         t_ub = np.ceil(t_ub)
-    # Columns: r (npair) | L_d (nd) | T_u (nu).
+    # Columns: r (npair) | D_d (nd) | T_u (nu).
     col_l, col_t = npair, npair + nd
     h = new_highs()
     h.setOptionValue("mip_rel_gap", 1e-9)
     h.setOptionValue("mip_abs_gap", 1e-9)
-    # HiGHS 1.16's presolve returned a wrong "optimal" on a huge-capacity instance
-    # (test_assign: test_milp_optimum_at_huge_capacity_without_presolve); without it the
-    # 200- and 1,000-user benchmark instances did as well or better within 60 s.
+    # HiGHS 1.16's presolve reduced a 2-user instance to empty with a worse assignment
+    # it called optimal, also on the scaled model (test_assign:
+    # test_milp_optimum_at_huge_capacity_without_presolve); without it the 200- and
+    # 1,000-user benchmark instances did as well or better within 60 s.
     h.setOptionValue("presolve", "off")
     # Also the tolerance of the LP relaxations, presolve and the final check: for a MIP,
     # HiGHS uses it in place of primal_feasibility_tolerance.
     h.setOptionValue("mip_feasibility_tolerance", 1e-9)
-    lower = np.concatenate([np.zeros(npair), lmin, np.ones(nu)])
-    upper = np.concatenate([np.ones(npair), lmax, t_ub])
+    lower = np.concatenate([np.zeros(npair), np.zeros(nd), np.ones(nu)])
+    upper = np.concatenate([np.ones(npair), sc.upper, t_ub])
     h.addVars(lower.size, lower, upper)
     cost = np.concatenate([np.zeros(npair + nd), np.ones(nu)])
     h.changeColsCost(cost.size, np.arange(cost.size, dtype=np.int32), cost)
@@ -90,20 +103,16 @@ def _build(p: AssignProblem) -> tuple[highspy.Highs, IntArray, IntArray]:
         k = by_dc[d]
         # (6) capacity.
         rows.add(-_INF, float(room[d]), k, np.ones(k.size))
-        # (7) corrected: L_d >= a_i (n_d + e_d) / C_d + b_i for every piece.
-        for a, b in p.functions[d].pieces():
-            coef = a / p.capacity[d]
-            rhs = a * p.existing[d] / p.capacity[d] + b
-            if rhs <= lmin[d] and coef == 0.0:
-                continue
-            rows.add(rhs, _INF, np.r_[col_l + d, k], np.r_[1.0, np.full(k.size, -coef)])
-    # (9) as a penalty: T_u - L_d / LT_u - M r_ud >= l_ud / LT_u - M.
+        # (7) corrected, scaled: D_d >= c_i n_d + r_i for every piece.
+        for c, r in sc.pieces[d]:
+            rows.add(r, _INF, np.r_[col_l + d, k], np.r_[1.0, np.full(k.size, -c)])
+    # (9) as a penalty: T_u - width_d D_d / LT_u - M r_ud >= (l_ud + lmin_d) / LT_u - M.
     for j in np.flatnonzero(big_m > 0):
         rows.add(
-            float(lat[j] / lt[j] - big_m[j]),
+            float((lat[j] + lmin[pd[j]]) / lt[j] - big_m[j]),
             _INF,
             np.array([col_t + pu[j], col_l + pd[j], j]),
-            np.array([1.0, -1.0 / lt[j], -big_m[j]]),
+            np.array([1.0, -width[pd[j]] / lt[j], -big_m[j]]),
         )
     # Valid cut: u on d means n_d >= 1, so T_u >= c_ud(f_d at one new user). It
     # gives the LP relaxation the congestion-free cost the BigM rows hide.
@@ -118,6 +127,56 @@ def _build(p: AssignProblem) -> tuple[highspy.Highs, IntArray, IntArray]:
         )
     rows.flush(h)
     return h, pu, pd
+
+
+class ScaledCongestion(NamedTuple):
+    """L_d = lmin_d + width_d D_d with rows D_d >= c n_d + r per piece, D_d in [0, upper_d]."""
+
+    lmin: FloatArray
+    width: FloatArray
+    pieces: list[list[tuple[float, float]]]
+    upper: FloatArray
+
+
+def scaled_congestion(p: AssignProblem) -> ScaledCongestion:
+    """The congestion columns of the model, scaled so that HiGHS resolves them."""
+    nd, room = p.n_dcs, p.room
+    lmin = np.array([float(p.level(d, 0)) for d in range(nd)])
+    lmax = np.array([float(p.level(d, int(room[d]))) for d in range(nd)])
+    # A DC whose f is flat over its room has width 0 and D_d fixed at 0: also when f
+    # rises by at most FLAT_REL of lmin_d (C = 1e300 and the like), a rise L_d itself
+    # barely resolves and that would put 1e280-sized coefficients in the scaled rows.
+    width = lmax - lmin
+    width[width <= FLAT_REL * np.maximum(1.0, lmin)] = 0.0
+    pieces = [_scaled_pieces(p, d, float(width[d]), int(room[d])) for d in range(nd)]
+    # D_d's upper bound: 1, or where the pieces put it at full room when their rounding
+    # lands above the model's own f_d(room) (a row must not cut off the full DC).
+    upper = np.array(
+        [max([1.0 if width[d] > 0 else 0.0] + [c * room[d] + r for c, r in pieces[d]])
+         for d in range(nd)]
+    )  # fmt: skip
+    return ScaledCongestion(lmin, width, pieces, upper)
+
+
+def _scaled_pieces(p: AssignProblem, d: int, width: float, room: int) -> list[tuple[float, float]]:
+    """The pieces of f_d as rows D_d >= c n_d + r in the scaled column; none for a flat DC.
+
+    a (n + e) / C + b >= L = lmin + width D  becomes  c = a / (C width) and
+    r = (a e / C + b - lmin) / width. A piece that stays at or below lmin for every
+    n in [0, room] can never bind (D_d >= 0) and is dropped.
+    """
+    if width <= 0.0:
+        return []
+    lmin = float(p.level(d, 0))
+    out = []
+    for a, b in p.functions[d].pieces():
+        with np.errstate(over="ignore"):  # a far-below piece: r = -inf, dropped
+            c = float(a / p.capacity[d] / width)
+            r = float((a * p.existing[d] / p.capacity[d] + b - lmin) / width)
+        if c * room + r <= 0.0:
+            continue
+        out.append((c, r))
+    return out
 
 
 class _Rows:
