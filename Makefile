@@ -11,7 +11,7 @@ DEB_PACKAGES ?= tshark postgresql iproute2 iptables iputils-ping iperf3 \
   linux-image-cloud-amd64 busybox-static chromium systemd
 DEMO_ARGS ?=
 
-.PHONY: demo test lint bench fuzz debs venv clean guest mutation
+.PHONY: demo test lint bench fuzz explore debs venv clean guest mutation
 
 venv: $(STAMP)
 
@@ -58,6 +58,17 @@ test: venv debs lint guest
 
 bench: venv debs
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The hypothesis property tests again with a new random seed per run: CI draws the same
+# examples every time (tests/conftest.py), so new ones are found here (docs/testing.md).
+EXPLORE_RUNS ?= 10
+PROPERTY_TESTS = $(shell grep -l '^from hypothesis' tests/test_*.py)
+explore: venv
+	@for i in $$(seq 1 $(EXPLORE_RUNS)); do \
+	  seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); \
+	  echo "== run $$i of $(EXPLORE_RUNS): --hypothesis-seed=$$seed"; \
+	  CI= $(BIN)/pytest -q --hypothesis-seed=$$seed $(PROPERTY_TESTS) || exit 1; \
+	done
 
 FUZZ_TIME ?= 600
 fuzz: venv  # atheris on the LISP decoder/map-server path; corpus kept in .fuzz/
