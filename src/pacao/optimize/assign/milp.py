@@ -66,7 +66,7 @@ def _build(p: AssignProblem) -> tuple[highspy.Highs, IntArray, IntArray]:
     if p.integer_penalty:
         t_ub = np.ceil(t_ub)
     # Columns: r (npair) | D_d (nd) | T_u (nu).
-    col_l, col_t = npair, npair + nd
+    col_d, col_t = npair, npair + nd
     h = new_highs()
     h.setOptionValue("mip_rel_gap", 1e-9)
     h.setOptionValue("mip_abs_gap", 1e-9)
@@ -105,13 +105,13 @@ def _build(p: AssignProblem) -> tuple[highspy.Highs, IntArray, IntArray]:
         rows.add(-_INF, float(room[d]), k, np.ones(k.size))
         # (7) corrected, scaled: D_d >= c_i n_d + r_i for every piece.
         for c, r in sc.pieces[d]:
-            rows.add(r, _INF, np.r_[col_l + d, k], np.r_[1.0, np.full(k.size, -c)])
+            rows.add(r, _INF, np.r_[col_d + d, k], np.r_[1.0, np.full(k.size, -c)])
     # (9) as a penalty: T_u - width_d D_d / LT_u - M r_ud >= (l_ud + lmin_d) / LT_u - M.
     for j in np.flatnonzero(big_m > 0):
         rows.add(
             float((lat[j] + lmin[pd[j]]) / lt[j] - big_m[j]),
             _INF,
-            np.array([col_t + pu[j], col_l + pd[j], j]),
+            np.array([col_t + pu[j], col_d + pd[j], j]),
             np.array([1.0, -width[pd[j]] / lt[j], -big_m[j]]),
         )
     # Valid cut: u on d means n_d >= 1, so T_u >= c_ud(f_d at one new user). It
