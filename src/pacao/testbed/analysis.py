@@ -251,9 +251,13 @@ def load_all(out: Path) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]
     return found
 
 
+def trial_key(variant: str, traffic: str, arm: str, rep: int) -> str:
+    """A trial's name in summaries and logs (trials.Trial.key, and stored records here)."""
+    return f"{variant}/{traffic}-{arm}-r{rep}"
+
+
 def _trial_key(rec: dict[str, Any]) -> str:
-    """The trial's name in summaries, as trials.Trial.key spells it."""
-    return f"{rec['variant']}/{rec['traffic']}-{rec['arm']}-r{rec['rep']}"
+    return trial_key(rec["variant"], rec["traffic"], rec["arm"], rec["rep"])
 
 
 def rebuild(out: Path) -> dict[str, Any]:

@@ -99,7 +99,7 @@ class Trial:
 
     @property
     def key(self) -> str:
-        return f"{self.variant.name}/{self.traffic}-{self.arm}-r{self.rep}"
+        return analysis.trial_key(self.variant.name, self.traffic, self.arm, self.rep)
 
 
 def quick_options(scenario: str, out: Path) -> RunOptions:
